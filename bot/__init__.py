@@ -1,0 +1,1 @@
+"""aiohttp application: forge webhooks, HTTP API, SSE, dashboard and commit-status reporting."""

@@ -1,0 +1,1 @@
+"""Settings (forgeci.toml) and pipeline (.forgeci.toml) files: load, validate, write."""

@@ -1,0 +1,1 @@
+"""Job execution: SQLite queue, worker pool, rootless Podman executor, workspaces, caches, object store."""

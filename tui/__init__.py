@@ -1,0 +1,1 @@
+"""Textual operator console, a client of the HTTP API."""
