@@ -1,0 +1,178 @@
+"""Values of the job queue: job states, what gets enqueued (JobSpec), and a job as stored (Job, StepRecord)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from config.errors import ConfigError, ConfigIssue
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 10
+DEFAULT_PRIORITY = 5
+
+
+class JobState(StrEnum):
+    """Where a job is in its life: queued -> running -> one of the terminal states."""
+
+    queued = "queued"
+    running = "running"
+    success = "success"
+    failure = "failure"
+    timeout = "timeout"
+    cancelled = "cancelled"
+    skipped = "skipped"
+    error = "error"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[JobState] = frozenset(JobState) - {JobState.queued, JobState.running}
+
+
+def valid_priority(priority: object) -> bool:
+    """True for an int (not a bool) in 0..10."""
+    return isinstance(priority, int) and not isinstance(priority, bool) and MIN_PRIORITY <= priority <= MAX_PRIORITY
+
+
+def _is_str_map(value: object) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What gets enqueued: everything decided at enqueue time from the event and the server settings."""
+
+    repo: str  # clone URL or local path
+    ref: str
+    sha: str | None = None
+    event: str = "api"  # push, pull_request, tag, api, retry, ...
+    priority: int = DEFAULT_PRIORITY  # 0..10, higher runs first
+    concurrency_group: str | None = None  # at most one running job per group
+    fork: bool = False
+    pr_number: int | None = None
+    base_ref: str | None = None
+    pipeline: dict[str, Any] | None = None  # inline pipeline from the API; None = read .forgeci.toml after clone
+    env: Mapping[str, str] = field(default_factory=dict)
+    meta: Mapping[str, str] = field(default_factory=dict)  # pusher, commit message, delivery id, forge, ...
+
+    def __post_init__(self) -> None:
+        issues: list[ConfigIssue] = []
+
+        def bad(key: str, expected: str) -> None:
+            issues.append(ConfigIssue("job spec", key, f"expected {expected}, got {getattr(self, key)!r}"))
+
+        for key in ("repo", "ref", "event"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                bad(key, "a non-empty string")
+        for key in ("sha", "concurrency_group", "base_ref"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                bad(key, "a string or null")
+        if not valid_priority(self.priority):
+            bad("priority", f"an integer {MIN_PRIORITY}..{MAX_PRIORITY}")
+        if not isinstance(self.fork, bool):
+            bad("fork", "true or false")
+        if self.pr_number is not None and (isinstance(self.pr_number, bool) or not isinstance(self.pr_number, int)):
+            bad("pr_number", "an integer or null")
+        if self.pipeline is not None and not isinstance(self.pipeline, dict):
+            bad("pipeline", "a table or null")
+        for key in ("env", "meta"):
+            if _is_str_map(getattr(self, key)):
+                # A private copy: a caller mutating its dict later must not change an enqueued spec.
+                object.__setattr__(self, key, dict(getattr(self, key)))
+            else:
+                bad(key, "a table of strings")
+        if issues:
+            raise ConfigError(issues)
+
+    @classmethod
+    def _stored(cls, **values: Any) -> JobSpec:
+        """Rebuild a spec the queue validated when it was enqueued, without validating it again (claim's hot path)."""
+        spec = object.__new__(cls)
+        spec.__dict__.update(values)  # a frozen dataclass refuses setattr, not its __dict__
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field."""
+        return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        """Build from a dict such as to_dict's; unknown or missing keys raise ConfigError."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(ConfigIssue("job spec", "", f"expected a JSON object, got {type(data).__name__}"))
+        known = {f.name for f in fields(cls)}
+        issues = [ConfigIssue("job spec", k, "unknown key") for k in data if k not in known]
+        issues += [ConfigIssue("job spec", k, "missing") for k in ("repo", "ref") if k not in data]
+        if issues:
+            raise ConfigError(issues)
+        return cls(**data)
+
+    def to_json(self) -> str:
+        try:
+            return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        except (TypeError, ValueError) as exc:  # only the free-form pipeline can hold non-JSON values
+            raise ConfigError(ConfigIssue("job spec", "pipeline", f"not JSON-serialisable: {exc}")) from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobSpec:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(ConfigIssue("job spec", "", f"invalid JSON: {exc}")) from exc
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of a job's current attempt, with times from the queue's clock."""
+
+    index: int
+    name: str
+    state: JobState
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None  # seconds; None while the step runs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored in the queue: its spec plus where it is in its life."""
+
+    id: int
+    spec: JobSpec
+    state: JobState
+    attempts: int = 0  # claims so far; the first claim makes it 1
+    runner_id: str | None = None
+    lease_expires: float | None = None
+    cancel_requested: bool = False
+    queued_at: float = 0.0
+    started_at: float | None = None  # of the current (or last) attempt
+    finished_at: float | None = None
+    error: str | None = None
+    cache_hit: bool | None = None  # None: no cache restore was attempted (yet)
+    steps: tuple[StepRecord, ...] = ()
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the last attempt's start to its end; None until both are known."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict, as the HTTP API returns it."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["spec"] = self.spec.to_dict()
+        out["steps"] = [s.to_dict() for s in self.steps]
+        out["duration"] = self.duration
+        return out
