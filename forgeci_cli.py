@@ -14,8 +14,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Subcommands that a later issue brings; until then they say so and exit 2.
 PLANNED: dict[str, str] = {
-    "serve": "issue 3 (runner: worker pool and `forgeci serve`)",
-    "run": "issue 3 (runner: `forgeci run`)",
     "submit": "issue 6 (HTTP API and client commands)",
     "jobs": "issue 6 (HTTP API and client commands)",
     "status": "issue 6 (HTTP API and client commands)",
@@ -75,6 +73,61 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=os.environ.get("FORGECI_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from bot.app import create_app
+    from config.settings import env_value, load_settings
+
+    settings = load_settings(args.config)
+    host, port = settings.server.host, settings.server.port
+    if not is_loopback(host) and not env_value(settings.server.api_token_env, os.environ):
+        raise ConfigError(
+            f"refusing to listen on {host} without an API token: set {settings.server.api_token_env} "
+            f"(e.g. export {settings.server.api_token_env}=$(openssl rand -hex 32)) or listen on 127.0.0.1"
+        )
+    setup_logging()
+    app = create_app(settings)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    announce = f"forgeci listening on {url} (data in {settings.data_dir}); Ctrl-C stops"
+    web.run_app(app, host=host, port=port, print=lambda _: print(announce, flush=True), access_log=None, handle_signals=True,
+                shutdown_timeout=10)
+    return EXIT_OK
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from config.settings import load_settings
+    from runner.local import run_local
+    from runner.models import JobState
+
+    settings = load_settings(args.config)
+    path = Path(args.path)
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a directory")
+    outcome = asyncio.run(run_local(settings, path, step=args.step))
+    return EXIT_OK if outcome.state is JobState.success else EXIT_FAILED
+
+
 def planned(name: str) -> Callable[[argparse.Namespace], int]:
     def run(_: argparse.Namespace) -> int:
         print(f"forgeci {name}: not built yet; {PLANNED[name]} brings it", file=sys.stderr)
@@ -93,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func or planned(name))
         return p
 
-    add("serve", "webhooks + API + dashboard + embedded runner")
-    p = add("run", "run a local checkout's pipeline, like `act`, on the same engine")
+    add("serve", "webhooks + API + dashboard + embedded runner", cmd_serve)
+    p = add("run", "run a local checkout's pipeline, like `act`, on the same engine", cmd_run)
     p.add_argument("path", nargs="?", default=".")
     p.add_argument("--step", metavar="NAME")
     p = add("submit", "submit a job to a server")

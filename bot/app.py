@@ -1,0 +1,41 @@
+"""The aiohttp application factory: settings in, an app with the runner, routes and error handling out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Mapping
+
+from aiohttp import web
+
+from bot.errors import error_middleware
+from bot.keys import ENVIRON, RUNTIME, SETTINGS
+from config.settings import Settings
+from runner.runtime import open_runtime
+
+MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    engine_ok = await asyncio.to_thread(runtime.service.alive) if runtime.service is not None else True
+    counts = runtime.queue.counts()
+    body = {"status": "ok" if engine_ok else "degraded", "engine": engine_ok,
+            "queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+    return web.json_response(body, status=200 if engine_ok else 503)
+
+
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, workers: bool = True) -> web.Application:
+    """The whole server: the runtime (queue, Podman, workers) lives and dies with the app."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[ENVIRON] = dict(os.environ if environ is None else environ)
+
+    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_runtime(settings, app[ENVIRON], workers=workers) as runtime:
+            app[RUNTIME] = runtime
+            yield
+
+    app.cleanup_ctx.append(runtime_ctx)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,66 @@
+"""HTTP-layer errors and the middleware that turns every exception into a JSON error (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from config.errors import ConfigError, ForgeciError
+from runner.errors import InvalidTransition, JobNotFound
+from runner.podman import EngineError
+
+log = logging.getLogger(__name__)
+
+
+class HTTPError(ForgeciError):
+    """An error a view raises on purpose, with its status and a JSON detail."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def json_error(status: int, error: str, detail: Any = None) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _status_of(exc: Exception) -> tuple[int, str, Any]:
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.error, exc.detail
+    if isinstance(exc, ConfigError):
+        return 400, "invalid input", [str(issue) for issue in exc.issues]
+    if isinstance(exc, JobNotFound):
+        return 404, "not found", str(exc)
+    if isinstance(exc, InvalidTransition):
+        return 409, "wrong state", str(exc)
+    if isinstance(exc, EngineError):
+        return 503, "container engine unavailable", str(exc)
+    return 500, "internal error", None
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = {413: "request body too large", 415: "unsupported media type"}.get(exc.status, exc.reason)
+        return json_error(exc.status, reason)
+    except Exception as exc:
+        status, error, detail = _status_of(exc)
+        if status == 500:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(status, error, detail)

@@ -1,0 +1,330 @@
+"""The only module that talks to Podman: the private API service, job containers, streamed execs, stopping steps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from podman import PodmanClient
+from podman.errors import APIError, ImageNotFound, NotFound, PodmanError
+
+from runner.errors import RunnerError
+from runner.podman_user import PodmanUser
+
+log = logging.getLogger(__name__)
+
+JOB_LABEL = "forgeci.job"
+STEP_PID_FILE = "/tmp/.forgeci-step.pid"
+STREAMS = {1: "stdout", 2: "stderr"}
+
+
+class EngineError(RunnerError):
+    """The container engine failed (service down, API error): an infrastructure fault, retried by the queue."""
+
+
+class ImageMissing(EngineError):
+    """The job's image is not in the Podman user's image storage."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What a job's container looks like; the executor fills it from the settings and the pipeline."""
+
+    job_id: int
+    image: str
+    workspace: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    network: str = "slirp4netns"
+    memory: str = ""
+    pids_limit: int = 0
+    ulimits: Sequence[str] = ()
+    ca_bundle: str = ""
+    limits: bool = True  # False on cgroup-v1 rootless hosts, where Podman ignores them anyway
+
+
+CA_IN_CONTAINER = "/etc/ssl/host-ca.crt"
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE",
+                "GIT_SSL_CAINFO")
+
+
+def parse_ulimit(text: str) -> dict[str, object]:
+    """`nofile=20000:20000` -> the Docker-style dict podman-py wants."""
+    name, _, values = text.partition("=")
+    soft, _, hard = values.partition(":")
+    return {"Name": name.strip(), "Soft": int(soft), "Hard": int(hard or soft)}
+
+
+class PodmanService:
+    """`podman system service` on a private socket, run as the Podman user; restarted when it dies."""
+
+    def __init__(self, user: PodmanUser, state_dir: Path) -> None:
+        self.user = user
+        self.state_dir = state_dir
+        self.socket_path = state_dir / "podman.sock"
+        self.pid_file = state_dir / "service.pid"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the service (after stopping one a crashed run left behind) and wait until it answers."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.user.chown(self.state_dir)
+        self.reap_stale()
+        self.socket_path.unlink(missing_ok=True)
+        self.user.ensure_runtime_dir()
+        argv = self.user.command(["podman", "system", "service", "--time=0", self.url])
+        # A session of its own: one killpg stops runuser and podman together, and Ctrl-C in a
+        # terminal running `forgeci serve` does not kill the engine under running jobs.
+        self._proc = subprocess.Popen(
+            argv, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, cwd="/", env=None if self.user.switch else {**os.environ, **self.user.env()},
+        )
+        self.pid_file.write_text(str(self._proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise EngineError(f"podman system service exited with {self._proc.returncode} at start")
+            if self._answers():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise EngineError(f"podman system service did not answer on {self.socket_path} within {timeout:.0f}s")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1)
+                sock.connect(str(self.socket_path))
+                sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                return sock.recv(12).startswith(b"HTTP/1.")
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and self._answers()
+
+    def ensure(self) -> bool:
+        """Restart the service if it died; True when it had to."""
+        if self.alive():
+            return False
+        log.warning("the Podman service is not answering; restarting it")
+        self.stop()
+        self.start()
+        return True
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._proc is not None:
+            _kill_group(self._proc.pid, grace, self._proc)
+            self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+
+    def reap_stale(self) -> None:
+        """Stop a service whose pid file a crashed run left, if that pid is still our service."""
+        try:
+            pid = int(self.pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if str(self.socket_path).encode() in cmdline:
+            log.info("stopping a Podman service left by an earlier run (pid %d)", pid)
+            _kill_group(pid, 5.0)
+
+
+def _kill_group(pid: int, grace: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc is not None:
+            if proc.poll() is not None:
+                break
+        elif not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        proc.wait()
+
+
+OutputCallback = Callable[[str, bytes], None]
+
+
+class Engine:
+    """Job containers through podman-py; every blocking call runs in a worker thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = PodmanClient(base_url=url, timeout=60)
+        self._has_bash: dict[str, bool] = {}
+
+    def close(self) -> None:
+        self.client.close()
+
+    async def _call(self, func: Callable[..., object], *args: object, what: str) -> object:
+        try:
+            return await asyncio.to_thread(func, *args)
+        except ImageNotFound as exc:
+            raise ImageMissing(f"{what}: image not found ({exc})") from exc
+        except (PodmanError, OSError) as exc:
+            raise EngineError(f"{what}: {exc}") from exc
+
+    async def info(self) -> dict[str, Any]:
+        return dict(await self._call(self.client.info, what="podman info"))  # type: ignore[call-overload]
+
+    async def cgroup_limits_apply(self) -> bool:
+        """False on rootless cgroup-v1 hosts, where Podman ignores memory and pids limits."""
+        host = (await self.info()).get("host", {})
+        rootless = bool(host.get("security", {}).get("rootless", True))
+        return not (rootless and host.get("cgroupVersion") == "v1")
+
+    async def image_exists(self, image: str) -> bool:
+        return bool(await self._call(self.client.images.exists, image, what=f"looking up {image}"))
+
+    async def start_job_container(self, spec: ContainerSpec) -> str:
+        """Create and start the job's long-lived container; steps run in it as execs."""
+        if not await self.image_exists(spec.image):
+            raise ImageMissing(f"image {spec.image} is not in the Podman user's storage "
+                               f"(build it with `forgeci image build`, or fix the pipeline's image)")
+        env = dict(spec.env)
+        mounts: list[dict[str, object]] = [
+            {"type": "bind", "source": str(spec.workspace), "target": "/workspace"},
+        ]
+        if spec.ca_bundle and os.path.isfile(spec.ca_bundle):
+            mounts.append({"type": "bind", "source": spec.ca_bundle, "target": CA_IN_CONTAINER, "read_only": True})
+            env.update({name: CA_IN_CONTAINER for name in CA_VARIABLES})
+        kwargs: dict[str, object] = dict(
+            image=spec.image, command=["sleep", "infinity"], init=True, detach=True,
+            name=f"forgeci-job-{spec.job_id}-{os.urandom(3).hex()}",
+            labels={JOB_LABEL: str(spec.job_id)}, mounts=mounts, environment=env,
+            working_dir="/workspace", no_new_privileges=True, network_mode=spec.network,
+            ulimits=[parse_ulimit(u) for u in spec.ulimits],
+        )
+        if spec.limits:
+            if spec.memory:
+                kwargs["mem_limit"] = spec.memory
+            if spec.pids_limit:
+                kwargs["pids_limit"] = spec.pids_limit
+
+        def create_and_start() -> str:
+            container = self.client.containers.create(**kwargs)
+            try:
+                container.start()
+            except Exception:
+                container.remove(force=True)
+                raise
+            return str(container.id)
+
+        return str(await self._call(create_and_start, what=f"starting a container from {spec.image}"))
+
+    async def has_bash(self, container_id: str, image: str) -> bool:
+        if image not in self._has_bash:
+            code = await self.exec(container_id, ["sh", "-c", "command -v bash"], {}, lambda s, d: None)
+            self._has_bash[image] = code == 0
+        return self._has_bash[image]
+
+    def step_command(self, run: str, bash: bool) -> list[str]:
+        """The step's argv. `podman exec` starts each process as its own session and group leader
+        (pid = pgid = sid), so recording $$ before exec-ing the shell lets `stop_step` signal the
+        whole group, background children included."""
+        shell = 'exec bash -eo pipefail -c "$1"' if bash else 'exec sh -e -c "$1"'
+        return ["sh", "-c", f"echo $$ > {STEP_PID_FILE}; {shell}", "forgeci-step", run]
+
+    async def exec(
+        self, container_id: str, argv: Sequence[str], env: Mapping[str, str], on_output: OutputCallback,
+        workdir: str = "/workspace",
+    ) -> int:
+        """Run argv in the container, calling on_output(stream, bytes) on the loop as output arrives; exit code."""
+        loop = asyncio.get_running_loop()
+
+        def deliver(stream: str, data: bytes) -> None:
+            loop.call_soon_threadsafe(on_output, stream, data)
+
+        def run() -> int:
+            api = self.client.api
+            body = {"AttachStdout": True, "AttachStderr": True, "AttachStdin": False, "Tty": False,
+                    "Cmd": list(argv), "Env": [f"{k}={v}" for k, v in env.items()], "WorkingDir": workdir}
+            created = api.post(f"/containers/{container_id}/exec", data=json.dumps(body))
+            created.raise_for_status()
+            exec_id = created.json()["Id"]
+            started = api.post(f"/exec/{exec_id}/start", data=json.dumps({"Detach": False, "Tty": False}),
+                               stream=True)
+            started.raise_for_status()
+            raw = started.raw
+            # Multiplexed frames: 1 byte stream, 3 padding, 4 bytes big-endian length. Reading frame by
+            # frame (never a large buffer) delivers each write of the step as soon as it is made.
+            while True:
+                header = raw.read(8)
+                if len(header) < 8:
+                    break
+                kind, length = struct.unpack(">BxxxL", header)
+                data = raw.read(length) if length else b""
+                if data:
+                    deliver(STREAMS.get(kind, "stdout"), data)
+            started.close()
+            inspected = api.get(f"/exec/{exec_id}/json")
+            inspected.raise_for_status()
+            code = inspected.json().get("ExitCode")
+            return int(code) if code is not None else -1
+
+        return int(await self._call(run, what=f"exec in container {container_id[:12]}"))
+
+    async def stop_step(self, container_id: str, sig: str = "TERM") -> None:
+        """Signal the running step's process group (the API cannot signal one exec session)."""
+        script = f'p=$(cat {STEP_PID_FILE} 2>/dev/null) && kill -{sig} -- -"$p" 2>/dev/null; true'
+        try:
+            await self.exec(container_id, ["sh", "-c", script], {}, lambda s, d: None)
+        except EngineError as exc:
+            log.warning("could not signal the step in %s: %s", container_id[:12], exc)
+
+    async def remove(self, container_id: str) -> None:
+        """Kill and remove a container; an already-gone container is fine."""
+
+        def remove() -> None:
+            try:
+                self.client.containers.get(container_id).remove(force=True, v=True)
+            except NotFound:
+                pass
+            except APIError as exc:
+                if exc.status_code != 404:
+                    raise
+
+        await self._call(remove, what=f"removing container {container_id[:12]}")
+
+    async def job_containers(self) -> dict[str, int]:
+        """Every container labelled as a forgeci job: container id -> job id."""
+
+        def listing() -> dict[str, int]:
+            found: dict[str, int] = {}
+            for container in self.client.containers.list(all=True, filters={"label": JOB_LABEL}):
+                try:
+                    found[str(container.id)] = int(container.labels.get(JOB_LABEL, ""))
+                except ValueError:
+                    continue
+            return found
+
+        return dict(await self._call(listing, what="listing job containers"))  # type: ignore[arg-type]
+
+    async def inspect(self, container_id: str) -> dict[str, object]:
+        def inspect() -> dict[str, object]:
+            return dict(self.client.containers.get(container_id).inspect())
+
+        return dict(await self._call(inspect, what=f"inspecting {container_id[:12]}"))  # type: ignore[arg-type]

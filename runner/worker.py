@@ -1,0 +1,188 @@
+"""Worker pool: claims jobs up to max_concurrent, keeps their leases alive, records outcomes, stops gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from runner.events import EventBus, JobEvent
+from runner.executor import Executor, Outcome, StepResult
+from runner.models import Job, JobState
+from runner.errors import QueueError
+from runner.queue import Queue
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL = 0.5  # seconds between checks of the queue's cancel flag (another process may set it)
+CANCEL_GRACE_ON_STOP = 15.0  # a stopped job's step gets SIGTERM, 10 s, SIGKILL: leave room for that
+
+
+def default_runner_id() -> str:
+    return f"{socket.gethostname()}/embedded"
+
+
+class WorkerPool:
+    """Runs jobs from the queue as soon as they are enqueued and a slot is free (a wake-up, not a poll)."""
+
+    def __init__(
+        self, queue: Queue, executor: Executor, *, max_concurrent: int, lease_seconds: float,
+        events: EventBus | None = None, runner_id: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.executor = executor
+        self.max_concurrent = max_concurrent
+        self.lease_seconds = lease_seconds
+        self.events = events or EventBus()
+        self.runner_id = runner_id or default_runner_id()
+        self._wake = asyncio.Event()
+        self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- public -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reap()
+        self._loop_task = asyncio.create_task(self._claim_loop(), name="forgeci-claim-loop")
+
+    def wake(self) -> None:
+        """Something was enqueued (or a slot freed): look for work now."""
+        self._wake.set()
+
+    def cancel(self, job_id: int) -> None:
+        """In-process shortcut for a cancel the queue already recorded."""
+        entry = self._running.get(job_id)
+        if entry is not None:
+            entry[1].set()
+
+    @property
+    def running(self) -> list[int]:
+        return list(self._running)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop claiming; let running jobs finish within `grace`, then stop them and return them to the queue."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        tasks = [task for task, _ in self._running.values()]
+        if tasks:
+            log.info("waiting up to %.0fs for %d running job(s)", grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                for _, cancel in self._running.values():
+                    cancel.set()
+                await asyncio.wait(pending, timeout=CANCEL_GRACE_ON_STOP)
+
+    async def reap(self) -> None:
+        """After a crash: requeue our own orphaned jobs, remove containers and workspaces nobody runs."""
+        for job in await asyncio.to_thread(self.queue.running_jobs):
+            if job.runner_id == self.runner_id and job.id not in self._running:
+                state = await asyncio.to_thread(self.queue.fail_infra, job.id, "runner restarted", job.runner_id)
+                log.info("job %d was running when this runner stopped: now %s", job.id, state)
+                self._publish(job.id, state)
+        running = {job.id for job in await asyncio.to_thread(self.queue.running_jobs)}
+        for container_id, job_id in (await self.executor.engine.job_containers()).items():
+            if job_id not in running:
+                log.info("removing leftover container %s of job %d", container_id[:12], job_id)
+                await self.executor.engine.remove(container_id)
+        removed = await self.executor.workspaces.reap(running)
+        if removed:
+            log.info("removed leftover workspaces of jobs %s", removed)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        interval = max(1.0, self.lease_seconds / 3)
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                for job_id in await asyncio.to_thread(self.queue.expire_leases):
+                    self._publish(job_id, (await asyncio.to_thread(self.queue.get, job_id)).state)
+                while len(self._running) < self.max_concurrent and not self._stopping:
+                    job = await asyncio.to_thread(self.queue.claim, self.runner_id, self.lease_seconds)
+                    if job is None:
+                        break
+                    self._launch(job)
+            except QueueError as exc:
+                log.error("queue error in the claim loop: %s", exc)
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)
+            except TimeoutError:
+                pass
+
+    def _launch(self, job: Job) -> None:
+        cancel = asyncio.Event()
+        task = asyncio.create_task(self._run(job, cancel), name=f"forgeci-job-{job.id}")
+        self._running[job.id] = (task, cancel)
+        self._publish(job.id, JobState.running, attempts=job.attempts)
+
+    async def _run(self, job: Job, cancel: asyncio.Event) -> None:
+        keeper = asyncio.create_task(self._keep_lease(job, cancel))
+        try:
+            await asyncio.to_thread(self.queue.reset_steps, job.id)
+            outcome = await self.executor.run(job, cancel, _QueueReporter(self))
+            await self._record(job, outcome)
+        except Exception as exc:  # a bug must not kill the pool or leave the job running
+            log.exception("job %d crashed the runner", job.id)
+            await self._record(job, Outcome(JobState.error, f"internal error: {exc}", infra=True))
+        finally:
+            keeper.cancel()
+            self._running.pop(job.id, None)
+            self.wake()
+
+    async def _record(self, job: Job, outcome: Outcome) -> None:
+        try:
+            if outcome.infra or (self._stopping and outcome.state is JobState.cancelled
+                                 and not await asyncio.to_thread(self.queue.is_cancel_requested, job.id)):
+                reason = outcome.error or "runner stopped"
+                state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason, self.runner_id)
+            else:
+                await asyncio.to_thread(self.queue.complete, job.id, outcome.state, outcome.error, self.runner_id)
+                state = outcome.state
+        except QueueError as exc:  # the lease was lost: another runner or the expiry owns the job now
+            log.warning("job %d: outcome %s not recorded: %s", job.id, outcome.state, exc)
+            return
+        self._publish(job.id, state, error=outcome.error)
+
+    async def _keep_lease(self, job: Job, cancel: asyncio.Event) -> None:
+        """Heartbeat every third of the lease; watch the cancel flag (set by the API or another process)."""
+        beat_every = self.lease_seconds / 3
+        since_beat = 0.0
+        while True:
+            await asyncio.sleep(CANCEL_POLL)
+            since_beat += CANCEL_POLL
+            try:
+                if await asyncio.to_thread(self.queue.is_cancel_requested, job.id):
+                    cancel.set()
+                if since_beat >= beat_every:
+                    since_beat = 0.0
+                    if not await asyncio.to_thread(self.queue.heartbeat, job.id, self.runner_id,
+                                                   self.lease_seconds):
+                        log.warning("job %d: lease lost; stopping it", job.id)
+                        cancel.set()
+            except QueueError as exc:
+                log.warning("job %d: heartbeat failed: %s", job.id, exc)
+
+    def _publish(self, job_id: int, state: JobState | str, kind: str = "state", **data: Any) -> None:
+        self.events.publish(JobEvent(job_id, str(state), kind, {k: v for k, v in data.items() if v is not None}))
+
+
+
+class _QueueReporter:
+    """Step progress into the queue's step rows and onto the event bus."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def step_started(self, job: Job, index: int, name: str, total: int) -> None:
+        self.pool.queue.start_step(job.id, index, name)
+        self.pool._publish(job.id, JobState.running, "step", index=index, name=name, total=total)
+
+    def step_finished(self, job: Job, result: StepResult, total: int) -> None:
+        self.pool.queue.finish_step(job.id, result.index, result.state, result.exit_code)
+        self.pool._publish(job.id, JobState.running, "step_done", index=result.index, name=result.name,
+                           total=total, step_state=str(result.state), duration=result.duration)
+

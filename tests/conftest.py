@@ -1,0 +1,116 @@
+"""Shared fixtures: real rootless Podman, data dirs the Podman user can reach, small git repositories."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from config.settings import RunnerSettings, Settings
+from runner.images import BUSYBOX_IMAGE, build_busybox_image, image_exists
+from runner.podman_user import PodmanUser
+from runner.runtime import Runtime, open_runtime
+
+JOB_IMAGE = "localhost/forgeci-job:latest"
+SETUP_HINT = "run scripts/setup (or `make test`, which runs it) to install Podman and create the forgeci user"
+
+
+@pytest.fixture(scope="session")
+def podman_user() -> PodmanUser:
+    """The rootless Podman account; fails (never skips) when the set-up is missing."""
+    if not shutil.which("podman"):
+        pytest.fail(f"podman is not installed: {SETUP_HINT}")
+    try:
+        user = PodmanUser.resolve("forgeci")
+    except Exception as exc:
+        pytest.fail(f"{exc}: {SETUP_HINT}")
+    return user
+
+
+@pytest.fixture(scope="session")
+def busybox_image(podman_user: PodmanUser) -> str:
+    """A 2 MB image for fast tests, built from the host's static busybox on first use."""
+    if not shutil.which("busybox"):
+        pytest.fail(f"busybox is not installed: {SETUP_HINT}")
+    build_busybox_image(podman_user)
+    return BUSYBOX_IMAGE
+
+
+@pytest.fixture(scope="session")
+def job_image(podman_user: PodmanUser) -> str:
+    if not image_exists(podman_user, JOB_IMAGE):
+        pytest.fail(f"the job image {JOB_IMAGE} is missing for user {podman_user.name}: {SETUP_HINT}")
+    return JOB_IMAGE
+
+
+def remove_tree(path: Path, user: PodmanUser) -> None:
+    """Delete a test folder, including files a container wrote under subordinate uids."""
+    if not path.exists():
+        return
+    if os.geteuid() != 0:
+        user.run(["podman", "unshare", "rm", "-rf", str(path)], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_dir(podman_user: PodmanUser) -> Iterator[Path]:
+    """A temp folder the Podman user can traverse (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="forgeci-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    remove_tree(path, podman_user)
+
+
+@pytest.fixture
+def settings(shared_dir: Path, busybox_image: str) -> Settings:
+    """Defaults with a private data dir, the busybox image and no network: fast and hermetic."""
+    base = Settings.default()
+    runner = dataclasses.replace(base.runner, image=busybox_image, network="none", step_timeout=60.0,
+                                 job_timeout=300.0)
+    return dataclasses.replace(base, data_dir=shared_dir / "data", runner=runner)
+
+
+def with_runner(settings: Settings, **changes: object) -> Settings:
+    runner: RunnerSettings = dataclasses.replace(settings.runner, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(settings, runner=runner)
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    async with open_runtime(settings, {}, workers=True) as rt:
+        yield rt
+
+
+def git(path: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@e"}
+    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+@pytest.fixture
+def make_repo(shared_dir: Path) -> Callable[..., tuple[Path, str]]:
+    """make_repo(files) -> (path, sha): a git repository on branch main with one commit of `files`."""
+    counter = iter(range(1000))
+
+    def make(files: dict[str, str], name: str | None = None) -> tuple[Path, str]:
+        path = shared_dir / (name or f"repo{next(counter)}")
+        path.mkdir()
+        git(path, "init", "-q", "-b", "main")
+        for rel, text in files.items():
+            target = path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        git(path, "add", "-A")
+        git(path, "commit", "-qm", "initial")
+        for sub in [path, *path.rglob("*")]:
+            sub.chmod(sub.stat().st_mode | 0o055)  # readable by the Podman user
+        return path, git(path, "rev-parse", "HEAD")
+
+    return make
