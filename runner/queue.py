@@ -67,6 +67,38 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, idx)
     ) WITHOUT ROWID;
     """,
+    # 2: the cache index (runner.cache) and workspace snapshots (runner.snapshot).
+    """
+    CREATE TABLE cache_entries (
+        key        TEXT    PRIMARY KEY,            -- {repo}/{scope}/{hash}
+        repo       TEXT    NOT NULL,
+        scope      TEXT    NOT NULL,
+        paths      TEXT    NOT NULL,               -- JSON list, for restore-keys fallbacks with the same paths
+        size       INTEGER NOT NULL,
+        checksum   TEXT    NOT NULL,
+        created_at REAL    NOT NULL,
+        last_used  REAL    NOT NULL,
+        hits       INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX cache_newest ON cache_entries (repo, scope, created_at DESC);
+    CREATE TABLE snapshots (
+        job_id     INTEGER PRIMARY KEY,
+        key        TEXT    NOT NULL,
+        size       INTEGER NOT NULL,
+        checksum   TEXT    NOT NULL,
+        created_at REAL    NOT NULL
+    );
+    """,
+    # 3: webhook deliveries, so a redelivery answers with the jobs it already made (bot.webhooks).
+    """
+    CREATE TABLE deliveries (
+        forge       TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        job_ids     TEXT NOT NULL DEFAULT '[]',   -- JSON list
+        received_at REAL NOT NULL,
+        PRIMARY KEY (forge, delivery_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 _JOB_COLUMNS = (

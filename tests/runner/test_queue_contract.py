@@ -552,6 +552,8 @@ def test_retention_deletes_only_old_finished_jobs_and_their_steps(q: Queue, cloc
 
 def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: FakeClock,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    released = queue_module.MIGRATIONS
+    monkeypatch.setattr(queue_module, "MIGRATIONS", released[:1])
     with Queue(db, clock=clock) as v1:
         job_id = v1.enqueue(spec(meta={"pusher": "ada"}))
         v1.claim("r1", 60)
@@ -559,11 +561,11 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: Fa
         before = v1.get(job_id)
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 1
     later = "ALTER TABLE jobs ADD COLUMN note TEXT; CREATE TABLE notes (body TEXT DEFAULT 'a;b')"
-    monkeypatch.setattr(queue_module, "MIGRATIONS", (*queue_module.MIGRATIONS, later))
+    monkeypatch.setattr(queue_module, "MIGRATIONS", (*released, later))
     for _ in range(2):  # the second open must not apply the migration again
         with Queue(db, clock=clock) as v2:
             assert v2.get(job_id) == before
-            assert v2._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert v2._conn.execute("PRAGMA user_version").fetchone()[0] == len(released) + 1
             assert v2._conn.execute("SELECT note FROM jobs WHERE id = ?", (job_id,)).fetchone() == (None,)
             v2._conn.execute("INSERT INTO notes DEFAULT VALUES")
     assert sqlite3.connect(db).execute("SELECT body FROM notes").fetchall() == [("a;b",), ("a;b",)]
