@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ class PodmanUser:
         if not self.switch:
             return list(argv)
         env = [f"{k}={v}" for k, v in self.env().items()]
-        return ["runuser", "-u", self.name, "--", "env", "-i", *env, *argv]
+        # Found by path too: root's PATH in a service or a test harness may lack /usr/sbin.
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin") or "runuser"
+        return [runuser, "-u", self.name, "--", "env", "-i", *env, *argv]
 
     def run(
         self, argv: Sequence[str], *, check: bool = True, capture: bool = True, timeout: float | None = None,
