@@ -135,10 +135,14 @@ class WorkerPool:
 
     async def _record(self, job: Job, outcome: Outcome) -> None:
         try:
-            if outcome.infra or (self._stopping and outcome.state is JobState.cancelled
-                                 and not await asyncio.to_thread(self.queue.is_cancel_requested, job.id)):
-                reason = outcome.error or "runner stopped"
-                state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason, self.runner_id)
+            # A job we stopped because the runner is shutting down goes back to the queue; one a user
+            # cancelled stays cancelled.
+            stopped_by_us = (self._stopping and outcome.state is JobState.cancelled
+                             and not await asyncio.to_thread(self.queue.is_cancel_requested, job.id))
+            if outcome.infra or stopped_by_us:
+                reason = "the runner stopped before the job finished" if stopped_by_us else outcome.error
+                state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason or "infrastructure error",
+                                                self.runner_id)
             else:
                 await asyncio.to_thread(self.queue.complete, job.id, outcome.state, outcome.error, self.runner_id)
                 state = outcome.state
