@@ -25,6 +25,9 @@ from runner.podman_user import PodmanUser
 log = logging.getLogger(__name__)
 
 JOB_LABEL = "forgeci.job"
+# Several forgeci instances (a server, a `forgeci run`, tests) share one Podman user's containers: each
+# labels its own with its data dir so that start-up reaping never touches another instance's jobs.
+INSTANCE_LABEL = "forgeci.instance"
 STEP_PID_FILE = "/tmp/.forgeci-step.pid"
 STREAMS = {1: "stdout", 2: "stderr"}
 
@@ -171,8 +174,9 @@ OutputCallback = Callable[[str, bytes], None]
 class Engine:
     """Job containers through podman-py; every blocking call runs in a worker thread."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, instance: str) -> None:
         self.url = url
+        self.instance = instance
         self.client = PodmanClient(base_url=url, timeout=60)
         self._has_bash: dict[str, bool] = {}
 
@@ -214,7 +218,7 @@ class Engine:
         kwargs: dict[str, object] = dict(
             image=spec.image, command=["sleep", "infinity"], init=True, detach=True,
             name=f"forgeci-job-{spec.job_id}-{os.urandom(3).hex()}",
-            labels={JOB_LABEL: str(spec.job_id)}, mounts=mounts, environment=env,
+            labels={JOB_LABEL: str(spec.job_id), INSTANCE_LABEL: self.instance}, mounts=mounts, environment=env,
             working_dir="/workspace", no_new_privileges=True, network_mode=spec.network,
             ulimits=[parse_ulimit(u) for u in spec.ulimits],
         )
@@ -310,11 +314,11 @@ class Engine:
         await self._call(remove, what=f"removing container {container_id[:12]}")
 
     async def job_containers(self) -> dict[str, int]:
-        """Every container labelled as a forgeci job: container id -> job id."""
+        """Every job container of this instance: container id -> job id."""
 
         def listing() -> dict[str, int]:
             found: dict[str, int] = {}
-            for container in self.client.containers.list(all=True, filters={"label": JOB_LABEL}):
+            for container in self.client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"}):
                 try:
                     found[str(container.id)] = int(container.labels.get(JOB_LABEL, ""))
                 except ValueError:

@@ -55,7 +55,7 @@ async def open_runtime(
         service = PodmanService(user, layout.podman)
         await asyncio.to_thread(service.start)
         url = service.url
-    engine = Engine(url)
+    engine = Engine(url, instance=str(layout.root))
     queue = Queue(layout.db, max_concurrent=settings.queue.max_concurrent, max_retries=settings.queue.max_retries)
     hub = LogHub()
     events = EventBus()

@@ -33,6 +33,36 @@ def podman_user() -> PodmanUser:
     return user
 
 
+def leftovers(user: PodmanUser) -> list[str]:
+    """Job containers and test Podman services still alive: what no test may leave behind."""
+    found = [f"container {line}" for line in user.run(
+        ["podman", "ps", "-a", "--filter", "label=forgeci.job", "--format", "{{.ID}} {{.Labels}}"],
+        check=False).stdout.decode().splitlines() if line.strip()]
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "system service" in cmdline and "/var/tmp/forgeci-test-" in cmdline and "runuser" not in cmdline:
+            found.append(f"podman service pid {proc.name}: {cmdline.strip()}")
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the whole session: no job container and no Podman service of a test is left running."""
+    yield
+    if not shutil.which("podman"):
+        return
+    try:
+        user = PodmanUser.resolve("forgeci")
+    except Exception:
+        return
+    remaining = leftovers(user)
+    if remaining:
+        pytest.fail("left behind by the tests:\n" + "\n".join(remaining))
+
+
 @pytest.fixture(scope="session")
 def busybox_image(podman_user: PodmanUser) -> str:
     """A 2 MB image for fast tests, built from the host's static busybox on first use."""

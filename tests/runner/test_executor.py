@@ -288,3 +288,21 @@ async def test_nothing_is_left_after_jobs(settings: Settings, make_repo: MakeRep
     assert not Path(f"/proc/{pid}").exists()
     result = podman_user.run(["podman", "ps", "-aq", "--filter", "label=forgeci.job"])
     assert result.stdout.decode().strip() == ""
+
+
+async def test_reaping_never_touches_another_instances_containers(
+    settings: Settings, shared_dir: Path
+) -> None:
+    from runner.podman import ContainerSpec
+
+    other = dataclasses.replace(settings, data_dir=shared_dir / "other")
+    async with open_runtime(settings, {}, workers=False) as mine:
+        ws = mine.layout.workspaces / "5"
+        ws.mkdir()
+        container = await mine.engine.start_job_container(ContainerSpec(5, settings.runner.image, ws, network="none"))
+        try:
+            async with open_runtime(other, {}) as theirs:  # its start-up reap runs here
+                assert await theirs.engine.job_containers() == {}
+            assert container in await mine.engine.job_containers()
+        finally:
+            await mine.engine.remove(container)
