@@ -33,32 +33,34 @@ def podman_user() -> PodmanUser:
     return user
 
 
+# The folders this session's tests made: the leftover check looks only at those, so test runs of other
+# sessions on the same machine (sharing the Podman user) cannot make it fail.
+SESSION_DIRS: list[str] = []
+
+
 def leftovers(user: PodmanUser) -> list[str]:
-    """Job containers and test Podman services still alive: what no test may leave behind."""
-    found = [f"container {line}" for line in user.run(
-        ["podman", "ps", "-a", "--filter", "label=forgeci.job", "--format", "{{.ID}} {{.Labels}}"],
-        check=False).stdout.decode().splitlines() if line.strip()]
+    """Job containers and Podman services of this session's tests that are still there."""
+    listing = user.run(["podman", "ps", "-a", "--filter", "label=forgeci.job", "--format",
+                        '{{.ID}} {{index .Labels "forgeci.instance"}}'], check=False).stdout.decode()
+    found = [f"container {line}" for line in listing.splitlines()
+             if any(f" {d}/" in line for d in SESSION_DIRS)]
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "system service" in cmdline and "/var/tmp/forgeci-test-" in cmdline and "runuser" not in cmdline:
+        if "system service" in cmdline and "runuser" not in cmdline and any(d in cmdline for d in SESSION_DIRS):
             found.append(f"podman service pid {proc.name}: {cmdline.strip()}")
     return found
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+def nothing_left_behind() -> Iterator[None]:
     """After the whole session: no job container and no Podman service of a test is left running."""
     yield
-    if not shutil.which("podman"):
+    if not SESSION_DIRS:
         return
-    try:
-        user = PodmanUser.resolve("forgeci")
-    except Exception:
-        return
-    remaining = leftovers(user)
+    remaining = leftovers(PodmanUser.resolve("forgeci"))
     if remaining:
         pytest.fail("left behind by the tests:\n" + "\n".join(remaining))
 
@@ -93,6 +95,7 @@ def shared_dir(podman_user: PodmanUser) -> Iterator[Path]:
     """A temp folder the Podman user can traverse (pytest's tmp_path is private to root)."""
     path = Path(tempfile.mkdtemp(prefix="forgeci-test-", dir="/var/tmp"))
     path.chmod(0o755)
+    SESSION_DIRS.append(str(path))
     yield path
     remove_tree(path, podman_user)
 
