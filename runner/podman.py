@@ -166,6 +166,14 @@ def _kill_group(pid: int, grace: float, proc: subprocess.Popen[bytes] | None = N
         pass
     if proc is not None:
         proc.wait()
+    # runuser may exit before the podman it started: wait until the whole group is gone.
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
 
 
 OutputCallback = Callable[[str, bytes], None]

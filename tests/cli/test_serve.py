@@ -39,8 +39,10 @@ def test_serve_listens_answers_health_and_stops_cleanly(settings: Settings, shar
     proc = serve(config)
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert f"listening on http://127.0.0.1:{port}" in first, first
+        seen = []
+        while not any("listening on" in line for line in seen) and len(seen) < 50:
+            seen.append(proc.stdout.readline())
+        assert f"listening on http://127.0.0.1:{port}" in seen[-1], seen
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
             body = json.load(response)
         assert response.status == 200 and body["status"] == "ok" and body["engine"] is True
