@@ -13,17 +13,7 @@ from config.errors import ConfigError, ForgeciError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Subcommands that a later issue brings; until then they say so and exit 2.
-PLANNED: dict[str, str] = {
-    "submit": "issue 6 (HTTP API and client commands)",
-    "jobs": "issue 6 (HTTP API and client commands)",
-    "status": "issue 6 (HTTP API and client commands)",
-    "logs": "issue 6 (HTTP API and client commands)",
-    "cancel": "issue 6 (HTTP API and client commands)",
-    "retry": "issue 6 (HTTP API and client commands)",
-    "debug": "issue 4 (workspace snapshots)",
-    "tui": "issue 7 (Textual operator console)",
-    "maintenance": "issue 4 (retention and pruning)",
-}
+PLANNED: dict[str, str] = {}
 
 
 def default_server() -> str:
@@ -128,6 +118,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.state is JobState.success else EXIT_FAILED
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tui.app import ForgeciApp
+    from tui.client import ApiClient
+
+    if not args.server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server must be an http:// or https:// URL, got {args.server!r}")
+
+    async def run() -> None:
+        async with ApiClient(args.server, os.environ.get("FORGECI_API_TOKEN") or None) as client:
+            await ForgeciApp(client).run_async()
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    """A container on the job's snapshot, on the server host: its exit code becomes ours."""
+    from config.settings import load_settings
+    from runner.snapshot import debug_job
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    return debug_job(load_settings(args.config), args.job, command)
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """Prune now, on the server host (the queue and store directly, no server needed)."""
+    from config.settings import load_settings
+    from runner.maintenance import open_parts, prune
+
+    with open_parts(load_settings(args.config)) as parts:
+        report = prune(parts)
+    print(report.summary())
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def client_command(args: argparse.Namespace) -> int:
+    """submit, jobs, status, logs, cancel, retry: calls to a server's HTTP API (bot.commands)."""
+    from bot import commands
+
+    if not args.server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server must be an http:// or https:// URL, got {args.server!r}")
+    token = os.environ.get(commands.TOKEN_ENV) or None
+    work = {
+        "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow),
+        "jobs": lambda c: commands.jobs(c, args.status, args.repo, args.limit, args.json),
+        "status": lambda c: commands.status(c, args.job, args.json),
+        "logs": lambda c: commands.follow(c, args.job, follow=args.follow),
+        "cancel": lambda c: commands.cancel(c, args.job),
+        "retry": lambda c: commands.retry(c, args.job, args.from_failed_step),
+    }[args.command]
+    return commands.run(args.server, token, work)
+
+
 def planned(name: str) -> Callable[[argparse.Namespace], int]:
     def run(_: argparse.Namespace) -> int:
         print(f"forgeci {name}: not built yet; {PLANNED[name]} brings it", file=sys.stderr)
@@ -150,27 +197,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "run a local checkout's pipeline, like `act`, on the same engine", cmd_run)
     p.add_argument("path", nargs="?", default=".")
     p.add_argument("--step", metavar="NAME")
-    p = add("submit", "submit a job to a server")
-    p.add_argument("--repo", required=True)
-    p.add_argument("--ref", required=True)
-    p.add_argument("--sha")
-    p.add_argument("--priority", type=int)
-    p.add_argument("--follow", action="store_true")
-    for name, help in (("jobs", "list jobs"), ("status", "show a job"), ("cancel", "cancel a job")):
-        p = add(name, help)
-        if name != "jobs":
-            p.add_argument("job", type=int)
-    p = add("logs", "print a job's log")
+    server_help = "the server (default: $FORGECI_SERVER, then http://127.0.0.1:8080); token: $FORGECI_API_TOKEN"
+    p = add("submit", "submit a job to a server", client_command)
+    p.add_argument("--repo", required=True, help="clone URL, or a path on the server")
+    p.add_argument("--ref", required=True, help="branch, tag or full ref")
+    p.add_argument("--sha", help="exact commit (default: the ref's head)")
+    p.add_argument("--priority", type=int, help="0..10, higher runs first")
+    p.add_argument("--follow", action="store_true", help="print the log until the job ends; exit with its result")
+    p.add_argument("--server", default=None, help=server_help)
+    p = add("jobs", "list jobs, newest first", client_command)
+    p.add_argument("--status", help="only jobs in this state")
+    p.add_argument("--repo", help="only jobs of this repository")
+    p.add_argument("--limit", type=int, default=30)
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.add_argument("--server", default=None, help=server_help)
+    for name, help in (("status", "show a job: state, steps, durations, cache"), ("cancel", "cancel a job")):
+        p = add(name, help, client_command)
+        p.add_argument("job", type=int)
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="the API's JSON")
+        p.add_argument("--server", default=None, help=server_help)
+    p = add("logs", "print a job's log", client_command)
     p.add_argument("job", type=int)
-    p.add_argument("-f", "--follow", action="store_true")
-    p = add("retry", "retry a job")
+    p.add_argument("-f", "--follow", action="store_true", help="until the job ends (resumes after a dropped connection)")
+    p.add_argument("--server", default=None, help=server_help)
+    p = add("retry", "retry a finished job as a new job", client_command)
     p.add_argument("job", type=int)
     p.add_argument("--from-failed-step", action="store_true")
-    p = add("debug", "a shell (or CMD) inside the job's snapshot, on the server host")
+    p.add_argument("--server", default=None, help=server_help)
+    p = add("debug", "a shell (or CMD) inside the job's snapshot, on the server host", cmd_debug)
     p.add_argument("job", type=int)
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
-    p = add("tui", "the Textual operator console")
-    p.add_argument("--server", default=None)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD...: run this instead of a shell")
+    p = add("tui", "the Textual operator console", cmd_tui)
+    p.add_argument("--server", default=None, help="the server (default: $FORGECI_SERVER, then http://127.0.0.1:8080)")
     p = add("init", "write a starter .forgeci.toml for this repository", cmd_init)
     p.add_argument("path", nargs="?", default=".")
     p.add_argument("--force", action="store_true", help="overwrite an existing .forgeci.toml")
@@ -181,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--file", metavar="CONTAINERFILE")
     b.add_argument("--tag", help="image name (default: runner.image)")
     b.add_argument("--force", action="store_true", help="rebuild even when the image is up to date")
-    add("maintenance", "prune old snapshots, caches and jobs now")
+    add("maintenance", "prune old snapshots, caches and jobs now", cmd_maintenance)
     p = add("config", "settings and pipeline files")
     config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = config_sub.add_parser("check", help="validate a forgeci.toml or .forgeci.toml")

@@ -8,8 +8,12 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from bot.api import setup_api
+from bot.dashboard import setup_dashboard
 from bot.errors import error_middleware
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
+from bot.status.setup import status_ctx
+from bot.webhooks import setup_webhooks
 from config.settings import Settings
 from runner.runtime import open_runtime
 
@@ -19,9 +23,11 @@ MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
 async def healthz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     engine_ok = await asyncio.to_thread(runtime.service.alive) if runtime.service is not None else True
+    store = await asyncio.to_thread(runtime.store.health)  # cached for a few seconds: cheap to poll
     counts = runtime.queue.counts()
-    body = {"status": "ok" if engine_ok else "degraded", "engine": engine_ok,
+    body = {"status": "ok" if engine_ok and store.ok else "degraded", "engine": engine_ok, "store": store.to_dict(),
             "queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+    # Only the engine makes it 503: without the store, jobs still run (no caches or snapshots).
     return web.json_response(body, status=200 if engine_ok else 503)
 
 
@@ -37,5 +43,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, 
             yield
 
     app.cleanup_ctx.append(runtime_ctx)
+    app.cleanup_ctx.append(status_ctx)  # after the runtime: the reporter follows its events and reads its queue
     app.router.add_get("/healthz", healthz)
+    setup_webhooks(app)
+    setup_api(app)  # the JSON API and its access policy (bot.auth)
+    setup_dashboard(app)  # after setup_api: the dashboard shares its access policy
     return app

@@ -10,8 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from config.errors import ConfigError, ForgeciError
-from runner.errors import InvalidTransition, JobNotFound
+from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.podman import EngineError
+from runner.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ def _status_of(exc: Exception) -> tuple[int, str, Any]:
         return 409, "wrong state", str(exc)
     if isinstance(exc, EngineError):
         return 503, "container engine unavailable", str(exc)
+    if isinstance(exc, QueueError):  # the database is locked for too long, unreadable or full: try again later
+        return 503, "queue unavailable", str(exc)
+    if isinstance(exc, StoreError):  # the object store (S3, MinIO) is down or refuses us: try again later
+        return 503, "store unavailable", str(exc)
     return 500, "internal error", None
 
 
@@ -58,7 +63,10 @@ async def error_middleware(
         if exc.status < 400:
             raise
         reason = {413: "request body too large", 415: "unsupported media type"}.get(exc.status, exc.reason)
-        return json_error(exc.status, reason)
+        response = json_error(exc.status, reason)
+        if "Allow" in exc.headers:  # a 405 must say which methods the resource has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception as exc:
         status, error, detail = _status_of(exc)
         if status == 500:

@@ -36,8 +36,9 @@ from config.settings import (
 )
 
 SNAPSHOT_CHOICES: Final = ("always", "on_success", "on_failure", "never")
-# Snapshots let `forgeci debug` open a failed job; keeping them only for failures costs nothing on green builds.
-DEFAULT_SNAPSHOT: Final = "on_failure"
+# Every job keeps its workspace (issue 4): `forgeci debug` opens any job, and a failed one can be retried from
+# its failed step. Retention (`retention.snapshot_days`) bounds the space.
+DEFAULT_SNAPSHOT: Final = "always"
 
 
 def _workspace_path(value: object) -> str:

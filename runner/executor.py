@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,11 +17,16 @@ from config.durations import format_duration
 from config.errors import ConfigError
 from config.pipeline import Pipeline, Step, load_pipeline, pipeline_from_dict
 from config.settings import Settings
-from runner.errors import RunnerError
+from runner.archive import ArchiveError, CorruptArchive, UnsafeArchive
+from runner.cache import CacheManager, CachePlan, plan_cache
+from runner.errors import QueueError, RunnerError
 from runner.layout import DataLayout
 from runner.logs import JobLog, LogHub, LogLine, Masker
-from runner.models import Job, JobState
+from runner.models import Job, JobState, SnapshotRecord
 from runner.podman import ContainerSpec, Engine, EngineError
+from runner.retry import Resume
+from runner.snapshot import Snapshots, should_snapshot
+from runner.store import ObjectMissing, StoreError
 from runner.workspace import WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
@@ -87,7 +93,8 @@ class Executor:
 
     def __init__(
         self, settings: Settings, engine: Engine, workspaces: Workspaces, layout: DataLayout,
-        hub: LogHub | None, environ: Mapping[str, str],
+        hub: LogHub | None, environ: Mapping[str, str], *, cache: CacheManager | None = None,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -95,8 +102,20 @@ class Executor:
         self.layout = layout
         self.hub = hub
         self.environ = environ
+        self.cache = cache  # None: no caches (and no package-manager variables)
+        self.snapshots = snapshots  # None: no snapshots, and no retries from a failed step
         self._secret_values = self._resolve_all_secrets()
         self._limits_apply: bool | None = None
+        self._strays: set[str] = set()  # containers whose removal failed (the engine was down): removed later
+
+    async def remove_strays(self) -> None:
+        """Remove the containers an engine fault left behind (their jobs have ended or gone back to the queue)."""
+        for container_id in list(self._strays):
+            try:
+                await self.engine.remove(container_id)
+            except EngineError:
+                continue  # still down: the next call tries again
+            self._strays.discard(container_id)
 
     def _resolve_all_secrets(self) -> dict[str, str]:
         values = {}
@@ -135,16 +154,38 @@ class Executor:
     ) -> Outcome:
         spec = job.spec
         joblog.system(f"job {job.id}, attempt {job.attempts}: {spec.repo} {spec.ref} {spec.sha or ''}".rstrip())
+        try:
+            resume = Resume.of(spec.meta)
+        except ValueError as exc:
+            joblog.system(str(exc))
+            return Outcome(JobState.failure, str(exc))
         container_id: str | None = None
         workspace: Path | None = None
+        snapshot: SnapshotRecord | None = None
+        # Store work runs in threads; a cancel must stop it too. Progress lines come back through the loop.
+        abort = threading.Event()
+        watcher = asyncio.ensure_future(cancel.wait())
+        watcher.add_done_callback(lambda done: abort.set() if not done.cancelled() else None)
+        loop = asyncio.get_running_loop()
+
+        def say(text: str) -> None:
+            loop.call_soon_threadsafe(joblog.system, text)
+
         try:
             try:
-                if local_path is not None:
+                if resume is not None:
+                    found = await self._resume_workspace(job, resume, say, abort)
+                    if isinstance(found, Outcome):
+                        joblog.system(found.error or "cannot resume")
+                        return found
+                    workspace, snapshot = found
+                elif local_path is not None:
                     workspace = await self.workspaces.from_local(job.id, local_path)
                 else:
                     workspace = await self.workspaces.prepare(job.id, spec.repo, spec.ref, spec.sha, joblog.system)
             except WorkspaceError as exc:
                 joblog.system(f"checkout failed: {exc}")
+                workspace = self.workspaces.path(job.id)  # a half-made one (a full disk, a failed fetch) goes too
                 return Outcome(JobState.error if exc.infra else JobState.failure, f"checkout failed: {exc}",
                                infra=exc.infra)
 
@@ -170,11 +211,22 @@ class Executor:
                     names = ", ".join(s.name for s in pipeline.steps)
                     return Outcome(JobState.failure, f"no step named {only_step!r} (steps: {names})")
 
-            env = self._environment(job, pipeline, workspace, joblog)
+            if resume is not None and snapshot is not None:
+                names = [s.name for s in steps]
+                if resume.step >= len(steps) or names[resume.step] != snapshot.failed_step_name:
+                    message = (f"cannot resume: step {resume.step + 1} of the pipeline is not "
+                               f"{snapshot.failed_step_name!r}, the step that failed in job {resume.job_id}")
+                    joblog.system(message)
+                    return Outcome(JobState.failure, message)
+
+            image = pipeline.image or self.settings.runner.image
+            plan = await self._cache_plan(job, pipeline, workspace, image, local_path, joblog)
+            env = self._environment(job, pipeline, workspace, joblog, plan.env if plan else {})
+            if plan is not None and self.cache is not None and resume is None:
+                await self._guarded("cache restore", joblog, self.cache.restore, plan, workspace, say, abort, job.id)
             timeout = pipeline.timeout or self.settings.runner.job_timeout
             deadline = time.monotonic() + timeout
             container_id = await self._start_container(job, pipeline, workspace)
-            image = pipeline.image or self.settings.runner.image
             bash = await self.engine.has_bash(container_id, image)
             joblog.system(f"container {container_id[:12]} from {image}")
 
@@ -182,6 +234,9 @@ class Executor:
             state = JobState.success
             error: str | None = None
             for index, step in enumerate(steps):
+                if resume is not None and index < resume.step:
+                    results.append(self._restored(job, joblog, reporter, index, len(steps), step, resume))
+                    continue
                 if cancel.is_set():
                     state, error = JobState.cancelled, "cancelled"
                     break
@@ -202,13 +257,25 @@ class Executor:
                     state, error = JobState.failure, f"step {step.name} failed (exit {result.exit_code})"
                     break
             joblog.system(self._summary(state, results))
+            if local_path is None:
+                # The container goes first: no process of the job may change the tree while root archives it.
+                try:
+                    await self.engine.remove(container_id)
+                except EngineError as exc:
+                    joblog.system(f"warning: the container could not be removed ({exc}); no cache save or snapshot")
+                else:
+                    container_id = None
+                    await self._keep(job, joblog, pipeline, workspace, image, plan, state, results, say, abort)
             return Outcome(state, error, steps=tuple(results))
         finally:
+            watcher.cancel()
             if container_id is not None:
                 try:
                     await self.engine.remove(container_id)
                 except EngineError as exc:
-                    log.warning("job %d: could not remove its container: %s", job.id, exc)
+                    log.warning("job %d: could not remove its container (retried once the engine answers): %s",
+                                job.id, exc)
+                    self._strays.add(container_id)
             if workspace is not None:
                 try:
                     await self.workspaces.remove(job.id)
@@ -224,10 +291,12 @@ class Executor:
                               source=PIPELINE_FILE)
         return load_pipeline(path)
 
-    def _environment(self, job: Job, pipeline: Pipeline, workspace: Path, joblog: JobLog) -> dict[str, str]:
-        """Job spec < pipeline < secrets (step env goes on top per step) plus forgeci's own variables."""
+    def _environment(
+        self, job: Job, pipeline: Pipeline, workspace: Path, joblog: JobLog, cache_env: Mapping[str, str],
+    ) -> dict[str, str]:
+        """Job spec < cache variables < pipeline < secrets (step env goes on top per step) plus forgeci's own."""
         spec = job.spec
-        env: dict[str, str] = {**spec.env, **pipeline.env}
+        env: dict[str, str] = {**spec.env, **cache_env, **pipeline.env}
         slug = repo_slug(spec.repo)
         for name in pipeline.secrets:
             secret = self.settings.secrets.get(name)
@@ -244,6 +313,84 @@ class Executor:
         env.update(CI="true", FORGECI="true", FORGECI_JOB_ID=str(job.id), FORGECI_REPO=spec.repo,
                    FORGECI_REF=spec.ref, FORGECI_SHA=spec.sha or checked_out_sha(workspace))
         return env
+
+    async def _resume_workspace(
+        self, job: Job, resume: Resume, say: Callable[[str], None], abort: threading.Event,
+    ) -> tuple[Path, SnapshotRecord] | Outcome:
+        """A fresh workspace holding the snapshot of job `resume.job_id`, instead of a checkout."""
+        if self.snapshots is None:
+            return Outcome(JobState.failure, "this runner keeps no snapshots; retry without --from-failed-step")
+        try:
+            record = await asyncio.to_thread(self.snapshots.queue.snapshot, resume.job_id)
+        except QueueError as exc:
+            return Outcome(JobState.error, f"cannot read the snapshot index: {exc}", infra=True)
+        if record is None or record.failed_step != resume.step:
+            return Outcome(JobState.failure, f"job {resume.job_id} has no snapshot to resume from (pruned?); "
+                                             f"retry it without --from-failed-step")
+        workspace = self.workspaces.path(job.id)
+        await self.workspaces.remove(job.id)
+        try:
+            workspace.mkdir(mode=0o755)
+            self.workspaces.user.chown(workspace)
+            await asyncio.to_thread(self.snapshots.restore, record, workspace, say, abort)
+        except ObjectMissing:
+            return Outcome(JobState.failure, f"the snapshot of job {resume.job_id} is gone from the store; "
+                                             f"retry it without --from-failed-step")
+        except (CorruptArchive, UnsafeArchive) as exc:
+            return Outcome(JobState.failure, f"the snapshot of job {resume.job_id} cannot be restored: {exc}")
+        except (StoreError, ArchiveError, OSError) as exc:  # the store or the disk: worth retrying later
+            return Outcome(JobState.error, f"cannot restore the snapshot of job {resume.job_id}: {exc}", infra=True)
+        return workspace, record
+
+    async def _cache_plan(
+        self, job: Job, pipeline: Pipeline, workspace: Path, image: str, local_path: Path | None, joblog: JobLog,
+    ) -> CachePlan | None:
+        """What the job caches; `forgeci run` keeps none (its data dir is thrown away after the run)."""
+        if self.cache is None or local_path is not None:
+            return None
+        plan = await asyncio.to_thread(plan_cache, job.spec, pipeline, workspace, image)
+        if plan is None:
+            joblog.system("cache: no [cache] table and no lockfile at the repository root; nothing to cache")
+        elif plan.detected:
+            joblog.system(f"cache: detected from {', '.join(plan.key_files)}: {', '.join(plan.paths)}")
+        return plan
+
+    def _restored(
+        self, job: Job, joblog: JobLog, reporter: StepReporter, index: int, total: int, step: Step, resume: Resume,
+    ) -> StepResult:
+        """A step before the resume point: its work is in the snapshot, so it is recorded, not run."""
+        joblog.system(f"step {index + 1}/{total}: {step.name} restored from the snapshot of job {resume.job_id} "
+                      f"(not run again)", step=step.name)
+        reporter.step_started(job, index, step.name, total)
+        result = StepResult(index, step.name, JobState.restored, None, 0.0)
+        reporter.step_finished(job, result, total)
+        return result
+
+    async def _keep(
+        self, job: Job, joblog: JobLog, pipeline: Pipeline, workspace: Path, image: str, plan: CachePlan | None,
+        state: JobState, results: list[StepResult], say: Callable[[str], None], abort: threading.Event,
+    ) -> None:
+        """Cache save and snapshot, per the pipeline's policies; their failures are warnings, never the job's state."""
+        if plan is not None and self.cache is not None and (
+                state is JobState.success or plan.save == "always" and state in (JobState.failure, JobState.timeout)):
+            await self._guarded("cache save", joblog, self.cache.save, plan, workspace, say, abort)
+        if self.snapshots is not None and should_snapshot(pipeline.snapshot, state):
+            failed = results[-1] if state is not JobState.success and results else None
+            await self._guarded(
+                "snapshot", joblog, self.snapshots.take, job.id, workspace,
+                sha=checked_out_sha(workspace) or job.spec.sha or "", image=image, state=state,
+                failed_step=failed.index if failed else None, failed_step_name=failed.name if failed else None,
+                say=say, abort=abort)
+
+    @staticmethod
+    async def _guarded(what: str, joblog: JobLog, func: Callable[..., object], *args: object, **kwargs: object) -> None:
+        """Run store work in a thread. It reports its own failures; anything else it raises is a bug, logged as a
+        warning in the job's log: caches and snapshots never decide a job's state."""
+        try:
+            await asyncio.to_thread(func, *args, **kwargs)
+        except Exception as exc:
+            log.exception("job %d: %s failed", joblog.job_id, what)
+            joblog.system(f"warning: {what} failed: {exc}")
 
     async def _start_container(self, job: Job, pipeline: Pipeline, workspace: Path) -> str:
         runner = self.settings.runner

@@ -26,13 +26,15 @@ class JobState(StrEnum):
     cancelled = "cancelled"
     skipped = "skipped"
     error = "error"
+    restored = "restored"  # steps only: a retry from the failed step took this step's work from a snapshot
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL: frozenset[JobState] = frozenset(JobState) - {JobState.queued, JobState.running}
+TERMINAL: frozenset[JobState] = frozenset(JobState) - {JobState.queued, JobState.running, JobState.restored}
+STEP_ENDS: frozenset[JobState] = TERMINAL | {JobState.restored}  # how a step can end
 
 
 def valid_priority(priority: object) -> bool:
@@ -176,3 +178,90 @@ class Job:
         out["steps"] = [s.to_dict() for s in self.steps]
         out["duration"] = self.duration
         return out
+
+
+@dataclass(frozen=True)
+class JobMetric:
+    """The metrics row of one finished job: its outcome, total and per-step durations, cache result."""
+
+    job_id: int
+    finished_at: float
+    state: JobState
+    duration: float | None  # seconds of the last attempt; None when it never started
+    steps: int
+    step_times: tuple[tuple[str, float | None], ...]  # (name, seconds) in step order
+    cache_hit: bool | None
+
+
+@dataclass(frozen=True)
+class BucketStats:
+    """Finished jobs in one slice of a time range: how many ended in each state, and how long they took."""
+
+    start: float
+    states: Mapping[str, int]
+    avg_duration: float | None
+    max_duration: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
+
+
+@dataclass(frozen=True)
+class RangeStats:
+    """Aggregates over the jobs that finished in [since, until), with `buckets` equal slices for charts."""
+
+    since: float
+    until: float
+    states: Mapping[str, int]  # finished jobs per terminal state (every terminal state present)
+    avg_duration: float | None
+    p95_duration: float | None
+    cache_hits: int
+    cache_lookups: int  # jobs that attempted a cache restore
+    bucket_seconds: float
+    buckets: tuple[BucketStats, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One saved cache (runner.cache): immutable once saved; hits and last_used change as jobs restore it."""
+
+    key: str  # {repo}/{scope}/{hash}
+    repo: str
+    scope: str
+    image: str
+    paths: tuple[str, ...]
+    object: str  # the store key of its archive
+    size: int  # bytes of the archive
+    checksum: str  # sha256 of the archive
+    created_at: float
+    last_used: float
+    hits: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["paths"] = list(self.paths)
+        return out
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A job's workspace snapshot (runner.snapshot): where it is, and which step failed the job."""
+
+    job_id: int
+    key: str  # snapshots/{jobId}/{sha}/{timestamp}.tar.zst
+    sha: str
+    image: str
+    state: JobState  # the job's outcome when the snapshot was taken
+    failed_step: int | None  # index of the step that failed the job; None when none did
+    failed_step_name: str | None
+    size: int
+    checksum: str
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -335,6 +335,13 @@ class Engine:
 
         return dict(await self._call(listing, what="listing job containers"))  # type: ignore[arg-type]
 
+    async def ping(self) -> bool:
+        """True when the engine answers; a dead or missing service is False, never an exception."""
+        try:
+            return bool(await asyncio.to_thread(self.client.ping))
+        except (PodmanError, OSError):
+            return False
+
     async def inspect(self, container_id: str) -> dict[str, object]:
         def inspect() -> dict[str, object]:
             return dict(self.client.containers.get(container_id).inspect())

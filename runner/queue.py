@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from config.errors import ConfigError, ConfigIssue
 from runner.errors import InvalidTransition, JobNotFound, QueueError
-from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, JobState, StepRecord, valid_priority
+from runner.models import (
+    MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, BucketStats, CacheEntry, Job, JobMetric, JobSpec, JobState, RangeStats,
+    SnapshotRecord, StepRecord, valid_priority,
+)
 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's transaction before giving up
 CACHE_KIB = 64 * 1024  # page cache per connection; SQLite allocates it as pages are read, not up front
@@ -73,21 +78,31 @@ MIGRATIONS: tuple[str, ...] = (
         key        TEXT    PRIMARY KEY,            -- {repo}/{scope}/{hash}
         repo       TEXT    NOT NULL,
         scope      TEXT    NOT NULL,
+        image      TEXT    NOT NULL,
         paths      TEXT    NOT NULL,               -- JSON list, for restore-keys fallbacks with the same paths
+        object     TEXT    NOT NULL,               -- store key of the archive: unique per upload, so a racing
+                                                   -- second upload of the key never replaces the indexed one
         size       INTEGER NOT NULL,
-        checksum   TEXT    NOT NULL,
+        checksum   TEXT    NOT NULL,               -- sha256 of the archive
         created_at REAL    NOT NULL,
         last_used  REAL    NOT NULL,
         hits       INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     CREATE INDEX cache_newest ON cache_entries (repo, scope, created_at DESC);
+    CREATE INDEX cache_last_used ON cache_entries (last_used);
     CREATE TABLE snapshots (
-        job_id     INTEGER PRIMARY KEY,
-        key        TEXT    NOT NULL,
-        size       INTEGER NOT NULL,
-        checksum   TEXT    NOT NULL,
-        created_at REAL    NOT NULL
+        job_id           INTEGER PRIMARY KEY,      -- one per job: a later attempt's snapshot replaces it
+        key              TEXT    NOT NULL,         -- snapshots/{jobId}/{sha}/{timestamp}.tar.zst
+        sha              TEXT    NOT NULL,
+        image            TEXT    NOT NULL,
+        state            TEXT    NOT NULL,         -- the job's outcome when it was taken
+        failed_step      INTEGER,                  -- index of the step that failed the job
+        failed_step_name TEXT,
+        size             INTEGER NOT NULL,
+        checksum         TEXT    NOT NULL,
+        created_at       REAL    NOT NULL
     );
+    CREATE INDEX snapshots_created ON snapshots (created_at);
     """,
     # 3: webhook deliveries, so a redelivery answers with the jobs it already made (bot.webhooks).
     """
@@ -98,6 +113,31 @@ MIGRATIONS: tuple[str, ...] = (
         received_at REAL NOT NULL,
         PRIMARY KEY (forge, delivery_id)
     ) WITHOUT ROWID;
+    CREATE INDEX deliveries_received ON deliveries (received_at);  -- pruning old ones is one index seek
+    """,
+    # 4: one metrics row per finished job (bot.metrics). A trigger writes it, so every path that ends a job
+    # (complete, retries used up, a queued job cancelled) records one in the same transaction; kept in time
+    # order apart from `jobs`, so a range query reads a small slice of a small table, and outlives job retention.
+    """
+    CREATE TABLE job_metrics (
+        finished_at REAL    NOT NULL,
+        job_id      INTEGER NOT NULL,
+        state       TEXT    NOT NULL,
+        duration    REAL,                          -- seconds of the last attempt; NULL when it never started
+        steps       INTEGER NOT NULL,
+        step_times  TEXT    NOT NULL DEFAULT '[]', -- JSON [[name, seconds or null], ...] in step order
+        cache_hit   INTEGER,                       -- NULL: no cache restore was attempted
+        PRIMARY KEY (finished_at, job_id)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER job_metrics_on_finish AFTER UPDATE OF state ON jobs
+    WHEN NEW.state NOT IN ('queued', 'running') AND OLD.state IN ('queued', 'running')
+    BEGIN
+        INSERT OR REPLACE INTO job_metrics (finished_at, job_id, state, duration, steps, step_times, cache_hit)
+        SELECT coalesce(NEW.finished_at, julianday('now') * 86400 - 210866760000), NEW.id, NEW.state,
+               NEW.finished_at - NEW.started_at, count(*), json_group_array(json_array(name, finished_at - started_at)),
+               NEW.cache_hit
+        FROM (SELECT name, started_at, finished_at FROM steps WHERE job_id = NEW.id ORDER BY idx);
+    END;
     """,
 )
 
@@ -176,6 +216,14 @@ WHERE {_ACTIVE} AND {{where}}
 RETURNING id, state
 """
 
+_SUPERSEDED = "concurrency_group = :group AND id < :before AND NOT cancel_requested"
+_DELIVERY_JOBS = "SELECT job_ids FROM deliveries WHERE forge = ? AND delivery_id = ?"
+_RECORD_DELIVERY = "INSERT INTO deliveries (forge, delivery_id, job_ids, received_at) VALUES (?, ?, ?, ?)"
+_PRUNE_DELIVERIES = "DELETE FROM deliveries WHERE received_at < ?"
+# Forges redeliver for a few days (GitHub: 3); a delivery older than this is answered as a new one.
+DELIVERY_MEMORY = 7 * 86400.0
+PRUNE_EVERY = 64  # deliveries between two prunings of the deliveries table
+
 _SET_PRIORITY = """
 UPDATE jobs SET priority = :priority, seq = CASE WHEN priority = :priority THEN seq ELSE 0 END
 WHERE id = :id AND state = 'queued'
@@ -207,7 +255,47 @@ _DELETE_FINISHED = """
 DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND finished_at < ? AND id < (SELECT max(id) FROM jobs)
 """
 
+_ACTIVE_COUNTS = f"SELECT state, count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} GROUP BY state"
+_IN_RANGE = "finished_at >= :since AND finished_at < :until"
+_TERMINAL_STATES = tuple(state.value for state in JobState if state.is_terminal)
+# One pass over the range gives the chart's slices, and the totals are their sums: a week of a busy server is
+# 100,000 rows, and each extra pass over them costs more than the whole page otherwise does.
+_METRIC_BUCKETS = f"""
+SELECT CAST((finished_at - :since) / :width AS INTEGER),
+       {", ".join(f"sum(state = '{state}')" for state in _TERMINAL_STATES)},
+       total(duration), max(duration), count(duration), sum(cache_hit = 1), count(cache_hit)
+FROM job_metrics WHERE {_IN_RANGE} GROUP BY 1
+"""
+_METRIC_P95 = f"""
+SELECT duration FROM job_metrics WHERE {_IN_RANGE} AND duration IS NOT NULL ORDER BY duration DESC
+LIMIT 1 OFFSET :offset
+"""
+_METRIC_ROWS = f"""
+SELECT finished_at, job_id, state, duration, steps, step_times, cache_hit FROM job_metrics WHERE {_IN_RANGE}
+ORDER BY finished_at DESC, job_id DESC LIMIT :limit
+"""
+
 Order = Literal["newest", "dispatch"]
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A forge delivery to record, with the jobs it makes (Queue.enqueue_deliveries)."""
+
+    forge: str
+    delivery_id: str
+    specs: tuple[JobSpec, ...]
+    supersede: bool = False  # each job cancels the older unfinished jobs of its concurrency group
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What recording a forge delivery did: the jobs it made, and the superseded jobs it cancelled."""
+
+    job_ids: tuple[int, ...]
+    redelivery: bool = False  # the (forge, delivery id) was seen before: job_ids are the jobs it made then
+    cancelled: tuple[int, ...] = ()  # superseded queued jobs, cancelled now
+    stopping: tuple[int, ...] = ()  # superseded running jobs, flagged for their runner to stop
 
 
 class Queue:
@@ -345,6 +433,52 @@ class Queue:
             ).fetchall()
         return sorted(row[0] for row in rows)
 
+    def enqueue_delivery(
+        self, forge: str, delivery_id: str, specs: Sequence[JobSpec], *, supersede: bool = False
+    ) -> Delivery:
+        """Record a forge delivery and enqueue its jobs in one transaction (all or nothing).
+
+        A redelivery of the same (forge, delivery_id) enqueues nothing and returns the jobs it made the first
+        time. With `supersede`, each new job cancels (as cancel does) the older unfinished jobs of its
+        concurrency group, in the same transaction.
+        """
+        return self.enqueue_deliveries([NewDelivery(forge, delivery_id, tuple(specs), supersede)])[0]
+
+    def enqueue_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[Delivery]:
+        """enqueue_delivery for several deliveries, in order, in one transaction (a burst shares one commit)."""
+        rows = [
+            [(spec.repo, spec.ref, spec.sha, spec.event, spec.priority, spec.concurrency_group, spec.fork,
+              spec.pr_number, spec.base_ref, None if spec.pipeline is None else _json(spec.pipeline, "pipeline"),
+              _json(spec.env, "env"), _json(spec.meta, "meta"))
+             for spec in delivery.specs]
+            for delivery in deliveries
+        ]
+        results: list[Delivery] = []
+        with self._transaction() as conn:
+            now = self._clock()
+            for delivery, job_rows in zip(deliveries, rows):
+                results.append(self._record_delivery(conn, delivery, job_rows, now))
+            if any(r.job_ids and r.job_ids[0] % PRUNE_EVERY == 0 for r in results if not r.redelivery):
+                conn.execute(_PRUNE_DELIVERIES, (now - DELIVERY_MEMORY,))  # now and then keeps the table small
+        return results
+
+    @staticmethod
+    def _record_delivery(conn: sqlite3.Connection, delivery: NewDelivery, rows: list[tuple[Any, ...]],
+                         now: float) -> Delivery:
+        seen = conn.execute(_DELIVERY_JOBS, (delivery.forge, delivery.delivery_id)).fetchone()
+        if seen is not None:
+            return Delivery(tuple(json.loads(seen[0])), redelivery=True)
+        job_ids: list[int] = [conn.execute(_ENQUEUE, (*row, now)).lastrowid for row in rows]  # type: ignore[misc]
+        cancelled: list[int] = []
+        stopping: list[int] = []
+        for spec, job_id in zip(delivery.specs, job_ids):
+            if delivery.supersede and spec.concurrency_group is not None:
+                params = {"group": spec.concurrency_group, "before": job_id, "now": now}
+                for old_id, state in conn.execute(_CANCEL.format(where=_SUPERSEDED), params).fetchall():
+                    (cancelled if state == JobState.cancelled else stopping).append(old_id)
+        conn.execute(_RECORD_DELIVERY, (delivery.forge, delivery.delivery_id, json.dumps(job_ids), now))
+        return Delivery(tuple(job_ids), False, tuple(sorted(cancelled)), tuple(sorted(stopping)))
+
     # -- runners -------------------------------------------------------------------------------------
 
     def claim(self, runner_id: str, lease_seconds: float) -> Job | None:
@@ -416,7 +550,7 @@ class Queue:
 
     def finish_step(self, job_id: int, index: int, state: JobState | str, exit_code: int | None) -> None:
         state = JobState(state)
-        if not state.is_terminal:
+        if state not in STEP_ENDS:
             raise ValueError(f"finish_step() needs a terminal state, not {state}")
         with self._transaction() as conn:
             params = {"id": job_id, "idx": index, "state": state, "exit_code": exit_code, "now": self._clock()}
@@ -519,6 +653,178 @@ class Queue:
         with self._transaction() as conn:
             return conn.execute(_DELETE_FINISHED, (ts,)).rowcount
 
+    def delete_finished_jobs(self, ts: float) -> list[int]:
+        """delete_finished_before, returning the ids deleted (maintenance removes their logs)."""
+        with self._transaction() as conn:
+            return sorted(row[0] for row in conn.execute(_DELETE_FINISHED + " RETURNING id", (ts,)).fetchall())
+
+    # -- cache index and snapshots (runner.cache, runner.snapshot) ------------------------------------
+
+    def cache_entry(self, key: str) -> CacheEntry | None:
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(f"SELECT {_CACHE_COLUMNS} FROM cache_entries WHERE key = ?", (key,)).fetchone()
+        return _cache_entry(row) if row else None
+
+    def cache_fallback(self, repo: str, scope: str, image: str, paths: tuple[str, ...]) -> CacheEntry | None:
+        """The newest entry of repo/scope with the same image and paths (a restore-keys prefix match)."""
+        sql = (f"SELECT {_CACHE_COLUMNS} FROM cache_entries WHERE repo = ? AND scope = ? AND image = ? AND paths = ?"
+               " ORDER BY created_at DESC LIMIT 1")
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(sql, (repo, scope, image, json.dumps(list(paths)))).fetchone()
+        return _cache_entry(row) if row else None
+
+    def add_cache_entry(self, entry: CacheEntry) -> bool:
+        """Index a saved cache; False (and nothing changed) when its key is already there: entries are immutable."""
+        with self._transaction() as conn:
+            return conn.execute(
+                f"INSERT OR IGNORE INTO cache_entries ({_CACHE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.key, entry.repo, entry.scope, entry.image, json.dumps(list(entry.paths)), entry.object,
+                 entry.size, entry.checksum, entry.created_at, entry.last_used, entry.hits),
+            ).rowcount == 1
+
+    def touch_cache_entry(self, key: str) -> None:
+        """A job restored the entry: one more hit, used now."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE cache_entries SET hits = hits + 1, last_used = ? WHERE key = ?", (self._clock(), key))
+
+    def delete_cache_entry(self, key: str) -> CacheEntry | None:
+        """Remove an entry from the index; returns it (its object is the caller's to delete), None if absent."""
+        with self._transaction() as conn:
+            row = conn.execute(f"DELETE FROM cache_entries WHERE key = ? RETURNING {_CACHE_COLUMNS}", (key,)).fetchone()
+        return _cache_entry(row) if row else None
+
+    def cache_entries(self, *, repo: str | None = None, limit: int = 1000) -> list[CacheEntry]:
+        """Entries, most recently used first."""
+        where, params = ("WHERE repo = ?", [repo]) if repo is not None else ("", [])
+        sql = f"SELECT {_CACHE_COLUMNS} FROM cache_entries {where} ORDER BY last_used DESC, key LIMIT ?"
+        with self._transaction("BEGIN") as conn:
+            return [_cache_entry(row) for row in conn.execute(sql, [*params, limit]).fetchall()]
+
+    def cache_stats(self) -> dict[str, int]:
+        """Totals over the whole index in one query: entries, bytes, hits."""
+        with self._transaction("BEGIN") as conn:
+            count, size, hits = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(hits), 0) FROM cache_entries").fetchone()
+        return {"entries": count, "bytes": size, "hits": hits}
+
+    def cache_unused_since(self, ts: float) -> list[CacheEntry]:
+        """Entries last used before ts (pruning)."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(f"SELECT {_CACHE_COLUMNS} FROM cache_entries WHERE last_used < ? ORDER BY last_used",
+                                (ts,)).fetchall()
+        return [_cache_entry(row) for row in rows]
+
+    def put_snapshot(self, record: SnapshotRecord) -> SnapshotRecord | None:
+        """Record a job's snapshot; returns the one it replaces (an earlier attempt's), whose object is to delete."""
+        with self._transaction() as conn:
+            old = conn.execute(f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE job_id = ?", (record.job_id,)).fetchone()
+            conn.execute(
+                f"INSERT OR REPLACE INTO snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.job_id, record.key, record.sha, record.image, record.state, record.failed_step,
+                 record.failed_step_name, record.size, record.checksum, record.created_at),
+            )
+        return _snapshot(old) if old and old[1] != record.key else None
+
+    def snapshot(self, job_id: int) -> SnapshotRecord | None:
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE job_id = ?", (job_id,)).fetchone()
+        return _snapshot(row) if row else None
+
+    def snapshots_before(self, ts: float) -> list[SnapshotRecord]:
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE created_at < ? ORDER BY created_at",
+                                (ts,)).fetchall()
+        return [_snapshot(row) for row in rows]
+
+    def delete_snapshot(self, job_id: int, key: str | None = None) -> bool:
+        """Forget a job's snapshot (only if it is still `key`, when given); True when a row went."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM snapshots WHERE job_id = ? AND (? IS NULL OR key = ?)",
+                                (job_id, key, key)).rowcount == 1
+
+    def stored_objects(self) -> set[str]:
+        """Every store key the index refers to (maintenance deletes the others)."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute("SELECT object FROM cache_entries UNION ALL SELECT key FROM snapshots").fetchall()
+        return {row[0] for row in rows}
+
+    # -- metrics (bot.metrics, the dashboard) --------------------------------------------------------
+
+    def state_of(self, job_id: int) -> JobState:
+        """The job's state alone: cheaper than get() for a follower polling for the end."""
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(_STATE_OF, (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobState(row[0])
+
+    def active_counts(self) -> tuple[int, int]:
+        """(queued, running) from the small active-jobs index, unlike counts() which reads every job."""
+        with self._transaction("BEGIN") as conn:
+            found = dict(conn.execute(_ACTIVE_COUNTS).fetchall())
+        return found.get("queued", 0), found.get("running", 0)
+
+    def range_stats(self, since: float, until: float, buckets: int = 24) -> RangeStats:
+        """Totals, per-state counts, average and p95 duration, cache hits of the jobs finished in [since, until)."""
+        if not until > since or buckets < 1:
+            raise ValueError("range_stats needs since < until and at least one bucket")
+        width = (until - since) / buckets
+        span = {"since": since, "until": until}
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(_METRIC_BUCKETS, {**span, "width": width}).fetchall()
+            timed = sum(row[-3] for row in rows)
+            p95 = None
+            if timed:
+                # Nearest rank, counted from the top: the sorter then keeps 5% of the rows, not 95%.
+                offset = timed - math.ceil(0.95 * timed)
+                p95 = conn.execute(_METRIC_P95, {**span, "offset": offset}).fetchone()[0]
+        per_bucket: dict[int, list[Any]] = {}
+        for index, *counts, total, longest, known, hits, lookups in rows:
+            index = min(index, buckets - 1)  # float rounding at the upper edge
+            merged = per_bucket.setdefault(index, [[0] * len(counts), 0.0, None, 0, 0, 0])
+            merged[0] = [a + b for a, b in zip(merged[0], counts, strict=True)]
+            merged[1] += total
+            merged[2] = longest if merged[2] is None else max(merged[2], longest or 0.0)
+            merged[3] += known
+            merged[4] += hits or 0
+            merged[5] += lookups
+        slices = []
+        states = dict.fromkeys(_TERMINAL_STATES, 0)
+        duration_sum = 0.0
+        timed_total = hits_total = lookups_total = 0
+        for index in range(buckets):
+            counts, total, longest, known, hits, lookups = per_bucket.get(index, [[], 0.0, None, 0, 0, 0])
+            by_state = {state: n for state, n in zip(_TERMINAL_STATES, counts, strict=False) if n}
+            for state, n in by_state.items():
+                states[state] += n
+            duration_sum += total
+            timed_total += known
+            hits_total += hits
+            lookups_total += lookups
+            slices.append(BucketStats(since + index * width, by_state, total / known if known else None,
+                                      longest if known else None))
+        return RangeStats(
+            since=since, until=until, states=states, avg_duration=duration_sum / timed_total if timed_total else None,
+            p95_duration=p95, cache_hits=hits_total, cache_lookups=lookups_total, bucket_seconds=width,
+            buckets=tuple(slices),
+        )
+
+    def job_metrics(self, since: float, until: float, limit: int = 1000) -> list[JobMetric]:
+        """The per-job metrics rows of jobs finished in [since, until), newest first."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(_METRIC_ROWS, {"since": since, "until": until, "limit": limit}).fetchall()
+        return [
+            JobMetric(job_id, finished_at, JobState(state), duration, steps,
+                      tuple((name, seconds) for name, seconds in json.loads(step_times)),
+                      None if cache_hit is None else bool(cache_hit))
+            for finished_at, job_id, state, duration, steps, step_times, cache_hit in rows
+        ]
+
+    def delete_metrics_before(self, ts: float) -> int:
+        """Retention of the metrics rows (they outlive their jobs); returns how many were deleted."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM job_metrics WHERE finished_at < ?", (ts,)).rowcount
+
     @staticmethod
     def _steps(conn: sqlite3.Connection, job_id: int) -> tuple[StepRecord, ...]:
         return tuple(
@@ -543,6 +849,22 @@ def _job(row: tuple[Any, ...], steps: tuple[StepRecord, ...] = ()) -> Job:
         started_at=started_at, finished_at=finished_at, error=error,
         cache_hit=None if cache_hit is None else bool(cache_hit), steps=steps,
     )
+
+
+_CACHE_COLUMNS = "key, repo, scope, image, paths, object, size, checksum, created_at, last_used, hits"
+_SNAPSHOT_COLUMNS = "job_id, key, sha, image, state, failed_step, failed_step_name, size, checksum, created_at"
+
+
+def _cache_entry(row: tuple[Any, ...]) -> CacheEntry:
+    key, repo, scope, image, paths, obj, size, checksum, created_at, last_used, hits = row
+    return CacheEntry(key, repo, scope, image, tuple(json.loads(paths)), obj, size, checksum, created_at, last_used,
+                      hits)
+
+
+def _snapshot(row: tuple[Any, ...]) -> SnapshotRecord:
+    job_id, key, sha, image, state, failed_step, failed_name, size, checksum, created_at = row
+    return SnapshotRecord(job_id, key, sha, image, JobState(state), failed_step, failed_name, size, checksum,
+                          created_at)
 
 
 def _json(value: Any, key: str) -> str:

@@ -10,13 +10,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from config.settings import Settings
+from runner.cache import CacheManager
 from runner.events import EventBus
 from runner.executor import Executor
 from runner.layout import DataLayout
 from runner.logs import LogHub
+from runner.maintenance import maintenance_loop
 from runner.podman import Engine, PodmanService
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
+from runner.snapshot import Snapshots
+from runner.store import ObjectStore, open_store
 from runner.worker import WorkerPool
 from runner.workspace import Workspaces
 
@@ -38,6 +42,9 @@ class Runtime:
     hub: LogHub
     events: EventBus
     executor: Executor
+    store: ObjectStore
+    cache: CacheManager
+    snapshots: Snapshots
     pool: WorkerPool | None = None
 
 
@@ -61,16 +68,25 @@ async def open_runtime(
     events = EventBus()
     git_token = environ.get(settings.git.token_env) or None
     workspaces = Workspaces(layout.workspaces, layout.mirrors, user, git_token)
-    executor = Executor(settings, engine, workspaces, layout, hub, environ)
-    runtime = Runtime(settings, layout, user, service, engine, queue, hub, events, executor)
+    # No request to the store here: a store that is down must not stop forgeci (jobs run without caches).
+    store = open_store(settings, environ)
+    cache = CacheManager(store, queue, user)
+    snapshots = Snapshots(store, queue, user)
+    executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots)
+    runtime = Runtime(settings, layout, user, service, engine, queue, hub, events, executor, store, cache, snapshots)
     watchdog = asyncio.create_task(_watch(service)) if service is not None else None
+    maintenance: asyncio.Task[None] | None = None
     try:
         if workers:
             runtime.pool = WorkerPool(queue, executor, max_concurrent=settings.queue.max_concurrent,
                                       lease_seconds=settings.queue.lease_seconds, events=events)
             await runtime.pool.start()
+            maintenance = asyncio.create_task(maintenance_loop(runtime), name="forgeci-maintenance")
         yield runtime
     finally:
+        if maintenance is not None:
+            maintenance.cancel()
+            await asyncio.gather(maintenance, return_exceptions=True)
         if runtime.pool is not None:
             await runtime.pool.stop()
         if watchdog is not None:
@@ -79,6 +95,7 @@ async def open_runtime(
         engine.close()
         if service is not None:
             await asyncio.to_thread(service.stop)
+        store.close()
         queue.close()
 
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL = 0.5  # seconds between checks of the queue's cancel flag (another process may set it)
 CANCEL_GRACE_ON_STOP = 15.0  # a stopped job's step gets SIGTERM, 10 s, SIGKILL: leave room for that
+ENGINE_POLL = 0.5  # seconds between pings of an engine that failed a job, before claiming again
 
 
 def default_runner_id() -> str:
@@ -40,6 +41,10 @@ class WorkerPool:
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Set by an infrastructure fault: claims wait until the engine answers, so that a dead Podman service
+        # (restarted by the runtime's watchdog) does not burn every queued job's retries in a second.
+        self._engine_suspect = False
+        self._engine_down_logged = False
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -101,7 +106,7 @@ class WorkerPool:
             try:
                 for job_id in await asyncio.to_thread(self.queue.expire_leases):
                     self._publish(job_id, (await asyncio.to_thread(self.queue.get, job_id)).state)
-                while len(self._running) < self.max_concurrent and not self._stopping:
+                while len(self._running) < self.max_concurrent and not self._stopping and await self._engine_ready():
                     job = await asyncio.to_thread(self.queue.claim, self.runner_id, self.lease_seconds)
                     if job is None:
                         break
@@ -109,9 +114,24 @@ class WorkerPool:
             except QueueError as exc:
                 log.error("queue error in the claim loop: %s", exc)
             try:
-                await asyncio.wait_for(self._wake.wait(), interval)
+                await asyncio.wait_for(self._wake.wait(), ENGINE_POLL if self._engine_suspect else interval)
             except TimeoutError:
                 pass
+
+    async def _engine_ready(self) -> bool:
+        """True unless a job just met an infrastructure fault and the engine does not answer (yet)."""
+        if not self._engine_suspect:
+            return True
+        if not await self.executor.engine.ping():
+            if not self._engine_down_logged:
+                log.warning("the container engine does not answer; claiming no job until it does")
+                self._engine_down_logged = True
+            return False
+        if self._engine_down_logged:
+            log.info("the container engine answers again")
+        self._engine_suspect = self._engine_down_logged = False
+        await self.executor.remove_strays()
+        return True
 
     def _launch(self, job: Job) -> None:
         cancel = asyncio.Event()
@@ -139,6 +159,8 @@ class WorkerPool:
             # cancelled stays cancelled.
             stopped_by_us = (self._stopping and outcome.state is JobState.cancelled
                              and not await asyncio.to_thread(self.queue.is_cancel_requested, job.id))
+            if outcome.infra:
+                self._engine_suspect = True
             if outcome.infra or stopped_by_us:
                 reason = "the runner stopped before the job finished" if stopped_by_us else outcome.error
                 state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason or "infrastructure error",

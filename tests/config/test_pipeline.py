@@ -84,7 +84,7 @@ def test_design_example() -> None:
 def test_defaults_of_a_minimal_pipeline() -> None:
     p = parse_pipeline(MINIMAL + '[[steps]]\nrun = "make test"\ntimeout = 90\n', "f")
     assert (p.image, p.timeout, p.branches, p.snapshot, p.secrets, p.env, p.cache) == (
-        None, None, (), "on_failure", (), {}, None)
+        None, None, (), "always", (), {}, None)
     assert p.steps == (Step(name="step-1", run="make"), Step(name="step-2", run="make test", timeout=90.0))
     assert p.steps[0].timeout is None and p.steps[0].continue_on_error is False
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -1,0 +1,324 @@
+"""Benchmark of cache save and restore against tar | zstd run in the same process run: `python bench/cache.py`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository root: `runner` without installing
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager, suppress  # noqa: E402
+
+from config.pipeline import pipeline_from_dict  # noqa: E402
+from config.settings import Settings  # noqa: E402
+from runner.archive import Compressor  # noqa: E402
+from runner.cache import CacheManager, CachePlan, plan_cache  # noqa: E402
+from runner.errors import RunnerError  # noqa: E402
+from runner.models import JobSpec  # noqa: E402
+from runner.podman_user import PodmanUser  # noqa: E402
+from runner.queue import Queue  # noqa: E402
+from runner.store import FileStore, ObjectStore, S3Location, S3Store  # noqa: E402
+
+GOAL_LOCAL = 1.3  # forgeci's save and restore time, each, at most this times tar | zstd's
+GOAL_S3 = 0.8  # forgeci's S3 restore throughput at least this times fget_object + zstd -d | tar -x
+GOAL_MEMORY_MB = 256  # peak RSS of a process saving a 2 GB tree
+IMAGE = "localhost/forgeci-job:latest"
+PIPELINE = pipeline_from_dict({"cache": {"paths": ["node_modules"], "key_files": ["package-lock.json"]},
+                               "steps": [{"run": "npm ci"}]}, "bench")
+
+WORDS = ("function return const let var if else for while module exports require import from default class "
+         "extends this null undefined true false new typeof instanceof async await yield prototype object string "
+         "number length push map filter reduce forEach keys values Promise resolve reject error options config "
+         "value index result callback emit listener handler buffer stream").split()
+
+
+# -- the tree -----------------------------------------------------------------------------------------------
+
+
+def make_tree(root: Path, total_mb: int, files: int, seed: int = 1) -> tuple[int, int, int, int]:
+    """A node_modules-shaped tree: packages (some scoped) of lognormal-sized JS text (compressible about 4x, never
+    repeated within zstd's window), a few incompressible native addons, package.json files, relative .bin links.
+    Returns (files, bytes, symlinks, dirs)."""
+    rng = random.Random(seed)
+    words = []
+    size = 0
+    while size < 48 << 20:  # text to slice files from; larger than zstd's window, so files do not repeat each other
+        line = " ".join(rng.choices(WORDS, k=rng.randint(3, 12))).replace("value", f"value{rng.randint(0, 999)}")
+        line += rng.choice((";\n", " {\n", "}\n", ",\n"))
+        words.append(line)
+        size += len(line)
+    text = "".join(words).encode()
+    binary = os.urandom(8 << 20)
+    sizes = [max(64, int(rng.lognormvariate(8.3, 1.6))) for _ in range(files)]
+    scale = (total_mb << 20) / sum(sizes)
+    sizes = [max(16, int(s * scale)) for s in sizes]
+    modules = root / "node_modules"
+    counts = {"files": 0, "bytes": 0, "links": 0}
+    dirs: set[Path] = set()
+    index = package = 0
+    while index < files:
+        package += 1
+        name = f"pkg{package}"
+        base = modules / (f"@scope{package % 40}/{name}" if package % 5 == 0 else name)
+        for j in range(rng.randint(3, 60)):
+            if index >= files:
+                break
+            folder = base / rng.choice(("", "lib", "dist", "src/util", "lib/internal", "types"))
+            if folder not in dirs:
+                folder.mkdir(parents=True, exist_ok=True)
+                dirs.add(folder)
+            size = min(sizes[index], len(text) - 1)
+            index += 1
+            source, suffix = (binary, "node") if rng.random() < 0.06 else (text, "js")
+            size = min(size, len(source) - 1)
+            offset = rng.randrange(0, len(source) - size)
+            (folder / f"f{j}.{suffix}").write_bytes(source[offset:offset + size])
+            counts["files"] += 1
+            counts["bytes"] += size
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "package.json").write_text(f'{{"name": "{name}", "version": "1.0.{package}"}}\n')
+        counts["files"] += 1
+        if package % 8 == 0:
+            bin_dir = modules / ".bin"
+            bin_dir.mkdir(parents=True, exist_ok=True)
+            (bin_dir / name).symlink_to(os.path.relpath(base / "package.json", bin_dir))
+            counts["links"] += 1
+    (root / "package-lock.json").write_text('{"lockfileVersion": 3}\n')
+    ndirs = sum(1 for _ in modules.rglob("*") if _.is_dir() and not _.is_symlink())
+    return counts["files"], counts["bytes"], counts["links"], ndirs
+
+
+# -- measuring ---------------------------------------------------------------------------------------------
+
+
+def timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def shell(command: str) -> None:
+    subprocess.run(["sh", "-c", command], check=True)
+
+
+def podman_user() -> PodmanUser:
+    """The real Podman user when it exists (extracted files are chowned to it, as in a job), else ourselves."""
+    try:
+        return PodmanUser.resolve(Settings.default().runner.podman_user)
+    except RunnerError:
+        return PodmanUser("self", os.getuid(), os.getgid(), "/", "/tmp", switch=False)
+
+
+def plan(tree: Path) -> CachePlan:
+    found = plan_cache(JobSpec(repo="https://git.example.test/acme/app.git", ref="main"), PIPELINE, tree, IMAGE)
+    assert found is not None
+    return found
+
+
+class Scratch:
+    """Fresh folders for each run; deleted at the end, not between runs (deleting a large tree on this kind of
+    ext4-with-discard disk slows the next writes several-fold, and would be measured)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.count = 0
+
+    def new(self, name: str) -> Path:
+        self.count += 1
+        path = self.root / f"{name}-{self.count}"
+        path.mkdir(parents=True)
+        return path
+
+
+def save_once(tree: Path, store: ObjectStore, work: Path, user: PodmanUser, compressor: Compressor) -> None:
+    """One real save: CacheManager into the store, with a fresh index (an existing key is never saved again)."""
+    with Queue(work / "index.db") as queue:
+        if CacheManager(store, queue, user, compressor=compressor).save(plan(tree), tree, lambda _: None) is None:
+            raise SystemExit("the save failed")
+
+
+def restore_once(store: ObjectStore, index: Path, target: Path, tree: Path, user: PodmanUser) -> None:
+    (target / "package-lock.json").write_text((tree / "package-lock.json").read_text())
+    with Queue(index) as queue:
+        result = CacheManager(store, queue, user).restore(plan(target), target, lambda _: None)
+    if result.outcome != "hit":
+        raise SystemExit(f"the restore was a {result.outcome}")
+
+
+def median_pair(rounds: int, ours: Callable[[], float], base: Callable[[], float]) -> tuple[float, float]:
+    """Medians of alternating runs, each after a sync: the previous run's dirty pages must not be written back
+    during the next one's measurement (it would make the order of the runs decide the result)."""
+    a, b = [], []
+    for _ in range(rounds):
+        os.sync()
+        b.append(base())
+        os.sync()
+        a.append(ours())
+    return statistics.median(a), statistics.median(b)
+
+
+@contextmanager
+def moto() -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            with suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def peak_memory_of_a_save(work: Path, mb: int) -> tuple[float, float]:
+    """(peak RSS in MB, seconds) of a separate process saving a `mb`-MB tree into a local store."""
+    tree = work / "big-tree"
+    make_tree(tree, mb, max(20_000, mb * 70), seed=2)
+    result = subprocess.run([sys.executable, __file__, "--save-child", str(tree), str(work / "big-store")],
+                            check=True, capture_output=True, text=True)
+    peak, seconds = result.stdout.split()
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.rmtree(work / "big-store", ignore_errors=True)
+    return float(peak), float(seconds)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over an exec, so a child
+    of a large parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_child(tree: Path, store_dir: Path) -> None:
+    """The --save-child process: one save, then its own peak RSS (MB) and time on stdout."""
+    started = time.perf_counter()
+    save_once(tree, FileStore(store_dir), store_dir.parent, podman_user(), "zstandard")
+    took = time.perf_counter() - started
+    print(peak_rss_mb(), took)
+
+
+# -- main ---------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mb", type=int, default=320, help="size of the node_modules-like tree (default 320)")
+    parser.add_argument("--files", type=int, default=24_000)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per measurement; the median is reported")
+    parser.add_argument("--big-mb", type=int, default=2048, help="tree size for the peak-memory run; 0 skips it")
+    parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) part")
+    parser.add_argument("--dir", default="/var/tmp", help="where the scratch trees go (needs ~6 GB)")
+    parser.add_argument("--save-child", nargs=2, metavar=("TREE", "STORE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.save_child:
+        save_child(Path(args.save_child[0]), Path(args.save_child[1]))
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="forgeci-bench-cache-", dir=args.dir))
+    user = podman_user()
+    results: list[bool] = []
+    try:
+        tree = work / "tree"
+        started = time.perf_counter()
+        files, size, links, dirs = make_tree(tree, args.mb, args.files)
+        mb = size / 1e6
+        print(f"forgeci cache benchmark: a node_modules-like tree of {files:,} files ({mb:,.1f} MB, {links} symlinks, "
+              f"{dirs:,} folders), generated in {time.perf_counter() - started:.1f}s; {os.cpu_count()} cores; "
+              f"median of {args.rounds} alternating runs")
+        print("forgeci = CacheManager.save / .restore (GNU tar, zstd level 3 multi-threaded, sha256, fsync'ed local "
+              "store; restore: our checked extractor, chown to the Podman user)\n")
+        scratch = Scratch(work)
+        store = FileStore(work / "store")
+        print(f"{'local store':<34} {'forgeci':>9} {'baseline':>9} {'ratio':>7}   goal")
+
+        def ours_save(compressor: Compressor) -> Callable[[], float]:
+            return lambda: timed(lambda: save_once(tree, store, scratch.new("save"), user, compressor))
+
+        def base_save() -> float:
+            out = scratch.new("base-save") / "cache.tar.zst"
+            return timed(lambda: shell(f"tar -cf - -C {tree} node_modules | zstd -q -T0 -3 > {out}"))
+
+        save_t, base_t = median_pair(args.rounds, ours_save("zstandard"), base_save)
+        cli_t, _ = median_pair(args.rounds, ours_save("zstd"), base_save)
+        ok = save_t / base_t <= GOAL_LOCAL
+        results.append(ok)
+        print(f"{'save (tar | zstd -T0 -3 > FILE)':<34} {save_t:>8.2f}s {base_t:>8.2f}s {save_t / base_t:>6.2f}x   "
+              f"<= {GOAL_LOCAL}x {'met' if ok else 'NOT met'}   ({mb / save_t:,.0f} vs {mb / base_t:,.0f} MB/s)")
+        print(f"{'  compressor: zstd CLI instead':<34} {cli_t:>8.2f}s {base_t:>8.2f}s {cli_t / base_t:>6.2f}x   "
+              f"(in-process zstandard is the default: {'faster' if save_t <= cli_t else 'slower'} here)")
+
+        index = scratch.new("index") / "index.db"
+        save_once(tree, store, index.parent, user, "zstandard")  # the entry the restores read
+        archive = next(o for o in store.list("caches/"))
+        restore_t, base_r = median_pair(
+            args.rounds,
+            lambda: timed(lambda: restore_once(store, index, scratch.new("restore"), tree, user)),
+            lambda: timed(lambda: shell(f"zstd -dc {store.root / archive.key} | tar -xf - -C {scratch.new('base')}")))
+        ok = restore_t / base_r <= GOAL_LOCAL
+        results.append(ok)
+        print(f"{'restore (zstd -dc FILE | tar -xf -)':<34} {restore_t:>8.2f}s {base_r:>8.2f}s "
+              f"{restore_t / base_r:>6.2f}x   <= {GOAL_LOCAL}x {'met' if ok else 'NOT met'}   "
+              f"({mb / restore_t:,.0f} vs {mb / base_r:,.0f} MB/s; archive {archive.size / 1e6:.1f} MB)")
+
+        if not args.no_s3:
+            with moto() as endpoint:
+                s3 = S3Store(S3Location.parse(f"s3://bench?endpoint={endpoint}"), "bench", "bench")
+                s3_index = scratch.new("s3-index") / "index.db"
+                save_once(tree, s3, s3_index.parent, user, "zstandard")
+                obj = next(o for o in s3.list("caches/"))
+
+                def base_s3() -> float:
+                    def work_() -> None:
+                        folder = scratch.new("s3-base")
+                        s3.client.fget_object("bench", obj.key, str(folder / "cache.tar.zst"))
+                        (folder / "out").mkdir()
+                        shell(f"zstd -dc {folder / 'cache.tar.zst'} | tar -xf - -C {folder / 'out'}")
+                    return timed(work_)
+
+                s3_t, s3_base = median_pair(
+                    args.rounds, lambda: timed(lambda: restore_once(s3, s3_index, scratch.new("s3"), tree, user)),
+                    base_s3)
+                ratio = s3_base / s3_t  # throughput ratio: the same bytes in less time
+                ok = ratio >= GOAL_S3
+                results.append(ok)
+                print(f"\n{'S3 store (moto, local)':<34} {'forgeci':>9} {'baseline':>9} {'thru':>7}   goal")
+                print(f"{'restore (fget_object, zstd | tar)':<34} {s3_t:>8.2f}s {s3_base:>8.2f}s {ratio:>6.2f}x   "
+                      f">= {GOAL_S3}x {'met' if ok else 'NOT met'}   ({obj.size / 1e6 / s3_t:,.0f} vs "
+                      f"{obj.size / 1e6 / s3_base:,.0f} MB/s of archive)")
+                s3.close()
+
+        if args.big_mb:
+            peak, seconds = peak_memory_of_a_save(work, args.big_mb)
+            ok = peak < GOAL_MEMORY_MB
+            results.append(ok)
+            print(f"\npeak memory of a process saving a {args.big_mb / 1024:.1f} GB tree: {peak:.0f} MB "
+                  f"(goal < {GOAL_MEMORY_MB} MB: {'met' if ok else 'NOT met'}; {args.big_mb / seconds:,.0f} MB/s)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\ngoals: {'all met' if all(results) else 'NOT all met'}")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The CLI's client commands (submit, jobs, status, logs, cancel, retry): calls through bot.client, human output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from bot.client import APIError, AuthFailed, Client, ClientError, LogEnd, ServerUnreachable
+from config.durations import format_duration
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TOKEN_ENV = "FORGECI_API_TOKEN"
+
+
+def run(server: str, token: str | None, work: Callable[[Client], Awaitable[int]]) -> int:
+    """Run one command against the server; an unreachable server, a refused token or bad input exit 2."""
+
+    async def main() -> int:
+        async with Client(server, token) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(main())
+    except (ServerUnreachable, AuthFailed) as exc:
+        print(f"forgeci: {exc}", file=sys.stderr)
+        if isinstance(exc, ServerUnreachable):
+            print("  is `forgeci serve` running there? Point --server or $FORGECI_SERVER at it.", file=sys.stderr)
+        return EXIT_USAGE
+    except APIError as exc:
+        print(f"forgeci: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.status in (400, 404, 413, 415) else EXIT_FAILED
+    except ClientError as exc:
+        print(f"forgeci: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _duration(seconds: float | None) -> str:
+    return "–" if seconds is None else format_duration(max(0.0, seconds))
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "–"
+    delta = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{int(delta // size)}{unit} ago"
+    return f"{int(delta)}s ago"
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+async def follow(client: Client, job_id: int, *, follow: bool, out: TextIO | None = None,
+                 err: TextIO | None = None) -> int:
+    """Print the job's log; with `follow`, until the job ends. Exit 0 for success, 1 for another end."""
+    out, err = out or sys.stdout, err or sys.stderr
+    end: LogEnd | None = None
+    async for item in client.logs(job_id, follow=follow):
+        if isinstance(item, LogEnd):
+            end = item
+            break
+        out.write(item.text + "\n")
+        out.flush()
+    if not follow:
+        return EXIT_OK
+    state = end.state if end else None
+    job = await client.status(job_id)
+    print(f"job {job_id}: {state} ({_duration(job.get('duration'))})"
+          + (f": {job['error']}" if job.get("error") else ""), file=err)
+    return EXIT_OK if state == "success" else EXIT_FAILED
+
+
+async def submit(client: Client, repo: str, ref: str, sha: str | None, priority: int | None,
+                 follow_log: bool) -> int:
+    job_id = await client.submit(repo, ref, sha=sha, priority=priority)
+    print(f"job {job_id} queued: {client.server}/dashboard/jobs/{job_id}",
+          file=sys.stderr if follow_log else sys.stdout)  # --follow: stdout is the log alone
+    if follow_log:
+        return await follow(client, job_id, follow=True)
+    return EXIT_OK
+
+
+async def jobs(client: Client, status: str | None, repo: str | None, limit: int, as_json: bool) -> int:
+    found, _ = await client.jobs(status=status, repo=repo, limit=limit)
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return EXIT_OK
+    if not found:
+        print("no jobs", file=sys.stderr)
+        return EXIT_OK
+    rows = [["ID", "STATE", "PRIO", "REPO", "REF", "QUEUED", "DURATION"]]
+    for job in found:
+        spec = job["spec"]
+        rows.append([str(job["id"]), job["state"], str(spec["priority"]), spec["repo"], spec["ref"],
+                     _ago(job["queued_at"]), _duration(job.get("duration"))])
+    _table(rows, sys.stdout)
+    return EXIT_OK
+
+
+def describe(job: dict[str, Any]) -> str:
+    """A job as `forgeci status` prints it."""
+    spec = job["spec"]
+    cache = {None: "no restore", True: "hit", False: "miss"}[job.get("cache_hit")]
+    stopping = job.get("cancel_requested") and job["state"] == "running"
+    lines = [f"job {job['id']}: {job['state']}" + (" (cancel requested)" if stopping else ""),
+             f"  repo      {spec['repo']}",
+             f"  ref       {spec['ref']}" + (f" @ {spec['sha']}" if spec.get("sha") else ""),
+             f"  priority  {spec['priority']}    attempts {job['attempts']}    cache {cache}",
+             f"  queued    {_ago(job['queued_at'])}    duration {_duration(job.get('duration'))}"]
+    if job.get("error"):
+        lines.append(f"  error     {job['error']}")
+    if job.get("snapshot"):
+        lines.append(f"  snapshot  {job['snapshot'].get('key')}")
+    if job.get("steps"):
+        lines.append("  steps:")
+        for step in job["steps"]:
+            code = "" if step.get("exit_code") is None else f" (exit {step['exit_code']})"
+            lines.append(f"    {step['index'] + 1}. {step['name']:<20} {step['state']:<10}"
+                         f" {_duration(step.get('duration'))}{code}")
+    return "\n".join(lines)
+
+
+async def status(client: Client, job_id: int, as_json: bool) -> int:
+    job = await client.status(job_id)
+    print(json.dumps(job, indent=2) if as_json else describe(job))
+    return EXIT_OK
+
+
+async def cancel(client: Client, job_id: int) -> int:
+    answer = await client.cancel(job_id)
+    if answer["state"] == "cancelled":
+        print(f"job {job_id} cancelled")
+    else:
+        print(f"job {job_id}: cancel requested; its runner is stopping it")
+    return EXIT_OK
+
+
+async def retry(client: Client, job_id: int, from_failed_step: bool) -> int:
+    new_id = await client.retry(job_id, from_failed_step=from_failed_step)
+    print(f"job {new_id} queued (retry of job {job_id}): {client.server}/dashboard/jobs/{new_id}")
+    return EXIT_OK

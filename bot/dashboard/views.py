@@ -1,0 +1,394 @@
+"""Dashboard pages: server-rendered HTML (Jinja2) for the overview and job pages, sign-in, and the form actions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from aiohttp import web
+from markupsafe import Markup
+
+from bot.auth import CSRF_FIELD, Session
+from bot.dashboard import ansi, chart
+from bot.keys import AUTH, METRICS, RUNTIME
+from bot.metrics import RANGES, Metrics, parse_range
+from config.durations import format_duration
+from config.errors import ConfigError
+from runner.errors import InvalidTransition, JobNotFound
+from runner.events import JobEvent
+from runner.logs import read_log
+from runner.models import Job, JobState
+from runner.retry import retry_job
+from runner.runtime import Runtime
+
+HERE = Path(__file__).parent
+MAX_LOG_LINES = 5000  # the job page renders the log's tail; the whole log is one link away as text
+ACTIVE_LIMIT = 50
+RECENT_LIMIT = 15
+TEMPLATES = web.AppKey("dashboard_templates", jinja2.Environment)
+
+
+# -- template helpers -----------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    return "–" if seconds is None else format_duration(max(0.0, seconds))
+
+
+def _ago(ts: float | None, now: float | None = None) -> str:
+    if ts is None:
+        return "–"
+    delta = max(0.0, (now or time.time()) - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{int(delta // size)}{unit} ago"
+    return f"{int(delta)}s ago"
+
+
+def _clock(ts: float | None) -> str:
+    return "–" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%" if value < 1 else "100%"
+
+
+def _filesize(size: int | None) -> str:
+    if size is None:
+        return "–"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _repo_name(repo: str) -> str:
+    """The last two parts of a URL or path: enough to recognise a repository in a table."""
+    parts = [p for p in repo.rstrip("/").removesuffix(".git").replace(":", "/").split("/") if p]
+    return "/".join(parts[-2:]) or repo
+
+
+def make_templates() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                             autoescape=jinja2.select_autoescape(default=True), trim_blocks=True,
+                             lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(duration=_duration, ago=_ago, clock=_clock, percent=_percent, repo_name=_repo_name,
+                       filesize=_filesize)
+    return env
+
+
+# -- access ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking: whether they may act, and the CSRF token their forms carry."""
+
+    session: Session | None
+    new_cookie: str | None  # a session to set on the response (first visit)
+    may_act: bool
+    signed_in: bool
+    token_required: bool
+    csrf: str
+
+
+def viewer(request: web.Request) -> Viewer:
+    """The visitor's session (issuing one on the first visit); raises a redirect to sign in when reads are protected."""
+    auth = request.app[AUTH]
+    if not auth.may_read(request):
+        raise web.HTTPSeeOther(f"/dashboard/login?{urlencode({'next': request.path_qs})}")
+    session = auth.session(request)
+    cookie = None
+    if session is None:
+        cookie = auth.new_session(authenticated=False)
+        session = auth.read_session(cookie)
+    assert session is not None
+    signed_in = session.authenticated
+    return Viewer(session, cookie, auth.token is None or signed_in, signed_in, auth.token is not None,
+                  auth.csrf_token(session))
+
+
+def page(request: web.Request, template: str, who: Viewer, status: int = 200, **context: Any) -> web.Response:
+    html = request.app[TEMPLATES].get_template(template).render(viewer=who, request_path=request.path_qs,
+                                                                 **context)
+    response = web.Response(text=html, content_type="text/html", status=status)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; style-src-attr 'unsafe-inline'; "
+        "script-src 'self'; frame-ancestors 'none'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if who.new_cookie is not None:
+        request.app[AUTH].set_cookie(response, who.new_cookie)
+    return response
+
+
+def redirect(location: str, status: int = 303) -> web.Response:
+    """303 after a form post (the browser then GETs the page), 302 for a plain moved page."""
+    return web.Response(status=status, headers={"Location": location})
+
+
+def _runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+# -- overview -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overview:
+    metrics: Metrics
+    running: list[Job]
+    queued: list[Job]
+    recent: list[Job]
+
+
+async def _overview(request: web.Request, range_name: str) -> Overview:
+    queue = _runtime(request).queue
+    metrics = await request.app[METRICS].get(queue, range_name)
+
+    def lists() -> tuple[list[Job], list[Job], list[Job]]:
+        queued, _ = queue.list_jobs(order="dispatch", limit=ACTIVE_LIMIT)
+        recent, _ = queue.list_jobs(limit=RECENT_LIMIT + ACTIVE_LIMIT)
+        return queue.running_jobs(), queued, [job for job in recent if job.state.is_terminal][:RECENT_LIMIT]
+
+    return Overview(metrics, *await asyncio.to_thread(lists))
+
+
+def _range(request: web.Request) -> str:
+    try:
+        return parse_range(request.query.get("range"))
+    except ConfigError:
+        raise web.HTTPSeeOther("/dashboard") from None
+
+
+async def overview(request: web.Request) -> web.Response:
+    who = viewer(request)
+    range_name = _range(request)
+    data = await _overview(request, range_name)
+    return page(request, "overview.html", who, range=range_name, ranges=list(RANGES), data=data,
+                chart=Markup(chart.render(data.metrics.stats, range_name)))
+
+
+async def overview_fragment(request: web.Request) -> web.Response:
+    who = viewer(request)
+    range_name = _range(request)
+    data = await _overview(request, range_name)
+    return page(request, "_overview_live.html", who, range=range_name, data=data,
+                chart=Markup(chart.render(data.metrics.stats, range_name)))
+
+
+# -- job page -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogView:
+    lines: list[tuple[int, str, str, Markup]]  # (n, step, stream, html)
+    skipped: int  # earlier lines left out of the page
+    last: int  # the last line's number: the live stream resumes after it
+
+
+def _log_view(path: Path) -> LogView:
+    lines: list[tuple[int, str, str, Markup]] = []
+    total = 0
+    tail: list[Any] = []
+    for line in read_log(path):
+        total += 1
+        tail.append(line)
+        if len(tail) > MAX_LOG_LINES:
+            del tail[: len(tail) - MAX_LOG_LINES]
+    for line in tail:
+        html, _ = ansi.to_html(line.text)
+        lines.append((line.n, line.step, line.stream, Markup(html)))
+    return LogView(lines, total - len(tail), tail[-1].n if tail else 0)
+
+
+def _job_id(request: web.Request) -> int:
+    text = request.match_info["id"]
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 2**63 - 1:
+        raise web.HTTPNotFound()  # the router's own answer for a path that cannot name a job
+    return int(text)
+
+
+def _job_context(runtime: Runtime, job_id: int) -> dict[str, Any]:
+    job = runtime.queue.get(job_id)
+    now = time.time()
+    longest = max((s.duration if s.duration is not None else now - (s.started_at or now) for s in job.steps),
+                  default=0.0)
+    return {"job": job, "longest": longest or 1.0, "now": now, "snapshot": runtime.queue.snapshot(job_id)}
+
+
+async def job_page(request: web.Request) -> web.Response:
+    who = viewer(request)
+    runtime = _runtime(request)
+    job_id = _job_id(request)
+    try:
+        context = await asyncio.to_thread(_job_context, runtime, job_id)
+    except JobNotFound:
+        return _not_found(request, job_id)
+    log = await asyncio.to_thread(_log_view, runtime.layout.log_file(job_id))
+    return page(request, "job.html", who, log=log, **context)
+
+
+async def job_fragment(request: web.Request) -> web.Response:
+    who = viewer(request)
+    try:
+        context = await asyncio.to_thread(_job_context, _runtime(request), _job_id(request))
+    except JobNotFound:
+        raise web.HTTPNotFound() from None
+    return page(request, "_job_summary.html", who, **context)
+
+
+async def raw_log(request: web.Request) -> web.StreamResponse:
+    viewer(request)
+    runtime = _runtime(request)
+    job_id = _job_id(request)
+    path = runtime.layout.log_file(job_id)
+
+    def text() -> str:
+        return "".join(f"{ansi.strip(line.text)}\n" for line in read_log(path))
+
+    body = await asyncio.to_thread(text)
+    return web.Response(text=body, content_type="text/plain", headers={
+        "Content-Disposition": f'inline; filename="job-{job_id}.log"', "X-Content-Type-Options": "nosniff"})
+
+
+# -- actions --------------------------------------------------------------------------------------
+
+
+async def _form(request: web.Request) -> Mapping[str, str]:
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise web.HTTPUnsupportedMediaType()
+    form = await request.post()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+async def _checked_action(request: web.Request) -> Viewer | web.Response:
+    """A form post must carry its session's CSRF token and, with a token configured, come from a signed-in user.
+
+    Returns the viewer, or the response to send instead (an error page or a redirect to sign in).
+    """
+    auth = request.app[AUTH]
+    form = await _form(request)
+    session = auth.session(request)
+    if not auth.csrf_ok(session, form.get(CSRF_FIELD, "")):
+        return page(request, "error.html", viewer(request), status=403, title="Form expired",
+                    message="The form expired or did not come from this dashboard: reload the page and try again.")
+    if auth.token is not None and not (session and session.authenticated):
+        return redirect(f"/dashboard/login?{urlencode({'next': request.path.rsplit('/', 1)[0]})}")
+    return viewer(request)
+
+
+def _not_found(request: web.Request, job_id: int) -> web.Response:
+    return page(request, "error.html", viewer(request), status=404, title="Job not found",
+                message=f"There is no job {job_id}: it never existed, or retention removed it.")
+
+
+async def cancel_action(request: web.Request) -> web.Response:
+    checked = await _checked_action(request)
+    if isinstance(checked, web.Response):
+        return checked
+    runtime = _runtime(request)
+    job_id = _job_id(request)
+    try:
+        state = await asyncio.to_thread(runtime.queue.cancel, job_id)
+    except JobNotFound:
+        return _not_found(request, job_id)
+    except InvalidTransition:
+        return redirect(f"/dashboard/jobs/{job_id}")  # it finished meanwhile: the page shows how
+    if state is JobState.running and runtime.pool is not None:
+        runtime.pool.cancel(job_id)
+    kind = "state" if state is JobState.cancelled else "cancel_requested"
+    runtime.events.publish(JobEvent(job_id, str(state), kind))
+    return redirect(f"/dashboard/jobs/{job_id}")
+
+
+async def retry_action(request: web.Request) -> web.Response:
+    checked = await _checked_action(request)
+    if isinstance(checked, web.Response):
+        return checked
+    runtime = _runtime(request)
+    job_id = _job_id(request)
+    from_failed = request.path.endswith("/retry-failed")
+    try:
+        new_id = await asyncio.to_thread(retry_job, runtime.queue, job_id, from_failed_step=from_failed)
+    except JobNotFound:
+        return _not_found(request, job_id)
+    except InvalidTransition as exc:
+        return page(request, "error.html", checked, status=409, title="Cannot retry", message=str(exc))
+    runtime.events.publish(JobEvent(new_id, str(JobState.queued), "state", {"retry_of": job_id}))
+    if runtime.pool is not None:
+        runtime.pool.wake()
+    return redirect(f"/dashboard/jobs/{new_id}")
+
+
+# -- sign in --------------------------------------------------------------------------------------
+
+
+def _next(value: str | None) -> str:
+    """Only a path of this dashboard: never an open redirect to another site."""
+    if value and value.startswith("/dashboard") and "//" not in value and "\\" not in value:
+        return value
+    return "/dashboard"
+
+
+async def login_page(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    who = Viewer(None, None, False, False, auth.token is not None, "")
+    return page(request, "login.html", who, next=_next(request.query.get("next")), failed=False)
+
+
+async def login(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    form = await _form(request)
+    target = _next(form.get("next"))
+    if auth.token is None:
+        return redirect(target)
+    if not auth.token_matches(form.get("token", "")):
+        who = Viewer(None, None, False, False, True, "")
+        return page(request, "login.html", who, status=401, next=target, failed=True)
+    response = redirect(target)
+    auth.set_cookie(response, auth.new_session(authenticated=True))
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    form = await _form(request)
+    if not auth.csrf_ok(auth.session(request), form.get(CSRF_FIELD, "")):
+        return redirect("/dashboard")
+    response = redirect("/dashboard")
+    auth.clear_cookie(response)
+    return response
+
+
+async def root(request: web.Request) -> web.Response:
+    return redirect("/dashboard", 302)
+
+
+def setup_dashboard(app: web.Application) -> None:
+    """Register the dashboard's pages, fragments, actions and static files (after setup_api: it needs AUTH)."""
+    app[TEMPLATES] = make_templates()
+    r = app.router
+    r.add_get("/", root)
+    r.add_get("/dashboard", overview)
+    r.add_get("/dashboard/fragments/overview", overview_fragment)
+    r.add_get("/dashboard/jobs/{id}", job_page)
+    r.add_get("/dashboard/jobs/{id}/summary", job_fragment)
+    r.add_get("/dashboard/jobs/{id}/log.txt", raw_log)
+    r.add_post("/dashboard/jobs/{id}/cancel", cancel_action)
+    r.add_post("/dashboard/jobs/{id}/retry", retry_action)
+    r.add_post("/dashboard/jobs/{id}/retry-failed", retry_action)
+    r.add_get("/dashboard/login", login_page)
+    r.add_post("/dashboard/login", login)
+    r.add_post("/dashboard/logout", logout)
+    static = r.add_static("/dashboard/static", HERE / "static", name="dashboard_static")
+    app[TEMPLATES].globals["static"] = lambda name: str(static.url_for(filename=name, append_version=True))
+

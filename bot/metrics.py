@@ -1,0 +1,147 @@
+"""Job metrics over a time range: headline numbers, a time series for charts, JSON and Prometheus text."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from config.errors import ConfigError, ConfigIssue
+from runner.models import BucketStats, RangeStats
+from runner.queue import Queue
+
+RANGES: dict[str, tuple[float, int]] = {  # name -> (seconds, chart buckets)
+    "hour": (3600.0, 60),  # one bar a minute
+    "day": (86400.0, 48),  # one bar every half hour
+    "week": (7 * 86400.0, 56),  # one bar every three hours
+}
+# How long a range's aggregates are reused. A week of a busy server is 100,000 rows (about 80 ms to aggregate),
+# and every open dashboard refreshes on every job event: a few seconds of staleness makes that load flat.
+FRESH_FOR = {"hour": 2.0, "day": 5.0, "week": 15.0}
+DEFAULT_RANGE = "day"
+# Cancelled and skipped jobs are decisions, not outcomes: they count as jobs but not in the success rate.
+OUTCOMES = ("success", "failure", "timeout", "error")
+
+
+def parse_range(value: str | None) -> str:
+    name = DEFAULT_RANGE if value is None else value
+    if name not in RANGES:
+        raise ConfigError(ConfigIssue("request", "range", f"expected one of {', '.join(RANGES)}, got {name!r}"))
+    return name
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The numbers of one range, and the live queue figures taken at the same moment."""
+
+    range: str
+    stats: RangeStats
+    queued: int
+    running: int
+
+    @property
+    def success_rate(self) -> float | None:
+        decided = sum(self.stats.states[state] for state in OUTCOMES)
+        return self.stats.states["success"] / decided if decided else None
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return self.stats.cache_hits / self.stats.cache_lookups if self.stats.cache_lookups else None
+
+    def to_dict(self) -> dict[str, Any]:
+        stats = self.stats
+        return {
+            "range": self.range, "since": stats.since, "until": stats.until,
+            "jobs": stats.total, "by_state": dict(stats.states),
+            "success_rate": self.success_rate, "avg_duration": stats.avg_duration,
+            "p95_duration": stats.p95_duration, "cache_hit_rate": self.cache_hit_rate,
+            "cache_hits": stats.cache_hits, "cache_lookups": stats.cache_lookups,
+            "queue_depth": self.queued, "running": self.running,
+            "bucket_seconds": stats.bucket_seconds, "buckets": [_bucket(b) for b in stats.buckets],
+        }
+
+    def to_prometheus(self) -> str:
+        """Prometheus text exposition (version 0.0.4): gauges over the range, labelled with it."""
+        label = f'range="{self.range}"'
+        stats = self.stats
+        out: list[str] = []
+
+        def gauge(name: str, help: str, samples: list[tuple[str, float | None]]) -> None:
+            out.append(f"# HELP {name} {help}")
+            out.append(f"# TYPE {name} gauge")
+            for labels, value in samples:
+                out.append(f"{name}{{{labels}}} {_number(value)}")
+
+        gauge("forgeci_jobs", "Jobs finished in the range, by final state.",
+              [(f'{label},state="{state}"', count) for state, count in stats.states.items()])
+        gauge("forgeci_jobs_finished", "Jobs finished in the range.", [(label, stats.total)])
+        gauge("forgeci_job_success_ratio", "Successful share of the jobs that succeeded or failed in the range.",
+              [(label, self.success_rate)])
+        gauge("forgeci_job_duration_avg_seconds", "Average job duration in the range.",
+              [(label, stats.avg_duration)])
+        gauge("forgeci_job_duration_p95_seconds", "95th percentile job duration in the range.",
+              [(label, stats.p95_duration)])
+        gauge("forgeci_cache_hit_ratio", "Cache restores that hit, of those attempted in the range.",
+              [(label, self.cache_hit_rate)])
+        out += ["# HELP forgeci_queue_depth Jobs waiting in the queue now.", "# TYPE forgeci_queue_depth gauge",
+                f"forgeci_queue_depth {self.queued}",
+                "# HELP forgeci_jobs_running Jobs running now.", "# TYPE forgeci_jobs_running gauge",
+                f"forgeci_jobs_running {self.running}"]
+        return "\n".join(out) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "NaN" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _bucket(bucket: BucketStats) -> dict[str, Any]:
+    return {"start": bucket.start, "jobs": bucket.total, "by_state": dict(bucket.states),
+            "avg_duration": bucket.avg_duration, "max_duration": bucket.max_duration}
+
+
+def range_stats(queue: Queue, range_name: str, now: float | None = None) -> RangeStats:
+    seconds, buckets = RANGES[range_name]
+    until = time.time() if now is None else now
+    return queue.range_stats(until - seconds, until + 1e-6, buckets)  # + epsilon: a job finished right now counts
+
+
+def collect(queue: Queue, range_name: str, now: float | None = None) -> Metrics:
+    """Read the range's aggregates and the live queue counts (blocking: call it off the event loop)."""
+    stats = range_stats(queue, range_name, now)
+    queued, running = queue.active_counts()
+    return Metrics(range_name, stats, queued, running)
+
+
+class MetricsCache:
+    """Range aggregates computed at most once per FRESH_FOR seconds, shared by concurrent requests; the queue
+    figures (queued, running) are always read fresh."""
+
+    def __init__(self, fresh_for: dict[str, float] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fresh_for = FRESH_FOR if fresh_for is None else fresh_for
+        self.clock = clock
+        self._stats: dict[str, tuple[float, RangeStats]] = {}
+        self._pending: dict[str, asyncio.Future[RangeStats]] = {}
+
+    async def get(self, queue: Queue, range_name: str) -> Metrics:
+        stats = await self._range_stats(queue, range_name)
+        queued, running = await asyncio.to_thread(queue.active_counts)
+        return Metrics(range_name, stats, queued, running)
+
+    async def _range_stats(self, queue: Queue, range_name: str) -> RangeStats:
+        cached = self._stats.get(range_name)
+        if cached is not None and self.clock() - cached[0] < self.fresh_for.get(range_name, 0.0):
+            return cached[1]
+        pending = self._pending.get(range_name)
+        if pending is None:  # the first asker computes; the others wait for its answer
+            pending = asyncio.ensure_future(asyncio.to_thread(range_stats, queue, range_name))
+            self._pending[range_name] = pending
+            try:
+                stats = await asyncio.shield(pending)
+                self._stats[range_name] = (self.clock(), stats)
+                return stats
+            finally:
+                self._pending.pop(range_name, None)
+        return await asyncio.shield(pending)

@@ -1,0 +1,232 @@
+"""The OpenAPI 3 document of the HTTP API, written out by hand so that it says exactly what is implemented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.models import JobState
+
+STATES = [state.value for state in JobState]
+TERMINAL_STATES = [state.value for state in JobState if state.is_terminal]
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {400: "bad input", 401: "missing or wrong API token", 404: "no such job or entry",
+            409: "the job is in the wrong state", 413: "request body too large", 415: "body is not JSON",
+            503: "the queue database or the store is unavailable"}
+    return {str(status): _json(_ERROR, text[status]) for status in statuses}
+
+
+def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+_JOB_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_PRIORITY = {"type": "integer", "minimum": 0, "maximum": 10}
+_WRITE = [{"bearer": []}, {}]  # `{}`: no token needed when the server has none configured
+_READ = [{"bearer": []}, {}]
+
+
+def _op(summary: str, responses: dict[str, Any], *, security: list[Any] | None = None, **rest: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": responses, **rest}
+    if security is not None:
+        op["security"] = security
+    return op
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    """The document for a server reachable at `server_url`."""
+    id_body = _body({"id": _JOB_ID}, ["id"])
+    sse = {"description": "Server-Sent Events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    job_ref = {"$ref": "#/components/schemas/Job"}
+    number = {"type": ["number", "null"]}
+    paths: dict[str, Any] = {
+        "/jobs/submit": {"post": _op(
+            "Enqueue a job", {"201": _json({"$ref": "#/components/schemas/Created"}, "the new job's id"),
+                              **_errors(400, 401, 413, 415, 503)},
+            security=_WRITE, operationId="submitJob",
+            requestBody=_body({
+                "repo": {"type": "string", "minLength": 1, "description": "clone URL or a path on the server"},
+                "ref": {"type": "string", "minLength": 1, "description": "branch, tag or full ref"},
+                "sha": {"type": ["string", "null"], "description": "exact commit; default: the ref's head"},
+                "steps": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Step"},
+                          "minItems": 1, "description": "inline steps instead of the repository's .forgeci.toml"},
+                "env": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+                "priority": {**_PRIORITY, "description": "0..10, higher runs first; default queue.default_priority"},
+            }, ["repo", "ref"]),
+        )},
+        "/jobs/status": {"get": _op(
+            "A job with its steps, durations, cache result and attempts",
+            {"200": _json(job_ref, "the job"), **_errors(400, 401, 404, 503)}, security=_READ,
+            operationId="jobStatus", parameters=[_query("id", _JOB_ID, "job id", True)],
+        )},
+        "/jobs/logs": {"get": _op(
+            "Follow a job's log (SSE)",
+            {"200": {**sse, "description": "one event per line (`id` = line number, data = LogLine JSON); "
+                                           "an `end` event when the job is finished"},
+             **_errors(400, 401, 404, 503)},
+            security=_READ, operationId="jobLogs",
+            parameters=[_query("id", _JOB_ID, "job id", True),
+                        _query("follow", {"enum": ["true", "false"]},
+                               "false: the lines written so far, then `end` with the job's current state"),
+                        _query("after", {"type": "integer", "minimum": 0},
+                               "send lines after this number (the Last-Event-ID header wins)"),
+                        {"name": "Last-Event-ID", "in": "header", "required": False,
+                         "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                         "description": "resume after this line"}],
+        )},
+        "/jobs/cancel": {"post": _op(
+            "Cancel a queued or running job",
+            {"200": _json({"type": "object", "required": ["id", "state"], "properties": {
+                "id": _JOB_ID, "state": {"enum": ["cancelled", "running"]},
+                "cancel_requested": {"type": "boolean"}}}, "cancelled, or running and being stopped"),
+             **_errors(400, 401, 404, 409, 413, 415, 503)},
+            security=_WRITE, operationId="cancelJob", requestBody=id_body,
+        )},
+        "/jobs/retry": {"post": _op(
+            "Run a finished job again as a new job",
+            {"201": _json({"type": "object", "required": ["id", "retry_of"],
+                           "properties": {"id": _JOB_ID, "retry_of": _JOB_ID}}, "the new job"),
+             **_errors(400, 401, 404, 409, 413, 415, 503)},
+            security=_WRITE, operationId="retryJob",
+            requestBody=_body({"id": _JOB_ID, "from_failed_step": {"type": "boolean"}}, ["id"]),
+        )},
+        "/jobs/priority": {"post": _op(
+            "Change a queued job's priority",
+            {"200": _json({"type": "object", "required": ["id", "priority"],
+                           "properties": {"id": _JOB_ID, "priority": _PRIORITY}}, "the new priority"),
+             **_errors(400, 401, 404, 409, 413, 415, 503)},
+            security=_WRITE, operationId="setPriority",
+            requestBody=_body({"id": _JOB_ID, "priority": _PRIORITY}, ["id", "priority"]),
+        )},
+        "/jobs": {"get": _op(
+            "List jobs, newest first or in dispatch order",
+            {"200": _json({"type": "object", "required": ["jobs", "next_cursor"], "properties": {
+                "jobs": {"type": "array", "items": job_ref},
+                "next_cursor": {"type": ["string", "null"]}}}, "one page"),
+             **_errors(400, 401, 503)},
+            security=_READ, operationId="listJobs",
+            parameters=[_query("status", {"enum": STATES}, "only jobs in this state"),
+                        _query("repo", {"type": "string"}, "only jobs of this repository"),
+                        _query("order", {"enum": ["newest", "dispatch"]},
+                               "`dispatch`: the queued jobs in the order they will run"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (50)"),
+                        _query("cursor", {"type": "string", "minLength": 1}, "next_cursor of the previous page")],
+        )},
+        "/events": {"get": _op(
+            "Every job state change and step progress (SSE)",
+            {"200": {**sse, "description": "`job` events: {job_id, state, kind, data, t}"}, **_errors(401)},
+            security=_READ, operationId="events",
+        )},
+        "/metrics": {"get": _op(
+            "Job metrics over the last hour, day or week",
+            {"200": {"description": "the metrics", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Metrics"}},
+                "text/plain": {"schema": {"type": "string"}}}},
+             **_errors(400, 401, 503)},
+            security=_READ, operationId="metrics",
+            parameters=[_query("range", {"enum": ["hour", "day", "week"]}, "the range (day)"),
+                        _query("format", {"enum": ["json", "prometheus"]},
+                               "prometheus: text exposition (also for `Accept: text/plain`)")],
+        )},
+        "/cache/stats": {"get": _op(
+            "Cache entries (most recently used first), their total size and the hit rate of the last week",
+            {"200": _json({"type": "object", "required": ["entries", "count", "total_size", "hit_rate"],
+                           "properties": {
+                               "entries": {"type": "array", "items": {"$ref": "#/components/schemas/CacheEntry"}},
+                               "count": {"type": "integer"}, "total_size": {"type": "integer"},
+                               "hits": {"type": "integer"}, "hit_rate": number,
+                               "hit_rate_range": {"enum": ["week"]}}}, "the cache index"),
+             **_errors(400, 401, 503)},
+            security=_READ, operationId="cacheStats",
+            parameters=[_query("repo", {"type": "string"}, "only this repository's entries (its cache id)"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "entries (100)")],
+        )},
+        "/cache/{key}": {"delete": _op(
+            "Delete a cache entry and its archive",
+            {"200": _json({"type": "object", "required": ["deleted"],
+                           "properties": {"deleted": {"$ref": "#/components/schemas/CacheEntry"}}}, "deleted"),
+             **_errors(401, 404, 503), "405": _json(_ERROR, "`/cache/stats` is the statistics, not a key")},
+            security=_WRITE, operationId="deleteCache",
+            parameters=[{"name": "key", "in": "path", "required": True,
+                         "schema": {"type": "string", "minLength": 1, "not": {"const": "stats"}},
+                         "description": "the entry's key ({repo}/{scope}/{hash}; URL-encode the slashes)"}],
+        )},
+        "/admin/maintenance": {"post": _op(
+            "Prune old snapshots, caches, jobs and logs now",
+            {"200": _json({"type": "object", "properties": {
+                name: {"type": "integer"} for name in ("snapshots", "caches", "jobs", "logs", "orphans",
+                                                       "freed_bytes")} | {
+                "errors": {"type": "array", "items": {"type": "string"}}}}, "what was pruned"),
+             **_errors(400, 401, 413, 415, 503)},
+            security=_WRITE, operationId="maintenance",
+            requestBody={"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False}}}},
+        )},
+        "/healthz": {"get": _op(
+            "Liveness: the container engine and the queue",
+            {"200": _json({"type": "object"}, "healthy"), "503": _json({"type": "object"}, "degraded")},
+            operationId="healthz",
+        )},
+        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3")},
+                                     operationId="openapi")},
+    }
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["error", "detail"],
+                  "properties": {"error": {"type": "string"}, "detail": {}}},
+        "Created": {"type": "object", "required": ["id"], "properties": {"id": _JOB_ID}},
+        "Step": {"type": "object", "required": ["run"], "properties": {
+            "name": {"type": "string", "minLength": 1}, "run": {"type": "string", "minLength": 1},
+            "timeout": {"type": "string", "description": "a duration such as 90s or 10m"},
+            "continue_on_error": {"type": "boolean"},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}}},
+            "additionalProperties": False},
+        "StepRecord": {"type": "object", "properties": {
+            "index": {"type": "integer"}, "name": {"type": "string"}, "state": {"enum": STATES},
+            "exit_code": {"type": ["integer", "null"]}, "started_at": number, "finished_at": number,
+            "duration": number}},
+        "Job": {"type": "object", "required": ["id", "state", "spec", "attempts", "steps"], "properties": {
+            "id": _JOB_ID, "state": {"enum": STATES}, "spec": {"type": "object"},
+            "attempts": {"type": "integer"}, "runner_id": {"type": ["string", "null"]},
+            "lease_expires": number, "cancel_requested": {"type": "boolean"}, "queued_at": {"type": "number"},
+            "started_at": number, "finished_at": number, "duration": number,
+            "error": {"type": ["string", "null"]}, "cache_hit": {"type": ["boolean", "null"]},
+            "steps": {"type": "array", "items": {"$ref": "#/components/schemas/StepRecord"}}}},
+        "CacheEntry": {"type": "object", "required": ["key", "repo", "size"], "properties": {
+            "key": {"type": "string"}, "repo": {"type": "string"}, "scope": {"type": "string"},
+            "image": {"type": "string"}, "paths": {"type": "array", "items": {"type": "string"}},
+            "object": {"type": "string"}, "size": {"type": "integer"}, "checksum": {"type": "string"},
+            "created_at": {"type": "number"}, "last_used": {"type": "number"}, "hits": {"type": "integer"}}},
+        "Metrics": {"type": "object", "required": ["range", "jobs", "success_rate", "avg_duration",
+                                                   "cache_hit_rate", "queue_depth", "running"], "properties": {
+            "range": {"enum": ["hour", "day", "week"]}, "since": {"type": "number"}, "until": {"type": "number"},
+            "jobs": {"type": "integer"},
+            "by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "success_rate": number, "avg_duration": number, "p95_duration": number, "cache_hit_rate": number,
+            "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer"},
+            "queue_depth": {"type": "integer"}, "running": {"type": "integer"},
+            "bucket_seconds": {"type": "number"}, "buckets": {"type": "array", "items": {"type": "object"}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "forgeci", "version": "1",
+                 "description": "Jobs, live logs, events and metrics of a forgeci server. Mutating calls need "
+                                "`Authorization: Bearer TOKEN` when the server has a token configured; reads "
+                                "need it too with `server.protect_reads`."},
+        "servers": [{"url": server_url}],
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+

@@ -1,0 +1,1 @@
+"""Commit statuses: a reporter that follows job events and posts each webhook job's status to its forge."""

@@ -1,0 +1,189 @@
+"""Commit statuses off the runner's path: job events in, ordered, coalesced and retried posts to the forges out."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from bot.status.base import CommitStatus, Poster, StatusError
+from bot.status.describe import describe
+from runner.errors import JobNotFound, QueueError
+from runner.events import EventBus, JobEvent
+from runner.models import JobSpec
+from runner.queue import Queue
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE = 1.0  # seconds before the first retry of a failed post; doubles each time
+RETRY_CAP = 60.0
+MAX_ATTEMPTS = 8  # failed posts of one update (server errors, network) before it is given up
+MAX_RATE_WAITS = 20  # rate-limit waits of one update: the forge said when, so they are not counted as failures
+MAX_RATE_WAIT = 3600.0  # never park a forge longer than this on one answer
+DRAIN_SECONDS = 5.0  # on shutdown, how long pending posts may still go out
+
+
+@dataclass(frozen=True)
+class _Update:
+    order: tuple[int, int]  # (job id, event sequence): a newer job, or a later event of the same job, wins
+    spec: JobSpec
+    status: CommitStatus
+
+
+class _Channel:
+    """The updates of one commit's status (forge, target, sha, context), posted one at a time, newest only."""
+
+    def __init__(self) -> None:
+        self.newest: tuple[int, int] = (0, 0)
+        self.pending: _Update | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def offer(self, update: _Update) -> bool:
+        """Keep `update` unless something newer was already taken; True when kept."""
+        if update.order <= self.newest:
+            return False
+        self.newest = update.order
+        self.pending = update  # coalesce: whatever was waiting is older and is never posted
+        return True
+
+    def take(self) -> _Update | None:
+        update, self.pending = self.pending, None
+        return update
+
+
+class StatusReporter:
+    """Subscribes to the runtime's job events and posts each webhook job's commit status to its forge.
+
+    Nothing here can slow or fail a job: the runner only publishes events; posting happens in this reporter's
+    tasks, one per commit, and a forge that is slow, down or rate-limiting only delays its own statuses.
+    """
+
+    def __init__(
+        self, queue: Queue, events: EventBus, posters: Mapping[str, Poster], *, context: str, public_url: str,
+        retry_base: float = RETRY_BASE, retry_cap: float = RETRY_CAP, max_attempts: int = MAX_ATTEMPTS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.events = events
+        self.posters = dict(posters)
+        self.context = context
+        self.public_url = public_url
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.max_attempts = max_attempts
+        self._clock = clock
+        self._seq = itertools.count(1)
+        self._channels: dict[tuple[str, str, str, str], _Channel] = {}
+        self._paused_until: dict[str, float] = {}  # forge -> wall-clock end of its rate limit
+        self._consumer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe now, so no event published after start() returns is missed."""
+        if not self.posters:
+            return  # no forge to post to: not even a subscriber
+        before = self.events.subscriber_count
+        self._consumer = asyncio.create_task(self._consume(), name="forgeci-status-reporter")
+        for _ in range(100):  # the subscription registers at the generator's first step, a loop turn away
+            if self.events.subscriber_count != before or self._consumer.done():
+                break
+            await asyncio.sleep(0)
+
+    async def stop(self, drain: float = DRAIN_SECONDS) -> None:
+        """Stop listening; let queued posts go out for up to `drain` seconds, then drop the rest."""
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+        tasks = [c.task for c in self._channels.values() if c.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=drain)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until every update offered so far has been posted or given up (for tests and shutdown)."""
+        while tasks := [c.task for c in self._channels.values() if c.task is not None]:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- events -> updates ------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        async for event in self.events.subscribe():
+            try:
+                await self._on_event(event)
+            except Exception:  # one bad event must not stop the statuses of every other job
+                log.exception("status reporter: event %s of job %d", event.kind, event.job_id)
+
+    async def _on_event(self, event: JobEvent) -> None:
+        if event.kind not in ("state", "step"):
+            return
+        seq = next(self._seq)
+        try:
+            job = await asyncio.to_thread(self.queue.get, event.job_id)
+        except JobNotFound:
+            return
+        except QueueError as exc:
+            log.warning("status reporter: cannot read job %d: %s", event.job_id, exc)
+            return
+        if job.state != event.state:
+            return  # the job has moved on since: the event for its newer state follows (or came first)
+        poster = self.posters.get(job.spec.meta.get("forge", ""))
+        target = poster.target(job.spec) if poster is not None else None
+        if poster is None or target is None:
+            return  # not a webhook job, or its forge has no credentials here
+        status = describe(job, event.kind, event.data, context=self.context, public_url=self.public_url)
+        key = (poster.forge, target, job.spec.sha or "", self.context)
+        channel = self._channels.setdefault(key, _Channel())
+        if channel.offer(_Update((job.id, seq), job.spec, status)) and channel.task is None:
+            channel.task = asyncio.create_task(self._drain(key, channel, poster), name=f"forgeci-status-{job.id}")
+
+    # -- posting ----------------------------------------------------------------------------------------
+
+    async def _drain(self, key: tuple[str, str, str, str], channel: _Channel, poster: Poster) -> None:
+        try:
+            while (update := channel.take()) is not None:
+                await self._deliver(channel, poster, update)
+        finally:
+            channel.task = None
+            if channel.pending is None:
+                self._channels.pop(key, None)
+
+    async def _deliver(self, channel: _Channel, poster: Poster, update: _Update) -> None:
+        """Post `update`, retrying with backoff; a newer update arriving meanwhile replaces it."""
+        failures = rate_waits = 0
+        while True:
+            await self._wait_for(poster.forge)
+            try:
+                await poster.post(update.spec, update.status)
+                return
+            except StatusError as exc:
+                what = f"{poster.forge} status of job {update.status.job_id} ({update.status.job_state})"
+                if not exc.retryable:
+                    log.warning("%s not posted: %s", what, exc)
+                    return
+                if exc.rate_limited and rate_waits < MAX_RATE_WAITS:
+                    rate_waits += 1
+                    until = min(exc.retry_at or self._clock(), self._clock() + MAX_RATE_WAIT)
+                    self._paused_until[poster.forge] = max(self._paused_until.get(poster.forge, 0.0), until)
+                    log.info("%s: rate limited, waiting %.0fs", what, until - self._clock())
+                else:
+                    failures += 1
+                    if failures >= self.max_attempts:
+                        log.warning("%s given up after %d attempts: %s", what, failures, exc)
+                        return
+                    delay = min(self.retry_cap, self.retry_base * 2 ** (failures - 1))
+                    if exc.retry_at is not None:
+                        delay = max(delay, min(exc.retry_at - self._clock(), MAX_RATE_WAIT))
+                    log.info("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                    await asyncio.sleep(delay)
+            newer = channel.take()
+            if newer is not None:
+                update, failures, rate_waits = newer, 0, 0  # the older state is obsolete: post the newer one
+
+    async def _wait_for(self, forge: str) -> None:
+        """Hold every post to a forge while it rate-limits us."""
+        while (wait := self._paused_until.get(forge, 0.0) - self._clock()) > 0:
+            await asyncio.sleep(min(wait, 5.0))

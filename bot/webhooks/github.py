@@ -1,0 +1,119 @@
+"""GitHub webhooks: gidgethub verifies and parses them; one Router per event family, merged in one place."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from aiohttp import web
+from gidgethub import BadRequest, ValidationFailure, routing, sansio
+
+from bot.keys import SETTINGS
+from bot.webhooks.intake import (
+    FORM, JSON, DeliveryError, commit, delivery_id, header, ignored, off_loop, read_body, secret_for, webhook_view,
+)
+from bot.webhooks.jobs import Origin, Payload, Plan, PullRequest, Push, is_deletion
+
+FORGE = "github"
+# The actions that put new code in front of reviewers; labeled, edited, closed, converted_to_draft... do not.
+BUILD_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
+
+pings = routing.Router()
+pushes = routing.Router()
+pulls = routing.Router()
+
+
+def _origin(payload: Payload, delivery: str) -> Origin:
+    # An App's deliveries name their installation: its token is what statuses are posted with.
+    return Origin(FORGE, payload.text("repository.full_name"), delivery,
+                  {"installation_id": payload.optional_id("installation.id")})
+
+
+@pings.register("ping")
+async def on_ping(event: sansio.Event, *, plan: Plan) -> None:
+    plan.pong = True
+
+
+@pushes.register("push")
+async def on_push(event: sansio.Event, *, plan: Plan) -> None:
+    payload = Payload(event.data, "push")
+    ref = payload.text("ref")
+    after = payload.sha("after")
+    if payload.flag("deleted") or is_deletion(after):
+        plan.skip(f"{ref} was deleted")
+        return
+    if not ref.startswith(("refs/heads/", "refs/tags/")):
+        plan.skip(f"a push to {ref} runs nothing")
+        return
+    plan.push(Push(
+        origin=_origin(payload, event.delivery_id), clone_url=payload.text("repository.clone_url"), ref=ref,
+        sha=after, pusher=payload.optional_text("pusher.name", 100) or payload.optional_text("sender.login", 100),
+        message=payload.optional_text("head_commit.message"),
+    ))
+
+
+@pulls.register("pull_request")
+async def on_pull_request(event: sansio.Event, *, plan: Plan) -> None:
+    payload = Payload(event.data, "pull_request")
+    action = payload.text("action")
+    if action not in BUILD_ACTIONS:
+        plan.skip(f"pull_request {action} runs nothing")
+        return
+    number = payload.integer("pull_request.number")
+    base_repo = payload.text("pull_request.base.repo.full_name")
+    # A deleted fork leaves head.repo null: still a fork, and never trusted with secrets.
+    fork = payload.optional_text("pull_request.head.repo.full_name", 200) != base_repo
+    plan.pull_request(PullRequest(
+        origin=_origin(payload, event.delivery_id), clone_url=payload.text("repository.clone_url"), number=number,
+        ref=f"refs/pull/{number}/head", sha=payload.sha("pull_request.head.sha"),
+        base_ref=payload.text("pull_request.base.ref"), fork=fork, draft=payload.flag("pull_request.draft"),
+        sender=payload.optional_text("sender.login", 100), title=payload.optional_text("pull_request.title"),
+        action=action,
+    ))
+
+
+router = routing.Router(pings, pushes, pulls)
+
+
+def _parse(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.Event:
+    """gidgethub's verification and decoding, with its errors turned into ours (401, 400)."""
+    try:
+        return sansio.Event.from_http(headers, body, secret=secret)
+    except ValidationFailure as exc:
+        raise DeliveryError(401, "invalid signature", str(exc)) from None
+    except BadRequest as exc:
+        raise DeliveryError(400, "invalid delivery", _why(exc.__cause__)) from None
+    except RecursionError:
+        raise DeliveryError(400, "invalid delivery", "JSON nested too deeply") from None
+    except LookupError as exc:  # an unknown charset in the content type
+        raise DeliveryError(400, "invalid delivery", f"cannot decode the body: {exc}") from None
+
+
+def _why(cause: BaseException | None) -> str:
+    if isinstance(cause, KeyError):
+        return "form body without a payload field"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"body is not UTF-8 (bad byte at offset {cause.start})"
+    if isinstance(cause, json.JSONDecodeError):
+        return f"body is not JSON: {cause}"
+    return f"cannot decode the body: {cause}"
+
+
+@webhook_view
+async def receive(request: web.Request) -> web.Response:
+    """POST /webhooks/github: a verified delivery becomes jobs (202 with their ids once committed)."""
+    settings = request.app[SETTINGS]
+    secret = secret_for(request, settings.github.webhook_secret_env, FORGE)
+    body = await read_body(request, JSON, FORM)
+    name = header(request, "X-GitHub-Event")
+    if not name:
+        raise DeliveryError(400, "invalid delivery", "missing X-GitHub-Event header")
+    delivery = delivery_id(header(request, "X-GitHub-Delivery"), "X-GitHub-Delivery")
+    if not header(request, "X-Hub-Signature-256"):
+        raise DeliveryError(401, "invalid signature", "missing X-Hub-Signature-256 header")
+    event = await off_loop(body, lambda: _parse(request.headers, body, secret))
+    if not router.fetch(event):
+        return ignored(name)
+    plan = Plan(settings)
+    await router.dispatch(event, plan=plan)
+    return await commit(request, FORGE, delivery, name, plan)

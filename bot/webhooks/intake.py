@@ -1,0 +1,171 @@
+"""What every forge adapter shares: bounded body reads, secrets, JSON decoding, and the committed 202."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from bot.errors import json_error
+from bot.keys import COMMITTER, ENVIRON, RUNTIME, SETTINGS
+from bot.webhooks.jobs import PayloadError, Plan
+from config.errors import ForgeciError
+from config.settings import env_value
+from runner.events import JobEvent
+from runner.models import JobState
+
+MAX_BODY = 25 * 1024 * 1024  # GitHub caps deliveries at 25 MB; nothing legitimate is larger
+OFFLOAD_BYTES = 256 * 1024  # verify and parse bodies larger than this in a thread, off the event loop
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+_DELIVERY_ID = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII: GUIDs, UUIDs, hashes
+
+View = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class DeliveryError(ForgeciError):
+    """A delivery refused on purpose, with its HTTP status (401 signature, 400 body, 413, 415, 503)."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def webhook_view(view: View) -> View:
+    """Turn the adapter's refusals into JSON errors at the view boundary (the app's middleware does the rest)."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await view(request)
+        except DeliveryError as exc:
+            response = json_error(exc.status, exc.error, exc.detail)
+            if exc.status == 413:
+                response.force_close()  # the unread rest of the body is not worth keeping the connection for
+            return response
+        except PayloadError as exc:
+            return json_error(400, "invalid delivery", str(exc))
+
+    wrapped.__name__ = view.__name__
+    wrapped.__doc__ = view.__doc__
+    return wrapped
+
+
+def secret_for(request: web.Request, env_name: str, forge: str) -> str:
+    """The forge's webhook secret from the server's environment; without one, deliveries cannot be trusted."""
+    secret = env_value(env_name, request.app[ENVIRON])
+    if secret is None:
+        raise DeliveryError(503, f"{forge} webhooks are not configured",
+                            f"set the environment variable {env_name} to the webhook's secret")
+    return secret
+
+
+async def read_body(request: web.Request, *types: str) -> bytes:
+    """The raw body, refusing other content types (415) and bodies over MAX_BODY (413) before reading them."""
+    if request.content_type not in types:
+        raise DeliveryError(415, "unsupported media type",
+                            f"expected {' or '.join(types)}, got {request.content_type or 'none'}")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise DeliveryError(413, "request body too large", f"the limit is {MAX_BODY} bytes")
+    try:
+        return await request.read()  # the app's client_max_size stops a chunked body at the same limit
+    except web.HTTPRequestEntityTooLarge:
+        raise DeliveryError(413, "request body too large", f"the limit is {MAX_BODY} bytes") from None
+
+
+def header(request: web.Request, *names: str) -> str:
+    """The first of `names` the request carries, stripped ("" when none)."""
+    for name in names:
+        value = request.headers.get(name)
+        if value is not None:
+            return value.strip()
+    return ""
+
+
+def delivery_id(value: str, name: str) -> str:
+    if not _DELIVERY_ID.fullmatch(value):
+        raise DeliveryError(400, "invalid delivery", f"missing or malformed {name} header")
+    return value
+
+
+def check_hmac(secret: str, body: bytes, signature: str, name: str) -> None:
+    """A hex HMAC-SHA256 of the body (Gitea, Forgejo), compared in constant time."""
+    if not signature:
+        raise DeliveryError(401, "invalid signature", f"missing {name} header")
+    expected = hmac.new(secret.encode(), body, "sha256").hexdigest()
+    if not hmac.compare_digest(expected, signature.lower().removeprefix("sha256=")):
+        raise DeliveryError(401, "invalid signature", f"{name} does not match the body")
+
+
+def check_token(secret: str, token: str, name: str) -> None:
+    """A shared token (GitLab), compared in constant time."""
+    if not token:
+        raise DeliveryError(401, "invalid token", f"missing {name} header")
+    if not hmac.compare_digest(secret.encode(), token.encode()):
+        raise DeliveryError(401, "invalid token", f"{name} does not match")
+
+
+def decode(body: bytes, content_type: str) -> Any:
+    """JSON from the body, or from the form field `payload`; DeliveryError (400) naming what is wrong."""
+    try:
+        text = body.decode("utf-8")
+        if content_type == FORM:
+            fields = urllib.parse.parse_qs(text)
+            if "payload" not in fields:
+                raise DeliveryError(400, "invalid delivery", "form body without a payload field")
+            text = fields["payload"][0]
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise DeliveryError(400, "invalid delivery", f"body is not UTF-8 (bad byte at offset {exc.start})") from None
+    except RecursionError:
+        raise DeliveryError(400, "invalid delivery", "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise DeliveryError(400, "invalid delivery", f"body is not JSON: {exc}") from None
+
+
+async def off_loop(body: bytes, work: Callable[[], Any]) -> Any:
+    """Run CPU work on a body (HMAC, JSON) in a thread when the body is large, inline when small."""
+    if len(body) > OFFLOAD_BYTES:
+        return await asyncio.to_thread(work)
+    return work()
+
+
+async def commit(request: web.Request, forge: str, delivery: str, event: str, plan: Plan) -> web.Response:
+    """Enqueue the plan's jobs with the delivery recorded, in one transaction; answer only once it committed."""
+    if plan.pong:
+        return web.json_response({"pong": True, "delivery": delivery})
+    if not plan.specs:
+        return web.json_response({"jobs": [], "delivery": delivery, "reason": plan.reason or f"{event}: no job"},
+                                 status=202)
+    runtime = request.app[RUNTIME]
+    supersede = plan.supersede and request.app[SETTINGS].queue.cancel_superseded
+    # The queue's transaction runs in a thread: SQLite may wait for another writer, the loop must not.
+    result = await request.app[COMMITTER].commit(runtime.queue, forge, delivery, plan.specs, supersede)
+    if not result.redelivery:
+        for job_id in result.job_ids:
+            runtime.events.publish(JobEvent(job_id, JobState.queued.value))
+        newest = result.job_ids[-1]
+        for job_id in result.cancelled:
+            runtime.events.publish(JobEvent(job_id, JobState.cancelled.value,
+                                            data={"error": f"superseded by job {newest}"}))
+        if runtime.pool is not None:
+            runtime.pool.wake()
+            for job_id in result.stopping:
+                runtime.pool.cancel(job_id)
+    body: dict[str, Any] = {"jobs": list(result.job_ids), "delivery": delivery}
+    if result.redelivery:
+        body["redelivery"] = True
+    if result.cancelled or result.stopping:
+        body["superseded"] = sorted(result.cancelled + result.stopping)
+    return web.json_response(body, status=202)
+
+
+def ignored(event: str) -> web.Response:
+    return web.json_response({"ignored": event[:100]}, status=202)

@@ -1,0 +1,169 @@
+"""Retention: prune snapshots, caches, finished jobs and their logs; hourly inside `forgeci serve`, or on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from config.settings import Settings
+from runner.errors import QueueError
+from runner.layout import DataLayout
+from runner.queue import Queue
+from runner.store import FileStore, ObjectStore, StoreError, open_store
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+INTERVAL = 3600.0  # the hourly task
+FIRST_RUN = 60.0  # after a start: a server restarted often must still prune
+ORPHAN_AGE = DAY  # an unindexed object younger than this may be an upload whose index row is being written
+PREFIXES = ("caches/", "snapshots/")  # what forgeci writes to the store; anything else there is not ours
+
+
+class Parts(Protocol):
+    """What pruning needs; a Runtime has it all, and so does MaintenanceParts (the CLI, without Podman)."""
+
+    settings: Settings
+    layout: DataLayout
+    queue: Queue
+    store: ObjectStore
+
+
+@dataclass(frozen=True)
+class MaintenanceParts:
+    settings: Settings
+    layout: DataLayout
+    queue: Queue
+    store: ObjectStore
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What one pruning round removed; `errors` are store or index failures it carried on after."""
+
+    snapshots: int = 0
+    caches: int = 0
+    jobs: int = 0
+    logs: int = 0
+    orphans: int = 0  # store objects no index row refers to (an interrupted upload, a lost race)
+    freed_bytes: int = 0  # of the snapshots, caches and orphans
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"snapshots": self.snapshots, "caches": self.caches, "jobs": self.jobs, "logs": self.logs,
+                "orphans": self.orphans, "freed_bytes": self.freed_bytes, "errors": list(self.errors)}
+
+    def summary(self) -> str:
+        text = (f"pruned {self.snapshots} snapshot(s), {self.caches} cache(s), {self.jobs} job(s) with {self.logs} "
+                f"log(s), {self.orphans} orphaned object(s); {self.freed_bytes / 1e6:.1f} MB freed")
+        return text + (f"; {len(self.errors)} error(s)" if self.errors else "")
+
+
+def prune(parts: Parts, now: float | None = None) -> PruneReport:
+    """Delete snapshots older than retention.snapshot_days, caches unused for cache_days, and jobs (with logs)
+    finished more than job_days ago, as of `now` (default: the current time). Blocks: call it in a thread.
+
+    A store that is down does not stop the rest: its errors are in the report, and the next round tries again.
+    """
+    now = time.time() if now is None else now
+    retention = parts.settings.retention
+    errors: list[str] = []
+    freed = 0
+
+    snapshots = 0
+    for record in _guard(errors, lambda: parts.queue.snapshots_before(now - retention.snapshot_days * DAY), []):
+        try:
+            parts.store.delete(record.key)
+        except StoreError as exc:
+            errors.append(f"snapshot of job {record.job_id}: {exc}")
+            continue  # kept in the index, so the next round retries the delete
+        if _guard(errors, lambda: parts.queue.delete_snapshot(record.job_id, record.key), False):
+            snapshots += 1
+            freed += record.size
+
+    caches = 0
+    for entry in _guard(errors, lambda: parts.queue.cache_unused_since(now - retention.cache_days * DAY), []):
+        try:
+            parts.store.delete(entry.object)
+        except StoreError as exc:
+            errors.append(f"cache {entry.key}: {exc}")
+            continue
+        if _guard(errors, lambda: parts.queue.delete_cache_entry(entry.key), None) is not None:
+            caches += 1
+            freed += entry.size
+
+    job_ids: list[int] = _guard(errors, lambda: parts.queue.delete_finished_jobs(now - retention.job_days * DAY), [])
+    logs = 0
+    for job_id in job_ids:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(parts.layout.log_file(job_id))
+            logs += 1
+
+    orphans, orphan_bytes = _prune_orphans(parts, now, errors)
+    return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors))
+
+
+def _prune_orphans(parts: Parts, now: float, errors: list[str]) -> tuple[int, int]:
+    """Delete our objects that no index row refers to, once they are old enough not to be an upload in progress."""
+    referenced = _guard(errors, parts.queue.stored_objects, None)
+    if referenced is None:
+        return 0, 0
+    count = size = 0
+    try:
+        for prefix in PREFIXES:
+            for obj in parts.store.list(prefix):
+                if obj.key not in referenced and obj.modified < now - ORPHAN_AGE:
+                    parts.store.delete(obj.key)
+                    count += 1
+                    size += obj.size
+        if isinstance(parts.store, FileStore):
+            parts.store.clean_tmp(now - ORPHAN_AGE)
+    except (StoreError, OSError) as exc:
+        errors.append(f"orphaned objects: {exc}")
+    return count, size
+
+
+def _guard(errors: list[str], call: Any, default: Any) -> Any:
+    try:
+        return call()
+    except QueueError as exc:
+        errors.append(f"queue: {exc}")
+        return default
+
+
+async def maintenance_loop(parts: Parts, interval: float = INTERVAL, first_run: float = FIRST_RUN) -> None:
+    """The hourly task of `forgeci serve`: prune, log what went, never die."""
+    delay = first_run
+    while True:
+        await asyncio.sleep(delay)
+        delay = interval
+        try:
+            report = await asyncio.to_thread(prune, parts)
+        except Exception:  # a bug must not end the loop: the next round may work
+            log.exception("maintenance failed")
+            continue
+        level = logging.WARNING if report.errors else logging.INFO
+        log.log(level, "maintenance: %s", report.summary())
+        for error in report.errors[:10]:
+            log.warning("maintenance: %s", error)
+
+
+@contextlib.contextmanager
+def open_parts(settings: Settings, environ: Mapping[str, str] = os.environ) -> Iterator[MaintenanceParts]:
+    """The queue and store of a data dir, without Podman (`forgeci maintenance` on the server host)."""
+    layout = DataLayout(settings.data_dir)
+    if not layout.db.exists():
+        raise QueueError(f"no forgeci queue at {layout.db} (is this the server's host and settings file?)")
+    queue = Queue(layout.db)
+    store = open_store(settings, environ)
+    try:
+        yield MaintenanceParts(settings, layout, queue, store)
+    finally:
+        store.close()
+        queue.close()

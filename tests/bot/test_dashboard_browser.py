@@ -1,0 +1,148 @@
+"""The dashboard in headless Chromium: no console errors, live numbers and log lines, working buttons, sign-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from config.settings import Settings
+from runner.layout import DataLayout
+from runner.models import JobState
+from runner.queue import Queue
+from tests.bot.api_helpers import TOKEN, api_settings, enqueue, finish, live_server, with_server
+from tests.bot.browser_helpers import chromium
+
+pytestmark = [pytest.mark.slow]
+__all__ = ["api_settings"]
+
+MakeRepo = Callable[..., tuple[Path, str]]
+TICKER = ('i=0; while true; do i=$((i+1)); printf "\\033[32mtick\\033[0m %s\\n" $i; sleep 0.3; done')
+
+
+async def wait(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.podman
+async def test_overview_job_page_live_log_and_cancel(settings: Settings, make_repo: MakeRepo) -> None:
+    repo, sha = make_repo({"README": "demo\n"})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with Queue(DataLayout(settings.data_dir).db) as history:  # finished jobs for the numbers, before workers run
+        for state in ("success", "success", "failure"):
+            finish(history, enqueue(history, repo="https://git.example.test/acme/old.git"), state)
+    with live_server(settings, workers=True) as server:
+        queue = server.runtime.queue
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{server.url}/dashboard")
+            jobs = await page.evaluate("document.getElementById('stat-jobs').textContent")
+            assert int(jobs) == queue.range_stats(time.time() - 86400, time.time() + 1).total
+            await page.screenshot("dashboard-overview")
+
+            pipeline = {"repo": str(repo), "ref": "main", "sha": sha,
+                        "steps": [{"name": "setup", "run": "echo preparing"}, {"name": "ticker", "run": TICKER}]}
+            response = await page.evaluate(
+                f"fetch('/jobs/submit', {{method: 'POST', headers: {{'Content-Type': 'application/json'}},"
+                f" body: {json.dumps(json.dumps(pipeline))}}}).then(r => r.json())")
+            job_id = response["id"]
+            # The overview learns of the new job from /events, without a reload.
+            await page.wait_for(f"!!document.querySelector('#live a[href=\"/dashboard/jobs/{job_id}\"]')")
+
+            await wait(lambda: queue.get(job_id).state is JobState.running)
+            await page.goto(f"{server.url}/dashboard/jobs/{job_id}")
+            first = await page.evaluate("document.querySelectorAll('#log .ln').length")
+            # New lines arrive over SSE and render with their colours.
+            await page.wait_for(f"document.querySelectorAll('#log .ln').length >= {first + 4}", timeout=30)
+            ticked = "[...document.querySelectorAll('#log .ln')].some(l => l.textContent.endsWith('tick 3\\n'))"
+            await page.wait_for(ticked, timeout=30)
+            assert await page.evaluate("document.querySelector('#log .ln .a-fg2').textContent") == "tick"
+            numbers = await page.evaluate("[...document.querySelectorAll('#log .ln .no')].map(a => +a.textContent)")
+            assert numbers == list(range(1, len(numbers) + 1))  # no gap, no duplicate between page and stream
+            await page.wait_for("document.querySelectorAll('.steps tbody tr').length === 2")
+            await page.screenshot("dashboard-job-running")
+
+            await page.click("#cancel")
+            await wait(lambda: queue.get(job_id).state is JobState.cancelled, timeout=60)
+            await page.wait_for("document.querySelector('h1 .badge').textContent.trim() === 'cancelled'", timeout=30)
+            await page.screenshot("dashboard-job-cancelled")
+            assert page.errors == []
+
+
+async def test_sign_in_then_cancel_and_retry_with_a_token_and_protected_reads(api_settings: Settings) -> None:
+    settings = with_server(api_settings, protect_reads=True)
+    with live_server(settings, {"FORGECI_API_TOKEN": TOKEN}) as server:
+        queue = server.runtime.queue
+        job_id = enqueue(queue, ref="feature/needs-review")
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{server.url}/dashboard/jobs/{job_id}")
+            assert await page.evaluate("location.pathname") == "/dashboard/login"
+            await page.evaluate("document.getElementById('token').value = 'not the token'")
+            await page.click("button[type=submit]")
+            await page.wait_for("!!document.querySelector('.banner')")
+            await page.screenshot("dashboard-login-failed")
+            assert [e for e in page.errors if "401 (Unauthorized)" not in e] == []  # the refusal is a 401 page
+            page.errors.clear()
+            await page.evaluate(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
+            await page.click("button[type=submit]")
+            await page.wait_for(f"location.pathname === '/dashboard/jobs/{job_id}'")
+            # HttpOnly: the page's scripts never see the session.
+            assert await page.evaluate("document.cookie") == ""
+            await page.wait_for("!!document.getElementById('cancel')")
+            await page.click("#cancel")
+            await wait(lambda: queue.get(job_id).state is JobState.cancelled)
+            await page.wait_for("!!document.getElementById('retry')")
+            await page.click("#retry")
+            await page.wait_for(f"location.pathname !== '/dashboard/jobs/{job_id}'")
+            new_id = int((await page.evaluate("location.pathname")).rsplit("/", 1)[1])
+            assert queue.get(new_id).spec.meta["retry_of"] == str(job_id)
+            await page.screenshot("dashboard-after-retry")
+            # An EventSource carries the cookie too: the live list works with protected reads.
+            await page.goto(f"{server.url}/dashboard")
+            other = enqueue(queue, ref="feature/late")
+            selector = f"!!document.querySelector('#live a[href=\"/dashboard/jobs/{other}\"]')"
+            for _ in range(40):  # until the page's EventSource is connected, an event may find nobody listening
+                server.call(lambda: _publish(server, other))
+                if await page.evaluate(selector):
+                    break
+                await asyncio.sleep(0.5)
+            await page.wait_for(selector)
+            assert page.errors == []
+
+
+async def _publish(server, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    from runner.events import JobEvent
+
+    server.runtime.events.publish(JobEvent(job_id, "queued"))
+
+
+async def test_pages_are_readable_without_javascript(api_settings: Settings) -> None:
+    with live_server(api_settings) as server:
+        queue = server.runtime.queue
+        job_id = enqueue(queue)
+        server.call(lambda: _log(server, job_id))
+        finish(queue, job_id, JobState.failure, steps=(("build", "success"), ("test", "failure")))
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.send("Emulation.setScriptExecutionDisabled", value=True)
+            await page.goto(f"{server.url}/dashboard/jobs/{job_id}")
+            await page.send("Emulation.setScriptExecutionDisabled", value=False)
+            text = await page.evaluate("document.body.innerText")
+            assert "compiling" in text and "3 tests failed" in text and "build" in text and "Retry" in text
+            await page.screenshot("dashboard-job-no-js")
+            assert page.errors == []
+
+
+async def _log(server, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    from tests.bot.api_helpers import write_log
+
+    log = write_log(server.runtime, job_id, ["compiling", "\x1b[1;31m3 tests failed\x1b[0m"])
+    log.close()

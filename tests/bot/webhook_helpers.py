@@ -1,0 +1,185 @@
+"""Shared by the webhook and status tests: signing, the real app on a private data dir, a fake forge API."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bot.app import create_app
+from config.settings import Settings
+
+# The fixtures sit in shared/ beside the repository (CI lays a copy of it there too).
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "github"
+GITHUB_SECRET = "gh-webhook-secret"
+GITEA_SECRET = "gitea-webhook-secret"
+GITLAB_SECRET = "gitlab-webhook-token"
+ENV = {
+    "FORGECI_GITHUB_WEBHOOK_SECRET": GITHUB_SECRET,
+    "FORGECI_GITEA_WEBHOOK_SECRET": GITEA_SECRET,
+    "FORGECI_GITLAB_WEBHOOK_SECRET": GITLAB_SECRET,
+}
+PUBLIC_URL = "https://ci.example.test"
+NO_PODMAN = "unix:///var/empty/forgeci-no-podman.sock"  # these tests never start a container
+
+
+def fixture_body(name: str) -> bytes:
+    path = FIXTURES / name
+    if not path.is_file():
+        pytest.fail(f"missing fixture {path}: the shared fixtures must sit beside the repository")
+    return path.read_bytes()
+
+
+def fixture_json(name: str) -> dict[str, Any]:
+    return json.loads(fixture_body(name))
+
+
+def sign(body: bytes, secret: str = GITHUB_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def github_headers(event: str, body: bytes, *, delivery: str | None = None, secret: str = GITHUB_SECRET,
+                   content_type: str = "application/json") -> dict[str, str]:
+    return {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+            "X-Hub-Signature-256": sign(body, secret), "Content-Type": content_type}
+
+
+def gitea_headers(event: str, body: bytes, *, delivery: str | None = None, secret: str = GITEA_SECRET,
+                  forgejo: bool = False) -> dict[str, str]:
+    prefix = "X-Forgejo" if forgejo else "X-Gitea"
+    return {f"{prefix}-Event": event, f"{prefix}-Delivery": delivery or str(uuid.uuid4()),
+            f"{prefix}-Signature": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+            "Content-Type": "application/json"}
+
+
+def gitlab_headers(event: str, *, delivery: str | None = None, token: str = GITLAB_SECRET) -> dict[str, str]:
+    return {"X-Gitlab-Event": event, "X-Gitlab-Token": token, "X-Gitlab-Event-UUID": delivery or str(uuid.uuid4()),
+            "Content-Type": "application/json"}
+
+
+def form_body(payload: bytes) -> bytes:
+    return urlencode({"payload": payload.decode()}).encode()
+
+
+def quick_settings(shared_dir: Path, **changes: Any) -> Settings:
+    """Defaults on a private data dir, without a Podman service (webhook intake never needs one)."""
+    base = Settings.default()
+    runner = dataclasses.replace(base.runner, podman_url=NO_PODMAN)
+    server = dataclasses.replace(base.server, public_url=PUBLIC_URL)
+    settings = dataclasses.replace(base, data_dir=shared_dir / "data", runner=runner, server=server)
+    for section, values in changes.items():
+        settings = dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **values)})
+    return settings
+
+
+async def open_client(settings: Settings, environ: Mapping[str, str] = ENV, *,
+                      workers: bool = False) -> TestClient[web.Request, web.Application]:
+    client = TestClient(TestServer(create_app(settings, dict(environ), workers=workers)))
+    await client.start_server()
+    return client
+
+
+@dataclass
+class Recorded:
+    """One request the fake forge received."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+    at: float
+
+
+Responder = Callable[[Recorded], web.Response | None]
+
+
+@dataclass
+class FakeForge:
+    """A local HTTP server standing in for a forge's API: records every request, answers as scripted.
+
+    `script` is consulted first, in order: each entry answers one matching request (or returns None to pass);
+    anything unscripted gets 201 {}.
+    """
+
+    requests: list[Recorded] = field(default_factory=list)
+    script: list[Responder] = field(default_factory=list)
+    status_delay: float = 0.0  # seconds each status post takes to answer: a slow forge
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        recorded = Recorded(request.method, request.path, dict(request.headers), body, time.time())
+        self.requests.append(recorded)
+        if self.status_delay and "/statuses/" in request.path:
+            await asyncio.sleep(self.status_delay)
+        for responder in list(self.script):
+            response = responder(recorded)
+            if response is not None:
+                self.script.remove(responder)
+                return response
+        return web.json_response({}, status=201)
+
+    def statuses(self) -> list[Recorded]:
+        return [r for r in self.requests if "/statuses/" in r.path]
+
+    async def wait_statuses(self, count: int, timeout: float = 20.0) -> list[Recorded]:
+        deadline = time.monotonic() + timeout
+        while len(self.statuses()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.statuses())} status posts after {timeout}s, wanted {count}: "
+                                     f"{[r.body for r in self.statuses()]}")
+            await asyncio.sleep(0.02)
+        return self.statuses()
+
+
+@pytest.fixture
+async def fake_forge() -> AsyncIterator[FakeForge]:
+    forge = FakeForge()
+    await forge.start()
+    yield forge
+    await forge.stop()
+
+
+def answer_once(path_part: str, status: int, body: Any = None, headers: Mapping[str, str] | None = None,
+                method: str = "POST") -> Responder:
+    """A scripted answer for the next request whose path contains `path_part`."""
+
+    def respond(recorded: Recorded) -> web.Response | None:
+        if recorded.method != method or path_part not in recorded.path:
+            return None
+        return web.json_response(body if body is not None else {"message": f"scripted {status}"}, status=status,
+                                 headers=dict(headers or {}))
+
+    return respond

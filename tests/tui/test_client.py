@@ -1,0 +1,128 @@
+"""tui.client against a respx-faked API: requests as the contract says, answers parsed, errors translated."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+
+from tests.tui.fake_api import BASE, NOW, FakeApi, make_job, sse
+from tui.client import ApiClient, ApiError, Unauthorized, Unreachable
+from tui.models import LogEnd, LogEntry
+
+
+async def test_jobs_are_parsed_from_the_servers_own_shape(api: FakeApi) -> None:
+    async with ApiClient(BASE) as client:
+        page = await client.list_jobs(status="queued", limit=1)
+        mine = await client.list_jobs(repo="https://github.com/acme/app.git", order="dispatch")
+        job = await client.job(2)
+    assert dict(api.calls("GET", "/jobs")[0].url.params) == {"order": "newest", "limit": "1", "status": "queued"}
+    assert dict(api.calls("GET", "/jobs")[1].url.params) == {"order": "dispatch", "limit": "100",
+                                                             "repo": "https://github.com/acme/app.git"}
+    assert [j.id for j in page.jobs] == [5] and page.next_cursor == "more"
+    assert [j.id for j in mine.jobs] == [4] and mine.next_cursor is None
+    assert (job.id, job.state, job.ref, job.priority, job.cache_hit, job.duration) == (
+        2, "failure", "refs/heads/feature/login", 5, False, 35.0)
+    assert [(s.name, s.state, s.exit_code, s.duration) for s in job.steps] == [
+        ("install", "success", 0, 19.0), ("test", "failure", 1, 15.0)]
+
+
+async def test_actions_send_the_bodies_of_the_contract(api: FakeApi) -> None:
+    async with ApiClient(BASE, "s3cret") as client:
+        assert await client.submit("https://github.com/acme/app.git", "main", sha="abcdef1", priority=3) == 7
+        assert await client.cancel(7) == "cancelled"
+        assert await client.retry(7, from_failed_step=True) == 8
+        await client.set_priority(8, 9)
+        await client.delete_cache("acme/app/main/3f2a9c")
+        assert "s3cret" not in repr(client)
+    assert api.bodies("/jobs/submit") == [{"repo": "https://github.com/acme/app.git", "ref": "main",
+                                           "sha": "abcdef1", "priority": 3}]
+    assert api.bodies("/jobs/cancel") == [{"id": 7}]
+    assert api.bodies("/jobs/retry") == [{"id": 7, "from_failed_step": True}]
+    assert api.bodies("/jobs/priority") == [{"id": 8, "priority": 9}]
+    assert all(r.headers["Authorization"] == "Bearer s3cret" for r in api.requests)
+
+
+async def test_errors_are_translated(api: FakeApi) -> None:
+    async with ApiClient(BASE) as client:
+        with pytest.raises(ApiError) as bad:
+            await client.set_priority(4, 11)
+        assert bad.value.status == 400 and bad.value.details == [
+            "request: priority: expected an integer 0..10, got 11"]
+        with pytest.raises(ApiError, match="409 wrong state"):
+            await client.cancel(1)
+        with pytest.raises(ApiError, match="404 not found") as missing:
+            await client.job(99)
+        assert missing.value.status == 404
+        api.token = "other"
+        with pytest.raises(Unauthorized):
+            await client.list_jobs()
+        api.down = True
+        with pytest.raises(Unreachable, match="cannot reach http://forgeci.test"):
+            await client.metrics("hour")
+        with pytest.raises(Unreachable):
+            async with client.events():
+                pass
+
+
+async def test_a_non_json_answer_is_an_api_error() -> None:
+    with respx.mock() as router:
+        router.get(f"{BASE}/metrics").respond(200, text="<html>proxy login</html>")
+        router.get(f"{BASE}/events").respond(200, text="<html>", headers={"Content-Type": "text/html"})
+        async with ApiClient(BASE) as client:
+            with pytest.raises(ApiError, match="did not answer with JSON"):
+                await client.metrics()
+            with pytest.raises(ApiError, match="not an event stream"):
+                async with client.events() as events:
+                    async for _ in events:
+                        pass
+
+
+async def test_event_stream_skips_keepalives_and_malformed_events(api: FakeApi) -> None:
+    async with ApiClient(BASE) as client:
+        async with client.events() as events:
+            feed = api.event_feeds[0]
+            feed.send(b": keep-alive\n\n")
+            feed.send(b"event: job\ndata: {not json\n\n")
+            feed.send(sse({"state": "queued"}, event="job"))  # no job id
+            api.publish(4, "running", "step", index=0, name="install", total=2)
+            event = await anext(events)
+    assert (event.job_id, event.state, event.kind, dict(event.data)) == (
+        4, "running", "step", {"index": 0, "name": "install", "total": 2})
+    assert event.t == NOW
+
+
+async def test_log_stream_resumes_with_last_event_id_and_ends(api: FakeApi) -> None:
+    api.add(make_job(9, state="running"))
+    api.log(9, "one", "two", "three")
+    api.end_log(9)
+    async with ApiClient(BASE) as client:
+        async with client.logs(9, after=1) as lines:
+            got = [line async for line in lines]
+    assert got == [LogEntry(2, "build", "stdout", "two"), LogEntry(3, "build", "stdout", "three"),
+                   LogEnd("success", 3)]
+    request = api.calls("GET", "/jobs/logs")[0]
+    assert request.headers["Last-Event-ID"] == "1" and request.url.params["id"] == "9"
+    assert request.headers["Accept"] == "text/event-stream"
+
+
+async def test_a_stream_that_breaks_off_is_unreachable(api: FakeApi) -> None:
+    async with ApiClient(BASE) as client:
+        with pytest.raises(Unreachable, match="lost the stream /events"):
+            async with client.events() as events:
+                api.event_feeds[0].send(httpx.ReadError("reset"))
+                async for _ in events:
+                    pass
+
+
+def test_cache_stats_take_totals_from_the_top_or_a_totals_object() -> None:
+    from tui.models import CacheStats
+
+    entry = {"key": "a/main/1", "repo": "a", "size": 10, "hits": 2, "created_at": 1.0, "last_used": 2.0}
+    flat = CacheStats.from_dict({"entries": [entry], "total_size": 99, "hit_rate": 0.5})
+    nested = CacheStats.from_dict({"items": [entry], "totals": {"entries": 1, "bytes": 77, "hits": 2,
+                                                                "hit_rate": 0.25}})
+    bare = CacheStats.from_dict({"entries": [entry, {**entry, "key": "a/main/2", "size": 5}]})
+    assert (flat.total_size, flat.hit_rate, [e.key for e in flat.entries]) == (99, 0.5, ["a/main/1"])
+    assert (nested.total_size, nested.hit_rate, len(nested.entries)) == (77, 0.25, 1)
+    assert (bare.total_size, bare.hit_rate) == (15, None)

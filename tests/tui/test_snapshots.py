@@ -1,0 +1,97 @@
+"""SVG snapshots of the console's screens at 80x24 (update with `pytest --snapshot-update`, then look at them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual.pilot import Pilot
+from textual.widgets import Input, Sparkline
+
+from tests.tui.conftest import wait_until
+from tests.tui.fake_api import FakeApi
+from tui.app import ForgeciApp
+from tui.panels import CachePanel, JobsPanel, QueuePanel
+from tui.screens import JobScreen
+from tui.widgets import LogView
+
+SIZE = (80, 24)
+SnapCompare = Callable[..., bool]
+
+
+async def jobs_loaded(pilot: Pilot[None]) -> None:
+    app = pilot.app
+    table = app.query_one(JobsPanel).table
+    await wait_until(pilot, lambda: table.row_count == 6 and table.jobs[3].steps)
+
+
+def test_jobs_screen(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=jobs_loaded)
+
+
+def test_job_screen_with_a_live_log(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
+                                    api: FakeApi) -> None:
+    async def open_running_job(pilot: Pilot[None]) -> None:
+        await jobs_loaded(pilot)
+        table = pilot.app.query_one(JobsPanel).table
+        table.move_cursor(row=table.get_row_index("3"))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, JobScreen) and pilot.app.screen.job is not None
+                         and pilot.app.screen.query_one(LogView).line_count == 5)
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=open_running_job)
+
+
+def test_queue_panel(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
+    async def queue(pilot: Pilot[None]) -> None:
+        await jobs_loaded(pilot)
+        await pilot.press("2")
+        await wait_until(pilot, lambda: pilot.app.query_one(QueuePanel).table.row_count == 2)
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=queue)
+
+
+def test_metrics_panel(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
+    async def metrics(pilot: Pilot[None]) -> None:
+        await jobs_loaded(pilot)
+        await pilot.press("3")
+        await wait_until(pilot, lambda: pilot.app.query_one(Sparkline).data)
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=metrics)
+
+
+def test_cache_panel(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
+    async def cache(pilot: Pilot[None]) -> None:
+        await jobs_loaded(pilot)
+        await pilot.press("4")
+        await wait_until(pilot, lambda: pilot.app.query_one(CachePanel).entries)
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=cache)
+
+
+def test_help_screen(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
+    async def help(pilot: Pilot[None]) -> None:
+        await jobs_loaded(pilot)
+        await pilot.press("?")
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=help)
+
+
+def test_submit_form_with_problems(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
+                                   api: FakeApi) -> None:
+    async def form(pilot: Pilot[None]) -> None:
+        await jobs_loaded(pilot)
+        await pilot.press("n")
+        pilot.app.screen.query_one("#sha", Input).value = "not-a-sha"
+        pilot.app.screen.query_one("#sha", Input).focus()
+        await pilot.press("enter")
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=form)
+
+
+def test_server_unreachable(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
+    api.down = True
+
+    async def offline(pilot: Pilot[None]) -> None:
+        await wait_until(pilot, lambda: pilot.app.connection == "offline")  # type: ignore[attr-defined]
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=offline)

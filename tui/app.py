@@ -1,0 +1,238 @@
+"""The operator console: a Textual app over the HTTP API, live from /events, reconnecting by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+from textual.signal import Signal
+from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+
+from tui.client import ApiClient, ApiError, Unauthorized, Unreachable
+from tui.models import JobInfo, ServerEvent
+from tui.panels import CachePanel, JobsPanel, JobTable, MetricsPanel, Panel, QueuePanel
+from tui.screens import ConfirmScreen, HelpScreen, JobScreen, PriorityScreen, SubmitScreen
+from tui.widgets import StatusBar
+
+RECONNECT_MIN, RECONNECT_MAX = 1.0, 10.0
+
+CSS = """
+#filters { height: 1; }
+#filters Select { width: 22; margin-right: 1; }
+#sort-label { width: 1fr; content-align: right middle; color: $text-muted; }
+JobTable, #cache-table { height: 1fr; }
+#queue-summary, #cache-summary { height: 1; color: $text-muted; }
+#metrics-numbers { height: auto; padding: 0 1; }
+#sparkline-label { margin-top: 1; padding: 0 1; color: $text-muted; }
+#durations { height: 3; margin: 0 1; }
+TabPane { padding: 0; }
+#job-head { height: auto; max-height: 4; padding: 0 1; background: $boost; }
+#steps { height: 2; }
+#log-status { height: 1; background: $boost; color: $text-muted; padding: 0 1; }
+#log { height: 1fr; }
+#search { dock: bottom; margin-bottom: 1; }
+ModalScreen { align: center middle; }
+.dialog { width: 72; max-width: 100%; height: auto; max-height: 100%; border: thick $primary; background: $surface;
+          padding: 0 1; }
+.dialog .buttons { height: auto; align-horizontal: right; margin-top: 1; }
+.dialog .buttons Button { margin-left: 1; }
+.dialog .error { color: $error; height: auto; }
+.dialog .title { text-style: bold; }
+#submit-form Input { margin: 0; }
+#help { width: 64; }
+"""
+
+
+class ForgeciApp(App[None]):
+    """`forgeci tui`: jobs, queue, metrics and cache of one server; the client comes in, so tests pass their own."""
+
+    TITLE = "forgeci"
+    CSS = CSS
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+        Binding("n", "submit", "Submit job"),
+        Binding("1", "tab('jobs')", "Jobs", show=False),
+        Binding("2", "tab('queue')", "Queue", show=False),
+        Binding("3", "tab('metrics')", "Metrics", show=False),
+        Binding("4", "tab('cache')", "Cache", show=False),
+        Binding("ctrl+r", "resync", "Reload everything", show=False),
+    ]
+
+    connection: reactive[str] = reactive("connecting")
+
+    def __init__(self, client: ApiClient, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        self.client = client
+        self.clock = clock  # wall-clock seconds, to show how long jobs have run; tests pin it
+        self.job_events: Signal[ServerEvent] = Signal(self, "job-events")
+        self.resync: Signal[None] = Signal(self, "resync")
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(self.client.server)
+        with TabbedContent(initial="jobs"):
+            with TabPane("1 Jobs", id="jobs"):
+                yield JobsPanel()
+            with TabPane("2 Queue", id="queue"):
+                yield QueuePanel()
+            with TabPane("3 Metrics", id="metrics"):
+                yield MetricsPanel()
+            with TabPane("4 Cache", id="cache"):
+                yield CachePanel()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(JobsPanel).active = True
+        self.query_one(JobTable).focus()
+        self.follow_events()
+
+    # -- the live connection --------------------------------------------------------------------------
+
+    @work(exclusive=True, group="events")
+    async def follow_events(self) -> None:
+        """Hold /events open; on every (re)connection, have every panel reload what it shows."""
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                async with self.client.events() as events:
+                    self._online()
+                    delay = RECONNECT_MIN
+                    async for event in events:
+                        self.job_events.publish(event)
+                raise Unreachable(f"{self.client.server} closed the event stream")
+            except ApiError as exc:
+                self.report(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _online(self) -> None:
+        was, self.connection = self.connection, "online"
+        if was in ("offline", "unauthorized"):
+            self.notify(f"connected to {self.client.server} again")
+        self.resync.publish(None)
+
+    def report(self, exc: ApiError) -> None:
+        """A failed call: a notification and, when the server is gone or refuses the token, the status bar."""
+        if isinstance(exc, Unreachable | Unauthorized):
+            state = "offline" if isinstance(exc, Unreachable) else "unauthorized"
+            if self.connection != state:  # once per outage, not once per retry
+                self.connection = state
+                self.notify(str(exc), title="server unreachable" if state == "offline" else "token refused",
+                            severity="error", timeout=8)
+            return
+        self.notify(str(exc), title="request failed", severity="error", timeout=8)
+
+    # -- navigation -----------------------------------------------------------------------------------
+
+    def action_tab(self, tab: str) -> None:
+        if isinstance(self.screen, JobScreen):
+            return
+        self.query_one(TabbedContent).active = tab
+
+    @on(TabbedContent.TabActivated)
+    def _tab_shown(self, message: TabbedContent.TabActivated) -> None:
+        for panel in self.query(Panel):
+            panel.hidden()
+        pane = message.pane
+        panel = pane.query_one(Panel)
+        panel.shown()
+        tables = panel.query(DataTable)
+        (tables.first() if tables else panel).focus()  # so that the panel's own keys work at once
+
+    def open_job(self, job_id: int) -> None:
+        self.push_screen(JobScreen(job_id))
+
+    def action_resync(self) -> None:
+        self.resync.publish(None)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.help_sections()))
+
+    def help_sections(self) -> list[tuple[str, list[BindingType]]]:
+        moves = [b for b in DataTable.BINDINGS if isinstance(b, Binding) and b.key != "enter"]  # enter: Open
+        log_moves = [Binding("up,down,pageup,pagedown", "", "scroll the log"),
+                     Binding("home,end", "", "first line / last line (end follows the tail again)")]
+        return [
+            ("Everywhere", list(self.BINDINGS)),
+            ("Jobs and queue tables", [*JobTable.BINDINGS, *moves]),
+            ("Jobs panel", list(JobsPanel.BINDINGS)),
+            ("Metrics panel", list(MetricsPanel.BINDINGS)),
+            ("Cache panel", list(CachePanel.BINDINGS)),
+            ("Job screen", [*JobScreen.BINDINGS, *log_moves]),
+            ("Dialogs", [*ConfirmScreen.BINDINGS, Binding("enter", "", "submit a form"),
+                         Binding("tab,shift+tab", "", "next / previous field")]),
+        ]
+
+    # -- actions on jobs ------------------------------------------------------------------------------
+
+    def cancel_job(self, job: JobInfo) -> None:
+        if job.terminal:
+            self.notify(f"job #{job.id} is already {job.state}", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._cancel(job.id)
+
+        self.push_screen(ConfirmScreen(f"Cancel job #{job.id} ({job.state})?"), confirmed)
+
+    @work(group="actions")
+    async def _cancel(self, job_id: int) -> None:
+        try:
+            state = await self.client.cancel(job_id)
+        except ApiError as exc:
+            self.report(exc)
+            return
+        what = "stopping" if state == "running" else state or "cancelled"
+        self.notify(f"job #{job_id}: {what}")
+
+    def retry_job(self, job: JobInfo, from_failed_step: bool = False) -> None:
+        if not job.terminal:
+            self.notify(f"job #{job.id} is {job.state}: only a finished job can be retried", severity="warning")
+            return
+        self._retry(job.id, from_failed_step)
+
+    @work(group="actions")
+    async def _retry(self, job_id: int, from_failed_step: bool) -> None:
+        try:
+            new_id = await self.client.retry(job_id, from_failed_step=from_failed_step)
+        except ApiError as exc:
+            self.report(exc)
+            return
+        how = " from its failed step" if from_failed_step else ""
+        self.notify(f"job #{new_id} queued: a retry of #{job_id}{how}")
+
+    def change_priority(self, job: JobInfo) -> None:
+        if job.state != "queued":
+            self.notify(f"job #{job.id} is {job.state}: only a queued job's priority can change", severity="warning")
+            return
+
+        def chosen(priority: int | None) -> None:
+            if priority is not None and priority != job.priority:
+                self._set_priority(job.id, priority)
+
+        self.push_screen(PriorityScreen(job), chosen)
+
+    @work(group="actions")
+    async def _set_priority(self, job_id: int, priority: int) -> None:
+        try:
+            await self.client.set_priority(job_id, priority)
+        except ApiError as exc:
+            self.report(exc)
+            return
+        self.notify(f"job #{job_id}: priority {priority}")
+
+    def action_submit(self) -> None:
+        def submitted(job_id: int | None) -> None:
+            if job_id is not None:
+                self.notify(f"job #{job_id} submitted")
+
+        self.push_screen(SubmitScreen(), submitted)
+

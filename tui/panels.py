@@ -1,0 +1,546 @@
+"""The main screen's panels: jobs (live, filterable, sortable), queue (dispatch order), metrics, cache."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.timer import Timer
+from textual.widgets import DataTable, Select, Sparkline, Static
+
+from tui import format as fmt
+from tui.client import ApiError
+from tui.models import STATES, TERMINAL, CacheEntry, JobInfo, ServerEvent
+
+if TYPE_CHECKING:
+    from tui.app import ForgeciApp
+
+MAX_ROWS = 200  # jobs the jobs panel keeps; older ones drop off as new ones arrive
+RANGES = ("hour", "day", "week")
+
+
+def apply_event(job: JobInfo, event: ServerEvent) -> JobInfo:
+    """The job as an event leaves it, without asking the server (an idle console makes no requests)."""
+    data = event.data
+    if event.kind == "state":
+        changes: dict[str, Any] = {"state": event.state}
+        if event.state == "running" and job.state != "running":
+            changes |= {"started_at": event.t, "finished_at": None, "duration": None, "step_index": None,
+                        "attempts": data.get("attempts", job.attempts)}
+        elif event.state == "queued":
+            changes |= {"started_at": None, "finished_at": None, "step_index": None}
+        elif event.state in TERMINAL:
+            changes |= {"finished_at": event.t, "cancel_requested": False,
+                        "duration": None if job.started_at is None else max(0.0, event.t - job.started_at)}
+        return replace(job, **changes)
+    if event.kind in ("step", "step_done"):
+        index, total = data.get("index"), data.get("total")
+        return replace(job, state=event.state if event.state else job.state,
+                       step_index=index if isinstance(index, int) else job.step_index,
+                       step_total=total if isinstance(total, int) else job.step_total)
+    if event.kind == "cancel_requested":
+        return replace(job, cancel_requested=True)
+    if event.kind == "priority" and isinstance(data.get("priority"), int):
+        return replace(job, priority=data["priority"])
+    return job
+
+
+def step_progress(job: JobInfo) -> str:
+    if job.step_total:
+        done = job.step_total if job.terminal and job.state == "success" else (job.step_index or 0) + 1
+        return f"{min(done, job.step_total)}/{job.step_total}"
+    if job.steps:
+        return f"{len(job.steps)}/?" if not job.terminal else f"{len(job.steps)}"
+    return fmt.NONE
+
+
+def job_duration(job: JobInfo, now: float) -> float | None:
+    return job.duration if job.duration is not None else fmt.elapsed(job.started_at, job.finished_at, now)
+
+
+# Column key -> (label, width, cell of (job, now), sort key of (job, now))
+Column = tuple[str, int, Callable[[JobInfo, float], Any], Callable[[JobInfo, float], Any]]
+JOB_COLUMNS: dict[str, Column] = {
+    "id": ("#", 5, lambda j, _: j.id, lambda j, _: j.id),
+    "repo": ("repository", 16, lambda j, _: fmt.short_repo(j.repo), lambda j, _: fmt.short_repo(j.repo).lower()),
+    "ref": ("ref", 10, lambda j, _: fmt.short_ref(j.ref), lambda j, _: fmt.short_ref(j.ref).lower()),
+    "sha": ("sha", 7, lambda j, _: fmt.short_sha(j.sha), lambda j, _: j.sha or ""),
+    "state": ("state", 10, lambda j, _: fmt.state_text(j.state, j.cancel_requested),
+              lambda j, _: STATES.index(j.state) if j.state in STATES else len(STATES)),
+    "priority": ("pri", 3, lambda j, _: j.priority, lambda j, _: j.priority),
+    "duration": ("time", 7, lambda j, now: fmt.duration(job_duration(j, now)),
+                 lambda j, now: job_duration(j, now) or 0.0),
+    "step": ("step", 5, lambda j, _: step_progress(j), lambda j, _: (j.step_index or 0, j.step_total or 0)),
+}
+
+
+class JobTable(DataTable[Any]):
+    """A table of jobs keyed by id, with the job actions on the selected row."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select_cursor", "Open"),
+        Binding("c", "cancel_job", "Cancel"),
+        Binding("r", "retry_job", "Retry"),
+        Binding("R", "retry_job(True)", "Retry from the failed step", show=False),
+        Binding("p", "priority", "Change priority (queued)", show=False),
+    ]
+
+    def __init__(self, columns: Iterable[str], **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.column_keys = tuple(columns)
+        self.jobs: dict[int, JobInfo] = {}
+
+    def on_mount(self) -> None:
+        for key in self.column_keys:
+            label, width, _, _ = JOB_COLUMNS[key]
+            self.add_column(label, width=width, key=key)
+
+    @property
+    def selected(self) -> JobInfo | None:
+        if not self.row_count:
+            return None
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        return self.jobs.get(int(key)) if key is not None else None
+
+    def show(self, jobs: Iterable[JobInfo]) -> None:
+        """Replace every row, keeping the selected job selected."""
+        selected = self.selected
+        self.jobs = {job.id: job for job in jobs}
+        self.clear()
+        for job in self.jobs.values():
+            self.add_row(*self._cells(job), key=str(job.id))
+        self._reselect(selected)
+
+    def upsert(self, job: JobInfo) -> None:
+        known = job.id in self.jobs
+        self.jobs[job.id] = job
+        if known:
+            for key, cell in zip(self.column_keys, self._cells(job)):
+                self.update_cell(str(job.id), key, cell)
+        else:
+            self.add_row(*self._cells(job), key=str(job.id))
+
+    def drop(self, job_id: int) -> None:
+        if self.jobs.pop(job_id, None) is not None:
+            self.remove_row(str(job_id))
+
+    def resort(self, column: str, reverse: bool) -> None:
+        selected = self.selected
+        sort_key, now = JOB_COLUMNS[column][3], self._app.clock()
+        self.sort("id", key=lambda job_id: sort_key(self.jobs[job_id], now), reverse=reverse)
+        self._reselect(selected)
+
+    def tick(self) -> None:
+        """Advance the running jobs' durations (local arithmetic, no request)."""
+        if "duration" in self.column_keys:
+            now = self._app.clock()
+            for job in self.jobs.values():
+                if job.state == "running":
+                    self.update_cell(str(job.id), "duration", fmt.duration(job_duration(job, now)))
+
+    def _cells(self, job: JobInfo) -> list[Any]:
+        now = self._app.clock()
+        return [JOB_COLUMNS[key][2](job, now) for key in self.column_keys]
+
+    def _reselect(self, job: JobInfo | None) -> None:
+        if job is not None and job.id in self.jobs:
+            self.move_cursor(row=self.get_row_index(str(job.id)), animate=False)
+
+    def action_cancel_job(self) -> None:
+        if (job := self.selected) is not None:
+            self._app.cancel_job(job)
+
+    def action_retry_job(self, from_failed_step: bool = False) -> None:
+        if (job := self.selected) is not None:
+            self._app.retry_job(job, from_failed_step)
+
+    def action_priority(self) -> None:
+        if (job := self.selected) is not None:
+            self._app.change_priority(job)
+
+    @property
+    def _app(self) -> ForgeciApp:
+        return self.app  # type: ignore[return-value]
+
+
+class Panel(Vertical):
+    """A panel that reloads from the server when shown, on a resync, and (debounced) on relevant job events."""
+
+    RELOAD_DELAY = 0.3
+    active = False  # the app sets it when its tab is shown
+    stale = True
+
+    def on_mount(self) -> None:
+        self._reload_timer: Timer | None = None
+        self._app.job_events.subscribe(self, self.on_job_event)
+        self._app.resync.subscribe(self, self.on_resync)
+
+    @property
+    def _app(self) -> ForgeciApp:
+        return self.app  # type: ignore[return-value]
+
+    def shown(self) -> None:
+        self.active = True
+        if self.stale:
+            self.reload()
+
+    def hidden(self) -> None:
+        self.active = False
+
+    def on_resync(self, _: object) -> None:
+        self.stale = True
+        if self.active:
+            self.reload()
+
+    def on_job_event(self, event: ServerEvent) -> None:
+        if self.concerns(event):
+            self.stale = True
+            if self.active and self._reload_timer is None:
+                self._reload_timer = self.set_timer(self.RELOAD_DELAY, self._timed_reload)
+
+    def _timed_reload(self) -> None:
+        self._reload_timer = None
+        self.reload()
+
+    def concerns(self, event: ServerEvent) -> bool:
+        return False
+
+    def reload(self) -> None:
+        self.stale = False
+        self.load()
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+
+class JobsPanel(Panel):
+    """Every job, newest first: live from /events, filterable by state and repository, sortable by any column."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "sort", "Sort by the next column", show=False),
+        Binding("S", "reverse", "Reverse the order", show=False),
+        Binding("f", "filter", "Filter by state and repository", show=False),
+        Binding("x", "clear_filters", "Clear the filters", show=False),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sort_column = "id"
+        self.reverse = True
+        self.repos: set[str] = set()
+        self._load_started = 0.0
+        self._touched: dict[int, float] = {}  # job id -> when an event last changed it
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="filters"):
+            yield Select([(s, s) for s in STATES], prompt="all states", compact=True, id="state-filter")
+            yield Select([], prompt="all repositories", compact=True, id="repo-filter")
+            yield Static("", id="sort-label")
+        yield JobTable(JOB_COLUMNS, id="jobs-table")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.set_interval(1.0, self.table.tick)
+        self._show_sort()
+
+    @property
+    def table(self) -> JobTable:
+        return self.query_one(JobTable)
+
+    @property
+    def state_filter(self) -> str | None:
+        value = self.query_one("#state-filter", Select).value
+        return value if isinstance(value, str) else None
+
+    @property
+    def repo_filter(self) -> str | None:
+        value = self.query_one("#repo-filter", Select).value
+        return value if isinstance(value, str) else None
+
+    def matches(self, job: JobInfo) -> bool:
+        return (self.state_filter in (None, job.state)) and (self.repo_filter in (None, job.repo))
+
+    def load(self) -> None:
+        self._fetch()
+
+    @work(exclusive=True, group="jobs-list")
+    async def _fetch(self) -> None:
+        started = time.monotonic()
+        try:
+            page = await self._app.client.list_jobs(status=self.state_filter, repo=self.repo_filter, limit=MAX_ROWS)
+        except ApiError as exc:
+            self.stale = True
+            self._app.report(exc)
+            return
+        current = self.table.jobs
+        jobs = [current[j.id] if self._touched.get(j.id, 0) > started and j.id in current else j for j in page.jobs]
+        self._touched.clear()
+        self._learn_repos(j.repo for j in jobs)
+        self.table.show(jobs)
+        self.table.resort(self.sort_column, self.reverse)
+        running = [j.id for j in jobs if j.state == "running"]
+        for job_id in running:  # the list has no steps: one look each at the few running jobs
+            self._fetch_job(job_id)
+
+    @work(group="jobs-one")
+    async def _fetch_job(self, job_id: int) -> None:
+        try:
+            job = await self._app.client.job(job_id)
+        except ApiError as exc:
+            if exc.status != 404:
+                self._app.report(exc)
+            return
+        known = self.table.jobs.get(job_id)
+        if known is not None:  # keep what events told us about step progress
+            job = replace(job, step_index=known.step_index if job.state == known.state else None,
+                          step_total=known.step_total)
+        self._place(job)
+
+    def on_job_event(self, event: ServerEvent) -> None:
+        self._touched[event.job_id] = time.monotonic()
+        job = self.table.jobs.get(event.job_id)
+        if job is None:
+            if self.state_filter in (None, event.state):
+                self._fetch_job(event.job_id)  # a new job (submitted, retried, from a webhook)
+            return
+        self._place(apply_event(job, event))
+
+    def _place(self, job: JobInfo) -> None:
+        table = self.table
+        if not self.matches(job):
+            table.drop(job.id)
+            return
+        self._learn_repos([job.repo])
+        table.upsert(job)
+        while len(table.jobs) > MAX_ROWS:
+            table.drop(min(table.jobs))
+        table.resort(self.sort_column, self.reverse)
+
+    def _learn_repos(self, repos: Iterable[str]) -> None:
+        new = set(repos) - self.repos
+        if new:
+            self.repos |= new
+            select = self.query_one("#repo-filter", Select)
+            with select.prevent(Select.Changed):
+                value = select.value
+                select.set_options([(fmt.short_repo(r), r) for r in sorted(self.repos)])
+                if isinstance(value, str):
+                    select.value = value
+
+    @on(Select.Changed)
+    def _filter_changed(self) -> None:
+        self.reload()
+
+    @on(DataTable.RowSelected)
+    def _open(self, message: DataTable.RowSelected) -> None:
+        if message.row_key.value is not None:
+            self._app.open_job(int(message.row_key.value))
+
+    @on(DataTable.HeaderSelected)
+    def _header(self, message: DataTable.HeaderSelected) -> None:
+        column = str(message.column_key.value)
+        self.reverse = not self.reverse if column == self.sort_column else column in ("id", "priority", "duration")
+        self.sort_column = column
+        self._resort()
+
+    def action_sort(self) -> None:
+        keys = list(JOB_COLUMNS)
+        self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
+        self.reverse = self.sort_column in ("id", "priority", "duration")
+        self._resort()
+
+    def action_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self._resort()
+
+    def action_filter(self) -> None:
+        self.query_one("#state-filter", Select).focus()
+
+    def action_clear_filters(self) -> None:
+        for select in self.query(Select):
+            select.clear()
+        self.table.focus()
+
+    def _resort(self) -> None:
+        self.table.resort(self.sort_column, self.reverse)
+        self._show_sort()
+
+    def _show_sort(self) -> None:
+        arrow = "↓" if self.reverse else "↑"
+        self.query_one("#sort-label", Static).update(f"sort: {JOB_COLUMNS[self.sort_column][0]} {arrow}")
+
+
+class QueuePanel(Panel):
+    """Queued jobs in the order the runners will take them."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="queue-summary")
+        yield JobTable(("id", "repo", "ref", "sha", "priority", "duration"), id="queue-table")
+
+    @property
+    def table(self) -> JobTable:
+        return self.query_one(JobTable)
+
+    def concerns(self, event: ServerEvent) -> bool:
+        return event.kind in ("state", "priority")
+
+    def load(self) -> None:
+        self._fetch()
+
+    @work(exclusive=True, group="queue")
+    async def _fetch(self) -> None:
+        try:
+            page = await self._app.client.list_jobs(order="dispatch", limit=MAX_ROWS)
+        except ApiError as exc:
+            self.stale = True
+            self._app.report(exc)
+            return
+        waiting = page.jobs
+        now = self._app.clock()
+        self.table.show(waiting)
+        for job in waiting:  # in a queue, how long it has waited is what matters
+            self.table.update_cell(str(job.id), "duration", fmt.duration(now - job.queued_at))
+        more = "+" if page.next_cursor else ""
+        self.query_one("#queue-summary", Static).update(
+            f"{len(waiting)}{more} queued, in dispatch order (higher priority first, then oldest)")
+
+    @on(DataTable.RowSelected)
+    def _open(self, message: DataTable.RowSelected) -> None:
+        if message.row_key.value is not None:
+            self._app.open_job(int(message.row_key.value))
+
+
+class MetricsPanel(Panel, can_focus=True):
+    """Headline numbers over an hour, a day or a week, and a sparkline of average durations."""
+
+    RELOAD_DELAY = 2.0
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("t", "next_range", "Range")]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.range = "day"
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="metrics-numbers")
+        yield Static("average duration over time", id="sparkline-label")
+        yield Sparkline([], id="durations")
+
+    def concerns(self, event: ServerEvent) -> bool:
+        return event.kind == "state"
+
+    def load(self) -> None:
+        self._fetch()
+
+    @work(exclusive=True, group="metrics")
+    async def _fetch(self) -> None:
+        try:
+            m = await self._app.client.metrics(self.range)
+        except ApiError as exc:
+            self.stale = True
+            self._app.report(exc)
+            return
+        states = "  ".join(f"{state} {count}" for state, count in m.by_state.items() if count)
+        text = Text.assemble(
+            (f"last {m.range}", "bold"), "   (t: hour/day/week)\n\n",
+            ("jobs finished  ", "dim"), f"{m.jobs}\n",
+            ("success rate   ", "dim"), f"{fmt.percent(m.success_rate)}\n",
+            ("avg duration   ", "dim"), f"{fmt.duration(m.avg_duration)}\n",
+            ("p95 duration   ", "dim"), f"{fmt.duration(m.p95_duration)}\n",
+            ("cache hit rate ", "dim"), f"{fmt.percent(m.cache_hit_rate)}\n",
+            ("queued now     ", "dim"), f"{m.queue_depth}\n",
+            ("running now    ", "dim"), f"{m.running}\n",
+            ("by state       ", "dim"), states or fmt.NONE,
+        )
+        self.query_one("#metrics-numbers", Static).update(text)
+        self.query_one(Sparkline).data = list(m.durations)
+        self.query_one("#sparkline-label", Static).update(
+            f"average duration per slice, oldest to newest (max {fmt.duration(max(m.durations, default=0))})")
+
+    def action_next_range(self) -> None:
+        self.range = RANGES[(RANGES.index(self.range) + 1) % len(RANGES)]
+        self.reload()
+
+
+class CachePanel(Panel):
+    """Dependency-cache entries: sizes, hit counts, and deleting one."""
+
+    RELOAD_DELAY = 2.0
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("d,delete", "delete_entry", "Delete entry")]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entries: dict[str, CacheEntry] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="cache-summary")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="cache-table")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        table = self.query_one(DataTable)
+        table.add_column("key", width=34, key="key")
+        table.add_column("size", width=9, key="size")
+        table.add_column("hits", width=5, key="hits")
+        table.add_column("last used", width=12, key="last_used")
+
+    def concerns(self, event: ServerEvent) -> bool:
+        return event.kind == "state" and event.state in TERMINAL
+
+    def load(self) -> None:
+        self._fetch()
+
+    @work(exclusive=True, group="cache")
+    async def _fetch(self) -> None:
+        try:
+            stats = await self._app.client.cache_stats()
+        except ApiError as exc:
+            self.stale = True
+            self._app.report(exc)
+            return
+        self.entries = {e.key: e for e in stats.entries}
+        table = self.query_one(DataTable)
+        table.clear()
+        now = self._app.clock()
+        for e in sorted(stats.entries, key=lambda e: e.size, reverse=True):
+            table.add_row(e.key, fmt.size(e.size), e.hits, fmt.ago(e.last_used, now), key=e.key)
+        self.query_one("#cache-summary", Static).update(
+            f"{len(stats.entries)} entries, {fmt.size(stats.total_size)}, hit rate {fmt.percent(stats.hit_rate)}"
+            "   (d: delete)")
+
+    @property
+    def selected(self) -> CacheEntry | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.entries.get(key) if key is not None else None
+
+    def action_delete_entry(self) -> None:
+        entry = self.selected
+        if entry is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._delete(entry.key)
+
+        from tui.screens import ConfirmScreen
+
+        self._app.push_screen(ConfirmScreen(f"Delete cache entry {entry.key} ({fmt.size(entry.size)})?"), confirmed)
+
+    @work(group="cache-delete")
+    async def _delete(self, key: str) -> None:
+        try:
+            await self._app.client.delete_cache(key)
+        except ApiError as exc:
+            self._app.report(exc)
+            return
+        self._app.notify(f"deleted cache entry {key}")
+        self.reload()
