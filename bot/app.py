@@ -24,9 +24,9 @@ async def healthz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     engine_ok = await asyncio.to_thread(runtime.service.alive) if runtime.service is not None else True
     store = await asyncio.to_thread(runtime.store.health)  # cached for a few seconds: cheap to poll
-    counts = runtime.queue.counts()
+    queued, running = await asyncio.to_thread(runtime.queue.active_counts)
     body = {"status": "ok" if engine_ok and store.ok else "degraded", "engine": engine_ok, "store": store.to_dict(),
-            "queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+            "queued": queued, "running": running}
     # Only the engine makes it 503: without the store, jobs still run (no caches or snapshots).
     return web.json_response(body, status=200 if engine_ok else 503)
 

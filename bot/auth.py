@@ -79,7 +79,7 @@ class Auth:
     # -- sessions and CSRF ----------------------------------------------------------------------------
 
     def _sign(self, text: str) -> str:
-        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self.key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()  # cookie text
 
     def new_session(self, authenticated: bool, now: float | None = None) -> str:
         """A signed cookie value: `expires.nonce.kind.signature`."""
@@ -94,7 +94,8 @@ class Auth:
     def read_session(self, value: str, now: float | None = None) -> Session | None:
         """The session in a cookie value: None when forged, tampered with or expired."""
         body, _, signature = value.rpartition(".")
-        if not body or not hmac.compare_digest(signature, self._sign(body)):
+        # Bytes: compare_digest raises TypeError for a str with non-ASCII characters, which a cookie may carry.
+        if not body or not hmac.compare_digest(signature.encode("utf-8", "surrogateescape"), self._sign(body).encode()):
             return None
         expires_text, nonce, kind = (body.split(".") + ["", "", ""])[:3]
         if not expires_text.isdigit() or int(expires_text) < (now if now is not None else time.time()):

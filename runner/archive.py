@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import stat
 import subprocess
 import tempfile
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import IO, Literal, Protocol, cast
 
 import zstandard
 
@@ -149,7 +150,7 @@ class ArchiveWriter:
                 self._stream = zstd.stdout
             else:
                 cctx = zstandard.ZstdCompressor(level=level, threads=workers if workers > 1 else 0)
-                self._stream = cctx.stream_reader(self._counted, read_size=CHUNK)
+                self._stream = cctx.stream_reader(cast(IO[bytes], self._counted), read_size=CHUNK)
         except (OSError, zstandard.ZstdError) as exc:
             self.close()
             raise ArchiveError(f"cannot start tar and zstd: {exc}") from exc
@@ -178,7 +179,7 @@ class ArchiveWriter:
         for proc in self._procs:
             code = proc.wait()
             if code not in (0, 1):  # tar's 1: a file changed while it was read, which a cache can live with
-                failures.append(f"{Path(str(proc.args[0])).name} exited with {code}")
+                failures.append(f"{Path(str(proc.args[0])).name} exited with {code}")  # type: ignore[index]
         if failures:
             self._stderr.seek(0)
             tail = " | ".join(self._stderr.read().decode(errors="replace").strip().splitlines()[-3:])
@@ -210,7 +211,7 @@ class ArchiveWriter:
 class _Counting:
     """A reader that counts what passes through it."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
         self.count = 0
 
@@ -265,6 +266,55 @@ class _Hashing:
             if self.progress is not None:
                 self.progress(self.count)
         return data
+
+
+class _Decompressing:
+    """The decompressed stream, produced a few chunks ahead by a thread of its own: zstd releases the GIL, so it
+    runs on another core beside the parsing and writing. Its errors come out of read(), in order."""
+
+    DEPTH = 4
+
+    def __init__(self, source: _Hashing) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.DEPTH)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(source,), name="forgeci-unzstd", daemon=True)
+        self._thread.start()
+
+    def _run(self, source: _Hashing) -> None:
+        try:
+            dctx = zstandard.ZstdDecompressor()
+            with dctx.stream_reader(cast(IO[bytes], source), read_size=CHUNK, read_across_frames=True,
+                                    closefd=False) as reader:
+                while not self._stop.is_set() and (data := reader.read(CHUNK)):
+                    self._put(data)
+            while not self._stop.is_set() and source.read(CHUNK):  # trailing bytes count for the checksum too
+                pass
+            self._put(b"")
+        except BaseException as exc:  # handed to the reader, which raises it
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._done = not item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class _TarStream:
@@ -473,11 +523,11 @@ class Extractor:
                     raise UnsafeArchive(member, f"writes through {partial!r}, which is not a directory") from None
                 self.dirs[partial] = None
                 continue
-            self._own(path, directory=True)
+            self._own(path)
             self.dirs[partial] = None
             self.counts["dirs"] += 1
 
-    def _own(self, path: str | int, directory: bool = False) -> None:
+    def _own(self, path: str | int) -> None:
         if self.owner is not None:
             if isinstance(path, int):
                 os.fchown(path, *self.owner)
@@ -511,7 +561,7 @@ class Extractor:
                     if not stat.S_ISDIR(os.lstat(path).st_mode):
                         raise UnsafeArchive(member.name, "replaces an existing file or link") from None
                 else:
-                    self._own(path, directory=True)
+                    self._own(path)
                     self.counts["dirs"] += 1
             self.dirs[rel] = (member.mode & 0o777, member.mtime)
         elif kind in REGULAR:
@@ -571,28 +621,27 @@ def extract(
     """
     hashing = _Hashing(source, progress, abort)
     extractor = Extractor(target, owner=owner, container_links=container_links)
+    decompressed = _Decompressing(hashing)
     try:
-        dctx = zstandard.ZstdDecompressor()
-        with dctx.stream_reader(hashing, read_size=CHUNK, read_across_frames=True, closefd=False) as reader:
-            stream = _TarStream(reader)
-            for member in read_members(stream):
-                if abort is not None and abort.is_set():
-                    raise ArchiveAborted("restore cancelled")
-                regular = member.kind in REGULAR
-                data = stream.slices(member.size if regular else 0)
-                extractor.add(member, data)
-                for _ in data:  # whatever the member did not consume (a skipped FIFO's zero bytes)
-                    pass
-                stream.skip(member.size - (member.size if regular else 0) + (-member.size % BLOCK))
-            stream.drain()
-            raw = stream.total
-        while hashing.read(CHUNK):  # trailing bytes after the zstd frame belong to the checksum too
-            pass
+        stream = _TarStream(decompressed)
+        for member in read_members(stream):
+            if abort is not None and abort.is_set():
+                raise ArchiveAborted("restore cancelled")
+            regular = member.kind in REGULAR
+            data = stream.slices(member.size if regular else 0)
+            extractor.add(member, data)
+            for _ in data:  # whatever the member did not consume (a skipped FIFO's zero bytes)
+                pass
+            stream.skip(member.size - (member.size if regular else 0) + (-member.size % BLOCK))
+        stream.drain()  # to the end of the source: every byte belongs to the checksum
+        raw = stream.total
         extractor.finish()
     except zstandard.ZstdError as exc:
         raise CorruptArchive(f"bad zstd data: {exc}") from exc
     except OSError as exc:
         raise ArchiveError(f"cannot extract into {target}: {exc}") from exc
+    finally:
+        decompressed.close()
     digest = hashing.hash.hexdigest()
     if checksum is not None and digest != checksum:
         raise CorruptArchive(f"checksum mismatch: expected {checksum[:16]}..., got {digest[:16]}...")

@@ -165,6 +165,7 @@ def _file_digest(path: Path) -> str | None:
 
 def plan_cache(spec: JobSpec, pipeline: Pipeline, workspace: Path, image: str) -> CachePlan | None:
     """The job's cache plan, None when there is nothing to cache. Reads only the key files (it blocks: to_thread)."""
+    env: Mapping[str, str]
     if pipeline.cache is not None:
         key_files, paths, env = pipeline.cache.key_files, tuple(sorted(set(pipeline.cache.paths))), {}
         save, detected = pipeline.cache.save, False

@@ -212,8 +212,7 @@ class Executor:
                     return Outcome(JobState.failure, f"no step named {only_step!r} (steps: {names})")
 
             if resume is not None and snapshot is not None:
-                names = [s.name for s in steps]
-                if resume.step >= len(steps) or names[resume.step] != snapshot.failed_step_name:
+                if resume.step >= len(steps) or steps[resume.step].name != snapshot.failed_step_name:
                     message = (f"cannot resume: step {resume.step + 1} of the pipeline is not "
                                f"{snapshot.failed_step_name!r}, the step that failed in job {resume.job_id}")
                     joblog.system(message)

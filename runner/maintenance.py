@@ -29,10 +29,17 @@ PREFIXES = ("caches/", "snapshots/")  # what forgeci writes to the store; anythi
 class Parts(Protocol):
     """What pruning needs; a Runtime has it all, and so does MaintenanceParts (the CLI, without Podman)."""
 
-    settings: Settings
-    layout: DataLayout
-    queue: Queue
-    store: ObjectStore
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def layout(self) -> DataLayout: ...
+
+    @property
+    def queue(self) -> Queue: ...
+
+    @property
+    def store(self) -> ObjectStore: ...
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,15 @@ def valid_priority(priority: object) -> bool:
     return isinstance(priority, int) and not isinstance(priority, bool) and MIN_PRIORITY <= priority <= MAX_PRIORITY
 
 
+def _is_text(value: str) -> bool:
+    """Whether SQLite can store it: JSON's \\u escapes can make lone surrogates, which UTF-8 cannot encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_str_map(value: object) -> bool:
     return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
@@ -75,12 +84,16 @@ class JobSpec:
         for key in ("sha", "concurrency_group", "base_ref"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 bad(key, "a string or null")
+        for key in ("repo", "ref", "sha", "event", "concurrency_group", "base_ref"):
+            if isinstance(getattr(self, key), str) and not _is_text(getattr(self, key)):
+                bad(key, "Unicode text (a lone surrogate cannot be stored)")
         if not valid_priority(self.priority):
             bad("priority", f"an integer {MIN_PRIORITY}..{MAX_PRIORITY}")
         if not isinstance(self.fork, bool):
             bad("fork", "true or false")
-        if self.pr_number is not None and (isinstance(self.pr_number, bool) or not isinstance(self.pr_number, int)):
-            bad("pr_number", "an integer or null")
+        if self.pr_number is not None and (isinstance(self.pr_number, bool) or not isinstance(self.pr_number, int)
+                                           or not 0 <= self.pr_number < 2**63):  # SQLite's INTEGER range
+            bad("pr_number", "an integer 0..2^63-1 or null")
         if self.pipeline is not None and not isinstance(self.pipeline, dict):
             bad("pipeline", "a table or null")
         for key in ("env", "meta"):

@@ -111,6 +111,8 @@ async def receive(request: web.Request) -> web.Response:
     delivery = delivery_id(header(request, "X-GitHub-Delivery"), "X-GitHub-Delivery")
     if not header(request, "X-Hub-Signature-256"):
         raise DeliveryError(401, "invalid signature", "missing X-Hub-Signature-256 header")
+    if not header(request, "X-Hub-Signature-256").isascii():  # gidgethub's compare_digest raises on other text
+        raise DeliveryError(401, "invalid signature", "X-Hub-Signature-256 does not match the body")
     event = await off_loop(body, lambda: _parse(request.headers, body, secret))
     if not router.fetch(event):
         return ignored(name)

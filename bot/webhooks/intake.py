@@ -100,7 +100,8 @@ def check_hmac(secret: str, body: bytes, signature: str, name: str) -> None:
     if not signature:
         raise DeliveryError(401, "invalid signature", f"missing {name} header")
     expected = hmac.new(secret.encode(), body, "sha256").hexdigest()
-    if not hmac.compare_digest(expected, signature.lower().removeprefix("sha256=")):
+    given = signature.lower().removeprefix("sha256=").encode("utf-8", "surrogateescape")  # bytes: any header text
+    if not hmac.compare_digest(expected.encode(), given):
         raise DeliveryError(401, "invalid signature", f"{name} does not match the body")
 
 
@@ -108,7 +109,7 @@ def check_token(secret: str, token: str, name: str) -> None:
     """A shared token (GitLab), compared in constant time."""
     if not token:
         raise DeliveryError(401, "invalid token", f"missing {name} header")
-    if not hmac.compare_digest(secret.encode(), token.encode()):
+    if not hmac.compare_digest(secret.encode(), token.encode("utf-8", "surrogateescape")):  # any header text
         raise DeliveryError(401, "invalid token", f"{name} does not match")
 
 

@@ -21,18 +21,20 @@ STREAMS = ["--exclude-operation-id", "events", "--exclude-operation-id", "jobLog
 CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
 
 
-def run_schemathesis(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_schemathesis(url: str, workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", *CHECKS, *STREAMS, "--max-examples", "40",
             "--request-timeout", "5", "--seed", "1234", "--no-color", *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    # In a scratch folder: schemathesis keeps a .schemathesis/ cache in its working directory.
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, cwd=workdir)
 
 
 @pytest.mark.parametrize("with_token", [False, True], ids=["open", "token"])
-def test_schemathesis_finds_no_server_error_and_no_contract_breach(api_settings: Settings, with_token: bool) -> None:
+def test_schemathesis_finds_no_server_error_and_no_contract_breach(api_settings: Settings, with_token: bool,
+                                                                   tmp_path: Path) -> None:
     environ = {"FORGECI_API_TOKEN": TOKEN} if with_token else {}
     settings = with_server(api_settings, protect_reads=with_token)
     with live_server(settings, environ) as server:
         extra = ["-H", f"Authorization: Bearer {TOKEN}"] if with_token else []
-        result = run_schemathesis(server.url, *extra)
+        result = run_schemathesis(server.url, tmp_path, *extra)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "generated" in result.stdout

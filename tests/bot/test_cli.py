@@ -149,3 +149,11 @@ def test_submit_follow_runs_a_real_job_to_its_end(settings: Settings, make_repo:
         assert main(["submit", "--repo", str(bad), "--ref", "main", "--follow", "--server", server.url]) == 1
         captured = capsys.readouterr()
         assert "doomed" in captured.out and "job 2: failure" in captured.err
+
+
+def test_the_demo_pipeline_at_the_repository_root_is_valid() -> None:
+    from config.pipeline import load_pipeline
+
+    pipeline = load_pipeline(Path(__file__).resolve().parents[2] / ".forgeci.toml")
+    assert [step.name for step in pipeline.steps] == ["compile", "pipeline", "summary"]
+    assert pipeline.timeout is not None and pipeline.timeout <= 300  # CI runs it: it must stay quick

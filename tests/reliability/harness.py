@@ -261,7 +261,10 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+    """`1 job`, `2 jobs`, `3 deliveries`."""
+    if count == 1:
+        return f"{count:,} {noun}"
+    return f"{count:,} {noun[:-1] + 'ies' if noun.endswith('y') and noun[-2:-1] not in 'aeiou' else noun + 's'}"
 
 
 def summary(values: list[float]) -> str:

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.reliability.harness import Ledger, Loss, count_loss
+from tests.reliability.harness import Ledger, Loss, count_loss, plural
 
 REPORT_ENV = "FORGECI_RELIABILITY_REPORT"
 
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     print(render(rows))
     lost = sum(row.lost_total or 0 for row in rows)
     failed = [row for row in rows if row.outcome != "passed" or row.lost_total is None]
-    print(f"\n{len(rows)} faults, {len(failed)} not passed, {lost} acknowledged items lost")
+    print(f"\n{plural(len(rows), 'fault')}, {len(failed)} not passed, {lost} acknowledged items lost")
     return 1 if failed or lost else 0
 
 

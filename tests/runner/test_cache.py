@@ -234,6 +234,19 @@ def test_a_corrupted_archive_is_a_miss_and_is_deleted(tmp_path: Path, store: Obj
     assert queue.cache_entry(entry.key) is None and list(store.list("caches/")) == []
     assert not (fresh / "node_modules").exists() and not list(fresh.glob(".forgeci-restore-*"))
 
+    # A whole, valid archive that is not the one indexed: only the sha256 can tell.
+    entry = cache.save(plan_for(ws), ws, Log())
+    assert entry is not None
+    other = node_workspace(tmp_path / "other", "v1", modules=True)
+    (other / "node_modules" / "left-pad" / "index.js").write_text("swapped in the store")
+    impostor = cache.save(plan_for(other, spec("refs/heads/elsewhere")), other, Log())
+    assert impostor is not None
+    with store.get_stream(impostor.object) as stream:
+        store.put_stream(entry.object, io.BytesIO(stream.read()))
+    log = Log()
+    assert cache.restore(plan_for(fresh), fresh, log).outcome == "miss" and log.has("checksum mismatch")
+    assert queue.cache_entry(entry.key) is None and not (fresh / "node_modules").exists()
+
 
 def test_an_indexed_entry_missing_from_the_store_is_forgotten(tmp_path: Path, store: ObjectStore, queue: Queue,
                                                               podman_user: PodmanUser) -> None:

@@ -80,7 +80,8 @@ async def s3_runtime(settings: Settings) -> AsyncIterator[tuple[Runtime, MotoSer
     storage = StorageSettings(url=server.url("forgeci"), access_key_env="AK", secret_key_env="SK")
     try:
         async with open_runtime(dataclasses.replace(settings, storage=storage), {"AK": "id", "SK": "secret"}) as rt:
-            rt.store.backoff = 0.05  # type: ignore[attr-defined] - fail fast once the server is gone
+            # Fail fast once the server is gone.
+            rt.store.backoff = 0.05  # type: ignore[attr-defined]
             yield rt, server
     finally:
         server.stop()

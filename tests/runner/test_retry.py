@@ -93,7 +93,7 @@ def test_malformed_resume_meta() -> None:
 COUNTER_PIPELINE = """
 [[steps]]
 name = "count"
-run = "echo ran >> counter"
+run = "echo ran >> counter && echo private > subuid && chown 1000:1000 subuid && chmod 600 subuid"
 
 [[steps]]
 name = "flaky"
@@ -101,7 +101,7 @@ run = "test -f flag || { touch flag; exit 1; }"
 
 [[steps]]
 name = "after"
-run = "echo after >> counter"
+run = "echo after >> counter && cat subuid"
 """
 
 
@@ -131,5 +131,8 @@ async def test_retry_from_the_failed_step_end_to_end(runtime: Runtime, make_repo
     target.mkdir()
     restore_snapshot(runtime.store, final, target, runtime.user, lambda _: None)
     assert (target / "counter").read_text() == "ran\nafter\n"
+    # A file the job gave another uid (a subuid on the host, mode 600) was archived and came back the job's own.
+    assert "private" in text and (target / "subuid").read_text() == "private\n"
+    assert (target / "subuid").stat().st_uid == runtime.user.uid
     step_lines = [line.text for line in read_log(runtime.layout.log_file(retry_id)) if line.stream == "system"]
     assert any(line.startswith("snapshot: restored snapshots/") for line in step_lines)
