@@ -286,7 +286,7 @@ async def test_nothing_is_left_after_jobs(settings: Settings, make_repo: MakeRep
         pid = int(service.pid_file.read_text())
     assert list((settings.data_dir / "workspaces").iterdir()) == []
     assert not Path(f"/proc/{pid}").exists()
-    result = podman_user.run(["podman", "ps", "-aq", "--filter", "label=forgeci.job"])
+    result = podman_user.run(["podman", "ps", "-aq", "--filter", f"label=forgeci.instance={settings.data_dir}"])
     assert result.stdout.decode().strip() == ""
 
 
