@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTEST ?= $(VENV)/bin/pytest
 DEMO_EXIT ?= 0
 
-.PHONY: setup demo test test-quick bench
+.PHONY: setup demo test test-quick bench reliability
 
 setup:
 	scripts/setup
@@ -16,6 +16,9 @@ test: setup
 
 test-quick:
 	$(PYTEST) tests -m "not slow"
+
+reliability: setup
+	VENV=$(VENV) scripts/reliability
 
 bench: setup
 	@for b in bench/*.py; do \

@@ -482,6 +482,17 @@ def check_symlink(rel: str, target: str, *, container_links: bool) -> None:
         raise UnsafeArchive(rel, f"symlink to {target!r} points outside the target")
 
 
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for every thread for a moment)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777  # unknown: always chmod
+
+
 class Extractor:
     """Writes members below `root`, which nothing else may change meanwhile (a fresh folder, before the job runs).
 
@@ -499,6 +510,7 @@ class Extractor:
         self.files: set[str] = set()
         self.others: set[str] = set()  # symlinks and hard links: never a parent, never overwritten
         self.counts = {"files": 0, "dirs": 0, "links": 0, "skipped": 0}
+        self.umask = _umask()
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -566,13 +578,15 @@ class Extractor:
             self.dirs[rel] = (member.mode & 0o777, member.mtime)
         elif kind in REGULAR:
             path = self._fresh(rel, member.name)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            mode = member.mode & 0o777
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
             try:
                 for view in data:
                     while view:
                         view = view[os.write(fd, view):]
                 self._own(fd)
-                os.fchmod(fd, member.mode & 0o777)
+                if mode & self.umask:  # open() took the umask's bits off: one syscall per file saved otherwise
+                    os.fchmod(fd, mode)
                 os.utime(fd, (member.mtime, member.mtime))
             finally:
                 os.close(fd)

@@ -1,4 +1,4 @@
-"""The reliability suite's tools: `forgeci serve` as a process, a signed-webhook load generator, its ledger, loss counts."""
+"""The reliability suite's tools: `forgeci serve` as a process, a signed-webhook load generator, its ledger."""
 
 from __future__ import annotations
 
@@ -415,6 +415,15 @@ def leftovers(user: PodmanUser, data_dir: Path) -> list[str]:
     found += [f"workspace {w}" for w in workspaces(data_dir)]
     found += [f"podman service pid {p}" for p in service_processes(data_dir)]
     return found
+
+
+def scrub(user: PodmanUser, data_dir: Path) -> None:
+    """After a failed test that crashed a server: kill its orphaned Podman service and remove its containers."""
+    for pid in service_processes(data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for line in instance_containers(user, data_dir):
+        user.run(["podman", "rm", "-f", line.split()[0]], check=False)
 
 
 @contextlib.contextmanager

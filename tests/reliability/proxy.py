@@ -32,7 +32,7 @@ class FaultProxy:
     - slow: each request waits `delay` seconds first
     - stall: no answer at all (the client's timeout decides)
     - error: 500 InternalError, as S3 answers when it is failing
-    - corrupt: object data (ranged GETs) comes back with flipped bytes; the rest is untouched
+    - corrupt: object data (GETs of /bucket/key) comes back with flipped bytes; the rest is untouched
     - hold_uploads: PUT and POST requests wait until `release` is set; `upload_held` says one is waiting
     `down()` closes the listener and resets every open connection: the server is gone.
     """
@@ -116,7 +116,8 @@ class FaultProxy:
                 # A HEAD's Content-Length is the object's size: the client reads it from there.
                 return web.Response(status=upstream.status, headers={
                     **out, "Content-Length": upstream.headers.get("Content-Length", "0")})
-            if mode == "corrupt" and request.method == "GET" and "Range" in request.headers and len(data) > 64:
+            is_object = request.path.strip("/").count("/") >= 1 and not request.query_string  # /bucket/key
+            if mode == "corrupt" and request.method == "GET" and is_object and len(data) > 64:
                 damaged = bytearray(data)
                 for i in range(16, len(damaged), max(1, len(damaged) // 8)):
                     damaged[i] ^= 0xFF

@@ -49,6 +49,14 @@ def read_rows(path: Path) -> list[Row]:
     return [Row(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
+# The table's order, by the start of a row's fault (pytest runs the files alphabetically).
+ORDER = ("Server crash", "Graceful stop", "Engine", "S3", "Load", "Hostile", "Secrets", "Security")
+
+
+def _rank(row: Row) -> int:
+    return next((i for i, prefix in enumerate(ORDER) if row.fault.startswith(prefix)), len(ORDER))
+
+
 def render(rows: list[Row]) -> str:
     """A Markdown table; a failed test's row says so, and a row without a count says it was not counted."""
 
@@ -56,10 +64,13 @@ def render(rows: list[Row]) -> str:
         return " ".join(text.split()).replace("|", "\\|")
 
     lines = ["| fault injected | what happened | data lost |", "|---|---|---|"]
-    for row in rows:
+    for row in sorted(rows, key=_rank):
         happened = row.happened or "(the test ended before saying)"
-        if row.outcome != "passed":
-            happened = f"**{row.outcome.upper()}** ({row.test}): {happened}"
+        # A row is counted last, once its own checks passed; its test may still fail later, on another row's.
+        if row.lost_total is None:
+            happened = f"**FAILED** ({row.test}): {happened}"
+        elif row.outcome != "passed":
+            happened = f"{happened} (**{row.test} failed after this row**)"
         lost = row.lost if row.lost_total is not None else "not counted (the test failed first)"
         lines.append(f"| {cell(row.fault)} | {cell(happened)} | {cell(lost)} |")
     return "\n".join(lines)
@@ -75,9 +86,11 @@ def main(argv: list[str]) -> int:
         return 1
     print(render(rows))
     lost = sum(row.lost_total or 0 for row in rows)
-    failed = [row for row in rows if row.outcome != "passed" or row.lost_total is None]
-    print(f"\n{plural(len(rows), 'fault')}, {len(failed)} not passed, {lost} acknowledged items lost")
-    return 1 if failed or lost else 0
+    failed = [row for row in rows if row.lost_total is None]
+    tests = {row.test for row in rows if row.outcome != "passed"}
+    print(f"\n{plural(len(rows), 'fault')}, {len(failed)} failed, {lost} acknowledged items lost; "
+          f"{plural(len(tests), 'test')} failed")
+    return 1 if failed or tests or lost else 0
 
 
 if __name__ == "__main__":

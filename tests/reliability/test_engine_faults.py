@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from runner.logs import read_log
 from runner.podman_user import PodmanUser
 from tests.conftest import git
 from tests.reliability.harness import (
-    Ledger, ServeProcess, free_port, instance_containers, jobs_of, leftovers, pid_alive, plural, read_db,
+    Ledger, ServeProcess, free_port, instance_containers, leftovers, pid_alive, plural, read_db,
     service_processes, serving, wait_for, write_config,
 )
 from tests.reliability.mountns import shared_tmpfs
@@ -112,11 +113,13 @@ def small_workspace_disk(shared_dir: Path, podman_user: PodmanUser) -> Iterator[
     """data/workspaces on a 4 MB tmpfs owned by the Podman user, seen by the host and rootless Podman alike."""
     folder = shared_dir / "data" / "workspaces"
     folder.mkdir(parents=True)
+    mounted = contextlib.ExitStack()
     try:
-        with shared_tmpfs(folder, "4m", podman_user):
-            yield folder
+        mounted.enter_context(shared_tmpfs(folder, "4m", podman_user))
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.fail(f"cannot mount a small tmpfs for the workspaces (the suite runs as root, as CI does): {exc}")
+    with mounted:
+        yield folder
 
 
 def fill(folder: Path) -> Path:
@@ -164,7 +167,8 @@ def test_workspace_disk_full(make_repo: MakeRepo, shared_dir: Path, busybox_imag
         fine = finished(server, submit(server, ledger, repo, small_sha, ref="small"))
         assert fine["state"] == "success", fine
     assert leftovers(podman_user, data_dir) == []
+    attempts = int(starved["attempts"])  # type: ignore[call-overload]
     row.happened = (f"the filling job ended `failure` (its step: No space left on device); a job on the full disk "
-                    f"ended `error` after {plural(int(starved['attempts']), 'attempt')}: {starved['error']}; "  # type: ignore[call-overload]
-                    f"the server kept serving and ran the next job once there was room")
+                    f"ended `error` after {plural(attempts, 'attempt')}: {starved['error']}; the server kept serving "
+                    f"and ran the next job once there was room")
     assert row.count(ledger, db).total == 0

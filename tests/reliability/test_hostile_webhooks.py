@@ -1,4 +1,4 @@
-"""Hostile webhook bodies, validly signed: deep nesting, huge strings, wrong types, garbage. Never a 5xx, nothing lost."""
+"""Hostile webhook bodies, validly signed: deep nesting, huge strings, wrong types, garbage; no 5xx, nothing lost."""
 
 from __future__ import annotations
 

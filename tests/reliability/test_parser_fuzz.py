@@ -15,13 +15,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+import pytest
+
 from config.errors import ConfigError
 from config.pipeline import parse_pipeline
 from config.settings import parse_settings
 from tests.reliability.harness import plural
 from tests.reliability.report import Row
 
-SECONDS = float(os.environ.get("FORGECI_FUZZ_SECONDS", "15"))
+SECONDS = float(os.environ.get("FORGECI_FUZZ_SECONDS", "10"))
 HANG = 5.0  # seconds one parse may take before it counts as a hang
 
 SETTINGS = '''data_dir = "/var/lib/forgeci"
@@ -159,6 +161,7 @@ def watchdog(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.mark.slow  # slow only in that it takes its whole time budget
 def test_mutated_documents_only_ever_raise_config_error(report: Callable[[str], Row]) -> None:
     row = report(f"Hostile config: mutation fuzz of the settings and pipeline parsers for {SECONDS:g} s, starting "
                  f"from complete valid documents")

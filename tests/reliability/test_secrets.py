@@ -108,7 +108,8 @@ async def test_secrets_never_leave_the_log_masking(make_repo: MakeRepo, shared_d
         seen["GET /events"] = raw_get(port, "/events", bearer, read_for=1.0)
         for method, path, payload, token in [
             ("POST", "/jobs/cancel", {"id": job_id}, "wrong"), ("POST", "/jobs/retry", {"id": 999999}, API_TOKEN),
-            ("POST", "/jobs/priority", {"id": job_id, "priority": 3}, API_TOKEN), ("POST", "/jobs/submit", {}, API_TOKEN),
+            ("POST", "/jobs/priority", {"id": job_id, "priority": 3}, API_TOKEN),
+            ("POST", "/jobs/submit", {}, API_TOKEN),
             ("POST", "/admin/maintenance", None, API_TOKEN), ("DELETE", "/cache/none", None, API_TOKEN),
         ]:
             seen[f"{method} {path}"] = str(server.request(method, path, payload, token=token))

@@ -105,7 +105,8 @@ async def test_a_running_jobs_container_is_hardened(runtime: Runtime, make_repo:
     row.happened = (f"rootless engine; labels forgeci.job={job_id} and forgeci.instance; no-new-privileges (and "
                     f"NoNewPrivs=1 in /proc for all {len(processes)} processes); not privileged, no added "
                     f"capabilities; network `none` (only lo inside); mounts: the workspace (rw) and the CA bundle "
-                    f"(ro) only; host uids of the processes: {sorted({s['Uid'].split()[0] for s in statuses.values()})}")
+                    f"(ro) only; host uids of the processes: {sorted({s['Uid'].split()[0] for s in statuses.values()})}"
+                    )
     assert row.count(ledger, runtime.layout.db).total == 0
 
 
@@ -173,7 +174,8 @@ async def test_tokens_and_webhook_secrets_are_compared_in_constant_time(
             await attempt("API token", {401}, "POST", "/jobs/cancel", json={"id": 1},
                           headers={"Authorization": forged})
             await attempt("API token (reads)", {401}, "GET", "/jobs", headers={"Authorization": forged})
-        for cookie in ("1.a.a.b", f"{int(time.time()) + 999}.nonce.a." + "0" * 64, "1.\xe9.a.\xe9", "x" * 4000 + ".sig"):
+        later = int(time.time()) + 999
+        for cookie in ("1.a.a.b", f"{later}.nonce.a." + "0" * 64, "1.\xe9.a.\xe9", "x" * 4000 + ".sig"):
             await attempt("session cookie", {303, 401}, "GET", "/dashboard/jobs/1",
                           headers={"Cookie": f"forgeci_session={cookie}"})
         for token in ("wrong", TOKEN[:-1], "\xe9"):
@@ -197,6 +199,6 @@ async def test_tokens_and_webhook_secrets_are_compared_in_constant_time(
     # The comparisons always get two operands of one type (compare_digest refuses mixed or non-ASCII str).
     assert all(a is b for a, b in calls), calls
     row.happened = (f"{sum(checked.values())} forged credentials over {len(checked)} checks ({', '.join(checked)}): "
-                    f"each refused, every well-formed one through hmac.compare_digest ({len(calls)} calls); no secret compared with "
-                    f"== or `in` anywhere in bot/, runner/, config/, tui/")
+                    f"each refused, every well-formed one through hmac.compare_digest ({len(calls)} calls); no "
+                    f"secret compared with == or `in` anywhere in bot/, runner/, config/, tui/")
     assert row.count(ledger, db).total == 0

@@ -13,7 +13,7 @@ from runner.worker import CANCEL_GRACE_ON_STOP
 from tests.conftest import git
 from tests.reliability.harness import (
     API_TOKEN, WEBHOOK_SECRET, Ledger, ServeProcess, WebhookLoad, deliver, free_port, instance_containers, jobs_of,
-    leftovers, pid_alive, plural, push_payload, read_db, service_processes, wait_for, write_config,
+    leftovers, pid_alive, plural, push_payload, read_db, scrub, service_processes, wait_for, write_config,
 )
 from tests.reliability.report import Row
 
@@ -59,6 +59,7 @@ def test_sigterm_then_kill_9_under_webhook_load(make_repo: MakeRepo, shared_dir:
     graceful, crash = report("Graceful stop: SIGTERM to `forgeci serve` under webhook load (8/s), jobs running, one "
                              f"outlasting the {GRACE:.0f} s grace"), \
         report("Server crash: kill -9 of `forgeci serve` under webhook load (8/s), 2 jobs running; restart")
+    failed = True
     try:
         # -- A: SIGTERM ---------------------------------------------------------------------------------------
         server.start()
@@ -81,9 +82,9 @@ def test_sigterm_then_kill_9_under_webhook_load(make_repo: MakeRepo, shared_dir:
         assert leftovers(podman_user, data_dir) == []
         queued = sum(j.state == "queued" for j in jobs.values())
         graceful.happened = (f"exit 0 in {stopped_at - term_at:.0f} s; no claim after SIGTERM; "
-                             f"{plural(len(finished), 'running job')} finished within the grace, the gate job went back to the queue after "
-                             f"it (attempt 1, queued); {queued} queued jobs kept; no container, workspace or "
-                             f"Podman service left")
+                             f"{plural(len(finished), 'running job')} finished within the grace, the gate job went "
+                             f"back to the queue after it (attempt 1, queued); {queued} queued jobs kept; no "
+                             f"container, workspace or Podman service left")
         assert graceful.count(ledger, db).total == 0
 
         # -- B: kill -9 while the gate job (attempt 2) and another run ------------------------------------------------
@@ -109,9 +110,12 @@ def test_sigterm_then_kill_9_under_webhook_load(make_repo: MakeRepo, shared_dir:
         load.stop()
         code = server.terminate(timeout=GRACE + CANCEL_GRACE_ON_STOP + 60)
         assert code == 0, server.text()[-3000:]
+        failed = False
     finally:
         load.stop()
         server.stop()
+        if failed:  # a failure after the kill leaves the crashed server's service and containers behind
+            scrub(podman_user, data_dir)
 
     jobs = jobs_of(db)
     assert running(db) == set(), "a job stayed running"
@@ -125,8 +129,10 @@ def test_sigterm_then_kill_9_under_webhook_load(make_repo: MakeRepo, shared_dir:
     states: dict[str, int] = {}
     for job in jobs.values():
         states[job.state] = states.get(job.state, 0) + 1
-    crash.happened = (f"restart killed the orphaned Podman service and removed {plural(len(old_containers), 'orphaned container')}; {plural(len(others), 'interrupted job')} retried (attempt 2) and succeeded, the gate job "
-                      f"out of retries ended `error`; no job left running; database integrity ok; "
+    crash.happened = (f"restart killed the orphaned Podman service and removed "
+                      f"{plural(len(old_containers), 'orphaned container')}; "
+                      f"{plural(len(others), 'interrupted job')} retried (attempt 2) and succeeded, the gate job out "
+                      f"of retries ended `error`; no job left running; database integrity ok; "
                       f"{ledger.unanswered} deliveries refused while down (a forge redelivers those); final "
                       f"states {dict(sorted(states.items()))}")
     assert crash.count(ledger, db).total == 0

@@ -115,8 +115,8 @@ async def test_store_faults_under_running_jobs(world: World, make_repo: MakeRepo
     done, text, took = await job()
     assert "cache: warning: the store is unavailable" in text and "timed out" in text, text
     assert "deps built" in text and "snapshot: warning: not saved" in text and done.cache_hit is False, text
-    row.happened = (f"job `success` in {took:.0f} s with a cache miss; the log says \"{line_with(text, 'cache: warning')}\""
-                    f" and the snapshot was not saved, also said")
+    row.happened = (f"job `success` in {took:.0f} s with a cache miss; the log says "
+                    f"\"{line_with(text, 'cache: warning')}\" and the snapshot was not saved, also said")
     assert row.count(ledger, rt.layout.db).total == 0
 
     row = report("S3 failing: every request answered 500 InternalError")

@@ -102,7 +102,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
     if request.param == "file":
         made: ObjectStore = FileStore(tmp_path / "store")
     else:
-        made = s3_store(request, part_size=5 * MB, range_size=1 * MB, parallel=3)
+        # Objects of 4 MB and more go through parallel ranged GETs, smaller ones through one streamed GET.
+        made = s3_store(request, part_size=5 * MB, range_size=1 * MB, parallel=3, ranged_from=4 * MB)
     yield made
     made.close()
 
@@ -272,6 +273,64 @@ def test_s3_down_fails_fast_with_retries_and_reports_it(moto_server: MotoServer)
     assert time.monotonic() - started < 30
     health = dead.health(max_age=0)
     assert not health.ok and "connection refused" in (health.error or "")
+
+
+class CuttingProxy:
+    """A TCP proxy in front of moto that breaks the connection of the next response once it has passed `cut_after`
+    bytes, like a network that drops mid-download."""
+
+    def __init__(self, upstream: int, cut_after: int) -> None:
+        self.upstream = upstream
+        self.cut_after = cut_after
+        self.armed = False
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, response: bool) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+                sent += len(data)
+                if response and self.armed and sent > self.cut_after:
+                    self.armed = False
+                    self.cuts += 1
+                    break
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("ranged", [False, True])
+def test_s3_download_resumes_after_a_broken_connection(moto_server: MotoServer, ranged: bool) -> None:
+    bucket = f"cut{uuid.uuid4().hex[:10]}"
+    data = os.urandom(6 * MB)
+    moto_server.store(bucket).put_stream("big", io.BytesIO(data))
+    proxy = CuttingProxy(moto_server.port, cut_after=int(2.5 * MB))
+    try:
+        store = S3Store(S3Location.parse(f"s3://{bucket}?endpoint=http://127.0.0.1:{proxy.port}"), "k", "s",
+                        range_size=4 * MB, parallel=2, ranged_from=MB if ranged else 100 * MB, backoff=0.05)
+        proxy.armed = True
+        assert read_all(store, "big") == data
+        assert proxy.cuts == 1
+    finally:
+        proxy.close()
 
 
 def test_s3_location_parsing() -> None:
