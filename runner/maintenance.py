@@ -19,6 +19,7 @@ from runner.store import FileStore, ObjectStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
+METRICS_DAYS = 8  # the dashboard's longest range is a week
 DAY = 86400.0
 INTERVAL = 3600.0  # the hourly task
 FIRST_RUN = 60.0  # after a start: a server restarted often must still prune
@@ -111,6 +112,9 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(parts.layout.log_file(job_id))
             logs += 1
+
+    # The per-job metrics rows outlive their jobs so the dashboard's week view stays whole.
+    _guard(errors, lambda: parts.queue.delete_metrics_before(now - max(retention.job_days, METRICS_DAYS) * DAY), 0)
 
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
     return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors))

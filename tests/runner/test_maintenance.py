@@ -87,8 +87,12 @@ def test_prune_removes_what_retention_says_and_keeps_the_rest(world: tuple[Maint
     put(parts, "snapshots/99/abc/in-progress.tar.zst", 1000, age_days=0.1)  # maybe still being indexed
     put(parts, "elsewhere/not-ours", 5, age_days=100)
 
+    metrics = "SELECT count(*) FROM job_metrics"
+    assert parts.queue._conn.execute(metrics).fetchone() == (3,)
+
     report = prune(parts, now=NOW)
 
+    assert parts.queue._conn.execute(metrics).fetchone() == (1,)  # the 3-day-old job's; 20 and 30 days went
     assert (report.snapshots, report.caches, report.jobs, report.logs, report.orphans) == (1, 1, 1, 1, 1)
     assert report.freed_bytes == old_snap.size + stale.size + 1000 and report.errors == ()
     assert parts.queue.snapshot(old_job) is None and parts.queue.snapshot(recent_job) == new_snap
