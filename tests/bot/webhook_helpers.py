@@ -22,8 +22,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from bot.app import create_app
 from config.settings import Settings
 
-# The fixtures sit in shared/ beside the repository (CI lays a copy of it there too).
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "github"
+# Real GitHub deliveries (octokit/webhooks payload examples, MIT), copied from the team's shared fixtures.
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "github"
 GITHUB_SECRET = "gh-webhook-secret"
 GITEA_SECRET = "gitea-webhook-secret"
 GITLAB_SECRET = "gitlab-webhook-token"
@@ -39,7 +39,7 @@ NO_PODMAN = "unix:///var/empty/forgeci-no-podman.sock"  # these tests never star
 def fixture_body(name: str) -> bytes:
     path = FIXTURES / name
     if not path.is_file():
-        pytest.fail(f"missing fixture {path}: the shared fixtures must sit beside the repository")
+        pytest.fail(f"missing fixture {path}: tests/fixtures/github is part of the repository")
     return path.read_bytes()
 
 
