@@ -82,11 +82,14 @@ async def test_push_runs_and_every_status_is_posted_in_order(
         assert job.state is JobState.success, log_of(client, job_id)
         await client.app[STATUS].idle()
         posts = fake_forge.statuses()
-        assert [(p.body["state"], p.body["description"]) for p in posts[:4]] == [
-            ("pending", "Queued"), ("pending", "Running"), ("pending", "Running step 1/2: install"),
-            ("pending", "Running step 2/2: test")]
-        assert len(posts) == 5
-        assert posts[4].body["state"] == "success" and posts[4].body["description"].startswith("Passed in ")
+        expected = [("pending", "Queued"), ("pending", "Running"), ("pending", "Running step 1/2: install"),
+                    ("pending", "Running step 2/2: test")]
+        pending = [(p.body["state"], p.body["description"]) for p in posts[:-1]]
+        # In order, never an older state after a newer one; a busy loop may coalesce a state that was
+        # superseded before it went out, but a step lasting a second is always reported.
+        assert pending == [e for e in expected if e in pending]
+        assert ("pending", "Running step 2/2: test") in pending
+        assert posts[-1].body["state"] == "success" and posts[-1].body["description"].startswith("Passed in ")
         for post in posts:
             assert post.path == f"/repos/Codertocat/Hello-World/statuses/{sha}"
             assert post.body["target_url"] == f"{PUBLIC_URL}/dashboard/jobs/{job_id}"

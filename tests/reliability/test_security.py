@@ -77,9 +77,14 @@ async def test_a_running_jobs_container_is_hardened(runtime: Runtime, make_repo:
     host = info["HostConfig"]
     engine = await runtime.engine.info()
     init_pid = int(info["State"]["Pid"])
-    processes = container_processes(init_pid)
-    statuses = {pid: status_of(pid) for pid in processes}
-    userns = {pid: Path(f"/proc/{pid}/ns/user").readlink() for pid in processes}
+    statuses: dict[int, dict[str, str]] = {}
+    userns: dict[int, Path] = {}
+    for pid in container_processes(init_pid):
+        try:
+            statuses[pid], userns[pid] = status_of(pid), Path(f"/proc/{pid}/ns/user").readlink()
+        except OSError:  # a short-lived exec (the runner's own probe) ended in between
+            statuses.pop(pid, None)
+    processes = list(statuses)
     inside = log_lines(runtime, job_id, "inside")
     (runtime.layout.workspaces / str(job_id) / "go").write_text("")
     job = await wait_terminal(runtime, job_id)
