@@ -71,6 +71,18 @@ def log_of(client: Client, job_id: int) -> str:
     return "\n".join(line.text for line in read_log(client.app[RUNTIME].layout.log_file(job_id)))
 
 
+async def final_status_posted(client: Client, forge: FakeForge, timeout: float = 15) -> None:
+    """The job's row turns terminal a moment before its event reaches the reporter: wait for the final post."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await client.app[STATUS].idle()
+        posts = forge.statuses()
+        if posts and posts[-1].body["state"] != "pending":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no final status within {timeout}s: {[p.body for p in forge.statuses()]}")
+
+
 async def test_push_runs_and_every_status_is_posted_in_order(
         settings: Settings, fake_forge: FakeForge, make_repo: MakeRepo) -> None:
     repo, sha = make_repo({".forgeci.toml": steps(("install", "sleep 1; echo installed"),
@@ -80,7 +92,7 @@ async def test_push_runs_and_every_status_is_posted_in_order(
         [job_id] = await deliver(client, "push", push_of(repo, sha))
         job = await wait_job(client, job_id, {s for s in JobState if s.is_terminal})
         assert job.state is JobState.success, log_of(client, job_id)
-        await client.app[STATUS].idle()
+        await final_status_posted(client, fake_forge)
         posts = fake_forge.statuses()
         expected = [("pending", "Queued"), ("pending", "Running"), ("pending", "Running step 1/2: install"),
                     ("pending", "Running step 2/2: test")]
@@ -106,7 +118,7 @@ async def test_failed_step_is_named_in_the_final_status(
     try:
         [job_id] = await deliver(client, "push", push_of(repo, sha))
         assert (await wait_job(client, job_id, {JobState.failure})).state is JobState.failure
-        await client.app[STATUS].idle()
+        await final_status_posted(client, fake_forge)
         final = fake_forge.statuses()[-1].body
         assert final["state"] == "failure"
         assert final["description"].startswith("Failed at step 2: test (exit 3)")
@@ -132,8 +144,14 @@ async def test_new_push_cancels_the_running_job(
         assert job.state is JobState.cancelled
         assert time.monotonic() - started < 45  # stopped, not waited out (the step sleeps 120 s)
         assert (await wait_job(client, second, {JobState.success})).state is JobState.success
-        await client.app[STATUS].idle()
-        finals = {p.path.rsplit("/", 1)[1]: p.body for p in fake_forge.statuses()}
+        deadline = time.monotonic() + 15  # both final posts, not just the rows (see final_status_posted)
+        while True:
+            await client.app[STATUS].idle()
+            finals = {p.path.rsplit("/", 1)[1]: p.body for p in fake_forge.statuses()}
+            done = all(finals.get(sha, {}).get("state") not in (None, "pending") for sha in (first_sha, second_sha))
+            if done or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert finals[first_sha]["state"] == "error" and finals[first_sha]["description"].startswith("Cancelled")
         assert finals[second_sha]["state"] == "success"
     finally:
