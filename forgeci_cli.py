@@ -75,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from bot.app import create_app
     from config.settings import env_value, load_settings
+    from runner.errors import InstanceLocked
 
     settings = load_settings(args.config)
     host, port = settings.server.host, settings.server.port
@@ -87,8 +88,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     announce = f"forgeci listening on {url} (data in {settings.data_dir}); Ctrl-C stops"
-    web.run_app(app, host=host, port=port, print=lambda _: print(announce, flush=True), access_log=None, handle_signals=True,
-                shutdown_timeout=10)
+    try:
+        web.run_app(app, host=host, port=port, print=lambda _: print(announce, flush=True), access_log=None,
+                    handle_signals=True, shutdown_timeout=10)
+    except InstanceLocked as exc:  # a usage error: this data dir already has its server
+        print(f"forgeci: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

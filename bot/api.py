@@ -22,8 +22,7 @@ from runner.errors import JobNotFound
 from runner.events import JobEvent
 from runner.logs import LogLine, read_log
 from runner.maintenance import prune
-from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, JobState, valid_priority
-from runner.retry import retry_job
+from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
 from runner.runtime import Runtime
 
 MAX_JSON_BODY = 1024 * 1024  # an API request is a few hundred bytes; webhooks have their own, larger limit
@@ -125,26 +124,14 @@ def _runtime(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
-def _publish(runtime: Runtime, job_id: int, state: JobState | str, kind: str = "state", **data: Any) -> None:
-    runtime.events.publish(JobEvent(job_id, str(state), kind, data))
-
-
-def _wake(runtime: Runtime) -> None:
-    if runtime.pool is not None:
-        runtime.pool.wake()
-
-
 def job_json(job: Job) -> dict[str, Any]:
     return job.to_dict()
 
 
 async def submit(request: web.Request) -> web.Response:
     """POST /jobs/submit {repo, ref, sha?, steps?, env?, priority?} -> 201 {id}."""
-    runtime = _runtime(request)
     spec = spec_from_body(await read_json(request), request.app[SETTINGS].queue.default_priority)
-    job_id = await asyncio.to_thread(runtime.queue.enqueue, spec)
-    _publish(runtime, job_id, JobState.queued, priority=spec.priority, repo=spec.repo, ref=spec.ref)
-    _wake(runtime)
+    job_id = await _runtime(request).control.submit(spec)
     return web.json_response({"id": job_id}, status=201, headers={"Location": f"/jobs/status?id={job_id}"})
 
 
@@ -177,47 +164,35 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     """POST /jobs/cancel {id}: a queued job ends now; a running one is stopped by its runner."""
-    runtime = _runtime(request)
     body = await read_json(request)
     _check_keys(body, ("id",))
     job_id = job_id_of(body["id"])
-    state = await asyncio.to_thread(runtime.queue.cancel, job_id)
-    if state is JobState.running:
-        if runtime.pool is not None:
-            runtime.pool.cancel(job_id)
-        _publish(runtime, job_id, state, "cancel_requested")
-    else:
-        _publish(runtime, job_id, state)
+    state = await _runtime(request).control.cancel(job_id)
     return web.json_response({"id": job_id, "state": state, "cancel_requested": True})
 
 
 async def retry(request: web.Request) -> web.Response:
     """POST /jobs/retry {id, from_failed_step?} -> 201 {id, retry_of}: a new job like a finished one."""
-    runtime = _runtime(request)
     body = await read_json(request)
     _check_keys(body, ("id",), ("from_failed_step",))
     job_id = job_id_of(body["id"])
     from_failed = body.get("from_failed_step", False)
     if not isinstance(from_failed, bool):
         raise _bad("from_failed_step", f"expected true or false, got {from_failed!r}")
-    new_id = await asyncio.to_thread(retry_job, runtime.queue, job_id, from_failed_step=from_failed)
-    _publish(runtime, new_id, JobState.queued, retry_of=job_id)
-    _wake(runtime)
+    new_id = await _runtime(request).control.retry(job_id, from_failed_step=from_failed)
     return web.json_response({"id": new_id, "retry_of": job_id}, status=201,
                              headers={"Location": f"/jobs/status?id={new_id}"})
 
 
 async def priority(request: web.Request) -> web.Response:
     """POST /jobs/priority {id, priority}: move a queued job to another priority (FIFO within it)."""
-    runtime = _runtime(request)
     body = await read_json(request)
     _check_keys(body, ("id", "priority"))
     job_id = job_id_of(body["id"])
     value = _integral(body["priority"])
     if not valid_priority(value):
         raise _bad("priority", f"expected an integer {MIN_PRIORITY}..{MAX_PRIORITY}, got {value!r}")
-    await asyncio.to_thread(runtime.queue.set_priority, job_id, value)
-    _publish(runtime, job_id, JobState.queued, "priority", priority=value)
+    await _runtime(request).control.set_priority(job_id, value)
     return web.json_response({"id": job_id, "priority": value})
 
 

@@ -15,6 +15,7 @@ from bot.keys import ENVIRON, RUNTIME, SETTINGS
 from bot.status.setup import status_ctx
 from bot.webhooks import setup_webhooks
 from config.settings import Settings
+from runner.engine import Engine
 from runner.runtime import open_runtime
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
@@ -22,7 +23,7 @@ MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
 
 async def healthz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    engine_ok = await asyncio.to_thread(runtime.service.alive) if runtime.service is not None else True
+    engine_ok = await runtime.engine.alive()
     store = await asyncio.to_thread(runtime.store.health)  # cached for a few seconds: cheap to poll
     queued, running = await asyncio.to_thread(runtime.queue.active_counts)
     body = {"status": "ok" if engine_ok and store.ok else "degraded", "engine": engine_ok, "store": store.to_dict(),
@@ -31,19 +32,35 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if engine_ok else 503)
 
 
-def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, workers: bool = True) -> web.Application:
-    """The whole server: the runtime (queue, Podman, workers) lives and dies with the app."""
+def create_app(
+    settings: Settings, environ: Mapping[str, str] | None = None, *, workers: bool = True,
+    engine: Engine | None = None,
+) -> web.Application:
+    """The whole server: the runtime (queue, engine, workers) lives and dies with the app.
+
+    With `workers`, the app is the data dir's coordinator: it holds its lock (InstanceLocked at start-up when
+    another server does) and runs the embedded worker pool. `engine` defaults to rootless Podman.
+    """
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[ENVIRON] = dict(os.environ if environ is None else environ)
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_runtime(settings, app[ENVIRON], workers=workers) as runtime:
+        async with open_runtime(settings, app[ENVIRON], workers=False, exclusive=workers, engine=engine) as runtime:
             app[RUNTIME] = runtime
             yield
 
+    async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Last in, first out: workers start after the status reporter subscribed, so it sees the start-up
+        # reap's requeues too, and they stop before it drains.
+        if workers:
+            await app[RUNTIME].start_workers()
+        yield
+        await app[RUNTIME].stop_workers()
+
     app.cleanup_ctx.append(runtime_ctx)
     app.cleanup_ctx.append(status_ctx)  # after the runtime: the reporter follows its events and reads its queue
+    app.cleanup_ctx.append(workers_ctx)
     app.router.add_get("/healthz", healthz)
     setup_webhooks(app)
     setup_api(app)  # the JSON API and its access policy (bot.auth)

@@ -11,7 +11,6 @@ from aiohttp import web
 from bot.auth import Auth
 from bot.metrics import MetricsCache
 from bot.status.reporter import StatusReporter
-from bot.webhooks.committer import DeliveryCommitter
 from config.settings import Settings
 from runner.runtime import Runtime
 
@@ -32,4 +31,3 @@ STREAM_TIMING = web.AppKey("stream_timing", StreamTiming)
 CLOSING = web.AppKey("closing", asyncio.Event)  # set at shutdown: open SSE streams end instead of holding it up
 METRICS = web.AppKey("metrics", MetricsCache)  # range aggregates shared by /metrics and the dashboard
 STATUS = web.AppKey("status", StatusReporter)  # commit statuses to the forges (bot.status)
-COMMITTER = web.AppKey("committer", DeliveryCommitter)  # webhook deliveries into the queue (bot.webhooks)

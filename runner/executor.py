@@ -8,7 +8,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -22,8 +21,8 @@ from runner.cache import CacheManager, CachePlan, plan_cache
 from runner.errors import QueueError, RunnerError
 from runner.layout import DataLayout
 from runner.logs import JobLog, LogHub, LogLine, Masker
-from runner.models import Job, JobState, SnapshotRecord
-from runner.podman import ContainerSpec, Engine, EngineError
+from runner.models import Job, JobState, Outcome, SnapshotRecord, StepResult
+from runner.engine import ContainerSpec, Engine, EngineError
 from runner.retry import Resume
 from runner.snapshot import Snapshots, should_snapshot
 from runner.store import ObjectMissing, StoreError
@@ -35,25 +34,6 @@ PIPELINE_FILE = ".forgeci.toml"
 TIMEOUT_GRACE = 1.0  # a step over its limit gets SIGTERM, then SIGKILL this much later
 CANCEL_GRACE = 10.0  # a cancelled step gets SIGTERM, then SIGKILL this much later
 KILL_WAIT = 1.0  # after SIGKILL, wait this long before removing the whole container
-
-
-@dataclass(frozen=True)
-class StepResult:
-    index: int
-    name: str
-    state: JobState
-    exit_code: int | None
-    duration: float
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended; `infra` means the queue should retry it rather than record `state`."""
-
-    state: JobState
-    error: str | None = None
-    infra: bool = False
-    steps: tuple[StepResult, ...] = ()
 
 
 class StepReporter(Protocol):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.errors import RunnerError
+from runner.podman import podman_cli
 from runner.podman_user import PodmanUser
 
 LOCAL_BASE = "localhost/debian:bookworm"
@@ -41,12 +42,11 @@ def containerfile_base(text: str) -> str:
 
 
 def image_exists(user: PodmanUser, image: str) -> bool:
-    return user.run(["podman", "image", "exists", image], check=False).returncode == 0
+    return podman_cli(user, ["image", "exists", image], check=False).returncode == 0
 
 
 def image_label(user: PodmanUser, image: str, label: str) -> str:
-    result = user.run(
-        ["podman", "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', image], check=False
+    result = podman_cli(user, ["image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', image], check=False
     )
     return result.stdout.decode().strip() if result.returncode == 0 else ""
 
@@ -81,7 +81,7 @@ def bootstrap_base(user: PodmanUser, say: Say = _say, suite: str = "bookworm") -
         say(f"importing it as {LOCAL_BASE}")
         tar = subprocess.Popen([*sudo, "tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         try:
-            user.run(["podman", "import", "-", LOCAL_BASE], stdin=tar.stdout)
+            podman_cli(user, ["import", "-", LOCAL_BASE], stdin=tar.stdout)
         finally:
             assert tar.stdout is not None
             tar.stdout.close()
@@ -96,7 +96,7 @@ def choose_base(user: PodmanUser, wanted: str, say: Say = _say) -> str:
     if wanted and image_exists(user, wanted):
         return wanted
     if wanted:
-        pulled = user.run(["podman", "pull", "-q", wanted], check=False, timeout=600)
+        pulled = podman_cli(user, ["pull", "-q", wanted], check=False, timeout=600)
         if pulled.returncode == 0:
             return wanted
         say(f"cannot pull {wanted} ({pulled.stderr.decode(errors='replace').strip().splitlines()[-1:]}); "
@@ -153,7 +153,7 @@ def build_busybox_image(user: PodmanUser, tag: str = BUSYBOX_IMAGE, say: Say = _
         (rootfs / "etc" / "group").write_text("root:x:0:\n")
         tar = subprocess.Popen(["tar", "-C", root, "--owner=0", "--group=0", "-c", "."], stdout=subprocess.PIPE)
         try:
-            user.run(["podman", "import", "--change", "CMD [\"/bin/sh\"]", "-", tag], stdin=tar.stdout)
+            podman_cli(user, ["import", "--change", "CMD [\"/bin/sh\"]", "-", tag], stdin=tar.stdout)
         finally:
             assert tar.stdout is not None
             tar.stdout.close()

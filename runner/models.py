@@ -194,6 +194,27 @@ class Job:
 
 
 @dataclass(frozen=True)
+class StepResult:
+    """How one step of an attempt ended."""
+
+    index: int
+    name: str
+    state: JobState
+    exit_code: int | None
+    duration: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended; `infra` means the queue should retry it rather than record `state`."""
+
+    state: JobState
+    error: str | None = None
+    infra: bool = False
+    steps: tuple[StepResult, ...] = ()
+
+
+@dataclass(frozen=True)
 class JobMetric:
     """The metrics row of one finished job: its outcome, total and per-step durations, cache result."""
 

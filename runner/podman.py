@@ -1,4 +1,5 @@
-"""The only module that talks to Podman: the private API service, job containers, streamed execs, stopping steps."""
+"""The only module that talks to Podman: the private API service, job containers, streamed execs, stopping steps,
+and the `podman` command line (images, `podman unshare`, debug containers)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,24 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from podman import PodmanClient
 from podman.errors import APIError, ImageNotFound, NotFound, PodmanError
 
-from runner.errors import RunnerError
+from runner.engine import ContainerSpec, OutputCallback
+from runner.errors import EngineError, ImageMissing
 from runner.podman_user import PodmanUser
+
+__all__ = ["ContainerSpec", "EngineError", "ImageMissing", "PodmanEngine", "PodmanService", "podman_cli"]
 
 log = logging.getLogger(__name__)
 
@@ -30,30 +34,6 @@ JOB_LABEL = "forgeci.job"
 INSTANCE_LABEL = "forgeci.instance"
 STEP_PID_FILE = "/tmp/.forgeci-step.pid"
 STREAMS = {1: "stdout", 2: "stderr"}
-
-
-class EngineError(RunnerError):
-    """The container engine failed (service down, API error): an infrastructure fault, retried by the queue."""
-
-
-class ImageMissing(EngineError):
-    """The job's image is not in the Podman user's image storage."""
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """What a job's container looks like; the executor fills it from the settings and the pipeline."""
-
-    job_id: int
-    image: str
-    workspace: Path
-    env: Mapping[str, str] = field(default_factory=dict)
-    network: str = "slirp4netns"
-    memory: str = ""
-    pids_limit: int = 0
-    ulimits: Sequence[str] = ()
-    ca_bundle: str = ""
-    limits: bool = True  # False on cgroup-v1 rootless hosts, where Podman ignores them anyway
 
 
 CA_IN_CONTAINER = "/etc/ssl/host-ca.crt"
@@ -176,20 +156,109 @@ def _kill_group(pid: int, grace: float, proc: subprocess.Popen[bytes] | None = N
         time.sleep(0.02)
 
 
-OutputCallback = Callable[[str, bytes], None]
+WATCHDOG_INTERVAL = 2.0  # seconds between liveness checks of the Podman service we started
 
 
-class Engine:
-    """Job containers through podman-py; every blocking call runs in a worker thread."""
+def _with_ca(spec: ContainerSpec) -> tuple[dict[str, str], list[dict[str, object]]]:
+    """The container's environment and mounts: the workspace, and the host's CA bundle with the variables that
+    point every common tool at it (TLS-intercepting proxies)."""
+    env = dict(spec.env)
+    mounts: list[dict[str, object]] = [{"type": "bind", "source": str(spec.workspace), "target": "/workspace"}]
+    if spec.ca_bundle and os.path.isfile(spec.ca_bundle):
+        mounts.append({"type": "bind", "source": spec.ca_bundle, "target": CA_IN_CONTAINER, "read_only": True})
+        env.update({name: CA_IN_CONTAINER for name in CA_VARIABLES})
+    return env, mounts
 
-    def __init__(self, url: str, instance: str) -> None:
-        self.url = url
+
+def run_debug_container(
+    user: PodmanUser, spec: ContainerSpec, command: Sequence[str], *, tty: bool, labels: Mapping[str, str],
+) -> int:
+    """`podman run --rm -i` of `command` on `spec`, with a job container's hardening, limits and network; our
+    terminal is its terminal. Returns its exit code."""
+    env, mounts = _with_ca(spec)
+    argv = ["run", "--rm", "-i", *(["-t"] if tty else []), "--init", "--security-opt", "no-new-privileges",
+            "--network", spec.network, "-w", "/workspace"]
+    for mount in mounts:
+        argv += ["-v", f"{mount['source']}:{mount['target']}{':ro' if mount.get('read_only') else ''}"]
+    argv += [f"--ulimit={u}" for u in spec.ulimits]
+    if spec.limits and spec.memory:
+        argv.append(f"--memory={spec.memory}")
+    if spec.limits and spec.pids_limit:
+        argv.append(f"--pids-limit={spec.pids_limit}")
+    argv += [f"--label={k}={v}" for k, v in labels.items()]
+    argv += [f"--env={k}={v}" for k, v in env.items()]
+    user.ensure_runtime_dir()
+    return podman_cli(user, [*argv, "--", spec.image, *command], check=False, capture=False).returncode
+
+
+def podman_cli(
+    user: PodmanUser, args: Sequence[str], *, check: bool = True, capture: bool = True, timeout: float | None = None,
+    stdin: int | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """`podman ARGS` as the Podman user: the one place the command line runs (images, unshare, debug)."""
+    return user.run(["podman", *args], check=check, capture=capture, timeout=timeout, stdin=stdin)
+
+
+def remove_tree_as(user: PodmanUser, path: Path, timeout: float = 300.0) -> None:
+    """Delete a folder a container wrote into: files of its other uids belong to the user's subuid range, which
+    only the user's namespace (`podman unshare`) may delete; what that cannot see (root's files) goes after."""
+    if not os.path.lexists(path):
+        return
+    try:
+        podman_cli(user, ["unshare", "rm", "-rf", "--", str(path)], check=False, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("podman unshare rm %s: %s", path, exc)
+    if os.path.lexists(path):
+        shutil.rmtree(path)
+
+
+class PodmanEngine:
+    """Job containers through podman-py against our own `podman system service` (or `podman_url`'s);
+    every blocking call runs in a worker thread."""
+
+    def __init__(self, user: PodmanUser, *, instance: str, url: str = "", state_dir: Path | None = None) -> None:
+        if not url and state_dir is None:
+            raise ValueError("PodmanEngine needs a service url or a state_dir to start one in")
+        self.user = user
         self.instance = instance
-        self.client = PodmanClient(base_url=url, timeout=60)
+        self.service = PodmanService(user, state_dir) if not url and state_dir is not None else None
+        self.url = url or (self.service.url if self.service else "")
+        self.client = PodmanClient(base_url=self.url, timeout=60)
         self._has_bash: dict[str, bool] = {}
+        self._watchdog: asyncio.Task[None] | None = None
 
-    def close(self) -> None:
+    async def start(self) -> None:
+        if self.service is not None:
+            await asyncio.to_thread(self.service.start)
+            self._watchdog = asyncio.create_task(self._watch(), name="forgeci-podman-watchdog")
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         self.client.close()
+        if self.service is not None:
+            await asyncio.to_thread(self.service.stop)
+
+    async def _watch(self) -> None:
+        """Restart the Podman service when it dies; jobs it took down go back to the queue as infra faults."""
+        assert self.service is not None
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL)
+            try:
+                await asyncio.to_thread(self.service.ensure)
+            except Exception as exc:  # keep watching: the next round may succeed
+                log.error("could not restart the Podman service: %s", exc)
+
+    async def alive(self) -> bool:
+        if self.service is not None:
+            return await asyncio.to_thread(self.service.alive)
+        return await self.ping()
+
+    async def remove_tree(self, path: Path) -> None:
+        self.user.ensure_runtime_dir()
+        await asyncio.to_thread(remove_tree_as, self.user, path)
 
     async def _call(self, func: Callable[..., object], *args: object, what: str) -> object:
         try:
@@ -216,13 +285,7 @@ class Engine:
         if not await self.image_exists(spec.image):
             raise ImageMissing(f"image {spec.image} is not in the Podman user's storage "
                                f"(build it with `forgeci image build`, or fix the pipeline's image)")
-        env = dict(spec.env)
-        mounts: list[dict[str, object]] = [
-            {"type": "bind", "source": str(spec.workspace), "target": "/workspace"},
-        ]
-        if spec.ca_bundle and os.path.isfile(spec.ca_bundle):
-            mounts.append({"type": "bind", "source": spec.ca_bundle, "target": CA_IN_CONTAINER, "read_only": True})
-            env.update({name: CA_IN_CONTAINER for name in CA_VARIABLES})
+        env, mounts = _with_ca(spec)
         kwargs: dict[str, object] = dict(
             image=spec.image, command=["sleep", "infinity"], init=True, detach=True,
             name=f"forgeci-job-{spec.job_id}-{os.urandom(3).hex()}",

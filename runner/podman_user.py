@@ -37,6 +37,11 @@ class PodmanUser:
                 ) from None
             # A fixed runtime dir: Podman records it in its database and refuses a different one later.
             return cls(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, f"/run/user/{pw.pw_uid}", True)
+        return cls.current()
+
+    @classmethod
+    def current(cls) -> PodmanUser:
+        """This process's own account, never switching (an ordinary user's Podman, or an engine with no Podman)."""
         pw = pwd.getpwuid(os.geteuid())
         runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{pw.pw_uid}"
         if not os.access(runtime, os.W_OK):

@@ -1,22 +1,27 @@
-"""Assembles the runner from settings: data folders, Podman service and engine, queue, logs, executor, workers."""
+"""Assembles the runner from settings: data folders, the engine, queue, job control, logs, executor, workers."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from config.settings import Settings
 from runner.cache import CacheManager
+from runner.control import JobControl
+from runner.engine import Engine
+from runner.errors import InstanceLocked
 from runner.events import EventBus
 from runner.executor import Executor
 from runner.layout import DataLayout
 from runner.logs import LogHub
 from runner.maintenance import maintenance_loop
-from runner.podman import Engine, PodmanService
+from runner.podman import PodmanEngine
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
 from runner.snapshot import Snapshots
@@ -26,7 +31,7 @@ from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
 
-WATCHDOG_INTERVAL = 2.0  # seconds between liveness checks of the Podman service we started
+SHUTDOWN_GRACE = 30.0  # seconds running jobs get to finish when the server stops
 
 
 @dataclass
@@ -35,10 +40,9 @@ class Runtime:
 
     settings: Settings
     layout: DataLayout
-    user: PodmanUser
-    service: PodmanService | None
     engine: Engine
     queue: Queue
+    control: JobControl
     hub: LogHub
     events: EventBus
     executor: Executor
@@ -46,64 +50,120 @@ class Runtime:
     cache: CacheManager
     snapshots: Snapshots
     pool: WorkerPool | None = None
+    _maintenance: asyncio.Task[None] | None = None
+
+    @property
+    def user(self) -> PodmanUser:
+        return self.engine.user
+
+    async def start_workers(self) -> None:
+        """Requeue what a crashed run of this instance left running, then claim jobs; and prune hourly."""
+        if self.pool is not None:
+            return
+        settings = self.settings
+        self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
+                               lease_seconds=settings.queue.lease_seconds)
+        await self.pool.start()
+        self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
+
+    async def stop_workers(self, grace: float = SHUTDOWN_GRACE) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
+        if self.pool is not None:
+            await self.pool.stop(grace)
+
+
+class DataDirLock:
+    """An exclusive flock on `<data_dir>/serve.lock`, held while `forgeci serve` runs; it names the holder's pid.
+
+    Only the holder runs embedded workers on the data dir's queue, so at start it may requeue every job an
+    embedded runner left running there without waiting for leases. The kernel drops the lock when the process
+    dies, kill -9 included.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "serve.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise InstanceLocked(str(self.path.parent), int(holder) if holder.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays, its pid is stale and harmless
+            self._fd = None
+
+
+def default_engine(settings: Settings, layout: DataLayout) -> Engine:
+    """Rootless Podman as `runner.podman_user`: our own service in the data dir, unless `podman_url` names one."""
+    user = PodmanUser.resolve(settings.runner.podman_user)
+    return PodmanEngine(user, instance=str(layout.root), url=settings.runner.podman_url, state_dir=layout.podman)
 
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, environ: Mapping[str, str] = os.environ, *, workers: bool = True
+    settings: Settings, environ: Mapping[str, str] = os.environ, *, workers: bool = True,
+    engine: Engine | None = None, exclusive: bool | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Start the Podman service (unless `runner.podman_url` names one), the queue and, with `workers`, the pool."""
-    user = PodmanUser.resolve(settings.runner.podman_user)
+    """Build the runtime; with `workers`, start the pool at once (else `start_workers()` starts it later).
+
+    `engine` defaults to rootless Podman (tests pass a fake). `exclusive` (default: `workers`) takes the data
+    dir's lock first — before the Podman service, whose start stops any service a crashed run left — and raises
+    InstanceLocked when another process holds it.
+    """
     layout = DataLayout(settings.data_dir)
-    layout.create(user)
-    service: PodmanService | None = None
-    url = settings.runner.podman_url
-    if not url:
-        service = PodmanService(user, layout.podman)
-        await asyncio.to_thread(service.start)
-        url = service.url
-    engine = Engine(url, instance=str(layout.root))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(layout.root) if (workers if exclusive is None else exclusive) else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        engine = engine or default_engine(settings, layout)
+        layout.create(engine.user)
+        await engine.start()
+        try:
+            async with _assembled(settings, environ, layout, engine) as runtime:
+                if workers:
+                    await runtime.start_workers()
+                try:
+                    yield runtime
+                finally:
+                    await runtime.stop_workers()
+        finally:
+            await engine.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@asynccontextmanager
+async def _assembled(
+    settings: Settings, environ: Mapping[str, str], layout: DataLayout, engine: Engine,
+) -> AsyncIterator[Runtime]:
     queue = Queue(layout.db, max_concurrent=settings.queue.max_concurrent, max_retries=settings.queue.max_retries)
-    hub = LogHub()
-    events = EventBus()
-    git_token = environ.get(settings.git.token_env) or None
-    workspaces = Workspaces(layout.workspaces, layout.mirrors, user, git_token)
     # No request to the store here: a store that is down must not stop forgeci (jobs run without caches).
     store = open_store(settings, environ)
-    cache = CacheManager(store, queue, user)
-    snapshots = Snapshots(store, queue, user)
-    executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots)
-    runtime = Runtime(settings, layout, user, service, engine, queue, hub, events, executor, store, cache, snapshots)
-    watchdog = asyncio.create_task(_watch(service)) if service is not None else None
-    maintenance: asyncio.Task[None] | None = None
     try:
-        if workers:
-            runtime.pool = WorkerPool(queue, executor, max_concurrent=settings.queue.max_concurrent,
-                                      lease_seconds=settings.queue.lease_seconds, events=events)
-            await runtime.pool.start()
-            maintenance = asyncio.create_task(maintenance_loop(runtime), name="forgeci-maintenance")
-        yield runtime
+        hub = LogHub()
+        events = EventBus()
+        git_token = environ.get(settings.git.token_env) or None
+        workspaces = Workspaces(layout.workspaces, layout.mirrors, engine.user, git_token,
+                                remove_tree=engine.remove_tree)
+        cache = CacheManager(store, queue, engine.user)
+        snapshots = Snapshots(store, queue, engine.user)
+        executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots)
+        yield Runtime(settings, layout, engine, queue, JobControl(queue, events), hub, events, executor, store,
+                      cache, snapshots)
     finally:
-        if maintenance is not None:
-            maintenance.cancel()
-            await asyncio.gather(maintenance, return_exceptions=True)
-        if runtime.pool is not None:
-            await runtime.pool.stop()
-        if watchdog is not None:
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
-        engine.close()
-        if service is not None:
-            await asyncio.to_thread(service.stop)
         store.close()
         queue.close()
-
-
-async def _watch(service: PodmanService) -> None:
-    """Restart the Podman service when it dies; jobs it took down go back to the queue as infra faults."""
-    while True:
-        await asyncio.sleep(WATCHDOG_INTERVAL)
-        try:
-            await asyncio.to_thread(service.ensure)
-        except Exception as exc:  # keep watching: the next round may succeed
-            log.error("could not restart the Podman service: %s", exc)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +18,8 @@ from runner.cache import Meter, Metered, Say, rate
 from runner.errors import QueueError, RunnerError
 from runner.layout import DataLayout
 from runner.models import JobState, SnapshotRecord
+from runner.engine import ContainerSpec
+from runner.podman import remove_tree_as, run_debug_container
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
 from runner.store import ObjectStore, StoreError, open_store
@@ -151,23 +151,20 @@ def debug_job(
         failed = f", where step {record.failed_step_name} failed" if record.failed_step_name else ""
         say(f"job {job_id} ({record.state}{failed}) at {record.sha[:12]} in {record.image}; /workspace is a copy")
         tty = sys.stdin.isatty() and sys.stdout.isatty()
-        argv = ["podman", "run", "--rm", "-i", *(["-t"] if tty else []), "--init", "--label", f"{DEBUG_LABEL}={job_id}",
-                "--network", settings.runner.network, "-v", f"{target}:/workspace", "-w", "/workspace",
-                "-e", "CI=true", "-e", f"FORGECI_JOB_ID={job_id}", "--", record.image,
-                *(command or DEFAULT_SHELL)]
-        user.ensure_runtime_dir()
-        return subprocess.run(user.command(argv), check=False, cwd=user.home if os.path.isdir(user.home) else "/",
-                              env=None if user.switch else {**os.environ, **user.env()}).returncode
+        runner = settings.runner
+        # The job's own hardening, limits and network: a debug session must not get more than the job had.
+        spec = ContainerSpec(job_id=job_id, image=record.image, workspace=target,
+                             env={"CI": "true", "FORGECI_JOB_ID": str(job_id)}, network=runner.network,
+                             memory=runner.memory, pids_limit=runner.pids_limit, ulimits=runner.ulimits,
+                             ca_bundle=runner.ca_bundle)
+        return run_debug_container(user, spec, list(command or DEFAULT_SHELL), tty=tty,
+                                   labels={DEBUG_LABEL: str(job_id)})
     finally:
         store.close()
         _remove_as_user(target, user)
 
 
 def _remove_as_user(path: Path, user: PodmanUser) -> None:
-    """Delete a folder a container wrote into: files of its other uids belong to the user's subuid range."""
-    if not os.path.lexists(path):
-        return
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        user.run(["podman", "unshare", "rm", "-rf", "--", str(path)], check=False, timeout=300)
-    if os.path.lexists(path):
-        shutil.rmtree(path, ignore_errors=True)
+    """Delete a folder a container wrote into (see remove_tree_as); a failure leaves it for maintenance."""
+    with contextlib.suppress(OSError):
+        remove_tree_as(user, path)

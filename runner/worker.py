@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
-from typing import Any
+import time
 
-from runner.events import EventBus, JobEvent
-from runner.executor import Executor, Outcome, StepResult
-from runner.models import Job, JobState
+from runner.control import JobControl
 from runner.errors import QueueError
-from runner.queue import Queue
+from runner.executor import Executor
+from runner.models import Job, JobState, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -20,22 +20,27 @@ CANCEL_GRACE_ON_STOP = 15.0  # a stopped job's step gets SIGTERM, 10 s, SIGKILL:
 ENGINE_POLL = 0.5  # seconds between pings of an engine that failed a job, before claiming again
 
 
+def embedded_prefix(host: str | None = None) -> str:
+    """What the runner ids of every embedded pool on this host start with (older forgecis used exactly it)."""
+    return f"{host or socket.gethostname()}/embedded"
+
+
 def default_runner_id() -> str:
-    return f"{socket.gethostname()}/embedded"
+    """Unique per process (host, pid, start time): for the record, and so that a restart can tell its jobs."""
+    return f"{embedded_prefix()}/{os.getpid()}.{int(time.time() * 1000)}"
 
 
 class WorkerPool:
     """Runs jobs from the queue as soon as they are enqueued and a slot is free (a wake-up, not a poll)."""
 
     def __init__(
-        self, queue: Queue, executor: Executor, *, max_concurrent: int, lease_seconds: float,
-        events: EventBus | None = None, runner_id: str | None = None,
+        self, control: JobControl, executor: Executor, *, max_concurrent: int, lease_seconds: float,
+        runner_id: str | None = None,
     ) -> None:
-        self.queue = queue
+        self.control = control
         self.executor = executor
         self.max_concurrent = max_concurrent
         self.lease_seconds = lease_seconds
-        self.events = events or EventBus()
         self.runner_id = runner_id or default_runner_id()
         self._wake = asyncio.Event()
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
@@ -49,6 +54,7 @@ class WorkerPool:
     # -- public -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.control.dispatcher = self
         await self.reap()
         self._loop_task = asyncio.create_task(self._claim_loop(), name="forgeci-claim-loop")
 
@@ -80,15 +86,17 @@ class WorkerPool:
                 for _, cancel in self._running.values():
                     cancel.set()
                 await asyncio.wait(pending, timeout=CANCEL_GRACE_ON_STOP)
+        if self.control.dispatcher is self:
+            self.control.dispatcher = None
 
     async def reap(self) -> None:
-        """After a crash: requeue our own orphaned jobs, remove containers and workspaces nobody runs."""
-        for job in await asyncio.to_thread(self.queue.running_jobs):
-            if job.runner_id == self.runner_id and job.id not in self._running:
-                state = await asyncio.to_thread(self.queue.fail_infra, job.id, "runner restarted", job.runner_id)
-                log.info("job %d was running when this runner stopped: now %s", job.id, state)
-                self._publish(job.id, state)
-        running = {job.id for job in await asyncio.to_thread(self.queue.running_jobs)}
+        """After a crash: requeue the jobs this host's embedded runners left running (only the holder of the data
+        dir's lock runs embedded workers on its queue), remove containers and workspaces nobody runs."""
+        prefix = embedded_prefix()
+        await self.control.requeue_orphans(
+            lambda runner_id: runner_id == prefix or runner_id.startswith(prefix + "/"), "runner restarted",
+            keep=frozenset(self._running))
+        running = {job.id for job in await asyncio.to_thread(self.control.queue.running_jobs)}
         for container_id, job_id in (await self.executor.engine.job_containers()).items():
             if job_id not in running:
                 log.info("removing leftover container %s of job %d", container_id[:12], job_id)
@@ -104,10 +112,9 @@ class WorkerPool:
         while not self._stopping:
             self._wake.clear()
             try:
-                for job_id in await asyncio.to_thread(self.queue.expire_leases):
-                    self._publish(job_id, (await asyncio.to_thread(self.queue.get, job_id)).state)
+                await self.control.expire_leases()
                 while len(self._running) < self.max_concurrent and not self._stopping and await self._engine_ready():
-                    job = await asyncio.to_thread(self.queue.claim, self.runner_id, self.lease_seconds)
+                    job = await self.control.claim(self.runner_id, self.lease_seconds)
                     if job is None:
                         break
                     self._launch(job)
@@ -137,13 +144,12 @@ class WorkerPool:
         cancel = asyncio.Event()
         task = asyncio.create_task(self._run(job, cancel), name=f"forgeci-job-{job.id}")
         self._running[job.id] = (task, cancel)
-        self._publish(job.id, JobState.running, attempts=job.attempts)
 
     async def _run(self, job: Job, cancel: asyncio.Event) -> None:
         keeper = asyncio.create_task(self._keep_lease(job, cancel))
         try:
-            await asyncio.to_thread(self.queue.reset_steps, job.id)
-            outcome = await self.executor.run(job, cancel, _QueueReporter(self))
+            await self.control.begin_attempt(job.id)
+            outcome = await self.executor.run(job, cancel, self.control)
             await self._record(job, outcome)
         except Exception as exc:  # a bug must not kill the pool or leave the job running
             log.exception("job %d crashed the runner", job.id)
@@ -154,24 +160,17 @@ class WorkerPool:
             self.wake()
 
     async def _record(self, job: Job, outcome: Outcome) -> None:
+        # A job we stopped because the runner is shutting down goes back to the queue; one a user
+        # cancelled stays cancelled.
         try:
-            # A job we stopped because the runner is shutting down goes back to the queue; one a user
-            # cancelled stays cancelled.
             stopped_by_us = (self._stopping and outcome.state is JobState.cancelled
-                             and not await asyncio.to_thread(self.queue.is_cancel_requested, job.id))
-            if outcome.infra:
-                self._engine_suspect = True
-            if outcome.infra or stopped_by_us:
-                reason = "the runner stopped before the job finished" if stopped_by_us else outcome.error
-                state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason or "infrastructure error",
-                                                self.runner_id)
-            else:
-                await asyncio.to_thread(self.queue.complete, job.id, outcome.state, outcome.error, self.runner_id)
-                state = outcome.state
-        except QueueError as exc:  # the lease was lost: another runner or the expiry owns the job now
-            log.warning("job %d: outcome %s not recorded: %s", job.id, outcome.state, exc)
-            return
-        self._publish(job.id, state, error=outcome.error)
+                             and not await self.control.cancel_requested(job.id))
+        except QueueError:
+            stopped_by_us = False
+        if outcome.infra:
+            self._engine_suspect = True
+        await self.control.record(job, outcome, self.runner_id,
+                                  requeue="the runner stopped before the job finished" if stopped_by_us else None)
 
     async def _keep_lease(self, job: Job, cancel: asyncio.Event) -> None:
         """Heartbeat every third of the lease; watch the cancel flag (set by the API or another process)."""
@@ -181,34 +180,12 @@ class WorkerPool:
             await asyncio.sleep(CANCEL_POLL)
             since_beat += CANCEL_POLL
             try:
-                if await asyncio.to_thread(self.queue.is_cancel_requested, job.id):
+                if await self.control.cancel_requested(job.id):
                     cancel.set()
                 if since_beat >= beat_every:
                     since_beat = 0.0
-                    if not await asyncio.to_thread(self.queue.heartbeat, job.id, self.runner_id,
-                                                   self.lease_seconds):
+                    if not await self.control.heartbeat(job.id, self.runner_id, self.lease_seconds):
                         log.warning("job %d: lease lost; stopping it", job.id)
                         cancel.set()
             except QueueError as exc:
                 log.warning("job %d: heartbeat failed: %s", job.id, exc)
-
-    def _publish(self, job_id: int, state: JobState | str, kind: str = "state", **data: Any) -> None:
-        self.events.publish(JobEvent(job_id, str(state), kind, {k: v for k, v in data.items() if v is not None}))
-
-
-
-class _QueueReporter:
-    """Step progress into the queue's step rows and onto the event bus."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self.pool = pool
-
-    def step_started(self, job: Job, index: int, name: str, total: int) -> None:
-        self.pool.queue.start_step(job.id, index, name)
-        self.pool._publish(job.id, JobState.running, "step", index=index, name=name, total=total)
-
-    def step_finished(self, job: Job, result: StepResult, total: int) -> None:
-        self.pool.queue.finish_step(job.id, result.index, result.state, result.exit_code)
-        self.pool._publish(job.id, JobState.running, "step_done", index=result.index, name=result.name,
-                           total=total, step_state=str(result.state), duration=result.duration)
-

@@ -12,12 +12,13 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from runner.errors import RunnerError
+from runner.podman import remove_tree_as
 from runner.podman_user import PodmanUser
 
 Say = Callable[[str], None]
@@ -133,10 +134,13 @@ class Workspaces:
     def __init__(
         self, root: Path, mirrors: Path, user: PodmanUser, git_token: str | None = None, *,
         fetch_timeout: float = FETCH_TIMEOUT, local_timeout: float = LOCAL_TIMEOUT,
+        remove_tree: Callable[[Path], Awaitable[None]] | None = None,
     ) -> None:
         self.root = Path(root).absolute()
         self.mirrors = Path(mirrors).absolute()
         self.user = user
+        # The engine's removal (files its containers wrote under other uids); the Podman user's by default.
+        self._remove_tree = remove_tree or (lambda path: asyncio.to_thread(remove_tree_as, user, path))
         self.git_token = git_token
         self.fetch_timeout = fetch_timeout
         self.local_timeout = local_timeout
@@ -331,14 +335,10 @@ class Workspaces:
     async def _remove(self, path: Path) -> None:
         if not os.path.lexists(path):
             return
-        # Files a container wrote as another uid belong to the user's subuid range: only its namespace may delete them.
-        self.user.ensure_runtime_dir()
-        await self._run(["podman", "unshare", "rm", "-rf", "--", str(path)], timeout=self.local_timeout)
-        if os.path.lexists(path):  # no podman here, or files the user namespace cannot see (root's)
-            try:
-                await asyncio.to_thread(shutil.rmtree, path)
-            except OSError as exc:
-                raise WorkspaceError(f"cannot remove {path}: {exc}", infra=True) from None
+        try:
+            await self._remove_tree(path)
+        except OSError as exc:
+            raise WorkspaceError(f"cannot remove {path}: {exc}", infra=True) from None
 
     async def _run(
         self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,

@@ -21,10 +21,8 @@ from bot.metrics import RANGES, Metrics, parse_range
 from config.durations import format_duration
 from config.errors import ConfigError
 from runner.errors import InvalidTransition, JobNotFound
-from runner.events import JobEvent
 from runner.logs import read_log
-from runner.models import Job, JobState
-from runner.retry import retry_job
+from runner.models import Job
 from runner.runtime import Runtime
 
 HERE = Path(__file__).parent
@@ -295,18 +293,13 @@ async def cancel_action(request: web.Request) -> web.Response:
     checked = await _checked_action(request)
     if isinstance(checked, web.Response):
         return checked
-    runtime = _runtime(request)
     job_id = _job_id(request)
     try:
-        state = await asyncio.to_thread(runtime.queue.cancel, job_id)
+        await _runtime(request).control.cancel(job_id)
     except JobNotFound:
         return _not_found(request, job_id)
     except InvalidTransition:
         return redirect(f"/dashboard/jobs/{job_id}")  # it finished meanwhile: the page shows how
-    if state is JobState.running and runtime.pool is not None:
-        runtime.pool.cancel(job_id)
-    kind = "state" if state is JobState.cancelled else "cancel_requested"
-    runtime.events.publish(JobEvent(job_id, str(state), kind))
     return redirect(f"/dashboard/jobs/{job_id}")
 
 
@@ -314,18 +307,14 @@ async def retry_action(request: web.Request) -> web.Response:
     checked = await _checked_action(request)
     if isinstance(checked, web.Response):
         return checked
-    runtime = _runtime(request)
     job_id = _job_id(request)
     from_failed = request.path.endswith("/retry-failed")
     try:
-        new_id = await asyncio.to_thread(retry_job, runtime.queue, job_id, from_failed_step=from_failed)
+        new_id = await _runtime(request).control.retry(job_id, from_failed_step=from_failed)
     except JobNotFound:
         return _not_found(request, job_id)
     except InvalidTransition as exc:
         return page(request, "error.html", checked, status=409, title="Cannot retry", message=str(exc))
-    runtime.events.publish(JobEvent(new_id, str(JobState.queued), "state", {"retry_of": job_id}))
-    if runtime.pool is not None:
-        runtime.pool.wake()
     return redirect(f"/dashboard/jobs/{new_id}")
 
 

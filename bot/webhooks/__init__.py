@@ -7,11 +7,8 @@ from aiohttp import web
 
 def setup_webhooks(app: web.Application) -> None:
     """Register POST /webhooks/github, /webhooks/gitea and /webhooks/gitlab."""
-    from bot.keys import COMMITTER
     from bot.webhooks import gitea, github, gitlab
-    from bot.webhooks.committer import DeliveryCommitter
 
-    app[COMMITTER] = DeliveryCommitter()
     app.router.add_post("/webhooks/github", github.receive)
     app.router.add_post("/webhooks/gitea", gitea.receive)
     app.router.add_post("/webhooks/gitlab", gitlab.receive)

@@ -13,12 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from bot.errors import json_error
-from bot.keys import COMMITTER, ENVIRON, RUNTIME, SETTINGS
+from bot.keys import ENVIRON, RUNTIME, SETTINGS
 from bot.webhooks.jobs import PayloadError, Plan
 from config.errors import ForgeciError
 from config.settings import env_value
-from runner.events import JobEvent
-from runner.models import JobState
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps deliveries at 25 MB; nothing legitimate is larger
 OFFLOAD_BYTES = 256 * 1024  # verify and parse bodies larger than this in a thread, off the event loop
@@ -145,21 +143,8 @@ async def commit(request: web.Request, forge: str, delivery: str, event: str, pl
     if not plan.specs:
         return web.json_response({"jobs": [], "delivery": delivery, "reason": plan.reason or f"{event}: no job"},
                                  status=202)
-    runtime = request.app[RUNTIME]
     supersede = plan.supersede and request.app[SETTINGS].queue.cancel_superseded
-    # The queue's transaction runs in a thread: SQLite may wait for another writer, the loop must not.
-    result = await request.app[COMMITTER].commit(runtime.queue, forge, delivery, plan.specs, supersede)
-    if not result.redelivery:
-        for job_id in result.job_ids:
-            runtime.events.publish(JobEvent(job_id, JobState.queued.value))
-        newest = result.job_ids[-1]
-        for job_id in result.cancelled:
-            runtime.events.publish(JobEvent(job_id, JobState.cancelled.value,
-                                            data={"error": f"superseded by job {newest}"}))
-        if runtime.pool is not None:
-            runtime.pool.wake()
-            for job_id in result.stopping:
-                runtime.pool.cancel(job_id)
+    result = await request.app[RUNTIME].control.commit_delivery(forge, delivery, plan.specs, supersede=supersede)
     body: dict[str, Any] = {"jobs": list(result.job_ids), "delivery": delivery}
     if result.redelivery:
         body["redelivery"] = True

@@ -18,21 +18,27 @@ from aiohttp.test_utils import TestClient, TestServer
 from bot.app import create_app
 from bot.keys import RUNTIME, STREAM_TIMING, StreamTiming
 from config.settings import Settings
+from runner.engine import Engine
+from runner.layout import DataLayout
 from runner.logs import JobLog, Masker
 from runner.models import JobSpec, JobState
 from runner.queue import Queue
-from runner.runtime import Runtime
+from runner.runtime import Runtime, default_engine
+from tests.fake_engine import FakeEngine
 
 T = TypeVar("T")
 TOKEN = "s3cret-token-for-tests-0123456789abcdef"
-# Tests of the API alone run no job: the runtime gets a Podman URL that nothing answers at, so no Podman service
-# is started for them (the end-to-end tests use the real one through the `settings` fixture).
-NO_ENGINE = "unix:///nonexistent/forgeci-api-tests.sock"
 
 
 @pytest.fixture
 def api_settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, runner=dataclasses.replace(settings.runner, podman_url=NO_ENGINE))
+    """The settings of API tests (the fake engine's, in tests/bot)."""
+    return settings
+
+
+def podman_engine(settings: Settings) -> Engine:
+    """The real rootless Podman engine, for the end-to-end tests (the helpers default to a fresh fake)."""
+    return default_engine(settings, DataLayout(settings.data_dir))
 
 
 def with_server(settings: Settings, **changes: Any) -> Settings:
@@ -41,9 +47,10 @@ def with_server(settings: Settings, **changes: Any) -> Settings:
 
 @asynccontextmanager
 async def api_client(settings: Settings, environ: Mapping[str, str] | None = None, *, workers: bool = False,
-                     timing: StreamTiming | None = None) -> AsyncIterator[TestClient]:
-    """An aiohttp test client of the whole app (real runtime: SQLite queue, logs; no workers unless asked)."""
-    app = create_app(settings, dict(environ or {}), workers=workers)
+                     timing: StreamTiming | None = None, engine: Engine | None = None) -> AsyncIterator[TestClient]:
+    """An aiohttp test client of the whole app (real runtime: SQLite queue, logs; no workers unless asked), on
+    `engine` (a fresh fake one by default)."""
+    app = create_app(settings, dict(environ or {}), workers=workers, engine=engine or FakeEngine())
     if timing is not None:
         app[STREAM_TIMING] = timing
     async with TestClient(TestServer(app)) as client:
@@ -102,8 +109,9 @@ class LiveServer:
     """The app on a real TCP port, in its own thread and event loop (for the CLI, httpx and the browser)."""
 
     def __init__(self, settings: Settings, environ: Mapping[str, str], workers: bool,
-                 timing: StreamTiming | None) -> None:
+                 timing: StreamTiming | None, engine: Engine | None = None) -> None:
         self.settings = settings
+        self.engine = engine or FakeEngine()
         self.environ = dict(environ)
         self.workers = workers
         self.timing = timing
@@ -129,7 +137,7 @@ class LiveServer:
         self._thread.start()
 
         async def up() -> None:
-            self.app = create_app(self.settings, self.environ, workers=self.workers)
+            self.app = create_app(self.settings, self.environ, workers=self.workers, engine=self.engine)
             if self.timing is not None:
                 self.app[STREAM_TIMING] = self.timing
             self._runner = web.AppRunner(self.app, shutdown_timeout=2)
@@ -148,8 +156,8 @@ class LiveServer:
 
 @contextmanager
 def live_server(settings: Settings, environ: Mapping[str, str] | None = None, *, workers: bool = False,
-                timing: StreamTiming | None = None) -> Iterator[LiveServer]:
-    server = LiveServer(settings, environ or {}, workers, timing)
+                timing: StreamTiming | None = None, engine: Engine | None = None) -> Iterator[LiveServer]:
+    server = LiveServer(settings, environ or {}, workers, timing, engine)
     server.start()
     try:
         yield server

@@ -25,6 +25,7 @@ from tests.bot.api_helpers import (
     write_log,
 )
 from tests.conftest import with_runner
+from tests.fake_engine import FakeEngine, Script
 
 __all__ = ["api_settings"]
 
@@ -132,15 +133,16 @@ async def _write(server: LiveServer, job_id: int, lines: list[str]) -> None:
     write_log(server.runtime, job_id, lines).close()
 
 
-@pytest.mark.slow
-@pytest.mark.podman
-def test_submit_follow_runs_a_real_job_to_its_end(settings: Settings, make_repo: Callable[..., tuple[Path, str]],
-                                                  token_env: Callable[[str | None], None],
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit_follow_runs_a_job_to_its_end(settings: Settings, make_repo: Callable[..., tuple[Path, str]],
+                                             token_env: Callable[[str | None], None],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     toml = '[[steps]]\nname = "greet"\nrun = "echo hello from $FORGECI_REF; echo err >&2"\n'
     good, sha = make_repo({".forgeci.toml": toml})
     bad, _ = make_repo({".forgeci.toml": '[[steps]]\nname = "fail"\nrun = "echo doomed; exit 3"\n'})
-    with live_server(with_runner(settings), workers=True) as server:
+    engine = FakeEngine()
+    engine.expect("echo hello from $FORGECI_REF; echo err >&2", Script(lines=["hello from $FORGECI_REF"], stderr=["err"]))
+    engine.expect("echo doomed; exit 3", Script(exit_code=3, lines=["doomed"]))
+    with live_server(with_runner(settings), workers=True, engine=engine) as server:
         code = main(["submit", "--repo", str(good), "--ref", "main", "--sha", sha, "--follow", "--server", server.url])
         captured = capsys.readouterr()
         assert code == 0, captured.err
@@ -149,6 +151,7 @@ def test_submit_follow_runs_a_real_job_to_its_end(settings: Settings, make_repo:
         assert main(["submit", "--repo", str(bad), "--ref", "main", "--follow", "--server", server.url]) == 1
         captured = capsys.readouterr()
         assert "doomed" in captured.out and "job 2: failure" in captured.err
+    engine.check()
 
 
 def test_the_demo_pipeline_at_the_repository_root_is_valid() -> None:

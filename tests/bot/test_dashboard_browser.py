@@ -15,13 +15,15 @@ from runner.layout import DataLayout
 from runner.models import JobState
 from runner.queue import Queue
 from tests.bot.api_helpers import TOKEN, api_settings, enqueue, finish, live_server, with_server
+from tests.fake_engine import FakeEngine, Script
 from tests.bot.browser_helpers import chromium
 
 pytestmark = [pytest.mark.slow]
 __all__ = ["api_settings"]
 
 MakeRepo = Callable[..., tuple[Path, str]]
-TICKER = ('i=0; while true; do i=$((i+1)); printf "\\033[32mtick\\033[0m %s\\n" $i; sleep 0.3; done')
+TICKER = "ticker"  # on the fake engine: coloured ticks 0.3 s apart until it is stopped
+TICKS = Script(lines=[f"\033[32mtick\033[0m {i}" for i in range(1, 1001)], interval=0.3, hang=True)
 
 
 async def wait(condition: Callable[[], bool], timeout: float = 60) -> None:
@@ -31,14 +33,16 @@ async def wait(condition: Callable[[], bool], timeout: float = 60) -> None:
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.podman
 async def test_overview_job_page_live_log_and_cancel(settings: Settings, make_repo: MakeRepo) -> None:
     repo, sha = make_repo({"README": "demo\n"})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with Queue(DataLayout(settings.data_dir).db) as history:  # finished jobs for the numbers, before workers run
         for state in ("success", "success", "failure"):
             finish(history, enqueue(history, repo="https://git.example.test/acme/old.git"), state)
-    with live_server(settings, workers=True) as server:
+    engine = FakeEngine()
+    engine.expect("echo preparing", Script(lines=["preparing"]))
+    engine.expect(TICKER, TICKS)
+    with live_server(settings, workers=True, engine=engine) as server:
         queue = server.runtime.queue
         async with chromium() as browser:
             page = await browser.new_page()
@@ -74,6 +78,8 @@ async def test_overview_job_page_live_log_and_cancel(settings: Settings, make_re
             await page.wait_for("document.querySelector('h1 .badge').textContent.trim() === 'cancelled'", timeout=30)
             await page.screenshot("dashboard-job-cancelled")
             assert page.errors == []
+    engine.check()
+    assert engine.execs[-1].signals[:1] == ["TERM"]  # the cancel stopped the step
 
 
 async def test_sign_in_then_cancel_and_retry_with_a_token_and_protected_reads(api_settings: Settings) -> None:

@@ -14,6 +14,7 @@ from bot.app import create_app
 from bot.keys import RUNTIME, STREAM_TIMING, StreamTiming
 from config.settings import Settings
 from runner.models import JobState
+from tests.fake_engine import FakeEngine
 from tests.bot.api_helpers import (
     api_client,
     api_settings,
@@ -196,7 +197,7 @@ async def test_events_carry_submit_priority_and_cancel_as_they_happen(api_settin
 
 
 async def test_a_shutdown_ends_open_streams_instead_of_waiting_for_them(api_settings: Settings) -> None:
-    app = create_app(api_settings, {}, workers=False)
+    app = create_app(api_settings, {}, workers=False, engine=FakeEngine())
     app[STREAM_TIMING] = StreamTiming(keepalive=5, check=0.1)
     runner = web.AppRunner(app, shutdown_timeout=60)  # without the closing flag, cleanup would wait this long
     await runner.setup()

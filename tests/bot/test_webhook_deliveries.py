@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.webhooks.committer import DeliveryCommitter
+from runner.committer import DeliveryCommitter
 from config.errors import ConfigError
 from runner.models import JobSpec, JobState
 from runner.queue import DELIVERY_MEMORY, PRUNE_EVERY, NewDelivery, Queue

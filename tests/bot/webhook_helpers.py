@@ -21,6 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bot.app import create_app
 from config.settings import Settings
+from runner.engine import Engine
+from tests.fake_engine import FakeEngine
 
 # Real GitHub deliveries (octokit/webhooks payload examples, MIT), copied from the team's shared fixtures.
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "github"
@@ -85,9 +87,11 @@ def quick_settings(shared_dir: Path, **changes: Any) -> Settings:
     return settings
 
 
-async def open_client(settings: Settings, environ: Mapping[str, str] = ENV, *,
-                      workers: bool = False) -> TestClient[web.Request, web.Application]:
-    client = TestClient(TestServer(create_app(settings, dict(environ), workers=workers)))
+async def open_client(settings: Settings, environ: Mapping[str, str] = ENV, *, workers: bool = False,
+                      engine: Engine | None = None) -> TestClient[web.Request, web.Application]:
+    """A test client of the whole app on `engine` (a fresh fake one by default)."""
+    app = create_app(settings, dict(environ), workers=workers, engine=engine or FakeEngine())
+    client = TestClient(TestServer(app))
     await client.start_server()
     return client
 

@@ -83,11 +83,15 @@
 
   let events = null;
   const listeners = [];
+  const onOpen = [];
 
-  function onJobEvent(fn) {
+  function onJobEvent(fn, opened) {
     listeners.push(fn);
+    if (opened) onOpen.push(opened);
     if (events) return;
     events = new EventSource("/events");
+    // What changed between rendering the page and (re)connecting was never sent to us: refresh once connected.
+    events.addEventListener("open", () => { for (const o of onOpen) o(); });
     events.addEventListener("job", (e) => {
       let data;
       try { data = JSON.parse(e.data); } catch (_) { return; }
@@ -120,7 +124,7 @@
   for (const el of document.querySelectorAll("[data-live-src]")) {
     const job = el.dataset.job ? parseInt(el.dataset.job, 10) : null;
     const schedule = refresher(el);
-    onJobEvent((event) => { if (job === null || event.job_id === job) schedule(); });
+    onJobEvent((event) => { if (job === null || event.job_id === job) schedule(); }, schedule);
   }
 
   // -- a job's log, live -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from bot.keys import RUNTIME, STATUS
 from config.settings import SecretSpec, Settings
 from runner.logs import read_log
 from runner.models import Job, JobState
+from tests.bot.api_helpers import podman_engine
 from tests.bot.webhook_helpers import (
     ENV, PUBLIC_URL, FakeForge, fake_forge, fixture_json, github_headers, open_client,
 )
@@ -87,7 +88,8 @@ async def test_push_runs_and_every_status_is_posted_in_order(
         settings: Settings, fake_forge: FakeForge, make_repo: MakeRepo) -> None:
     repo, sha = make_repo({".forgeci.toml": steps(("install", "sleep 1; echo installed"),
                                                   ("test", "sleep 1; echo tested"))})
-    client = await open_client(with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True)
+    client = await open_client(
+        with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True, engine=podman_engine(settings))
     try:
         [job_id] = await deliver(client, "push", push_of(repo, sha))
         job = await wait_job(client, job_id, {s for s in JobState if s.is_terminal})
@@ -114,7 +116,8 @@ async def test_push_runs_and_every_status_is_posted_in_order(
 async def test_failed_step_is_named_in_the_final_status(
         settings: Settings, fake_forge: FakeForge, make_repo: MakeRepo) -> None:
     repo, sha = make_repo({".forgeci.toml": steps(("build", "true"), ("test", "exit 3"))})
-    client = await open_client(with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True)
+    client = await open_client(
+        with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True, engine=podman_engine(settings))
     try:
         [job_id] = await deliver(client, "push", push_of(repo, sha))
         assert (await wait_job(client, job_id, {JobState.failure})).state is JobState.failure
@@ -129,7 +132,8 @@ async def test_failed_step_is_named_in_the_final_status(
 async def test_new_push_cancels_the_running_job(
         settings: Settings, fake_forge: FakeForge, make_repo: MakeRepo) -> None:
     repo, first_sha = make_repo({".forgeci.toml": steps(("wait", "echo started; sleep 120"))})
-    client = await open_client(with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True)
+    client = await open_client(
+        with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True, engine=podman_engine(settings))
     try:
         [first] = await deliver(client, "push", push_of(repo, first_sha))
         await wait_job(client, first, {JobState.running})
@@ -165,7 +169,8 @@ async def test_fork_pull_request_gets_no_secrets(
     repo, sha = make_repo({".forgeci.toml": toml})
     git(repo, "update-ref", "refs/pull/2/head", sha)  # where GitHub keeps a pull request's head
     settings = with_forge(settings, fake_forge, NPM_TOKEN=SecretSpec(env="FORGECI_SECRET_NPM_TOKEN"))
-    client = await open_client(settings, {**ENV, **TOKENS, "FORGECI_SECRET_NPM_TOKEN": secret}, workers=True)
+    client = await open_client(
+        settings, {**ENV, **TOKENS, "FORGECI_SECRET_NPM_TOKEN": secret}, workers=True, engine=podman_engine(settings))
     try:
         payload = fixture_json("pull_request.opened.json")
         payload["repository"]["clone_url"] = str(repo)
@@ -191,7 +196,8 @@ async def test_a_failing_forge_never_fails_or_slows_the_job(
 
     fake_forge.script.append(broken)
     repo, sha = make_repo({".forgeci.toml": steps(("one", "echo one"), ("two", "echo two"))})
-    client = await open_client(with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True)
+    client = await open_client(
+        with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True, engine=podman_engine(settings))
     try:
         [job_id] = await deliver(client, "push", push_of(repo, sha))
         job = await wait_job(client, job_id, {s for s in JobState if s.is_terminal}, timeout=60)

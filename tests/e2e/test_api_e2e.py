@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from bot.keys import StreamTiming
 from config.settings import Settings
 from runner.models import JobState
-from tests.bot.api_helpers import api_client, parse_sse, runtime_of
+from tests.bot.api_helpers import api_client, parse_sse, podman_engine, runtime_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
@@ -36,7 +36,8 @@ async def test_a_submitted_job_runs_and_its_log_streams_live_to_the_end(settings
     repo, sha = make_repo({"README": "hi\n"})
     steps = [{"name": "count", "run": "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"},
              {"name": "colour", "run": "printf '\\033[32mgreen\\033[0m\\n'"}]
-    async with api_client(settings, workers=True, timing=StreamTiming(keepalive=1, check=0.2)) as client:
+    async with api_client(settings, workers=True, timing=StreamTiming(keepalive=1, check=0.2),
+                          engine=podman_engine(settings)) as client:
         response = await client.post("/jobs/submit", json={"repo": str(repo), "ref": "main", "sha": sha,
                                                             "steps": steps})
         job_id = (await response.json())["id"]
@@ -58,7 +59,7 @@ async def test_a_submitted_job_runs_and_its_log_streams_live_to_the_end(settings
 async def test_cancel_stops_a_running_job_and_retry_runs_it_again(settings: Settings, make_repo: MakeRepo) -> None:
     repo, sha = make_repo({"README": "hi\n"})
     steps = [{"name": "forever", "run": "echo started; sleep 600"}]
-    async with api_client(settings, workers=True) as client:
+    async with api_client(settings, workers=True, engine=podman_engine(settings)) as client:
         job_id = (await (await client.post("/jobs/submit", json={"repo": str(repo), "ref": "main", "sha": sha,
                                                                   "steps": steps})).json())["id"]
         await wait_state(client, job_id, lambda s: s == "running")

@@ -1,0 +1,209 @@
+"""Job control: every state change of a job — its queue transaction, its event and the worker's wake-up or stop.
+
+The HTTP API, the dashboard, the webhook intake and the embedded worker pool all call this one module (later, the
+agent API too), so each operation exists once. It knows no transport: plain async methods over values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from runner.committer import DeliveryCommitter
+from runner.errors import InvalidTransition, QueueError
+from runner.events import EventBus, JobEvent
+from runner.models import Job, JobSpec, JobState, Outcome, StepResult
+from runner.queue import Delivery, Queue
+from runner.retry import RESUMABLE, RESUME_FROM, RESUME_STEP, RETRY_OF
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    """Who runs claimed jobs in this process (the embedded worker pool): told when to look and what to stop."""
+
+    def wake(self) -> None: ...
+
+    def cancel(self, job_id: int) -> None: ...
+
+
+def retry_spec(queue: Queue, job_id: int, *, from_failed_step: bool = False) -> JobSpec:
+    """The spec of a new job like `job_id` (which must be finished); its meta says which job it retries.
+
+    With `from_failed_step`, the new job restores the failure snapshot of `job_id` into a fresh workspace, at the
+    same commit, and runs from the step that failed; the job must have failed (or timed out) in a step and have a
+    snapshot (pipeline `snapshot` policy `always` or `on_failure`, not yet pruned). InvalidTransition otherwise.
+    """
+    job = queue.get(job_id)
+    if not job.state.is_terminal:
+        raise InvalidTransition(f"job {job_id} is {job.state}; only a finished job can be retried")
+    meta = {k: v for k, v in job.spec.meta.items() if k not in (RESUME_FROM, RESUME_STEP)}
+    meta[RETRY_OF] = str(job_id)
+    spec = job.spec
+    if from_failed_step:
+        if job.state not in RESUMABLE:
+            raise InvalidTransition(f"job {job_id} is {job.state}; only a job that failed in a step can be retried "
+                                    f"from its failed step")
+        snapshot = queue.snapshot(job_id)
+        if snapshot is None:
+            raise InvalidTransition(f"job {job_id} has no workspace snapshot (its pipeline's `snapshot` policy, a "
+                                    f"failed upload, or it was pruned); retry it without --from-failed-step")
+        if snapshot.failed_step is None:
+            raise InvalidTransition(f"the snapshot of job {job_id} records no failed step")
+        meta |= {RESUME_FROM: str(job_id), RESUME_STEP: str(snapshot.failed_step)}
+        spec = dataclasses.replace(spec, sha=snapshot.sha or spec.sha)
+    return dataclasses.replace(spec, meta=meta)
+
+
+class JobControl:
+    """The one place jobs change state. Queue work runs in threads (SQLite may wait for another writer)."""
+
+    def __init__(self, queue: Queue, events: EventBus) -> None:
+        self.queue = queue
+        self.events = events
+        self.dispatcher: Dispatcher | None = None  # set by the embedded worker pool when it starts
+        self._committer = DeliveryCommitter()
+
+    # -- what users, clients and forges ask for ----------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> int:
+        """Enqueue one job; runners look for it at once."""
+        job_id = await asyncio.to_thread(self.queue.enqueue, spec)
+        self.publish(job_id, JobState.queued, priority=spec.priority, repo=spec.repo, ref=spec.ref)
+        self._wake()
+        return job_id
+
+    async def commit_delivery(
+        self, forge: str, delivery: str, specs: Sequence[JobSpec], *, supersede: bool,
+    ) -> Delivery:
+        """Record a forge delivery with its jobs (group-committed with the deliveries arriving with it); with
+        `supersede`, cancel the older unfinished jobs of each new job's concurrency group. A redelivery changes
+        nothing and answers with the jobs of the first delivery."""
+        result = await self._committer.commit(self.queue, forge, delivery, list(specs), supersede)
+        if result.redelivery:
+            return result
+        for job_id in result.job_ids:
+            self.publish(job_id, JobState.queued)
+        newest = result.job_ids[-1] if result.job_ids else None
+        for job_id in result.cancelled:
+            self.publish(job_id, JobState.cancelled, error=f"superseded by job {newest}")
+        for job_id in result.stopping:
+            self.publish(job_id, JobState.running, "cancel_requested", reason=f"superseded by job {newest}")
+            self._stop(job_id)
+        self._wake()
+        return result
+
+    async def cancel(self, job_id: int) -> JobState:
+        """A queued job ends `cancelled` now; a running one is flagged and its runner stops it (returns running)."""
+        state = await asyncio.to_thread(self.queue.cancel, job_id)
+        if state is JobState.running:
+            self.publish(job_id, state, "cancel_requested")
+            self._stop(job_id)
+        else:
+            self.publish(job_id, state)
+        return state
+
+    async def retry(self, job_id: int, *, from_failed_step: bool = False) -> int:
+        """A new job like a finished one (see retry_spec); returns its id."""
+
+        def enqueue() -> int:
+            return self.queue.enqueue(retry_spec(self.queue, job_id, from_failed_step=from_failed_step))
+
+        new_id = await asyncio.to_thread(enqueue)
+        self.publish(new_id, JobState.queued, retry_of=job_id)
+        self._wake()
+        return new_id
+
+    async def set_priority(self, job_id: int, priority: int) -> None:
+        """Move a queued job to another priority (FIFO within it)."""
+        await asyncio.to_thread(self.queue.set_priority, job_id, priority)
+        self.publish(job_id, JobState.queued, "priority", priority=priority)
+
+    # -- what runners report ----------------------------------------------------------------------------------
+
+    async def claim(self, runner_id: str, lease_seconds: float) -> Job | None:
+        """The next runnable job under a lease for `runner_id`, or None."""
+        job = await asyncio.to_thread(self.queue.claim, runner_id, lease_seconds)
+        if job is not None:
+            self.publish(job.id, JobState.running, attempts=job.attempts, runner=runner_id)
+        return job
+
+    async def heartbeat(self, job_id: int, runner_id: str, lease_seconds: float) -> bool:
+        """Extend the lease; False means the job is no longer this runner's and it must stop it."""
+        return await asyncio.to_thread(self.queue.heartbeat, job_id, runner_id, lease_seconds)
+
+    async def cancel_requested(self, job_id: int) -> bool:
+        return await asyncio.to_thread(self.queue.is_cancel_requested, job_id)
+
+    async def begin_attempt(self, job_id: int) -> None:
+        """Forget the step rows of an earlier attempt before this one records its own."""
+        await asyncio.to_thread(self.queue.reset_steps, job_id)
+
+    def step_started(self, job: Job, index: int, name: str, total: int) -> None:
+        """Called on the loop by the executor as a step starts (a short write, like the log's)."""
+        self.queue.start_step(job.id, index, name)
+        self.publish(job.id, JobState.running, "step", index=index, name=name, total=total)
+
+    def step_finished(self, job: Job, result: StepResult, total: int) -> None:
+        self.queue.finish_step(job.id, result.index, result.state, result.exit_code)
+        self.publish(job.id, JobState.running, "step_done", index=result.index, name=result.name, total=total,
+                     step_state=str(result.state), duration=result.duration)
+
+    async def record(self, job: Job, outcome: Outcome, runner_id: str, *, requeue: str | None = None) -> JobState | None:
+        """Record how an attempt ended. Infrastructure faults (and `requeue`, the reason a runner gives back a job
+        it stopped for its own sake) go back to the queue while retries remain. None when the lease was lost:
+        another runner, or the expiry, owns the job now."""
+        try:
+            if outcome.infra or requeue is not None:
+                reason = requeue or outcome.error or "infrastructure error"
+                state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason, runner_id)
+            else:
+                await asyncio.to_thread(self.queue.complete, job.id, outcome.state, outcome.error, runner_id)
+                state = outcome.state
+        except QueueError as exc:
+            log.warning("job %d: outcome %s not recorded: %s", job.id, outcome.state, exc)
+            return None
+        self.publish(job.id, state, error=outcome.error if requeue is None else requeue)
+        if state is JobState.queued:
+            self._wake()
+        return state
+
+    async def expire_leases(self) -> list[int]:
+        """Requeue (or end `error`) every running job whose runner stopped renewing its lease."""
+        expired = await asyncio.to_thread(self.queue.expire_leases)
+        for job_id in expired:
+            self.publish(job_id, (await asyncio.to_thread(self.queue.get, job_id)).state, error="lease expired")
+        return expired
+
+    async def requeue_orphans(self, is_ours: Any, reason: str, keep: frozenset[int] = frozenset()) -> list[int]:
+        """After a crash: every running job whose runner id `is_ours` (a predicate) and that is not in `keep` goes
+        back to the queue (attempts + 1) or ends `error`, at once instead of after its lease."""
+        orphans = [job for job in await asyncio.to_thread(self.queue.running_jobs)
+                   if job.runner_id is not None and is_ours(job.runner_id) and job.id not in keep]
+        for job in orphans:
+            try:
+                state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason, job.runner_id)
+            except QueueError as exc:  # it ended meanwhile
+                log.info("job %d: not requeued: %s", job.id, exc)
+                continue
+            log.info("job %d was running when its runner %s stopped: now %s", job.id, job.runner_id, state)
+            self.publish(job.id, state, error=reason)
+        if orphans:
+            self._wake()
+        return [job.id for job in orphans]
+
+    # -- events and the dispatcher ------------------------------------------------------------------------------
+
+    def publish(self, job_id: int, state: JobState | str, kind: str = "state", **data: Any) -> None:
+        self.events.publish(JobEvent(job_id, str(state), kind, {k: v for k, v in data.items() if v is not None}))
+
+    def _wake(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    def _stop(self, job_id: int) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.cancel(job_id)
