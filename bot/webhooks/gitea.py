@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 from gidgethub import routing, sansio
 
+from bot.errors import HTTPError
 from bot.keys import SETTINGS
 from bot.webhooks.intake import (
-    FORM, JSON, DeliveryError, check_hmac, commit, decode, delivery_id, header, ignored, off_loop, read_body,
+    FORM, JSON, check_hmac, commit, decode, delivery_id, header, ignored, off_loop, read_body,
     secret_for, webhook_view,
 )
 from bot.webhooks.jobs import Origin, Payload, Plan, PullRequest, Push, is_deletion
@@ -85,7 +86,7 @@ async def receive(request: web.Request) -> web.Response:
     body = await read_body(request, JSON, FORM)
     name = header(request, "X-Forgejo-Event", "X-Gitea-Event")
     if not name:
-        raise DeliveryError(400, "invalid delivery", "missing X-Gitea-Event (or X-Forgejo-Event) header")
+        raise HTTPError(400, "invalid delivery", "missing X-Gitea-Event (or X-Forgejo-Event) header")
     delivery = delivery_id(header(request, "X-Forgejo-Delivery", "X-Gitea-Delivery"), "X-Gitea-Delivery")
     signature = header(request, "X-Forgejo-Signature", "X-Gitea-Signature")
 

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
+from bot.errors import HTTPError
 from bot.keys import SETTINGS
 from bot.webhooks.intake import (
-    FORM, JSON, DeliveryError, commit, delivery_id, header, ignored, off_loop, read_body, secret_for, webhook_view,
+    FORM, JSON, commit, delivery_id, header, ignored, off_loop, read_body, secret_for, webhook_view,
 )
 from bot.webhooks.jobs import Origin, Payload, Plan, PullRequest, Push, is_deletion
 
@@ -80,13 +81,13 @@ def _parse(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.Event
     try:
         return sansio.Event.from_http(headers, body, secret=secret)
     except ValidationFailure as exc:
-        raise DeliveryError(401, "invalid signature", str(exc)) from None
+        raise HTTPError(401, "invalid signature", str(exc)) from None
     except BadRequest as exc:
-        raise DeliveryError(400, "invalid delivery", _why(exc.__cause__)) from None
+        raise HTTPError(400, "invalid delivery", _why(exc.__cause__)) from None
     except RecursionError:
-        raise DeliveryError(400, "invalid delivery", "JSON nested too deeply") from None
+        raise HTTPError(400, "invalid delivery", "JSON nested too deeply") from None
     except LookupError as exc:  # an unknown charset in the content type
-        raise DeliveryError(400, "invalid delivery", f"cannot decode the body: {exc}") from None
+        raise HTTPError(400, "invalid delivery", f"cannot decode the body: {exc}") from None
 
 
 def _why(cause: BaseException | None) -> str:
@@ -107,12 +108,12 @@ async def receive(request: web.Request) -> web.Response:
     body = await read_body(request, JSON, FORM)
     name = header(request, "X-GitHub-Event")
     if not name:
-        raise DeliveryError(400, "invalid delivery", "missing X-GitHub-Event header")
+        raise HTTPError(400, "invalid delivery", "missing X-GitHub-Event header")
     delivery = delivery_id(header(request, "X-GitHub-Delivery"), "X-GitHub-Delivery")
     if not header(request, "X-Hub-Signature-256"):
-        raise DeliveryError(401, "invalid signature", "missing X-Hub-Signature-256 header")
+        raise HTTPError(401, "invalid signature", "missing X-Hub-Signature-256 header")
     if not header(request, "X-Hub-Signature-256").isascii():  # gidgethub's compare_digest raises on other text
-        raise DeliveryError(401, "invalid signature", "X-Hub-Signature-256 does not match the body")
+        raise HTTPError(401, "invalid signature", "X-Hub-Signature-256 does not match the body")
     event = await off_loop(body, lambda: _parse(request.headers, body, secret))
     if not router.fetch(event):
         return ignored(name)

@@ -7,9 +7,10 @@ import hashlib
 from aiohttp import web
 from gidgethub import routing, sansio
 
+from bot.errors import HTTPError
 from bot.keys import SETTINGS
 from bot.webhooks.intake import (
-    JSON, DeliveryError, check_token, commit, decode, delivery_id, header, ignored, off_loop, read_body,
+    JSON, check_token, commit, decode, delivery_id, header, ignored, off_loop, read_body,
     secret_for, webhook_view,
 )
 from bot.webhooks.jobs import Origin, Payload, Plan, PullRequest, Push, is_deletion
@@ -94,7 +95,7 @@ async def receive(request: web.Request) -> web.Response:
     body = await read_body(request, JSON)
     name = header(request, "X-Gitlab-Event")
     if not name:
-        raise DeliveryError(400, "invalid delivery", "missing X-Gitlab-Event header")
+        raise HTTPError(400, "invalid delivery", "missing X-Gitlab-Event header")
     # Idempotency-Key stays the same across GitLab's retries; older versions only send the event UUID.
     sent = header(request, "Idempotency-Key", "X-Gitlab-Event-UUID")
     delivery = delivery_id(sent, "Idempotency-Key") if sent else "body-" + hashlib.sha256(body).hexdigest()[:32]
