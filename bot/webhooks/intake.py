@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from gidgethub import routing, sansio
 
 from bot.errors import HTTPError, json_error
 from bot.keys import COMMITTER, ENVIRON, RUNTIME, SETTINGS
@@ -45,6 +46,20 @@ def webhook_view(view: View) -> View:
     wrapped.__name__ = view.__name__
     wrapped.__doc__ = view.__doc__
     return wrapped
+
+
+async def dispatch(request: web.Request, router: routing.Router, event: sansio.Event, forge: str, delivery: str,
+                   name: str) -> web.Response:
+    """Hand a verified delivery's event to the adapter's handlers, then commit the jobs they planned.
+
+    `delivery` and `name` are the adapter's checked reading of the headers, which the answer and the
+    queue record; the router matches on the event as parsed.
+    """
+    if not router.fetch(event):
+        return ignored(name)
+    plan = Plan(request.app[SETTINGS])
+    await router.dispatch(event, plan=plan)
+    return await commit(request, forge, delivery, name, plan)
 
 
 def secret_for(request: web.Request, env_name: str, forge: str) -> str:
