@@ -1,4 +1,4 @@
-"""What every forge adapter shares: bounded body reads, secrets, JSON decoding, and the committed 202."""
+"""What every forge adapter shares: bounded body reads, secrets, JSON decoding, routing, and the committed 202."""
 
 from __future__ import annotations
 
