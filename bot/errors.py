@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class HTTPError(ForgeciError):
-    """An error a view raises on purpose, with its status and a JSON detail."""
+    """An error a view raises on purpose, with its status and a JSON detail: a bad API call, a refused webhook
+    delivery (bad signature, body, size or type; a forge not configured), a missing token."""
 
     def __init__(self, status: int, error: str, detail: Any = None) -> None:
         super().__init__(error)

@@ -1,9 +1,10 @@
-"""What every forge's status poster shares: the status value, the poster contract, and failure classification."""
+"""What every forge's status poster shares: the status value, the poster contract, failure classification."""
 
 from __future__ import annotations
 
 import email.utils
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,6 +52,38 @@ class Poster(Protocol):
 
     async def post(self, spec: JobSpec, status: CommitStatus) -> None:
         """Post `status` for the job's commit; raises StatusError."""
+
+
+class InstancePoster(ABC):
+    """A poster for a self-hosted forge (Gitea and Forgejo, GitLab): posts with a token to the configured API
+    root or, when none is configured, to the one the delivery's repository page is on (meta `api_url`)."""
+
+    forge: str
+
+    def __init__(self, client: httpx.AsyncClient, api_url: str, token: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self._clock = clock
+
+    @abstractmethod
+    def where(self, spec: JobSpec) -> str | None:
+        """The repository or project the job's statuses name on this forge; None when the job's meta lacks it."""
+
+    @abstractmethod
+    def auth(self) -> dict[str, str]:
+        """The headers that carry the token, the forge's way."""
+
+    def target(self, spec: JobSpec) -> str | None:
+        where = self.where(spec)
+        has_api = self.api_url or spec.meta.get("api_url")
+        return where if where is not None and spec.sha and has_api else None
+
+    async def send(self, spec: JobSpec, path: str, body: dict[str, object]) -> None:
+        """POST `body` to `path` below the API root of the job's instance; raises StatusError."""
+        base = self.api_url or spec.meta["api_url"].rstrip("/")
+        await post_json(self._client, base + path, body, self.auth(), self._clock)
 
 
 def retry_at(headers: Mapping[str, str], clock: Callable[[], float] = time.time) -> float | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import httpx
 
-from bot.status.base import CommitStatus, post_json
+from bot.status.base import CommitStatus, InstancePoster
 from runner.models import JobSpec, JobState
 
 STATE: dict[JobState, str] = {
@@ -18,23 +18,22 @@ STATE: dict[JobState, str] = {
 }
 
 
-class GitLabStatuses:
+class GitLabStatuses(InstancePoster):
     """Posts with a private token; GitLab refuses a status in the state it already has, so those are skipped."""
 
     forge = "gitlab"
 
     def __init__(self, client: httpx.AsyncClient, api_url: str, token: str,
                  clock: Callable[[], float] = time.time) -> None:
-        self._client = client
-        self.api_url = api_url.rstrip("/")
-        self._token = token
-        self._clock = clock
+        super().__init__(client, api_url, token, clock)
         self._last: dict[tuple[str, str, str], str] = {}  # (project, sha, context) -> the state GitLab has
 
-    def target(self, spec: JobSpec) -> str | None:
+    def where(self, spec: JobSpec) -> str | None:
         project = spec.meta.get("project_id", "")
-        has_api = self.api_url or spec.meta.get("api_url")
-        return project if project.isdigit() and spec.sha and has_api else None
+        return project if project.isdigit() else None
+
+    def auth(self) -> dict[str, str]:
+        return {"PRIVATE-TOKEN": self._token}
 
     async def post(self, spec: JobSpec, status: CommitStatus) -> None:
         project, sha = spec.meta["project_id"], spec.sha or ""
@@ -42,11 +41,9 @@ class GitLabStatuses:
         key = (project, sha, status.context)
         if self._last.get(key) == state:
             return  # "Cannot transition status via :run from :running": only a new state is news to GitLab
-        base = self.api_url or spec.meta["api_url"].rstrip("/")
         body: dict[str, object] = {"state": state, "name": status.context, "target_url": status.target_url,
                                    "description": status.description}
-        await post_json(self._client, f"{base}/projects/{project}/statuses/{sha}", body,
-                        {"PRIVATE-TOKEN": self._token}, self._clock)
+        await self.send(spec, f"/projects/{project}/statuses/{sha}", body)
         self._last[key] = state
         if status.job_state.is_terminal:
             self._last.pop(key, None)  # a retried job starts over from pending

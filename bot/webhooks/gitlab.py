@@ -7,31 +7,26 @@ import hashlib
 from aiohttp import web
 from gidgethub import routing, sansio
 
+from bot.errors import HTTPError
 from bot.keys import SETTINGS
 from bot.webhooks.intake import (
-    JSON, DeliveryError, check_token, commit, decode, delivery_id, header, ignored, off_loop, read_body,
-    secret_for, webhook_view,
+    JSON, check_token, decode, delivery_id, dispatch, header, off_loop, read_body, secret_for, webhook_view,
 )
-from bot.webhooks.jobs import Origin, Payload, Plan, PullRequest, Push, is_deletion
+from bot.webhooks.jobs import Origin, Payload, Plan, PullRequest, Push, instance_origin
 
 FORGE = "gitlab"
+API_PATH = "/api/v4"  # below the instance's root, which may itself sit below a path
 OPENING_ACTIONS = {"open": "opened", "reopen": "reopened"}  # GitLab's action -> the neutral name in meta
 
 pushes = routing.Router()
 merges = routing.Router()
 
 
-def api_url_of(web_url: str, path: str) -> str:
-    """The API root of the instance a project page lives on (`https://host/group/app` -> `https://host/api/v4`)."""
-    base = web_url.rstrip("/")
-    return base.removesuffix("/" + path) + "/api/v4" if base.endswith("/" + path) else ""
-
-
 def _origin(payload: Payload, delivery: str) -> Origin:
     path = payload.text("project.path_with_namespace")
     project_id = str(payload.integer("project.id"))
-    return Origin(FORGE, path, delivery,
-                  {"project_id": project_id, "api_url": api_url_of(payload.optional_text("project.web_url", 500), path)})
+    return instance_origin(FORGE, path, delivery, payload.optional_text("project.web_url", 500), API_PATH,
+                           project_id=project_id)
 
 
 @pushes.register("Push Hook")
@@ -40,11 +35,7 @@ async def on_push(event: sansio.Event, *, plan: Plan) -> None:
     payload = Payload(event.data, "push")
     ref = payload.text("ref")
     after = payload.sha("after")
-    if is_deletion(after):
-        plan.skip(f"{ref} was deleted")
-        return
-    if not ref.startswith(("refs/heads/", "refs/tags/")):
-        plan.skip(f"a push to {ref} runs nothing")
+    if plan.skips_push(ref, after):
         return
     message = ""
     commits = payload.get("commits")
@@ -94,13 +85,9 @@ async def receive(request: web.Request) -> web.Response:
     body = await read_body(request, JSON)
     name = header(request, "X-Gitlab-Event")
     if not name:
-        raise DeliveryError(400, "invalid delivery", "missing X-Gitlab-Event header")
+        raise HTTPError(400, "invalid delivery", "missing X-Gitlab-Event header")
     # Idempotency-Key stays the same across GitLab's retries; older versions only send the event UUID.
     sent = header(request, "Idempotency-Key", "X-Gitlab-Event-UUID")
     delivery = delivery_id(sent, "Idempotency-Key") if sent else "body-" + hashlib.sha256(body).hexdigest()[:32]
     event = sansio.Event(await off_loop(body, lambda: decode(body, JSON)), event=name, delivery_id=delivery)
-    if not router.fetch(event):
-        return ignored(name)
-    plan = Plan(settings)
-    await router.dispatch(event, plan=plan)
-    return await commit(request, FORGE, delivery, name, plan)
+    return await dispatch(request, router, event, FORGE, delivery, name)

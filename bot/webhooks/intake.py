@@ -1,4 +1,4 @@
-"""What every forge adapter shares: bounded body reads, secrets, JSON decoding, and the committed 202."""
+"""What every forge adapter shares: bounded body reads, secrets, JSON decoding, routing, and the committed 202."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from gidgethub import routing, sansio
 
-from bot.errors import json_error
+from bot.errors import HTTPError, json_error
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
 from bot.webhooks.jobs import PayloadError, Plan
-from config.errors import ForgeciError
 from config.settings import env_value
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps deliveries at 25 MB; nothing legitimate is larger
@@ -27,23 +27,13 @@ _DELIVERY_ID = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII: GUIDs, UUID
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class DeliveryError(ForgeciError):
-    """A delivery refused on purpose, with its HTTP status (401 signature, 400 body, 413, 415, 503)."""
-
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-
 def webhook_view(view: View) -> View:
     """Turn the adapter's refusals into JSON errors at the view boundary (the app's middleware does the rest)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await view(request)
-        except DeliveryError as exc:
+        except HTTPError as exc:  # a delivery refused on purpose: 401 signature, 400 body, 413, 415, 503
             response = json_error(exc.status, exc.error, exc.detail)
             if exc.status == 413:
                 response.force_close()  # the unread rest of the body is not worth keeping the connection for
@@ -56,11 +46,25 @@ def webhook_view(view: View) -> View:
     return wrapped
 
 
+async def dispatch(request: web.Request, router: routing.Router, event: sansio.Event, forge: str, delivery: str,
+                   name: str) -> web.Response:
+    """Hand a verified delivery's event to the adapter's handlers, then commit the jobs they planned.
+
+    `delivery` and `name` are the adapter's checked reading of the headers, which the answer and the
+    queue record; the router matches on the event as parsed.
+    """
+    if not router.fetch(event):
+        return ignored(name)
+    plan = Plan(request.app[SETTINGS])
+    await router.dispatch(event, plan=plan)
+    return await commit(request, forge, delivery, name, plan)
+
+
 def secret_for(request: web.Request, env_name: str, forge: str) -> str:
     """The forge's webhook secret from the server's environment; without one, deliveries cannot be trusted."""
     secret = env_value(env_name, request.app[ENVIRON])
     if secret is None:
-        raise DeliveryError(503, f"{forge} webhooks are not configured",
+        raise HTTPError(503, f"{forge} webhooks are not configured",
                             f"set the environment variable {env_name} to the webhook's secret")
     return secret
 
@@ -68,14 +72,14 @@ def secret_for(request: web.Request, env_name: str, forge: str) -> str:
 async def read_body(request: web.Request, *types: str) -> bytes:
     """The raw body, refusing other content types (415) and bodies over MAX_BODY (413) before reading them."""
     if request.content_type not in types:
-        raise DeliveryError(415, "unsupported media type",
+        raise HTTPError(415, "unsupported media type",
                             f"expected {' or '.join(types)}, got {request.content_type or 'none'}")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise DeliveryError(413, "request body too large", f"the limit is {MAX_BODY} bytes")
+        raise HTTPError(413, "request body too large", f"the limit is {MAX_BODY} bytes")
     try:
         return await request.read()  # the app's client_max_size stops a chunked body at the same limit
     except web.HTTPRequestEntityTooLarge:
-        raise DeliveryError(413, "request body too large", f"the limit is {MAX_BODY} bytes") from None
+        raise HTTPError(413, "request body too large", f"the limit is {MAX_BODY} bytes") from None
 
 
 def header(request: web.Request, *names: str) -> str:
@@ -89,44 +93,44 @@ def header(request: web.Request, *names: str) -> str:
 
 def delivery_id(value: str, name: str) -> str:
     if not _DELIVERY_ID.fullmatch(value):
-        raise DeliveryError(400, "invalid delivery", f"missing or malformed {name} header")
+        raise HTTPError(400, "invalid delivery", f"missing or malformed {name} header")
     return value
 
 
 def check_hmac(secret: str, body: bytes, signature: str, name: str) -> None:
     """A hex HMAC-SHA256 of the body (Gitea, Forgejo), compared in constant time."""
     if not signature:
-        raise DeliveryError(401, "invalid signature", f"missing {name} header")
+        raise HTTPError(401, "invalid signature", f"missing {name} header")
     expected = hmac.new(secret.encode(), body, "sha256").hexdigest()
     given = signature.lower().removeprefix("sha256=").encode("utf-8", "surrogateescape")  # bytes: any header text
     if not hmac.compare_digest(expected.encode(), given):
-        raise DeliveryError(401, "invalid signature", f"{name} does not match the body")
+        raise HTTPError(401, "invalid signature", f"{name} does not match the body")
 
 
 def check_token(secret: str, token: str, name: str) -> None:
     """A shared token (GitLab), compared in constant time."""
     if not token:
-        raise DeliveryError(401, "invalid token", f"missing {name} header")
+        raise HTTPError(401, "invalid token", f"missing {name} header")
     if not hmac.compare_digest(secret.encode(), token.encode("utf-8", "surrogateescape")):  # any header text
-        raise DeliveryError(401, "invalid token", f"{name} does not match")
+        raise HTTPError(401, "invalid token", f"{name} does not match")
 
 
 def decode(body: bytes, content_type: str) -> Any:
-    """JSON from the body, or from the form field `payload`; DeliveryError (400) naming what is wrong."""
+    """JSON from the body, or from the form field `payload`; HTTPError (400) naming what is wrong."""
     try:
         text = body.decode("utf-8")
         if content_type == FORM:
             fields = urllib.parse.parse_qs(text)
             if "payload" not in fields:
-                raise DeliveryError(400, "invalid delivery", "form body without a payload field")
+                raise HTTPError(400, "invalid delivery", "form body without a payload field")
             text = fields["payload"][0]
         return json.loads(text)
     except UnicodeDecodeError as exc:
-        raise DeliveryError(400, "invalid delivery", f"body is not UTF-8 (bad byte at offset {exc.start})") from None
+        raise HTTPError(400, "invalid delivery", f"body is not UTF-8 (bad byte at offset {exc.start})") from None
     except RecursionError:
-        raise DeliveryError(400, "invalid delivery", "JSON nested too deeply") from None
+        raise HTTPError(400, "invalid delivery", "JSON nested too deeply") from None
     except ValueError as exc:
-        raise DeliveryError(400, "invalid delivery", f"body is not JSON: {exc}") from None
+        raise HTTPError(400, "invalid delivery", f"body is not JSON: {exc}") from None
 
 
 async def off_loop(body: bytes, work: Callable[[], Any]) -> Any:

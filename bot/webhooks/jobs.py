@@ -107,6 +107,20 @@ class Origin:
     status: Mapping[str, str] = field(default_factory=dict)  # forge-specific: installation_id, project_id, api_url
 
 
+def api_url_of(page_url: str, repository: str, api_path: str) -> str:
+    """The API root of the instance a repository page lives on (`https://host/sub/o/r`, `o/r` and `/api/v1` ->
+    `https://host/sub/api/v1`); "" when the page is not the repository's."""
+    base = page_url.rstrip("/")
+    return base.removesuffix("/" + repository) + api_path if base.endswith("/" + repository) else ""
+
+
+def instance_origin(forge: str, repository: str, delivery: str, page_url: str, api_path: str,
+                    **status: str) -> Origin:
+    """The Origin of a self-hosted forge's event (Gitea, Forgejo, GitLab): without a configured api_url, its
+    statuses go to the API of the instance that sent it, found from the repository's page."""
+    return Origin(forge, repository, delivery, {**status, "api_url": api_url_of(page_url, repository, api_path)})
+
+
 @dataclass(frozen=True)
 class Push:
     """A push of a branch or a tag."""
@@ -198,4 +212,14 @@ class Plan:
 
     def skip(self, reason: str) -> None:
         self.reason = reason
+
+    def skips_push(self, ref: str, sha: str, *, deleted: bool = False) -> bool:
+        """True, having said why, for a push that builds nothing: a deleted ref, or one neither branch nor tag."""
+        if deleted or is_deletion(sha):
+            self.skip(f"{ref} was deleted")
+            return True
+        if not ref.startswith(("refs/heads/", "refs/tags/")):
+            self.skip(f"a push to {ref} runs nothing")
+            return True
+        return False
 

@@ -80,12 +80,23 @@ class Page:
                 raise AssertionError(f"timed out after {timeout}s waiting for {expression}")
             await asyncio.sleep(0.1)
 
+    async def box(self, selector: str, closest: str = "") -> dict[str, float]:
+        """The element's getBoundingClientRect (left, top, right, bottom, width, height), in CSS pixels.
+
+        With `closest`, the box of the element's nearest ancestor (or itself) matching that selector instead.
+        """
+        found = f"document.querySelector({json.dumps(selector)})"
+        if closest:
+            found += f".closest({json.dumps(closest)})"
+        return await self.evaluate(
+            f"(() => {{ const r = {found}.getBoundingClientRect();"
+            " return {left: r.left, top: r.top, right: r.right, bottom: r.bottom, width: r.width,"
+            " height: r.height}; })()")
+
     async def click(self, selector: str) -> None:
         """A real mouse click in the middle of the element (so forms submit as a person's click would)."""
-        box = await self.evaluate(
-            f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
-            " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
-        x, y = box
+        box = await self.box(selector)
+        x, y = box["left"] + box["width"] / 2, box["top"] + box["height"] / 2
         for kind in ("mousePressed", "mouseReleased"):
             await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 

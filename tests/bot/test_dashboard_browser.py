@@ -12,7 +12,7 @@ import pytest
 
 from config.settings import Settings
 from runner.layout import DataLayout
-from runner.models import JobState
+from runner.models import JobState, SnapshotRecord
 from runner.queue import Queue
 from tests.bot.api_helpers import TOKEN, api_settings, enqueue, finish, live_server, with_server
 from tests.fake_engine import FakeEngine, Script
@@ -144,6 +144,30 @@ async def test_pages_are_readable_without_javascript(api_settings: Settings) -> 
             text = await page.evaluate("document.body.innerText")
             assert "compiling" in text and "3 tests failed" in text and "build" in text and "Retry" in text
             await page.screenshot("dashboard-job-no-js")
+            assert page.errors == []
+
+
+async def test_a_long_snapshot_key_stays_inside_its_card_at_1400px(api_settings: Settings) -> None:
+    with live_server(api_settings) as server:
+        queue = server.runtime.queue
+        job_id = enqueue(queue)
+        finish(queue, job_id, JobState.failure, steps=(("build", "failure"),))
+        sha = "ab" * 32  # a SHA-256 repository's commit: the longest key a real snapshot has, with no break point
+        key = f"snapshots/{job_id}/{sha}/1767225600123.tar.zst"
+        queue.put_snapshot(SnapshotRecord(job_id, key, sha, "localhost/forgeci-job:latest", JobState.failure, 0,
+                                          "build", 123_456_789, "0" * 64, time.time()))
+        async with chromium() as browser:
+            page = await browser.new_page(width=1400)
+            await page.goto(f"{server.url}/dashboard/jobs/{job_id}")
+            assert await page.evaluate("document.getElementById('snapshot-key').textContent") == key
+            box = await page.box("#snapshot-key")
+            card = await page.box("#snapshot-key", closest=".card")
+            assert card["left"] <= box["left"] and box["right"] <= card["right"], (box, card)
+            # Nothing inside the card scrolls sideways either (an elided key would be clipped, not overflow).
+            assert await page.evaluate(
+                "(() => { const c = document.getElementById('snapshot-key').closest('.card');"
+                " return c.scrollWidth <= c.clientWidth; })()")
+            await page.screenshot("dashboard-job-long-snapshot-key")
             assert page.errors == []
 
 
