@@ -11,7 +11,7 @@ from aiohttp import web
 
 from config.errors import ConfigError, ForgeciError
 from runner.errors import InvalidTransition, JobNotFound, QueueError
-from runner.podman import EngineError
+from runner.errors import EngineError
 from runner.store import StoreError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.errors import RunnerError
-from runner.podman import podman_cli
+from runner.podman_cli import podman_cli
 from runner.podman_user import PodmanUser
 
 LOCAL_BASE = "localhost/debian:bookworm"

@@ -1,5 +1,5 @@
-"""The only module that talks to Podman: the private API service, job containers, streamed execs, stopping steps,
-and the `podman` command line (images, `podman unshare`, debug containers)."""
+"""The Podman engine: the private API service, job containers, streamed execs, stopping steps (its command line
+is runner/podman_cli.py; nothing else in forgeci talks to Podman)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -22,9 +21,11 @@ from podman.errors import APIError, ImageNotFound, NotFound, PodmanError
 
 from runner.engine import ContainerSpec, OutputCallback
 from runner.errors import EngineError, ImageMissing
+from runner.podman_cli import CA_IN_CONTAINER, CA_VARIABLES, podman_cli, remove_tree_as, with_ca
 from runner.podman_user import PodmanUser
 
-__all__ = ["ContainerSpec", "EngineError", "ImageMissing", "PodmanEngine", "PodmanService", "podman_cli"]
+__all__ = ["CA_IN_CONTAINER", "CA_VARIABLES", "ContainerSpec", "EngineError", "ImageMissing", "PodmanEngine",
+           "PodmanService", "podman_cli"]
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ INSTANCE_LABEL = "forgeci.instance"
 STEP_PID_FILE = "/tmp/.forgeci-step.pid"
 STREAMS = {1: "stdout", 2: "stderr"}
 
-
-CA_IN_CONTAINER = "/etc/ssl/host-ca.crt"
-CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE",
-                "GIT_SSL_CAINFO")
 
 
 def parse_ulimit(text: str) -> dict[str, object]:
@@ -159,59 +156,6 @@ def _kill_group(pid: int, grace: float, proc: subprocess.Popen[bytes] | None = N
 WATCHDOG_INTERVAL = 2.0  # seconds between liveness checks of the Podman service we started
 
 
-def _with_ca(spec: ContainerSpec) -> tuple[dict[str, str], list[dict[str, object]]]:
-    """The container's environment and mounts: the workspace, and the host's CA bundle with the variables that
-    point every common tool at it (TLS-intercepting proxies)."""
-    env = dict(spec.env)
-    mounts: list[dict[str, object]] = [{"type": "bind", "source": str(spec.workspace), "target": "/workspace"}]
-    if spec.ca_bundle and os.path.isfile(spec.ca_bundle):
-        mounts.append({"type": "bind", "source": spec.ca_bundle, "target": CA_IN_CONTAINER, "read_only": True})
-        env.update({name: CA_IN_CONTAINER for name in CA_VARIABLES})
-    return env, mounts
-
-
-def run_debug_container(
-    user: PodmanUser, spec: ContainerSpec, command: Sequence[str], *, tty: bool, labels: Mapping[str, str],
-) -> int:
-    """`podman run --rm -i` of `command` on `spec`, with a job container's hardening, limits and network; our
-    terminal is its terminal. Returns its exit code."""
-    env, mounts = _with_ca(spec)
-    argv = ["run", "--rm", "-i", *(["-t"] if tty else []), "--init", "--security-opt", "no-new-privileges",
-            "--network", spec.network, "-w", "/workspace"]
-    for mount in mounts:
-        argv += ["-v", f"{mount['source']}:{mount['target']}{':ro' if mount.get('read_only') else ''}"]
-    argv += [f"--ulimit={u}" for u in spec.ulimits]
-    if spec.limits and spec.memory:
-        argv.append(f"--memory={spec.memory}")
-    if spec.limits and spec.pids_limit:
-        argv.append(f"--pids-limit={spec.pids_limit}")
-    argv += [f"--label={k}={v}" for k, v in labels.items()]
-    argv += [f"--env={k}={v}" for k, v in env.items()]
-    user.ensure_runtime_dir()
-    return podman_cli(user, [*argv, "--", spec.image, *command], check=False, capture=False).returncode
-
-
-def podman_cli(
-    user: PodmanUser, args: Sequence[str], *, check: bool = True, capture: bool = True, timeout: float | None = None,
-    stdin: int | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """`podman ARGS` as the Podman user: the one place the command line runs (images, unshare, debug)."""
-    return user.run(["podman", *args], check=check, capture=capture, timeout=timeout, stdin=stdin)
-
-
-def remove_tree_as(user: PodmanUser, path: Path, timeout: float = 300.0) -> None:
-    """Delete a folder a container wrote into: files of its other uids belong to the user's subuid range, which
-    only the user's namespace (`podman unshare`) may delete; what that cannot see (root's files) goes after."""
-    if not os.path.lexists(path):
-        return
-    try:
-        podman_cli(user, ["unshare", "rm", "-rf", "--", str(path)], check=False, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.debug("podman unshare rm %s: %s", path, exc)
-    if os.path.lexists(path):
-        shutil.rmtree(path)
-
-
 class PodmanEngine:
     """Job containers through podman-py against our own `podman system service` (or `podman_url`'s);
     every blocking call runs in a worker thread."""
@@ -285,7 +229,7 @@ class PodmanEngine:
         if not await self.image_exists(spec.image):
             raise ImageMissing(f"image {spec.image} is not in the Podman user's storage "
                                f"(build it with `forgeci image build`, or fix the pipeline's image)")
-        env, mounts = _with_ca(spec)
+        env, mounts = with_ca(spec)
         kwargs: dict[str, object] = dict(
             image=spec.image, command=["sleep", "infinity"], init=True, detach=True,
             name=f"forgeci-job-{spec.job_id}-{os.urandom(3).hex()}",

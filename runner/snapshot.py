@@ -19,7 +19,7 @@ from runner.errors import QueueError, RunnerError
 from runner.layout import DataLayout
 from runner.models import JobState, SnapshotRecord
 from runner.engine import ContainerSpec
-from runner.podman import remove_tree_as, run_debug_container
+from runner.podman_cli import remove_tree_as, run_debug_container
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
 from runner.store import ObjectStore, StoreError, open_store

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from runner.errors import RunnerError
-from runner.podman import remove_tree_as
+from runner.podman_cli import remove_tree_as
 from runner.podman_user import PodmanUser
 
 Say = Callable[[str], None]

@@ -156,13 +156,13 @@ def git(path: Path, *args: str) -> str:
                           env=env).stdout.strip()
 
 
-@pytest.fixture
-def make_repo(shared_dir: Path) -> Callable[..., tuple[Path, str]]:
-    """make_repo(files) -> (path, sha): a git repository on branch main with one commit of `files`."""
+def repo_maker(base: Path, *, shared: bool) -> Callable[..., tuple[Path, str]]:
+    """make(files) -> (path, sha): a git repository under `base` on branch main with one commit of `files`;
+    `shared`: readable by the Podman user too."""
     counter = iter(range(1000))
 
     def make(files: dict[str, str], name: str | None = None) -> tuple[Path, str]:
-        path = shared_dir / (name or f"repo{next(counter)}")
+        path = base / (name or f"repo{next(counter)}")
         path.mkdir()
         git(path, "init", "-q", "-b", "main")
         for rel, text in files.items():
@@ -171,8 +171,21 @@ def make_repo(shared_dir: Path) -> Callable[..., tuple[Path, str]]:
             target.write_text(text)
         git(path, "add", "-A")
         git(path, "commit", "-qm", "initial")
-        for sub in [path, *path.rglob("*")]:
-            sub.chmod(sub.stat().st_mode | 0o055)  # readable by the Podman user
+        if shared:
+            for sub in [path, *path.rglob("*")]:
+                sub.chmod(sub.stat().st_mode | 0o055)
         return path, git(path, "rev-parse", "HEAD")
 
     return make
+
+
+@pytest.fixture
+def make_repo(shared_dir: Path) -> Callable[..., tuple[Path, str]]:
+    """make_repo(files) -> (path, sha), readable by the Podman user."""
+    return repo_maker(shared_dir, shared=True)
+
+
+@pytest.fixture
+def make_local_repo(tmp_path: Path) -> Callable[..., tuple[Path, str]]:
+    """make_local_repo(files) -> (path, sha) for the fake engine (git runs as us)."""
+    return repo_maker(tmp_path, shared=False)

@@ -20,7 +20,6 @@ import pytest
 
 from runner.archive import ArchiveError
 from runner.models import JobState
-from runner.retry import retry_job
 from runner.runtime import Runtime
 from runner.snapshot import debug_job
 from tests.conftest import git
@@ -128,10 +127,8 @@ async def test_hostile_archives_in_the_cache_and_snapshot_paths(runtime: Runtime
     data = hostile(marker, outside)[2][1]
     checksum = plant(runtime, snapshot.key, data)
     runtime.queue.put_snapshot(dataclasses.replace(snapshot, size=len(data), checksum=checksum))
-    retry_id = retry_job(runtime.queue, failed.id, from_failed_step=True)
+    retry_id = await runtime.control.retry(failed.id, from_failed_step=True)
     ledger.submitted_job(retry_id)
-    assert runtime.pool is not None
-    runtime.pool.wake()
     retried = await wait_terminal(runtime, retry_id)
     assert retried.state is JobState.failure and "cannot be restored: refused member" in (retried.error or ""), retried
     with pytest.raises(ArchiveError, match="refused member"):

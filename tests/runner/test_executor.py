@@ -253,13 +253,13 @@ async def test_startup_reaps_leftovers_and_requeues_orphans(settings: Settings, 
 
 
 async def test_podman_service_is_restarted_after_it_dies(runtime: Runtime, make_repo: MakeRepo) -> None:
-    assert runtime.service is not None
-    old = runtime.service.pid_file.read_text()
+    assert runtime.engine.service is not None
+    old = runtime.engine.service.pid_file.read_text()
     os.killpg(int(old), 9)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (not runtime.service.alive() or runtime.service.pid_file.read_text() == old):
+    while time.monotonic() < deadline and (not runtime.engine.service.alive() or runtime.engine.service.pid_file.read_text() == old):
         await asyncio.sleep(0.1)
-    assert runtime.service.alive() and runtime.service.pid_file.read_text() != old
+    assert runtime.engine.service.alive() and runtime.engine.service.pid_file.read_text() != old
     repo, _ = make_repo({".forgeci.toml": pipeline("echo after restart")})
     job = await wait_terminal(runtime, submit(runtime, repo))
     assert job.state is JobState.success
@@ -281,7 +281,7 @@ async def test_nothing_is_left_after_jobs(settings: Settings, make_repo: MakeRep
     async with open_runtime(settings, {}) as rt:
         job = await wait_terminal(rt, submit(rt, repo))
         assert job.state is JobState.success
-        service = rt.service
+        service = rt.engine.service
         assert service is not None
         pid = int(service.pid_file.read_text())
     assert list((settings.data_dir / "workspaces").iterdir()) == []

@@ -11,12 +11,18 @@ from runner.errors import InvalidTransition, JobNotFound
 from runner.logs import read_log
 from runner.models import JobSpec, JobState, SnapshotRecord
 from runner.queue import Queue
-from runner.retry import RESUME_FROM, RESUME_STEP, RETRY_OF, Resume, retry_job
+from runner.control import retry_spec
+from runner.retry import RESUME_FROM, RESUME_STEP, RETRY_OF, Resume
 from runner.runtime import Runtime
 from runner.snapshot import restore_snapshot
 from tests.runner.test_executor import log_text, submit, wait_terminal
 
 MakeRepo = Callable[..., tuple[Path, str]]
+
+
+def retry_job(queue: Queue, job_id: int, *, from_failed_step: bool = False) -> int:
+    """A retry as JobControl.retry records it, without the event and the wake-up."""
+    return queue.enqueue(retry_spec(queue, job_id, from_failed_step=from_failed_step))
 
 
 @pytest.fixture
@@ -115,9 +121,7 @@ async def test_retry_from_the_failed_step_end_to_end(runtime: Runtime, make_repo
     record = runtime.queue.snapshot(first.id)
     assert record is not None and (record.failed_step, record.failed_step_name, record.sha) == (1, "flaky", sha)
 
-    retry_id = retry_job(runtime.queue, first.id, from_failed_step=True)
-    assert runtime.pool is not None
-    runtime.pool.wake()
+    retry_id = await runtime.control.retry(first.id, from_failed_step=True)
     retried = await wait_terminal(runtime, retry_id)
     text = log_text(runtime, retry_id)
     assert retried.state is JobState.success, text
