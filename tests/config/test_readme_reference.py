@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from config import pipeline, settings
-from config.settings import FieldDoc
+from config.schema import FieldDoc
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BEGIN, END = "<!-- BEGIN config reference -->", "<!-- END config reference -->"
