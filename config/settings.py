@@ -109,6 +109,8 @@ class RunnerSettings:
         "ulimits of job containers (`name=soft:hard`)", ("nofile=20000:20000", "nproc=4096:4096"))
     step_timeout: float = option(DURATION, "default limit per step", 300.0)
     job_timeout: float = option(DURATION, "default limit per job", 3600.0)
+    shutdown_grace: float = option(DURATION, "how long a stopping server lets running jobs finish before it stops "
+                                             "them and puts them back in the queue", 30.0)
     ca_bundle: str = option(OPTIONAL_PATH, 'host trust store mounted into jobs; "" = off', factory=default_ca_bundle,
                             shown="`/etc/ssl/certs/ca-certificates.crt` when it exists, else `\"\"`")
 
@@ -121,6 +123,11 @@ class StorageSettings:
                       '"" = `file://<data_dir>/store`; or `s3://BUCKET?endpoint=http://HOST:9000&secure=false`', "")
     access_key_env: str = option(ENV_VAR, "env variable with the S3 access key", "FORGECI_S3_ACCESS_KEY")
     secret_key_env: str = option(ENV_VAR, "env variable with the S3 secret key", "FORGECI_S3_SECRET_KEY")
+    # Per request, not per operation: a failed request is retried (a few times, with backoff) before the store
+    # counts as unavailable, so an operation on a silent store takes a small multiple of read_timeout.
+    connect_timeout: float = option(DURATION, "S3: how long to wait for a connection to the store", 3.0)
+    read_timeout: float = option(DURATION, "S3: how long a request waits for the store's answer before it fails "
+                                           "(and is retried)", 30.0)
 
 
 @dataclass(frozen=True)
