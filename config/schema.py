@@ -1,4 +1,4 @@
-"""The schema machinery of both config files: kinds (check, convert, write back), issues, decode/encode, field docs, TOML loading."""
+"""The schema machinery of both config files: kinds, issues, decode/encode, field docs, TOML loading."""
 
 from __future__ import annotations
 
