@@ -7,7 +7,8 @@ from typing import Literal
 
 from config.errors import ConfigError, ConfigIssue
 from config.pipeline import parse_pipeline
-from config.settings import load_toml, parse_settings
+from config.schema import load_toml
+from config.settings import parse_settings
 
 FileKind = Literal["pipeline", "settings"]
 

@@ -11,7 +11,7 @@ from typing import Any, Final
 import tomli_w
 
 from config.errors import ConfigError
-from config.settings import (
+from config.schema import (
     BOOL,
     DURATION,
     ENV_NAME,

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from config.check import check_file
 from config.errors import ConfigError
 from config.pipeline import parse_pipeline, pipeline_from_dict
-from config.settings import MAX_FILE_BYTES, parse_settings
+from config.schema import MAX_FILE_BYTES
+from config.settings import parse_settings
 
 PARSERS: list[Callable[[Any, str], object]] = [parse_settings, parse_pipeline]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from config import pipeline, settings
-from config.settings import FieldDoc
+from config.schema import FieldDoc
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BEGIN, END = "<!-- BEGIN config reference -->", "<!-- END config reference -->"
@@ -54,7 +54,8 @@ def test_the_reference_covers_design_keys() -> None:
     paths = {d.path for d in all_fields()}
     assert {"data_dir", "server.port", "queue.max_concurrent", "runner.ulimits", "storage.url",
             "retention.job_days", "secrets.<NAME>.env", "secrets.<NAME>.repos", "git.token_env",
-            "github.app_id", "gitea.api_url", "gitlab.token_env"} <= paths
+            "github.app_id", "gitea.api_url", "gitlab.token_env", "runner.shutdown_grace", "storage.connect_timeout",
+            "storage.read_timeout"} <= paths
     assert {"image", "timeout", "branches", "snapshot", "secrets", "env", "cache.paths", "cache.key_files",
             "cache.save", "steps[].name", "steps[].run", "steps[].timeout", "steps[].continue_on_error",
             "steps[].env"} <= paths

@@ -117,8 +117,8 @@ def test_default_values_are_design_values(home: Path) -> None:
     assert (s.runner.podman_user, s.runner.podman_url, s.runner.network) == ("forgeci", "", "slirp4netns")
     assert (s.runner.memory, s.runner.pids_limit) == ("4g", 4096)
     assert s.runner.ulimits == ("nofile=20000:20000", "nproc=4096:4096")
-    assert (s.runner.step_timeout, s.runner.job_timeout) == (300.0, 3600.0)
-    assert dataclasses.astuple(s.storage) == ("", "FORGECI_S3_ACCESS_KEY", "FORGECI_S3_SECRET_KEY")
+    assert (s.runner.step_timeout, s.runner.job_timeout, s.runner.shutdown_grace) == (300.0, 3600.0, 30.0)
+    assert dataclasses.astuple(s.storage) == ("", "FORGECI_S3_ACCESS_KEY", "FORGECI_S3_SECRET_KEY", 3.0, 30.0)
     assert dataclasses.astuple(s.retention) == (7, 30, 7)
     assert s.secrets == {}
     assert s.git.token_env == "FORGECI_GIT_TOKEN"
@@ -292,3 +292,25 @@ def test_load_settings_reports_the_file_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings(str(path), {})
     assert [(i.source, i.path) for i in exc.value.issues] == [(str(path), "queue.max_retries")]
+
+
+def test_timeouts_and_grace_are_durations() -> None:
+    s = parse_settings('[runner]\nshutdown_grace = "2m"\n[storage]\nconnect_timeout = 5\nread_timeout = "1m30s"\n', "f")
+    assert (s.runner.shutdown_grace, s.storage.connect_timeout, s.storage.read_timeout) == (120.0, 5.0, 90.0)
+    assert parse_settings('[storage]\nread_timeout = "45"\n', "f").storage.read_timeout == 45.0
+
+
+def test_bad_timeouts_and_grace_are_reported() -> None:
+    text = '[runner]\nshutdown_grace = "0s"\n[storage]\nconnect_timeout = -1\nread_timeout = "forever"\n'
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(text, "f")
+    issues = issue_map(exc)
+    assert set(issues) == {"runner.shutdown_grace", "storage.connect_timeout", "storage.read_timeout"}
+    assert issues["runner.shutdown_grace"].endswith("(a duration must be positive)")
+    assert issues["storage.connect_timeout"].endswith("(a duration must be positive)")
+    assert issues["storage.read_timeout"] == "expected a duration like 90s, 5m or 1h30m, got 'forever'"
+    with pytest.raises(ConfigError) as exc:
+        parse_settings("[storage]\nread_timeout = true\nconect_timeout = 3\n", "f")
+    issues = issue_map(exc)
+    assert issues["storage.read_timeout"].startswith("expected a duration")
+    assert issues["storage.conect_timeout"] == "unknown key (did you mean 'connect_timeout'?)"

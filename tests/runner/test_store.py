@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from config.errors import ConfigError
-from config.settings import Settings, StorageSettings
+from config.settings import Settings, StorageSettings, parse_settings
 from runner.store import (
     FileStore, ObjectMissing, ObjectStore, S3Location, S3Store, StoreError, check_key, open_store,
 )
@@ -273,6 +273,51 @@ def test_s3_down_fails_fast_with_retries_and_reports_it(moto_server: MotoServer)
     assert time.monotonic() - started < 30
     health = dead.health(max_age=0)
     assert not health.ok and "connection refused" in (health.error or "")
+
+
+class SilentServer:
+    """A TCP server that accepts every connection and never sends a byte, like a store that hangs."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []  # kept open: a closed socket would be an answer of sorts
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(client)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.held:
+            sock.close()
+
+
+def test_s3_gives_up_on_a_silent_store_after_the_configured_read_timeout(tmp_path: Path) -> None:
+    silent = SilentServer()
+    try:
+        text = (f'data_dir = "{tmp_path}"\n[storage]\nurl = "s3://silent?endpoint=http://127.0.0.1:{silent.port}"\n'
+                'connect_timeout = "1s"\nread_timeout = "1s"\n')
+        store = open_store(parse_settings(text, "forgeci.toml"), {})
+        assert isinstance(store, S3Store)
+        store.backoff = 0.05  # the waiting under test is the timeouts', not the back-off's
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="timed out"):
+            store.stat("k")
+        # Every request waits read_timeout, a few are tried: seconds, where the 30 s default would take minutes.
+        assert time.monotonic() - started < 20
+        started = time.monotonic()
+        health = store.health(max_age=0)
+        assert not health.ok and "timed out" in (health.error or "")
+        assert time.monotonic() - started < 4  # one try of read_timeout (the probe's cap, 5 s, is not reached)
+        assert silent.held, "the server took the connections: the timeouts were the read's, not the connect's"
+    finally:
+        silent.close()
 
 
 class CuttingProxy:

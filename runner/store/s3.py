@@ -1,323 +1,26 @@
-"""The object store of caches and snapshots: one interface over a local folder (file://) and S3 (s3://, minio)."""
+"""The s3:// store (MinIO, Ceph, Garage, AWS...) through the minio client: multipart uploads, ranged GETs, retries."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-import shutil
 import threading
 import time
 import uuid
-from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from config.errors import ConfigError
-from config.settings import Settings, env_value
-from runner.errors import RunnerError
+from runner.store.base import CHUNK, ObjectInfo, ObjectMissing, ObjectStore, StoreError, check_key
+from runner.streams import Readable
 
 T = TypeVar("T")
-CHUNK = 1 << 20
-MAX_KEY = 1024  # S3's limit, in UTF-8 bytes
-TMP = ".tmp"  # the file store's folder of unfinished writes, at its root: never a key
-HEALTH_MAX_AGE = 5.0  # seconds a health result is reused: /healthz is polled, the store need not be
-
-
-class StoreError(RunnerError):
-    """The object store failed: unreachable, refused the request, or a local I/O error. Jobs carry on without it."""
-
-
-class ObjectMissing(StoreError):
-    """No object has that key."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"no object {key!r} in the store")
-        self.key = key
-
-
-class Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    modified: float  # unix time
-
-
-@dataclass(frozen=True)
-class StoreHealth:
-    """The store's state as /healthz reports it: the URL never carries credentials."""
-
-    ok: bool
-    url: str
-    error: str | None
-    checked_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "url": self.url, "error": self.error, "checked_at": self.checked_at}
-
-
-def check_key(key: str) -> str:
-    """`key` if it is a safe object key: relative, `/`-separated names, none empty, `.` or `..`."""
-    if not isinstance(key, str) or not key or len(key.encode("utf-8", "surrogateescape")) > MAX_KEY:
-        raise StoreError(f"invalid object key {key!r}")
-    parts = key.split("/")
-    if any(p in ("", ".", "..") or "\0" in p or "\\" in p for p in parts) or parts[0] == TMP:
-        raise StoreError(f"invalid object key {key!r}")
-    return key
-
-
-class ObjectStore(ABC):
-    """Put from a file or stream, get to a file or stream, stat, list by prefix, delete. Every call blocks:
-    callers on an event loop use asyncio.to_thread. Failures raise StoreError (ObjectMissing for a missing key)."""
-
-    url: str  # for messages and /healthz: never with credentials
-
-    def __init__(self) -> None:
-        self._health = StoreHealth(True, "", None, 0.0)
-        self._health_lock = threading.Lock()
-
-    @abstractmethod
-    def put_file(self, key: str, path: Path) -> ObjectInfo: ...
-
-    @abstractmethod
-    def put_stream(self, key: str, stream: Readable) -> ObjectInfo:
-        """Store everything `stream.read()` returns until b""; an exception from it leaves no object behind."""
-
-    @abstractmethod
-    def get_file(self, key: str, path: Path) -> ObjectInfo: ...
-
-    @abstractmethod
-    def get_stream(self, key: str) -> contextlib.AbstractContextManager[Readable]: ...
-
-    @abstractmethod
-    def stat(self, key: str) -> ObjectInfo: ...
-
-    @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix` (a plain string prefix, not only whole folders)."""
-
-    @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the object; a missing one is fine."""
-
-    @abstractmethod
-    def check(self) -> None:
-        """Raise StoreError unless the store answers (cheap: one request)."""
-
-    def close(self) -> None:
-        pass
-
-    def health(self, max_age: float = HEALTH_MAX_AGE) -> StoreHealth:
-        """The last known state, checked again when older than `max_age` seconds."""
-        with self._health_lock:
-            if time.time() - self._health.checked_at < max_age:
-                return self._health
-            try:
-                self.check()
-            except StoreError as exc:
-                self._record(str(exc))
-            else:
-                self._record(None)
-            return self._health
-
-    def _record(self, error: str | None) -> None:
-        """Every call's outcome updates the health, so /healthz rarely needs a request of its own."""
-        self._health = StoreHealth(error is None, self.url, error, time.time())
-
-
-# --------------------------------------------------------------------------------------------------
-# file://DIR
-# --------------------------------------------------------------------------------------------------
-
-
-class FileStore(ObjectStore):
-    """Objects as files under `root`. A write goes to `root/.tmp`, is fsynced and renamed into place: readers see
-    the old object or the new one, never a part, and concurrent writers of one key each win whole."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__()
-        self.root = Path(root).absolute()
-        self.url = f"file://{self.root}"
-        try:
-            (self.root / TMP).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the store folder {self.root}: {exc.strerror}") from exc
-
-    def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
-
-    def _io(self, what: str, func: Callable[[], T]) -> T:
-        try:
-            result = func()
-        except ObjectMissing:
-            self._record(None)
-            raise
-        except OSError as exc:
-            self._record(f"{what}: {exc}")
-            raise StoreError(f"{what}: {exc.strerror or exc}") from exc
-        self._record(None)
-        return result
-
-    def _write(self, key: str, fill: Callable[[BinaryIO], None]) -> ObjectInfo:
-        target = self._path(key)
-        tmp = self.root / TMP / f"{uuid.uuid4().hex}"
-
-        def write() -> ObjectInfo:
-            try:
-                with open(tmp, "xb") as out:
-                    fill(out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                for _ in range(3):  # a concurrent delete may remove an empty parent folder in between
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        os.replace(tmp, target)
-                        break
-                    except FileNotFoundError:
-                        continue
-                else:
-                    raise OSError(f"cannot move the new object into {target.parent}")
-                _fsync_dir(target.parent)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-            return self._info(key, target)
-
-        return self._io(f"writing {key}", write)
-
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
-        def fill(out: BinaryIO) -> None:
-            with open(path, "rb") as source:
-                shutil.copyfileobj(source, out, CHUNK)
-
-        return self._write(key, fill)
-
-    def put_stream(self, key: str, stream: Readable) -> ObjectInfo:
-        def fill(out: BinaryIO) -> None:
-            while data := stream.read(CHUNK):
-                out.write(data)
-
-        return self._write(key, fill)
-
-    def get_file(self, key: str, path: Path) -> ObjectInfo:
-        source = self._path(key)
-
-        def copy() -> ObjectInfo:
-            try:
-                shutil.copyfile(source, path)
-            except FileNotFoundError:
-                if not source.exists():
-                    raise ObjectMissing(key) from None
-                raise
-            return self._info(key, source)
-
-        return self._io(f"reading {key}", copy)
-
-    @contextlib.contextmanager
-    def get_stream(self, key: str) -> Iterator[Readable]:
-        source = self._path(key)
-
-        def open_it() -> BinaryIO:
-            try:
-                return open(source, "rb")
-            except FileNotFoundError:
-                raise ObjectMissing(key) from None
-
-        with self._io(f"reading {key}", open_it) as stream:
-            yield stream
-
-    def stat(self, key: str) -> ObjectInfo:
-        def stat() -> ObjectInfo:
-            try:
-                return self._info(key, self._path(key))
-            except FileNotFoundError:
-                raise ObjectMissing(key) from None
-
-        return self._io(f"looking up {key}", stat)
-
-    @staticmethod
-    def _info(key: str, path: Path) -> ObjectInfo:
-        st = os.stat(path)
-        return ObjectInfo(key, st.st_size, st.st_mtime)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        # Walk only the deepest folder the prefix names in full.
-        folder = prefix.rpartition("/")[0]
-        if folder:
-            check_key(folder)
-        start = self.root / folder if folder else self.root
-        found: list[ObjectInfo] = []
-
-        def walk() -> None:
-            for dirpath, dirnames, filenames in os.walk(start):
-                rel = os.path.relpath(dirpath, self.root)
-                rel = "" if rel == "." else rel + "/"
-                if not rel:
-                    dirnames[:] = [d for d in dirnames if d != TMP]
-                dirnames.sort()
-                for name in sorted(filenames):
-                    key = rel + name
-                    if key.startswith(prefix):
-                        with contextlib.suppress(FileNotFoundError):  # deleted while we walked
-                            found.append(self._info(key, Path(dirpath) / name))
-
-        self._io(f"listing {prefix or 'the store'}", walk)
-        yield from found
-
-    def delete(self, key: str) -> None:
-        target = self._path(key)
-
-        def delete() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                target.unlink()
-            parent = target.parent
-            while parent != self.root:  # empty folders go too, or the store fills with them
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
-                parent = parent.parent
-
-        self._io(f"deleting {key}", delete)
-
-    def check(self) -> None:
-        def probe() -> None:
-            if not os.access(self.root / TMP, os.W_OK | os.X_OK):
-                raise OSError(f"{self.root / TMP} is not writable")
-
-        self._io("checking the store", probe)
-
-    def clean_tmp(self, older_than: float) -> int:
-        """Remove unfinished writes a crash left, older than `older_than` (unix time); returns how many."""
-        removed = 0
-        for entry in os.scandir(self.root / TMP):
-            with contextlib.suppress(FileNotFoundError):
-                if entry.stat().st_mtime < older_than:
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------------------------------
-# s3://BUCKET[/PREFIX]?endpoint=...&secure=...&region=...
-# --------------------------------------------------------------------------------------------------
 
 PART_SIZE = 16 << 20  # multipart part: in memory once per parallel upload
 RANGE_SIZE = 16 << 20  # ranged GET of large objects
@@ -325,6 +28,7 @@ PARALLEL = 4  # concurrent part uploads and ranged GETs
 RANGED_FROM = 128 << 20  # objects this large are read as parallel ranged GETs, smaller ones as one stream
 ATTEMPTS = 3  # per idempotent request, with exponential backoff
 BACKOFF = 0.4
+# The defaults of storage.connect_timeout and storage.read_timeout, for stores built without settings (tests, bench).
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 30.0
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -685,21 +389,3 @@ def _default_ca() -> str:
     import certifi
 
     return certifi.where()
-
-
-# --------------------------------------------------------------------------------------------------
-
-
-def open_store(settings: Settings, environ: Mapping[str, str]) -> ObjectStore:
-    """The store `settings.store_url` names; no request is made (a store that is down must not stop a start)."""
-    url = settings.store_url
-    if url.startswith("file://"):
-        path = url[len("file://"):]
-        if not path.startswith("/"):
-            raise ConfigError(f"a file:// store needs an absolute path, got {url!r}", source="storage.url")
-        return FileStore(Path(path))
-    if url.startswith("s3://"):
-        location = S3Location.parse(url)
-        storage = settings.storage
-        return S3Store(location, env_value(storage.access_key_env, environ), env_value(storage.secret_key_env, environ))
-    raise ConfigError(f"expected a file:// or s3:// URL, got {url!r}", source="storage.url")
