@@ -31,9 +31,6 @@ from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE = 30.0  # seconds running jobs get to finish when the server stops
-
-
 @dataclass
 class Runtime:
     """Everything a running forgeci needs below the HTTP layer; `open_runtime` builds and tears it down."""
@@ -66,13 +63,15 @@ class Runtime:
         await self.pool.start()
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
 
-    async def stop_workers(self, grace: float = SHUTDOWN_GRACE) -> None:
+    async def stop_workers(self, grace: float | None = None) -> None:
+        """Stop claiming; running jobs get `grace` (default `runner.shutdown_grace`) to finish, then go back to
+        the queue."""
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
         if self.pool is not None:
-            await self.pool.stop(grace)
+            await self.pool.stop(self.settings.runner.shutdown_grace if grace is None else grace)
 
 
 class DataDirLock:
