@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from httpx_sse import SSEError, ServerSentEvent, aconnect_sse
+from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from client.errors import TOKEN_ENV, APIError, AuthFailed, BadResponse, ClientError, ServerUnreachable
 from client.models import CacheStats, JobInfo, JobPage, LogEnd, LogEntry, Metrics, ServerEvent

@@ -149,8 +149,8 @@ async def test_read_log_resumes_after_a_break_and_a_torn_event_without_loss_or_r
                 api.log_feeds[9][0].send(b"data: {\"n\": 4, \"te\n\n")  # an event that is not whole
                 api.log(9, "four")
                 api.end_log(9)
-    assert got == [LogEntry(1, "build", "stdout", "one"), LogEntry(2, "build", "stdout", "two"),
-                   LogEntry(3, "build", "stdout", "three"), LogEntry(4, "build", "stdout", "four"), LogEnd("success", 4)]
+    texts = ["one", "two", "three", "four"]
+    assert got == [*(LogEntry(n, "build", "stdout", text) for n, text in enumerate(texts, 1)), LogEnd("success", 4)]
     assert [r.headers.get("Last-Event-ID") for r in api.calls("GET", "/jobs/logs")] == [None, "2", "3"]
 
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Input, Static
 
-from tests.tui.conftest import wait_until
-from tests.client.fake_api import NOW, FakeApi
-from tui.app import ForgeciApp
 from client.models import LogEntry
+from tests.client.fake_api import NOW, FakeApi
+from tests.tui.conftest import wait_until
+from tui.app import ForgeciApp
 from tui.panels import JobsPanel
 from tui.screens import JobScreen
 from tui.widgets import LogView

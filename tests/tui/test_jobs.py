@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from textual.widgets import Select
 
-from tests.tui.conftest import APP, wait_until
 from tests.client.fake_api import NOW, FakeApi, make_job
+from tests.tui.conftest import APP, wait_until
 from tui.app import ForgeciApp
 from tui.job_table import JobTable
 from tui.panels import JobsPanel

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Sparkline, Static
 
-from tests.tui.conftest import record_notifications, wait_until
 from tests.client.fake_api import NOW, FakeApi, make_job
+from tests.tui.conftest import record_notifications, wait_until
 from tui.app import ForgeciApp
 from tui.job_table import JobTable
 from tui.panels import CachePanel, JobsPanel, MetricsPanel, QueuePanel
