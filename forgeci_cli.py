@@ -8,12 +8,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from client.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from config.errors import ConfigError, ForgeciError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-# Subcommands that a later issue brings; until then they say so and exit 2.
-PLANNED: dict[str, str] = {}
+CONFIG_HELP = "settings file (default: $FORGECI_CONFIG, then ./forgeci.toml)"
+SERVER_HELP = "the server (default: $FORGECI_SERVER, then http://127.0.0.1:8080); token: $FORGECI_API_TOKEN"
 
 
 def default_server() -> str:
@@ -126,14 +125,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     import asyncio
 
+    from client.api import Client
+    from client.errors import TOKEN_ENV
     from tui.app import ForgeciApp
-    from tui.client import ApiClient
 
-    if not args.server.startswith(("http://", "https://")):
-        raise ConfigError(f"--server must be an http:// or https:// URL, got {args.server!r}")
+    check_server(args.server)
 
     async def run() -> None:
-        async with ApiClient(args.server, os.environ.get("FORGECI_API_TOKEN") or None) as client:
+        async with Client(args.server, os.environ.get(TOKEN_ENV) or None, user_agent="forgeci-tui") as client:
             await ForgeciApp(client).run_async()
 
     asyncio.run(run())
@@ -162,13 +161,18 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.errors else EXIT_OK
 
 
-def client_command(args: argparse.Namespace) -> int:
-    """submit, jobs, status, logs, cancel, retry: calls to a server's HTTP API (bot.commands)."""
-    from bot import commands
+def check_server(server: str) -> None:
+    if not server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server must be an http:// or https:// URL, got {server!r}")
 
-    if not args.server.startswith(("http://", "https://")):
-        raise ConfigError(f"--server must be an http:// or https:// URL, got {args.server!r}")
-    token = os.environ.get(commands.TOKEN_ENV) or None
+
+def client_command(args: argparse.Namespace) -> int:
+    """submit, jobs, status, logs, cancel, retry: calls to a server's HTTP API (client.commands)."""
+    from client import commands
+    from client.errors import TOKEN_ENV
+
+    check_server(args.server)
+    token = os.environ.get(TOKEN_ENV) or None
     work = {
         "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow),
         "jobs": lambda c: commands.jobs(c, args.status, args.repo, args.limit, args.json),
@@ -180,56 +184,27 @@ def client_command(args: argparse.Namespace) -> int:
     return commands.run(args.server, token, work)
 
 
-def planned(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"forgeci {name}: not built yet; {PLANNED[name]} brings it", file=sys.stderr)
-        return EXIT_USAGE
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgeci", description="Self-hosted CI/CD: forge webhooks to jobs in rootless Podman.")
-    parser.add_argument("--config", metavar="FILE", help="settings file (default: $FORGECI_CONFIG, then ./forgeci.toml)")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    # Every subcommand takes --config too, so that it may follow the subcommand; SUPPRESS keeps a --config given
+    # before the subcommand when none follows it.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, help: str, func: Callable[[argparse.Namespace], int] | None = None) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(func=func or planned(name))
+    def add(name: str, help: str, func: Callable[[argparse.Namespace], int] | None = None,
+            within: argparse._SubParsersAction[argparse.ArgumentParser] = sub) -> argparse.ArgumentParser:
+        p = within.add_parser(name, help=help, description=help, parents=[config])
+        if func is not None:
+            p.set_defaults(func=func)
         return p
 
     add("serve", "webhooks + API + dashboard + embedded runner", cmd_serve)
     p = add("run", "run a local checkout's pipeline, like `act`, on the same engine", cmd_run)
     p.add_argument("path", nargs="?", default=".")
     p.add_argument("--step", metavar="NAME")
-    server_help = "the server (default: $FORGECI_SERVER, then http://127.0.0.1:8080); token: $FORGECI_API_TOKEN"
-    p = add("submit", "submit a job to a server", client_command)
-    p.add_argument("--repo", required=True, help="clone URL, or a path on the server")
-    p.add_argument("--ref", required=True, help="branch, tag or full ref")
-    p.add_argument("--sha", help="exact commit (default: the ref's head)")
-    p.add_argument("--priority", type=int, help="0..10, higher runs first")
-    p.add_argument("--follow", action="store_true", help="print the log until the job ends; exit with its result")
-    p.add_argument("--server", default=None, help=server_help)
-    p = add("jobs", "list jobs, newest first", client_command)
-    p.add_argument("--status", help="only jobs in this state")
-    p.add_argument("--repo", help="only jobs of this repository")
-    p.add_argument("--limit", type=int, default=30)
-    p.add_argument("--json", action="store_true", help="the API's JSON")
-    p.add_argument("--server", default=None, help=server_help)
-    for name, help in (("status", "show a job: state, steps, durations, cache"), ("cancel", "cancel a job")):
-        p = add(name, help, client_command)
-        p.add_argument("job", type=int)
-        if name == "status":
-            p.add_argument("--json", action="store_true", help="the API's JSON")
-        p.add_argument("--server", default=None, help=server_help)
-    p = add("logs", "print a job's log", client_command)
-    p.add_argument("job", type=int)
-    p.add_argument("-f", "--follow", action="store_true", help="until the job ends (resumes after a dropped connection)")
-    p.add_argument("--server", default=None, help=server_help)
-    p = add("retry", "retry a finished job as a new job", client_command)
-    p.add_argument("job", type=int)
-    p.add_argument("--from-failed-step", action="store_true")
-    p.add_argument("--server", default=None, help=server_help)
+    add_client_commands(add)
     p = add("debug", "a shell (or CMD) inside the job's snapshot, on the server host", cmd_debug)
     p.add_argument("job", type=int)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD...: run this instead of a shell")
@@ -238,20 +213,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("init", "write a starter .forgeci.toml for this repository", cmd_init)
     p.add_argument("path", nargs="?", default=".")
     p.add_argument("--force", action="store_true", help="overwrite an existing .forgeci.toml")
-    p = add("image", "job images")
-    image_sub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
-    b = image_sub.add_parser("build", help="build the default job image from the Containerfile")
-    b.set_defaults(func=cmd_image_build)
+    image_sub = add("image", "job images").add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    b = add("build", "build the default job image from the Containerfile", cmd_image_build, image_sub)
     b.add_argument("--file", metavar="CONTAINERFILE")
     b.add_argument("--tag", help="image name (default: runner.image)")
     b.add_argument("--force", action="store_true", help="rebuild even when the image is up to date")
     add("maintenance", "prune old snapshots, caches and jobs now", cmd_maintenance)
-    p = add("config", "settings and pipeline files")
-    config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    c = config_sub.add_parser("check", help="validate a forgeci.toml or .forgeci.toml")
-    c.set_defaults(func=cmd_config_check)
+    config_sub = add("config", "settings and pipeline files").add_subparsers(dest="config_command", metavar="ACTION",
+                                                                              required=True)
+    c = add("check", "validate a forgeci.toml or .forgeci.toml", cmd_config_check, config_sub)
     c.add_argument("file", nargs="?")
     return parser
+
+
+def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commands that call a server's HTTP API: submit, jobs, status, cancel, logs, retry."""
+    p = add("submit", "submit a job to a server", client_command)
+    p.add_argument("--repo", required=True, help="clone URL, or a path on the server")
+    p.add_argument("--ref", required=True, help="branch, tag or full ref")
+    p.add_argument("--sha", help="exact commit (default: the ref's head)")
+    p.add_argument("--priority", type=int, help="0..10, higher runs first")
+    p.add_argument("--follow", action="store_true", help="print the log until the job ends; exit with its result")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("jobs", "list jobs, newest first", client_command)
+    p.add_argument("--status", help="only jobs in this state")
+    p.add_argument("--repo", help="only jobs of this repository")
+    p.add_argument("--limit", type=int, default=30)
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    for name, help in (("status", "show a job: state, steps, durations, cache"), ("cancel", "cancel a job")):
+        p = add(name, help, client_command)
+        p.add_argument("job", type=int)
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="the API's JSON")
+        p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("logs", "print a job's log", client_command)
+    p.add_argument("job", type=int)
+    p.add_argument("-f", "--follow", action="store_true", help="until the job ends (resumes after a dropped connection)")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("retry", "retry a finished job as a new job", client_command)
+    p.add_argument("job", type=int)
+    p.add_argument("--from-failed-step", action="store_true")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

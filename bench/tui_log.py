@@ -20,7 +20,7 @@ from textual.app import App, ComposeResult  # noqa: E402
 from textual.widget import Widget  # noqa: E402
 from textual.widgets import RichLog  # noqa: E402
 
-from tui.models import LogEntry  # noqa: E402
+from client.models import LogEntry  # noqa: E402
 from tui.widgets import LogView  # noqa: E402
 
 GOAL_PAINT_RATIO = 2.0  # painting at 100,000 lines vs 1,000 lines

@@ -14,9 +14,13 @@ from textual.reactive import reactive
 from textual.signal import Signal
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
-from tui.client import ApiClient, ApiError, Unauthorized, Unreachable
-from tui.models import JobInfo, ServerEvent
-from tui.panels import CachePanel, JobsPanel, JobTable, MetricsPanel, Panel, QueuePanel
+from client.api import Client
+from client.errors import AuthFailed, ClientError, ServerUnreachable
+from client.models import JobInfo, ServerEvent
+from tui.job_table import JobTable
+from tui.messages import CancelJob, ChangePriority, OpenJob, RequestFailed, RetryJob
+from tui.models import Services
+from tui.panels import CachePanel, JobsPanel, MetricsPanel, Panel, QueuePanel
 from tui.screens import ConfirmScreen, HelpScreen, JobScreen, PriorityScreen, SubmitScreen
 from tui.widgets import StatusBar
 
@@ -68,24 +72,25 @@ class ForgeciApp(App[None]):
 
     connection: reactive[str] = reactive("connecting")
 
-    def __init__(self, client: ApiClient, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: Client, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.client = client
         self.clock = clock  # wall-clock seconds, to show how long jobs have run; tests pin it
         self.job_events: Signal[ServerEvent] = Signal(self, "job-events")
         self.resync: Signal[None] = Signal(self, "resync")
+        self.services = Services(client, clock, self.job_events, self.resync)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(self.client.server)
         with TabbedContent(initial="jobs"):
             with TabPane("1 Jobs", id="jobs"):
-                yield JobsPanel()
+                yield JobsPanel(self.services)
             with TabPane("2 Queue", id="queue"):
-                yield QueuePanel()
+                yield QueuePanel(self.services)
             with TabPane("3 Metrics", id="metrics"):
-                yield MetricsPanel()
+                yield MetricsPanel(self.services)
             with TabPane("4 Cache", id="cache"):
-                yield CachePanel()
+                yield CachePanel(self.services)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -106,8 +111,8 @@ class ForgeciApp(App[None]):
                     delay = RECONNECT_MIN
                     async for event in events:
                         self.job_events.publish(event)
-                raise Unreachable(f"{self.client.server} closed the event stream")
-            except ApiError as exc:
+                raise ServerUnreachable(f"{self.client.server} closed the event stream")
+            except ClientError as exc:
                 self.report(exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -118,10 +123,14 @@ class ForgeciApp(App[None]):
             self.notify(f"connected to {self.client.server} again")
         self.resync.publish(None)
 
-    def report(self, exc: ApiError) -> None:
+    @on(RequestFailed)
+    def _request_failed(self, message: RequestFailed) -> None:
+        self.report(message.error)
+
+    def report(self, exc: ClientError) -> None:
         """A failed call: a notification and, when the server is gone or refuses the token, the status bar."""
-        if isinstance(exc, Unreachable | Unauthorized):
-            state = "offline" if isinstance(exc, Unreachable) else "unauthorized"
+        if isinstance(exc, ServerUnreachable | AuthFailed):
+            state = "offline" if isinstance(exc, ServerUnreachable) else "unauthorized"
             if self.connection != state:  # once per outage, not once per retry
                 self.connection = state
                 self.notify(str(exc), title="server unreachable" if state == "offline" else "token refused",
@@ -146,8 +155,12 @@ class ForgeciApp(App[None]):
         tables = panel.query(DataTable)
         (tables.first() if tables else panel).focus()  # so that the panel's own keys work at once
 
+    @on(OpenJob)
+    def _open_job(self, message: OpenJob) -> None:
+        self.open_job(message.job_id)
+
     def open_job(self, job_id: int) -> None:
-        self.push_screen(JobScreen(job_id))
+        self.push_screen(JobScreen(job_id, self.services))
 
     def action_resync(self) -> None:
         self.resync.publish(None)
@@ -172,6 +185,18 @@ class ForgeciApp(App[None]):
 
     # -- actions on jobs ------------------------------------------------------------------------------
 
+    @on(CancelJob)
+    def _cancel_job(self, message: CancelJob) -> None:
+        self.cancel_job(message.job)
+
+    @on(RetryJob)
+    def _retry_job(self, message: RetryJob) -> None:
+        self.retry_job(message.job, message.from_failed_step)
+
+    @on(ChangePriority)
+    def _change_priority(self, message: ChangePriority) -> None:
+        self.change_priority(message.job)
+
     def cancel_job(self, job: JobInfo) -> None:
         if job.terminal:
             self.notify(f"job #{job.id} is already {job.state}", severity="warning")
@@ -187,7 +212,7 @@ class ForgeciApp(App[None]):
     async def _cancel(self, job_id: int) -> None:
         try:
             state = await self.client.cancel(job_id)
-        except ApiError as exc:
+        except ClientError as exc:
             self.report(exc)
             return
         what = "stopping" if state == "running" else state or "cancelled"
@@ -203,7 +228,7 @@ class ForgeciApp(App[None]):
     async def _retry(self, job_id: int, from_failed_step: bool) -> None:
         try:
             new_id = await self.client.retry(job_id, from_failed_step=from_failed_step)
-        except ApiError as exc:
+        except ClientError as exc:
             self.report(exc)
             return
         how = " from its failed step" if from_failed_step else ""
@@ -224,7 +249,7 @@ class ForgeciApp(App[None]):
     async def _set_priority(self, job_id: int, priority: int) -> None:
         try:
             await self.client.set_priority(job_id, priority)
-        except ApiError as exc:
+        except ClientError as exc:
             self.report(exc)
             return
         self.notify(f"job #{job_id}: priority {priority}")
@@ -234,5 +259,5 @@ class ForgeciApp(App[None]):
             if job_id is not None:
                 self.notify(f"job #{job_id} submitted")
 
-        self.push_screen(SubmitScreen(), submitted)
+        self.push_screen(SubmitScreen(self.client), submitted)
 

@@ -1,238 +1,64 @@
-"""Values the console reads from the HTTP API, parsed leniently: unknown keys are ignored, missing ones defaulted."""
+"""What the console's views share: the app's services they are handed, and the job arithmetic they all do."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-TERMINAL = frozenset({"success", "failure", "timeout", "cancelled", "skipped", "error"})
-MIN_PRIORITY, MAX_PRIORITY = 0, 10
-STATES = ("queued", "running", "success", "failure", "timeout", "cancelled", "skipped", "error")
+from textual.signal import Signal
 
-
-class ResponseError(ValueError):
-    """A response body is not the shape the API contract promises."""
-
-
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _int(value: object, default: int = 0) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _str(value: object, default: str = "") -> str:
-    return value if isinstance(value, str) else default
-
-
-def _object(data: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ResponseError(f"expected {what} as a JSON object, got {type(data).__name__}")
-    return data
+from client.api import Client
+from client.models import TERMINAL, JobInfo, ServerEvent
+from tui import format as fmt
 
 
 @dataclass(frozen=True)
-class StepInfo:
-    """One step of a job's current attempt."""
+class Services:
+    """What the app hands its panels and screens, so that they never reach for the app itself."""
 
-    index: int
-    name: str
-    state: str
-    exit_code: int | None = None
-    started_at: float | None = None
-    duration: float | None = None
-
-    @classmethod
-    def from_dict(cls, data: object) -> StepInfo:
-        d = _object(data, "a step")
-        code = d.get("exit_code")
-        return cls(_int(d.get("index")), _str(d.get("name")), _str(d.get("state"), "running"),
-                   code if isinstance(code, int) and not isinstance(code, bool) else None,
-                   _float(d.get("started_at")), _float(d.get("duration")))
+    client: Client
+    clock: Callable[[], float]  # wall-clock seconds, to show how long jobs have run; tests pin it
+    job_events: Signal[ServerEvent]  # every /events event, as it arrives
+    resync: Signal[None]  # (re)connected or asked to: reload everything shown
 
 
-@dataclass(frozen=True)
-class JobInfo:
-    """A job as `/jobs` and `/jobs/status` return it (runner.models.Job.to_dict), plus live step progress."""
-
-    id: int
-    repo: str
-    ref: str
-    sha: str | None
-    state: str
-    priority: int
-    attempts: int = 0
-    event: str = ""
-    queued_at: float = 0.0
-    started_at: float | None = None
-    finished_at: float | None = None
-    duration: float | None = None
-    error: str | None = None
-    cache_hit: bool | None = None
-    cancel_requested: bool = False
-    steps: tuple[StepInfo, ...] = ()
-    snapshot: Mapping[str, Any] | None = None  # when the server reports one (workspace snapshots)
-    step_index: int | None = None  # 0-based index of the step running now, from /events
-    step_total: int | None = None  # steps in the pipeline, from /events (the API does not list them in advance)
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
-
-    @classmethod
-    def from_dict(cls, data: object) -> JobInfo:
-        d = _object(data, "a job")
-        spec = _object(d.get("spec", {}), "a job spec")
-        if not isinstance(d.get("id"), int) or not isinstance(d.get("state"), str):
-            raise ResponseError("a job without an integer id and a state")
-        raw_steps = d.get("steps") or []
-        steps = tuple(StepInfo.from_dict(s) for s in raw_steps) if isinstance(raw_steps, list) else ()
-        cache_hit = d.get("cache_hit")
-        snapshot = d.get("snapshot")
-        sha = spec.get("sha")
-        return cls(
-            id=d["id"], repo=_str(spec.get("repo")), ref=_str(spec.get("ref")),
-            sha=sha if isinstance(sha, str) else None, state=d["state"],
-            priority=_int(spec.get("priority"), 5), attempts=_int(d.get("attempts")), event=_str(spec.get("event")),
-            queued_at=_float(d.get("queued_at")) or 0.0, started_at=_float(d.get("started_at")),
-            finished_at=_float(d.get("finished_at")), duration=_float(d.get("duration")),
-            error=d.get("error") if isinstance(d.get("error"), str) else None,
-            cache_hit=cache_hit if isinstance(cache_hit, bool) else None,
-            cancel_requested=d.get("cancel_requested") is True, steps=steps,
-            snapshot=snapshot if isinstance(snapshot, Mapping) else None,
-        )
+def apply_event(job: JobInfo, event: ServerEvent) -> JobInfo:
+    """The job as an event leaves it, without asking the server (an idle console makes no requests)."""
+    data = event.data
+    if event.kind == "state":
+        changes: dict[str, Any] = {"state": event.state}
+        if event.state == "running" and job.state != "running":
+            changes |= {"started_at": event.t, "finished_at": None, "duration": None, "step_index": None,
+                        "attempts": data.get("attempts", job.attempts)}
+        elif event.state == "queued":
+            changes |= {"started_at": None, "finished_at": None, "step_index": None}
+        elif event.state in TERMINAL:
+            changes |= {"finished_at": event.t, "cancel_requested": False,
+                        "duration": None if job.started_at is None else max(0.0, event.t - job.started_at)}
+        return replace(job, **changes)
+    if event.kind in ("step", "step_done"):
+        index, total = data.get("index"), data.get("total")
+        return replace(job, state=event.state if event.state else job.state,
+                       step_index=index if isinstance(index, int) else job.step_index,
+                       step_total=total if isinstance(total, int) else job.step_total)
+    if event.kind == "cancel_requested":
+        return replace(job, cancel_requested=True)
+    if event.kind == "priority" and isinstance(data.get("priority"), int):
+        return replace(job, priority=data["priority"])
+    return job
 
 
-@dataclass(frozen=True)
-class JobPage:
-    """One page of `/jobs` and the cursor of the next, None on the last."""
-
-    jobs: tuple[JobInfo, ...]
-    next_cursor: str | None
-
-    @classmethod
-    def from_dict(cls, data: object) -> JobPage:
-        d = _object(data, "a job list")
-        jobs = d.get("jobs")
-        if not isinstance(jobs, list):
-            raise ResponseError("a job list without `jobs`")
-        cursor = d.get("next_cursor")
-        return cls(tuple(JobInfo.from_dict(j) for j in jobs), cursor if isinstance(cursor, str) else None)
+def step_progress(job: JobInfo) -> str:
+    """`2/5`: the step running (or done) of all steps, as far as the console knows them."""
+    if job.step_total:
+        done = job.step_total if job.terminal and job.state == "success" else (job.step_index or 0) + 1
+        return f"{min(done, job.step_total)}/{job.step_total}"
+    if job.steps:
+        return f"{len(job.steps)}/?" if not job.terminal else f"{len(job.steps)}"
+    return fmt.NONE
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """One line of a job's log as `/jobs/logs` streams it; `n` counts from 1 across attempts."""
-
-    n: int
-    step: str
-    stream: str  # stdout | stderr | system
-    text: str  # may hold ANSI colour sequences
-
-    @classmethod
-    def from_dict(cls, data: object) -> LogEntry:
-        d = _object(data, "a log line")
-        if not isinstance(d.get("n"), int) or not isinstance(d.get("text"), str):
-            raise ResponseError("a log line without `n` and `text`")
-        return cls(d["n"], _str(d.get("step")), _str(d.get("stream"), "stdout"), d["text"])
-
-
-@dataclass(frozen=True)
-class LogEnd:
-    """The log stream's last event: the job is over and every line was sent."""
-
-    state: str | None
-    last: int
-
-
-@dataclass(frozen=True)
-class ServerEvent:
-    """One `/events` event: a job changed state or moved to another step (runner.events.JobEvent)."""
-
-    job_id: int
-    state: str
-    kind: str = "state"  # state | step | step_done | cancel_requested | priority
-    data: Mapping[str, Any] = field(default_factory=dict)
-    t: float = 0.0
-
-    @classmethod
-    def from_dict(cls, data: object) -> ServerEvent:
-        d = _object(data, "an event")
-        if not isinstance(d.get("job_id"), int) or not isinstance(d.get("state"), str):
-            raise ResponseError("an event without `job_id` and `state`")
-        extra = d.get("data")
-        return cls(d["job_id"], d["state"], _str(d.get("kind"), "state"),
-                   dict(extra) if isinstance(extra, Mapping) else {}, _float(d.get("t")) or 0.0)
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """`/metrics?range=`: the headline numbers of a range and the average duration per time slice."""
-
-    range: str
-    jobs: int
-    by_state: Mapping[str, int]
-    success_rate: float | None
-    avg_duration: float | None
-    p95_duration: float | None
-    cache_hit_rate: float | None
-    queue_depth: int
-    running: int
-    durations: tuple[float, ...]  # average duration of each slice, oldest first; 0 for slices without jobs
-
-    @classmethod
-    def from_dict(cls, data: object) -> Metrics:
-        d = _object(data, "metrics")
-        by_state = d.get("by_state")
-        buckets = d.get("buckets") if isinstance(d.get("buckets"), list) else []
-        durations = tuple(_float(_object(b, "a bucket").get("avg_duration")) or 0.0 for b in buckets)
-        return cls(_str(d.get("range")), _int(d.get("jobs")),
-                   {k: v for k, v in by_state.items() if isinstance(v, int)} if isinstance(by_state, Mapping) else {},
-                   _float(d.get("success_rate")), _float(d.get("avg_duration")), _float(d.get("p95_duration")),
-                   _float(d.get("cache_hit_rate")), _int(d.get("queue_depth")), _int(d.get("running")), durations)
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    """One dependency-cache archive in the store."""
-
-    key: str
-    repo: str
-    size: int
-    hits: int
-    created_at: float | None
-    last_used: float | None
-
-    @classmethod
-    def from_dict(cls, data: object) -> CacheEntry:
-        d = _object(data, "a cache entry")
-        if not isinstance(d.get("key"), str):
-            raise ResponseError("a cache entry without a `key`")
-        return cls(d["key"], _str(d.get("repo")), _int(d.get("size")), _int(d.get("hits")),
-                   _float(d.get("created_at")), _float(d.get("last_used")))
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """`/cache/stats`: the entries, their total size and the hit rate."""
-
-    entries: tuple[CacheEntry, ...]
-    total_size: int
-    hit_rate: float | None
-
-    @classmethod
-    def from_dict(cls, data: object) -> CacheStats:
-        """Entries under `entries` (or `items`); totals at the top or in a `totals`/`stats` object."""
-        d = _object(data, "cache stats")
-        raw = d.get("entries") if isinstance(d.get("entries"), list) else d.get("items")
-        entries = tuple(CacheEntry.from_dict(e) for e in raw) if isinstance(raw, list) else ()
-        sources = [d] + [d[k] for k in ("totals", "stats") if isinstance(d.get(k), Mapping)]
-        total = next((s[k] for s in sources for k in ("total_size", "bytes", "size") if _is_int(s.get(k))), None)
-        rate = next((_float(s["hit_rate"]) for s in sources if _float(s.get("hit_rate")) is not None), None)
-        return cls(entries, total if total is not None else sum(e.size for e in entries), rate)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def job_duration(job: JobInfo, now: float) -> float | None:
+    """How long the job ran, or has been running until `now`."""
+    return job.duration if job.duration is not None else fmt.elapsed(job.started_at, job.finished_at, now)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -15,159 +15,16 @@ from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
 from textual.widgets import DataTable, Select, Sparkline, Static
 
+from client.errors import ClientError
+from client.models import STATES, TERMINAL, CacheEntry, JobInfo, ServerEvent
 from tui import format as fmt
-from tui.client import ApiError
-from tui.models import STATES, TERMINAL, CacheEntry, JobInfo, ServerEvent
-
-if TYPE_CHECKING:
-    from tui.app import ForgeciApp
+from tui.job_table import JOB_COLUMNS, JobTable
+from tui.messages import OpenJob, RequestFailed
+from tui.models import Services, apply_event
+from tui.screens import ConfirmScreen
 
 MAX_ROWS = 200  # jobs the jobs panel keeps; older ones drop off as new ones arrive
 RANGES = ("hour", "day", "week")
-
-
-def apply_event(job: JobInfo, event: ServerEvent) -> JobInfo:
-    """The job as an event leaves it, without asking the server (an idle console makes no requests)."""
-    data = event.data
-    if event.kind == "state":
-        changes: dict[str, Any] = {"state": event.state}
-        if event.state == "running" and job.state != "running":
-            changes |= {"started_at": event.t, "finished_at": None, "duration": None, "step_index": None,
-                        "attempts": data.get("attempts", job.attempts)}
-        elif event.state == "queued":
-            changes |= {"started_at": None, "finished_at": None, "step_index": None}
-        elif event.state in TERMINAL:
-            changes |= {"finished_at": event.t, "cancel_requested": False,
-                        "duration": None if job.started_at is None else max(0.0, event.t - job.started_at)}
-        return replace(job, **changes)
-    if event.kind in ("step", "step_done"):
-        index, total = data.get("index"), data.get("total")
-        return replace(job, state=event.state if event.state else job.state,
-                       step_index=index if isinstance(index, int) else job.step_index,
-                       step_total=total if isinstance(total, int) else job.step_total)
-    if event.kind == "cancel_requested":
-        return replace(job, cancel_requested=True)
-    if event.kind == "priority" and isinstance(data.get("priority"), int):
-        return replace(job, priority=data["priority"])
-    return job
-
-
-def step_progress(job: JobInfo) -> str:
-    if job.step_total:
-        done = job.step_total if job.terminal and job.state == "success" else (job.step_index or 0) + 1
-        return f"{min(done, job.step_total)}/{job.step_total}"
-    if job.steps:
-        return f"{len(job.steps)}/?" if not job.terminal else f"{len(job.steps)}"
-    return fmt.NONE
-
-
-def job_duration(job: JobInfo, now: float) -> float | None:
-    return job.duration if job.duration is not None else fmt.elapsed(job.started_at, job.finished_at, now)
-
-
-# Column key -> (label, width, cell of (job, now), sort key of (job, now))
-Column = tuple[str, int, Callable[[JobInfo, float], Any], Callable[[JobInfo, float], Any]]
-JOB_COLUMNS: dict[str, Column] = {
-    "id": ("#", 5, lambda j, _: j.id, lambda j, _: j.id),
-    "repo": ("repository", 16, lambda j, _: fmt.short_repo(j.repo), lambda j, _: fmt.short_repo(j.repo).lower()),
-    "ref": ("ref", 10, lambda j, _: fmt.short_ref(j.ref), lambda j, _: fmt.short_ref(j.ref).lower()),
-    "sha": ("sha", 7, lambda j, _: fmt.short_sha(j.sha), lambda j, _: j.sha or ""),
-    "state": ("state", 10, lambda j, _: fmt.state_text(j.state, j.cancel_requested),
-              lambda j, _: STATES.index(j.state) if j.state in STATES else len(STATES)),
-    "priority": ("pri", 3, lambda j, _: j.priority, lambda j, _: j.priority),
-    "duration": ("time", 7, lambda j, now: fmt.duration(job_duration(j, now)),
-                 lambda j, now: job_duration(j, now) or 0.0),
-    "step": ("step", 5, lambda j, _: step_progress(j), lambda j, _: (j.step_index or 0, j.step_total or 0)),
-}
-
-
-class JobTable(DataTable[Any]):
-    """A table of jobs keyed by id, with the job actions on the selected row."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "select_cursor", "Open"),
-        Binding("c", "cancel_job", "Cancel"),
-        Binding("r", "retry_job", "Retry"),
-        Binding("R", "retry_job(True)", "Retry from the failed step", show=False),
-        Binding("p", "priority", "Change priority (queued)", show=False),
-    ]
-
-    def __init__(self, columns: Iterable[str], **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self.column_keys = tuple(columns)
-        self.jobs: dict[int, JobInfo] = {}
-
-    def on_mount(self) -> None:
-        for key in self.column_keys:
-            label, width, _, _ = JOB_COLUMNS[key]
-            self.add_column(label, width=width, key=key)
-
-    @property
-    def selected(self) -> JobInfo | None:
-        if not self.row_count:
-            return None
-        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        return self.jobs.get(int(key)) if key is not None else None
-
-    def show(self, jobs: Iterable[JobInfo]) -> None:
-        """Replace every row, keeping the selected job selected."""
-        selected = self.selected
-        self.jobs = {job.id: job for job in jobs}
-        self.clear()
-        for job in self.jobs.values():
-            self.add_row(*self._cells(job), key=str(job.id))
-        self._reselect(selected)
-
-    def upsert(self, job: JobInfo) -> None:
-        known = job.id in self.jobs
-        self.jobs[job.id] = job
-        if known:
-            for key, cell in zip(self.column_keys, self._cells(job)):
-                self.update_cell(str(job.id), key, cell)
-        else:
-            self.add_row(*self._cells(job), key=str(job.id))
-
-    def drop(self, job_id: int) -> None:
-        if self.jobs.pop(job_id, None) is not None:
-            self.remove_row(str(job_id))
-
-    def resort(self, column: str, reverse: bool) -> None:
-        selected = self.selected
-        sort_key, now = JOB_COLUMNS[column][3], self._app.clock()
-        self.sort("id", key=lambda job_id: sort_key(self.jobs[job_id], now), reverse=reverse)
-        self._reselect(selected)
-
-    def tick(self) -> None:
-        """Advance the running jobs' durations (local arithmetic, no request)."""
-        if "duration" in self.column_keys:
-            now = self._app.clock()
-            for job in self.jobs.values():
-                if job.state == "running":
-                    self.update_cell(str(job.id), "duration", fmt.duration(job_duration(job, now)))
-
-    def _cells(self, job: JobInfo) -> list[Any]:
-        now = self._app.clock()
-        return [JOB_COLUMNS[key][2](job, now) for key in self.column_keys]
-
-    def _reselect(self, job: JobInfo | None) -> None:
-        if job is not None and job.id in self.jobs:
-            self.move_cursor(row=self.get_row_index(str(job.id)), animate=False)
-
-    def action_cancel_job(self) -> None:
-        if (job := self.selected) is not None:
-            self._app.cancel_job(job)
-
-    def action_retry_job(self, from_failed_step: bool = False) -> None:
-        if (job := self.selected) is not None:
-            self._app.retry_job(job, from_failed_step)
-
-    def action_priority(self) -> None:
-        if (job := self.selected) is not None:
-            self._app.change_priority(job)
-
-    @property
-    def _app(self) -> ForgeciApp:
-        return self.app  # type: ignore[return-value]
 
 
 class Panel(Vertical):
@@ -177,14 +34,20 @@ class Panel(Vertical):
     active = False  # the app sets it when its tab is shown
     stale = True
 
+    def __init__(self, services: Services, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.services = services
+        self.client = services.client
+        self.clock = services.clock
+
     def on_mount(self) -> None:
         self._reload_timer: Timer | None = None
-        self._app.job_events.subscribe(self, self.on_job_event)
-        self._app.resync.subscribe(self, self.on_resync)
+        self.services.job_events.subscribe(self, self.on_job_event)
+        self.services.resync.subscribe(self, self.on_resync)
 
-    @property
-    def _app(self) -> ForgeciApp:
-        return self.app  # type: ignore[return-value]
+    def failed(self, error: ClientError) -> None:
+        """A call failed: the app says so (and notices a server that is gone)."""
+        self.post_message(RequestFailed(error))
 
     def shown(self) -> None:
         self.active = True
@@ -230,8 +93,8 @@ class JobsPanel(Panel):
         Binding("x", "clear_filters", "Clear the filters", show=False),
     ]
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, services: Services, **kwargs: Any) -> None:
+        super().__init__(services, **kwargs)
         self.sort_column = "id"
         self.reverse = True
         self.repos: set[str] = set()
@@ -243,7 +106,7 @@ class JobsPanel(Panel):
             yield Select([(s, s) for s in STATES], prompt="all states", compact=True, id="state-filter")
             yield Select([], prompt="all repositories", compact=True, id="repo-filter")
             yield Static("", id="sort-label")
-        yield JobTable(JOB_COLUMNS, id="jobs-table")
+        yield JobTable(JOB_COLUMNS, self.clock, id="jobs-table")
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -274,10 +137,10 @@ class JobsPanel(Panel):
     async def _fetch(self) -> None:
         started = time.monotonic()
         try:
-            page = await self._app.client.list_jobs(status=self.state_filter, repo=self.repo_filter, limit=MAX_ROWS)
-        except ApiError as exc:
+            page = await self.client.list_jobs(status=self.state_filter, repo=self.repo_filter, limit=MAX_ROWS)
+        except ClientError as exc:
             self.stale = True
-            self._app.report(exc)
+            self.failed(exc)
             return
         current = self.table.jobs
         jobs = [current[j.id] if self._touched.get(j.id, 0) > started and j.id in current else j for j in page.jobs]
@@ -292,10 +155,10 @@ class JobsPanel(Panel):
     @work(group="jobs-one")
     async def _fetch_job(self, job_id: int) -> None:
         try:
-            job = await self._app.client.job(job_id)
-        except ApiError as exc:
+            job = await self.client.job(job_id)
+        except ClientError as exc:
             if exc.status != 404:
-                self._app.report(exc)
+                self.failed(exc)
             return
         known = self.table.jobs.get(job_id)
         if known is not None:  # keep what events told us about step progress
@@ -341,7 +204,7 @@ class JobsPanel(Panel):
     @on(DataTable.RowSelected)
     def _open(self, message: DataTable.RowSelected) -> None:
         if message.row_key.value is not None:
-            self._app.open_job(int(message.row_key.value))
+            self.post_message(OpenJob(int(message.row_key.value)))
 
     @on(DataTable.HeaderSelected)
     def _header(self, message: DataTable.HeaderSelected) -> None:
@@ -382,7 +245,7 @@ class QueuePanel(Panel):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="queue-summary")
-        yield JobTable(("id", "repo", "ref", "sha", "priority", "duration"), id="queue-table")
+        yield JobTable(("id", "repo", "ref", "sha", "priority", "duration"), self.clock, id="queue-table")
 
     @property
     def table(self) -> JobTable:
@@ -397,13 +260,13 @@ class QueuePanel(Panel):
     @work(exclusive=True, group="queue")
     async def _fetch(self) -> None:
         try:
-            page = await self._app.client.list_jobs(order="dispatch", limit=MAX_ROWS)
-        except ApiError as exc:
+            page = await self.client.list_jobs(order="dispatch", limit=MAX_ROWS)
+        except ClientError as exc:
             self.stale = True
-            self._app.report(exc)
+            self.failed(exc)
             return
         waiting = page.jobs
-        now = self._app.clock()
+        now = self.clock()
         self.table.show(waiting)
         for job in waiting:  # in a queue, how long it has waited is what matters
             self.table.update_cell(str(job.id), "duration", fmt.duration(now - job.queued_at))
@@ -414,7 +277,7 @@ class QueuePanel(Panel):
     @on(DataTable.RowSelected)
     def _open(self, message: DataTable.RowSelected) -> None:
         if message.row_key.value is not None:
-            self._app.open_job(int(message.row_key.value))
+            self.post_message(OpenJob(int(message.row_key.value)))
 
 
 class MetricsPanel(Panel, can_focus=True):
@@ -423,8 +286,8 @@ class MetricsPanel(Panel, can_focus=True):
     RELOAD_DELAY = 2.0
     BINDINGS: ClassVar[list[BindingType]] = [Binding("t", "next_range", "Range")]
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, services: Services, **kwargs: Any) -> None:
+        super().__init__(services, **kwargs)
         self.range = "day"
 
     def compose(self) -> ComposeResult:
@@ -441,10 +304,10 @@ class MetricsPanel(Panel, can_focus=True):
     @work(exclusive=True, group="metrics")
     async def _fetch(self) -> None:
         try:
-            m = await self._app.client.metrics(self.range)
-        except ApiError as exc:
+            m = await self.client.metrics(self.range)
+        except ClientError as exc:
             self.stale = True
-            self._app.report(exc)
+            self.failed(exc)
             return
         states = "  ".join(f"{state} {count}" for state, count in m.by_state.items() if count)
         text = Text.assemble(
@@ -474,8 +337,8 @@ class CachePanel(Panel):
     RELOAD_DELAY = 2.0
     BINDINGS: ClassVar[list[BindingType]] = [Binding("d,delete", "delete_entry", "Delete entry")]
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, services: Services, **kwargs: Any) -> None:
+        super().__init__(services, **kwargs)
         self.entries: dict[str, CacheEntry] = {}
 
     def compose(self) -> ComposeResult:
@@ -499,15 +362,15 @@ class CachePanel(Panel):
     @work(exclusive=True, group="cache")
     async def _fetch(self) -> None:
         try:
-            stats = await self._app.client.cache_stats()
-        except ApiError as exc:
+            stats = await self.client.cache_stats()
+        except ClientError as exc:
             self.stale = True
-            self._app.report(exc)
+            self.failed(exc)
             return
         self.entries = {e.key: e for e in stats.entries}
         table = self.query_one(DataTable)
         table.clear()
-        now = self._app.clock()
+        now = self.clock()
         for e in sorted(stats.entries, key=lambda e: e.size, reverse=True):
             table.add_row(e.key, fmt.size(e.size), e.hits, fmt.ago(e.last_used, now), key=e.key)
         self.query_one("#cache-summary", Static).update(
@@ -531,16 +394,14 @@ class CachePanel(Panel):
             if yes:
                 self._delete(entry.key)
 
-        from tui.screens import ConfirmScreen
-
-        self._app.push_screen(ConfirmScreen(f"Delete cache entry {entry.key} ({fmt.size(entry.size)})?"), confirmed)
+        self.app.push_screen(ConfirmScreen(f"Delete cache entry {entry.key} ({fmt.size(entry.size)})?"), confirmed)
 
     @work(group="cache-delete")
     async def _delete(self, key: str) -> None:
         try:
-            await self._app.client.delete_cache(key)
-        except ApiError as exc:
-            self._app.report(exc)
+            await self.client.delete_cache(key)
+        except ClientError as exc:
+            self.failed(exc)
             return
-        self._app.notify(f"deleted cache entry {key}")
+        self.notify(f"deleted cache entry {key}")
         self.reload()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import replace
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import replace
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -17,14 +17,13 @@ from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
+from client.api import Client
+from client.errors import ClientError
+from client.models import MAX_PRIORITY, MIN_PRIORITY, JobInfo, LogEnd, ServerEvent
 from tui import format as fmt
-from tui.client import ApiError
-from tui.models import MAX_PRIORITY, MIN_PRIORITY, JobInfo, LogEnd, ServerEvent
-from tui.panels import apply_event, job_duration
+from tui.messages import CancelJob, ChangePriority, RequestFailed, RetryJob
+from tui.models import Services, apply_event, job_duration
 from tui.widgets import LogView, StatusBar
-
-if TYPE_CHECKING:
-    from tui.app import ForgeciApp
 
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 10.0
 SHA = re.compile(r"[0-9a-fA-F]{7,40}")
@@ -45,20 +44,19 @@ class JobScreen(Screen[None]):
         Binding("f", "follow", "Follow the tail", show=False),
     ]
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, services: Services) -> None:
         super().__init__()
         self.job_id = job_id
+        self.services = services
+        self.client = services.client
+        self.clock = services.clock
         self.job: JobInfo | None = None
         self.last_line = 0
         self.log_ended = False
         self._reload_timer: Timer | None = None
 
-    @property
-    def _app(self) -> ForgeciApp:
-        return self.app  # type: ignore[return-value]
-
     def compose(self) -> ComposeResult:
-        yield StatusBar(self._app.client.server)
+        yield StatusBar(self.client.server)
         yield Static(f"job #{self.job_id}: loading…", id="job-head")
         yield DataTable(cursor_type="none", zebra_stripes=True, id="steps")
         yield Static("", id="log-status")
@@ -75,8 +73,8 @@ class JobScreen(Screen[None]):
         view = self.query_one(LogView)
         view.focus()
         self.watch(view, "following", lambda _: self._log_status(), init=False)
-        self._app.job_events.subscribe(self, self.on_job_event)
-        self._app.resync.subscribe(self, self.on_resync)
+        self.services.job_events.subscribe(self, self.on_job_event)
+        self.services.resync.subscribe(self, self.on_resync)
         self.set_interval(1.0, self._tick)
         self.load_job()
         self.follow_log()
@@ -86,9 +84,9 @@ class JobScreen(Screen[None]):
     @work(exclusive=True, group="job")
     async def load_job(self) -> None:
         try:
-            job = await self._app.client.job(self.job_id)
-        except ApiError as exc:
-            self._app.report(exc)
+            job = await self.client.job(self.job_id)
+        except ClientError as exc:
+            self.post_message(RequestFailed(exc))
             return
         if self.job is not None:  # keep the step progress only events tell
             job = replace(job, step_total=self.job.step_total)
@@ -99,7 +97,7 @@ class JobScreen(Screen[None]):
         self._render_head()
         table = self.query_one("#steps", DataTable)
         table.clear()
-        now = self._app.clock()
+        now = self.clock()
         for step in job.steps:
             took = step.duration if step.duration is not None else fmt.elapsed(step.started_at, None, now)
             table.add_row(step.index + 1, step.name, fmt.state_text(step.state),
@@ -120,7 +118,7 @@ class JobScreen(Screen[None]):
         head = Text.assemble(
             (f"#{job.id} ", "bold"), (fmt.short_repo(job.repo), "bold"), f" {fmt.short_ref(job.ref)}",
             f" @ {fmt.short_sha(job.sha)}  ", fmt.state_text(job.state, job.cancel_requested),
-            f" {steps}  {fmt.duration(job_duration(job, self._app.clock()))}\n",
+            f" {steps}  {fmt.duration(job_duration(job, self.clock()))}\n",
             ("priority ", "dim"), str(job.priority), ("  attempt ", "dim"), str(job.attempts),
             ("  cache ", "dim"), cache, ("  snapshot ", "dim"), snap,
         )
@@ -133,7 +131,7 @@ class JobScreen(Screen[None]):
         if self.job is None or self.job.state != "running":
             return
         self._render_head()
-        now, table = self._app.clock(), self.query_one("#steps", DataTable)
+        now, table = self.clock(), self.query_one("#steps", DataTable)
         for step in self.job.steps:
             if step.duration is None and step.started_at is not None:
                 table.update_cell(str(step.index), "duration", fmt.duration(fmt.elapsed(step.started_at, None, now)))
@@ -163,7 +161,7 @@ class JobScreen(Screen[None]):
         delay = RECONNECT_MIN
         while True:
             try:
-                async with self._app.client.logs(self.job_id, self.last_line) as lines:
+                async with self.client.logs(self.job_id, self.last_line) as lines:
                     delay = RECONNECT_MIN
                     async for item in lines:
                         if isinstance(item, LogEnd):
@@ -175,11 +173,11 @@ class JobScreen(Screen[None]):
                             self.last_line = item.n
                             view.push((item,))
                             self._log_status()
-            except ApiError as exc:
+            except ClientError as exc:
                 if exc.status == 404:
                     self.notify(f"job #{self.job_id} does not exist", severity="error")
                     return
-                self._app.report(exc)
+                self.post_message(RequestFailed(exc))
             # The stream broke off before its end: resume after the last line (Last-Event-ID), like an EventSource.
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -233,15 +231,15 @@ class JobScreen(Screen[None]):
 
     def action_cancel_job(self) -> None:
         if self.job is not None:
-            self._app.cancel_job(self.job)
+            self.post_message(CancelJob(self.job))
 
     def action_retry_job(self, from_failed_step: bool = False) -> None:
         if self.job is not None:
-            self._app.retry_job(self.job, from_failed_step)
+            self.post_message(RetryJob(self.job, from_failed_step))
 
     def action_priority(self) -> None:
         if self.job is not None:
-            self._app.change_priority(self.job)
+            self.post_message(ChangePriority(self.job))
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -321,6 +319,10 @@ class SubmitScreen(ModalScreen[int | None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss_none", "Cancel")]
     FIELDS = ("repo", "ref", "sha", "priority")
 
+    def __init__(self, client: Client) -> None:
+        super().__init__()
+        self.client = client
+
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog", id="submit-form"):
             yield Label("Submit a job", classes="title")
@@ -371,13 +373,13 @@ class SubmitScreen(ModalScreen[int | None]):
     @work(exclusive=True, group="submit")
     async def _send(self, repo: str, ref: str, sha: str | None, priority: int | None) -> None:
         try:
-            job_id = await self._app.client.submit(repo, ref, sha=sha, priority=priority)
-        except ApiError as exc:
+            job_id = await self.client.submit(repo, ref, sha=sha, priority=priority)
+        except ClientError as exc:
             if exc.status == 400:
                 self.show_problems(*self._server_problems(exc.details))
             else:
                 self.show_problems({}, str(exc))
-                self._app.report(exc)
+                self.post_message(RequestFailed(exc))
             return
         self.dismiss(job_id)
 
@@ -396,10 +398,6 @@ class SubmitScreen(ModalScreen[int | None]):
     @on(Button.Pressed, "#cancel")
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
-
-    @property
-    def _app(self) -> ForgeciApp:
-        return self.app  # type: ignore[return-value]
 
 
 class HelpScreen(ModalScreen[None]):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from client.api import Client
 from tests.reliability.harness import (
     API_TOKEN, REPO_ROOT, WEBHOOK_SECRET, Ledger, ServeProcess, free_port, plural, serving, wait_for, write_config,
 )
@@ -24,7 +25,6 @@ from tests.reliability.report import Row
 from tests.tui.conftest import wait_until
 from tests.tui.test_job_screen import log_texts, open_job
 from tui.app import ForgeciApp
-from tui.client import ApiClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
@@ -119,7 +119,7 @@ async def test_secrets_never_leave_the_log_masking(make_repo: MakeRepo, shared_d
                                     capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
                                     env={**os.environ, "FORGECI_API_TOKEN": API_TOKEN})
             seen[f"forgeci {' '.join(words)}"] = result.stdout + result.stderr
-        async with ApiClient(server.url, API_TOKEN) as client:
+        async with Client(server.url, API_TOKEN) as client:
             app = ForgeciApp(client)
             async with app.run_test(size=(160, 50)) as pilot:
                 screen = await open_job(app, pilot, job_id)

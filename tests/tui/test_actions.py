@@ -7,11 +7,12 @@ from dataclasses import replace
 
 from textual.widgets import Input, Label
 
-from tests.tui.conftest import record_notifications, wait_until
 from runner.models import JobState
-from tests.tui.fake_api import FakeApi
+from tests.client.fake_api import FakeApi
+from tests.tui.conftest import record_notifications, wait_until
 from tui.app import ForgeciApp
-from tui.panels import JobsPanel, JobTable
+from tui.job_table import JobTable
+from tui.panels import JobsPanel
 from tui.screens import ConfirmScreen, JobScreen, PriorityScreen, SubmitScreen
 
 

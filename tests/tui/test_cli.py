@@ -1,4 +1,4 @@
-"""`forgeci tui`: built (no longer planned), the server from the flag or the environment, bad URLs refused."""
+"""`forgeci tui`: the server from the flag or the environment, bad URLs refused."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import sys
 
 import pytest
 
-from forgeci_cli import PLANNED, build_parser, default_server, main
+from forgeci_cli import build_parser, default_server, main
 
 
-def test_tui_is_built_and_reads_the_server_like_the_other_client_commands(monkeypatch: pytest.MonkeyPatch,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    assert "tui" not in PLANNED
+def test_tui_reads_the_server_like_the_other_client_commands(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["tui", "--server", "http://ci.example:9000"])
     assert args.server == "http://ci.example:9000" and args.func.__name__ == "cmd_tui"
     monkeypatch.delenv("FORGECI_SERVER", raising=False)

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Input, Static
 
+from client.models import LogEntry
+from tests.client.fake_api import NOW, FakeApi
 from tests.tui.conftest import wait_until
-from tests.tui.fake_api import NOW, FakeApi
 from tui.app import ForgeciApp
-from tui.models import LogEntry
 from tui.panels import JobsPanel
 from tui.screens import JobScreen
 from tui.widgets import LogView

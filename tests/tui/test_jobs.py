@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 from textual.widgets import Select
 
+from tests.client.fake_api import NOW, FakeApi, make_job
 from tests.tui.conftest import APP, wait_until
-from tests.tui.fake_api import NOW, FakeApi, make_job
 from tui.app import ForgeciApp
-from tui.panels import JobsPanel, JobTable
+from tui.job_table import JobTable
+from tui.panels import JobsPanel
 
 
 def table_of(app: ForgeciApp) -> JobTable:

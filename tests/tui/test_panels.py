@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 from textual.widgets import DataTable, Sparkline, Static
 
+from tests.client.fake_api import NOW, FakeApi, make_job
 from tests.tui.conftest import record_notifications, wait_until
-from tests.tui.fake_api import NOW, FakeApi, make_job
 from tui.app import ForgeciApp
-from tui.panels import CachePanel, JobsPanel, JobTable, MetricsPanel, QueuePanel
+from tui.job_table import JobTable
+from tui.panels import CachePanel, JobsPanel, MetricsPanel, QueuePanel
 from tui.screens import ConfirmScreen, HelpScreen, JobScreen, help_rows
 from tui.widgets import StatusBar
 
@@ -99,7 +100,8 @@ async def test_an_unreachable_server_is_reported_and_the_console_reconnects(make
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: app.connection == "offline")
         assert "unreachable" in status_bar(app)
-        assert [s for s, _ in notes] == ["error"] and "cannot reach http://forgeci.test" in notes[0][1]
+        assert [s for s, _ in notes] == ["error"]
+        assert "cannot reach the forgeci server at http://forgeci.test" in notes[0][1]
         await pilot.pause(1.5)  # retries, with a back-off, and no more notifications
         assert len(notes) == 1 and len(api.calls("GET", "/events")) >= 2
         api.down = False
@@ -124,7 +126,8 @@ async def test_a_refused_token_is_reported_and_retried(make_app: Callable[..., F
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: app.connection == "unauthorized")
         assert "token refused" in status_bar(app)
-        assert notes == [("error", "token refused: the server refused the token: 401 unauthorized")]
+        assert notes == [("error", "token refused: the server refused the API token (401 unauthorized): "
+                                  "set FORGECI_API_TOKEN to the server's token")]
         assert "wrong" not in repr(app.client) and all(
             r.headers["Authorization"] == "Bearer wrong" for r in api.requests)
         api.token = "wrong"  # the operator fixed the server's token: the console recovers by itself

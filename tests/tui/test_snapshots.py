@@ -7,8 +7,8 @@ from collections.abc import Callable
 from textual.pilot import Pilot
 from textual.widgets import Input, Sparkline
 
+from tests.client.fake_api import FakeApi
 from tests.tui.conftest import wait_until
-from tests.tui.fake_api import FakeApi
 from tui.app import ForgeciApp
 from tui.panels import CachePanel, JobsPanel, QueuePanel
 from tui.screens import JobScreen

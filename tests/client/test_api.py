@@ -1,4 +1,4 @@
-"""tui.client against a respx-faked API: requests as the contract says, answers parsed, errors translated."""
+"""client.api against a respx-faked API: requests as the contract says, answers parsed, errors translated."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import httpx
 import pytest
 import respx
 
-from tests.tui.fake_api import BASE, NOW, FakeApi, make_job, sse
-from tui.client import ApiClient, ApiError, Unauthorized, Unreachable
-from tui.models import LogEnd, LogEntry
+from client.api import Client
+from client.errors import APIError, AuthFailed, BadResponse, ClientError, ServerUnreachable
+from client.models import CacheStats, LogEnd, LogEntry
+from tests.client.fake_api import BASE, NOW, FakeApi, make_job, sse
 
 
 async def test_jobs_are_parsed_from_the_servers_own_shape(api: FakeApi) -> None:
-    async with ApiClient(BASE) as client:
+    async with Client(BASE) as client:
         page = await client.list_jobs(status="queued", limit=1)
         mine = await client.list_jobs(repo="https://github.com/acme/app.git", order="dispatch")
         job = await client.job(2)
@@ -28,7 +29,7 @@ async def test_jobs_are_parsed_from_the_servers_own_shape(api: FakeApi) -> None:
 
 
 async def test_actions_send_the_bodies_of_the_contract(api: FakeApi) -> None:
-    async with ApiClient(BASE, "s3cret") as client:
+    async with Client(BASE, "s3cret") as client:
         assert await client.submit("https://github.com/acme/app.git", "main", sha="abcdef1", priority=3) == 7
         assert await client.cancel(7) == "cancelled"
         assert await client.retry(7, from_failed_step=True) == 8
@@ -44,42 +45,42 @@ async def test_actions_send_the_bodies_of_the_contract(api: FakeApi) -> None:
 
 
 async def test_errors_are_translated(api: FakeApi) -> None:
-    async with ApiClient(BASE) as client:
-        with pytest.raises(ApiError) as bad:
+    async with Client(BASE) as client:
+        with pytest.raises(APIError) as bad:
             await client.set_priority(4, 11)
         assert bad.value.status == 400 and bad.value.details == [
             "request: priority: expected an integer 0..10, got 11"]
-        with pytest.raises(ApiError, match="409 wrong state"):
+        with pytest.raises(APIError, match="409 wrong state"):
             await client.cancel(1)
-        with pytest.raises(ApiError, match="404 not found") as missing:
+        with pytest.raises(APIError, match="404 not found") as missing:
             await client.job(99)
         assert missing.value.status == 404
         api.token = "other"
-        with pytest.raises(Unauthorized):
+        with pytest.raises(AuthFailed, match="refused the API token.*FORGECI_API_TOKEN"):
             await client.list_jobs()
         api.down = True
-        with pytest.raises(Unreachable, match="cannot reach http://forgeci.test"):
+        with pytest.raises(ServerUnreachable, match="cannot reach the forgeci server at http://forgeci.test"):
             await client.metrics("hour")
-        with pytest.raises(Unreachable):
+        with pytest.raises(ServerUnreachable):
             async with client.events():
                 pass
 
 
-async def test_a_non_json_answer_is_an_api_error() -> None:
+async def test_a_non_json_answer_is_a_bad_response() -> None:
     with respx.mock() as router:
         router.get(f"{BASE}/metrics").respond(200, text="<html>proxy login</html>")
         router.get(f"{BASE}/events").respond(200, text="<html>", headers={"Content-Type": "text/html"})
-        async with ApiClient(BASE) as client:
-            with pytest.raises(ApiError, match="did not answer with JSON"):
+        async with Client(BASE) as client:
+            with pytest.raises(BadResponse, match="did not answer with JSON"):
                 await client.metrics()
-            with pytest.raises(ApiError, match="not an event stream"):
+            with pytest.raises(BadResponse, match="not an event stream"):
                 async with client.events() as events:
                     async for _ in events:
                         pass
 
 
 async def test_event_stream_skips_keepalives_and_malformed_events(api: FakeApi) -> None:
-    async with ApiClient(BASE) as client:
+    async with Client(BASE) as client:
         async with client.events() as events:
             feed = api.event_feeds[0]
             feed.send(b": keep-alive\n\n")
@@ -96,7 +97,7 @@ async def test_log_stream_resumes_with_last_event_id_and_ends(api: FakeApi) -> N
     api.add(make_job(9, state="running"))
     api.log(9, "one", "two", "three")
     api.end_log(9)
-    async with ApiClient(BASE) as client:
+    async with Client(BASE) as client:
         async with client.logs(9, after=1) as lines:
             got = [line async for line in lines]
     assert got == [LogEntry(2, "build", "stdout", "two"), LogEntry(3, "build", "stdout", "three"),
@@ -107,8 +108,8 @@ async def test_log_stream_resumes_with_last_event_id_and_ends(api: FakeApi) -> N
 
 
 async def test_a_stream_that_breaks_off_is_unreachable(api: FakeApi) -> None:
-    async with ApiClient(BASE) as client:
-        with pytest.raises(Unreachable, match="lost the stream /events"):
+    async with Client(BASE) as client:
+        with pytest.raises(ServerUnreachable, match="lost the stream /events"):
             async with client.events() as events:
                 api.event_feeds[0].send(httpx.ReadError("reset"))
                 async for _ in events:
@@ -116,8 +117,6 @@ async def test_a_stream_that_breaks_off_is_unreachable(api: FakeApi) -> None:
 
 
 def test_cache_stats_take_totals_from_the_top_or_a_totals_object() -> None:
-    from tui.models import CacheStats
-
     entry = {"key": "a/main/1", "repo": "a", "size": 10, "hits": 2, "created_at": 1.0, "last_used": 2.0}
     flat = CacheStats.from_dict({"entries": [entry], "total_size": 99, "hit_rate": 0.5})
     nested = CacheStats.from_dict({"items": [entry], "totals": {"entries": 1, "bytes": 77, "hits": 2,
@@ -126,3 +125,41 @@ def test_cache_stats_take_totals_from_the_top_or_a_totals_object() -> None:
     assert (flat.total_size, flat.hit_rate, [e.key for e in flat.entries]) == (99, 0.5, ["a/main/1"])
     assert (nested.total_size, nested.hit_rate, len(nested.entries)) == (77, 0.25, 1)
     assert (bare.total_size, bare.hit_rate) == (15, None)
+
+
+def test_every_client_error_is_a_forgeci_error() -> None:
+    from config.errors import ForgeciError
+
+    for error in (ServerUnreachable, AuthFailed, BadResponse, APIError):
+        assert issubclass(error, ClientError)
+    assert issubclass(ClientError, ForgeciError)
+
+
+async def test_read_log_resumes_after_a_break_and_a_torn_event_without_loss_or_repeat(api: FakeApi) -> None:
+    api.add(make_job(9, state="running"))
+    api.log(9, "one", "two")
+    got: list[LogEntry | LogEnd] = []
+    async with Client(BASE) as client:
+        async for item in client.read_log(9):
+            got.append(item)
+            if item == LogEntry(2, "build", "stdout", "two"):
+                api.break_streams()  # the connection drops; "three" is written meanwhile
+                api.log(9, "three")
+            elif item == LogEntry(3, "build", "stdout", "three"):
+                api.log_feeds[9][0].send(b"data: {\"n\": 4, \"te\n\n")  # an event that is not whole
+                api.log(9, "four")
+                api.end_log(9)
+    texts = ["one", "two", "three", "four"]
+    assert got == [*(LogEntry(n, "build", "stdout", text) for n, text in enumerate(texts, 1)), LogEnd("success", 4)]
+    assert [r.headers.get("Last-Event-ID") for r in api.calls("GET", "/jobs/logs")] == [None, "2", "3"]
+
+
+async def test_read_log_fails_at_once_for_a_missing_job_or_a_server_never_reached(api: FakeApi) -> None:
+    async with Client(BASE) as client:
+        with pytest.raises(APIError) as missing:
+            [item async for item in client.read_log(99)]
+        assert missing.value.status == 404
+        api.down = True
+        with pytest.raises(ServerUnreachable, match="cannot reach"):
+            [item async for item in client.read_log(3)]
+    assert len(api.calls("GET", "/jobs/logs")) == 2  # no retries: neither waits out anything

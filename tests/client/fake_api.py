@@ -1,6 +1,6 @@
-"""A respx fake of forgeci's HTTP API for the console's tests: jobs, live /events and /jobs/logs streams, outages.
+"""A respx fake of forgeci's HTTP API for the client's and the console's tests: jobs, live SSE streams, outages.
 
-Bodies are built with the server's own value classes (runner.models.Job, bot.metrics.Metrics), so the console is
+Bodies are built with the server's own value classes (runner.models.Job, bot.metrics.Metrics), so the client is
 tested against the shapes the real API sends, and the fake's state changes publish the events the server would.
 """
 

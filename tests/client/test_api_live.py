@@ -1,4 +1,4 @@
-"""bot.client against a live server: calls, errors, and a log follower that survives dropped connections."""
+"""client.api against a live server: calls, errors, and a log follower that survives dropped connections."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from bot.client import APIError, AuthFailed, Client, LogEnd, ServerUnreachable
 from bot.keys import StreamTiming
+from client.api import Client
+from client.errors import APIError, AuthFailed, ServerUnreachable
+from client.models import LogEnd, LogEntry
 from config.settings import Settings
-from runner.logs import LogLine
 from runner.models import JobState
 from tests.bot.api_helpers import (
     TOKEN,
@@ -32,17 +33,17 @@ async def test_calls_round_trip(api_settings: Settings) -> None:
         async with Client(server.url) as client:
             job_id = await client.submit("https://git.example.test/a/b.git", "main", sha="c" * 40, priority=7,
                                          env={"X": "1"})
-            job = await client.status(job_id)
-            assert job["state"] == "queued" and job["spec"]["priority"] == 7 and job["spec"]["env"] == {"X": "1"}
+            job = await client.job(job_id)
+            assert job.state == "queued" and job.priority == 7 and job.raw["spec"]["env"] == {"X": "1"}
             await client.set_priority(job_id, 2)
-            jobs, cursor = await client.jobs(order="dispatch")
-            assert [j["id"] for j in jobs] == [job_id] and cursor is None
-            assert (await client.cancel(job_id))["state"] == "cancelled"
+            page = await client.list_jobs(order="dispatch")
+            assert [j.id for j in page.jobs] == [job_id] and page.jobs[0].priority == 2 and page.next_cursor is None
+            assert await client.cancel(job_id) == "cancelled"
             new_id = await client.retry(job_id)
-            assert (await client.status(new_id))["spec"]["meta"]["retry_of"] == str(job_id)
-            assert (await client.metrics("hour"))["jobs"] == 1
+            assert (await client.job(new_id)).raw["spec"]["meta"]["retry_of"] == str(job_id)
+            assert (await client.metrics("hour")).jobs == 1
             with pytest.raises(APIError) as missing:
-                await client.status(9999)
+                await client.job(9999)
             assert missing.value.status == 404
             with pytest.raises(APIError) as finished:
                 await client.cancel(job_id)
@@ -52,7 +53,7 @@ async def test_calls_round_trip(api_settings: Settings) -> None:
 async def test_an_unreachable_server_and_a_wrong_token_are_distinct_errors(api_settings: Settings) -> None:
     async with Client(f"http://127.0.0.1:{free_port()}") as client:
         with pytest.raises(ServerUnreachable, match="cannot reach"):
-            await client.jobs()
+            await client.list_jobs()
     with live_server(api_settings, {"FORGECI_API_TOKEN": TOKEN}) as server:
         async with Client(server.url, "not-the-token") as client:
             with pytest.raises(AuthFailed, match="FORGECI_API_TOKEN"):
@@ -81,10 +82,10 @@ async def test_a_follower_resumes_after_dropped_connections_without_loss_or_repe
         await proxy.start()
         try:
             producer = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(produce(), server.loop))
-            got: list[LogLine] = []
+            got: list[LogEntry] = []
             end = None
             async with Client(f"http://127.0.0.1:{proxy.port}", reconnect_for=30) as client:
-                async for item in client.logs(job_id):
+                async for item in client.read_log(job_id):
                     if isinstance(item, LogEnd):
                         end = item
                     else:
@@ -105,11 +106,11 @@ async def test_logs_without_follow_return_what_is_there(api_settings: Settings) 
         server.call(lambda: _write(server, job_id, ["one", "two"]))
         finish(queue, job_id, JobState.failure)
         async with Client(server.url) as client:
-            items = [item async for item in client.logs(job_id, follow=False)]
-            assert [i.text for i in items if isinstance(i, LogLine)] == ["one", "two"]
+            items = [item async for item in client.read_log(job_id, follow=False)]
+            assert [i.text for i in items if isinstance(i, LogEntry)] == ["one", "two"]
             assert items[-1] == LogEnd("failure", 2)
-            after = [item async for item in client.logs(job_id, after=1, follow=False)]
-            assert [i.text for i in after if isinstance(i, LogLine)] == ["two"]
+            after = [item async for item in client.read_log(job_id, after=1, follow=False)]
+            assert [i.text for i in after if isinstance(i, LogEntry)] == ["two"]
 
 
 async def _write(server, job_id: int, lines: list[str]) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""The CLI's client commands (submit, jobs, status, logs, cancel, retry): calls through bot.client, human output."""
+"""The CLI's client commands (submit, jobs, status, logs, cancel, retry): calls through client.api, human output."""
 
 from __future__ import annotations
 
@@ -7,20 +7,22 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
+from typing import TextIO
 
-from bot.client import APIError, AuthFailed, Client, ClientError, LogEnd, ServerUnreachable
+from client.api import Client
+from client.errors import APIError, AuthFailed, ClientError, ServerUnreachable
+from client.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from client.models import JobInfo, LogEnd
 from config.durations import format_duration
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-TOKEN_ENV = "FORGECI_API_TOKEN"
+USAGE_STATUSES = frozenset({400, 404, 413, 415})  # the request was wrong, not the job: exit 2
 
 
 def run(server: str, token: str | None, work: Callable[[Client], Awaitable[int]]) -> int:
     """Run one command against the server; an unreachable server, a refused token or bad input exit 2."""
 
     async def main() -> int:
-        async with Client(server, token) as client:
+        async with Client(server, token, user_agent="forgeci-cli") as client:
             return await work(client)
 
     try:
@@ -32,7 +34,7 @@ def run(server: str, token: str | None, work: Callable[[Client], Awaitable[int]]
         return EXIT_USAGE
     except APIError as exc:
         print(f"forgeci: {exc}", file=sys.stderr)
-        return EXIT_USAGE if exc.status in (400, 404, 413, 415) else EXIT_FAILED
+        return EXIT_USAGE if exc.status in USAGE_STATUSES else EXIT_FAILED
     except ClientError as exc:
         print(f"forgeci: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -63,7 +65,7 @@ async def follow(client: Client, job_id: int, *, follow: bool, out: TextIO | Non
     """Print the job's log; with `follow`, until the job ends. Exit 0 for success, 1 for another end."""
     out, err = out or sys.stdout, err or sys.stderr
     end: LogEnd | None = None
-    async for item in client.logs(job_id, follow=follow):
+    async for item in client.read_log(job_id, follow=follow):
         if isinstance(item, LogEnd):
             end = item
             break
@@ -72,9 +74,8 @@ async def follow(client: Client, job_id: int, *, follow: bool, out: TextIO | Non
     if not follow:
         return EXIT_OK
     state = end.state if end else None
-    job = await client.status(job_id)
-    print(f"job {job_id}: {state} ({_duration(job.get('duration'))})"
-          + (f": {job['error']}" if job.get("error") else ""), file=err)
+    job = await client.job(job_id)
+    print(f"job {job_id}: {state} ({_duration(job.duration)})" + (f": {job.error}" if job.error else ""), file=err)
     return EXIT_OK if state == "success" else EXIT_FAILED
 
 
@@ -89,54 +90,50 @@ async def submit(client: Client, repo: str, ref: str, sha: str | None, priority:
 
 
 async def jobs(client: Client, status: str | None, repo: str | None, limit: int, as_json: bool) -> int:
-    found, _ = await client.jobs(status=status, repo=repo, limit=limit)
+    found = (await client.list_jobs(status=status, repo=repo, limit=limit)).jobs
     if as_json:
-        print(json.dumps(found, indent=2))
+        print(json.dumps([job.raw for job in found], indent=2))
         return EXIT_OK
     if not found:
         print("no jobs", file=sys.stderr)
         return EXIT_OK
     rows = [["ID", "STATE", "PRIO", "REPO", "REF", "QUEUED", "DURATION"]]
     for job in found:
-        spec = job["spec"]
-        rows.append([str(job["id"]), job["state"], str(spec["priority"]), spec["repo"], spec["ref"],
-                     _ago(job["queued_at"]), _duration(job.get("duration"))])
+        rows.append([str(job.id), job.state, str(job.priority), job.repo, job.ref, _ago(job.queued_at),
+                     _duration(job.duration)])
     _table(rows, sys.stdout)
     return EXIT_OK
 
 
-def describe(job: dict[str, Any]) -> str:
+def describe(job: JobInfo) -> str:
     """A job as `forgeci status` prints it."""
-    spec = job["spec"]
-    cache = {None: "no restore", True: "hit", False: "miss"}[job.get("cache_hit")]
-    stopping = job.get("cancel_requested") and job["state"] == "running"
-    lines = [f"job {job['id']}: {job['state']}" + (" (cancel requested)" if stopping else ""),
-             f"  repo      {spec['repo']}",
-             f"  ref       {spec['ref']}" + (f" @ {spec['sha']}" if spec.get("sha") else ""),
-             f"  priority  {spec['priority']}    attempts {job['attempts']}    cache {cache}",
-             f"  queued    {_ago(job['queued_at'])}    duration {_duration(job.get('duration'))}"]
-    if job.get("error"):
-        lines.append(f"  error     {job['error']}")
-    if job.get("snapshot"):
-        lines.append(f"  snapshot  {job['snapshot'].get('key')}")
-    if job.get("steps"):
+    cache = {None: "no restore", True: "hit", False: "miss"}[job.cache_hit]
+    stopping = job.cancel_requested and job.state == "running"
+    lines = [f"job {job.id}: {job.state}" + (" (cancel requested)" if stopping else ""),
+             f"  repo      {job.repo}",
+             f"  ref       {job.ref}" + (f" @ {job.sha}" if job.sha else ""),
+             f"  priority  {job.priority}    attempts {job.attempts}    cache {cache}",
+             f"  queued    {_ago(job.queued_at)}    duration {_duration(job.duration)}"]
+    if job.error:
+        lines.append(f"  error     {job.error}")
+    if job.snapshot:
+        lines.append(f"  snapshot  {job.snapshot.get('key')}")
+    if job.steps:
         lines.append("  steps:")
-        for step in job["steps"]:
-            code = "" if step.get("exit_code") is None else f" (exit {step['exit_code']})"
-            lines.append(f"    {step['index'] + 1}. {step['name']:<20} {step['state']:<10}"
-                         f" {_duration(step.get('duration'))}{code}")
+        for step in job.steps:
+            code = "" if step.exit_code is None else f" (exit {step.exit_code})"
+            lines.append(f"    {step.index + 1}. {step.name:<20} {step.state:<10} {_duration(step.duration)}{code}")
     return "\n".join(lines)
 
 
 async def status(client: Client, job_id: int, as_json: bool) -> int:
-    job = await client.status(job_id)
-    print(json.dumps(job, indent=2) if as_json else describe(job))
+    job = await client.job(job_id)
+    print(json.dumps(job.raw, indent=2) if as_json else describe(job))
     return EXIT_OK
 
 
 async def cancel(client: Client, job_id: int) -> int:
-    answer = await client.cancel(job_id)
-    if answer["state"] == "cancelled":
+    if await client.cancel(job_id) == "cancelled":
         print(f"job {job_id} cancelled")
     else:
         print(f"job {job_id}: cancel requested; its runner is stopping it")
