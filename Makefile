@@ -12,7 +12,7 @@ demo: setup
 	DEMO_EXIT=$(DEMO_EXIT) scripts/demo
 
 test: setup
-	$(PYTEST) tests
+	PYTEST=$(PYTEST) scripts/test
 
 test-quick:
 	$(PYTEST) tests -m "not slow"

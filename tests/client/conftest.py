@@ -45,3 +45,7 @@ def api() -> Iterator[FakeApi]:
         fake = FakeApi(router)
         seed(fake)
         yield fake
+
+
+# The commands' end-to-end tests run a live server on the fake engine, like tests/bot.
+from tests.bot.conftest import settings, shared_dir  # noqa: E402,F401 - fixtures
