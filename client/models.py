@@ -155,7 +155,7 @@ class ServerEvent:
 
     job_id: int
     state: str
-    kind: str = "state"  # state | step | step_done | cancel_requested | priority
+    kind: str = "state"  # state | step | step_done | cancel_requested | priority | sha
     data: Mapping[str, Any] = field(default_factory=dict)
     t: float = 0.0
 

@@ -142,6 +142,11 @@ class JobControl:
         """Forget the step rows of an earlier attempt before this one records its own."""
         await asyncio.to_thread(self.queue.reset_steps, job_id)
 
+    def checked_out(self, job: Job, sha: str) -> None:
+        """A job submitted without a sha records the commit it runs, so every view (and a retry) shows it."""
+        if self.queue.set_sha(job.id, sha):
+            self.publish(job.id, JobState.running, "sha", sha=sha)
+
     def step_started(self, job: Job, index: int, name: str, total: int) -> None:
         """Called on the loop by the executor as a step starts (a short write, like the log's)."""
         self.queue.start_step(job.id, index, name)

@@ -39,12 +39,18 @@ KILL_WAIT = 1.0  # after SIGKILL, wait this long before removing the whole conta
 class StepReporter(Protocol):
     """Where step progress goes: the queue's step rows and the event bus (worker), or a terminal (`forgeci run`)."""
 
+    def checked_out(self, job: Job, sha: str) -> None:
+        """The workspace holds commit `sha` (for a job submitted without one: its ref's tip, now pinned)."""
+
     def step_started(self, job: Job, index: int, name: str, total: int) -> None: ...
 
     def step_finished(self, job: Job, result: StepResult, total: int) -> None: ...
 
 
 class NullReporter:
+    def checked_out(self, job: Job, sha: str) -> None:
+        pass
+
     def step_started(self, job: Job, index: int, name: str, total: int) -> None:
         pass
 
@@ -169,7 +175,10 @@ class Executor:
                 return Outcome(JobState.error if exc.infra else JobState.failure, f"checkout failed: {exc}",
                                infra=exc.infra)
 
-            joblog.system(f"workspace ready at {checked_out_sha(workspace) or 'the working tree'}")
+            sha = checked_out_sha(workspace)
+            joblog.system(f"workspace ready at {sha or 'the working tree'}")
+            if sha and not spec.sha:
+                reporter.checked_out(job, sha)
             try:
                 pipeline = self._pipeline(job, workspace)
             except ConfigError as exc:

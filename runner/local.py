@@ -46,6 +46,9 @@ class TerminalReporter:
             self.out.write(f"{prefix} {line.text}\n")
         self.out.flush()
 
+    def checked_out(self, job: Job, sha: str) -> None:
+        pass  # the summary names the working tree, not a commit
+
     def step_started(self, job: Job, index: int, name: str, total: int) -> None:
         pass  # the executor's own "step i/n" log line is the header
 

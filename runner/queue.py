@@ -243,6 +243,7 @@ WHERE job_id = :id AND idx = :idx AND state = 'running'
 """
 
 _SET_CACHE_HIT = "UPDATE jobs SET cache_hit = ? WHERE id = ? AND state = 'running'"
+_SET_SHA = "UPDATE jobs SET sha = ? WHERE id = ? AND sha IS NULL"
 _RESET_STEPS = "DELETE FROM steps WHERE job_id = ?"
 _STATE_OF = "SELECT state, runner_id FROM jobs WHERE id = ?"
 _GET = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?"
@@ -564,6 +565,11 @@ class Queue:
         with self._transaction() as conn:
             if conn.execute(_SET_CACHE_HIT, (hit, job_id)).rowcount == 0:
                 raise self._refuse(conn, job_id, "record the cache result of")
+
+    def set_sha(self, job_id: int, sha: str) -> bool:
+        """Record the commit a job submitted without one checked out (its ref's tip then); False if it had one."""
+        with self._transaction() as conn:
+            return conn.execute(_SET_SHA, (sha, job_id)).rowcount == 1
 
     def reset_steps(self, job_id: int) -> None:
         """Forget the steps of a previous attempt, when a retry starts."""

@@ -46,6 +46,8 @@ def apply_event(job: JobInfo, event: ServerEvent) -> JobInfo:
         return replace(job, cancel_requested=True)
     if event.kind == "priority" and isinstance(data.get("priority"), int):
         return replace(job, priority=data["priority"])
+    if event.kind == "sha" and isinstance(data.get("sha"), str) and not job.sha:
+        return replace(job, sha=data["sha"])  # a job submitted without one pinned the commit it checked out
     return job
 
 

@@ -188,3 +188,21 @@ async def test_retry_from_the_failed_step_restores_the_earlier_steps_work(rt: Ru
     assert [s.state for s in retried.steps] == [JobState.restored, JobState.success, JobState.success]
     assert fake_engine.runs(retried.id) == ["flaky", "last"]  # build's work came from the snapshot
     assert "restored from the snapshot of job" in log_text(rt, retried.id)
+
+
+async def test_a_job_submitted_without_a_sha_records_the_commit_it_ran(
+        rt: Runtime, fake_engine: FakeEngine, make_local_repo: MakeRepo) -> None:
+    repo, head = make_local_repo({"README": "tip\n"})
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def listen() -> None:
+        async for event in rt.events.subscribe():
+            events.append((event.kind, event.data))
+
+    listener = asyncio.ensure_future(listen())
+    job = await run_job(rt, repo, steps("true"))
+    listener.cancel()
+    assert job.state is JobState.success and job.spec.sha == head
+    assert ("sha", {"sha": head}) in events
+    again = await wait_terminal(rt, await rt.control.retry(job.id))
+    assert again.spec.sha == head  # a retry builds the same commit, not whatever the ref points at now
