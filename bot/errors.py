@@ -1,4 +1,5 @@
-"""HTTP-layer errors and the middleware that turns every exception into a JSON error (never a traceback)."""
+"""Every error of the server layer (HTTP, webhook payloads, commit statuses) and the middleware that turns every
+exception into a JSON error (never a traceback)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from typing import Any
 from aiohttp import web
 
 from config.errors import ConfigError, ForgeciError
-from runner.errors import InvalidTransition, JobNotFound, QueueError
-from runner.errors import EngineError
-from runner.store import StoreError
+from runner.errors import (
+    EngineError,
+    InvalidTransition,
+    JobNotFound,
+    QueueError,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,28 @@ class HTTPError(ForgeciError):
         self.status = status
         self.error = error
         self.detail = detail
+
+
+class PayloadError(ForgeciError):
+    """A delivery's body lacks what its event needs (answered 400, naming it)."""
+
+    def __init__(self, event: str, path: str, expected: str) -> None:
+        super().__init__(f"{event}: {path}: {expected}")
+        self.event = event
+        self.path = path
+        self.expected = expected
+
+
+class StatusError(ForgeciError):
+    """A status post failed. `retryable` for server errors, network faults and rate limits; `retry_at` is
+    the wall-clock time the forge asked us to wait for (Retry-After, X-RateLimit-Reset), if it said."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_at: float | None = None,
+                 rate_limited: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_at = retry_at
+        self.rate_limited = rate_limited
 
 
 def json_error(status: int, error: str, detail: Any = None) -> web.Response:

@@ -1,4 +1,5 @@
-"""Errors of the runner layer: the queue and everything that executes jobs."""
+"""Every error of the runner layer (the queue, the engine, workspaces, the store, archives, logs), under RunnerError;
+translated at the edges: HTTP statuses (bot.errors), commit statuses, CLI exit codes, TUI notifications."""
 
 from __future__ import annotations
 
@@ -42,3 +43,54 @@ class InstanceLocked(RunnerError):
         holder = f"pid {pid}" if pid else "another process"
         super().__init__(f"another forgeci serve ({holder}) is already running on {data_dir}; stop it first, "
                          f"or give this one another data_dir")
+
+
+class StoreError(RunnerError):
+    """The object store failed: unreachable, refused the request, or a local I/O error. Jobs carry on without it."""
+
+
+class ObjectMissing(StoreError):
+    """No object has that key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no object {key!r} in the store")
+        self.key = key
+
+
+class ArchiveError(RunnerError):
+    """An archive could not be written or read."""
+
+
+class CorruptArchive(ArchiveError):
+    """The archive's bytes are damaged: wrong checksum, bad zstd frame, bad tar header, or cut short."""
+
+
+class UnsafeArchive(ArchiveError):
+    """A member would land outside the target, write through a link, or create a device: extraction stops."""
+
+    def __init__(self, member: str, reason: str) -> None:
+        super().__init__(f"refused member {member!r}: {reason}")
+        self.member = member
+        self.reason = reason
+
+
+class ArchiveAborted(ArchiveError):
+    """The job was cancelled while its archive was being written or read."""
+
+
+class LogError(RunnerError):
+    """A log line is not a valid JSON LogLine, or a closed log was written to."""
+
+
+class WorkspaceError(RunnerError):
+    """A workspace could not be prepared, copied or removed.
+
+    `infra` is True for infrastructure faults the queue retries: the network, the server, the disk, an unknown or
+    unreachable repository (a forge answers "not found" for a while after a rename, or for a bad token). It is
+    False when retrying cannot help: the commit or ref does not exist in a repository that answered, or the
+    request itself is invalid.
+    """
+
+    def __init__(self, message: str, *, infra: bool) -> None:
+        super().__init__(message)
+        self.infra = infra

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from runner.errors import RunnerError
+from runner.errors import LogError
 
 STREAMS = frozenset({"stdout", "stderr", "system"})
 MAX_LINE = 64 * 1024  # bytes of text in one line; longer output is split into chunks of at most this size
@@ -27,10 +27,6 @@ POLL = 1.0  # seconds between checks of done() while a follower waits and no wri
 
 _EOL = re.compile(rb"\r\n|\r|\n")  # a lone \r (a progress bar's redraw) ends a line too
 _TAIL_BLOCK = 64 * 1024
-
-
-class LogError(RunnerError):
-    """A log line is not a valid JSON LogLine, or a closed log was written to."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from runner.errors import RunnerError
+from runner.errors import WorkspaceError
 from runner.podman_cli import remove_tree_as
 from runner.podman_user import PodmanUser
 
@@ -36,20 +36,6 @@ LOCAL_UPLOAD_PACK = "--upload-pack=git -c 'safe.directory=*' upload-pack"
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _SHA = re.compile(r"[0-9a-fA-F]{4,64}")
 _BAD_REF = re.compile(r"^[-+^]|[:*\s\x00-\x1f\x7f]")  # options, refspec syntax (src:dst, globs, negation)
-
-
-class WorkspaceError(RunnerError):
-    """A workspace could not be prepared, copied or removed.
-
-    `infra` is True for infrastructure faults the queue retries: the network, the server, the disk, an unknown or
-    unreachable repository (a forge answers "not found" for a while after a rename, or for a bad token). It is
-    False when retrying cannot help: the commit or ref does not exist in a repository that answered, or the
-    request itself is invalid.
-    """
-
-    def __init__(self, message: str, *, infra: bool) -> None:
-        super().__init__(message)
-        self.infra = infra
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import httpx
 
-from config.errors import ForgeciError
+from bot.errors import StatusError
 from runner.models import JobSpec, JobState
 
 MAX_DESCRIPTION = 140  # GitHub refuses longer descriptions; the others accept at least this much
@@ -28,18 +28,6 @@ class CommitStatus:
     description: str
     target_url: str
     context: str
-
-
-class StatusError(ForgeciError):
-    """A status post failed. `retryable` for server errors, network faults and rate limits; `retry_at` is
-    the wall-clock time the forge asked us to wait for (Retry-After, X-RateLimit-Reset), if it said."""
-
-    def __init__(self, message: str, *, retryable: bool, retry_at: float | None = None,
-                 rate_limited: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_at = retry_at
-        self.rate_limited = rate_limited
 
 
 class Poster(Protocol):

@@ -12,7 +12,8 @@ import httpx
 from gidgethub import HTTPException, apps
 from gidgethub.httpx import GitHubAPI
 
-from bot.status.base import CommitStatus, StatusError, failure
+from bot.errors import StatusError
+from bot.status.base import CommitStatus, failure
 from runner.models import JobSpec
 
 REQUESTER = "forgeci"  # GitHub asks every API client for a User-Agent naming it

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from bot.status.base import CommitStatus, Poster, StatusError
+from bot.errors import StatusError
+from bot.status.base import CommitStatus, Poster
 from bot.status.describe import describe
 from runner.errors import JobNotFound, QueueError
 from runner.events import EventBus, JobEvent

@@ -13,9 +13,9 @@ from typing import Any
 from aiohttp import web
 from gidgethub import routing, sansio
 
-from bot.errors import HTTPError, json_error
+from bot.errors import HTTPError, PayloadError, json_error
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
-from bot.webhooks.jobs import PayloadError, Plan
+from bot.webhooks.jobs import Plan
 from config.settings import env_value
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps deliveries at 25 MB; nothing legitimate is larger

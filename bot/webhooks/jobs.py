@@ -7,23 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.errors import ForgeciError
+from bot.errors import PayloadError
 from config.settings import Settings
 from runner.models import JobSpec
 
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _ZEROS = re.compile(r"0+")
 MAX_TEXT = 2000  # a commit message or title kept in a job's meta; the rest is in the forge
-
-
-class PayloadError(ForgeciError):
-    """A delivery's body lacks what its event needs (answered 400, naming it)."""
-
-    def __init__(self, event: str, path: str, expected: str) -> None:
-        super().__init__(f"{event}: {path}: {expected}")
-        self.event = event
-        self.path = path
-        self.expected = expected
 
 
 class Payload:

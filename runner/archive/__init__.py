@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from runner.archive.base import (
-    BLOCK, CHUNK, LEVEL, ArchiveAborted, ArchiveError, ArchiveInfo, Compressor, CorruptArchive, ExtractInfo, Progress,
-    UnsafeArchive,
+    BLOCK,
+    CHUNK,
+    LEVEL,
+    ArchiveInfo,
+    Compressor,
+    ExtractInfo,
+    Progress,
 )
 from runner.archive.pack import ArchiveWriter, check_paths
 from runner.archive.safety import check_symlink, clean_name
 from runner.archive.tar import Member, read_members
 from runner.archive.unpack import Extractor, extract
+from runner.errors import ArchiveAborted, ArchiveError, CorruptArchive, UnsafeArchive
 from runner.streams import Readable
 
 __all__ = [

@@ -6,34 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from runner.errors import RunnerError
-
 CHUNK = 1 << 20  # bytes per read on every leg of the pipeline: large enough that Python's per-call cost vanishes
 LEVEL = 3  # zstd level: design.md's measurements found it 8% smaller than gzip -6 at a tenth of the time
 BLOCK = 512
 Compressor = Literal["zstandard", "zstd"]  # in-process multi-threaded zstd, or the zstd CLI behind a pipe
 Progress = Callable[[int], None]  # told the number of archive (compressed) bytes moved so far
-
-
-class ArchiveError(RunnerError):
-    """An archive could not be written or read."""
-
-
-class CorruptArchive(ArchiveError):
-    """The archive's bytes are damaged: wrong checksum, bad zstd frame, bad tar header, or cut short."""
-
-
-class UnsafeArchive(ArchiveError):
-    """A member would land outside the target, write through a link, or create a device: extraction stops."""
-
-    def __init__(self, member: str, reason: str) -> None:
-        super().__init__(f"refused member {member!r}: {reason}")
-        self.member = member
-        self.reason = reason
-
-
-class ArchiveAborted(ArchiveError):
-    """The job was cancelled while its archive was being written or read."""
 
 
 @dataclass(frozen=True)

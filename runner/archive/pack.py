@@ -14,7 +14,8 @@ from typing import IO, cast
 
 import zstandard
 
-from runner.archive.base import CHUNK, LEVEL, ArchiveAborted, ArchiveError, ArchiveInfo, Compressor
+from runner.archive.base import CHUNK, LEVEL, ArchiveInfo, Compressor
+from runner.errors import ArchiveAborted, ArchiveError
 from runner.streams import Readable
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.archive.base import UnsafeArchive
+from runner.errors import UnsafeArchive
 
 
 def clean_name(name: str) -> str:

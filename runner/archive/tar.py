@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from runner.archive.base import BLOCK, CHUNK, CorruptArchive
+from runner.archive.base import BLOCK, CHUNK
+from runner.errors import CorruptArchive
 from runner.streams import Readable
 
 # tarfile's stream mode is ten times slower than GNU tar, and its extraction filters have had bypasses (and

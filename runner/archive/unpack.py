@@ -13,11 +13,20 @@ from typing import IO, cast
 
 import zstandard
 
-from runner.archive.base import (
-    BLOCK, CHUNK, ArchiveAborted, ArchiveError, CorruptArchive, ExtractInfo, Progress, UnsafeArchive,
-)
+from runner.archive.base import BLOCK, CHUNK, ExtractInfo, Progress
 from runner.archive.safety import check_symlink, clean_name
-from runner.archive.tar import DEVICES, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, Member, TarStream, read_members
+from runner.archive.tar import (
+    DEVICES,
+    DIRECTORY,
+    FIFO,
+    HARDLINK,
+    REGULAR,
+    SYMLINK,
+    Member,
+    TarStream,
+    read_members,
+)
+from runner.errors import ArchiveAborted, ArchiveError, CorruptArchive, UnsafeArchive
 from runner.streams import Readable
 
 

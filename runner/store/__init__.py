@@ -7,8 +7,16 @@ from pathlib import Path
 
 from config.errors import ConfigError
 from config.settings import Settings, env_value
+from runner.errors import ObjectMissing, StoreError
 from runner.store.base import (
-    CHUNK, HEALTH_MAX_AGE, MAX_KEY, TMP, ObjectInfo, ObjectMissing, ObjectStore, StoreError, StoreHealth, check_key,
+    CHUNK,
+    HEALTH_MAX_AGE,
+    MAX_KEY,
+    TMP,
+    ObjectInfo,
+    ObjectStore,
+    StoreHealth,
+    check_key,
 )
 from runner.store.file import FileStore
 from runner.store.s3 import S3Location, S3Store

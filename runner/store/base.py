@@ -11,26 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.errors import RunnerError
+from runner.errors import StoreError
 from runner.streams import Readable
 
 CHUNK = 1 << 20
 MAX_KEY = 1024  # S3's limit, in UTF-8 bytes
 TMP = ".tmp"  # the file store's folder of unfinished writes, at its root: never a key
 HEALTH_MAX_AGE = 5.0  # seconds a health result is reused: /healthz is polled, the store need not be
-
-
-class StoreError(RunnerError):
-    """The object store failed: unreachable, refused the request, or a local I/O error. Jobs carry on without it."""
-
-
-class ObjectMissing(StoreError):
-    """No object has that key."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"no object {key!r} in the store")
-        self.key = key
-
 
 
 @dataclass(frozen=True)

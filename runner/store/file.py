@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from runner.store.base import CHUNK, TMP, ObjectInfo, ObjectMissing, ObjectStore, StoreError, check_key
+from runner.errors import ObjectMissing, StoreError
+from runner.store.base import CHUNK, TMP, ObjectInfo, ObjectStore, check_key
 from runner.streams import Readable
 
 T = TypeVar("T")

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from config.errors import ConfigError
-from runner.store.base import CHUNK, ObjectInfo, ObjectMissing, ObjectStore, StoreError, check_key
+from runner.errors import ObjectMissing, StoreError
+from runner.store.base import CHUNK, ObjectInfo, ObjectStore, check_key
 from runner.streams import Readable
 
 T = TypeVar("T")

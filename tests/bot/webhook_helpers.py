@@ -35,7 +35,6 @@ ENV = {
     "FORGECI_GITLAB_WEBHOOK_SECRET": GITLAB_SECRET,
 }
 PUBLIC_URL = "https://ci.example.test"
-NO_PODMAN = "unix:///var/empty/forgeci-no-podman.sock"  # these tests never start a container
 
 
 def fixture_body(name: str) -> bytes:
@@ -77,11 +76,10 @@ def form_body(payload: bytes) -> bytes:
 
 
 def quick_settings(shared_dir: Path, **changes: Any) -> Settings:
-    """Defaults on a private data dir, without a Podman service (webhook intake never needs one)."""
+    """Defaults on a private data dir (open_client runs them on the fake engine)."""
     base = Settings.default()
-    runner = dataclasses.replace(base.runner, podman_url=NO_PODMAN)
     server = dataclasses.replace(base.server, public_url=PUBLIC_URL)
-    settings = dataclasses.replace(base, data_dir=shared_dir / "data", runner=runner, server=server)
+    settings = dataclasses.replace(base, data_dir=shared_dir / "data", server=server)
     for section, values in changes.items():
         settings = dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **values)})
     return settings

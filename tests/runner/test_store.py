@@ -408,16 +408,16 @@ async def test_healthz_reports_the_store(settings: Settings) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
     from bot.app import create_app
+    from tests.fake_engine import FakeEngine
 
-    # No Podman service for this one: an engine URL nothing answers at, and no workers.
-    runner = dataclasses.replace(settings.runner, podman_url="unix:///nonexistent/forgeci-store-test.sock")
-    base = dataclasses.replace(settings, runner=runner)
-    async with TestClient(TestServer(create_app(base, {}, workers=False))) as client:
+    base = settings  # on the fake engine, which answers: only the store decides
+    async with TestClient(TestServer(create_app(base, {}, workers=False, engine=FakeEngine()))) as client:
         body = await (await client.get("/healthz")).json()
         assert body["store"]["ok"] is True and body["store"]["url"] == f"file://{settings.data_dir}/store"
     dead = StorageSettings(url=f"s3://down?endpoint=http://127.0.0.1:{free_port()}", secret_key_env="SK")
     down = dataclasses.replace(base, storage=dead)
-    async with TestClient(TestServer(create_app(down, {"SK": "do-not-leak-me"}, workers=False))) as client:
+    async with TestClient(TestServer(create_app(down, {"SK": "do-not-leak-me"}, workers=False,
+                                                engine=FakeEngine()))) as client:
         response = await client.get("/healthz")
         body = await response.json()
         assert response.status == 200 and body["status"] == "degraded"  # jobs still run without the store
