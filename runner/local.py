@@ -68,6 +68,9 @@ class TerminalReporter:
         self.out.flush()
 
 
+LOCAL_RUNNER = "local"
+
+
 async def run_local(
     settings: Settings, path: Path, *, step: str | None = None, environ: Mapping[str, str] = os.environ,
     out: TextIO = sys.stdout,
@@ -83,14 +86,15 @@ async def run_local(
         async with open_runtime(local, environ, workers=False) as runtime:
             spec = JobSpec(repo=str(path), ref=_git(path, "rev-parse", "--abbrev-ref", "HEAD") or "local",
                            sha=_git(path, "rev-parse", "HEAD") or None, event="local")
-            job_id = await asyncio.to_thread(runtime.queue.enqueue, spec)
-            job = await asyncio.to_thread(runtime.queue.claim, "local", 3600.0)
+            job_id = await runtime.control.submit(spec)
+            job = await runtime.control.claim(LOCAL_RUNNER, 3600.0)
             assert job is not None and job.id == job_id
             cancel = asyncio.Event()
             outcome = await runtime.executor.run(job, cancel, reporter, only_step=step, local_path=path,
                                                  on_line=reporter.line)
-            state = JobState.error if outcome.infra else outcome.state
-            await asyncio.to_thread(runtime.queue.complete, job.id, state, outcome.error)
+            # Nobody retries a local run: an infrastructure fault is its final word.
+            final = dataclasses.replace(outcome, state=JobState.error, infra=False) if outcome.infra else outcome
+            await runtime.control.record(job, final, LOCAL_RUNNER)
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
     reporter.summary(outcome)
