@@ -27,7 +27,6 @@ from tests.bot.webhook_helpers import (
     gitlab_headers, open_client, quick_settings,
 )
 
-pytestmark = pytest.mark.podman  # the app's runtime checks the Podman user's folders (no container starts)
 __all__ = ["fake_forge"]  # a fixture
 
 Client = TestClient[web.Request, web.Application]
@@ -349,3 +348,27 @@ async def test_unreadable_app_key_fails_startup_clearly(shared_dir: Path, fake_f
     settings = forge_settings(shared_dir, fake_forge, github={"app_id": 4242, "private_key_path": str(shared_dir / "missing.pem")})
     with pytest.raises(Exception, match="private key"):
         await open_client(settings, ENV)
+
+
+async def test_a_job_the_start_up_reap_ends_gets_its_final_status(shared_dir: Path, fake_forge: FakeForge) -> None:
+    """The reporter subscribes before the worker pool reaps, so a job a crash left running and that is out of
+    retries ends `error` on the forge too, instead of keeping `pending` forever."""
+    settings = forge_settings(shared_dir, fake_forge, queue={"max_retries": 0})
+    from runner.queue import Queue
+    from runner.worker import embedded_prefix
+
+    settings.data_dir.mkdir(parents=True)
+    with Queue(settings.data_dir / "queue.db", max_retries=0) as queue:  # what a crashed server left
+        job_id = queue.enqueue(JobSpec(repo="https://github.com/Codertocat/Hello-World.git", ref="refs/heads/main",
+                                       sha=SHA, event="push",
+                                       meta={"forge": "github", "repository": "Codertocat/Hello-World"}))
+        assert queue.claim(f"{embedded_prefix()}/123.456", 600) is not None
+    client = await open_client(settings, {**ENV, **TOKENS}, workers=True)
+    try:
+        await fake_forge.wait_statuses(1)
+        await client.app[STATUS].idle()
+        assert client.app[RUNTIME].queue.get(job_id).state is JobState.error
+        [post] = fake_forge.statuses()
+        assert post.path == STATUS_PATH and post.body["state"] == "error"
+    finally:
+        await client.close()

@@ -18,7 +18,6 @@ from tests.bot.forge_payloads import (
 )
 from tests.bot.webhook_helpers import ENV, gitea_headers, gitlab_headers, open_client, quick_settings
 
-pytestmark = pytest.mark.podman  # the app's runtime checks the Podman user's folders (no container starts)
 
 Client = TestClient[web.Request, web.Application]
 

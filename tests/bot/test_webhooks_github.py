@@ -21,7 +21,6 @@ from tests.bot.webhook_helpers import (
     sign,
 )
 
-pytestmark = pytest.mark.podman  # the app's runtime checks the Podman user's folders (no container starts)
 
 Client = TestClient[web.Request, web.Application]
 REPO = "Codertocat/Hello-World"
