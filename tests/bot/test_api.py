@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import runner.queue
+import runner.queue.base
 from bot.api import ROUTES
 from config.settings import Settings
 from runner.models import CacheEntry, JobState
@@ -229,7 +229,7 @@ async def test_job_ids_in_bodies_are_validated(api_settings: Settings, body: dic
 
 
 async def test_a_locked_database_is_a_503_not_a_500(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner.queue, "BUSY_TIMEOUT", 0.2)  # how long the queue waits for a lock
+    monkeypatch.setattr(runner.queue.base, "BUSY_TIMEOUT", 0.2)  # how long the queue waits for a lock
     async with api_client(api_settings) as client:
         queue = runtime_of(client).queue
         job_id = enqueue(queue)

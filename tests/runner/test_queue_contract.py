@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import runner.queue as queue_module
+import runner.queue.schema as schema
 from config.errors import ConfigError
 from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.models import TERMINAL, Job, JobSpec, JobState
@@ -552,8 +552,8 @@ def test_retention_deletes_only_old_finished_jobs_and_their_steps(q: Queue, cloc
 
 def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: FakeClock,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    released = queue_module.MIGRATIONS
-    monkeypatch.setattr(queue_module, "MIGRATIONS", released[:1])
+    released = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", released[:1])
     with Queue(db, clock=clock) as v1:
         job_id = v1.enqueue(spec(meta={"pusher": "ada"}))
         v1.claim("r1", 60)
@@ -561,7 +561,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: Fa
         before = v1.get(job_id)
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 1
     later = "ALTER TABLE jobs ADD COLUMN note TEXT; CREATE TABLE notes (body TEXT DEFAULT 'a;b')"
-    monkeypatch.setattr(queue_module, "MIGRATIONS", (*released, later))
+    monkeypatch.setattr(schema, "MIGRATIONS", (*released, later))
     for _ in range(2):  # the second open must not apply the migration again
         with Queue(db, clock=clock) as v2:
             assert v2.get(job_id) == before
@@ -574,7 +574,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: Fa
 def test_a_database_from_a_newer_forgeci_is_refused(db: Path) -> None:
     Queue(db).close()
     conn = sqlite3.connect(db)
-    conn.execute(f"PRAGMA user_version = {len(queue_module.MIGRATIONS) + 1}")
+    conn.execute(f"PRAGMA user_version = {len(schema.MIGRATIONS) + 1}")
     conn.close()
     with pytest.raises(QueueError, match="newer"):
         Queue(db)
