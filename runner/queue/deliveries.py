@@ -44,17 +44,6 @@ class Delivery:
 class DeliveryQueries(QueueBase):
     """Webhook intake (runner.committer): deliveries and their jobs, redeliveries answered from the table."""
 
-    def enqueue_delivery(
-        self, forge: str, delivery_id: str, specs: Sequence[JobSpec], *, supersede: bool = False
-    ) -> Delivery:
-        """Record a forge delivery and enqueue its jobs in one transaction (all or nothing).
-
-        A redelivery of the same (forge, delivery_id) enqueues nothing and returns the jobs it made the first
-        time. With `supersede`, each new job cancels (as cancel does) the older unfinished jobs of its
-        concurrency group, in the same transaction.
-        """
-        return self.enqueue_deliveries([NewDelivery(forge, delivery_id, tuple(specs), supersede)])[0]
-
     def enqueue_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[Delivery]:
         """Record forge deliveries and enqueue their jobs, in order, in one transaction (all or nothing).
 

@@ -114,7 +114,6 @@ _STATE_OF = "SELECT state, runner_id FROM jobs WHERE id = ?"
 _GET = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?"
 _STEPS = "SELECT idx, name, state, exit_code, started_at, finished_at FROM steps WHERE job_id = ? ORDER BY idx"
 _RUNNING = f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND state = 'running' ORDER BY id"
-_COUNTS = "SELECT state, count(*) FROM jobs GROUP BY state"
 # Never the newest job: without AUTOINCREMENT (a third page written per enqueue) SQLite gives a new row
 # the highest id + 1, so deleting the newest would hand its id out again, and job ids are public.
 _DELETE_FINISHED = """
@@ -169,15 +168,6 @@ class JobQueries(QueueBase):
             if not rows:
                 raise self._refuse(conn, job_id, "cancel")
             return JobState(rows[0][1])
-
-    def cancel_superseded(self, group: str, before_job_id: int) -> list[int]:
-        """Cancel (as cancel does) every unfinished job of the group older than before_job_id; returns their ids."""
-        where = "concurrency_group = :group AND id < :before AND NOT cancel_requested"
-        with self._transaction() as conn:
-            rows = conn.execute(
-                CANCEL.format(where=where), {"group": group, "before": before_job_id, "now": self._clock()}
-            ).fetchall()
-        return sorted(row[0] for row in rows)
 
     # -- runners -------------------------------------------------------------------------------------
 
@@ -342,21 +332,10 @@ class JobQueries(QueueBase):
             next_cursor = _encode_cursor(order, [last[_COL[column]] for column in key])
         return [_job(row) for row in rows], next_cursor
 
-    def counts(self) -> dict[JobState, int]:
-        """How many jobs are in each state (every state present, 0 when none)."""
-        with self._transaction("BEGIN") as conn:
-            found = dict(conn.execute(_COUNTS).fetchall())
-        return {state: found.get(state.value, 0) for state in JobState}
-
     def running_jobs(self) -> list[Job]:
         """The running jobs (without their steps), oldest first."""
         with self._transaction("BEGIN") as conn:
             return [_job(row) for row in conn.execute(_RUNNING).fetchall()]
-
-    def delete_finished_before(self, ts: float) -> int:
-        """Retention: delete terminal jobs (and their steps) finished before ts; returns how many."""
-        with self._transaction() as conn:
-            return conn.execute(_DELETE_FINISHED, (ts,)).rowcount
 
     def delete_finished_jobs(self, ts: float) -> list[int]:
         """Retention: delete terminal jobs (and their steps) finished before ts; returns their ids (for their logs)."""

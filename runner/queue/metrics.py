@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
-from runner.models import BucketStats, JobMetric, JobState, RangeStats
+from runner.models import BucketStats, JobState, RangeStats
 from runner.queue.base import QueueBase
 
 _IN_RANGE = "finished_at >= :since AND finished_at < :until"
@@ -22,10 +21,6 @@ FROM job_metrics WHERE {_IN_RANGE} GROUP BY 1
 _METRIC_P95 = f"""
 SELECT duration FROM job_metrics WHERE {_IN_RANGE} AND duration IS NOT NULL ORDER BY duration DESC
 LIMIT 1 OFFSET :offset
-"""
-_METRIC_ROWS = f"""
-SELECT finished_at, job_id, state, duration, steps, step_times, cache_hit FROM job_metrics WHERE {_IN_RANGE}
-ORDER BY finished_at DESC, job_id DESC LIMIT :limit
 """
 
 
@@ -76,18 +71,6 @@ class MetricQueries(QueueBase):
             p95_duration=p95, cache_hits=hits_total, cache_lookups=lookups_total, bucket_seconds=width,
             buckets=tuple(slices),
         )
-
-    def job_metrics(self, since: float, until: float, limit: int = 1000) -> list[JobMetric]:
-        """The per-job metrics rows of jobs finished in [since, until), newest first."""
-        with self._transaction("BEGIN") as conn:
-            rows = conn.execute(_METRIC_ROWS, {"since": since, "until": until, "limit": limit}).fetchall()
-        return [
-            JobMetric(job_id, finished_at, JobState(state), duration, steps,
-                      tuple((name, seconds) for name, seconds in json.loads(step_times)),
-                      None if cache_hit is None else bool(cache_hit))
-            for finished_at, job_id, state, duration, steps, step_times, cache_hit in rows
-        ]
-
 
     def delete_metrics_before(self, ts: float) -> int:
         """Retention of the metrics rows (they outlive their jobs); returns how many were deleted."""
