@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import runner.queue
+import runner.queue.base
 from bot.api import ROUTES
 from config.settings import Settings
 from runner.models import CacheEntry, JobState
@@ -67,7 +67,7 @@ async def test_submit_rejects_bad_fields_with_a_400_naming_the_key(api_settings:
     async with api_client(api_settings) as client:
         error = await error_of(await client.post("/jobs/submit", json=body), 400)
         assert key in json.dumps(error["detail"])
-        assert runtime_of(client).queue.counts()[JobState.queued] == 0
+        assert runtime_of(client).queue.active_counts()[0] == 0
 
 
 @pytest.mark.parametrize("data", [b"{", b"[1, 2]", b'"text"', b"null", b"\xff\xfe", b"{" * 100_000])
@@ -95,7 +95,7 @@ async def test_an_oversized_body_is_a_413_declared_or_streamed(api_settings: Set
 
         response = await client.post("/jobs/submit", data=chunks(), headers={"Content-Type": "application/json"})
         await error_of(response, 413)
-        assert runtime_of(client).queue.counts()[JobState.queued] == 0
+        assert runtime_of(client).queue.active_counts()[0] == 0
 
 
 async def test_status_returns_the_job_with_steps_durations_cache_and_attempts(api_settings: Settings) -> None:
@@ -229,7 +229,7 @@ async def test_job_ids_in_bodies_are_validated(api_settings: Settings, body: dic
 
 
 async def test_a_locked_database_is_a_503_not_a_500(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner.queue, "BUSY_TIMEOUT", 0.2)  # how long the queue waits for a lock
+    monkeypatch.setattr(runner.queue.base, "BUSY_TIMEOUT", 0.2)  # how long the queue waits for a lock
     async with api_client(api_settings) as client:
         queue = runtime_of(client).queue
         job_id = enqueue(queue)

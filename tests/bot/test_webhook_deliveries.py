@@ -1,4 +1,4 @@
-"""Queue.enqueue_delivery(ies): a delivery and its jobs in one transaction, redeliveries, superseding, group commit."""
+"""Queue.enqueue_deliveries: a delivery and its jobs in one transaction, redeliveries, superseding, group commit."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import pytest
 from runner.committer import DeliveryCommitter
 from config.errors import ConfigError
 from runner.models import JobSpec, JobState
-from runner.queue import DELIVERY_MEMORY, PRUNE_EVERY, NewDelivery, Queue
+from runner.queue import DELIVERY_MEMORY, PRUNE_EVERY, Delivery, NewDelivery, Queue
 
 
 def spec(branch: str = "main", sha: str = "a" * 40) -> JobSpec:
     return JobSpec(repo="https://forge.test/o/r.git", ref=f"refs/heads/{branch}", sha=sha, event="push",
                    concurrency_group=f"github:o/r:{branch}", meta={"forge": "github", "delivery": "x"})
+
+
+def deliver(queue: Queue, forge: str, delivery_id: str, specs: list[JobSpec], *, supersede: bool = False) -> Delivery:
+    """One delivery in its own transaction, as the committer sends a burst of one."""
+    return queue.enqueue_deliveries([NewDelivery(forge, delivery_id, tuple(specs), supersede)])[0]
 
 
 @pytest.fixture
@@ -24,13 +29,13 @@ def queue(tmp_path: Path) -> Queue:
 
 
 def test_a_delivery_and_its_jobs_commit_together(queue: Queue) -> None:
-    result = queue.enqueue_delivery("github", "d1", [spec(), spec("other")])
+    result = deliver(queue, "github", "d1", [spec(), spec("other")])
     assert len(result.job_ids) == 2 and not result.redelivery
     assert [queue.get(i).spec.ref for i in result.job_ids] == ["refs/heads/main", "refs/heads/other"]
-    again = queue.enqueue_delivery("github", "d1", [spec(sha="b" * 40)])
+    again = deliver(queue, "github", "d1", [spec(sha="b" * 40)])
     assert again.job_ids == result.job_ids and again.redelivery
-    assert sum(queue.counts().values()) == 2
-    other_forge = queue.enqueue_delivery("gitea", "d1", [spec()])  # ids are per forge
+    assert len(queue.list_jobs()[0]) == 2
+    other_forge = deliver(queue, "gitea", "d1", [spec()])  # ids are per forge
     assert not other_forge.redelivery
 
 
@@ -38,20 +43,20 @@ def test_nothing_is_kept_when_the_transaction_fails(queue: Queue) -> None:
     bad = JobSpec(repo="r", ref="main", pipeline={"not": {1, 2}})  # not JSON-serialisable
     with pytest.raises(ConfigError, match="pipeline"):
         queue.enqueue_deliveries([NewDelivery("github", "ok", (spec(),)), NewDelivery("github", "bad", (bad,))])
-    assert sum(queue.counts().values()) == 0
-    assert not queue.enqueue_delivery("github", "ok", [spec()]).redelivery  # not recorded either
+    assert queue.list_jobs() == ([], None)
+    assert not deliver(queue, "github", "ok", [spec()]).redelivery  # not recorded either
 
 
 def test_supersede_cancels_queued_and_flags_running(queue: Queue) -> None:
-    first = queue.enqueue_delivery("github", "d1", [spec()], supersede=True).job_ids[0]
+    first = deliver(queue, "github", "d1", [spec()], supersede=True).job_ids[0]
     assert queue.claim("runner", 60) is not None  # first is running
-    second = queue.enqueue_delivery("github", "d2", [spec(sha="b" * 40)], supersede=True)
+    second = deliver(queue, "github", "d2", [spec(sha="b" * 40)], supersede=True)
     assert second.stopping == (first,) and second.cancelled == ()
     assert queue.get(first).cancel_requested and queue.get(first).state is JobState.running
-    third = queue.enqueue_delivery("github", "d3", [spec(sha="c" * 40)], supersede=True)
+    third = deliver(queue, "github", "d3", [spec(sha="c" * 40)], supersede=True)
     assert third.cancelled == second.job_ids and third.stopping == ()  # first was already asked to stop
     assert queue.get(second.job_ids[0]).state is JobState.cancelled
-    untouched = queue.enqueue_delivery("github", "d4", [spec(sha="d" * 40)])  # supersede off
+    untouched = deliver(queue, "github", "d4", [spec(sha="d" * 40)])  # supersede off
     assert untouched.cancelled == () and queue.get(third.job_ids[0]).state is JobState.queued
 
 
@@ -66,11 +71,11 @@ def test_one_batch_sees_its_own_deliveries(queue: Queue) -> None:
 def test_old_deliveries_are_forgotten(tmp_path: Path) -> None:
     now = [1_000_000.0]
     queue = Queue(tmp_path / "q.db", clock=lambda: now[0])
-    queue.enqueue_delivery("github", "old", [spec()])
+    deliver(queue, "github", "old", [spec()])
     now[0] += DELIVERY_MEMORY + 1
     for i in range(PRUNE_EVERY):  # pruning runs now and then, not on every delivery
-        queue.enqueue_delivery("github", f"new-{i}", [spec(f"b{i}")])
-    assert not queue.enqueue_delivery("github", "old", [spec()]).redelivery
+        deliver(queue, "github", f"new-{i}", [spec(f"b{i}")])
+    assert not deliver(queue, "github", "old", [spec()]).redelivery
 
 
 async def test_committer_groups_a_burst_and_answers_each(queue: Queue) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bot.keys import RUNTIME
-from runner.models import JobSpec, JobState
+from runner.models import JobSpec
 from tests.bot.forge_payloads import (
     GITEA_HEAD, GITLAB_HEAD, gitea_pull_request, gitea_push, gitlab_merge_request, gitlab_push,
 )
@@ -97,7 +97,7 @@ async def test_gitea_signature_is_checked(client: Client) -> None:
     del headers["X-Gitea-Signature"]
     response = await client.post("/webhooks/gitea", data=body, headers=headers)
     assert response.status == 401 and "X-Gitea-Signature" in (await response.json())["detail"]
-    assert client.app[RUNTIME].queue.counts()[JobState.queued] == 0
+    assert client.app[RUNTIME].queue.active_counts()[0] == 0
 
 
 async def test_gitea_bad_bodies_and_unknown_events(client: Client) -> None:
@@ -176,7 +176,7 @@ async def test_gitlab_token_is_checked(client: Client) -> None:
     assert status == 401 and "X-Gitlab-Token" in error["detail"]
     status, _ = await gitlab(client, "Push Hook", gitlab_push(), token="")
     assert status == 401
-    assert client.app[RUNTIME].queue.counts()[JobState.queued] == 0
+    assert client.app[RUNTIME].queue.active_counts()[0] == 0
 
 
 async def test_gitlab_bad_input(client: Client) -> None:

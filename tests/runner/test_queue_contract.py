@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import runner.queue as queue_module
+import runner.queue.schema as schema
 from config.errors import ConfigError
 from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.models import TERMINAL, Job, JobSpec, JobState
-from runner.queue import Queue
+from runner.queue import NewDelivery, Queue
 
 REPO = "https://git.example.test/acme/app.git"
 
@@ -125,7 +125,7 @@ def test_get_of_an_unknown_id_raises_job_not_found(q: Queue) -> None:
 def test_a_pipeline_that_is_not_json_is_refused_at_enqueue(q: Queue) -> None:
     with pytest.raises(ConfigError, match="pipeline"):
         q.enqueue(spec(pipeline={"when": object()}))
-    assert q.counts()[JobState.queued] == 0
+    assert q.list_jobs() == ([], None)
 
 
 def test_jobs_survive_reopening_and_the_pragmas_are_set(db: Path, clock: FakeClock) -> None:
@@ -144,7 +144,7 @@ def test_ids_are_never_reused_after_retention(q: Queue, clock: FakeClock) -> Non
     older, newest = q.enqueue(spec()), q.enqueue(spec())
     q.cancel(older), q.cancel(newest)
     clock.advance(10)
-    assert q.delete_finished_before(clock.now) == 1  # the newest job is kept: it holds the highest id
+    assert q.delete_finished_jobs(clock.now) == [older]  # the newest job is kept: it holds the highest id
     q.get(newest)
     assert q.enqueue(spec()) > newest
 
@@ -390,7 +390,7 @@ def test_cancel_of_a_terminal_or_unknown_job_is_refused(q: Queue) -> None:
         q.is_cancel_requested(999)
 
 
-def test_cancel_superseded_cancels_older_unfinished_jobs_of_the_group(wide: Queue) -> None:
+def test_a_superseding_delivery_cancels_older_unfinished_jobs_of_the_group(wide: Queue) -> None:
     finished = wide.enqueue(spec(concurrency_group="main"))
     wide.claim("r1", 60)
     wide.complete(finished, JobState.success)
@@ -398,8 +398,9 @@ def test_cancel_superseded_cancels_older_unfinished_jobs_of_the_group(wide: Queu
     wide.claim("r1", 60)
     queued = wide.enqueue(spec(concurrency_group="main"))
     elsewhere = wide.enqueue(spec(concurrency_group="dev"))
-    newest = wide.enqueue(spec(concurrency_group="main"))
-    assert wide.cancel_superseded("main", newest) == [running, queued]
+    [delivery] = wide.enqueue_deliveries([NewDelivery("github", "d1", (spec(concurrency_group="main"),), True)])
+    assert (delivery.cancelled, delivery.stopping) == ((queued,), (running,))
+    [newest] = delivery.job_ids
     jobs = (finished, running, queued, elsewhere, newest)
     states = {i: (wide.get(i).state, wide.get(i).cancel_requested) for i in jobs}
     assert states == {
@@ -409,7 +410,8 @@ def test_cancel_superseded_cancels_older_unfinished_jobs_of_the_group(wide: Queu
         elsewhere: (JobState.queued, False),
         newest: (JobState.queued, False),
     }
-    assert wide.cancel_superseded("main", newest) == []  # nothing left to cancel
+    [again] = wide.enqueue_deliveries([NewDelivery("github", "d2", (spec(concurrency_group="main"),), True)])
+    assert (again.cancelled, again.stopping) == ((newest,), ())  # the flagged running job is not asked twice
 
 
 # -- steps and cache ---------------------------------------------------------------------------------
@@ -520,13 +522,12 @@ def test_list_jobs_refuses_bad_arguments(wide: Queue) -> None:
             wide.list_jobs(**arguments)  # type: ignore[arg-type]
 
 
-def test_counts_and_running_jobs(q: Queue) -> None:
+def test_active_counts_and_running_jobs(q: Queue) -> None:
+    assert q.active_counts() == (0, 0)
     a, b, c = (q.enqueue(spec()) for _ in range(3))
     q.claim("r1", 60), q.claim("r2", 60)
     q.complete(a, JobState.success)
-    counts = q.counts()
-    assert counts[JobState.queued] == 1 and counts[JobState.running] == 1 and counts[JobState.success] == 1
-    assert sum(counts.values()) == 3 and set(counts) == set(JobState)
+    assert q.active_counts() == (1, 1)  # (queued, running): the finished job is in neither
     assert [(j.id, j.runner_id) for j in q.running_jobs()] == [(b, "r2")]
     assert c not in [j.id for j in q.running_jobs()]
 
@@ -540,7 +541,7 @@ def test_retention_deletes_only_old_finished_jobs_and_their_steps(q: Queue, cloc
     recent = q.enqueue(spec())
     q.cancel(recent)
     still_queued = q.enqueue(spec())
-    assert q.delete_finished_before(clock.now - 50) == 1
+    assert q.delete_finished_jobs(clock.now - 50) == [old]
     with pytest.raises(JobNotFound):
         q.get(old)
     assert q._conn.execute("SELECT count(*) FROM steps").fetchone()[0] == 0
@@ -552,8 +553,8 @@ def test_retention_deletes_only_old_finished_jobs_and_their_steps(q: Queue, cloc
 
 def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: FakeClock,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    released = queue_module.MIGRATIONS
-    monkeypatch.setattr(queue_module, "MIGRATIONS", released[:1])
+    released = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", released[:1])
     with Queue(db, clock=clock) as v1:
         job_id = v1.enqueue(spec(meta={"pusher": "ada"}))
         v1.claim("r1", 60)
@@ -561,7 +562,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: Fa
         before = v1.get(job_id)
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 1
     later = "ALTER TABLE jobs ADD COLUMN note TEXT; CREATE TABLE notes (body TEXT DEFAULT 'a;b')"
-    monkeypatch.setattr(queue_module, "MIGRATIONS", (*released, later))
+    monkeypatch.setattr(schema, "MIGRATIONS", (*released, later))
     for _ in range(2):  # the second open must not apply the migration again
         with Queue(db, clock=clock) as v2:
             assert v2.get(job_id) == before
@@ -574,7 +575,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: Fa
 def test_a_database_from_a_newer_forgeci_is_refused(db: Path) -> None:
     Queue(db).close()
     conn = sqlite3.connect(db)
-    conn.execute(f"PRAGMA user_version = {len(queue_module.MIGRATIONS) + 1}")
+    conn.execute(f"PRAGMA user_version = {len(schema.MIGRATIONS) + 1}")
     conn.close()
     with pytest.raises(QueueError, match="newer"):
         Queue(db)
@@ -601,4 +602,4 @@ def test_threads_sharing_one_queue_claim_each_job_once(db: Path) -> None:
         for thread in threads:
             thread.join()
         assert sorted(job.id for job in claimed) == sorted(ids)
-        assert shared.counts()[JobState.success] == 200
+        assert {job.state for job in shared.list_jobs(limit=1000)[0]} == {JobState.success}

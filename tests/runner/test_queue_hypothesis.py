@@ -13,7 +13,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from runner.errors import InvalidTransition
 from runner.models import TERMINAL, JobSpec, JobState
-from runner.queue import Queue
+from runner.queue import NewDelivery, Queue
 
 MAX_CONCURRENT = 3
 MAX_RETRIES = 2
@@ -55,6 +55,7 @@ class QueueMachine(RuleBasedStateMachine):
                            clock=self.clock)
         self.model: dict[int, ModelJob] = {}
         self.final: dict[int, JobState] = {}  # terminal states as first observed in the database
+        self.deliveries = 0  # webhook deliveries so far: each needs a new delivery id
 
     def teardown(self) -> None:
         self.queue.close()
@@ -163,18 +164,26 @@ class QueueMachine(RuleBasedStateMachine):
                 job.state = JobState.cancelled
             assert new_state == job.state
 
-    @rule(group=st.sampled_from(GROUPS[1:]), job_id=jobs)
-    def cancel_superseded(self, group: str, job_id: int) -> None:
-        older = sorted(
-            j.id for j in self.model.values()
-            if j.group == group and j.id < job_id and j.state not in TERMINAL
-            and not (j.state == JobState.running and j.cancel_requested)
-        )
-        assert self.queue.cancel_superseded(group, job_id) == older
-        for other in older:
-            self.model[other].cancel_requested = True
-            if self.model[other].state == JobState.queued:
-                self.model[other].state = JobState.cancelled
+    @rule(target=jobs, priority=st.integers(0, 10), group=st.sampled_from(GROUPS[1:]))
+    def enqueue_superseding(self, priority: int, group: str) -> int:
+        """A webhook delivery's job: it cancels the older unfinished jobs of its group (queued) or flags them."""
+        older = [
+            j for j in self.model.values()
+            if j.group == group and j.state not in TERMINAL and not (j.state == JobState.running and j.cancel_requested)
+        ]
+        self.deliveries += 1
+        spec = JobSpec(repo="/srv/repo", ref="main", priority=priority, concurrency_group=group)
+        [delivery] = self.queue.enqueue_deliveries([NewDelivery("github", f"d{self.deliveries}", (spec,), True)])
+        [job_id] = delivery.job_ids
+        assert job_id not in self.model and all(j.id < job_id for j in older)
+        assert delivery.cancelled == tuple(sorted(j.id for j in older if j.state == JobState.queued))
+        assert delivery.stopping == tuple(sorted(j.id for j in older if j.state == JobState.running))
+        for job in older:
+            job.cancel_requested = True
+            if job.state == JobState.queued:
+                job.state = JobState.cancelled
+        self.model[job_id] = ModelJob(job_id, priority, group)
+        return job_id
 
     @rule(job_id=jobs, priority=st.integers(0, 10))
     def set_priority(self, job_id: int, priority: int) -> None:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.models import JobSpec, JobState
+from runner.models import Job, JobSpec, JobState
 from runner.queue import Queue
 
 PROCESSES = 4
@@ -23,7 +23,7 @@ def _claim_until_empty(path: str, runner: str, max_concurrent: int, hold: float,
         while True:
             job = queue.claim(runner, 60)
             if job is None:
-                if queue.counts()[JobState.queued] == 0:
+                if queue.active_counts()[0] == 0:
                     break
                 time.sleep(0.001)  # every slot is taken: wait for another runner to complete
                 continue
@@ -57,6 +57,15 @@ def _run_runners(path: Path, max_concurrent: int, hold: float) -> dict[str, tupl
     return reports
 
 
+def all_jobs(queue: Queue) -> list[Job]:
+    """Every job, newest first, page by page as the API lists them."""
+    jobs, cursor = queue.list_jobs(limit=1000)
+    while cursor is not None:
+        page, cursor = queue.list_jobs(limit=1000, cursor=cursor)
+        jobs += page
+    return jobs
+
+
 def test_every_job_is_claimed_exactly_once_across_processes(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
     with Queue(path) as queue:
@@ -67,8 +76,9 @@ def test_every_job_is_claimed_exactly_once_across_processes(tmp_path: Path) -> N
     assert {attempts for _, attempts in claimed} == {1}
     assert all(claims for claims, _ in reports.values())  # every process took part
     with Queue(path) as queue:
-        assert queue.counts()[JobState.success] == len(ids)
-        holders = {job.id: job.runner_id for job in queue.list_jobs(limit=1000)[0]}
+        stored = all_jobs(queue)
+    assert [job.id for job in reversed(stored)] == ids and {job.state for job in stored} == {JobState.success}
+    holders = {job.id: job.runner_id for job in stored}
     by_runner = {job_id: runner for runner, (claims, _) in reports.items() for job_id, *_ in claims}
     assert all(by_runner[job_id] == runner for job_id, runner in holders.items())
 

@@ -1,0 +1,23 @@
+"""The SQLite job queue: durable, prioritized, leased, shared by threads and processes on one database file."""
+
+from __future__ import annotations
+
+from runner.queue.base import BUSY_TIMEOUT, CACHE_KIB
+from runner.queue.deliveries import DELIVERY_MEMORY, PRUNE_EVERY, Delivery, DeliveryQueries, NewDelivery
+from runner.queue.index import IndexQueries
+from runner.queue.jobs import JobQueries, Order
+from runner.queue.metrics import MetricQueries
+from runner.queue.schema import MIGRATIONS
+
+__all__ = [
+    "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY", "Delivery", "NewDelivery", "Order",
+    "Queue",
+]
+
+
+class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries):
+    """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
+
+    One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its
+    tables (schema.py has their DDL), so callers keep a single `queue` whatever part of the schema they use.
+    """

@@ -1,0 +1,91 @@
+"""The queue's connection: one autocommit SQLite connection, its pragmas, and explicit transactions."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Self
+
+from runner.errors import QueueError
+from runner.queue.schema import migrate
+
+BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's transaction before giving up
+CACHE_KIB = 64 * 1024  # page cache per connection; SQLite allocates it as pages are read, not up front
+
+
+class QueueBase:
+    """The connection every part of the queue (jobs, deliveries, index, metrics) runs its transactions on."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_concurrent: int = 2,
+        max_retries: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_concurrent < 1 or max_retries < 0:
+            raise ValueError("max_concurrent must be >= 1 and max_retries >= 0")
+        self.path = os.fspath(path)
+        self.max_concurrent = max_concurrent
+        self.max_retries = max_retries  # automatic retries: max_retries + 1 attempts in all
+        self._clock = clock
+        # One connection behind a lock: sqlite3 connections are not safe for concurrent use, and the
+        # queue's transactions are short enough that a second connection per thread would buy nothing.
+        self._lock = threading.Lock()
+        try:
+            # Autocommit (isolation_level=None): transactions are exactly the explicit BEGINs of _transaction.
+            self._conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+            # NORMAL in WAL mode survives any process crash; only an OS crash or power loss can lose the
+            # last transactions — the trade the README documents for a several-fold faster commit.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            # Claims touch rows anywhere in the table (by priority, not age): keep it all in memory. The
+            # default 2 MiB cache holds about 5,000 jobs; a page read from the OS makes a claim 30% slower.
+            self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot open the queue database {self.path}: {exc}") from exc
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction. IMMEDIATE takes the write lock up front, so a writer waits its turn (busy_timeout)
+        instead of failing to upgrade a read lock; plain BEGIN gives readers one consistent snapshot."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute(begin)
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise QueueError(f"queue database {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._transaction() as conn:
+            migrate(conn, self.path)

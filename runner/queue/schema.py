@@ -1,0 +1,153 @@
+"""The queue database's schema: the migration chain (DDL of every table) and the code that applies it."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+from runner.errors import QueueError
+
+# Schema migrations, applied in order; PRAGMA user_version counts the applied ones. Never edit a released
+# entry: append a new script (ALTER TABLE ... ADD COLUMN, CREATE TABLE ...) so existing data is kept.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id                INTEGER PRIMARY KEY,  -- never reused: retention always keeps the newest job
+        repo              TEXT    NOT NULL,
+        ref               TEXT    NOT NULL,
+        sha               TEXT,
+        event             TEXT    NOT NULL,
+        priority          INTEGER NOT NULL CHECK (priority BETWEEN 0 AND 10),
+        concurrency_group TEXT,
+        fork              INTEGER NOT NULL DEFAULT 0,
+        pr_number         INTEGER,
+        base_ref          TEXT,
+        pipeline          TEXT,                               -- JSON, or NULL: read .forgeci.toml after clone
+        env               TEXT    NOT NULL DEFAULT '{}',      -- JSON
+        meta              TEXT    NOT NULL DEFAULT '{}',      -- JSON
+        state             TEXT    NOT NULL DEFAULT 'queued',
+        -- Dispatch order is (priority DESC, seq, id): enqueue leaves seq at 0 so a priority is FIFO by id;
+        -- a requeue sets it below the priority's minimum so a retried job goes to the front.
+        seq               INTEGER NOT NULL DEFAULT 0,
+        attempts          INTEGER NOT NULL DEFAULT 0,
+        runner_id         TEXT,
+        lease_expires     REAL,
+        cancel_requested  INTEGER NOT NULL DEFAULT 0,
+        queued_at         REAL    NOT NULL,
+        started_at        REAL,
+        finished_at       REAL,
+        error             TEXT,
+        cache_hit         INTEGER
+    );
+    -- The one secondary index, partial so it stays as small as the queue rather than the history: the
+    -- running jobs (counted for max_concurrent and the group check), then the queued ones in dispatch
+    -- order (state DESC puts 'running' first). A claim moves an entry from the head of the queued part
+    -- to the running part next to it, so a claim or a completion rewrites two pages: the row and one leaf.
+    CREATE INDEX jobs_active ON jobs (state DESC, priority DESC, seq) WHERE state IN ('queued', 'running');
+    CREATE TABLE steps (
+        job_id      INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        idx         INTEGER NOT NULL,
+        name        TEXT    NOT NULL,
+        state       TEXT    NOT NULL,
+        exit_code   INTEGER,
+        started_at  REAL,
+        finished_at REAL,
+        PRIMARY KEY (job_id, idx)
+    ) WITHOUT ROWID;
+    """,
+    # 2: the cache index (runner.cache) and workspace snapshots (runner.snapshot).
+    """
+    CREATE TABLE cache_entries (
+        key        TEXT    PRIMARY KEY,            -- {repo}/{scope}/{hash}
+        repo       TEXT    NOT NULL,
+        scope      TEXT    NOT NULL,
+        image      TEXT    NOT NULL,
+        paths      TEXT    NOT NULL,               -- JSON list, for restore-keys fallbacks with the same paths
+        object     TEXT    NOT NULL,               -- store key of the archive: unique per upload, so a racing
+                                                   -- second upload of the key never replaces the indexed one
+        size       INTEGER NOT NULL,
+        checksum   TEXT    NOT NULL,               -- sha256 of the archive
+        created_at REAL    NOT NULL,
+        last_used  REAL    NOT NULL,
+        hits       INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX cache_newest ON cache_entries (repo, scope, created_at DESC);
+    CREATE INDEX cache_last_used ON cache_entries (last_used);
+    CREATE TABLE snapshots (
+        job_id           INTEGER PRIMARY KEY,      -- one per job: a later attempt's snapshot replaces it
+        key              TEXT    NOT NULL,         -- snapshots/{jobId}/{sha}/{timestamp}.tar.zst
+        sha              TEXT    NOT NULL,
+        image            TEXT    NOT NULL,
+        state            TEXT    NOT NULL,         -- the job's outcome when it was taken
+        failed_step      INTEGER,                  -- index of the step that failed the job
+        failed_step_name TEXT,
+        size             INTEGER NOT NULL,
+        checksum         TEXT    NOT NULL,
+        created_at       REAL    NOT NULL
+    );
+    CREATE INDEX snapshots_created ON snapshots (created_at);
+    """,
+    # 3: webhook deliveries, so a redelivery answers with the jobs it already made (bot.webhooks).
+    """
+    CREATE TABLE deliveries (
+        forge       TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        job_ids     TEXT NOT NULL DEFAULT '[]',   -- JSON list
+        received_at REAL NOT NULL,
+        PRIMARY KEY (forge, delivery_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_received ON deliveries (received_at);  -- pruning old ones is one index seek
+    """,
+    # 4: one metrics row per finished job (bot.metrics). A trigger writes it, so every path that ends a job
+    # (complete, retries used up, a queued job cancelled) records one in the same transaction; kept in time
+    # order apart from `jobs`, so a range query reads a small slice of a small table, and outlives job retention.
+    """
+    CREATE TABLE job_metrics (
+        finished_at REAL    NOT NULL,
+        job_id      INTEGER NOT NULL,
+        state       TEXT    NOT NULL,
+        duration    REAL,                          -- seconds of the last attempt; NULL when it never started
+        steps       INTEGER NOT NULL,
+        step_times  TEXT    NOT NULL DEFAULT '[]', -- JSON [[name, seconds or null], ...] in step order
+        cache_hit   INTEGER,                       -- NULL: no cache restore was attempted
+        PRIMARY KEY (finished_at, job_id)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER job_metrics_on_finish AFTER UPDATE OF state ON jobs
+    WHEN NEW.state NOT IN ('queued', 'running') AND OLD.state IN ('queued', 'running')
+    BEGIN
+        INSERT OR REPLACE INTO job_metrics (finished_at, job_id, state, duration, steps, step_times, cache_hit)
+        SELECT coalesce(NEW.finished_at, julianday('now') * 86400 - 210866760000), NEW.id, NEW.state,
+               NEW.finished_at - NEW.started_at, count(*), json_group_array(json_array(name, finished_at - started_at)),
+               NEW.cache_hit
+        FROM (SELECT name, started_at, finished_at FROM steps WHERE job_id = NEW.id ORDER BY idx);
+    END;
+    """,
+)
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Apply the migrations the database lacks, inside the caller's (BEGIN IMMEDIATE) transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise QueueError(
+            f"{path} has schema version {version}, newer than this forgeci knows ({len(MIGRATIONS)})"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # Statement by statement rather than executescript, which would commit our transaction
+        # and let two processes opening a new file both run the same migration.
+        for statement in _statements(script):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration script into statements (a ';' inside a string or trigger body does not end one)."""
+    statement = ""
+    for part in script.split(";"):
+        statement += part + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \t\n;"):
+                yield statement
+            statement = ""
+    if statement.strip(" \t\n;"):
+        raise ValueError(f"incomplete SQL statement in a migration: {statement!r}")
