@@ -94,3 +94,11 @@ class WorkspaceError(RunnerError):
     def __init__(self, message: str, *, infra: bool) -> None:
         super().__init__(message)
         self.infra = infra
+
+
+class PipelineNotFound(QueueError):
+    """No pipeline has the given id (the HTTP layer answers 404)."""
+
+    def __init__(self, pipeline_id: int) -> None:
+        self.pipeline_id = pipeline_id
+        super().__init__(f"pipeline {pipeline_id} not found")

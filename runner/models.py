@@ -176,6 +176,11 @@ class Job:
     error: str | None = None
     cache_hit: bool | None = None  # None: no cache restore was attempted (yet)
     steps: tuple[StepRecord, ...] = ()
+    pipeline_id: int | None = None  # None: a job of no pipeline (submitted to the queue directly)
+    name: str | None = None  # the pipeline's job key (`test`); every member of a matrix shares it
+    display: str | None = None  # the member's display name (`test (python=3.12)`); the name without a matrix
+    needs: tuple[str, ...] = ()  # names of the jobs it waits for
+    waiting: bool = False  # queued, but its needs are not all done yet
 
     @property
     def duration(self) -> float | None:
@@ -189,6 +194,7 @@ class Job:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["spec"] = self.spec.to_dict()
         out["steps"] = [s.to_dict() for s in self.steps]
+        out["needs"] = list(self.needs)
         out["duration"] = self.duration
         return out
 
@@ -299,3 +305,47 @@ class SnapshotRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class PipelineState(StrEnum):
+    """Where a pipeline is: planning (its jobs not written yet) -> queued -> running -> a terminal state."""
+
+    planning = "planning"
+    queued = "queued"
+    running = "running"
+    success = "success"
+    failure = "failure"
+    cancelled = "cancelled"
+    error = "error"  # planning failed for good (the repository could not be fetched)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (PipelineState.planning, PipelineState.queued, PipelineState.running)
+
+
+@dataclass(frozen=True)
+class PipelineRecord:
+    """A pipeline as stored: what triggered it (`spec`, which every job inherits), the sha it pins, its state."""
+
+    id: int
+    repo: str
+    ref: str
+    sha: str | None
+    event: str
+    spec: JobSpec
+    state: PipelineState
+    concurrency_group: str | None = None
+    cancel_requested: bool = False
+    plan_attempts: int = 0
+    plan_after: float = 0.0
+    error: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    job_ids: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["spec"] = self.spec.to_dict()
+        out["job_ids"] = list(self.job_ids)
+        return out

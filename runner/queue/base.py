@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Self
+from typing import Any, Self
 
 from runner.errors import QueueError
 from runner.queue.schema import migrate
@@ -34,6 +34,7 @@ class QueueBase:
         self.max_concurrent = max_concurrent
         self.max_retries = max_retries  # automatic retries: max_retries + 1 attempts in all
         self._clock = clock
+        self._settlements: list[Any] = []  # what settling pipelines changed, for job control (take_settlements)
         # One connection behind a lock: sqlite3 connections are not safe for concurrent use, and the
         # queue's transactions are short enough that a second connection per thread would buy nothing.
         self._lock = threading.Lock()
@@ -67,6 +68,20 @@ class QueueBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _settle_job(self, conn: sqlite3.Connection, job_id: int) -> Any:
+        """Settle the pipeline of a job that just ended (runner.queue.pipelines); None here: no pipelines."""
+        return None
+
+    def _settled(self, settlement: Any) -> None:
+        """Keep what a committed transaction's settling changed until job control takes it."""
+        if settlement:
+            self._settlements.append(settlement)
+
+    def take_settlements(self) -> list[Any]:
+        """What settling pipelines changed since the last call (job control publishes and acts on it)."""
+        taken, self._settlements = self._settlements, []
+        return taken
 
     @contextmanager
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:

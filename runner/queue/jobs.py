@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from config.errors import ConfigError, ConfigIssue
@@ -15,7 +16,7 @@ from runner.queue.base import QueueBase
 _JOB_COLUMNS = (
     "id, repo, ref, sha, event, priority, concurrency_group, fork, pr_number, base_ref, pipeline, env, meta,"
     " state, attempts, runner_id, lease_expires, cancel_requested, queued_at, started_at, finished_at, error,"
-    " cache_hit, seq"
+    " cache_hit, seq, pipeline_id, name, display, needs, blocked"
 )
 
 _COL = {name.strip(): i for i, name in enumerate(_JOB_COLUMNS.split(","))}  # position in a job row
@@ -38,10 +39,18 @@ UPDATE jobs
 SET state = 'running', attempts = attempts + 1, runner_id = :runner, lease_expires = :now + :lease, started_at = :now
 WHERE id = (
         SELECT q.id FROM jobs AS q INDEXED BY jobs_active
-        WHERE q.{_ACTIVE} AND q.state = 'queued'
+        WHERE q.{_ACTIVE} AND q.state = 'queued' AND NOT q.blocked
+          -- A concurrency group runs one thing at a time: a job of no pipeline, or one pipeline (all of
+          -- whose jobs may run together); the group's pipelines go in order.
           AND (q.concurrency_group IS NULL OR NOT EXISTS (
                 SELECT 1 FROM jobs AS r INDEXED BY jobs_active
-                WHERE r.{_ACTIVE} AND r.state = 'running' AND r.concurrency_group = q.concurrency_group))
+                WHERE r.{_ACTIVE} AND r.concurrency_group = q.concurrency_group
+                  AND (r.state = 'running' AND (q.pipeline_id IS NULL OR r.pipeline_id IS NOT q.pipeline_id)
+                       OR r.pipeline_id < q.pipeline_id)))
+          AND (q.max_parallel IS NULL OR (
+                SELECT count(*) FROM jobs AS s INDEXED BY jobs_active
+                WHERE s.{_ACTIVE} AND s.state = 'running' AND s.pipeline_id = q.pipeline_id AND s.name = q.name
+               ) < q.max_parallel)
         ORDER BY q.priority DESC, q.seq, q.id
         LIMIT 1)
   AND (SELECT count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND state = 'running') < :max
@@ -54,7 +63,8 @@ WHERE id = :id AND state = 'running' AND runner_id = :runner
 """
 
 _COMPLETE = """
-UPDATE jobs SET state = :state, error = :error, finished_at = :now, lease_expires = NULL
+UPDATE jobs SET state = :state, error = :error, finished_at = :now, lease_expires = NULL,
+                outputs = coalesce(:outputs, outputs)
 WHERE id = :id
   AND (state = 'running' AND (:runner IS NULL OR runner_id = :runner) OR state = 'queued' AND :runner IS NULL)
 """
@@ -167,7 +177,10 @@ class JobQueries(QueueBase):
             rows = conn.execute(CANCEL.format(where="id = :id"), {"id": job_id, "now": self._clock()}).fetchall()
             if not rows:
                 raise self._refuse(conn, job_id, "cancel")
-            return JobState(rows[0][1])
+            state = JobState(rows[0][1])
+            settled = self._settle_job(conn, job_id) if state.is_terminal else None
+        self._settled(settled)
+        return state
 
     # -- runners -------------------------------------------------------------------------------------
 
@@ -196,16 +209,21 @@ class JobQueries(QueueBase):
         return bool(row[0])
 
     def complete(
-        self, job_id: int, state: JobState | str, error: str | None = None, runner_id: str | None = None
+        self, job_id: int, state: JobState | str, error: str | None = None, runner_id: str | None = None,
+        outputs: Mapping[str, str] | None = None,
     ) -> None:
-        """Finish a job in a terminal state; with runner_id, only if it is still that runner's running job."""
+        """Finish a job in a terminal state; with runner_id, only if it is still that runner's running job.
+        `outputs` are what its steps wrote to $FORGECI_OUTPUT (its dependants see them)."""
         state = JobState(state)
         if not state.is_terminal:
             raise ValueError(f"complete() needs a terminal state, not {state}")
         with self._transaction() as conn:
-            params = {"id": job_id, "state": state, "error": error, "runner": runner_id, "now": self._clock()}
+            params = {"id": job_id, "state": state, "error": error, "runner": runner_id, "now": self._clock(),
+                      "outputs": None if outputs is None else json.dumps(dict(outputs))}
             if conn.execute(_COMPLETE, params).rowcount == 0:
                 raise self._refuse(conn, job_id, f"complete as {state}", runner_id)
+            settled = self._settle_job(conn, job_id)
+        self._settled(settled)
 
     def fail_infra(self, job_id: int, error: str, runner_id: str | None = None) -> JobState:
         """An infrastructure fault: requeue at the front while retries remain, else error; returns the new state."""
@@ -213,15 +231,22 @@ class JobQueries(QueueBase):
             state = self._requeue(conn, job_id, error, runner_id)
             if state is None:
                 raise self._refuse(conn, job_id, "fail", runner_id)
-            return state
+            settled = self._settle_job(conn, job_id) if state.is_terminal else None
+        self._settled(settled)
+        return state
 
     def expire_leases(self) -> list[int]:
         """Treat every running job whose lease has expired as an infrastructure fault; returns their ids."""
         with self._transaction() as conn:
             expired = [row[0] for row in conn.execute(_EXPIRED, (self._clock(),)).fetchall()]
             # Newest first, each to the front: the oldest expired job ends up first in line.
+            settled = []
             for job_id in expired:
-                self._requeue(conn, job_id, "lease expired", None)
+                state = self._requeue(conn, job_id, "lease expired", None)
+                if state is not None and state.is_terminal:
+                    settled.append(self._settle_job(conn, job_id))
+        for settlement in settled:
+            self._settled(settlement)
         return sorted(expired)
 
     def _requeue(self, conn: sqlite3.Connection, job_id: int, error: str, runner_id: str | None) -> JobState | None:
@@ -368,7 +393,7 @@ class JobQueries(QueueBase):
 def _job(row: tuple[Any, ...], steps: tuple[StepRecord, ...] = ()) -> Job:
     (job_id, repo, ref, sha, event, priority, group, fork, pr_number, base_ref, pipeline, env, meta,
      state, attempts, runner_id, lease_expires, cancel_requested, queued_at, started_at, finished_at, error,
-     cache_hit, _seq) = row
+     cache_hit, _seq, pipeline_id, name, display, needs, blocked) = row
     spec = JobSpec._stored(
         repo=repo, ref=ref, sha=sha, event=event, priority=priority, concurrency_group=group, fork=bool(fork),
         pr_number=pr_number, base_ref=base_ref, pipeline=None if pipeline is None else json.loads(pipeline),
@@ -378,7 +403,8 @@ def _job(row: tuple[Any, ...], steps: tuple[StepRecord, ...] = ()) -> Job:
         id=job_id, spec=spec, state=JobState(state), attempts=attempts, runner_id=runner_id,
         lease_expires=lease_expires, cancel_requested=bool(cancel_requested), queued_at=queued_at,
         started_at=started_at, finished_at=finished_at, error=error,
-        cache_hit=None if cache_hit is None else bool(cache_hit), steps=steps,
+        cache_hit=None if cache_hit is None else bool(cache_hit), steps=steps, pipeline_id=pipeline_id,
+        name=name, display=display, needs=tuple(json.loads(needs)) if needs != "[]" else (), waiting=bool(blocked),
     )
 
 

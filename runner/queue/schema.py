@@ -122,6 +122,43 @@ MIGRATIONS: tuple[str, ...] = (
         FROM (SELECT name, started_at, finished_at FROM steps WHERE job_id = NEW.id ORDER BY idx);
     END;
     """,
+    # 5: pipelines of many jobs (runner/queue/pipelines.py). A job of a pipeline carries its name, its member
+    # display name, its needs and `if`; it waits `blocked` (queued, not claimable) until its needs are done.
+    # Jobs without a pipeline (older rows, tests) behave as before.
+    """
+    CREATE TABLE pipelines (
+        id                INTEGER PRIMARY KEY,
+        repo              TEXT    NOT NULL,
+        ref               TEXT    NOT NULL,
+        sha               TEXT,                          -- pinned by planning for every job of the pipeline
+        event             TEXT    NOT NULL,
+        spec              TEXT    NOT NULL,              -- JSON JobSpec of the trigger: what each job inherits
+        state             TEXT    NOT NULL DEFAULT 'planning',
+        concurrency_group TEXT,                          -- at most one pipeline of a group runs at a time
+        cancel_requested  INTEGER NOT NULL DEFAULT 0,
+        plan_attempts     INTEGER NOT NULL DEFAULT 0,
+        plan_after        REAL    NOT NULL DEFAULT 0,    -- back-off after a failed fetch
+        error             TEXT,
+        created_at        REAL    NOT NULL,
+        started_at        REAL,
+        finished_at       REAL
+    );
+    CREATE INDEX pipelines_unfinished ON pipelines (concurrency_group, id)
+        WHERE state IN ('planning', 'queued', 'running');
+    ALTER TABLE jobs ADD COLUMN pipeline_id INTEGER REFERENCES pipelines (id) ON DELETE CASCADE;
+    ALTER TABLE jobs ADD COLUMN name TEXT;
+    ALTER TABLE jobs ADD COLUMN display TEXT;
+    ALTER TABLE jobs ADD COLUMN needs TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN condition TEXT NOT NULL DEFAULT 'success';
+    ALTER TABLE jobs ADD COLUMN continue_on_error INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN fail_fast INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN max_parallel INTEGER;
+    ALTER TABLE jobs ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN cascaded INTEGER NOT NULL DEFAULT 0;  -- skipped because of its needs
+    ALTER TABLE jobs ADD COLUMN outputs TEXT;                          -- JSON KEY -> VALUE from $FORGECI_OUTPUT
+    CREATE INDEX jobs_pipeline ON jobs (pipeline_id) WHERE pipeline_id IS NOT NULL;
+    ALTER TABLE deliveries ADD COLUMN pipeline_ids TEXT;               -- JSON ids of the pipelines it made
+    """,
 )
 
 

@@ -43,6 +43,13 @@ class Recorder:
             await asyncio.sleep(0)
         return self
 
+    async def seen(self, job_id: int, state: str, timeout: float = 5) -> None:
+        """Until the event of `state` reached us (a job's row changes a moment before its event goes out)."""
+        deadline = time.monotonic() + timeout
+        while state not in self.of(job_id, None):
+            assert time.monotonic() < deadline, f"no {state} event for job {job_id}: {self.of(job_id, None)}"
+            await asyncio.sleep(0.01)
+
     def of(self, job_id: int, kind: str | None = "state") -> list[str]:
         return [e.state for e in self.events if e.job_id == job_id and (kind is None or e.kind == kind)]
 
@@ -82,6 +89,7 @@ async def test_submit_publishes_queued_and_wakes_the_pool_at_once(rt: Runtime, f
     job_id = await rt.control.submit(spec(repo=str(repo)))
     job = await wait_job(rt, job_id, terminal, timeout=5)  # the claim loop's idle interval is 20 s: a wake-up
     assert job.state is JobState.success
+    await recorder.seen(job_id, "success")
     assert recorder.of(job_id) == ["queued", "running", "success"]
     assert [e.state for e in recorder.events if e.job_id == job_id and e.kind == "step_done"] == ["running"]
     recorder.close()
@@ -97,6 +105,7 @@ async def test_cancel_of_a_queued_job_ends_it_and_of_a_running_one_stops_its_ste
     assert await rt.control.cancel(running) is JobState.running  # flagged: its runner stops it
     assert (await wait_job(rt, running, terminal)).state is JobState.cancelled
     assert fake_engine.execs[0].signals == ["TERM"]
+    await recorder.seen(running, "cancelled")
     assert recorder.of(running, None)[-2:] == ["running", "cancelled"]
     assert "cancel_requested" in [e.kind for e in recorder.events if e.job_id == running]
 
@@ -167,6 +176,7 @@ async def test_infrastructure_faults_are_retried_then_end_error(fake_settings: S
         recorder = await Recorder(rt).started(rt)
         job_id = await rt.control.submit(spec(repo=str(repo)))
         job = await wait_job(rt, job_id, terminal)
+        await recorder.seen(job_id, "error")
         recorder.close()
     assert job.state is JobState.error and job.attempts == 3
     assert recorder.of(job_id) == ["queued", "running", "queued", "running", "queued", "running", "error"]

@@ -1,0 +1,338 @@
+"""The pipelines table (migration 5): a trigger's pipeline, its planned jobs and their needs, settled as jobs end.
+
+A pipeline is created `planning` (by a delivery or a submit); planning writes its jobs in one transaction. A job
+with needs waits `blocked` in the queue; every transaction that ends a job of a pipeline settles it in the same
+transaction (`_settle`): jobs whose needs are all done become claimable or end `skipped` (cascading), a failed
+matrix member with fail_fast cancels its siblings, and the pipeline's own state follows its jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.errors import InvalidTransition, PipelineNotFound
+from runner.models import JobSpec, PipelineRecord, PipelineState
+from runner.queue.base import QueueBase
+
+ACTIVE_JOB = ("queued", "running")
+FAILED = frozenset({"failure", "timeout", "error"})
+_PIPELINE_COLUMNS = ("id, repo, ref, sha, event, spec, state, concurrency_group, cancel_requested, plan_attempts, "
+                     "plan_after, error, created_at, started_at, finished_at")
+_GET = f"SELECT {_PIPELINE_COLUMNS} FROM pipelines WHERE id = ?"
+_CREATE = """
+INSERT INTO pipelines (repo, ref, sha, event, spec, concurrency_group, created_at, plan_after)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_JOBS_OF = """
+SELECT id, name, display, state, error, needs, condition, continue_on_error, fail_fast, blocked, cascaded,
+       cancel_requested, outputs, started_at
+FROM jobs WHERE pipeline_id = ? ORDER BY id
+"""
+_INSERT_JOB = """
+INSERT INTO jobs (repo, ref, sha, event, priority, concurrency_group, fork, pr_number, base_ref, pipeline, env, meta,
+                  queued_at, pipeline_id, name, display, needs, condition, continue_on_error, fail_fast, max_parallel,
+                  blocked)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# Older unfinished pipelines of a group, superseded by a newer one (webhooks with queue.cancel_superseded).
+_SUPERSEDED = """
+SELECT id FROM pipelines INDEXED BY pipelines_unfinished
+WHERE state IN ('planning', 'queued', 'running') AND concurrency_group = ? AND id < ? AND NOT cancel_requested
+"""
+
+
+@dataclass(frozen=True)
+class PlannedJobRow:
+    """One job of a plan, as the planner hands it to the queue: its spec and its place in the pipeline."""
+
+    spec: JobSpec
+    name: str
+    display: str
+    needs: tuple[str, ...] = ()
+    condition: str = "success"  # the job's `if`: success | failure | always
+    continue_on_error: bool = False
+    fail_fast: bool = True
+    max_parallel: int | None = None
+
+
+@dataclass
+class Settlement:
+    """What settling a pipeline changed, for job control to publish and act on."""
+
+    pipeline_id: int
+    state: PipelineState | None = None  # the pipeline's new state, when it changed
+    ready: list[int] = field(default_factory=list)  # jobs whose needs are met: claimable now
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (job, why) that will not run
+    cancelled: list[int] = field(default_factory=list)  # queued jobs ended `cancelled` (fail_fast, pipeline cancel)
+    stopping: list[int] = field(default_factory=list)  # running jobs flagged for their runners to stop
+
+    def __bool__(self) -> bool:
+        return bool(self.state or self.ready or self.skipped or self.cancelled or self.stopping)
+
+
+@dataclass
+class _Row:
+    id: int
+    name: str
+    display: str
+    state: str
+    error: str | None
+    needs: list[str]
+    condition: str
+    continue_on_error: bool
+    fail_fast: bool
+    blocked: bool
+    cascaded: bool
+    cancel_requested: bool
+    outputs: dict[str, str]
+    started: bool
+
+    @classmethod
+    def of(cls, row: tuple[Any, ...]) -> _Row:
+        (job_id, name, display, state, error, needs, condition, coe, fail_fast, blocked, cascaded, cancel, outputs,
+         started_at) = row
+        return cls(job_id, name or "", display or name or "", state, error, json.loads(needs), condition,
+                   bool(coe), bool(fail_fast), bool(blocked), bool(cascaded), bool(cancel),
+                   json.loads(outputs) if outputs else {}, started_at is not None)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_JOB
+
+    @property
+    def counts_as_failed(self) -> bool:
+        return self.state in FAILED and not self.continue_on_error
+
+
+def condition_holds(condition: str, needs: Sequence[_Row]) -> bool:
+    """Whether a job whose needs are all finished runs (the `if` rules of the README)."""
+    if condition == "always":
+        return True
+    if condition == "failure":
+        return any(need.state in FAILED for need in needs)
+    return all(need.state == "success" or need.state == "skipped" and not need.cascaded
+               or need.state in FAILED and need.continue_on_error for need in needs)
+
+
+def _why_not(condition: str, needs: Sequence[_Row]) -> str:
+    if condition == "failure":
+        return "not run: if = failure, and every job it needs succeeded"
+    blocker = next(n for n in needs if not condition_holds("success", [n]))
+    return f"not run: {blocker.display} ended {blocker.state}" + (
+        " (skipped because of its own needs)" if blocker.cascaded else "")
+
+
+def needs_env(needs: Iterable[_Row], mangle: Any) -> dict[str, str]:
+    """NEEDS_<JOB>_<KEY> for the outputs of every need (matrix jobs pass none)."""
+    env: dict[str, str] = {}
+    for need in needs:
+        for key, value in need.outputs.items():
+            env[f"NEEDS_{mangle(need.name)}_{mangle(key)}"] = value
+    return env
+
+
+def pipeline_state(rows: Sequence[_Row], cancel_requested: bool) -> PipelineState:
+    """running while any job runs or waits; failure if a job without continue_on_error failed; cancelled if
+    cancelled; success otherwise (every job succeeded or was skipped)."""
+    if any(r.active for r in rows):
+        return PipelineState.running if any(r.started or not r.active for r in rows) else PipelineState.queued
+    if any(r.counts_as_failed for r in rows):
+        return PipelineState.failure
+    if cancel_requested or any(r.state == "cancelled" and not r.continue_on_error for r in rows):
+        return PipelineState.cancelled
+    return PipelineState.success
+
+
+class PipelineQueries(QueueBase):
+    """Pipelines: created, planned, cancelled, settled; and read."""
+
+    def create_pipeline(self, spec: JobSpec) -> int:
+        with self._transaction() as conn:
+            return self._create_pipeline(conn, spec, self._clock())
+
+    def _create_pipeline(self, conn: sqlite3.Connection, spec: JobSpec, now: float) -> int:
+        cur = conn.execute(_CREATE, (spec.repo, spec.ref, spec.sha, spec.event, spec.to_json(), spec.concurrency_group,
+                                     now, now))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def pipeline(self, pipeline_id: int) -> PipelineRecord:
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(_GET, (pipeline_id,)).fetchone()
+            if row is None:
+                raise PipelineNotFound(pipeline_id)
+            job_ids = tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE pipeline_id = ? ORDER BY id",
+                                                      (pipeline_id,)))
+        return _pipeline(row, job_ids)
+
+    def due_plans(self, limit: int = 16) -> list[PipelineRecord]:
+        """Pipelines waiting to be planned whose (back-off) time has come, oldest first."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(f"SELECT {_PIPELINE_COLUMNS} FROM pipelines INDEXED BY pipelines_unfinished "
+                                f"WHERE state IN ('planning', 'queued', 'running') AND state = 'planning' "
+                                f"AND plan_after <= ? ORDER BY id LIMIT ?", (self._clock(), limit)).fetchall()
+        return [_pipeline(row, ()) for row in rows]
+
+    def next_plan_at(self) -> float | None:
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute("SELECT min(plan_after) FROM pipelines INDEXED BY pipelines_unfinished "
+                               "WHERE state IN ('planning', 'queued', 'running') AND state = 'planning'").fetchone()
+        return row[0]
+
+    def write_plan(self, pipeline_id: int, sha: str | None, jobs: Sequence[PlannedJobRow]) -> tuple[list[int],
+                                                                                                   Settlement]:
+        """The planned jobs of a pipeline that is still planning, in one transaction; InvalidTransition when it
+        is not (cancelled or superseded meanwhile). Jobs without needs are claimable at once."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT state, cancel_requested FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()
+            if row is None:
+                raise PipelineNotFound(pipeline_id)
+            if row[0] != "planning":
+                raise InvalidTransition(f"pipeline {pipeline_id} is {row[0]}, not planning")
+            now = self._clock()
+            ids = []
+            for job in jobs:
+                spec = job.spec
+                ids.append(conn.execute(_INSERT_JOB, (
+                    spec.repo, spec.ref, spec.sha, spec.event, spec.priority, spec.concurrency_group, spec.fork,
+                    spec.pr_number, spec.base_ref, None if spec.pipeline is None else json.dumps(spec.pipeline),
+                    json.dumps(dict(spec.env)), json.dumps(dict(spec.meta)), now, pipeline_id, job.name, job.display,
+                    json.dumps(list(job.needs)), job.condition, job.continue_on_error, job.fail_fast,
+                    job.max_parallel, bool(job.needs))).lastrowid)
+            conn.execute("UPDATE pipelines SET state = 'queued', sha = coalesce(?, sha), error = NULL WHERE id = ?",
+                         (sha, pipeline_id))
+            return ids, self._settle(conn, pipeline_id)
+
+    def plan_failed(self, pipeline_id: int, error: str, *, retry_in: float | None) -> PipelineState:
+        """Planning met an infrastructure fault: plan again in `retry_in` seconds, or (None) end `error`."""
+        with self._transaction() as conn:
+            if retry_in is None:
+                conn.execute("UPDATE pipelines SET state = 'error', error = ?, finished_at = ? "
+                             "WHERE id = ? AND state = 'planning'", (error, self._clock(), pipeline_id))
+                return PipelineState.error
+            conn.execute("UPDATE pipelines SET plan_attempts = plan_attempts + 1, plan_after = ?, error = ? "
+                         "WHERE id = ? AND state = 'planning'", (self._clock() + retry_in, error, pipeline_id))
+            return PipelineState.planning
+
+    def cancel_pipeline(self, pipeline_id: int) -> Settlement:
+        """Cancel a pipeline: its queued (and waiting) jobs end `cancelled`, its running ones are flagged, and no
+        job of it runs after (not even `if = always`). InvalidTransition when it already ended."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()
+            if row is None:
+                raise PipelineNotFound(pipeline_id)
+            if row[0] not in ("planning", "queued", "running"):
+                raise InvalidTransition(f"cannot cancel pipeline {pipeline_id}: it is {row[0]}")
+            return self._cancel_pipeline(conn, pipeline_id)
+
+    def _cancel_pipeline(self, conn: sqlite3.Connection, pipeline_id: int) -> Settlement:
+        now = self._clock()
+        conn.execute("UPDATE pipelines SET cancel_requested = 1 WHERE id = ?", (pipeline_id,))
+        settled = Settlement(pipeline_id)
+        for job_id, state in conn.execute(
+                "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END, "
+                "finished_at = CASE state WHEN 'queued' THEN ? ELSE finished_at END, cancel_requested = 1, "
+                "blocked = 0 WHERE pipeline_id = ? AND state IN ('queued', 'running') RETURNING id, state",
+                (now, pipeline_id)).fetchall():
+            (settled.cancelled if state == "cancelled" else settled.stopping).append(job_id)
+        if conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()[0] == "planning":
+            conn.execute("UPDATE pipelines SET state = 'cancelled', finished_at = ? WHERE id = ?", (now, pipeline_id))
+            settled.state = PipelineState.cancelled
+            return settled
+        more = self._settle(conn, pipeline_id)
+        settled.state = more.state
+        return settled
+
+    def supersede(self, conn: sqlite3.Connection, group: str, newer: int) -> list[Settlement]:
+        """Cancel the older unfinished pipelines of `group` (in the caller's transaction)."""
+        return [self._cancel_pipeline(conn, pid) for (pid,) in conn.execute(_SUPERSEDED, (group, newer)).fetchall()]
+
+    def settle_all(self) -> list[Settlement]:
+        """Settle every unfinished pipeline: after a crash between a job's end and nothing (every path settles in
+        its own transaction, so this finds work only if the database was changed by hand or by an old forgeci)."""
+        with self._transaction() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM pipelines INDEXED BY pipelines_unfinished "
+                                              "WHERE state IN ('planning', 'queued', 'running') "
+                                              "AND state != 'planning'").fetchall()]
+            return [s for pid in ids if (s := self._settle(conn, pid))]
+
+    def _settle_job(self, conn: sqlite3.Connection, job_id: int) -> Settlement | None:
+        """Settle the pipeline of job `job_id` (None for a job of no pipeline), in the caller's transaction."""
+        row = conn.execute("SELECT pipeline_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return self._settle(conn, row[0])
+
+    def _settle(self, conn: sqlite3.Connection, pipeline_id: int) -> Settlement:
+        """Unblock, skip (cascading) and fail-fast the jobs of a pipeline; then derive its state."""
+        from config.pipeline import env_name  # the one mangling of NEEDS_/MATRIX_ names
+
+        now = self._clock()
+        settled = Settlement(pipeline_id)
+        rows = [_Row.of(r) for r in conn.execute(_JOBS_OF, (pipeline_id,)).fetchall()]
+        by_name: Mapping[str, list[_Row]] = _group(rows)
+        for members in by_name.values():  # fail fast: a failed member cancels its unfinished siblings
+            if any(m.state in FAILED and m.fail_fast and not m.continue_on_error for m in members) and len(members) > 1:
+                for sibling in members:
+                    if sibling.active and not sibling.cancel_requested:
+                        state = "cancelled" if sibling.state == "queued" else "running"
+                        conn.execute("UPDATE jobs SET cancel_requested = 1, blocked = 0, state = ?, "
+                                     "finished_at = CASE WHEN ? = 'cancelled' THEN ? ELSE finished_at END, "
+                                     "error = 'cancelled: a sibling failed (fail_fast)' WHERE id = ?",
+                                     (state, state, now, sibling.id))
+                        sibling.cancel_requested, sibling.state = True, state
+                        (settled.cancelled if state == "cancelled" else settled.stopping).append(sibling.id)
+        changed = True
+        while changed:  # a skip can settle the jobs that need the skipped one
+            changed = False
+            for row in rows:
+                if not (row.blocked and row.state == "queued"):
+                    continue
+                needs = [m for name in row.needs for m in by_name.get(name, [])]
+                if any(m.active for m in needs):
+                    continue
+                row.blocked = False
+                if condition_holds(row.condition, needs):
+                    env = needs_env(needs, env_name)
+                    conn.execute("UPDATE jobs SET blocked = 0, env = json_patch(env, ?) WHERE id = ?",
+                                 (json.dumps(env), row.id))
+                    settled.ready.append(row.id)
+                else:
+                    why = _why_not(row.condition, needs)
+                    conn.execute("UPDATE jobs SET blocked = 0, cascaded = 1, state = 'skipped', error = ?, "
+                                 "finished_at = ? WHERE id = ?", (why, now, row.id))
+                    row.state, row.cascaded, row.error = "skipped", True, why
+                    settled.skipped.append((row.id, why))
+                    changed = True
+        pipeline = conn.execute("SELECT state, cancel_requested, started_at FROM pipelines WHERE id = ?",
+                                (pipeline_id,)).fetchone()
+        if pipeline is not None and rows:
+            state = pipeline_state(rows, bool(pipeline[1]))
+            if state != pipeline[0]:
+                finished = now if state not in (PipelineState.queued, PipelineState.running) else None
+                started = pipeline[2] if pipeline[2] is not None or state is PipelineState.queued else now
+                conn.execute("UPDATE pipelines SET state = ?, started_at = ?, finished_at = ? WHERE id = ?",
+                             (state, started, finished, pipeline_id))
+                settled.state = state
+        return settled
+
+
+def _group(rows: Iterable[_Row]) -> dict[str, list[_Row]]:
+    grouped: dict[str, list[_Row]] = defaultdict(list)
+    for row in rows:
+        grouped[row.name].append(row)
+    return grouped
+
+
+def _pipeline(row: tuple[Any, ...], job_ids: tuple[int, ...]) -> PipelineRecord:
+    (pid, repo, ref, sha, event, spec, state, group, cancel, attempts, plan_after, error, created, started,
+     finished) = row
+    return PipelineRecord(id=pid, repo=repo, ref=ref, sha=sha, event=event, spec=JobSpec.from_json(spec),
+                          state=PipelineState(state), concurrency_group=group, cancel_requested=bool(cancel),
+                          plan_attempts=attempts, plan_after=plan_after, error=error, created_at=created,
+                          started_at=started, finished_at=finished, job_ids=job_ids)
