@@ -10,8 +10,11 @@ from typing import Any, Literal
 
 from config.errors import ConfigError, ConfigIssue
 from runner.errors import InvalidTransition, JobNotFound, QueueError
-from runner.models import MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, StepRecord, valid_priority
+from runner.models import (
+    MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, valid_priority,
+)
 from runner.queue.base import QueueBase
+from runner.queue.pipelines import Settlement
 
 _JOB_COLUMNS = (
     "id, repo, ref, sha, event, priority, concurrency_group, fork, pr_number, base_ref, pipeline, env, meta,"
@@ -56,6 +59,8 @@ WHERE id = (
   AND (SELECT count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND state = 'running') < :max
 RETURNING {_JOB_COLUMNS}
 """
+
+_PIPELINE_STARTED = "UPDATE pipelines SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'"
 
 _HEARTBEAT = """
 UPDATE jobs SET lease_expires = :now + :lease
@@ -193,6 +198,10 @@ class JobQueries(QueueBase):
                 return None
             # A retried job still holds the steps of its previous attempt until the runner resets them.
             steps = self._steps(conn, rows[0][0]) if rows[0][_COL["attempts"]] > 1 else ()
+            pipeline_id = rows[0][_COL["pipeline_id"]]
+            started = pipeline_id is not None and conn.execute(_PIPELINE_STARTED, (params["now"], pipeline_id)).rowcount
+        if started:
+            self._settled(Settlement(pipeline_id, state=PipelineState.running))
         return _job(rows[0], steps)
 
     def heartbeat(self, job_id: int, runner_id: str, lease_seconds: float) -> bool:

@@ -9,6 +9,7 @@ matrix member with fail_fast cancels its siblings, and the pipeline's own state 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -270,8 +271,6 @@ class PipelineQueries(QueueBase):
 
     def _settle(self, conn: sqlite3.Connection, pipeline_id: int) -> Settlement:
         """Unblock, skip (cascading) and fail-fast the jobs of a pipeline; then derive its state."""
-        from config.pipeline import env_name  # the one mangling of NEEDS_/MATRIX_ names
-
         now = self._clock()
         settled = Settlement(pipeline_id)
         rows = [_Row.of(r) for r in conn.execute(_JOBS_OF, (pipeline_id,)).fetchall()]
@@ -298,7 +297,7 @@ class PipelineQueries(QueueBase):
                     continue
                 row.blocked = False
                 if condition_holds(row.condition, needs):
-                    env = needs_env(needs, env_name)
+                    env = needs_env(needs, _env_name)
                     conn.execute("UPDATE jobs SET blocked = 0, env = json_patch(env, ?) WHERE id = ?",
                                  (json.dumps(env), row.id))
                     settled.ready.append(row.id)
@@ -320,6 +319,10 @@ class PipelineQueries(QueueBase):
                              (state, started, finished, pipeline_id))
                 settled.state = state
         return settled
+
+
+def _env_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", text).upper()  # TODO(merge): config.pipeline.env_name
 
 
 def _group(rows: Iterable[_Row]) -> dict[str, list[_Row]]:

@@ -1,0 +1,194 @@
+"""The rules of pipelines of many jobs, in the queue: needs, `if`, cascading skips, fail_fast, max_parallel,
+cancel, concurrency groups per pipeline, outputs, and the pipeline's own state (each rule of the README)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.errors import InvalidTransition
+from runner.models import JobSpec, JobState, PipelineState
+from runner.queue import PlannedJobRow, Queue
+
+SPEC = JobSpec(repo="https://git.example.test/acme/app.git", ref="main", sha="a" * 40, event="push",
+               pipeline={"steps": [{"name": "s", "run": "true"}]})
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[Queue]:
+    with Queue(tmp_path / "queue.db", max_concurrent=8, max_retries=0) as q:
+        yield q
+
+
+def job(name: str, *needs: str, display: str | None = None, **kw: object) -> PlannedJobRow:
+    return PlannedJobRow(spec=SPEC, name=name, display=display or name, needs=needs, **kw)  # type: ignore[arg-type]
+
+
+def plan(queue: Queue, *jobs: PlannedJobRow, spec: JobSpec = SPEC) -> tuple[int, dict[str, int]]:
+    pipeline_id = queue.create_pipeline(spec)
+    ids, _ = queue.write_plan(pipeline_id, spec.sha, jobs)
+    return pipeline_id, {j.display: i for j, i in zip(jobs, ids)}
+
+
+def claim_all(queue: Queue) -> set[int]:
+    claimed = set()
+    while (found := queue.claim("r", 60)) is not None:
+        claimed.add(found.id)
+    return claimed
+
+
+def finish(queue: Queue, job_id: int, state: str = "success", **kw: object) -> None:
+    queue.complete(job_id, state, None if state == "success" else f"it {state}", "r", **kw)  # type: ignore[arg-type]
+
+
+def state(queue: Queue, job_id: int) -> str:
+    return str(queue.get(job_id).state)
+
+
+def diamond(queue: Queue, d_if: str = "success") -> tuple[int, dict[str, int]]:
+    return plan(queue, job("a"), job("b", "a"), job("c", "a"), job("d", "b", "c", condition=d_if))
+
+
+def test_a_job_waits_for_its_needs_and_a_diamond_runs_its_middle_in_parallel(queue: Queue) -> None:
+    pid, ids = diamond(queue)
+    assert queue.pipeline(pid).state is PipelineState.queued
+    assert claim_all(queue) == {ids["a"]}
+    assert queue.get(ids["d"]).waiting and queue.pipeline(pid).state is PipelineState.running
+    finish(queue, ids["a"])
+    assert claim_all(queue) == {ids["b"], ids["c"]}  # both at once
+    finish(queue, ids["b"])
+    assert claim_all(queue) == set()  # d still needs c
+    finish(queue, ids["c"])
+    assert claim_all(queue) == {ids["d"]}
+    finish(queue, ids["d"])
+    assert queue.pipeline(pid).state is PipelineState.success
+
+
+def test_a_failed_need_skips_its_dependants_and_the_skip_cascades(queue: Queue) -> None:
+    pid, ids = plan(queue, job("a"), job("b", "a"), job("c", "b"), job("report", "b", condition="always"))
+    claim_all(queue)
+    finish(queue, ids["a"], "failure")
+    assert state(queue, ids["b"]) == state(queue, ids["c"]) == "skipped"
+    assert queue.get(ids["b"]).error == "not run: a ended failure"
+    assert "skipped because of its own needs" in (queue.get(ids["c"]).error or "")
+    assert claim_all(queue) == {ids["report"]}  # always: every need is finished, skipped ones too
+    finish(queue, ids["report"])
+    assert queue.pipeline(pid).state is PipelineState.failure
+
+
+def test_if_failure_runs_only_when_a_need_failed(queue: Queue) -> None:
+    pid, ids = plan(queue, job("a"), job("b"), job("alert", "a", "b", condition="failure"))
+    claim_all(queue)
+    finish(queue, ids["a"])
+    finish(queue, ids["b"], "timeout")
+    assert claim_all(queue) == {ids["alert"]}
+    _, ids = plan(queue, job("a"), job("alert", "a", condition="failure"))
+    claim_all(queue)
+    finish(queue, ids["a"])
+    assert state(queue, ids["alert"]) == "skipped"
+
+
+def test_continue_on_error_lets_dependants_run_and_the_pipeline_pass(queue: Queue) -> None:
+    pid, ids = plan(queue, job("lint", continue_on_error=True), job("build", "lint"))
+    claim_all(queue)
+    finish(queue, ids["lint"], "failure")
+    assert claim_all(queue) == {ids["build"]}
+    finish(queue, ids["build"])
+    assert queue.pipeline(pid).state is PipelineState.success
+
+
+def test_a_need_skipped_by_its_own_branch_filter_counts_as_done(queue: Queue) -> None:
+    pid, ids = plan(queue, job("deploy"), job("notify", "deploy"))
+    claim_all(queue)
+    finish(queue, ids["deploy"], "skipped")
+    assert claim_all(queue) == {ids["notify"]}
+    finish(queue, ids["notify"])
+    assert queue.pipeline(pid).state is PipelineState.success
+
+
+def test_cancelling_a_pipeline_stops_it_and_runs_no_always_job(queue: Queue) -> None:
+    pid, ids = diamond(queue, d_if="always")
+    claim_all(queue)
+    finish(queue, ids["a"])
+    claim_all(queue)  # b and c run
+    settled = queue.cancel_pipeline(pid)
+    assert sorted(settled.stopping) == sorted([ids["b"], ids["c"]]) and settled.cancelled == [ids["d"]]
+    assert state(queue, ids["d"]) == "cancelled" and queue.get(ids["b"]).cancel_requested
+    finish(queue, ids["b"], "cancelled")
+    finish(queue, ids["c"], "cancelled")
+    assert claim_all(queue) == set()
+    assert queue.pipeline(pid).state is PipelineState.cancelled
+    with pytest.raises(InvalidTransition):
+        queue.cancel_pipeline(pid)
+
+
+def matrix(size: int, **kw: object) -> list[PlannedJobRow]:
+    return [job("test", display=f"test (n={n})", **kw) for n in range(size)]
+
+
+def test_fail_fast_cancels_the_siblings_of_a_failed_member(queue: Queue) -> None:
+    pid, ids = plan(queue, *matrix(3, max_parallel=2), job("build", "test"))
+    running = claim_all(queue)
+    assert len(running) == 2
+    first, second = sorted(running)
+    finish(queue, first, "failure")
+    [settled] = [s for s in queue.take_settlements() if s.pipeline_id == pid][-1:]
+    queued = ids["test (n=2)"]
+    assert settled.stopping == [second] and settled.cancelled == [queued]
+    assert state(queue, queued) == "cancelled" and queue.get(second).cancel_requested
+    finish(queue, second, "cancelled")
+    assert state(queue, ids["build"]) == "skipped" and queue.pipeline(pid).state is PipelineState.failure
+
+
+def test_without_fail_fast_the_siblings_go_on(queue: Queue) -> None:
+    _, ids = plan(queue, *matrix(2, fail_fast=False))
+    a, b = sorted(claim_all(queue))
+    finish(queue, a, "failure")
+    assert state(queue, b) == "running" and not queue.get(b).cancel_requested
+
+
+def test_max_parallel_bounds_running_members(queue: Queue) -> None:
+    _, ids = plan(queue, *matrix(3, max_parallel=1))
+    [one] = claim_all(queue)
+    finish(queue, one)
+    [two] = claim_all(queue)
+    assert two != one
+
+
+def test_a_concurrency_group_runs_one_pipeline_at_a_time_with_all_its_jobs(queue: Queue) -> None:
+    grouped = JobSpec(**{**SPEC.to_dict(), "concurrency_group": "acme/app:main"})
+    first_pid, first = plan(queue, PlannedJobRow(grouped, "x", "x"),
+                            PlannedJobRow(grouped, "y", "y"), spec=grouped)
+    _, second = plan(queue, PlannedJobRow(grouped, "x", "x"), spec=grouped)
+    assert claim_all(queue) == {first["x"], first["y"]}  # one pipeline's jobs together
+    finish(queue, first["x"])
+    assert claim_all(queue) == set()  # the next pipeline of the group waits for the whole first one
+    finish(queue, first["y"])
+    assert claim_all(queue) == {second["x"]}
+    assert queue.pipeline(first_pid).state is PipelineState.success
+
+
+def test_outputs_reach_dependants_as_needs_variables(queue: Queue) -> None:
+    _, ids = plan(queue, job("build-app"), job("publish", "build-app"))
+    claim_all(queue)
+    finish(queue, ids["build-app"], outputs={"version": "1.2.3", "image-tag": "v1"})
+    [publish] = [queue.claim("r", 60)]
+    assert publish is not None and publish.id == ids["publish"]
+    assert publish.spec.env["NEEDS_BUILD_APP_VERSION"] == "1.2.3"
+    assert publish.spec.env["NEEDS_BUILD_APP_IMAGE_TAG"] == "v1"
+
+
+def test_an_infrastructure_error_out_of_retries_settles_like_a_failure(queue: Queue) -> None:
+    pid, ids = plan(queue, job("a"), job("b", "a"))
+    claim_all(queue)
+    assert queue.fail_infra(ids["a"], "engine down", "r") is JobState.error  # max_retries = 0
+    assert state(queue, ids["b"]) == "skipped" and queue.pipeline(pid).state is PipelineState.failure
+
+
+def test_a_plan_for_a_cancelled_pipeline_is_refused(queue: Queue) -> None:
+    pid = queue.create_pipeline(SPEC)
+    assert queue.cancel_pipeline(pid).state is PipelineState.cancelled
+    with pytest.raises(InvalidTransition):
+        queue.write_plan(pid, SPEC.sha, [job("a")])
