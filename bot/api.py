@@ -129,10 +129,15 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 async def submit(request: web.Request) -> web.Response:
-    """POST /jobs/submit {repo, ref, sha?, steps?, env?, priority?} -> 201 {id}."""
+    """POST /jobs/submit {repo, ref, sha?, steps?, env?, priority?} -> 201 {id, pipeline, jobs}: a pipeline,
+    planned before the answer (`id` is its first job); 202 with no jobs when its fetch must be retried."""
     spec = spec_from_body(await read_json(request), request.app[SETTINGS].queue.default_priority)
-    job_id = await _runtime(request).control.submit(spec)
-    return web.json_response({"id": job_id}, status=201, headers={"Location": f"/jobs/status?id={job_id}"})
+    submitted = await _runtime(request).control.submit_pipeline(spec)
+    jobs = list(submitted.job_ids)
+    body = {"id": jobs[0] if jobs else None, "pipeline": submitted.pipeline_id, "jobs": jobs}
+    if not jobs:
+        return web.json_response({**body, "planning": True}, status=202)
+    return web.json_response(body, status=201, headers={"Location": f"/jobs/status?id={jobs[0]}"})
 
 
 async def status(request: web.Request) -> web.Response:

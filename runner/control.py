@@ -12,12 +12,17 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from dataclasses import dataclass
+
 from runner.committer import DeliveryCommitter
 from runner.errors import InvalidTransition, QueueError
-from runner.events import EventBus, JobEvent
-from runner.models import Job, JobSpec, JobState, Outcome, StepResult
-from runner.queue import Delivery, Queue
+from runner.events import EventBus, JobEvent, PipelineEvent
+from runner.models import Job, JobSpec, JobState, Outcome, PipelineRecord, PipelineState, StepResult
+from runner.planner import PlanResult, Planner
+from runner.queue import Delivery, Queue, Settlement
 from runner.retry import RESUMABLE, RESUME_FROM, RESUME_STEP, RETRY_OF
+
+PLAN_TIMEOUT = 60.0  # seconds POST /jobs/submit waits for its pipeline's plan (a fetch) before answering
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,14 @@ class Dispatcher(Protocol):
     def wake(self) -> None: ...
 
     def cancel(self, job_id: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submitted pipeline and its planned jobs (none yet while its fetch is retried)."""
+
+    pipeline_id: int
+    job_ids: tuple[int, ...]
 
 
 def retry_spec(queue: Queue, job_id: int, *, from_failed_step: bool = False) -> JobSpec:
@@ -61,20 +74,58 @@ def retry_spec(queue: Queue, job_id: int, *, from_failed_step: bool = False) -> 
 class JobControl:
     """The one place jobs change state. Queue work runs in threads (SQLite may wait for another writer)."""
 
-    def __init__(self, queue: Queue, events: EventBus) -> None:
+    def __init__(self, queue: Queue, events: EventBus, planner: Planner | None = None) -> None:
         self.queue = queue
         self.events = events
+        self.planner = planner  # None: pipelines wait `planning` for a coordinator that has one
         self.dispatcher: Dispatcher | None = None  # set by the embedded worker pool when it starts
         self._committer = DeliveryCommitter()
 
     # -- what users, clients and forges ask for ----------------------------------------------------------------
 
     async def submit(self, spec: JobSpec) -> int:
-        """Enqueue one job; runners look for it at once."""
+        """Enqueue one job of no pipeline (`forgeci run`, tests); runners look for it at once."""
         job_id = await asyncio.to_thread(self.queue.enqueue, spec)
         self.publish(job_id, JobState.queued, priority=spec.priority, repo=spec.repo, ref=spec.ref)
         self._wake()
         return job_id
+
+    async def submit_pipeline(self, spec: JobSpec, *, timeout: float = PLAN_TIMEOUT) -> Submitted:
+        """A pipeline for `spec`, planned before this returns (bounded by `timeout`; an inline pipeline needs no
+        fetch). Its jobs are empty when planning must wait: the coordinator's planner goes on with it."""
+        pipeline_id = await asyncio.to_thread(self.queue.create_pipeline, spec)
+        self.publish_pipeline(pipeline_id, PipelineState.planning)
+        job_ids: tuple[int, ...] = ()
+        if self.planner is not None:
+            record = await asyncio.to_thread(self.queue.pipeline, pipeline_id)
+            try:
+                result = await asyncio.wait_for(self.planner.plan(record), timeout)
+            except TimeoutError:
+                result = None
+            await self.planned(record, result)
+            job_ids = tuple(result[0]) if result else ()
+        return Submitted(pipeline_id, job_ids)
+
+    async def planned(self, record: PipelineRecord, result: PlanResult | None) -> None:
+        """What planning did (the planner's loop and submit_pipeline report here): events, wake-up."""
+        if result is None:
+            self._apply(self.queue.take_settlements())
+            state = (await asyncio.to_thread(self.queue.pipeline, record.id)).state
+            if state is not PipelineState.planning:
+                self.publish_pipeline(record.id, state)
+            return
+        job_ids, settled = result
+        for job_id in job_ids:
+            self.publish(job_id, JobState.queued, pipeline=record.id)
+        self.publish_pipeline(record.id, settled.state or PipelineState.queued, jobs=list(job_ids))
+        self._apply([settled, *self.queue.take_settlements()])
+        self._wake()
+
+    async def cancel_pipeline(self, pipeline_id: int) -> PipelineState:
+        """Cancel a pipeline: queued jobs end now, running ones are stopped, no `always` job runs after."""
+        settled = await asyncio.to_thread(self.queue.cancel_pipeline, pipeline_id)
+        self._apply([settled, *self.queue.take_settlements()])
+        return (await asyncio.to_thread(self.queue.pipeline, pipeline_id)).state
 
     async def commit_delivery(
         self, forge: str, delivery: str, specs: Sequence[JobSpec], *, supersede: bool,
@@ -85,15 +136,16 @@ class JobControl:
         result = await self._committer.commit(self.queue, forge, delivery, list(specs), supersede)
         if result.redelivery:
             return result
-        for job_id in result.job_ids:
-            self.publish(job_id, JobState.queued)
-        newest = result.job_ids[-1] if result.job_ids else None
-        for job_id in result.cancelled:
-            self.publish(job_id, JobState.cancelled, error=f"superseded by job {newest}")
+        for pipeline_id in result.pipeline_ids:
+            self.publish_pipeline(pipeline_id, PipelineState.planning)
+        self._apply(self.queue.take_settlements())  # the superseded pipelines and their jobs
+        newest = result.pipeline_ids[-1] if result.pipeline_ids else None
+        for job_id in result.cancelled:  # jobs of no pipeline, from before pipelines
+            self.publish(job_id, JobState.cancelled, error=f"superseded by pipeline {newest}")
         for job_id in result.stopping:
-            self.publish(job_id, JobState.running, "cancel_requested", reason=f"superseded by job {newest}")
             self._stop(job_id)
-        self._wake()
+        if self.planner is not None:
+            self.planner.wake()
         return result
 
     async def cancel(self, job_id: int) -> JobState:
@@ -104,6 +156,7 @@ class JobControl:
             self._stop(job_id)
         else:
             self.publish(job_id, state)
+        self._apply(self.queue.take_settlements())
         return state
 
     async def retry(self, job_id: int, *, from_failed_step: bool = False) -> int:
@@ -129,6 +182,7 @@ class JobControl:
         job = await asyncio.to_thread(self.queue.claim, runner_id, lease_seconds)
         if job is not None:
             self.publish(job.id, JobState.running, attempts=job.attempts, runner=runner_id)
+            self._apply(self.queue.take_settlements())  # its pipeline started
         return job
 
     async def heartbeat(self, job_id: int, runner_id: str, lease_seconds: float) -> bool:
@@ -166,12 +220,14 @@ class JobControl:
                 reason = requeue or outcome.error or "infrastructure error"
                 state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason, runner_id)
             else:
-                await asyncio.to_thread(self.queue.complete, job.id, outcome.state, outcome.error, runner_id)
+                await asyncio.to_thread(self.queue.complete, job.id, outcome.state, outcome.error, runner_id,
+                                        outcome.outputs)
                 state = outcome.state
         except QueueError as exc:
             log.warning("job %d: outcome %s not recorded: %s", job.id, outcome.state, exc)
             return None
         self.publish(job.id, state, error=outcome.error if requeue is None else requeue)
+        self._apply(self.queue.take_settlements())
         if state is JobState.queued:
             self._wake()
         return state
@@ -181,7 +237,12 @@ class JobControl:
         expired = await asyncio.to_thread(self.queue.expire_leases)
         for job_id in expired:
             self.publish(job_id, (await asyncio.to_thread(self.queue.get, job_id)).state, error="lease expired")
+        self._apply(self.queue.take_settlements())
         return expired
+
+    async def settle_all(self) -> None:
+        """Settle every unfinished pipeline (the coordinator's start: nothing may wait on a finished need)."""
+        self._apply([*await asyncio.to_thread(self.queue.settle_all), *self.queue.take_settlements()])
 
     async def requeue_orphans(self, is_ours: Any, reason: str, keep: frozenset[int] = frozenset()) -> list[int]:
         """After a crash: every running job whose runner id `is_ours` (a predicate) and that is not in `keep` goes
@@ -196,6 +257,7 @@ class JobControl:
                 continue
             log.info("job %d was running when its runner %s stopped: now %s", job.id, job.runner_id, state)
             self.publish(job.id, state, error=reason)
+        self._apply(self.queue.take_settlements())
         if orphans:
             self._wake()
         return [job.id for job in orphans]
@@ -204,6 +266,26 @@ class JobControl:
 
     def publish(self, job_id: int, state: JobState | str, kind: str = "state", **data: Any) -> None:
         self.events.publish(JobEvent(job_id, str(state), kind, {k: v for k, v in data.items() if v is not None}))
+
+    def publish_pipeline(self, pipeline_id: int, state: PipelineState | str, **data: Any) -> None:
+        self.events.publish(PipelineEvent(pipeline_id, str(state), {k: v for k, v in data.items() if v is not None}))
+
+    def _apply(self, settlements: Sequence[Settlement]) -> None:
+        """Publish what settling pipelines changed, and stop the jobs it flagged."""
+        for settled in settlements:
+            for job_id, why in settled.skipped:
+                self.publish(job_id, JobState.skipped, error=why)
+            for job_id in settled.cancelled:
+                self.publish(job_id, JobState.cancelled)
+            for job_id in settled.stopping:
+                self.publish(job_id, JobState.running, "cancel_requested")
+                self._stop(job_id)
+            for job_id in settled.ready:
+                self.publish(job_id, JobState.queued, "ready")
+            if settled.state is not None:
+                self.publish_pipeline(settled.pipeline_id, settled.state)
+            if settled.ready:
+                self._wake()
 
     def _wake(self) -> None:
         if self.dispatcher is not None:

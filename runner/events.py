@@ -24,18 +24,18 @@ class EventBus:
     """Fan-out to subscribers with bounded queues; a subscriber that cannot keep up loses the oldest events."""
 
     def __init__(self, maxsize: int = 1000) -> None:
-        self._subscribers: set[asyncio.Queue[JobEvent]] = set()
+        self._subscribers: set[asyncio.Queue[Event]] = set()
         self._maxsize = maxsize
 
-    def publish(self, event: JobEvent) -> None:
+    def publish(self, event: Event) -> None:
         """Call from the event loop thread."""
         for queue in self._subscribers:
             if queue.full():
                 queue.get_nowait()  # a live list wants the newest state; an old one is superseded anyway
             queue.put_nowait(event)
 
-    async def subscribe(self) -> AsyncIterator[JobEvent]:
-        queue: asyncio.Queue[JobEvent] = asyncio.Queue(self._maxsize)
+    async def subscribe(self) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue(self._maxsize)
         self._subscribers.add(queue)
         try:
             while True:
@@ -46,3 +46,17 @@ class EventBus:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+
+@dataclass(frozen=True)
+class PipelineEvent:
+    """A pipeline changed state (planned, started, finished); for the pipeline's commit status and live views."""
+
+    pipeline_id: int
+    state: str
+    data: dict[str, Any] = field(default_factory=dict)
+    t: float = field(default_factory=time.time)
+    kind: str = "pipeline"
+
+
+Event = JobEvent | PipelineEvent

@@ -218,6 +218,7 @@ class Outcome:
     error: str | None = None
     infra: bool = False
     steps: tuple[StepResult, ...] = ()
+    outputs: Mapping[str, str] | None = None  # KEY=VALUE lines its steps wrote to $FORGECI_OUTPUT
 
 
 @dataclass(frozen=True)

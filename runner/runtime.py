@@ -21,6 +21,7 @@ from runner.executor import Executor
 from runner.layout import DataLayout
 from runner.logs import LogHub
 from runner.maintenance import maintenance_loop
+from runner.planner import Planner
 from runner.podman import PodmanEngine
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
@@ -46,8 +47,10 @@ class Runtime:
     store: ObjectStore
     cache: CacheManager
     snapshots: Snapshots
+    planner: Planner
     pool: WorkerPool | None = None
     _maintenance: asyncio.Task[None] | None = None
+    _planning: asyncio.Task[None] | None = None
 
     @property
     def user(self) -> PodmanUser:
@@ -61,15 +64,17 @@ class Runtime:
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
                                lease_seconds=settings.queue.lease_seconds)
         await self.pool.start()
+        self._planning = asyncio.create_task(self.planner.run(self.control.planned), name="forgeci-planner")
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
 
     async def stop_workers(self, grace: float | None = None) -> None:
         """Stop claiming; running jobs get `grace` (default `runner.shutdown_grace`) to finish, then go back to
         the queue."""
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
-            self._maintenance = None
+        for task in (self._maintenance, self._planning):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._maintenance = self._planning = None
         if self.pool is not None:
             await self.pool.stop(self.settings.runner.shutdown_grace if grace is None else grace)
 
@@ -161,8 +166,9 @@ async def _assembled(
         cache = CacheManager(store, queue, engine.user)
         snapshots = Snapshots(store, queue, engine.user)
         executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots)
-        yield Runtime(settings, layout, engine, queue, JobControl(queue, events), hub, events, executor, store,
-                      cache, snapshots)
+        planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
+        yield Runtime(settings, layout, engine, queue, JobControl(queue, events, planner), hub, events, executor,
+                      store, cache, snapshots, planner)
     finally:
         store.close()
         queue.close()

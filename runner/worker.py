@@ -96,6 +96,7 @@ class WorkerPool:
         await self.control.requeue_orphans(
             lambda runner_id: runner_id == prefix or runner_id.startswith(prefix + "/"), "runner restarted",
             keep=frozenset(self._running))
+        await self.control.settle_all()
         running = {job.id for job in await asyncio.to_thread(self.control.queue.running_jobs)}
         for container_id, job_id in (await self.executor.engine.job_containers()).items():
             if job_id not in running:

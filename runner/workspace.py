@@ -164,7 +164,7 @@ class Workspaces:
         _check_request(ref, sha)
         workspace = self.path(job_id)
         await self._remove(workspace)  # a retried job starts clean
-        mirror = self.mirrors / f"{hashlib.sha256(remote.url.encode()).hexdigest()[:16]}.git"
+        mirror = self._mirror_of(remote)
         async with self._locked(mirror):
             commit = await self._update_mirror(mirror, remote, ref, sha, say)
             start = time.monotonic()
@@ -178,6 +178,26 @@ class Workspaces:
                          "set origin to")
         say(f"checked out {commit[:12]} in {time.monotonic() - start:.1f}s")
         return workspace
+
+    def _mirror_of(self, remote: _Remote) -> Path:
+        return self.mirrors / f"{hashlib.sha256(remote.url.encode()).hexdigest()[:16]}.git"
+
+    async def resolve(self, repo: str, ref: str, sha: str | None, say: Say) -> str:
+        """The full sha of `sha` (or of the tip of `ref`), fetched into the repository's mirror when it lacks it:
+        what planning pins for every job of a pipeline. WorkspaceError (`infra` as for prepare) otherwise."""
+        remote = _Remote.parse(repo, self.git_token)
+        sha = sha or None
+        _check_request(ref, sha)
+        mirror = self._mirror_of(remote)
+        async with self._locked(mirror):
+            return await self._update_mirror(mirror, remote, ref, sha, say)
+
+    async def read_file(self, repo: str, sha: str, path: str) -> str | None:
+        """The text of `path` at commit `sha` from the mirror (resolve() fetched it), no workspace needed;
+        None when the commit has no such file."""
+        mirror = self._mirror_of(_Remote.parse(repo, self.git_token))
+        result = await self._run(["git", "-C", str(mirror), "show", f"{sha}:{path}"], timeout=self.local_timeout)
+        return result.stdout if result.returncode == 0 else None
 
     async def _update_mirror(self, mirror: Path, remote: _Remote, ref: str, sha: str | None, say: Say) -> str:
         """Make sure the mirror holds the commit (fetching only what it lacks); returns its full sha."""

@@ -141,17 +141,21 @@ async def off_loop(body: bytes, work: Callable[[], Any]) -> Any:
 
 
 async def commit(request: web.Request, forge: str, delivery: str, event: str, plan: Plan) -> web.Response:
-    """Enqueue the plan's jobs with the delivery recorded, in one transaction; answer only once it committed."""
+    """Record the delivery with its pipelines, in one transaction; answer only once it committed. The pipelines'
+    jobs come from planning, which reads the repository's file: never on this path (a redelivery lists them)."""
     if plan.pong:
         return web.json_response({"pong": True, "delivery": delivery})
     if not plan.specs:
-        return web.json_response({"jobs": [], "delivery": delivery, "reason": plan.reason or f"{event}: no job"},
-                                 status=202)
+        return web.json_response({"pipelines": [], "jobs": [], "delivery": delivery,
+                                  "reason": plan.reason or f"{event}: no job"}, status=202)
     supersede = plan.supersede and request.app[SETTINGS].queue.cancel_superseded
     result = await request.app[RUNTIME].control.commit_delivery(forge, delivery, plan.specs, supersede=supersede)
-    body: dict[str, Any] = {"jobs": list(result.job_ids), "delivery": delivery}
+    body: dict[str, Any] = {"pipelines": list(result.pipeline_ids), "jobs": list(result.job_ids),
+                            "delivery": delivery}
     if result.redelivery:
         body["redelivery"] = True
+    if result.superseded:
+        body["superseded_pipelines"] = list(result.superseded)
     if result.cancelled or result.stopping:
         body["superseded"] = sorted(result.cancelled + result.stopping)
     return web.json_response(body, status=202)

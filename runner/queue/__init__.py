@@ -7,7 +7,7 @@ from runner.queue.deliveries import DELIVERY_MEMORY, PRUNE_EVERY, Delivery, Deli
 from runner.queue.index import IndexQueries
 from runner.queue.jobs import JobQueries, Order
 from runner.queue.metrics import MetricQueries
-from runner.queue.pipelines import PipelineQueries, PlannedJobRow, Settlement
+from runner.queue.pipelines import PlannedJobRow, Settlement
 from runner.queue.schema import MIGRATIONS
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
 ]
 
 
-class Queue(PipelineQueries, JobQueries, DeliveryQueries, IndexQueries, MetricQueries):
+class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

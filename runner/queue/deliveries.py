@@ -1,4 +1,4 @@
-"""The deliveries table (migration 3): a forge delivery and the jobs it makes, recorded in one transaction."""
+"""The deliveries table (migrations 3, 5): a forge delivery and the pipelines it makes, in one transaction."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from runner.models import JobSpec, JobState
-from runner.queue.base import QueueBase
-from runner.queue.jobs import CANCEL, ENQUEUE, spec_json
+from runner.queue.jobs import CANCEL
+from runner.queue.pipelines import PipelineQueries, Settlement
 
 _SUPERSEDED = "concurrency_group = :group AND id < :before AND NOT cancel_requested"
-_DELIVERY_JOBS = "SELECT job_ids FROM deliveries WHERE forge = ? AND delivery_id = ?"
-_RECORD_DELIVERY = "INSERT INTO deliveries (forge, delivery_id, job_ids, received_at) VALUES (?, ?, ?, ?)"
+_DELIVERY_PIPELINES = "SELECT coalesce(pipeline_ids, '[]'), job_ids FROM deliveries WHERE forge = ? AND delivery_id = ?"
+_RECORD_DELIVERY = "INSERT INTO deliveries (forge, delivery_id, pipeline_ids, received_at) VALUES (?, ?, ?, ?)"
+_JOBS_OF = "SELECT id FROM jobs WHERE pipeline_id IN (SELECT value FROM json_each(?)) ORDER BY id"
 _PRUNE_DELIVERIES = "DELETE FROM deliveries WHERE received_at < ?"
 # Forges redeliver for a few days (GitHub: 3); a delivery older than this is answered as a new one.
 DELIVERY_MEMORY = 7 * 86400.0
@@ -23,26 +23,29 @@ PRUNE_EVERY = 64  # deliveries between two prunings of the deliveries table
 
 @dataclass(frozen=True)
 class NewDelivery:
-    """A forge delivery to record, with the jobs it makes (Queue.enqueue_deliveries)."""
+    """A forge delivery to record, with the pipelines it makes (Queue.enqueue_deliveries): one per spec."""
 
     forge: str
     delivery_id: str
     specs: tuple[JobSpec, ...]
-    supersede: bool = False  # each job cancels the older unfinished jobs of its concurrency group
+    supersede: bool = False  # each pipeline cancels the older unfinished pipelines of its concurrency group
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """What recording a forge delivery did: the jobs it made, and the superseded jobs it cancelled."""
+    """What recording a forge delivery did: the pipelines it made (planned later, by the coordinator), and the
+    superseded jobs it cancelled or flagged."""
 
-    job_ids: tuple[int, ...]
-    redelivery: bool = False  # the (forge, delivery id) was seen before: job_ids are the jobs it made then
+    pipeline_ids: tuple[int, ...]
+    redelivery: bool = False  # the (forge, delivery id) was seen before: what it made then
     cancelled: tuple[int, ...] = ()  # superseded queued jobs, cancelled now
     stopping: tuple[int, ...] = ()  # superseded running jobs, flagged for their runner to stop
+    job_ids: tuple[int, ...] = ()  # a redelivery: the jobs its pipelines have by now (or, before pipelines, made)
+    superseded: tuple[int, ...] = ()  # pipelines it cancelled
 
 
-class DeliveryQueries(QueueBase):
-    """Webhook intake (runner.committer): deliveries and their jobs, redeliveries answered from the table."""
+class DeliveryQueries(PipelineQueries):
+    """Webhook intake (runner.committer): deliveries and their pipelines, redeliveries answered from the table."""
 
     def enqueue_deliveries(self, deliveries: Sequence[NewDelivery]) -> list[Delivery]:
         """Record forge deliveries and enqueue their jobs, in order, in one transaction (all or nothing).
@@ -51,36 +54,44 @@ class DeliveryQueries(QueueBase):
         it made the first time. With `supersede`, each new job cancels (as cancel does) the older unfinished jobs
         of its concurrency group, in the same transaction.
         """
-        rows = [
-            [(spec.repo, spec.ref, spec.sha, spec.event, spec.priority, spec.concurrency_group, spec.fork,
-              spec.pr_number, spec.base_ref, None if spec.pipeline is None else spec_json(spec.pipeline, "pipeline"),
-              spec_json(spec.env, "env"), spec_json(spec.meta, "meta"))
-             for spec in delivery.specs]
-            for delivery in deliveries
-        ]
+        for delivery in deliveries:
+            for spec in delivery.specs:
+                spec.to_json()  # a spec JSON cannot hold is its own delivery's fault, found before the transaction
         results: list[Delivery] = []
+        settlements: list[Settlement] = []
         with self._transaction() as conn:
             now = self._clock()
-            for delivery, job_rows in zip(deliveries, rows):
-                results.append(self._record_delivery(conn, delivery, job_rows, now))
-            if any(r.job_ids and r.job_ids[0] % PRUNE_EVERY == 0 for r in results if not r.redelivery):
+            for delivery in deliveries:
+                results.append(self._record_delivery(conn, delivery, now, settlements))
+            if any(r.pipeline_ids and r.pipeline_ids[0] % PRUNE_EVERY == 0 for r in results if not r.redelivery):
                 conn.execute(_PRUNE_DELIVERIES, (now - DELIVERY_MEMORY,))  # now and then keeps the table small
+        for settled in settlements:  # kept only once the transaction committed
+            self._settled(settled)
         return results
 
-    @staticmethod
-    def _record_delivery(conn: sqlite3.Connection, delivery: NewDelivery, rows: list[tuple[Any, ...]],
-                         now: float) -> Delivery:
-        seen = conn.execute(_DELIVERY_JOBS, (delivery.forge, delivery.delivery_id)).fetchone()
+    def _record_delivery(self, conn: sqlite3.Connection, delivery: NewDelivery, now: float,
+                         settlements: list[Settlement]) -> Delivery:
+        seen = conn.execute(_DELIVERY_PIPELINES, (delivery.forge, delivery.delivery_id)).fetchone()
         if seen is not None:
-            return Delivery(tuple(json.loads(seen[0])), redelivery=True)
-        job_ids: list[int] = [conn.execute(ENQUEUE, (*row, now)).lastrowid for row in rows]  # type: ignore[misc]
+            pipelines = tuple(json.loads(seen[0]))
+            jobs = [r[0] for r in conn.execute(_JOBS_OF, (seen[0],))] if pipelines else json.loads(seen[1])
+            return Delivery(pipelines, redelivery=True, job_ids=tuple(jobs))
+        pipeline_ids = [self._create_pipeline(conn, spec, now) for spec in delivery.specs]
         cancelled: list[int] = []
         stopping: list[int] = []
-        for spec, job_id in zip(delivery.specs, job_ids):
+        superseded: list[int] = []
+        for spec, pipeline_id in zip(delivery.specs, pipeline_ids):
             if delivery.supersede and spec.concurrency_group is not None:
-                params = {"group": spec.concurrency_group, "before": job_id, "now": now}
-                for old_id, state in conn.execute(CANCEL.format(where=_SUPERSEDED), params).fetchall():
+                for settled in self.supersede(conn, spec.concurrency_group, pipeline_id):
+                    superseded.append(settled.pipeline_id)
+                    cancelled += settled.cancelled
+                    stopping += settled.stopping
+                    settlements.append(settled)
+                # Jobs of no pipeline (queued before pipelines existed) in the group go too.
+                params = {"group": spec.concurrency_group, "before": 2**62, "now": now}
+                for old_id, state in conn.execute(CANCEL.format(where=_SUPERSEDED + " AND pipeline_id IS NULL"),
+                                                  params).fetchall():
                     (cancelled if state == JobState.cancelled else stopping).append(old_id)
-        conn.execute(_RECORD_DELIVERY, (delivery.forge, delivery.delivery_id, json.dumps(job_ids), now))
-        return Delivery(tuple(job_ids), False, tuple(sorted(cancelled)), tuple(sorted(stopping)))
-
+        conn.execute(_RECORD_DELIVERY, (delivery.forge, delivery.delivery_id, json.dumps(pipeline_ids), now))
+        return Delivery(tuple(pipeline_ids), False, tuple(sorted(cancelled)), tuple(sorted(stopping)),
+                        superseded=tuple(superseded))

@@ -1,0 +1,130 @@
+"""Planning: a `planning` pipeline becomes jobs — the sha pinned from the mirror, `.forgeci.toml` read with
+`git show` (no workspace), its jobs and matrices expanded and written in one transaction.
+
+The coordinator (the process holding the data dir) plans: right away for `POST /jobs/submit`, in the background
+for webhook deliveries, which never wait for the network. A fetch fault is an infrastructure fault, retried with
+back-off up to `queue.max_retries`, then the pipeline ends `error`; a bad file is the pipeline's fault: one job
+that ends `failure` with the file's messages, as a one-job pipeline always did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from config.errors import ConfigError
+from config.pipeline import Pipeline, expand, parse_pipeline, pipeline_from_dict, pipeline_to_dict
+from runner.errors import InvalidTransition, QueueError, WorkspaceError
+from runner.models import PipelineRecord
+from runner.queue import PlannedJobRow, Queue, Settlement
+from runner.workspace import Workspaces
+
+log = logging.getLogger(__name__)
+
+PIPELINE_FILE = ".forgeci.toml"
+ONE_JOB = "ci"  # the job a file of top-level [[steps]] (or a file with errors) makes
+BACKOFF_BASE = 2.0  # seconds before the first re-plan after a fetch fault; doubles each time
+BACKOFF_CAP = 60.0
+IDLE = 30.0  # seconds between looks at the pipelines table when nothing woke the planner
+
+PlanResult = tuple[list[int], Settlement]  # the planned jobs' ids, and what writing them settled
+PlanListener = Callable[[PipelineRecord, "PlanResult | None"], Awaitable[None]]
+
+
+def planned_rows(record: PipelineRecord, pipeline: Pipeline | None, sha: str | None) -> list[PlannedJobRow]:
+    """The jobs of a pipeline: each inherits the trigger's spec at the pinned sha, with its own one-job pipeline.
+    `pipeline` None (a file with errors, or none): one job that reads the file after its checkout and fails
+    with the file's own messages."""
+    base = dataclasses.replace(record.spec, sha=sha or record.spec.sha)
+    if pipeline is None:
+        return [PlannedJobRow(spec=dataclasses.replace(base, pipeline=None), name=ONE_JOB, display=ONE_JOB)]
+    rows = []
+    for job in expand(pipeline):
+        meta = {**base.meta, "pipeline": str(record.id), "job": job.display}
+        spec = dataclasses.replace(base, pipeline=pipeline_to_dict(job.pipeline), meta=meta)
+        rows.append(PlannedJobRow(spec=spec, name=job.name, display=job.display, needs=tuple(job.needs),
+                                  condition=job.condition, continue_on_error=job.continue_on_error,
+                                  fail_fast=job.fail_fast, max_parallel=job.max_parallel))
+    return rows
+
+
+class Planner:
+    """Plans pipelines for one queue; `plan` for one pipeline now, `run` for every pipeline as it comes."""
+
+    def __init__(self, queue: Queue, workspaces: Workspaces, *, max_retries: int) -> None:
+        self.queue = queue
+        self.workspaces = workspaces
+        self.max_retries = max_retries
+        self._wake = asyncio.Event()
+        self._busy: set[int] = set()  # pipelines being planned in this process (submit and the loop may meet)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def plan(self, record: PipelineRecord) -> PlanResult | None:
+        """One attempt at planning `record`: (job ids, the queue's settlement), or None when it stays planning
+        (a fetch fault: retried later) or ended meanwhile."""
+        if record.id in self._busy:
+            return None
+        self._busy.add(record.id)
+        try:
+            try:
+                sha, pipeline = await self._read(record)
+            except WorkspaceError as exc:
+                if not exc.infra:  # a ref or commit that does not exist: the job's checkout says so, as ever
+                    sha, pipeline = record.spec.sha, None
+                else:
+                    await self._deferred(record, str(exc))
+                    return None
+            try:
+                return await asyncio.to_thread(self.queue.write_plan, record.id, sha, planned_rows(record, pipeline,
+                                                                                                     sha))
+            except InvalidTransition:  # cancelled or superseded while we fetched
+                return None
+        finally:
+            self._busy.discard(record.id)
+
+    async def _read(self, record: PipelineRecord) -> tuple[str | None, Pipeline | None]:
+        """The pinned sha and the parsed pipeline (None when the file has errors: its job reports them)."""
+        spec = record.spec
+        if spec.pipeline is not None:  # submitted inline: nothing to fetch
+            return spec.sha, _parsed(lambda: pipeline_from_dict(spec.pipeline, "submitted pipeline"))
+        sha = await self.workspaces.resolve(spec.repo, spec.ref, spec.sha, lambda text: log.debug("%s", text))
+        text = await self.workspaces.read_file(spec.repo, sha, PIPELINE_FILE)
+        if text is None:
+            return sha, None
+        return sha, _parsed(lambda: parse_pipeline(text, PIPELINE_FILE))
+
+    async def _deferred(self, record: PipelineRecord, error: str) -> None:
+        attempts = record.plan_attempts + 1
+        retry_in = None if attempts > self.max_retries else min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempts - 1))
+        log.warning("pipeline %d: cannot plan it (attempt %d): %s", record.id, attempts, error)
+        await asyncio.to_thread(self.queue.plan_failed, record.id, f"cannot fetch the pipeline: {error}",
+                                retry_in=retry_in)
+
+    async def run(self, on_planned: PlanListener) -> None:
+        """Plan every due pipeline, then sleep until the next back-off ends or something wakes us."""
+        while True:
+            self._wake.clear()
+            try:
+                for record in await asyncio.to_thread(self.queue.due_plans):
+                    await on_planned(record, await self.plan(record))
+                next_at = await asyncio.to_thread(self.queue.next_plan_at)
+            except QueueError as exc:
+                log.error("planner: %s", exc)
+                next_at = None
+            wait = IDLE if next_at is None else max(0.05, min(IDLE, next_at - time.time()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except TimeoutError:
+                pass
+
+
+def _parsed(parse: Callable[[], Pipeline]) -> Pipeline | None:
+    try:
+        return parse()
+    except ConfigError:
+        return None
