@@ -214,19 +214,19 @@ def expand_matrix(job: str, matrix: Mapping[str, Sequence[Value]] | None, exclud
     return members
 
 
-def references(text: str, path: str, issues: Issues) -> list[str]:
-    """The matrix keys `text` refers to; any other `${{ ... }}`, or an unclosed one, is an issue."""
-    keys = []
+def references(text: str) -> tuple[list[str], list[str]]:
+    """The matrix keys `text` refers to, and what is wrong with its other `${{ ... }}` (or an unclosed one)."""
+    keys, problems = [], []
     for match in EXPRESSION.finditer(text):
         ref = _MATRIX_REF.fullmatch(match[1])
         if ref is None:
             shown = match[0] if len(match[0]) <= 60 else match[0][:57] + "..."
-            issues.add(path, f"only ${{{{ matrix.KEY }}}} is supported, got {shown}")
+            problems.append(f"only ${{{{ matrix.KEY }}}} is supported, got {shown}")
         else:
             keys.append(ref[1])
     if "${{" in EXPRESSION.sub("", text):
-        issues.add(path, "unclosed ${{ (expected ${{ matrix.KEY }})")
-    return keys
+        problems.append("unclosed ${{ (expected ${{ matrix.KEY }})")
+    return keys, problems
 
 
 def substitute(text: str, values: Mapping[str, Value]) -> str:

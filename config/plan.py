@@ -105,8 +105,9 @@ def expand_into(pipeline: Pipeline, issues: Issues) -> tuple[PlannedJob, ...]:
         return (PlannedJob(name=name, display=name, matrix={}, needs=(), condition="success",
                            continue_on_error=False, fail_fast=True, max_parallel=None, pipeline=pipeline),)
     planned: list[PlannedJob] = []
+    said: set[tuple[str, str]] = set()
     for name in topological_order({name: spec.needs for name, spec in pipeline.jobs.items()}):
-        planned.extend(_members(pipeline, name, pipeline.jobs[name], issues))
+        planned.extend(_members(pipeline, name, pipeline.jobs[name], said, issues))
     return tuple(planned)
 
 
@@ -130,32 +131,37 @@ def _texts(top: Pipeline, name: str, spec: JobSpec) -> Iterator[tuple[str, str]]
 
 
 def _check_references(top: Pipeline, name: str, spec: JobSpec, members: list[Values] | None,
-                      issues: Issues) -> None:
+                      said: set[tuple[str, str]], issues: Issues) -> bool:
+    """Whether every `${{ ... }}` of the job is a matrix key each member has; `said` keeps top-level texts, which
+    every job inherits, from being reported once per job."""
     keys = list(dict.fromkeys(k for values in members or () for k in values))
+    fine = True
     for path, text in _texts(top, name, spec):
+        found, problems = references(text)
         in_job = "" if path.startswith("jobs.") else f" (in job {quoted(name)})"
-        said: set[str] = set()
-        for key in references(text, path, issues):
+        for key in found:
             if members is None:
-                message = f"${{{{ matrix.{key} }}}}: job {quoted(name)} has no matrix"
+                problems.append(f"${{{{ matrix.{key} }}}}: job {quoted(name)} has no matrix")
             elif key not in keys:
-                message = f"unknown matrix key {quoted(key)} (matrix keys: {', '.join(keys)})"
-            else:
-                lacking = [display_name(name, v) for v in members if key not in v]
-                if not lacking:
-                    continue
+                problems.append(f"unknown matrix key {quoted(key)} (matrix keys: {', '.join(keys)}){in_job}")
+            elif lacking := [display_name(name, v) for v in members if key not in v]:
                 more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
-                message = f"${{{{ matrix.{key} }}}}: member {quoted(lacking[0])}{more} has no {key}"
-            if message not in said:
-                said.add(message)
-                issues.add(path, message + in_job)
+                problems.append(f"${{{{ matrix.{key} }}}}: member {quoted(lacking[0])}{more} has no {key}")
+        fine = fine and not problems
+        for message in problems:
+            if (path, message) not in said:
+                said.add((path, message))
+                issues.add(path, message)
+    return fine
 
 
-def _members(top: Pipeline, name: str, spec: JobSpec, issues: Issues) -> list[PlannedJob]:
+def _members(top: Pipeline, name: str, spec: JobSpec, said: set[tuple[str, str]],
+             issues: Issues) -> list[PlannedJob]:
     before = issues.count
     members = expand_matrix(name, spec.matrix, spec.matrix_exclude, spec.matrix_include, f"jobs.{name}", issues)
-    _check_references(top, name, spec, members, issues)
-    if issues.count > before:
+    if members == []:
+        return []  # the matrix itself is wrong: its references would only repeat that
+    if not _check_references(top, name, spec, members, said, issues) or issues.count > before:
         return []
     planned = []
     for values in members if members is not None else [None]:
