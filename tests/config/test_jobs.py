@@ -48,6 +48,7 @@ steps = [{ run = "python -m build" }]
 '''
 
 STEPS = 'steps = [{ run = "x" }]\n'
+BAD_NAME = 'expected job names of letters, digits, "-" and "_", starting with a letter or "_", at most 100 long, got {}'
 
 
 def errors(text: str) -> dict[str, str]:
@@ -74,7 +75,8 @@ def test_the_issue_example() -> None:
         fail_fast=True, max_parallel=2, continue_on_error=False,
         steps=(Step(name="pytest", run="pytest --db ${{ matrix.db }}"),))
     build = p.jobs["build"]
-    assert (build.needs, build.if_, build.steps) == (("test",), "success", (Step(name="step-1", run="python -m build"),))
+    assert (build.needs, build.if_) == (("test",), "success")
+    assert build.steps == (Step(name="step-1", run="python -m build"),)
     # Overrides left out are None: "take the top-level key".
     assert (build.image, build.timeout, build.branches, build.snapshot, build.secrets, build.cache, build.env) == (
         None, None, None, None, None, None, {})
@@ -124,23 +126,21 @@ def test_the_form_of_the_file(text: str, expected: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("text", "path", "message"),
     [
-        (job("1st"), "jobs", 'expected job names of letters, digits, "-" and "_", starting with a letter or "_", '
-                             "at most 100 long, got '1st'"),
-        ('[jobs."a b"]\n' + STEPS, "jobs", "expected job names of letters, digits, \"-\" and \"_\", starting with "
-                                           "a letter or \"_\", at most 100 long, got 'a b'"),
-        (job("a" * 101), "jobs", "expected job names of letters, digits, \"-\" and \"_\", starting with a letter "
-                                 f"or \"_\", at most 100 long, got '{'a' * 40}...'"),
+        (job("1st"), "jobs", BAD_NAME.format("'1st'")),
+        ('[jobs."a b"]\n' + STEPS, "jobs", BAD_NAME.format("'a b'")),
+        (job("a" * 101), "jobs", BAD_NAME.format(f"'{'a' * 40}...'")),
         (job("build-x") + job("build_x"), "jobs.build_x",
          '"build-x" and "build_x" are the same name in variables (NEEDS_BUILD_X_...)'),
         (job("Test") + job("test"), "jobs.test", '"Test" and "test" are the same name in variables (NEEDS_TEST_...)'),
         ("[jobs.a]\n", "jobs.a.steps", "missing required key (array of tables, keys as `steps[]`)"),
         ("[jobs.a]\nsteps = []\n", "jobs.a.steps", "expected at least one [[jobs.a.steps]] table, got an empty array"),
         ("[jobs]\na = 1\n", "jobs.a", "expected a table, got 1"),
-        (job("a", 'runs_on = "linux"\n'), "jobs.a.runs_on", "unknown key (expected one of needs, if, matrix, "
-         "matrix_exclude, matrix_include, fail_fast, max_parallel, continue_on_error, image, timeout, branches, "
-         "snapshot, secrets, env, cache, steps)"),
+        (job("a", 'runs_on = "linux"\n'), "jobs.a.runs_on", (
+            "unknown key (expected one of needs, if, matrix, matrix_exclude, matrix_include, fail_fast, max_parallel, "
+            "continue_on_error, image, timeout, branches, snapshot, secrets, env, cache, steps)")),
         (job("a", 'iff = "always"\n'), "jobs.a.iff", "unknown key (did you mean 'if'?)"),
-        (job("a", 'if = "sometimes"\n'), "jobs.a.if", "expected one of 'success', 'failure', 'always', got 'sometimes'"),
+        (job("a", 'if = "sometimes"\n'), "jobs.a.if",
+         "expected one of 'success', 'failure', 'always', got 'sometimes'"),
         (job("a", 'if = "failure"\n'), "jobs.a.if",
          '"failure" runs a job when one of its needs failed, and this job has no needs'),
         (job("a", "max_parallel = 0\n"), "jobs.a.max_parallel", "expected an integer >= 1, got 0"),

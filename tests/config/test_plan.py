@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.errors import ConfigError
-from config.pipeline import CacheSpec, JobSpec, Pipeline, Step, parse_pipeline, pipeline_from_dict, pipeline_to_dict
+from config.pipeline import (
+    CacheSpec,
+    JobSpec,
+    Pipeline,
+    Step,
+    parse_pipeline,
+    pipeline_from_dict,
+    pipeline_to_dict,
+)
 from config.plan import PlannedJob, env_name, expand, matrix_var, members_of, needs_var
 
 MATRIX_2X3 = '''
@@ -75,8 +83,8 @@ def test_a_2x3_matrix_with_one_exclude_and_one_include_makes_6_members() -> None
 
 def test_jobs_without_a_matrix_and_dependants() -> None:
     planned = plan(MATRIX_2X3)
-    assert [p.display for p in planned][0] == "lint" and [p.display for p in planned][-1] == "build"
     lint, build = planned[0], planned[-1]
+    assert (lint.display, build.display) == ("lint", "build")
     assert (lint.matrix, lint.needs, lint.pipeline.env, lint.pipeline.name) == ({}, (), {"LEVEL": "full"}, "lint")
     assert build.needs == ("test",) and build.pipeline.steps == (Step(name="step-1", run="python -m build"),)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -158,8 +166,10 @@ def test_matrix_variables_win_over_the_files_env() -> None:
 
 def test_integers_and_booleans_are_shown_as_toml_writes_them() -> None:
     planned = plan('[jobs.t]\nmatrix = { n = [1, -2], fast = [true], "node-version" = ["20"] }\n'
-                   'steps = [{ name = "n${{ matrix.n }}", run = "echo ${{ matrix.fast }} ${{ matrix.node-version }}" }]\n')
-    assert [p.display for p in planned] == ["t (n=1, fast=true, node-version=20)", "t (n=-2, fast=true, node-version=20)"]
+                   'steps = [{ name = "n${{ matrix.n }}", '
+                   'run = "echo ${{ matrix.fast }} ${{ matrix.node-version }}" }]\n')
+    assert [p.display for p in planned] == ["t (n=1, fast=true, node-version=20)",
+                                            "t (n=-2, fast=true, node-version=20)"]
     assert planned[0].matrix == {"n": 1, "fast": True, "node-version": "20"}
     assert planned[1].pipeline.env == {"MATRIX_N": "-2", "MATRIX_FAST": "true", "MATRIX_NODE_VERSION": "20"}
     assert planned[1].pipeline.steps[0] == Step(name="n-2", run="echo true 20")
@@ -276,13 +286,13 @@ def test_each_matrix_mistake_names_its_key(text: str, path: str, message: str) -
         (matrix_job('matrix_include = [{ python = "3.13" }, { python = "3.14" }]\n', "x ${{ matrix.db }}"),
          {"jobs.t.steps[0].run": '${{ matrix.db }}: member "t (python=3.13)" and 1 more has no db'}),
         # Top-level texts are checked in every job that uses them; a problem of the text itself is said once.
-        ('[env]\nX = "${{ secrets.X }}"\n[jobs.a]\nmatrix = { os = ["l"] }\nsteps = [{ run = "x" }]\n'
-         '[jobs.b]\nsteps = [{ run = "x" }]\n[jobs.c]\nsteps = [{ run = "x" }]\n',
+        (('[env]\nX = "${{ secrets.X }}"\n[jobs.a]\nmatrix = { os = ["l"] }\nsteps = [{ run = "x" }]\n'
+          '[jobs.b]\nsteps = [{ run = "x" }]\n[jobs.c]\nsteps = [{ run = "x" }]\n'),
          {"env.X": "only ${{ matrix.KEY }} is supported, got ${{ secrets.X }}"}),
         ('[jobs.t]\nmatrix = { x = ["", "a"] }\nsteps = [{ name = "${{ matrix.x }}", run = "${{ matrix.x }}" }]\n',
          {"jobs.t.steps[0].name": 'empty in "t (x=)"', "jobs.t.steps[0].run": 'empty in "t (x=)"'}),
-        ('[jobs.t]\nmatrix = { x = ["a"] }\nsteps = [{ name = "s-${{ matrix.x }}", run = "1" }, '
-         '{ name = "s-a", run = "2" }]\n',
+        (('[jobs.t]\nmatrix = { x = ["a"] }\nsteps = [{ name = "s-${{ matrix.x }}", run = "1" }, '
+          '{ name = "s-a", run = "2" }]\n'),
          {"jobs.t.steps[1].name": 'duplicate step name "s-a" in "t (x=a)" (also steps[0])'}),
     ],
     ids=["unknown-key", "no-matrix", "other-expression", "bare-matrix", "unclosed", "image", "job-env", "step-env",
