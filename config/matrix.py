@@ -15,7 +15,9 @@ Value: TypeAlias = str | int | bool  # what a matrix value may be: TOML's scalar
 Values: TypeAlias = dict[str, Value]  # one member's values, ordered as they are displayed
 
 MAX_MEMBERS: Final = 256  # like GitHub Actions: more is a mistake, and each member is a job of its own
-MAX_COMBINATIONS: Final = 4096  # the product before matrix_exclude; past it expansion is refused, not tried
+# Combinations before matrix_exclude, for one job and for all jobs of a pipeline together: past it, expansion is
+# refused rather than tried (it costs up to MAX_COMBINATIONS x MAX_EXCLUDES lookups, about half a second).
+MAX_COMBINATIONS: Final = 4096
 MAX_EXCLUDES: Final = 256  # bounds the matching work (combinations x entries)
 NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")  # job names and matrix keys, like GitHub job ids
 NAME_RULE: Final = 'letters, digits, "-" and "_", starting with a letter or "_"'
@@ -166,6 +168,11 @@ def check_entries(matrix: Mapping[str, Sequence[Value]] | None, exclude: Sequenc
                            f"unknown matrix key (an include may only use the matrix's keys: {keys})")
 
 
+def combinations(matrix: Mapping[str, Sequence[Value]] | None, include: Sequence[Mapping[str, Value]]) -> int:
+    """How many combinations expanding a matrix examines: the product of its axes, plus its includes."""
+    return (math.prod(len(v) for v in matrix.values()) if matrix else 0) + len(include)
+
+
 def _ordered(values: Mapping[str, Value], axes: Sequence[str]) -> Values:
     """Axis keys in the file's order, then an include's other keys (possible only without `matrix`)."""
     return {**{k: values[k] for k in axes if k in values}, **{k: v for k, v in values.items() if k not in axes}}
@@ -181,10 +188,11 @@ def expand_matrix(job: str, matrix: Mapping[str, Sequence[Value]] | None, exclud
     if matrix is None and not include:
         return None
     axes = list(matrix or {})
-    size = math.prod(len(v) for v in matrix.values()) if matrix else 0
+    size = combinations(matrix, include)
     if size > MAX_COMBINATIONS:
-        issues.add(f"{path}.matrix", f"{len(axes)} axes make {size} combinations; at most {MAX_COMBINATIONS} "
-                                     f"can be expanded (and at most {MAX_MEMBERS} members run)")
+        issues.add(f"{path}.matrix" if matrix else f"{path}.matrix_include",
+                   f"makes {size} combinations (its axes' product, plus includes); at most {MAX_COMBINATIONS} "
+                   f"can be expanded, and at most {MAX_MEMBERS} members run")
         return []
     # Excludes grouped by the axes they name, so each combination costs one set lookup per group.
     groups: dict[tuple[int, ...], set[tuple[str, ...]]] = {}

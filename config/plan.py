@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Final
 
 from config.graph import check_needs, topological_order
 from config.matrix import (
+    MAX_COMBINATIONS,
     NAME,
     NAME_RULE,
     Value,
     Values,
     check_entries,
+    combinations,
     display_name,
     env_name,
     expand_matrix,
@@ -104,6 +106,15 @@ def expand_into(pipeline: Pipeline, issues: Issues) -> tuple[PlannedJob, ...]:
         name = pipeline.name or DEFAULT_JOB
         return (PlannedJob(name=name, display=name, matrix={}, needs=(), condition="success",
                            continue_on_error=False, fail_fast=True, max_parallel=None, pipeline=pipeline),)
+    sizes = {name: combinations(spec.matrix, spec.matrix_include) for name, spec in pipeline.jobs.items()}
+    if sum(sizes.values()) > MAX_COMBINATIONS:  # bounds the work of a whole file, not just of each job
+        for name in (name for name, size in sizes.items() if size > MAX_COMBINATIONS):
+            spec = pipeline.jobs[name]
+            expand_matrix(name, spec.matrix, spec.matrix_exclude, spec.matrix_include, f"jobs.{name}", issues)
+        if max(sizes.values()) <= MAX_COMBINATIONS:
+            issues.add("jobs", f"the matrices make {sum(sizes.values())} combinations in all; at most "
+                               f"{MAX_COMBINATIONS} can be expanded")
+        return ()
     planned: list[PlannedJob] = []
     said: set[tuple[str, str]] = set()
     for name in topological_order({name: spec.needs for name, spec in pipeline.jobs.items()}):

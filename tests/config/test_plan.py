@@ -204,8 +204,19 @@ def test_256_members_are_allowed_and_257_are_not() -> None:
 def test_a_huge_product_is_refused_before_expanding() -> None:
     axes = ", ".join(f"a{i} = [1, 2, 3, 4]" for i in range(20))
     assert errors(f"[jobs.t]\nmatrix = {{ {axes} }}\n" + 'steps = [{ run = "x" }]\n') == {
-        "jobs.t.matrix": "20 axes make 1099511627776 combinations; at most 4096 can be expanded "
-                         "(and at most 256 members run)"}
+        "jobs.t.matrix": "makes 1099511627776 combinations (its axes' product, plus includes); at most 4096 can "
+                         "be expanded, and at most 256 members run"}
+    wide = "matrix = { " + ", ".join(f"{k} = [1, 2, 3, 4]" for k in "abcde") + " }\n"
+    exclude = "matrix_exclude = [{ a = 1 }, { a = 2 }, { a = 3 }]\n"
+    assert len(plan(f"[jobs.t]\n{wide}{exclude}" + 'steps = [{ run = "x" }]\n')) == 256
+    # 256 + 4 x 1024: every job within its limit, but not the file.
+    jobs = "".join(f"[jobs.j{i}]\n{wide}{exclude}" + 'steps = [{ run = "x" }]\n' for i in range(4))
+    assert errors(jobs + "[jobs.small]\nmatrix = { v = [1] }\n" + 'steps = [{ run = "x" }]\n') == {
+        "jobs": "the matrices make 4097 combinations in all; at most 4096 can be expanded"}
+    includes = ", ".join(f"{{ v = {i} }}" for i in range(4097))
+    assert errors(f"[jobs.t]\nmatrix_include = [{includes}]\n" + 'steps = [{ run = "x" }]\n') == {
+        "jobs.t.matrix_include": "makes 4097 combinations (its axes' product, plus includes); at most 4096 can be "
+                                 "expanded, and at most 256 members run"}
 
 
 def matrix_job(body: str, run: str = "x") -> str:
