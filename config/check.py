@@ -14,12 +14,13 @@ FileKind = Literal["pipeline", "settings"]
 
 
 def detect_kind(path: Path, data: bytes) -> FileKind:
-    """`.forgeci.toml`, `*.forgeci.toml` or a file with top-level `steps` is a pipeline; else settings."""
+    """`.forgeci.toml`, `*.forgeci.toml` or a file with top-level `steps` or `jobs` is a pipeline; else settings."""
     if path.name.endswith(".forgeci.toml"):
         return "pipeline"
     try:
         # Only a peek: a file that does not parse is reported by the settings parser, with line and column.
-        has_steps = "steps" in load_toml(data, str(path))
+        top = load_toml(data, str(path))
+        has_steps = "steps" in top or "jobs" in top
     except ConfigError:
         has_steps = False
     return "pipeline" if has_steps else "settings"

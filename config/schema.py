@@ -81,10 +81,20 @@ class FieldDoc:
     doc: str
 
 
-def option(kind: Kind, doc: str, default: Any = MISSING, *, factory: Any = MISSING, shown: str | None = None) -> Any:
-    """A dataclass field described by `kind` and `doc`; `shown` overrides how its default is documented."""
-    metadata = {"kind": kind, "doc": doc, **({"shown": shown} if shown is not None else {})}
+def option(kind: Kind, doc: str, default: Any = MISSING, *, factory: Any = MISSING, shown: str | None = None,
+           key: str | None = None) -> Any:
+    """A dataclass field described by `kind` and `doc`; `shown` overrides how its default is documented.
+
+    `key` is the field's name in the file when it cannot be a Python name (`if`).
+    """
+    metadata = {"kind": kind, "doc": doc, **({"shown": shown} if shown is not None else {}),
+                **({"key": key} if key is not None else {})}
     return field(default=default, default_factory=factory, metadata=metadata)
+
+
+def file_key(f: dataclasses.Field[Any]) -> str:
+    """The key of dataclass field `f` in the file."""
+    return str(f.metadata.get("key", f.name))
 
 
 def describe(value: object) -> str:
@@ -266,7 +276,7 @@ def decode(cls: type, obj: object, path: str, issues: Issues) -> Any:
         issues.add(where, f"expected a table, got {describe(obj)}")
         return INVALID
     before = issues.count
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {file_key(f): f for f in dataclasses.fields(cls)}
     suggested = set()  # a misspelt required key is one mistake, not also a missing key
     for key in obj:
         if not isinstance(key, str):
@@ -282,7 +292,7 @@ def decode(cls: type, obj: object, path: str, issues: Issues) -> Any:
     for name, f in fields.items():
         kind: Kind = f.metadata["kind"]
         if name in obj:
-            values[name] = kind.convert(obj[name], key_path(path, name), issues)
+            values[f.name] = kind.convert(obj[name], key_path(path, name), issues)
         elif f.default is MISSING and f.default_factory is MISSING and name not in suggested:
             issues.add(key_path(path, name), f"missing required key ({kind.label})")
     if issues.count > before:
@@ -298,7 +308,7 @@ def encode(obj: object) -> dict[str, object]:
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         if value is None or value == default:
             continue
-        out[f.name] = f.metadata["kind"].dump(value)
+        out[file_key(f)] = f.metadata["kind"].dump(value)
     return out
 
 
@@ -307,7 +317,7 @@ def field_docs(cls: type, prefix: str = "") -> list[FieldDoc]:
     docs = []
     for f in dataclasses.fields(cls):
         kind: Kind = f.metadata["kind"]
-        path = prefix + f.name
+        path = prefix + file_key(f)
         docs.append(FieldDoc(path, kind.label, _shown_default(f), f.metadata["doc"]))
         if kind.nested is not None:
             docs.extend(field_docs(kind.nested, path + kind.nest))

@@ -25,9 +25,11 @@ _KEYS = st.sampled_from([
     "steps", "run", "name", "timeout", "env", "cache", "paths", "save", "branches", "snapshot", "secrets",
     "image", "continue_on_error", "key_files", "server", "port", "queue", "runner", "ulimits", "data_dir",
     "github", "app_id", "storage", "url", "NPM_TOKEN", "repos", "step_timeout",
+    "jobs", "needs", "if", "matrix", "matrix_exclude", "matrix_include", "fail_fast", "max_parallel", "a", "b",
 ]) | st.text(max_size=8)
 _SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-            | st.sampled_from(["5m", "0s", "always", "success", "main", "", "refs/tags/*", "/abs", "../up"]))
+            | st.sampled_from(["5m", "0s", "always", "success", "main", "", "refs/tags/*", "/abs", "../up", "a", "b",
+                               "${{ matrix.a }}", "${{ x }}", "${{"]))
 _TOML_SCALARS = (st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
                  | st.text(max_size=12) | st.sampled_from(["5m", "0s", "always", "success", "main", ""]))
 
@@ -82,6 +84,18 @@ def test_random_objects_as_a_json_submission(obj: object) -> None:
 @given(st.sampled_from(["image", "timeout", "branches", "snapshot", "secrets", "env", "cache"]), _tree(_SCALARS))
 def test_each_pipeline_key_with_any_value(key: str, value: object) -> None:
     _only_config_errors(pipeline_from_dict, {key: value, "steps": [{"run": "x"}]})
+
+
+_JOB_KEYS = ["needs", "if", "matrix", "matrix_exclude", "matrix_include", "fail_fast", "max_parallel",
+             "continue_on_error", "image", "timeout", "branches", "snapshot", "secrets", "env", "cache", "steps"]
+
+
+@FUZZ
+@given(st.sampled_from(_JOB_KEYS), _tree(_SCALARS), _tree(_SCALARS))
+def test_each_job_key_with_any_value(key: str, value: object, other: object) -> None:
+    job = {"matrix": {"a": ["1", 2, True]}, "steps": [{"run": "${{ matrix.a }}"}], key: value}
+    _only_config_errors(pipeline_from_dict, {"jobs": {"a": job, "b": {"needs": other, "steps": [{"run": "x"}]}}})
+    _only_config_errors(pipeline_from_dict, {"env": {"A": value}, "jobs": {"a": {key: other, "steps": [{"run": "x"}]}}})
 
 
 @pytest.mark.parametrize(

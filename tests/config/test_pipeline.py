@@ -120,9 +120,9 @@ def test_unknown_top_level_key() -> None:
 @pytest.mark.parametrize(
     ("text", "path", "message"),
     [
-        ("", "steps", "missing required key (array of tables)"),
-        ("steps = []", "steps", "expected at least one [[steps]] table, got an empty array"),
-        ('steps = "make"', "steps", "expected at least one [[steps]] table, got 'make'"),
+        ("", "steps", "missing required key: expected at least one [[steps]] table, or [jobs.NAME] tables"),
+        ("steps = []", "steps", "expected at least one [[steps]] table, or [jobs.NAME] tables, got an empty array"),
+        ('steps = "make"', "steps", "expected at least one [[steps]] table, or [jobs.NAME] tables, got 'make'"),
         ("steps = [1]", "steps[0]", "expected a table, got 1"),
         ('[[steps]]\nname = "x"\n', "steps[0].run", "missing required key (string)"),
         ('[[steps]]\nrun = ""\n', "steps[0].run", "expected a non-empty string, got ''"),
