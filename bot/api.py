@@ -19,7 +19,7 @@ from bot.openapi import openapi_document
 from config.errors import ConfigError, ConfigIssue
 from config.pipeline import pipeline_from_dict
 from runner.errors import JobNotFound
-from runner.events import JobEvent
+from runner.events import Event, PipelineEvent
 from runner.logs import LogLine, read_log
 from runner.maintenance import prune
 from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
@@ -257,17 +257,21 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return await sse.stream(request, produce, keepalive=timing.keepalive, check=timing.check, stop=request.app[CLOSING])
 
 
-def event_json(event: JobEvent) -> dict[str, Any]:
+def event_json(event: Event) -> dict[str, Any]:
+    if isinstance(event, PipelineEvent):
+        return {"pipeline_id": event.pipeline_id, "state": event.state, "kind": event.kind, "data": event.data,
+                "t": event.t}
     return {"job_id": event.job_id, "state": event.state, "kind": event.kind, "data": event.data, "t": event.t}
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """GET /events (SSE): every job state change and step progress, as it happens."""
+    """GET /events (SSE): every job state change and step progress (event `job`), and every pipeline state change
+    (event `pipeline`), as it happens."""
     bus = _runtime(request).events
 
     async def produce(send: sse.Send) -> None:
         async for event in bus.subscribe():
-            send(sse.encode(event_json(event), event="job"))
+            send(sse.encode(event_json(event), event="pipeline" if isinstance(event, PipelineEvent) else "job"))
 
     timing = request.app[STREAM_TIMING]
     return await sse.stream(request, produce, keepalive=timing.keepalive, check=timing.check, stop=request.app[CLOSING])

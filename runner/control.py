@@ -78,6 +78,8 @@ class JobControl:
         self.queue = queue
         self.events = events
         self.planner = planner  # None: pipelines wait `planning` for a coordinator that has one
+        if planner is not None:
+            planner.on_planned = self.planned
         self.dispatcher: Dispatcher | None = None  # set by the embedded worker pool when it starts
         self._committer = DeliveryCommitter()
 
@@ -100,9 +102,8 @@ class JobControl:
             record = await asyncio.to_thread(self.queue.pipeline, pipeline_id)
             try:
                 result = await asyncio.wait_for(self.planner.plan(record), timeout)
-            except TimeoutError:
+            except TimeoutError:  # the plan goes on (it is shielded); the answer does not wait for it
                 result = None
-            await self.planned(record, result)
             job_ids = tuple(result[0]) if result else ()
         return Submitted(pipeline_id, job_ids)
 

@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from config.errors import ConfigError
-from config.pipeline import Pipeline, expand, parse_pipeline, pipeline_from_dict, pipeline_to_dict
+from config.pipeline import Pipeline, parse_pipeline, pipeline_from_dict, pipeline_to_dict
+from config.plan import DEFAULT_JOB, expand
 from runner.errors import InvalidTransition, QueueError, WorkspaceError
 from runner.models import PipelineRecord
 from runner.queue import PlannedJobRow, Queue, Settlement
@@ -25,7 +26,7 @@ from runner.workspace import Workspaces
 log = logging.getLogger(__name__)
 
 PIPELINE_FILE = ".forgeci.toml"
-ONE_JOB = "ci"  # the job a file of top-level [[steps]] (or a file with errors) makes
+ONE_JOB = DEFAULT_JOB  # the job a file of top-level [[steps]] (or a file with errors) makes
 BACKOFF_BASE = 2.0  # seconds before the first re-plan after a fetch fault; doubles each time
 BACKOFF_CAP = 60.0
 IDLE = 30.0  # seconds between looks at the pipelines table when nothing woke the planner
@@ -58,34 +59,41 @@ class Planner:
         self.queue = queue
         self.workspaces = workspaces
         self.max_retries = max_retries
+        self.on_planned: PlanListener | None = None  # told of every attempt, once (job control publishes it)
         self._wake = asyncio.Event()
-        self._busy: set[int] = set()  # pipelines being planned in this process (submit and the loop may meet)
+        self._inflight: dict[int, asyncio.Future[PlanResult | None]] = {}  # submit and the loop may meet
 
     def wake(self) -> None:
         self._wake.set()
 
     async def plan(self, record: PipelineRecord) -> PlanResult | None:
         """One attempt at planning `record`: (job ids, the queue's settlement), or None when it stays planning
-        (a fetch fault: retried later) or ended meanwhile."""
-        if record.id in self._busy:
-            return None
-        self._busy.add(record.id)
+        (a fetch fault: retried later) or ended meanwhile. A plan already under way (the loop's, a submit's) is
+        awaited, not started twice."""
+        running = self._inflight.get(record.id)
+        if running is None:
+            running = self._inflight[record.id] = asyncio.ensure_future(self._plan(record))
+            running.add_done_callback(lambda _: self._inflight.pop(record.id, None))
+        return await asyncio.shield(running)
+
+    async def _plan(self, record: PipelineRecord) -> PlanResult | None:
+        result = await self._attempt(record)
+        if self.on_planned is not None:
+            await self.on_planned(record, result)
+        return result
+
+    async def _attempt(self, record: PipelineRecord) -> PlanResult | None:
         try:
-            try:
-                sha, pipeline = await self._read(record)
-            except WorkspaceError as exc:
-                if not exc.infra:  # a ref or commit that does not exist: the job's checkout says so, as ever
-                    sha, pipeline = record.spec.sha, None
-                else:
-                    await self._deferred(record, str(exc))
-                    return None
-            try:
-                return await asyncio.to_thread(self.queue.write_plan, record.id, sha, planned_rows(record, pipeline,
-                                                                                                     sha))
-            except InvalidTransition:  # cancelled or superseded while we fetched
+            sha, pipeline = await self._read(record)
+        except WorkspaceError as exc:
+            if exc.infra:
+                await self._deferred(record, str(exc))
                 return None
-        finally:
-            self._busy.discard(record.id)
+            sha, pipeline = record.spec.sha, None  # a ref or commit that does not exist: its checkout says so
+        try:
+            return await asyncio.to_thread(self.queue.write_plan, record.id, sha, planned_rows(record, pipeline, sha))
+        except InvalidTransition:  # cancelled or superseded while we fetched
+            return None
 
     async def _read(self, record: PipelineRecord) -> tuple[str | None, Pipeline | None]:
         """The pinned sha and the parsed pipeline (None when the file has errors: its job reports them)."""
@@ -105,13 +113,13 @@ class Planner:
         await asyncio.to_thread(self.queue.plan_failed, record.id, f"cannot fetch the pipeline: {error}",
                                 retry_in=retry_in)
 
-    async def run(self, on_planned: PlanListener) -> None:
+    async def run(self) -> None:
         """Plan every due pipeline, then sleep until the next back-off ends or something wakes us."""
         while True:
             self._wake.clear()
             try:
                 for record in await asyncio.to_thread(self.queue.due_plans):
-                    await on_planned(record, await self.plan(record))
+                    await self.plan(record)
                 next_at = await asyncio.to_thread(self.queue.next_plan_at)
             except QueueError as exc:
                 log.error("planner: %s", exc)

@@ -64,7 +64,7 @@ class Runtime:
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
                                lease_seconds=settings.queue.lease_seconds)
         await self.pool.start()
-        self._planning = asyncio.create_task(self.planner.run(self.control.planned), name="forgeci-planner")
+        self._planning = asyncio.create_task(self.planner.run(), name="forgeci-planner")
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
 
     async def stop_workers(self, grace: float | None = None) -> None:

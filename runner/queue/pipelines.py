@@ -9,13 +9,13 @@ matrix member with fail_fast cancels its siblings, and the pipeline's own state 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.plan import env_name
 from runner.errors import InvalidTransition, PipelineNotFound
 from runner.models import JobSpec, PipelineRecord, PipelineState
 from runner.queue.base import QueueBase
@@ -297,7 +297,7 @@ class PipelineQueries(QueueBase):
                     continue
                 row.blocked = False
                 if condition_holds(row.condition, needs):
-                    env = needs_env(needs, _env_name)
+                    env = needs_env(needs, env_name)
                     conn.execute("UPDATE jobs SET blocked = 0, env = json_patch(env, ?) WHERE id = ?",
                                  (json.dumps(env), row.id))
                     settled.ready.append(row.id)
@@ -319,10 +319,6 @@ class PipelineQueries(QueueBase):
                              (state, started, finished, pipeline_id))
                 settled.state = state
         return settled
-
-
-def _env_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "_", text).upper()  # TODO(merge): config.pipeline.env_name
 
 
 def _group(rows: Iterable[_Row]) -> dict[str, list[_Row]]:
