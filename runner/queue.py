@@ -18,7 +18,7 @@ from config.errors import ConfigError, ConfigIssue
 from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.models import (
     MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, BucketStats, CacheEntry, Job, JobMetric, JobSpec, JobState, RangeStats,
-    SnapshotRecord, StepRecord, valid_priority,
+    SnapshotRecord, StepRecord, StepState, valid_priority,
 )
 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's transaction before giving up
@@ -549,8 +549,8 @@ class Queue:
             if conn.execute(_START_STEP, params).rowcount == 0:
                 raise self._refuse(conn, job_id, f"start step {index} of")
 
-    def finish_step(self, job_id: int, index: int, state: JobState | str, exit_code: int | None) -> None:
-        state = JobState(state)
+    def finish_step(self, job_id: int, index: int, state: StepState | str, exit_code: int | None) -> None:
+        state = StepState(state)
         if state not in STEP_ENDS:
             raise ValueError(f"finish_step() needs a terminal state, not {state}")
         with self._transaction() as conn:
@@ -834,7 +834,7 @@ class Queue:
     @staticmethod
     def _steps(conn: sqlite3.Connection, job_id: int) -> tuple[StepRecord, ...]:
         return tuple(
-            StepRecord(idx, name, JobState(state), code, started, finished,
+            StepRecord(idx, name, StepState(state), code, started, finished,
                        None if started is None or finished is None else finished - started)
             for idx, name, state, code, started, finished in conn.execute(_STEPS, (job_id,)).fetchall()
         )

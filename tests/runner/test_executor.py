@@ -14,7 +14,7 @@ import pytest
 
 from config.settings import SecretSpec, Settings
 from runner.logs import LogLine, read_log
-from runner.models import Job, JobSpec, JobState
+from runner.models import Job, JobSpec, JobState, StepState
 from runner.podman_user import PodmanUser
 from runner.runtime import Runtime, open_runtime
 
@@ -80,7 +80,7 @@ async def test_steps_run_in_order_in_one_container_with_merged_env(runtime: Runt
     assert two[0] == f"two A=pipeline B=step CI=true job={job_id} ref=main"
     assert len(two) == 2  # /tmp/host written by step 1 was still there: same container
     assert [s.name for s in job.steps] == ["s0", "s1"]
-    assert all(s.state is JobState.success and s.exit_code == 0 and s.duration is not None for s in job.steps)
+    assert all(s.state is StepState.success and s.exit_code == 0 and s.duration is not None for s in job.steps)
     assert f"{sha}" in log_text(runtime, job_id)
 
 
@@ -93,11 +93,11 @@ async def test_failing_step_stops_the_job_and_continue_on_error_goes_on(runtime:
     went_on = submit(runtime, repo2)
     job = await wait_terminal(runtime, failed)
     assert job.state is JobState.failure
-    assert [(s.name, s.state, s.exit_code) for s in job.steps] == [("s0", JobState.failure, 3)]
+    assert [(s.name, s.state, s.exit_code) for s in job.steps] == [("s0", StepState.failure, 3)]
     assert "s0" in (job.error or "")
     job2 = await wait_terminal(runtime, went_on)
     assert job2.state is JobState.success
-    assert [(s.name, s.state) for s in job2.steps] == [("flaky", JobState.failure), ("after", JobState.success)]
+    assert [(s.name, s.state) for s in job2.steps] == [("flaky", StepState.failure), ("after", StepState.success)]
     assert log_lines(runtime, went_on, "after") == ["went on"]
 
 
@@ -127,7 +127,7 @@ async def test_step_timeout_kills_the_step_promptly_and_leaves_nothing(runtime: 
     running = await wait_state(runtime, job_id, JobState.running)
     job = await wait_terminal(runtime, job_id)
     assert job.state is JobState.timeout
-    assert job.steps[0].state is JobState.timeout
+    assert job.steps[0].state is StepState.timeout
     assert job.finished_at is not None and running.started_at is not None
     assert job.steps[0].duration is not None and 2.0 <= job.steps[0].duration < 5.0
     await asyncio.sleep(0.2)
@@ -155,7 +155,7 @@ async def test_cancel_during_a_step(runtime: Runtime, make_repo: MakeRepo) -> No
     job = await wait_terminal(runtime, job_id)
     assert job.state is JobState.cancelled
     assert time.monotonic() - t0 < 5
-    assert [s.state for s in job.steps] == [JobState.cancelled]
+    assert [s.state for s in job.steps] == [StepState.cancelled]
 
 
 async def test_live_lines_reach_a_follower_while_the_step_runs(runtime: Runtime, make_repo: MakeRepo) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from config.settings import SecretSpec, Settings
 from runner.logs import read_log
-from runner.models import Job, JobSpec, JobState
+from runner.models import Job, JobSpec, JobState, StepState
 from runner.runtime import Runtime, open_runtime
 from tests.fake_engine import FakeEngine, Script
 
@@ -103,7 +103,7 @@ async def test_continue_on_error_goes_on_and_a_plain_failure_stops(rt: Runtime, 
     job = await run_job(rt, repo, pipeline)
     assert job.state is JobState.failure and job.error == "step test failed (exit 4)"
     assert [(s.name, s.state, s.exit_code) for s in job.steps] == [
-        ("lint", JobState.failure, 1), ("test", JobState.failure, 4)]
+        ("lint", StepState.failure, 1), ("test", StepState.failure, 4)]
     assert fake_engine.runs(job.id) == ["lint", "test"]
 
 
@@ -126,7 +126,7 @@ async def test_the_job_timeout_bounds_every_step(fake_settings: Settings, fake_e
     async with open_runtime(fake_settings, {}, engine=fake_engine) as rt:
         job = await run_job(rt, repo, steps("slow", "slow", "slow", timeout="1s"))
     assert job.state is JobState.timeout and job.error == "step s1 exceeded the job's time limit"
-    assert [s.state for s in job.steps] == [JobState.success, JobState.timeout]
+    assert [s.state for s in job.steps] == [StepState.success, StepState.timeout]
 
 
 async def test_cancel_during_a_step_stops_it_and_runs_nothing_after(rt: Runtime, fake_engine: FakeEngine,
@@ -185,7 +185,7 @@ async def test_retry_from_the_failed_step_restores_the_earlier_steps_work(rt: Ru
     assert record is not None and (record.failed_step, record.failed_step_name) == (1, "s1")
     retried = await wait_terminal(rt, await rt.control.retry(first.id, from_failed_step=True))
     assert retried.state is JobState.success, log_text(rt, retried.id)
-    assert [s.state for s in retried.steps] == [JobState.restored, JobState.success, JobState.success]
+    assert [s.state for s in retried.steps] == [StepState.restored, StepState.success, StepState.success]
     assert fake_engine.runs(retried.id) == ["flaky", "last"]  # build's work came from the snapshot
     assert "restored from the snapshot of job" in log_text(rt, retried.id)
 
