@@ -17,6 +17,7 @@ from runner.logs import LogLine, read_log
 from runner.models import Job, JobSpec, JobState, StepState
 from runner.podman_user import PodmanUser
 from runner.runtime import Runtime, open_runtime
+from tests.conftest import with_runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
@@ -265,15 +266,23 @@ async def test_podman_service_is_restarted_after_it_dies(runtime: Runtime, make_
     assert job.state is JobState.success
 
 
-async def test_missing_image_is_an_infrastructure_fault_naming_the_image(
+async def test_a_missing_pipeline_image_fails_the_job_and_a_missing_default_image_is_an_infrastructure_fault(
     settings: Settings, make_repo: MakeRepo
 ) -> None:
-    repo, _ = make_repo({".forgeci.toml": 'image = "localhost/no-such-image:1"\n' + pipeline("true")})
+    named, _ = make_repo({".forgeci.toml": 'image = "localhost/no-such-image:1"\n' + pipeline("true")})
+    default, _ = make_repo({".forgeci.toml": pipeline("true")})
     settings = dataclasses.replace(settings, queue=dataclasses.replace(settings.queue, max_retries=1))
     async with open_runtime(settings, {}) as rt:
-        job = await wait_terminal(rt, submit(rt, repo))
+        job = await wait_terminal(rt, submit(rt, named))
+        text = log_text(rt, job.id)
+    # The pipeline names an image Podman does not have: the pipeline's fault, at once.
+    assert job.state is JobState.failure and job.attempts == 1, text
+    assert "localhost/no-such-image:1" in (job.error or "") and "image localhost/no-such-image:1 does not" in text
+    async with open_runtime(with_runner(settings, image="localhost/no-such-default-image:1"), {}) as rt:
+        job = await wait_terminal(rt, submit(rt, default))
+    # The server's own image is missing: the runner's fault, retried, then `error` naming the image.
     assert job.state is JobState.error and job.attempts == 2
-    assert "localhost/no-such-image:1" in (job.error or "")
+    assert "localhost/no-such-default-image:1" in (job.error or "")
 
 
 async def test_nothing_is_left_after_jobs(settings: Settings, make_repo: MakeRepo, podman_user: PodmanUser) -> None:
