@@ -269,7 +269,9 @@ class Executor:
         steps = select_steps(pipeline, only_step)
         if isinstance(steps, Outcome):
             return steps
-        message = resume_mismatch(steps, resume, checkout.snapshot) if resume and checkout.snapshot else None
+        message = None
+        if resume is not None and checkout.snapshot is not None:
+            message = resume_mismatch(steps, resume, checkout.snapshot)
         if message is None:
             message = await self._missing_image(pipeline)
         if message is not None:  # the pipeline changed under a resumed job, or names an image that does not exist
