@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.models import JobState
+from runner.models import JobState, StepState
 
 STATES = [state.value for state in JobState]
+STEP_STATES = [state.value for state in StepState]
 TERMINAL_STATES = [state.value for state in JobState if state.is_terminal]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -193,7 +194,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "env": {"type": "object", "additionalProperties": {"type": "string"}}},
             "additionalProperties": False},
         "StepRecord": {"type": "object", "properties": {
-            "index": {"type": "integer"}, "name": {"type": "string"}, "state": {"enum": STATES},
+            "index": {"type": "integer"}, "name": {"type": "string"}, "state": {"enum": STEP_STATES},
             "exit_code": {"type": ["integer", "null"]}, "started_at": number, "finished_at": number,
             "duration": number}},
         "Job": {"type": "object", "required": ["id", "state", "spec", "attempts", "steps"], "properties": {

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 import shutil
 import stat
 import threading
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from config.durations import format_duration
 from config.pipeline import Pipeline
@@ -29,6 +28,7 @@ from runner.errors import QueueError
 from runner.models import CacheEntry, JobSpec
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
+from runner.repos import parse_repo
 from runner.store import ObjectMissing, ObjectStore, StoreError
 
 Say = Callable[[str], None]
@@ -74,15 +74,8 @@ def _component(text: str) -> str:
 def repo_id(repo: str) -> str:
     """A repository's name in cache keys: `host/owner/name` for a URL (https and ssh forms agree), `local/...` for
     a path. The host is part of it: two forges' `acme/app` must not share caches."""
-    if "://" in repo:
-        parts = urlsplit(repo)
-        host = (parts.hostname or "").lower() if parts.scheme != "file" else "local"
-        path = parts.path
-    elif re.match(r"^[\w.-]+@[\w.-]+:", repo) or re.match(r"^[\w.-]+:(?!/)", repo):  # scp-like user@host:path
-        host, _, path = repo.partition("@")[2].partition(":") if "@" in repo else repo.partition(":")
-        host = host.lower()
-    else:
-        host, path = "local", os.path.abspath(repo)
+    address = parse_repo(repo)
+    host, path = ("local", address.local_path) if address.local else (address.host, address.path)
     path = posixpath.normpath("/" + path).removesuffix("/").removesuffix(".git")
     return "/".join(_component(p) for p in [host, *path.split("/")] if p)
 

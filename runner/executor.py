@@ -1,4 +1,4 @@
-"""Runs one job: workspace, pipeline, container, steps with timeouts and cancellation, cleanup."""
+"""Runs one job in phases: workspace (checkout or resume), plan, steps in one container, keep (cache, snapshot)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,34 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from config.durations import format_duration
 from config.errors import ConfigError
-from config.pipeline import Pipeline, Step, load_pipeline, pipeline_from_dict
+from config.pipeline import Pipeline, Step
 from config.settings import Settings
 from runner.archive import ArchiveError, CorruptArchive, UnsafeArchive
 from runner.cache import CacheManager, CachePlan, plan_cache
+from runner.engine import ContainerSpec, Engine, EngineError
+from runner.environment import Secrets, job_environment, step_environment
 from runner.errors import QueueError, RunnerError
 from runner.layout import DataLayout
-from runner.logs import JobLog, LogHub, LogLine, Masker
-from runner.models import Job, JobState, Outcome, SnapshotRecord, StepResult
-from runner.engine import ContainerSpec, Engine, EngineError
+from runner.logs import JobLog, LogHub, LogLine
+from runner.models import Job, JobState, Outcome, SnapshotRecord, StepResult, StepState
+from runner.plan import (
+    Plan, invalid_pipeline, missing_image_message, read_pipeline, resume_mismatch, select_steps, skipped,
+)
 from runner.retry import Resume
 from runner.snapshot import Snapshots, should_snapshot
 from runner.store import ObjectMissing, StoreError
 from runner.workspace import WorkspaceError, Workspaces
 
+__all__ = ["Executor", "NullReporter", "Outcome", "StepReporter", "StepResult", "checked_out_sha"]
+
 log = logging.getLogger(__name__)
 
-PIPELINE_FILE = ".forgeci.toml"
 TIMEOUT_GRACE = 1.0  # a step over its limit gets SIGTERM, then SIGKILL this much later
 CANCEL_GRACE = 10.0  # a cancelled step gets SIGTERM, then SIGKILL this much later
 KILL_WAIT = 1.0  # after SIGKILL, wait this long before removing the whole container
@@ -58,13 +63,6 @@ class NullReporter:
         pass
 
 
-def repo_slug(repo: str) -> str:
-    """`owner/name` of a clone URL or path (`https://host/acme/app.git` -> `acme/app`), for secret globs."""
-    path = urlsplit(repo).path if "://" in repo else repo.split(":", 1)[-1] if re.match(r"^[\w.-]+@", repo) else repo
-    parts = [p for p in path.removesuffix("/").removesuffix(".git").split("/") if p]
-    return "/".join(parts[-2:])
-
-
 def checked_out_sha(workspace: Path) -> str:
     """The detached HEAD of a prepared workspace ('' when it is not a git checkout)."""
     try:
@@ -72,6 +70,46 @@ def checked_out_sha(workspace: Path) -> str:
     except OSError:
         return ""
     return head if re.fullmatch(r"[0-9a-f]{40,64}", head) else ""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a job, as its phases share it."""
+
+    job: Job
+    joblog: JobLog
+    cancel: asyncio.Event
+    reporter: StepReporter
+    abort: threading.Event  # set by a cancel: store work in threads polls it, since it cannot await the event
+    say: Callable[[str], None]  # a log line from such a thread, written on the loop
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """What the workspace phase made: the job's tree, the commit in it, and the snapshot a resumed job came from."""
+
+    workspace: Path
+    sha: str  # '' for a working tree that is not a git checkout
+    snapshot: SnapshotRecord | None = None
+
+
+def step_verdict(result: StepResult, step: Step, deadline: float) -> tuple[JobState, str] | None:
+    """The job's end a step's end makes (state, error), or None when the job goes on to the next step."""
+    if result.state is StepState.cancelled:
+        return JobState.cancelled, f"cancelled during step {step.name}"
+    if result.state is StepState.timeout:
+        limit = "the job's" if time.monotonic() >= deadline - 0.05 else "its"
+        return JobState.timeout, f"step {step.name} exceeded {limit} time limit"
+    if result.state is StepState.failure and not step.continue_on_error:
+        return JobState.failure, f"step {step.name} failed (exit {result.exit_code})"
+    return None
+
+
+def summary(outcome: Outcome) -> str:
+    """The job's last log line before the keep phase: its state, how many steps, how long they took."""
+    total = sum(r.duration for r in outcome.steps)
+    count = len(outcome.steps)
+    return f"job {outcome.state} after {count} step{'s' if count != 1 else ''} in {format_duration(total)}"
 
 
 class Executor:
@@ -87,10 +125,9 @@ class Executor:
         self.workspaces = workspaces
         self.layout = layout
         self.hub = hub
-        self.environ = environ
+        self.secrets = Secrets.resolve(settings, environ)  # once: the server's environment does not change
         self.cache = cache  # None: no caches (and no package-manager variables)
         self.snapshots = snapshots  # None: no snapshots, and no retries from a failed step
-        self._secret_values = self._resolve_all_secrets()
         self._limits_apply: bool | None = None
         self._strays: set[str] = set()  # containers whose removal failed (the engine was down): removed later
 
@@ -103,41 +140,32 @@ class Executor:
                 continue  # still down: the next call tries again
             self._strays.discard(container_id)
 
-    def _resolve_all_secrets(self) -> dict[str, str]:
-        values = {}
-        for name, spec in self.settings.secrets.items():
-            value = self.environ.get(spec.env)
-            if value:
-                values[name] = value
-        return values
-
-    def masker(self) -> Masker:
-        """Every configured secret is masked in every job's log, whether or not the job received it."""
-        tokens = list(self._secret_values.values())
-        git_token = self.environ.get(self.settings.git.token_env)
-        if git_token:
-            tokens.append(git_token)
-        return Masker(tokens)
-
     async def run(
         self, job: Job, cancel: asyncio.Event, reporter: StepReporter | None = None, *,
         only_step: str | None = None, local_path: Path | None = None,
         on_line: Callable[[LogLine], None] | None = None,
     ) -> Outcome:
         """One attempt of `job`: never raises for the job's own faults; infrastructure faults set `infra`."""
-        joblog = JobLog(self.layout.log_file(job.id), job.id, self.hub, self.masker(), on_line=on_line)
+        joblog = JobLog(self.layout.log_file(job.id), job.id, self.hub, self.secrets.masker(), on_line=on_line)
+        # Store work runs in threads; a cancel must stop it too. Progress lines come back through the loop.
+        abort = threading.Event()
+        watcher = asyncio.ensure_future(cancel.wait())
+        watcher.add_done_callback(lambda done: abort.set() if not done.cancelled() else None)
+        loop = asyncio.get_running_loop()
+        attempt = Attempt(job, joblog, cancel, reporter or NullReporter(), abort,
+                          lambda text: loop.call_soon_threadsafe(joblog.system, text))
         try:
-            return await self._run(job, joblog, cancel, reporter or NullReporter(), only_step, local_path)
+            return await self._run(attempt, only_step, local_path)
         except RunnerError as exc:  # an engine or workspace fault we did not expect at a given point
             joblog.system(f"infrastructure error: {exc}")
             return Outcome(JobState.error, str(exc), infra=True)
         finally:
+            watcher.cancel()
             joblog.close()
 
-    async def _run(
-        self, job: Job, joblog: JobLog, cancel: asyncio.Event, reporter: StepReporter,
-        only_step: str | None, local_path: Path | None,
-    ) -> Outcome:
+    async def _run(self, attempt: Attempt, only_step: str | None, local_path: Path | None) -> Outcome:
+        """The phases in order; each returns an Outcome instead of its value when it ends the job."""
+        job, joblog = attempt.job, attempt.joblog
         spec = job.spec
         joblog.system(f"job {job.id}, attempt {job.attempts}: {spec.repo} {spec.ref} {spec.sha or ''}".rstrip())
         try:
@@ -146,161 +174,54 @@ class Executor:
             joblog.system(str(exc))
             return Outcome(JobState.failure, str(exc))
         container_id: str | None = None
-        workspace: Path | None = None
-        snapshot: SnapshotRecord | None = None
-        # Store work runs in threads; a cancel must stop it too. Progress lines come back through the loop.
-        abort = threading.Event()
-        watcher = asyncio.ensure_future(cancel.wait())
-        watcher.add_done_callback(lambda done: abort.set() if not done.cancelled() else None)
-        loop = asyncio.get_running_loop()
-
-        def say(text: str) -> None:
-            loop.call_soon_threadsafe(joblog.system, text)
-
         try:
-            try:
-                if resume is not None:
-                    found = await self._resume_workspace(job, resume, say, abort)
-                    if isinstance(found, Outcome):
-                        joblog.system(found.error or "cannot resume")
-                        return found
-                    workspace, snapshot = found
-                elif local_path is not None:
-                    workspace = await self.workspaces.from_local(job.id, local_path)
-                else:
-                    workspace = await self.workspaces.prepare(job.id, spec.repo, spec.ref, spec.sha, joblog.system)
-            except WorkspaceError as exc:
-                joblog.system(f"checkout failed: {exc}")
-                workspace = self.workspaces.path(job.id)  # a half-made one (a full disk, a failed fetch) goes too
-                return Outcome(JobState.error if exc.infra else JobState.failure, f"checkout failed: {exc}",
-                               infra=exc.infra)
-
-            sha = checked_out_sha(workspace)
-            joblog.system(f"workspace ready at {sha or 'the working tree'}")
-            if sha and not spec.sha:
-                reporter.checked_out(job, sha)
-            try:
-                pipeline = self._pipeline(job, workspace)
-            except ConfigError as exc:
-                for issue in exc.issues:
-                    joblog.system(f"invalid pipeline: {issue}")
-                first = exc.issues[0] if exc.issues else exc
-                more = f" (+{len(exc.issues) - 1} more)" if len(exc.issues) > 1 else ""
-                return Outcome(JobState.failure, f"invalid pipeline: {first}{more}")
-
-            if not pipeline.applies_to(spec.base_ref if spec.pr_number is not None and spec.base_ref else spec.ref):
-                message = f"skipped: {spec.ref} is not in the pipeline's branches {list(pipeline.branches)}"
-                joblog.system(message)
-                return Outcome(JobState.skipped, message)
-
-            steps = pipeline.steps
-            if only_step is not None:
-                steps = tuple(s for s in steps if s.name == only_step)
-                if not steps:
-                    names = ", ".join(s.name for s in pipeline.steps)
-                    return Outcome(JobState.failure, f"no step named {only_step!r} (steps: {names})")
-
-            if resume is not None and snapshot is not None:
-                if resume.step >= len(steps) or steps[resume.step].name != snapshot.failed_step_name:
-                    message = (f"cannot resume: step {resume.step + 1} of the pipeline is not "
-                               f"{snapshot.failed_step_name!r}, the step that failed in job {resume.job_id}")
-                    joblog.system(message)
-                    return Outcome(JobState.failure, message)
-
-            image = pipeline.image or self.settings.runner.image
-            plan = await self._cache_plan(job, pipeline, workspace, image, local_path, joblog)
-            env = self._environment(job, pipeline, workspace, joblog, plan.env if plan else {})
-            if plan is not None and self.cache is not None and resume is None:
-                await self._guarded("cache restore", joblog, self.cache.restore, plan, workspace, say, abort, job.id)
-            timeout = pipeline.timeout or self.settings.runner.job_timeout
-            deadline = time.monotonic() + timeout
-            container_id = await self._start_container(job, pipeline, workspace)
-            bash = await self.engine.has_bash(container_id, image)
-            joblog.system(f"container {container_id[:12]} from {image}")
-
-            results: list[StepResult] = []
-            state = JobState.success
-            error: str | None = None
-            for index, step in enumerate(steps):
-                if resume is not None and index < resume.step:
-                    results.append(self._restored(job, joblog, reporter, index, len(steps), step, resume))
-                    continue
-                if cancel.is_set():
-                    state, error = JobState.cancelled, "cancelled"
-                    break
-                reporter.step_started(job, index, step.name, len(steps))
-                result = await self._step(job, joblog, container_id, bash, index, len(steps), step, env,
-                                          deadline, cancel)
-                results.append(result)
-                reporter.step_finished(job, result, len(steps))
-                if result.state is JobState.cancelled:
-                    state, error = JobState.cancelled, f"cancelled during step {step.name}"
-                    break
-                if result.state is JobState.timeout:
-                    over_job = time.monotonic() >= deadline - 0.05
-                    limit = "the job's" if over_job else "its"
-                    state, error = JobState.timeout, f"step {step.name} exceeded {limit} time limit"
-                    break
-                if result.state is JobState.failure and not step.continue_on_error:
-                    state, error = JobState.failure, f"step {step.name} failed (exit {result.exit_code})"
-                    break
-            joblog.system(self._summary(state, results))
-            if local_path is None:
-                # The container goes first: no process of the job may change the tree while root archives it.
-                try:
-                    await self.engine.remove(container_id)
-                except EngineError as exc:
-                    joblog.system(f"warning: the container could not be removed ({exc}); no cache save or snapshot")
-                else:
-                    container_id = None
-                    await self._keep(job, joblog, pipeline, workspace, image, plan, state, results, say, abort)
-            return Outcome(state, error, steps=tuple(results))
+            checkout = await self._checkout(attempt, resume, local_path)
+            if isinstance(checkout, Outcome):
+                return checkout
+            plan = await self._plan(attempt, checkout, resume, only_step, local_path)
+            if isinstance(plan, Outcome):
+                return plan
+            if plan.cache is not None and self.cache is not None and resume is None:
+                await self._guarded("cache restore", joblog, self.cache.restore, plan.cache, checkout.workspace,
+                                    attempt.say, attempt.abort, job.id)
+            deadline = time.monotonic() + plan.timeout
+            container_id = await self._start_container(job, plan, checkout.workspace)
+            outcome = await self._run_steps(attempt, plan, container_id, resume, deadline)
+            joblog.system(summary(outcome))
+            if local_path is None and await self._release(container_id, joblog):
+                container_id = None
+                await self._keep(attempt, plan, checkout.workspace, outcome)
+            return outcome
         finally:
-            watcher.cancel()
-            if container_id is not None:
-                try:
-                    await self.engine.remove(container_id)
-                except EngineError as exc:
-                    log.warning("job %d: could not remove its container (retried once the engine answers): %s",
-                                job.id, exc)
-                    self._strays.add(container_id)
-            if workspace is not None:
-                try:
-                    await self.workspaces.remove(job.id)
-                except RunnerError as exc:
-                    log.warning("job %d: could not remove its workspace: %s", job.id, exc)
+            await self._clean_up(job.id, container_id)
 
-    def _pipeline(self, job: Job, workspace: Path) -> Pipeline:
-        if job.spec.pipeline is not None:
-            return pipeline_from_dict(job.spec.pipeline, "submitted pipeline")
-        path = workspace / PIPELINE_FILE
-        if not path.is_file():
-            raise ConfigError(f"the repository has no {PIPELINE_FILE} at its root (forgeci init writes one)",
-                              source=PIPELINE_FILE)
-        return load_pipeline(path)
+    # -- workspace phase ------------------------------------------------------------------------------------
 
-    def _environment(
-        self, job: Job, pipeline: Pipeline, workspace: Path, joblog: JobLog, cache_env: Mapping[str, str],
-    ) -> dict[str, str]:
-        """Job spec < cache variables < pipeline < secrets (step env goes on top per step) plus forgeci's own."""
+    async def _checkout(self, attempt: Attempt, resume: Resume | None, local_path: Path | None) -> Checkout | Outcome:
+        """The job's tree: the snapshot a retry resumes from, `forgeci run`'s working tree, or a fresh checkout."""
+        job, joblog = attempt.job, attempt.joblog
         spec = job.spec
-        env: dict[str, str] = {**spec.env, **cache_env, **pipeline.env}
-        slug = repo_slug(spec.repo)
-        for name in pipeline.secrets:
-            secret = self.settings.secrets.get(name)
-            if secret is None:
-                joblog.system(f"secret {name} is not configured on this server; not set")
-            elif spec.fork:
-                joblog.system(f"secret {name} withheld: fork pull requests never receive secrets")
-            elif not secret.allows(slug):
-                joblog.system(f"secret {name} withheld: {slug} is not in its repos")
-            elif name not in self._secret_values:
-                joblog.system(f"secret {name}: its variable {secret.env} is not set on the server; not set")
+        snapshot: SnapshotRecord | None = None
+        try:
+            if resume is not None:
+                found = await self._resume_workspace(job, resume, attempt.say, attempt.abort)
+                if isinstance(found, Outcome):
+                    joblog.system(found.error or "cannot resume")
+                    return found
+                workspace, snapshot = found
+            elif local_path is not None:
+                workspace = await self.workspaces.from_local(job.id, local_path)
             else:
-                env[name] = self._secret_values[name]
-        env.update(CI="true", FORGECI="true", FORGECI_JOB_ID=str(job.id), FORGECI_REPO=spec.repo,
-                   FORGECI_REF=spec.ref, FORGECI_SHA=spec.sha or checked_out_sha(workspace))
-        return env
+                workspace = await self.workspaces.prepare(job.id, spec.repo, spec.ref, spec.sha, joblog.system)
+        except WorkspaceError as exc:
+            joblog.system(f"checkout failed: {exc}")
+            return Outcome(JobState.error if exc.infra else JobState.failure, f"checkout failed: {exc}",
+                           infra=exc.infra)
+        sha = checked_out_sha(workspace)
+        joblog.system(f"workspace ready at {sha or 'the working tree'}")
+        if sha and not spec.sha:
+            attempt.reporter.checked_out(job, sha)
+        return Checkout(workspace, sha, snapshot)
 
     async def _resume_workspace(
         self, job: Job, resume: Resume, say: Callable[[str], None], abort: threading.Event,
@@ -330,6 +251,47 @@ class Executor:
             return Outcome(JobState.error, f"cannot restore the snapshot of job {resume.job_id}: {exc}", infra=True)
         return workspace, record
 
+    # -- plan phase -----------------------------------------------------------------------------------------
+
+    async def _plan(
+        self, attempt: Attempt, checkout: Checkout, resume: Resume | None, only_step: str | None,
+        local_path: Path | None,
+    ) -> Plan | Outcome:
+        """The pipeline, whether it applies to the ref, the steps to run, the image, the caches, the environment."""
+        job, joblog = attempt.job, attempt.joblog
+        try:
+            pipeline = read_pipeline(job.spec, checkout.workspace)
+        except ConfigError as exc:
+            return invalid_pipeline(exc, joblog.system)
+        if (message := skipped(job.spec, pipeline)) is not None:
+            joblog.system(message)
+            return Outcome(JobState.skipped, message)
+        steps = select_steps(pipeline, only_step)
+        if isinstance(steps, Outcome):
+            return steps
+        message = None
+        if resume is not None and checkout.snapshot is not None:
+            message = resume_mismatch(steps, resume, checkout.snapshot)
+        if message is None:
+            message = await self._missing_image(pipeline)
+        if message is not None:  # the pipeline changed under a resumed job, or names an image that does not exist
+            joblog.system(message)
+            return Outcome(JobState.failure, message)
+        image = pipeline.image or self.settings.runner.image
+        cache = await self._cache_plan(job, pipeline, checkout.workspace, image, local_path, joblog)
+        env = job_environment(job, pipeline, checkout.sha, cache.env if cache else {}, self.secrets, joblog.system)
+        return Plan(pipeline, steps, image, cache, env, pipeline.timeout or self.settings.runner.job_timeout)
+
+    async def _missing_image(self, pipeline: Pipeline) -> str | None:
+        """Why the pipeline's own image cannot run, or None. An image the pipeline names and this runner lacks is
+        the pipeline's fault, and retrying cannot fix it. The server's default image (`runner.image`, also when a
+        pipeline names it) is not checked here: its absence is the runner's fault, retried when the container
+        cannot start. An engine that does not answer raises EngineError (infrastructure)."""
+        image = pipeline.image
+        if image is None or image == self.settings.runner.image or await self.engine.image_exists(image):
+            return None
+        return missing_image_message(image)
+
     async def _cache_plan(
         self, job: Job, pipeline: Pipeline, workspace: Path, image: str, local_path: Path | None, joblog: JobLog,
     ) -> CachePlan | None:
@@ -343,44 +305,9 @@ class Executor:
             joblog.system(f"cache: detected from {', '.join(plan.key_files)}: {', '.join(plan.paths)}")
         return plan
 
-    def _restored(
-        self, job: Job, joblog: JobLog, reporter: StepReporter, index: int, total: int, step: Step, resume: Resume,
-    ) -> StepResult:
-        """A step before the resume point: its work is in the snapshot, so it is recorded, not run."""
-        joblog.system(f"step {index + 1}/{total}: {step.name} restored from the snapshot of job {resume.job_id} "
-                      f"(not run again)", step=step.name)
-        reporter.step_started(job, index, step.name, total)
-        result = StepResult(index, step.name, JobState.restored, None, 0.0)
-        reporter.step_finished(job, result, total)
-        return result
+    # -- steps phase ----------------------------------------------------------------------------------------
 
-    async def _keep(
-        self, job: Job, joblog: JobLog, pipeline: Pipeline, workspace: Path, image: str, plan: CachePlan | None,
-        state: JobState, results: list[StepResult], say: Callable[[str], None], abort: threading.Event,
-    ) -> None:
-        """Cache save and snapshot, per the pipeline's policies; their failures are warnings, never the job's state."""
-        if plan is not None and self.cache is not None and (
-                state is JobState.success or plan.save == "always" and state in (JobState.failure, JobState.timeout)):
-            await self._guarded("cache save", joblog, self.cache.save, plan, workspace, say, abort)
-        if self.snapshots is not None and should_snapshot(pipeline.snapshot, state):
-            failed = results[-1] if state is not JobState.success and results else None
-            await self._guarded(
-                "snapshot", joblog, self.snapshots.take, job.id, workspace,
-                sha=checked_out_sha(workspace) or job.spec.sha or "", image=image, state=state,
-                failed_step=failed.index if failed else None, failed_step_name=failed.name if failed else None,
-                say=say, abort=abort)
-
-    @staticmethod
-    async def _guarded(what: str, joblog: JobLog, func: Callable[..., object], *args: object, **kwargs: object) -> None:
-        """Run store work in a thread. It reports its own failures; anything else it raises is a bug, logged as a
-        warning in the job's log: caches and snapshots never decide a job's state."""
-        try:
-            await asyncio.to_thread(func, *args, **kwargs)
-        except Exception as exc:
-            log.exception("job %d: %s failed", joblog.job_id, what)
-            joblog.system(f"warning: {what} failed: {exc}")
-
-    async def _start_container(self, job: Job, pipeline: Pipeline, workspace: Path) -> str:
+    async def _start_container(self, job: Job, plan: Plan, workspace: Path) -> str:
         runner = self.settings.runner
         if self._limits_apply is None:
             self._limits_apply = await self.engine.cgroup_limits_apply()
@@ -388,22 +315,57 @@ class Executor:
                 log.warning("rootless Podman on a cgroup-v1 host ignores memory and pids limits; "
                             "forgeci still enforces step and job timeouts")
         spec = ContainerSpec(
-            job_id=job.id, image=pipeline.image or runner.image, workspace=workspace,
+            job_id=job.id, image=plan.image, workspace=workspace,
             env={"CI": "true"}, network=runner.network, memory=runner.memory, pids_limit=runner.pids_limit,
             ulimits=runner.ulimits, ca_bundle=runner.ca_bundle, limits=self._limits_apply,
         )
         return await self.engine.start_job_container(spec)
 
+    async def _run_steps(
+        self, attempt: Attempt, plan: Plan, container_id: str, resume: Resume | None, deadline: float,
+    ) -> Outcome:
+        """Each step in turn in the job's container, until one ends the job; a resumed job's earlier steps are
+        recorded as restored, not run."""
+        job, joblog = attempt.job, attempt.joblog
+        bash = await self.engine.has_bash(container_id, plan.image)
+        joblog.system(f"container {container_id[:12]} from {plan.image}")
+        total = len(plan.steps)
+        results: list[StepResult] = []
+        for index, step in enumerate(plan.steps):
+            if resume is not None and index < resume.step:
+                results.append(self._restored(attempt, index, total, step, resume))
+                continue
+            if attempt.cancel.is_set():
+                return Outcome(JobState.cancelled, "cancelled", steps=tuple(results))
+            attempt.reporter.step_started(job, index, step.name, total)
+            result = await self._step(attempt, container_id, bash, index, total, step, plan.env, deadline)
+            results.append(result)
+            attempt.reporter.step_finished(job, result, total)
+            ending = step_verdict(result, step, deadline)
+            if ending is not None:
+                return Outcome(*ending, steps=tuple(results))
+        return Outcome(JobState.success, steps=tuple(results))
+
+    def _restored(self, attempt: Attempt, index: int, total: int, step: Step, resume: Resume) -> StepResult:
+        """A step before the resume point: its work is in the snapshot, so it is recorded, not run."""
+        attempt.joblog.system(f"step {index + 1}/{total}: {step.name} restored from the snapshot of job "
+                              f"{resume.job_id} (not run again)", step=step.name)
+        attempt.reporter.step_started(attempt.job, index, step.name, total)
+        result = StepResult(index, step.name, StepState.restored, None, 0.0)
+        attempt.reporter.step_finished(attempt.job, result, total)
+        return result
+
     async def _step(
-        self, job: Job, joblog: JobLog, container_id: str, bash: bool, index: int, total: int, step: Step,
-        env: Mapping[str, str], deadline: float, cancel: asyncio.Event,
+        self, attempt: Attempt, container_id: str, bash: bool, index: int, total: int, step: Step,
+        env: Mapping[str, str], deadline: float,
     ) -> StepResult:
+        joblog, cancel = attempt.joblog, attempt.cancel
         joblog.system(f"step {index + 1}/{total}: {step.name}", step=step.name)
         started = time.monotonic()
         limit = min(step.timeout or self.settings.runner.step_timeout, max(0.0, deadline - started))
         argv = self.engine.step_command(step.run, bash)
         execution = asyncio.ensure_future(
-            self.engine.exec(container_id, argv, {**env, **step.env},
+            self.engine.exec(container_id, argv, step_environment(env, step),
                              lambda stream, data: joblog.write(step.name, stream, data)))
         cancelled = asyncio.ensure_future(cancel.wait())
         try:
@@ -414,16 +376,16 @@ class Executor:
         exit_code: int | None
         if execution in done:
             exit_code = execution.result()
-            state = JobState.success if exit_code == 0 else JobState.failure
+            state = StepState.success if exit_code == 0 else StepState.failure
         else:
-            state = JobState.cancelled if cancel.is_set() else JobState.timeout
-            why = "cancelled" if state is JobState.cancelled else f"over its {format_duration(limit)} limit"
+            state = StepState.cancelled if cancel.is_set() else StepState.timeout
+            why = "cancelled" if state is StepState.cancelled else f"over its {format_duration(limit)} limit"
             joblog.system(f"stopping step {step.name}: {why}", step=step.name)
             exit_code = await self._stop(container_id, execution,
-                                         CANCEL_GRACE if state is JobState.cancelled else TIMEOUT_GRACE)
+                                         CANCEL_GRACE if state is StepState.cancelled else TIMEOUT_GRACE)
         joblog.flush(step.name)
         duration = time.monotonic() - started
-        mark = {JobState.success: "ok", JobState.failure: "failed"}.get(state, str(state))
+        mark = {StepState.success: "ok", StepState.failure: "failed"}.get(state, str(state))
         code = f", exit {exit_code}" if exit_code is not None else ""
         joblog.system(f"step {step.name} {mark} in {format_duration(duration)}{code}", step=step.name)
         return StepResult(index, step.name, state, exit_code, duration)
@@ -444,7 +406,54 @@ class Executor:
         except (TimeoutError, EngineError):
             return None
 
+    # -- keep phase -----------------------------------------------------------------------------------------
+
+    async def _release(self, container_id: str, joblog: JobLog) -> bool:
+        """Remove the container before the keep phase: no process of the job may change the tree while root
+        archives it. False (with a warning, and nothing kept) when the engine would not remove it."""
+        try:
+            await self.engine.remove(container_id)
+        except EngineError as exc:
+            joblog.system(f"warning: the container could not be removed ({exc}); no cache save or snapshot")
+            return False
+        return True
+
+    async def _keep(self, attempt: Attempt, plan: Plan, workspace: Path, outcome: Outcome) -> None:
+        """Cache save and snapshot, per the pipeline's policies; their failures are warnings, never the job's state."""
+        job, joblog, state, say, abort = attempt.job, attempt.joblog, outcome.state, attempt.say, attempt.abort
+        if plan.cache is not None and self.cache is not None and (
+                state is JobState.success
+                or plan.cache.save == "always" and state in (JobState.failure, JobState.timeout)):
+            await self._guarded("cache save", joblog, self.cache.save, plan.cache, workspace, say, abort)
+        if self.snapshots is not None and should_snapshot(plan.pipeline.snapshot, state):
+            failed = outcome.steps[-1] if state is not JobState.success and outcome.steps else None
+            await self._guarded(
+                "snapshot", joblog, self.snapshots.take, job.id, workspace,
+                sha=checked_out_sha(workspace) or job.spec.sha or "", image=plan.image, state=state,
+                failed_step=failed.index if failed else None, failed_step_name=failed.name if failed else None,
+                say=say, abort=abort)
+
     @staticmethod
-    def _summary(state: JobState, results: list[StepResult]) -> str:
-        total = sum(r.duration for r in results)
-        return f"job {state} after {len(results)} step{'s' if len(results) != 1 else ''} in {format_duration(total)}"
+    async def _guarded(what: str, joblog: JobLog, func: Callable[..., object], *args: object, **kwargs: object) -> None:
+        """Run store work in a thread. It reports its own failures; anything else it raises is a bug, logged as a
+        warning in the job's log: caches and snapshots never decide a job's state."""
+        try:
+            await asyncio.to_thread(func, *args, **kwargs)
+        except Exception as exc:
+            log.exception("job %d: %s failed", joblog.job_id, what)
+            joblog.system(f"warning: {what} failed: {exc}")
+
+    async def _clean_up(self, job_id: int, container_id: str | None) -> None:
+        """The container (when the keep phase did not remove it) and the workspace, whatever state they are in:
+        a half-made checkout (a full disk, a failed fetch) or a half-restored snapshot goes too."""
+        if container_id is not None:
+            try:
+                await self.engine.remove(container_id)
+            except EngineError as exc:
+                log.warning("job %d: could not remove its container (retried once the engine answers): %s",
+                            job_id, exc)
+                self._strays.add(container_id)
+        try:
+            await self.workspaces.remove(job_id)
+        except RunnerError as exc:
+            log.warning("job %d: could not remove its workspace: %s", job_id, exc)

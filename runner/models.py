@@ -1,4 +1,4 @@
-"""Values of the job queue: job states, what gets enqueued (JobSpec), and a job as stored (Job, StepRecord)."""
+"""Values of the job queue: job and step states, what gets enqueued (JobSpec), a job as stored (Job, StepRecord)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,28 @@ class JobState(StrEnum):
     cancelled = "cancelled"
     skipped = "skipped"
     error = "error"
-    restored = "restored"  # steps only: a retry from the failed step took this step's work from a snapshot
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL: frozenset[JobState] = frozenset(JobState) - {JobState.queued, JobState.running, JobState.restored}
-STEP_ENDS: frozenset[JobState] = TERMINAL | {JobState.restored}  # how a step can end
+TERMINAL: frozenset[JobState] = frozenset(JobState) - {JobState.queued, JobState.running}
+
+
+class StepState(StrEnum):
+    """Where one step of an attempt is: running, then how it ended. The values are the ones stored and shown
+    (the steps table, the API, the dashboard), and the shared ones spell the job states they lead to."""
+
+    running = "running"
+    success = "success"
+    failure = "failure"  # exited non-zero (with continue_on_error the job goes on)
+    timeout = "timeout"  # over its own limit or the job's
+    cancelled = "cancelled"
+    restored = "restored"  # a retry from the failed step took this step's work from a snapshot, not run again
+
+
+STEP_ENDS: frozenset[StepState] = frozenset(StepState) - {StepState.running}  # how a step can end
 
 
 def valid_priority(priority: object) -> bool:
@@ -149,7 +162,7 @@ class StepRecord:
 
     index: int
     name: str
-    state: JobState
+    state: StepState
     exit_code: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -205,7 +218,7 @@ class StepResult:
 
     index: int
     name: str
-    state: JobState
+    state: StepState
     exit_code: int | None
     duration: float
 

@@ -15,11 +15,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from runner.errors import WorkspaceError
 from runner.podman_cli import remove_tree_as
 from runner.podman_user import PodmanUser
+from runner.repos import parse_repo
 
 Say = Callable[[str], None]
 
@@ -61,21 +62,18 @@ class _Remote:
         """Split credentials off `repo`; the token goes only to https remotes without their own userinfo."""
         if not repo.strip() or repo.startswith("-"):
             raise WorkspaceError(f"invalid repository {_USERINFO.sub('***@', repo)!r}", infra=False)
-        if "://" not in repo:
-            if re.match(r"[^/]*:", repo):  # scp-like user@host:path, as git reads it
-                return cls(repo, local=False)
-            return cls(os.path.abspath(repo), local=True)  # git runs from the Podman user's home, not our cwd
-        parts = urlsplit(repo)
-        scheme = parts.scheme.lower()
+        try:
+            address = parse_repo(repo)
+        except ValueError as exc:  # a URL urllib cannot split: no fetch can help it
+            raise WorkspaceError(f"invalid repository {_USERINFO.sub('***@', repo)!r}: {exc}", infra=False) from None
+        scheme, url = address.scheme, address.url
         if scheme not in ("http", "https"):
-            return cls(repo, local=scheme == "file")
-        host = parts.netloc.rpartition("@")[2]
-        url = urlunsplit(parts._replace(netloc=host))
-        if "@" in parts.netloc:
-            user, password = unquote(parts.username or ""), unquote(parts.password or "")
+            return cls(url, local=address.local)
+        if address.username is not None:
+            user, password = unquote(address.username), unquote(address.password or "")
             credentials = f"{user}:{password}"
             # Without a password the user part is the secret (https://TOKEN@host/...); masked raw and decoded.
-            secrets: tuple[str, ...] = (password, parts.password or "") if password else (user, parts.username or "")
+            secrets: tuple[str, ...] = (password, address.password or "") if password else (user, address.username)
         elif token and scheme == "https":
             credentials, secrets = f"x-access-token:{token}", (token,)
         else:
@@ -83,7 +81,7 @@ class _Remote:
         if "\n" in credentials or "\r" in credentials:
             raise WorkspaceError(f"the credentials for {url} contain a line break", infra=False)
         encoded = base64.b64encode(credentials.encode()).decode()
-        return cls(url, False, f"http.{scheme}://{host}/.extraHeader", f"Authorization: Basic {encoded}",
+        return cls(url, False, f"http.{scheme}://{address.hostport}/.extraHeader", f"Authorization: Basic {encoded}",
                    tuple(s for s in (*secrets, encoded) if s))
 
     def mask(self, text: str) -> str:

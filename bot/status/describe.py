@@ -6,7 +6,7 @@ from typing import Any
 
 from bot.status.base import CommitStatus, short
 from config.durations import format_duration
-from runner.models import Job, JobState
+from runner.models import Job, JobState, StepState
 
 FORGE_STATE: dict[JobState, str] = {
     JobState.queued: "pending", JobState.running: "pending",
@@ -40,7 +40,7 @@ def _description(job: Job, kind: str, data: dict[str, Any]) -> str:
     if state is JobState.skipped:
         return "Skipped: " + (error.removeprefix("skipped: ") or "the pipeline does not apply to this ref")
     if state is JobState.failure:
-        failed = [step for step in job.steps if step.state is JobState.failure]
+        failed = [step for step in job.steps if step.state is StepState.failure]
         if failed and (error.startswith("step ") or not error):
             step = failed[-1]  # the one that stopped the job: earlier ones had continue_on_error
             code = f" (exit {step.exit_code})" if step.exit_code is not None else ""

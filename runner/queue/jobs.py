@@ -11,7 +11,8 @@ from typing import Any, Literal
 from config.errors import ConfigError, ConfigIssue
 from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.models import (
-    MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, valid_priority,
+    MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, StepState,
+    valid_priority,
 )
 from runner.queue.base import QueueBase
 from runner.queue.pipelines import Settlement
@@ -272,8 +273,8 @@ class JobQueries(QueueBase):
             if conn.execute(_START_STEP, params).rowcount == 0:
                 raise self._refuse(conn, job_id, f"start step {index} of")
 
-    def finish_step(self, job_id: int, index: int, state: JobState | str, exit_code: int | None) -> None:
-        state = JobState(state)
+    def finish_step(self, job_id: int, index: int, state: StepState | str, exit_code: int | None) -> None:
+        state = StepState(state)
         if state not in STEP_ENDS:
             raise ValueError(f"finish_step() needs a terminal state, not {state}")
         with self._transaction() as conn:
@@ -393,7 +394,7 @@ class JobQueries(QueueBase):
     @staticmethod
     def _steps(conn: sqlite3.Connection, job_id: int) -> tuple[StepRecord, ...]:
         return tuple(
-            StepRecord(idx, name, JobState(state), code, started, finished,
+            StepRecord(idx, name, StepState(state), code, started, finished,
                        None if started is None or finished is None else finished - started)
             for idx, name, state, code, started, finished in conn.execute(_STEPS, (job_id,)).fetchall()
         )

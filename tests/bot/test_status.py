@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.keys import RUNTIME, STATUS
 from runner.events import JobEvent
-from runner.models import JobSpec, JobState
+from runner.models import JobSpec, JobState, StepState
 from tests.bot.forge_payloads import GITLAB_HEAD, gitea_push, gitlab_push
 from tests.bot.webhook_helpers import (
     ENV, PUBLIC_URL, FakeForge, Recorded, answer_once, fake_forge, fixture_json, gitea_headers, github_headers,
@@ -79,7 +79,7 @@ class Runner:
         self.runtime.queue.start_step(self.job_id, index, name)
         self.publish("running", "step", index=index, name=name, total=total)
         if exit_code is not None:
-            state = JobState.success if exit_code == 0 else JobState.failure
+            state = StepState.success if exit_code == 0 else StepState.failure
             self.runtime.queue.finish_step(self.job_id, index, state, exit_code)
             self.publish("running", "step_done", index=index, name=name, total=total, step_state=str(state))
 

@@ -17,7 +17,7 @@ import httpx
 import respx
 
 from bot.metrics import Metrics
-from runner.models import BucketStats, Job, JobSpec, JobState, RangeStats, StepRecord
+from runner.models import BucketStats, Job, JobSpec, JobState, RangeStats, StepRecord, StepState
 
 BASE = "http://forgeci.test"
 T0 = 1_800_000_000.0  # a fixed wall clock for the tests (the app's clock is pinned to NOW)
@@ -58,7 +58,7 @@ def make_job(job_id: int, *, repo: str = "https://github.com/acme/app.git", ref:
              steps: tuple[tuple[str, str, int | None, float | None, float | None], ...] = (),
              cache_hit: bool | None = None, attempts: int = 0, error: str | None = None) -> Job:
     """A Job as the queue stores it; steps are (name, state, exit code, started, finished)."""
-    records = tuple(StepRecord(i, name, JobState(st), code, s, f, None if s is None or f is None else f - s)
+    records = tuple(StepRecord(i, name, StepState(st), code, s, f, None if s is None or f is None else f - s)
                     for i, (name, st, code, s, f) in enumerate(steps))
     return Job(id=job_id, spec=JobSpec(repo=repo, ref=ref, sha=sha, priority=priority), state=JobState(state),
                attempts=attempts, queued_at=queued_at, started_at=started_at, finished_at=finished_at,

@@ -122,7 +122,6 @@ SECRETISH = re.compile(r"token|secret|signature|passw|csrf|digest|hmac|credentia
 NOT_SECRETS = {
     "(token is None) == (app is None)": "whether two settings are present, not their values",
     "digest != checksum": "an archive's sha256 against the index's: integrity, public",
-    "name not in self._secret_values": "a secret's name, not its value",
     "image_label(user, tag, HASH_LABEL) == digest": "an image's content hash",
     "'\\n' in credentials": "a search for a line break",
     "'\\r' in credentials": "a search for a line break",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings, StorageSettings
-from runner.models import JobState
+from runner.models import JobState, StepState
 from runner.runtime import Runtime, open_runtime
 from tests.conftest import git
 from tests.runner.test_executor import log_text, submit, wait_terminal
@@ -101,7 +101,7 @@ run = "mkdir -p node_modules/dep && echo finished"
 async def wait_for_step(rt: Runtime, job_id: int, name: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(s.name == name and s.state is JobState.running for s in rt.queue.get(job_id).steps):
+        if any(s.name == name and s.state is StepState.running for s in rt.queue.get(job_id).steps):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"step {name} of job {job_id} never ran")
@@ -119,7 +119,7 @@ async def test_the_s3_server_stopped_in_the_middle_of_a_job(s3_runtime: tuple[Ru
     job = await wait_terminal(rt, job_id)
     text = log_text(rt, job_id)
     assert job.state is JobState.success, text  # the job's state depends only on its steps
-    assert [s.state for s in job.steps] == [JobState.success, JobState.success]
+    assert [s.state for s in job.steps] == [StepState.success, StepState.success]
     assert "cache: miss " in text and "cache: warning: not saved" in text
     assert "snapshot: warning: not saved" in text and "connection refused" in text
     assert rt.queue.cache_entries() == [] and rt.queue.snapshot(job_id) is None

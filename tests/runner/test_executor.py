@@ -14,9 +14,10 @@ import pytest
 
 from config.settings import SecretSpec, Settings
 from runner.logs import LogLine, read_log
-from runner.models import Job, JobSpec, JobState
+from runner.models import Job, JobSpec, JobState, StepState
 from runner.podman_user import PodmanUser
 from runner.runtime import Runtime, open_runtime
+from tests.conftest import with_runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
@@ -80,7 +81,7 @@ async def test_steps_run_in_order_in_one_container_with_merged_env(runtime: Runt
     assert two[0] == f"two A=pipeline B=step CI=true job={job_id} ref=main"
     assert len(two) == 2  # /tmp/host written by step 1 was still there: same container
     assert [s.name for s in job.steps] == ["s0", "s1"]
-    assert all(s.state is JobState.success and s.exit_code == 0 and s.duration is not None for s in job.steps)
+    assert all(s.state is StepState.success and s.exit_code == 0 and s.duration is not None for s in job.steps)
     assert f"{sha}" in log_text(runtime, job_id)
 
 
@@ -93,11 +94,11 @@ async def test_failing_step_stops_the_job_and_continue_on_error_goes_on(runtime:
     went_on = submit(runtime, repo2)
     job = await wait_terminal(runtime, failed)
     assert job.state is JobState.failure
-    assert [(s.name, s.state, s.exit_code) for s in job.steps] == [("s0", JobState.failure, 3)]
+    assert [(s.name, s.state, s.exit_code) for s in job.steps] == [("s0", StepState.failure, 3)]
     assert "s0" in (job.error or "")
     job2 = await wait_terminal(runtime, went_on)
     assert job2.state is JobState.success
-    assert [(s.name, s.state) for s in job2.steps] == [("flaky", JobState.failure), ("after", JobState.success)]
+    assert [(s.name, s.state) for s in job2.steps] == [("flaky", StepState.failure), ("after", StepState.success)]
     assert log_lines(runtime, went_on, "after") == ["went on"]
 
 
@@ -127,7 +128,7 @@ async def test_step_timeout_kills_the_step_promptly_and_leaves_nothing(runtime: 
     running = await wait_state(runtime, job_id, JobState.running)
     job = await wait_terminal(runtime, job_id)
     assert job.state is JobState.timeout
-    assert job.steps[0].state is JobState.timeout
+    assert job.steps[0].state is StepState.timeout
     assert job.finished_at is not None and running.started_at is not None
     assert job.steps[0].duration is not None and 2.0 <= job.steps[0].duration < 5.0
     await asyncio.sleep(0.2)
@@ -155,7 +156,7 @@ async def test_cancel_during_a_step(runtime: Runtime, make_repo: MakeRepo) -> No
     job = await wait_terminal(runtime, job_id)
     assert job.state is JobState.cancelled
     assert time.monotonic() - t0 < 5
-    assert [s.state for s in job.steps] == [JobState.cancelled]
+    assert [s.state for s in job.steps] == [StepState.cancelled]
 
 
 async def test_live_lines_reach_a_follower_while_the_step_runs(runtime: Runtime, make_repo: MakeRepo) -> None:
@@ -265,15 +266,23 @@ async def test_podman_service_is_restarted_after_it_dies(runtime: Runtime, make_
     assert job.state is JobState.success
 
 
-async def test_missing_image_is_an_infrastructure_fault_naming_the_image(
+async def test_a_missing_pipeline_image_fails_the_job_and_a_missing_default_image_is_an_infrastructure_fault(
     settings: Settings, make_repo: MakeRepo
 ) -> None:
-    repo, _ = make_repo({".forgeci.toml": 'image = "localhost/no-such-image:1"\n' + pipeline("true")})
+    named, _ = make_repo({".forgeci.toml": 'image = "localhost/no-such-image:1"\n' + pipeline("true")})
+    default, _ = make_repo({".forgeci.toml": pipeline("true")})
     settings = dataclasses.replace(settings, queue=dataclasses.replace(settings.queue, max_retries=1))
     async with open_runtime(settings, {}) as rt:
-        job = await wait_terminal(rt, submit(rt, repo))
+        job = await wait_terminal(rt, submit(rt, named))
+        text = log_text(rt, job.id)
+    # The pipeline names an image Podman does not have: the pipeline's fault, at once.
+    assert job.state is JobState.failure and job.attempts == 1, text
+    assert "localhost/no-such-image:1" in (job.error or "") and "image localhost/no-such-image:1 does not" in text
+    async with open_runtime(with_runner(settings, image="localhost/no-such-default-image:1"), {}) as rt:
+        job = await wait_terminal(rt, submit(rt, default))
+    # The server's own image is missing: the runner's fault, retried, then `error` naming the image.
     assert job.state is JobState.error and job.attempts == 2
-    assert "localhost/no-such-image:1" in (job.error or "")
+    assert "localhost/no-such-default-image:1" in (job.error or "")
 
 
 async def test_nothing_is_left_after_jobs(settings: Settings, make_repo: MakeRepo, podman_user: PodmanUser) -> None:

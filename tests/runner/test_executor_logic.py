@@ -14,9 +14,9 @@ import pytest
 
 from config.settings import SecretSpec, Settings
 from runner.logs import read_log
-from runner.models import Job, JobSpec, JobState
+from runner.models import Job, JobSpec, JobState, StepState
 from runner.runtime import Runtime, open_runtime
-from tests.fake_engine import FakeEngine, Script
+from tests.fake_engine import FAKE_IMAGE, FakeEngine, Script
 
 MakeRepo = Callable[..., tuple[Path, str]]
 
@@ -103,7 +103,7 @@ async def test_continue_on_error_goes_on_and_a_plain_failure_stops(rt: Runtime, 
     job = await run_job(rt, repo, pipeline)
     assert job.state is JobState.failure and job.error == "step test failed (exit 4)"
     assert [(s.name, s.state, s.exit_code) for s in job.steps] == [
-        ("lint", JobState.failure, 1), ("test", JobState.failure, 4)]
+        ("lint", StepState.failure, 1), ("test", StepState.failure, 4)]
     assert fake_engine.runs(job.id) == ["lint", "test"]
 
 
@@ -126,7 +126,7 @@ async def test_the_job_timeout_bounds_every_step(fake_settings: Settings, fake_e
     async with open_runtime(fake_settings, {}, engine=fake_engine) as rt:
         job = await run_job(rt, repo, steps("slow", "slow", "slow", timeout="1s"))
     assert job.state is JobState.timeout and job.error == "step s1 exceeded the job's time limit"
-    assert [s.state for s in job.steps] == [JobState.success, JobState.timeout]
+    assert [s.state for s in job.steps] == [StepState.success, StepState.timeout]
 
 
 async def test_cancel_during_a_step_stops_it_and_runs_nothing_after(rt: Runtime, fake_engine: FakeEngine,
@@ -185,7 +185,7 @@ async def test_retry_from_the_failed_step_restores_the_earlier_steps_work(rt: Ru
     assert record is not None and (record.failed_step, record.failed_step_name) == (1, "s1")
     retried = await wait_terminal(rt, await rt.control.retry(first.id, from_failed_step=True))
     assert retried.state is JobState.success, log_text(rt, retried.id)
-    assert [s.state for s in retried.steps] == [JobState.restored, JobState.success, JobState.success]
+    assert [s.state for s in retried.steps] == [StepState.restored, StepState.success, StepState.success]
     assert fake_engine.runs(retried.id) == ["flaky", "last"]  # build's work came from the snapshot
     assert "restored from the snapshot of job" in log_text(rt, retried.id)
 
@@ -206,3 +206,48 @@ async def test_a_job_submitted_without_a_sha_records_the_commit_it_ran(
     assert ("sha", {"sha": head}) in events
     again = await wait_terminal(rt, await rt.control.retry(job.id))
     assert again.spec.sha == head  # a retry builds the same commit, not whatever the ref points at now
+
+
+def retrying(settings: Settings, max_retries: int) -> Settings:
+    return dataclasses.replace(settings, queue=dataclasses.replace(settings.queue, max_retries=max_retries))
+
+
+async def test_a_pipeline_image_that_does_not_exist_fails_the_job_at_once(fake_settings: Settings,
+                                                                          repo: Path) -> None:
+    engine = FakeEngine(images=(FAKE_IMAGE, "localhost/other:1"))
+    async with open_runtime(retrying(fake_settings, 2), {}, engine=engine) as rt:
+        job = await run_job(rt, repo, steps("never", image="localhost/no-such-image:1"))
+        text = log_text(rt, job.id)
+        other = await run_job(rt, repo, steps("works", image="localhost/other:1"))
+    assert job.state is JobState.failure and job.attempts == 1, text  # the pipeline's fault: no retries
+    assert "image localhost/no-such-image:1 does not exist" in (job.error or "")
+    assert "image localhost/no-such-image:1 does not exist" in text and "infrastructure error" not in text
+    assert job.cache_hit is None and job.steps == ()  # ended in the plan: no cache restore, no container
+    assert other.state is JobState.success and [c.image for c in engine.created] == ["localhost/other:1"]
+    engine.check()
+
+
+@pytest.mark.parametrize("named", [False, True])
+async def test_a_missing_default_image_is_an_infrastructure_fault(fake_settings: Settings, repo: Path,
+                                                                  named: bool) -> None:
+    # runner.image is the server's: missing, it is the runner's fault, even when the pipeline names it too.
+    engine = FakeEngine(images=())
+    pipeline = steps("never", image=FAKE_IMAGE) if named else steps("never")
+    async with open_runtime(retrying(fake_settings, 1), {}, engine=engine) as rt:
+        job = await run_job(rt, repo, pipeline)
+        text = log_text(rt, job.id)
+    assert job.state is JobState.error and job.attempts == 2, text
+    assert FAKE_IMAGE in (job.error or "") and "infrastructure error" in text
+    assert engine.execs == [] and engine.containers == {}
+
+
+async def test_a_resume_whose_snapshot_is_gone_fails_and_leaves_no_workspace(rt: Runtime, fake_engine: FakeEngine,
+                                                                             repo: Path) -> None:
+    fake_engine.on("flaky", Script(exit_code=1))
+    first = await run_job(rt, repo, steps("build", "flaky", snapshot="on_failure"))
+    record = rt.queue.snapshot(first.id)
+    assert record is not None
+    rt.store.delete(record.key)
+    retried = await wait_terminal(rt, await rt.control.retry(first.id, from_failed_step=True))
+    assert retried.state is JobState.failure and "is gone from the store" in (retried.error or "")
+    assert not (rt.layout.workspaces / str(retried.id)).exists()  # the folder made for the restore went too

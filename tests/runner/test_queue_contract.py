@@ -12,7 +12,7 @@ import pytest
 import runner.queue.schema as schema
 from config.errors import ConfigError
 from runner.errors import InvalidTransition, JobNotFound, QueueError
-from runner.models import TERMINAL, Job, JobSpec, JobState
+from runner.models import TERMINAL, Job, JobSpec, JobState, StepState
 from runner.queue import NewDelivery, Queue
 
 REPO = "https://git.example.test/acme/app.git"
@@ -423,16 +423,16 @@ def test_steps_are_recorded_with_durations_from_the_clock(q: Queue, clock: FakeC
     q.set_cache_hit(job_id, True)
     q.start_step(job_id, 0, "install")
     clock.advance(3)
-    q.finish_step(job_id, 0, JobState.success, 0)
+    q.finish_step(job_id, 0, StepState.success, 0)
     q.start_step(job_id, 1, "test")
     running = q.get(job_id).steps[1]
-    assert (running.state, running.duration, running.finished_at) == (JobState.running, None, None)
+    assert (running.state, running.duration, running.finished_at) == (StepState.running, None, None)
     clock.advance(1.5)
-    q.finish_step(job_id, 1, JobState.failure, 2)
+    q.finish_step(job_id, 1, StepState.failure, 2)
     job = q.get(job_id)
     assert job.cache_hit is True
     assert [(s.index, s.name, s.state, s.exit_code, s.duration) for s in job.steps] == [
-        (0, "install", JobState.success, 0, 3), (1, "test", JobState.failure, 2, 1.5)]
+        (0, "install", StepState.success, 0, 3), (1, "test", StepState.failure, 2, 1.5)]
 
 
 def test_step_writes_need_the_job_running_and_the_step_started(q: Queue) -> None:
@@ -443,14 +443,14 @@ def test_step_writes_need_the_job_running_and_the_step_started(q: Queue) -> None
         q.set_cache_hit(job_id, False)
     q.claim("r1", 60)
     with pytest.raises(InvalidTransition, match="step 0"):
-        q.finish_step(job_id, 0, JobState.success, 0)
+        q.finish_step(job_id, 0, StepState.success, 0)
     with pytest.raises(ValueError):
-        q.finish_step(job_id, 0, JobState.running, None)
+        q.finish_step(job_id, 0, StepState.running, None)
     q.start_step(job_id, 0, "build")
     q.complete(job_id, JobState.timeout)
     with pytest.raises(InvalidTransition, match="timeout"):
-        q.finish_step(job_id, 0, JobState.success, 0)  # a late runner cannot rewrite a finished job
-    assert q.get(job_id).steps[0].state == JobState.running
+        q.finish_step(job_id, 0, StepState.success, 0)  # a late runner cannot rewrite a finished job
+    assert q.get(job_id).steps[0].state == StepState.running
     with pytest.raises(JobNotFound):
         q.start_step(999, 0, "x")
 

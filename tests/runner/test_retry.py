@@ -9,7 +9,7 @@ import pytest
 
 from runner.errors import InvalidTransition, JobNotFound
 from runner.logs import read_log
-from runner.models import JobSpec, JobState, SnapshotRecord
+from runner.models import JobSpec, JobState, SnapshotRecord, StepState
 from runner.queue import Queue
 from runner.control import retry_spec
 from runner.retry import RESUME_FROM, RESUME_STEP, RETRY_OF, Resume
@@ -117,7 +117,7 @@ async def test_retry_from_the_failed_step_end_to_end(runtime: Runtime, make_repo
     repo, sha = make_repo({".forgeci.toml": COUNTER_PIPELINE})
     first = await wait_terminal(runtime, submit(runtime, repo))
     assert first.state is JobState.failure
-    assert [(s.name, s.state) for s in first.steps] == [("count", JobState.success), ("flaky", JobState.failure)]
+    assert [(s.name, s.state) for s in first.steps] == [("count", StepState.success), ("flaky", StepState.failure)]
     record = runtime.queue.snapshot(first.id)
     assert record is not None and (record.failed_step, record.failed_step_name, record.sha) == (1, "flaky", sha)
 
@@ -126,7 +126,7 @@ async def test_retry_from_the_failed_step_end_to_end(runtime: Runtime, make_repo
     text = log_text(runtime, retry_id)
     assert retried.state is JobState.success, text
     assert [(s.name, s.state) for s in retried.steps] == [
-        ("count", JobState.restored), ("flaky", JobState.success), ("after", JobState.success)]
+        ("count", StepState.restored), ("flaky", StepState.success), ("after", StepState.success)]
     assert "count restored from the snapshot of job" in text and "mirror" not in text  # no checkout
     # The first step did not run again: the counter holds its one line from the first job, then "after".
     final = runtime.queue.snapshot(retry_id)
