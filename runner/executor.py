@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import threading
@@ -24,8 +25,15 @@ from runner.errors import QueueError, RunnerError
 from runner.layout import DataLayout
 from runner.logs import JobLog, LogHub, LogLine
 from runner.models import Job, JobState, Outcome, SnapshotRecord, StepResult, StepState
+from runner.outputs import read_outputs
 from runner.plan import (
-    Plan, invalid_pipeline, missing_image_message, read_pipeline, resume_mismatch, select_steps, skipped,
+    Plan,
+    invalid_pipeline,
+    missing_image_message,
+    read_pipeline,
+    resume_mismatch,
+    select_steps,
+    skipped,
 )
 from runner.retry import Resume
 from runner.snapshot import Snapshots, should_snapshot
@@ -187,6 +195,7 @@ class Executor:
             deadline = time.monotonic() + plan.timeout
             container_id = await self._start_container(job, plan, checkout.workspace)
             outcome = await self._run_steps(attempt, plan, container_id, resume, deadline)
+            outcome = self._with_outputs(attempt, checkout.workspace, outcome)
             joblog.system(summary(outcome))
             if local_path is None and await self._release(container_id, joblog):
                 container_id = None
@@ -194,6 +203,19 @@ class Executor:
             return outcome
         finally:
             await self._clean_up(job.id, container_id)
+
+    def _with_outputs(self, attempt: Attempt, workspace: Path, outcome: Outcome) -> Outcome:
+        """What the steps wrote to $FORGECI_OUTPUT, for the jobs that need this one; a matrix member passes none
+        (which member's value would win is a known source of bugs elsewhere)."""
+        outputs, problems = read_outputs(workspace, self.secrets.masker())
+        for problem in problems:
+            attempt.joblog.system(problem)
+        if outputs and attempt.job.display != attempt.job.name:
+            attempt.joblog.system(f"outputs: {', '.join(sorted(outputs))} not passed on: a matrix job passes none")
+            return outcome
+        if outputs:
+            attempt.joblog.system(f"outputs: {', '.join(sorted(outputs))}")
+        return dataclasses.replace(outcome, outputs=outputs) if outputs else outcome
 
     # -- workspace phase ------------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class Script:
     hang: bool = False  # never exits by itself: only a signal (stop_step) or removing the container ends it
     ignore_term: bool = False  # SIGTERM does nothing; SIGKILL ends it
     files: Mapping[str, str] = field(default_factory=dict)  # written into the workspace (relative paths)
+    output: Mapping[str, str] = field(default_factory=dict)  # KEY=VALUE lines appended to $FORGECI_OUTPUT
 
 
 @dataclass
@@ -208,6 +209,10 @@ class FakeEngine:
             target = container.spec.workspace / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
+        if script.output:
+            target = container.spec.workspace / env["FORGECI_OUTPUT"].removeprefix("/workspace/")
+            with open(target, "a") as out:
+                out.writelines(f"{key}={value}\n" for key, value in script.output.items())
         if script.hang:
             await running.ended.wait()
             return running.code or KILL_EXIT

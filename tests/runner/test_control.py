@@ -138,37 +138,6 @@ async def test_retry_and_priority_go_through_control(rt: Runtime, fake_engine: F
         await rt.control.set_priority(again, 9)  # finished: only a queued job has a place in the queue
 
 
-async def test_a_delivery_supersedes_the_older_jobs_of_its_group(rt: Runtime, fake_engine: FakeEngine,
-                                                                 repo: Path) -> None:
-    recorder = await Recorder(rt).started(rt)
-    rt.queue.max_concurrent = 1
-    fake_engine.on("make", Script(hang=True))
-    group = "acme/app:refs/heads/main"
-    [old_running] = (await rt.control.commit_delivery(
-        "github", "d1", [spec(repo=str(repo), concurrency_group=group)], supersede=True)).job_ids
-    await wait_job(rt, old_running, lambda j: bool(j.steps))
-    other = await rt.control.submit(spec(repo=str(repo), concurrency_group="other"))  # waits: max_concurrent 1
-    second = await rt.control.commit_delivery(
-        "github", "d2", [spec(repo=str(repo), concurrency_group=group)], supersede=True)
-    [old_queued] = second.job_ids
-    assert second.stopping == (old_running,) and second.cancelled == ()  # its runner stops it
-    assert rt.queue.get(old_queued).state is JobState.queued
-    fake_engine.on("make", Script(lines=["newest"]))
-    result = await rt.control.commit_delivery("github", "d3", [spec(repo=str(repo), concurrency_group=group)],
-                                              supersede=True)
-    [newest] = result.job_ids
-    assert result.cancelled == (old_queued,) and result.stopping == ()
-    await asyncio.sleep(0.05)
-    assert recorder.of(old_queued) == ["queued", "cancelled"]
-    assert (await wait_job(rt, old_running, terminal)).state is JobState.cancelled
-    assert (await wait_job(rt, newest, terminal)).state is JobState.success
-    assert (await wait_job(rt, other, terminal)).state is JobState.success
-    again = await rt.control.commit_delivery("github", "d3", [spec(repo=str(repo))], supersede=True)
-    assert again.redelivery and again.job_ids == (newest,)
-    await asyncio.sleep(0.05)
-    assert len(recorder.of(newest)) == 3  # queued, running, success: the redelivery published nothing
-
-
 async def test_infrastructure_faults_are_retried_then_end_error(fake_settings: Settings, repo: Path) -> None:
     engine = FakeEngine(images=())  # the default image is missing: an infrastructure fault every time
     settings = dataclasses.replace(fake_settings, queue=dataclasses.replace(fake_settings.queue, max_retries=2))

@@ -391,6 +391,7 @@ def test_cancel_of_a_terminal_or_unknown_job_is_refused(q: Queue) -> None:
 
 
 def test_a_superseding_delivery_cancels_older_unfinished_jobs_of_the_group(wide: Queue) -> None:
+    """Jobs of no pipeline (queued before pipelines existed) in the group are superseded too."""
     finished = wide.enqueue(spec(concurrency_group="main"))
     wide.claim("r1", 60)
     wide.complete(finished, JobState.success)
@@ -400,18 +401,17 @@ def test_a_superseding_delivery_cancels_older_unfinished_jobs_of_the_group(wide:
     elsewhere = wide.enqueue(spec(concurrency_group="dev"))
     [delivery] = wide.enqueue_deliveries([NewDelivery("github", "d1", (spec(concurrency_group="main"),), True)])
     assert (delivery.cancelled, delivery.stopping) == ((queued,), (running,))
-    [newest] = delivery.job_ids
-    jobs = (finished, running, queued, elsewhere, newest)
-    states = {i: (wide.get(i).state, wide.get(i).cancel_requested) for i in jobs}
+    [newest] = delivery.pipeline_ids
+    states = {i: (wide.get(i).state, wide.get(i).cancel_requested) for i in (finished, running, queued, elsewhere)}
     assert states == {
         finished: (JobState.success, False),
         running: (JobState.running, True),
         queued: (JobState.cancelled, True),
         elsewhere: (JobState.queued, False),
-        newest: (JobState.queued, False),
     }
     [again] = wide.enqueue_deliveries([NewDelivery("github", "d2", (spec(concurrency_group="main"),), True)])
-    assert (again.cancelled, again.stopping) == ((newest,), ())  # the flagged running job is not asked twice
+    assert (again.cancelled, again.stopping) == ((), ())  # the flagged running job is not asked twice
+    assert again.superseded == (newest,) and wide.pipeline(newest).state == "cancelled"
 
 
 # -- steps and cache ---------------------------------------------------------------------------------
