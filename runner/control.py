@@ -122,6 +122,23 @@ class JobControl:
         self._apply([settled, *self.queue.take_settlements()])
         self._wake()
 
+    async def retry_pipeline(self, pipeline_id: int, *, failed_only: bool = False) -> Submitted:
+        """A finished pipeline again: a new pipeline at the same sha, or (`failed_only`) its failed jobs and the ones
+        they skipped, in the same pipeline, reusing what succeeded."""
+        record = await asyncio.to_thread(self.queue.pipeline, pipeline_id)
+        if not record.state.is_terminal:
+            raise InvalidTransition(f"pipeline {pipeline_id} is {record.state}; only a finished one can be retried")
+        if failed_only:
+            job_ids, settled = await asyncio.to_thread(self.queue.retry_failed, pipeline_id)
+            for job_id in job_ids:
+                self.publish(job_id, JobState.queued, pipeline=pipeline_id, retry="failed")
+            self._apply([settled, *self.queue.take_settlements()])
+            self._wake()
+            return Submitted(pipeline_id, tuple(job_ids))
+        meta = {**record.spec.meta, "retry_of_pipeline": str(pipeline_id)}
+        return await self.submit_pipeline(dataclasses.replace(record.spec, sha=record.sha or record.spec.sha,
+                                                              meta=meta))
+
     async def cancel_pipeline(self, pipeline_id: int) -> PipelineState:
         """Cancel a pipeline: queued jobs end now, running ones are stopped, no `always` job runs after."""
         settled = await asyncio.to_thread(self.queue.cancel_pipeline, pipeline_id)

@@ -249,6 +249,28 @@ class PipelineQueries(QueueBase):
         settled.state = more.state
         return settled
 
+    def retry_failed(self, pipeline_id: int) -> tuple[list[int], Settlement]:
+        """Queue again, in the same finished pipeline, its jobs that ended failure, timeout, error or cancelled
+        and the ones skipped because of them; the jobs that succeeded keep their results (and outputs)."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()
+            if row is None:
+                raise PipelineNotFound(pipeline_id)
+            if row[0] in ("planning", "queued", "running"):
+                raise InvalidTransition(f"pipeline {pipeline_id} is {row[0]}; only a finished one can be retried")
+            again = [r[0] for r in conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, runner_id = NULL, lease_expires = NULL, "
+                "cancel_requested = 0, started_at = NULL, finished_at = NULL, error = NULL, cache_hit = NULL, "
+                "outputs = NULL, cascaded = 0, seq = 0, blocked = needs != '[]', queued_at = ? "
+                "WHERE pipeline_id = ? AND (state IN ('failure', 'timeout', 'error', 'cancelled') OR cascaded) "
+                "RETURNING id", (self._clock(), pipeline_id))]
+            if not again:
+                raise InvalidTransition(f"pipeline {pipeline_id} has no failed job to retry")
+            conn.executemany("DELETE FROM steps WHERE job_id = ?", [(job_id,) for job_id in again])
+            conn.execute("UPDATE pipelines SET state = 'queued', cancel_requested = 0, finished_at = NULL "
+                         "WHERE id = ?", (pipeline_id,))
+            return sorted(again), self._settle(conn, pipeline_id)
+
     def supersede(self, conn: sqlite3.Connection, group: str, newer: int) -> list[Settlement]:
         """Cancel the older unfinished pipelines of `group` (in the caller's transaction)."""
         return [self._cancel_pipeline(conn, pid) for (pid,) in conn.execute(_SUPERSEDED, (group, newer)).fetchall()]

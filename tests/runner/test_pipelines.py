@@ -182,3 +182,28 @@ async def test_a_coordinator_that_crashed_mid_pipeline_finishes_it_after_restart
         assert rt.queue.pipeline(submitted.pipeline_id).state is PipelineState.success
     assert all(job.state is JobState.success for job in jobs.values())
     assert jobs["b"].attempts == 2 and "step-a" not in engine.runs()  # a was done; b and d ran after the restart
+
+
+async def test_retry_failed_reruns_the_failed_job_and_what_it_skipped_in_the_same_pipeline(
+        fake_settings: Settings, fake_engine: FakeEngine, make_local_repo: MakeRepo) -> None:
+    repo, sha = make_local_repo({".forgeci.toml": DIAMOND})
+    fake_engine.on("step-a", Script(output={"version": "7"}))
+    fake_engine.on("step-b", Script(exit_code=1), Script())
+    async with open_runtime(fake_settings, {}, engine=fake_engine) as rt:
+        submitted = await rt.control.submit_pipeline(JobSpec(repo=str(repo), ref="main"))
+        first = by_display(await finished(rt, submitted.pipeline_id))
+        assert first["d"].state is JobState.skipped
+        again = await rt.control.retry_pipeline(submitted.pipeline_id, failed_only=True)
+        assert again.pipeline_id == submitted.pipeline_id
+        assert sorted(again.job_ids) == sorted([first["b"].id, first["d"].id])
+        jobs = by_display(await finished(rt, submitted.pipeline_id))
+        assert rt.queue.pipeline(submitted.pipeline_id).state is PipelineState.success
+        whole = await rt.control.retry_pipeline(submitted.pipeline_id)
+        new = by_display(await finished(rt, whole.pipeline_id))
+        assert whole.pipeline_id != submitted.pipeline_id and rt.queue.pipeline(whole.pipeline_id).sha == sha
+    assert all(job.state is JobState.success for job in jobs.values())
+    assert fake_engine.runs().count("step-a") == 2 and fake_engine.runs().count("step-c") == 2  # not by retry-failed
+    assert fake_engine.runs().count("step-b") == 3 and fake_engine.runs().count("step-d") == 2
+    retried_b = [e.env for e in fake_engine.execs if e.run == "step-b"][1]
+    assert retried_b["NEEDS_A_VERSION"] == "7"  # the outputs of the job that succeeded before are reused
+    assert all(job.state is JobState.success for job in new.values())
