@@ -26,7 +26,7 @@ from runner.layout import DataLayout
 from runner.logs import JobLog, LogHub, LogLine
 from runner.models import Job, JobState, Outcome, SnapshotRecord, StepResult, StepState
 from runner.outputs import read_outputs
-from runner.plan import (
+from runner.job_rules import (
     Plan,
     invalid_pipeline,
     missing_image_message,

@@ -19,13 +19,13 @@ from config.errors import ConfigError
 from config.pipeline import Pipeline, parse_pipeline, pipeline_from_dict, pipeline_to_dict
 from config.plan import DEFAULT_JOB, expand
 from runner.errors import InvalidTransition, QueueError, WorkspaceError
+from runner.job_rules import PIPELINE_FILE
 from runner.models import PipelineRecord
 from runner.queue import PlannedJobRow, Queue, Settlement
 from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
 
-PIPELINE_FILE = ".forgeci.toml"
 ONE_JOB = DEFAULT_JOB  # the job a file of top-level [[steps]] (or a file with errors) makes
 BACKOFF_BASE = 2.0  # seconds before the first re-plan after a fetch fault; doubles each time
 BACKOFF_CAP = 60.0

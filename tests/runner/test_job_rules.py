@@ -9,7 +9,7 @@ import pytest
 from config.errors import ConfigError
 from config.pipeline import pipeline_from_dict
 from runner.models import JobSpec, JobState, Outcome, SnapshotRecord
-from runner.plan import (
+from runner.job_rules import (
     PIPELINE_FILE, invalid_pipeline, read_pipeline, resume_mismatch, select_steps, skipped,
 )
 from runner.retry import Resume
