@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sqlite3
 import threading
@@ -10,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
+from config.errors import ConfigError, ConfigIssue
 from runner.errors import QueueError
 from runner.queue.schema import migrate
 
@@ -104,3 +107,22 @@ class QueueBase:
     def _migrate(self) -> None:
         with self._transaction() as conn:
             migrate(conn, self.path)
+
+
+def encode_cursor(order: str, key: list[int]) -> str:
+    return base64.urlsafe_b64encode(json.dumps([order, *key]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, order: str, size: int) -> list[int]:
+    """The sort key of the last row of the previous page; a cursor of another order or a forged one is refused."""
+    try:
+        tag, *key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError) as exc:
+        raise _bad_cursor("cursor", "a cursor from a previous page", cursor) from exc
+    if tag != order or len(key) != size or not all(type(k) is int for k in key):
+        raise _bad_cursor("cursor", f"a cursor from a previous order={order} page", cursor)
+    return key
+
+
+def _bad_cursor(key: str, expected: str, got: object) -> ConfigError:
+    return ConfigError(ConfigIssue("request", key, f"expected {expected}, got {got!r}"))

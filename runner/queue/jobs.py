@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 from collections.abc import Mapping
@@ -14,7 +13,7 @@ from runner.models import (
     MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, StepState,
     valid_priority,
 )
-from runner.queue.base import QueueBase
+from runner.queue.base import QueueBase, decode_cursor, encode_cursor
 from runner.queue.pipelines import Settlement
 
 _JOB_COLUMNS = (
@@ -335,7 +334,7 @@ class JobQueries(QueueBase):
             raise _bad("limit", "an integer 1..1000", limit)
         where: list[str] = []
         params: list[Any] = []
-        after = _decode_cursor(cursor, order) if cursor is not None else None
+        after = decode_cursor(cursor, order, 3 if order == "dispatch" else 1) if cursor is not None else None
         if order == "dispatch":
             where += [_ACTIVE, "state = 'queued'"]
             if after is not None:
@@ -364,8 +363,15 @@ class JobQueries(QueueBase):
             rows = rows[:limit]
             last = rows[-1]
             key = ("priority", "seq", "id") if order == "dispatch" else ("id",)
-            next_cursor = _encode_cursor(order, [last[_COL[column]] for column in key])
+            next_cursor = encode_cursor(order, [last[_COL[column]] for column in key])
         return [_job(row) for row in rows], next_cursor
+
+    def jobs_of_pipeline(self, pipeline_id: int) -> list[Job]:
+        """A pipeline's jobs in plan order, with their steps (its page, its DAG)."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE pipeline_id = ? ORDER BY id",
+                                (pipeline_id,)).fetchall()
+            return [_job(row, self._steps(conn, row[0])) for row in rows]
 
     def running_jobs(self) -> list[Job]:
         """The running jobs (without their steps), oldest first."""
@@ -432,16 +438,3 @@ def _bad(key: str, expected: str, got: object) -> ConfigError:
     return ConfigError(ConfigIssue("request", key, f"expected {expected}, got {got!r}"))
 
 
-def _encode_cursor(order: str, key: list[int]) -> str:
-    return base64.urlsafe_b64encode(json.dumps([order, *key]).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, order: str) -> list[int]:
-    """The sort key of the last row of the previous page; a cursor of another order or a forged one is refused."""
-    try:
-        tag, *key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, TypeError) as exc:
-        raise _bad("cursor", "a cursor from a previous page", cursor) from exc
-    if tag != order or len(key) != (3 if order == "dispatch" else 1) or not all(type(k) is int for k in key):
-        raise _bad("cursor", f"a cursor from a previous order={order} page", cursor)
-    return key

@@ -15,10 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.errors import ConfigError, ConfigIssue
 from config.plan import env_name
 from runner.errors import InvalidTransition, PipelineNotFound
 from runner.models import JobSpec, PipelineRecord, PipelineState
-from runner.queue.base import QueueBase
+from runner.queue.base import QueueBase, decode_cursor, encode_cursor
 
 ACTIVE_JOB = ("queued", "running")
 FAILED = frozenset({"failure", "timeout", "error"})
@@ -170,6 +171,38 @@ class PipelineQueries(QueueBase):
             job_ids = tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE pipeline_id = ? ORDER BY id",
                                                       (pipeline_id,)))
         return _pipeline(row, job_ids)
+
+    def list_pipelines(
+        self, *, status: str | None = None, repo: str | None = None, limit: int = 50, cursor: str | None = None,
+    ) -> tuple[list[PipelineRecord], str | None]:
+        """One page of pipelines, newest first (with their job ids), and the next page's cursor (None: the last)."""
+        if status is not None and status not in PipelineState.__members__:
+            raise ConfigError(ConfigIssue("request", "status", f"expected a pipeline state, got {status!r}"))
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ConfigError(ConfigIssue("request", "limit", f"expected an integer 1..1000, got {limit!r}"))
+        where, params = [], []  # type: ignore[var-annotated]
+        for column, value in (("state", status), ("repo", repo)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if cursor is not None:
+            where.append("id < ?")
+            params.append(decode_cursor(cursor, "pipelines", 1)[0])
+        sql = (f"SELECT {_PIPELINE_COLUMNS} FROM pipelines {'WHERE ' + ' AND '.join(where) if where else ''} "
+               f"ORDER BY id DESC LIMIT ?")
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            jobs: dict[int, list[int]] = defaultdict(list)
+            if rows:
+                marks = ",".join("?" * len(rows))
+                for job_id, pipeline_id in conn.execute(
+                        f"SELECT id, pipeline_id FROM jobs WHERE pipeline_id IN ({marks}) ORDER BY id",
+                        [row[0] for row in rows]):
+                    jobs[pipeline_id].append(job_id)
+        next_cursor = encode_cursor("pipelines", [rows[-1][0]]) if more else None
+        return [_pipeline(row, tuple(jobs[row[0]])) for row in rows], next_cursor
 
     def due_plans(self, limit: int = 16) -> list[PipelineRecord]:
         """Pipelines waiting to be planned whose (back-off) time has come, oldest first."""

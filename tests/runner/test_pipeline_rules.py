@@ -192,3 +192,18 @@ def test_a_plan_for_a_cancelled_pipeline_is_refused(queue: Queue) -> None:
     assert queue.cancel_pipeline(pid).state is PipelineState.cancelled
     with pytest.raises(InvalidTransition):
         queue.write_plan(pid, SPEC.sha, [job("a")])
+
+
+def test_pipelines_are_listed_newest_first_a_page_at_a_time_with_their_jobs(queue: Queue) -> None:
+    made = [plan(queue, job("a"), job("b", "a"))[0] for _ in range(5)]
+    other = JobSpec(**{**SPEC.to_dict(), "repo": "https://git.example.test/acme/other.git"})
+    elsewhere, _ = plan(queue, PlannedJobRow(other, "x", "x"), spec=other)
+    page, cursor = queue.list_pipelines(limit=4)
+    assert [p.id for p in page] == [elsewhere, *reversed(made[2:])] and cursor is not None
+    rest, end = queue.list_pipelines(limit=4, cursor=cursor)
+    assert [p.id for p in rest] == list(reversed(made[:2])) and end is None
+    assert all(len(p.job_ids) == 2 for p in rest)
+    assert [p.id for p in queue.list_pipelines(repo=other.repo)[0]] == [elsewhere]
+    assert [p.id for p in queue.list_pipelines(status="queued")[0]] == [elsewhere, *reversed(made)]
+    jobs = queue.jobs_of_pipeline(made[0])
+    assert [(j.name, j.needs, j.waiting) for j in jobs] == [("a", (), False), ("b", ("a",), True)]
