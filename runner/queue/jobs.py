@@ -131,8 +131,16 @@ _STEPS = "SELECT idx, name, state, exit_code, started_at, finished_at FROM steps
 _RUNNING = f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND state = 'running' ORDER BY id"
 # Never the newest job: without AUTOINCREMENT (a third page written per enqueue) SQLite gives a new row
 # the highest id + 1, so deleting the newest would hand its id out again, and job ids are public.
+# A job of a pipeline goes only with its finished pipeline (its dependants' rules read it while the pipeline
+# runs); the pipeline row goes once it has no job left, never the newest either.
 _DELETE_FINISHED = """
 DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND finished_at < ? AND id < (SELECT max(id) FROM jobs)
+  AND (pipeline_id IS NULL
+       OR pipeline_id IN (SELECT id FROM pipelines WHERE state NOT IN ('planning', 'queued', 'running')))
+"""
+_DELETE_EMPTY_PIPELINES = """
+DELETE FROM pipelines WHERE state NOT IN ('planning', 'queued', 'running') AND finished_at < ?
+  AND id < (SELECT max(id) FROM pipelines) AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = pipelines.id)
 """
 
 _ACTIVE_COUNTS = f"SELECT state, count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} GROUP BY state"
@@ -381,7 +389,9 @@ class JobQueries(QueueBase):
     def delete_finished_jobs(self, ts: float) -> list[int]:
         """Retention: delete terminal jobs (and their steps) finished before ts; returns their ids (for their logs)."""
         with self._transaction() as conn:
-            return sorted(row[0] for row in conn.execute(_DELETE_FINISHED + " RETURNING id", (ts,)).fetchall())
+            deleted = sorted(row[0] for row in conn.execute(_DELETE_FINISHED + " RETURNING id", (ts,)).fetchall())
+            conn.execute(_DELETE_EMPTY_PIPELINES, (ts,))
+            return deleted
 
     def state_of(self, job_id: int) -> JobState:
         """The job's state alone: cheaper than get() for a follower polling for the end."""

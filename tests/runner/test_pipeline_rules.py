@@ -207,3 +207,17 @@ def test_pipelines_are_listed_newest_first_a_page_at_a_time_with_their_jobs(queu
     assert [p.id for p in queue.list_pipelines(status="queued")[0]] == [elsewhere, *reversed(made)]
     jobs = queue.jobs_of_pipeline(made[0])
     assert [(j.name, j.needs, j.waiting) for j in jobs] == [("a", (), False), ("b", ("a",), True)]
+
+
+def test_retention_keeps_the_jobs_of_unfinished_pipelines_and_drops_empty_finished_ones(queue: Queue) -> None:
+    done, ids = plan(queue, job("a"))
+    claim_all(queue)
+    finish(queue, ids["a"])
+    waiting, more = plan(queue, job("x"), job("y", "x"))
+    claim_all(queue)
+    finish(queue, more["x"])  # finished, but its pipeline still runs y
+    newest, _ = plan(queue, job("n"))
+    later = 1e12
+    assert sorted(queue.delete_finished_jobs(later)) == [ids["a"]]
+    assert [p.id for p in queue.list_pipelines()[0]] == [newest, waiting]  # `done` went with its last job
+    assert queue.get(more["x"]).state is JobState.success
