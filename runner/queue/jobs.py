@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from config.errors import ConfigError, ConfigIssue
@@ -373,6 +373,48 @@ class JobQueries(QueueBase):
             key = ("priority", "seq", "id") if order == "dispatch" else ("id",)
             next_cursor = encode_cursor(order, [last[_COL[column]] for column in key])
         return [_job(row) for row in rows], next_cursor
+
+    def wait_reasons(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """Why each of these queued jobs is not running yet, the first reason that holds, in claim's own order:
+        its needs, its concurrency group, its matrix's max_parallel, or no free slot."""
+        reasons: dict[int, str] = {}
+        with self._transaction("BEGIN") as conn:
+            running = conn.execute(f"SELECT count(*) FROM jobs INDEXED BY jobs_active "
+                                   f"WHERE {_ACTIVE} AND state = 'running'").fetchone()[0]
+            for job_id in job_ids:
+                row = conn.execute("SELECT state, blocked, needs, pipeline_id, concurrency_group, name, max_parallel "
+                                   "FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None or row[0] != "queued":
+                    continue
+                _, blocked, needs, pipeline_id, group, name, max_parallel = row
+                reasons[job_id] = self._wait_reason(conn, job_id, bool(blocked), json.loads(needs), pipeline_id,
+                                                    group, name, max_parallel, running)
+        return reasons
+
+    def _wait_reason(self, conn: sqlite3.Connection, job_id: int, blocked: bool, needs: list[str],
+                     pipeline_id: int | None, group: str | None, name: str | None, max_parallel: int | None,
+                     running: int) -> str:
+        if blocked:
+            pending = [r[0] for r in conn.execute(
+                f"SELECT DISTINCT name FROM jobs WHERE pipeline_id = ? AND {_ACTIVE} AND name IN "
+                f"(SELECT value FROM json_each(?)) ORDER BY name", (pipeline_id, json.dumps(needs)))]
+            return f"waits for {', '.join(pending) or 'its needs'}"
+        if group is not None:
+            other = conn.execute(
+                f"SELECT pipeline_id, id FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND concurrency_group = ? "
+                f"AND (state = 'running' AND (? IS NULL OR pipeline_id IS NOT ?) OR pipeline_id < ?) LIMIT 1",
+                (group, pipeline_id, pipeline_id, pipeline_id)).fetchone()
+            if other is not None:
+                holder = f"pipeline {other[0]}" if other[0] is not None else f"job {other[1]}"
+                return f"waits for {holder} of its concurrency group {group}"
+        if max_parallel is not None:
+            busy = conn.execute(f"SELECT count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND "
+                                f"state = 'running' AND pipeline_id = ? AND name = ?", (pipeline_id, name)).fetchone()[0]
+            if busy >= max_parallel:
+                return f"max_parallel: {busy} of {name}'s {max_parallel} running"
+        if running >= self.max_concurrent:
+            return f"no free slot: {running} of {self.max_concurrent} running"
+        return "next in line"
 
     def jobs_of_pipeline(self, pipeline_id: int) -> list[Job]:
         """A pipeline's jobs in plan order, with their steps (its page, its DAG)."""

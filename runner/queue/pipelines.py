@@ -77,6 +77,23 @@ class Settlement:
         return bool(self.state or self.ready or self.skipped or self.cancelled or self.stopping)
 
 
+@dataclass(frozen=True)
+class PipelineStats:
+    """Pipelines finished in a range: counts per state and end-to-end durations (seconds)."""
+
+    states: dict[str, int]
+    avg_duration: float | None
+    p95_duration: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.states.get("success", 0) / self.total if self.total else None
+
+
 @dataclass
 class _Row:
     id: int
@@ -203,6 +220,20 @@ class PipelineQueries(QueueBase):
                     jobs[pipeline_id].append(job_id)
         next_cursor = encode_cursor("pipelines", [rows[-1][0]]) if more else None
         return [_pipeline(row, tuple(jobs[row[0]])) for row in rows], next_cursor
+
+    def pipeline_stats(self, since: float, until: float) -> PipelineStats:
+        """The pipelines finished in [since, until): per state, and their end-to-end durations (first job queued
+        to last job done)."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(
+                "SELECT p.state, p.finished_at - (SELECT min(j.queued_at) FROM jobs j WHERE j.pipeline_id = p.id) "
+                "FROM pipelines p WHERE p.finished_at >= ? AND p.finished_at < ?", (since, until)).fetchall()
+        states: dict[str, int] = defaultdict(int)
+        durations = sorted(d for _, d in rows if d is not None)
+        for state, _ in rows:
+            states[state] += 1
+        p95 = durations[max(0, -(-len(durations) * 95 // 100) - 1)] if durations else None
+        return PipelineStats(dict(states), sum(durations) / len(durations) if durations else None, p95)
 
     def due_plans(self, limit: int = 16) -> list[PipelineRecord]:
         """Pipelines waiting to be planned whose (back-off) time has come, oldest first."""

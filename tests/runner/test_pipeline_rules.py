@@ -221,3 +221,37 @@ def test_retention_keeps_the_jobs_of_unfinished_pipelines_and_drops_empty_finish
     assert sorted(queue.delete_finished_jobs(later)) == [ids["a"]]
     assert [p.id for p in queue.list_pipelines()[0]] == [newest, waiting]  # `done` went with its last job
     assert queue.get(more["x"]).state is JobState.success
+
+
+def test_pipeline_stats_count_states_and_end_to_end_durations(tmp_path: Path) -> None:
+    now = [1000.0]
+    with Queue(tmp_path / "q.db", max_concurrent=8, clock=lambda: now[0]) as q:
+        ok, ok_ids = plan(q, job("a"), job("b", "a"))
+        bad, bad_ids = plan(q, job("a"))
+        claim_all(q)
+        now[0] = 1010.0
+        finish(q, ok_ids["a"])
+        finish(q, bad_ids["a"], "failure")
+        claim_all(q)
+        now[0] = 1030.0
+        finish(q, ok_ids["b"])
+        stats = q.pipeline_stats(0, 2000)
+    assert stats.states == {"success": 1, "failure": 1} and stats.success_rate == 0.5
+    assert stats.avg_duration == 20.0 and stats.p95_duration == 30.0  # 30 s (queued at 1000, done at 1030), 10 s
+
+
+def test_a_queued_job_says_why_it_waits(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db", max_concurrent=2) as q:
+        grouped = JobSpec(**{**SPEC.to_dict(), "concurrency_group": "main"})
+        _, ids = plan(q, job("a"), job("b", "a"), *matrix(3, max_parallel=1))
+        older, later = plan(q, PlannedJobRow(grouped, "x", "x"), spec=grouped)
+        _, first = plan(q, PlannedJobRow(grouped, "y", "y"), spec=grouped)
+        assert q.claim("r", 60).id == ids["a"]  # type: ignore[union-attr]
+        assert q.claim("r", 60).id == ids["test (n=0)"]  # type: ignore[union-attr]
+        reasons = q.wait_reasons([ids["b"], ids["test (n=1)"], later["x"], first["y"], ids["a"]])
+    assert reasons == {
+        ids["b"]: "waits for a",
+        ids["test (n=1)"]: "max_parallel: 1 of test's 1 running",
+        later["x"]: "no free slot: 2 of 2 running",
+        first["y"]: f"waits for pipeline {older} of its concurrency group main",
+    }
