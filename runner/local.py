@@ -55,8 +55,8 @@ class LocalRun:
     @property
     def succeeded(self) -> bool:
         """Exit 0: the pipeline succeeded and ran something. A run whose every job was skipped (the pipeline's
-        `branches` leave out the checkout's branch) ran nothing, and exits 1 as it always did."""
-        return self.state is PipelineState.success and any(j.state is JobState.success for j in self.jobs)
+        `branches` leave out the checkout's branch) ran nothing, and exits 1 as a skipped one-job run always did."""
+        return self.state is PipelineState.success and any(j.state is not JobState.skipped for j in self.jobs)
 
 
 @dataclass(frozen=True)

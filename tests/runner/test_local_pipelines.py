@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -318,3 +319,36 @@ def test_parallel_must_be_a_positive_number(cli: Callable[..., int], make_local_
         cli(str(repo), "--parallel", "0")
     assert exited.value.code == 2 and "expected at least 1" in capsys.readouterr().err
 
+
+
+async def test_a_run_whose_every_job_its_branches_skip_is_not_a_success(
+        fake_settings: Settings, fake_engine: FakeEngine, make_local_repo: MakeRepo) -> None:
+    repo, _ = make_local_repo({".forgeci.toml": 'branches = ["release/*"]\n' + DIAMOND})
+    result, _ = await run(fake_settings, fake_engine, repo, jobs=["a"])
+    assert result.state is PipelineState.success and states(result) == {"a": JobState.skipped}
+    assert not result.succeeded and not fake_engine.execs  # nothing ran: exit 1, as a skipped one-job run did
+
+
+async def test_a_failure_with_continue_on_error_still_succeeds(
+        fake_settings: Settings, fake_engine: FakeEngine, make_local_repo: MakeRepo) -> None:
+    repo, _ = make_local_repo({".forgeci.toml": DIAMOND.replace('[jobs.b]\n', '[jobs.b]\ncontinue_on_error = true\n')})
+    fake_engine.on("step-b", Script(exit_code=1))
+    result, _ = await run(fake_settings, fake_engine, repo)
+    assert result.succeeded and states(result)["b"] is JobState.failure and states(result)["d"] is JobState.success
+
+
+async def test_interrupting_a_run_stops_its_jobs_and_removes_their_containers(
+        fake_settings: Settings, fake_engine: FakeEngine, make_local_repo: MakeRepo) -> None:
+    repo, _ = make_local_repo({".forgeci.toml": DIAMOND})
+    fake_engine.on("step-b", Script(hang=True))
+    fake_engine.on("step-c", Script(hang=True))
+    task = asyncio.create_task(run(with_queue(fake_settings, max_concurrent=4), fake_engine, repo))
+    while len(fake_engine.execs) < 3:
+        await asyncio.sleep(0.02)
+    task.cancel()  # what asyncio.run does to the CLI's run on Ctrl-C
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [e.signals for e in fake_engine.execs if e.run in ("step-b", "step-c")] == [["TERM"], ["TERM"]]
+    assert "step-d" not in fake_engine.runs()
+    fake_engine.check()  # no container left
+    assert [p.name for p in fake_settings.data_dir.iterdir()] == []  # the scratch data dir is gone
