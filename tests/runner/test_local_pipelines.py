@@ -352,3 +352,24 @@ async def test_interrupting_a_run_stops_its_jobs_and_removes_their_containers(
     assert "step-d" not in fake_engine.runs()
     fake_engine.check()  # no container left
     assert [p.name for p in fake_settings.data_dir.iterdir()] == []  # the scratch data dir is gone
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_on_a_terminal_each_jobs_prefix_has_a_colour_of_its_own(
+        fake_settings: Settings, fake_engine: FakeEngine, make_local_repo: MakeRepo,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    repo, _ = make_local_repo({".forgeci.toml": DIAMOND})
+    out = Tty()
+    await run_local(fake_settings, repo, environ={}, out=out, engine=fake_engine)
+    prefixes = {line.split("]", 1)[0] + "]" for line in out.getvalue().splitlines() if line.startswith("\033[")}
+    colours = {p.split("m", 1)[0] for p in prefixes if "[a]" in p or "[b]" in p or "[c]" in p or "[d]" in p}
+    assert len(colours) == 4  # four jobs, four colours
+    monkeypatch.setenv("NO_COLOR", "1")
+    out = Tty()
+    await run_local(fake_settings, repo, environ={}, out=out, engine=fake_engine)
+    assert "\033[" not in out.getvalue()
