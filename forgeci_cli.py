@@ -112,14 +112,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from config.settings import load_settings
     from runner.local import run_local
-    from runner.models import JobState
 
     settings = load_settings(args.config)
     path = Path(args.path)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory")
-    outcome = asyncio.run(run_local(settings, path, step=args.step))
-    return EXIT_OK if outcome.state is JobState.success else EXIT_FAILED
+    run = asyncio.run(run_local(settings, path, step=args.step, jobs=args.job, with_needs=args.with_needs,
+                                parallel=args.parallel))
+    return EXIT_OK if run.succeeded else EXIT_FAILED
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (`--parallel`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -203,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("serve", "webhooks + API + dashboard + embedded runner", cmd_serve)
     p = add("run", "run a local checkout's pipeline, like `act`, on the same engine", cmd_run)
     p.add_argument("path", nargs="?", default=".")
-    p.add_argument("--step", metavar="NAME")
+    p.add_argument("--job", metavar="NAME", action="append", default=[],
+                   help="run only this job (all its matrix members) or one member by display name; repeatable")
+    p.add_argument("--with-needs", action="store_true",
+                   help="also run what the selected jobs need, transitively (else their needs count as satisfied)")
+    p.add_argument("--step", metavar="NAME", help="run only this step of the one selected job")
+    p.add_argument("--parallel", metavar="N", type=positive_int, default=None,
+                   help="run at most N jobs at once (default: queue.max_concurrent)")
     add_client_commands(add)
     p = add("debug", "a shell (or CMD) inside the job's snapshot, on the server host", cmd_debug)
     p.add_argument("job", type=int)

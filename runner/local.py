@@ -1,26 +1,42 @@
-"""`forgeci run`: a local checkout's pipeline on the same engine, printed to the terminal like `act`."""
+"""`forgeci run`: a local checkout's pipeline, every job of it, on the same engine and job control as a server."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from config.durations import format_duration
+from config.errors import ConfigError
+from config.pipeline import Pipeline, load_pipeline
+from config.plan import expand
 from config.settings import Settings
-from runner.executor import Outcome, StepResult
-from runner.logs import LogLine
-from runner.models import Job, JobSpec, JobState
-from runner.runtime import open_runtime
+from runner.control import JobControl
+from runner.engine import Engine
+from runner.errors import InvalidTransition, RunnerError
+from runner.executor import CANCEL_GRACE, Executor, Outcome
+from runner.local_report import JobPrinter, LocalJob, Printers, Terminal, one_job_summary, pipeline_summary
+from runner.local_select import Named, Selection, SelectionError, select
+from runner.models import Job, JobSpec, JobState, PipelineState
+from runner.planner import ONE_JOB, PIPELINE_FILE, planned_rows
+from runner.runtime import Runtime, open_runtime
 
-COLOURS = {"success": "32", "failure": "31", "timeout": "33", "cancelled": "33", "skipped": "36", "error": "31"}
+__all__ = ["LOCAL_RUNNER", "LocalJob", "LocalPlan", "LocalRun", "SelectionError", "local_plan", "run_local"]
+
+log = logging.getLogger(__name__)
+
+LOCAL_RUNNER = "local"
+LEASE = 24 * 3600.0  # no pool expires leases in a run's private queue: a lease only has to outlive the run
+STOP_WAIT = CANCEL_GRACE + 5.0  # after Ctrl-C, a running step gets SIGTERM, CANCEL_GRACE, then SIGKILL
 
 
 def _git(path: Path, *args: str) -> str:
@@ -28,74 +44,175 @@ def _git(path: Path, *args: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
-class TerminalReporter:
-    """Step headers and log lines as they come, then a summary table."""
+@dataclass(frozen=True)
+class LocalRun:
+    """How a local run ended: its pipeline's state and every job it planned, in plan order."""
 
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.colour = out.isatty() and os.environ.get("NO_COLOR") is None
+    state: PipelineState
+    jobs: tuple[LocalJob, ...]
+    one_job: bool  # a file of top-level [[steps]] (or no usable file): printed as `forgeci run` always did
 
-    def paint(self, text: str, code: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self.colour else text
-
-    def line(self, line: LogLine) -> None:
-        if line.stream == "system":
-            self.out.write(self.paint(f"== {line.text}", "1") + "\n")
-        else:
-            prefix = self.paint(f"[{line.step}]", "2")
-            self.out.write(f"{prefix} {line.text}\n")
-        self.out.flush()
-
-    def checked_out(self, job: Job, sha: str) -> None:
-        pass  # the summary names the working tree, not a commit
-
-    def step_started(self, job: Job, index: int, name: str, total: int) -> None:
-        pass  # the executor's own "step i/n" log line is the header
-
-    def step_finished(self, job: Job, result: StepResult, total: int) -> None:
-        pass
-
-    def summary(self, outcome: Outcome) -> None:
-        rows = [(r.name, str(r.state), format_duration(r.duration), "" if r.exit_code is None else str(r.exit_code))
-                for r in outcome.steps]
-        width = max([len("step")] + [len(r[0]) for r in rows])
-        self.out.write("\n" + f"{'step':<{width}}  {'result':<9}  {'time':>9}  exit\n")
-        for name, state, took, code in rows:
-            self.out.write(f"{name:<{width}}  {self.paint(f'{state:<9}', COLOURS.get(state, '0'))}  {took:>9}  {code}\n")
-        total = format_duration(sum(r.duration for r in outcome.steps))
-        verdict = self.paint(str(outcome.state).upper(), COLOURS.get(str(outcome.state), "0"))
-        self.out.write(f"\n{verdict} in {total}" + (f": {outcome.error}" if outcome.error else "") + "\n")
-        self.out.flush()
+    @property
+    def succeeded(self) -> bool:
+        """Exit 0: the pipeline succeeded and ran something. A run whose every job was skipped (the pipeline's
+        `branches` leave out the checkout's branch) ran nothing, and exits 1 as a skipped one-job run always did."""
+        return self.state is PipelineState.success and any(j.state is not JobState.skipped for j in self.jobs)
 
 
-LOCAL_RUNNER = "local"
+@dataclass(frozen=True)
+class LocalPlan:
+    """What the working tree's file and the command line make, decided before any container engine starts."""
+
+    pipeline: Pipeline | None  # None: no usable file; the one job reads it from its copy and fails with its messages
+    selection: Selection
+    step: str | None
+
+    @property
+    def one_job(self) -> bool:
+        return self.pipeline is None or not self.pipeline.jobs
+
+
+def local_plan(path: Path, jobs: Sequence[str] = (), *, with_needs: bool = False,
+               step: str | None = None) -> LocalPlan:
+    """Read `path`'s pipeline file and select its jobs (local_select.select). A missing or invalid file is the
+    run's failure, as it always was — unless `jobs` names jobs, which such a file cannot have: then its
+    ConfigError (a usage error) is raised."""
+    file = path / PIPELINE_FILE
+    pipeline: Pipeline | None = None
+    problem: ConfigError | None = None
+    try:
+        pipeline = load_pipeline(file) if file.is_file() else None
+    except ConfigError as exc:
+        problem = exc
+    if pipeline is None and jobs:
+        raise problem or SelectionError(f"--job: {path} has no {PIPELINE_FILE} (forgeci init writes one)")
+    planned = expand(pipeline, str(file)) if pipeline is not None else (Named(ONE_JOB, ONE_JOB),)
+    return LocalPlan(pipeline, select(planned, jobs, with_needs=with_needs, step=step), step)
+
+
+class LocalDispatcher:
+    """Runs a local pipeline's jobs as job control makes them claimable: it is the control's Dispatcher, woken when
+    a job's needs are done and told which running job to stop (fail_fast). What may run — needs, `if`, skips,
+    max_parallel, max_concurrent (`--parallel`) — the queue decides, exactly as on a server; this only starts each
+    claimed job on a copy of the working tree, and records how it ended."""
+
+    def __init__(self, control: JobControl, executor: Executor, path: Path, printers: Callable[[Job], JobPrinter],
+                 *, step_job: str | None = None, step: str | None = None) -> None:
+        self.control = control
+        self.executor = executor
+        self.path = path
+        self.printers = printers
+        self.step_job, self.step = step_job, step
+        self.outcomes: dict[int, Outcome] = {}
+        self._wake = asyncio.Event()
+        self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: int) -> None:
+        entry = self._running.get(job_id)
+        if entry is not None:
+            entry[1].set()
+
+    async def run(self, pipeline_id: int) -> None:
+        """Claim and run until nothing runs and nothing can be claimed: then every job has ended (a queued job
+        waits only on active needs, so with none running some job would be claimable)."""
+        try:
+            while True:
+                self._wake.clear()
+                while (job := await self.control.claim(LOCAL_RUNNER, LEASE)) is not None:
+                    cancel = asyncio.Event()
+                    self._running[job.id] = (asyncio.create_task(self._run(job, cancel)), cancel)
+                if not self._running:
+                    return
+                await self._wake.wait()
+        except asyncio.CancelledError:  # Ctrl-C: stop the running jobs (their containers go), end the rest
+            try:
+                await self.control.cancel_pipeline(pipeline_id)
+            except InvalidTransition:
+                pass
+            for _, cancel in self._running.values():
+                cancel.set()
+            if self._running:
+                await asyncio.wait([task for task, _ in self._running.values()], timeout=STOP_WAIT)
+            raise
+
+    async def _run(self, job: Job, cancel: asyncio.Event) -> None:
+        printer = self.printers(job)
+        only = self.step if job.display == self.step_job else None
+        try:
+            outcome = await self.executor.run(job, cancel, printer, only_step=only, local_path=self.path,
+                                              on_line=printer.line)
+        except Exception as exc:  # a bug must neither kill the run nor leave the job's dependants waiting
+            log.exception("job %d crashed the local run", job.id)
+            outcome = Outcome(JobState.error, f"internal error: {exc}")
+        if outcome.infra:  # nobody retries a local run: an infrastructure fault is its final word
+            outcome = dataclasses.replace(outcome, state=JobState.error, infra=False)
+        self.outcomes[job.id] = outcome
+        try:
+            await self.control.record(job, outcome, LOCAL_RUNNER)
+        finally:
+            self._running.pop(job.id, None)
+            self.wake()
+
+
+async def _run_pipeline(runtime: Runtime, path: Path, plan: LocalPlan, printers: Printers) -> LocalRun:
+    """Plan the selected jobs into a pipeline of the run's private queue, each with its one-job pipeline inline
+    (as a server plans a submitted pipeline), and run them to the end."""
+    control, queue = runtime.control, runtime.queue
+    spec = JobSpec(repo=str(path), ref=_git(path, "rev-parse", "--abbrev-ref", "HEAD") or "local",
+                   sha=_git(path, "rev-parse", "HEAD") or None, event="local")
+    pipeline_id = await asyncio.to_thread(queue.create_pipeline, spec)
+    record = await asyncio.to_thread(queue.pipeline, pipeline_id)
+    rows = plan.selection.rows(planned_rows(record, plan.pipeline, spec.sha))
+    dispatcher = LocalDispatcher(control, runtime.executor, path, printers, step_job=plan.selection.step_job,
+                                 step=plan.step)
+    control.dispatcher = dispatcher
+    try:
+        await control.planned(record, await asyncio.to_thread(queue.write_plan, pipeline_id, spec.sha, rows))
+        await dispatcher.run(pipeline_id)
+    finally:
+        control.dispatcher = None
+    done = await asyncio.to_thread(queue.pipeline, pipeline_id)
+    if not done.state.is_terminal:  # only a bug in settling could leave a job waiting with nothing running
+        raise RunnerError(f"the local pipeline is still {done.state}, and no job of it can run")
+    jobs = []
+    for job_id in done.job_ids:
+        job = await asyncio.to_thread(queue.get, job_id)
+        outcome = dispatcher.outcomes.get(job_id)
+        jobs.append(LocalJob(display=job.display or job.name or ONE_JOB, state=job.state, error=job.error,
+                             duration=job.duration, steps=outcome.steps if outcome else ()))
+    return LocalRun(done.state, tuple(jobs), plan.one_job)
 
 
 async def run_local(
-    settings: Settings, path: Path, *, step: str | None = None, environ: Mapping[str, str] = os.environ,
-    out: TextIO = sys.stdout,
-) -> Outcome:
-    """Run the pipeline of the checkout at `path`, its working tree as it is; the job never enters a server's queue."""
+    settings: Settings, path: Path, *, step: str | None = None, jobs: Sequence[str] = (), with_needs: bool = False,
+    parallel: int | None = None, environ: Mapping[str, str] = os.environ, out: TextIO | None = None,
+    engine: Engine | None = None,
+) -> LocalRun:
+    """Run the pipeline of the checkout at `path`, its working tree as it is (each job on its own copy, in its own
+    container), up to `parallel` (default `queue.max_concurrent`) jobs at once; the jobs never enter a server's
+    queue. `jobs`, `with_needs` and `step` select (local_select.select); SelectionError before anything starts.
+    `engine` defaults to rootless Podman (tests pass a fake)."""
     path = path.resolve()
-    # A private data dir: a `forgeci serve` on the same machine must neither claim nor reap this job.
+    if parallel is not None and parallel < 1:
+        raise SelectionError(f"--parallel must be at least 1, got {parallel}")
+    plan = local_plan(path, jobs, with_needs=with_needs, step=step)
+    # A private data dir: a `forgeci serve` on the same machine must neither claim nor reap these jobs.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=settings.data_dir))
-    local = dataclasses.replace(settings, data_dir=scratch)
-    reporter = TerminalReporter(out)
+    queue = dataclasses.replace(settings.queue, max_concurrent=parallel or settings.queue.max_concurrent)
+    local = dataclasses.replace(settings, data_dir=scratch, queue=queue)
+    terminal = Terminal(out or sys.stdout)  # looked up now: tests and callers may have replaced sys.stdout
+    started = time.monotonic()
     try:
-        async with open_runtime(local, environ, workers=False) as runtime:
-            spec = JobSpec(repo=str(path), ref=_git(path, "rev-parse", "--abbrev-ref", "HEAD") or "local",
-                           sha=_git(path, "rev-parse", "HEAD") or None, event="local")
-            job_id = await runtime.control.submit(spec)
-            job = await runtime.control.claim(LOCAL_RUNNER, 3600.0)
-            assert job is not None and job.id == job_id
-            cancel = asyncio.Event()
-            outcome = await runtime.executor.run(job, cancel, reporter, only_step=step, local_path=path,
-                                                 on_line=reporter.line)
-            # Nobody retries a local run: an infrastructure fault is its final word.
-            final = dataclasses.replace(outcome, state=JobState.error, infra=False) if outcome.infra else outcome
-            await runtime.control.record(job, final, LOCAL_RUNNER)
+        async with open_runtime(local, environ, workers=False, engine=engine) as runtime:
+            run = await _run_pipeline(runtime, path, plan, Printers(terminal, prefixed=not plan.one_job))
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
-    reporter.summary(outcome)
-    return outcome
+    if run.one_job:
+        one_job_summary(terminal, run.jobs[0])
+    else:
+        pipeline_summary(terminal, run.state, run.jobs, time.monotonic() - started)
+    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import subprocess
 import sys
@@ -62,10 +61,10 @@ async def test_forgeci_run_end_to_end_in_the_job_image(settings: Settings, make_
     repo, _ = make_repo(PROJECT)
     (repo / "add.py").write_text("def add(a, b):\n    return a + b  # uncommitted edit\n")
     out = io.StringIO()
-    outcome = await run_local(with_runner(settings, image=job_image), repo, environ={}, out=out)
+    run = await run_local(with_runner(settings, image=job_image), repo, environ={}, out=out)
     text = out.getvalue()
-    assert outcome.state is JobState.success, text
-    assert [r.name for r in outcome.steps] == ["install", "test"]
+    assert run.succeeded, text
+    assert [r.name for r in run.jobs[0].steps] == ["install", "test"]
     assert "hello from node v20." in text
     assert "OK" in text or "Ran 1 test" in text
     # The summary table names each step with its result.
@@ -77,8 +76,8 @@ async def test_forgeci_run_one_step_and_failure_exit(settings: Settings, make_re
     repo, _ = make_repo({".forgeci.toml": '[[steps]]\nname = "a"\nrun = "echo A"\n'
                                           '[[steps]]\nname = "b"\nrun = "echo B; exit 5"\n'})
     out = io.StringIO()
-    outcome = await run_local(settings, repo, step="a", environ={}, out=out)
-    assert outcome.state is JobState.success and [r.name for r in outcome.steps] == ["a"]
+    run = await run_local(settings, repo, step="a", environ={}, out=out)
+    assert run.jobs[0].state is JobState.success and [r.name for r in run.jobs[0].steps] == ["a"]
     cli = subprocess.run([sys.executable, "-m", "forgeci_cli", "run", str(repo)], capture_output=True, text=True,
                          env={"PATH": "/usr/local/bin:/usr/bin:/bin",
                               "FORGECI_CONFIG": str(write_settings(settings, repo.parent / "s.toml"))})
@@ -101,6 +100,6 @@ async def test_package_registries_work_inside_a_job_through_the_host_ca(
                                           'run = "pip download --no-deps -q -d /tmp/dl six && ls /tmp/dl"\n'})
     networked = with_runner(settings, image=job_image, network="slirp4netns")
     out = io.StringIO()
-    outcome = await run_local(networked, repo, environ={}, out=out)
-    assert outcome.state is JobState.success, out.getvalue()
+    run = await run_local(networked, repo, environ={}, out=out)
+    assert run.succeeded, out.getvalue()
     assert "six-" in out.getvalue()
