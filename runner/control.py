@@ -10,9 +10,8 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
-
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from runner.committer import DeliveryCommitter
 from runner.errors import InvalidTransition, QueueError
@@ -148,9 +147,9 @@ class JobControl:
     async def commit_delivery(
         self, forge: str, delivery: str, specs: Sequence[JobSpec], *, supersede: bool,
     ) -> Delivery:
-        """Record a forge delivery with its jobs (group-committed with the deliveries arriving with it); with
-        `supersede`, cancel the older unfinished jobs of each new job's concurrency group. A redelivery changes
-        nothing and answers with the jobs of the first delivery."""
+        """Record a forge delivery with its pipelines (group-committed with the deliveries arriving with it), for the
+        planner to plan; with `supersede`, cancel the older unfinished pipelines of each one's concurrency group. A
+        redelivery changes nothing and answers with what the first delivery made."""
         result = await self._committer.commit(self.queue, forge, delivery, list(specs), supersede)
         if result.redelivery:
             return result
@@ -160,7 +159,7 @@ class JobControl:
         newest = result.pipeline_ids[-1] if result.pipeline_ids else None
         for job_id in result.cancelled:  # jobs of no pipeline, from before pipelines
             self.publish(job_id, JobState.cancelled, error=f"superseded by pipeline {newest}")
-        for job_id in result.stopping:
+        for job_id in result.stopping:  # flagged in the transaction; stopping twice (settlements too) is harmless
             self._stop(job_id)
         if self.planner is not None:
             self.planner.wake()
