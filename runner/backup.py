@@ -136,7 +136,10 @@ def restore_database(backup: Path, layout: DataLayout, now: float | None = None)
         tmp = layout.db.with_name(f".{layout.db.name}.restoring")
         try:
             shutil.copyfile(backup, tmp)
-            info = inspect_database(tmp, readonly=False)
+            wal = backup.with_name(backup.name + "-wal")
+            if wal.is_file():  # a raw copy of a live queue.db: its last transactions are in the WAL file
+                shutil.copyfile(wal, tmp.with_name(tmp.name + "-wal"))
+            info = inspect_database(tmp, readonly=False)  # closing it folds a WAL copy into the file
             if info.schema_version > len(MIGRATIONS):
                 raise BackupError(f"{backup} has schema version {info.schema_version}, newer than this forgeci "
                                   f"knows ({len(MIGRATIONS)}): restore it with the forgeci that made it")
