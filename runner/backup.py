@@ -71,6 +71,20 @@ def inspect_database(path: Path, *, readonly: bool = True) -> DatabaseInfo:
     return DatabaseInfo(path, version, rows, max_id, path.stat().st_size)
 
 
+def schema_version_of(path: Path) -> int | None:
+    """The schema version in the database file's header (PRAGMA user_version: 4 bytes at offset 60), read without
+    opening it as a database, so nothing (no -wal or -shm file) is created; None for a file that is not SQLite.
+    A migration still only in the WAL shows once it is checkpointed."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(64)
+    except OSError:
+        return None
+    if len(header) < 64 or not header.startswith(b"SQLite format 3\x00"):
+        return None
+    return int.from_bytes(header[60:64], "big")
+
+
 def backup_database(db: Path, dest: Path) -> DatabaseInfo:
     """Copy the live queue database `db` to `dest` with SQLite's online backup API, then verify the copy.
 

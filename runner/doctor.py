@@ -346,24 +346,25 @@ def _owner(path: Path) -> str:
 
 
 def check_database(ctx: Context) -> list[Check]:
-    from runner.backup import BackupError, inspect_database
+    from runner.backup import schema_version_of
     from runner.queue import MIGRATIONS
 
     db = DataLayout(ctx.settings.data_dir).db
     if not db.exists():
         return [ok("queue database", f"{db} not created yet (forgeci serve creates it)")]
-    try:
-        info = inspect_database(db, readonly=False)
-    except BackupError as exc:
-        return [fail("queue database", str(exc), "restore the last backup: forgeci db restore FILE")]
+    # From the file's header: opening it as a database would create -wal/-shm files owned by whoever runs this.
+    version = schema_version_of(db)
     known = len(MIGRATIONS)
-    if info.schema_version > known:
-        return [fail("queue database", f"schema version {info.schema_version}, newer than this forgeci ({known})",
+    if version is None:
+        return [fail("queue database", f"{db} is not an SQLite database", "restore the last backup: "
+                                                                          "forgeci db restore FILE")]
+    if version > known:
+        return [fail("queue database", f"schema version {version}, newer than this forgeci ({known})",
                      "run the forgeci that wrote it, or restore a backup taken before the upgrade")]
-    if info.schema_version < known:
-        return [warn("queue database", f"schema version {info.schema_version}; this forgeci has {known}",
+    if version < known:
+        return [warn("queue database", f"schema version {version}; this forgeci has {known}",
                      "forgeci db migrate (keeps a copy; forgeci serve would migrate at start)")]
-    return [ok("queue database", f"{db}: {info.summary()}")]
+    return [ok("queue database", f"{db}: schema version {version}")]
 
 
 def check_store(ctx: Context) -> list[Check]:
@@ -376,6 +377,16 @@ def check_store(ctx: Context) -> list[Check]:
     payload = f"forgeci doctor {uuid.uuid4().hex}\n".encode()
     fix = ("check storage.url, that the store is running and reachable from here, and its keys "
            f"(${settings.storage.access_key_env}, ${settings.storage.secret_key_env})")
+    url = settings.store_url
+    if url.startswith("file://") and not Path(url[len("file://"):]).exists():
+        # Opening a file store creates its folder: leave that to forgeci serve (and its owners to scripts/setup).
+        parent = Path(url[len("file://"):]).parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return [fail("store", f"{url} does not exist and {parent} is not writable by uid {ctx.host.euid}",
+                         f"create it, or point storage.url at a folder this user may write ({SETUP})")]
+        return [ok("store", f"{url} not created yet (forgeci serve creates it)")]
     try:
         store = open_store(settings, ctx.environ)
     except (ConfigError, StoreError) as exc:

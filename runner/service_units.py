@@ -137,8 +137,8 @@ def _service(opts: UnitOptions, description: str, argv: Sequence[str], after: Se
         "KillMode=mixed",
         f"TimeoutStopSec={math.ceil(opts.shutdown_grace) + STOP_MARGIN}s",
         *(f"{key}={value}" for key, value in KEPT),
-        "# Left out because they break rootless Podman: " + ", ".join(k for k in LEFT_OUT if "=" not in k)
-        + " (README.md: Running it as a service).",
+        "# Left out, as they break rootless Podman or the server (README.md, Running it as a service): "
+        + ", ".join(k for k in LEFT_OUT if "=" not in k) + ".",
         "",
         "[Install]",
         "WantedBy=multi-user.target",

@@ -273,3 +273,28 @@ def test_doctor_reads_the_services_environment_file(tmp_path: Path) -> None:
                             env={**{k: v for k, v in os.environ.items() if k not in FORGE_VARIABLES},
                                  "PYTHONPATH": str(ROOT)})
     assert "gitlab webhooks: secret set ($FORGECI_GITLAB_WEBHOOK_SECRET)" in result.stdout, result.stdout
+
+
+def test_the_queue_database_version_is_read_without_opening_it(tmp_path: Path) -> None:
+    from runner.queue import MIGRATIONS, Queue
+    from tests.runner.test_migrations import build
+
+    ctx = context(tmp_path)
+    ctx.settings = dataclasses.replace(ctx.settings, data_dir=tmp_path)
+    db = tmp_path / "queue.db"
+    assert doctor.check_database(ctx)[0].status is Status.ok  # not created yet
+    build(db, 2)
+    old = doctor.check_database(ctx)[0]
+    assert old.status is Status.warn and "forgeci db migrate" in old.fix
+    assert not (tmp_path / "queue.db-shm").exists()  # nothing created next to it
+    db.unlink()
+    Queue(db).close()
+    assert doctor.check_database(ctx)[0].status is Status.ok
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    assert doctor.check_database(ctx)[0].status is Status.fail
+    db.write_bytes(b"garbage" * 20)
+    assert doctor.check_database(ctx)[0].status is Status.fail
