@@ -81,6 +81,7 @@ class Context:
     environ: Mapping[str, str]
     host: Host
     user: PodmanUser | None = None
+    podman_runs: bool = False  # `podman --version` worked as the user
     info: dict[str, Any] | None = None
 
 
@@ -139,11 +140,12 @@ def check_podman(ctx: Context) -> list[Check]:
     if (int(match[1]), int(match[2])) < MIN_PODMAN:
         return [fail("podman", f"{text}: forgeci needs Podman >= {MIN_PODMAN[0]}.{MIN_PODMAN[1]}",
                      "install a newer podman (Debian 12 has 4.3)")]
+    ctx.podman_runs = True
     return [ok("podman", text)]
 
 
 def check_podman_info(ctx: Context) -> list[Check]:
-    if ctx.user is None or not shutil.which("podman"):
+    if ctx.user is None or not ctx.podman_runs:
         return []
     try:
         result = _podman(ctx, ["info", "--format", "json"])
