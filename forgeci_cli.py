@@ -172,6 +172,80 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.errors else EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check this host for running forgeci: one line per check; exit 1 when one fails."""
+    from config.settings import load_settings
+    from runner.doctor import report, run_doctor
+    from runner.service_units import read_env_file
+
+    environ = dict(os.environ)
+    if args.env_file:  # the service's environment file: the doctor sees the secrets the server will
+        environ.update(read_env_file(Path(args.env_file)))
+    settings = load_settings(args.config, environ)
+    return report(run_doctor(settings, environ))
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """backup FILE (online, verified), restore FILE (into a stopped instance), migrate (a stopped instance)."""
+    from config.settings import load_settings
+    from runner import backup
+    from runner.layout import DataLayout
+
+    layout = DataLayout(load_settings(args.config).data_dir)
+    if args.db_command == "backup":
+        info = backup.backup_database(layout.db, Path(args.file))
+        print(f"backed up {layout.db} to {info.path} and verified it: {info.summary()}")
+    elif args.db_command == "restore":
+        done = backup.restore_database(Path(args.file), layout)
+        print(f"restored {done.restored.path} into {layout.db}: {done.restored.summary()}"
+              + (f"; migrated to schema version {done.schema_after}" if done.schema_after != done.restored.schema_version
+                 else ""))
+        if done.previous:
+            print(f"the database it replaced: {done.previous}")
+        if done.moved_logs:
+            print(f"logs of jobs newer than the backup: {done.moved_logs}")
+    else:
+        result = backup.migrate_database(layout)
+        if result.copy is None:
+            print(f"{layout.db}: schema version {result.after}, up to date")
+        else:
+            print(f"{layout.db}: schema version {result.before} -> {result.after}; the database as it was: {result.copy}")
+    return EXIT_OK
+
+
+def cmd_service_install(args: argparse.Namespace) -> int:
+    """Write the systemd unit of `forgeci serve` (or, with --agent, `forgeci agent`)."""
+    from config.settings import Settings, load_settings
+    from runner.service_units import DEFAULT_CONFIG, UnitOptions, install_units, next_steps
+
+    if args.agent and "agent" not in subcommands():
+        raise ConfigError("this forgeci has no `forgeci agent` command yet: no agent unit to write")
+    config = Path(args.config or os.environ.get("FORGECI_CONFIG") or DEFAULT_CONFIG).absolute()
+    settings = load_settings(str(config)) if config.is_file() else Settings.default()
+    if not config.is_file():
+        print(f"note: {config} does not exist yet: write it before starting the service", file=sys.stderr)
+    environment = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env expects NAME=VALUE, got {item!r}")
+        environment[key] = value
+    opts = UnitOptions(config=config, data_dir=settings.data_dir.absolute(), user=args.user,
+                       env_file=Path(args.env_file).absolute(), environment=environment,
+                       shutdown_grace=settings.runner.shutdown_grace, server=args.server or "")
+    paths = install_units(opts, Path(args.dir), agent=args.agent)
+    for path in paths:
+        print(f"wrote {path}")
+    print(next_steps(paths, opts, Path(args.dir)))
+    return EXIT_OK
+
+
+def subcommands() -> set[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(action.choices)
+
+
 def check_server(server: str) -> None:
     if not server.startswith(("http://", "https://")):
         raise ConfigError(f"--server must be an http:// or https:// URL, got {server!r}")
@@ -240,7 +314,34 @@ def build_parser() -> argparse.ArgumentParser:
                                                                               required=True)
     c = add("check", "validate a forgeci.toml or .forgeci.toml", cmd_config_check, config_sub)
     c.add_argument("file", nargs="?")
+    add_ops_commands(add)
     return parser
+
+
+def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Running it on a server: doctor, db backup|restore|migrate, service install."""
+    from runner.service_units import DEFAULT_DIR, DEFAULT_ENV_FILE
+
+    p = add("doctor", "check this host: Podman, its user, storage, the job image, data dir, store, forges", cmd_doctor)
+    p.add_argument("--env-file", metavar="FILE", help="read variables from the service's environment file too")
+    db_sub = add("db", "the queue database").add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    p = add("backup", "copy the queue database to FILE while the server runs (SQLite's online backup), verified",
+            cmd_db, db_sub)
+    p.add_argument("file")
+    p = add("restore", "put a backup FILE in place as the queue database (the server must be stopped)", cmd_db, db_sub)
+    p.add_argument("file")
+    add("migrate", "bring the queue database to this forgeci's schema, keeping a copy (server stopped)", cmd_db, db_sub)
+    service_sub = add("service", "systemd units").add_subparsers(dest="service_command", metavar="ACTION",
+                                                                 required=True)
+    p = add("install", "write the systemd unit of forgeci serve (or --agent)", cmd_service_install, service_sub)
+    p.add_argument("--agent", action="store_true", help="the unit of `forgeci agent` instead")
+    p.add_argument("--server", help="the agent's server URL")
+    p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where to write it (default: {DEFAULT_DIR})")
+    p.add_argument("--user", default="root", help="the account it runs as (default: root, which runs Podman as "
+                                                  "runner.podman_user)")
+    p.add_argument("--env-file", default=str(DEFAULT_ENV_FILE), help="the environment file with the secrets "
+                                                                     f"(default: {DEFAULT_ENV_FILE})")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an extra variable (repeatable)")
 
 
 def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:

@@ -291,7 +291,8 @@ async def metrics(request: web.Request) -> web.Response:
     """GET /metrics?range=hour|day|week[&format=prometheus]: totals, rates, durations, queue figures."""
     range_name = parse_range(request.query.get("range"))
     prometheus = wants_prometheus(request)
-    result = await request.app[METRICS].get(_runtime(request).queue, range_name)
+    runtime = _runtime(request)
+    result = await request.app[METRICS].get(runtime.queue, range_name, runtime.hub.dropped_lines)
     if prometheus:
         return web.Response(body=result.to_prometheus().encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

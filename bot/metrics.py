@@ -40,6 +40,7 @@ class Metrics:
     stats: RangeStats
     queued: int
     running: int
+    log_lines_dropped: int = 0  # since the server started: step output over runner.max_log_bytes
 
     @property
     def success_rate(self) -> float | None:
@@ -58,7 +59,7 @@ class Metrics:
             "success_rate": self.success_rate, "avg_duration": stats.avg_duration,
             "p95_duration": stats.p95_duration, "cache_hit_rate": self.cache_hit_rate,
             "cache_hits": stats.cache_hits, "cache_lookups": stats.cache_lookups,
-            "queue_depth": self.queued, "running": self.running,
+            "queue_depth": self.queued, "running": self.running, "log_lines_dropped": self.log_lines_dropped,
             "bucket_seconds": stats.bucket_seconds, "buckets": [_bucket(b) for b in stats.buckets],
         }
 
@@ -88,7 +89,10 @@ class Metrics:
         out += ["# HELP forgeci_queue_depth Jobs waiting in the queue now.", "# TYPE forgeci_queue_depth gauge",
                 f"forgeci_queue_depth {self.queued}",
                 "# HELP forgeci_jobs_running Jobs running now.", "# TYPE forgeci_jobs_running gauge",
-                f"forgeci_jobs_running {self.running}"]
+                f"forgeci_jobs_running {self.running}",
+                "# HELP forgeci_log_lines_dropped_total Step output lines dropped over runner.max_log_bytes.",
+                "# TYPE forgeci_log_lines_dropped_total counter",
+                f"forgeci_log_lines_dropped_total {self.log_lines_dropped}"]
         return "\n".join(out) + "\n"
 
 
@@ -125,10 +129,10 @@ class MetricsCache:
         self._stats: dict[str, tuple[float, RangeStats]] = {}
         self._pending: dict[str, asyncio.Future[RangeStats]] = {}
 
-    async def get(self, queue: Queue, range_name: str) -> Metrics:
+    async def get(self, queue: Queue, range_name: str, log_lines_dropped: int = 0) -> Metrics:
         stats = await self._range_stats(queue, range_name)
         queued, running = await asyncio.to_thread(queue.active_counts)
-        return Metrics(range_name, stats, queued, running)
+        return Metrics(range_name, stats, queued, running, log_lines_dropped)
 
     async def _range_stats(self, queue: Queue, range_name: str) -> RangeStats:
         cached = self._stats.get(range_name)

@@ -113,6 +113,9 @@ class RunnerSettings:
                                              "them and puts them back in the queue", 30.0)
     ca_bundle: str = option(OPTIONAL_PATH, 'host trust store mounted into jobs; "" = off', factory=default_ca_bundle,
                             shown="`/etc/ssl/certs/ca-certificates.crt` when it exists, else `\"\"`")
+    max_log_bytes: int = option(integer(0), "bytes of step output (as stored) kept in a job's log per attempt; the "
+                                             "rest is dropped with a marker line and counted in /metrics; 0 = no limit",
+                                64 * 1024 * 1024, shown="`67108864` (64 MiB)")
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,8 @@ class Executor:
         on_line: Callable[[LogLine], None] | None = None,
     ) -> Outcome:
         """One attempt of `job`: never raises for the job's own faults; infrastructure faults set `infra`."""
-        joblog = JobLog(self.layout.log_file(job.id), job.id, self.hub, self.secrets.masker(), on_line=on_line)
+        joblog = JobLog(self.layout.log_file(job.id), job.id, self.hub, self.secrets.masker(), on_line=on_line,
+                        max_bytes=self.settings.runner.max_log_bytes)
         # Store work runs in threads; a cancel must stop it too. Progress lines come back through the loop.
         abort = threading.Event()
         watcher = asyncio.ensure_future(cancel.wait())

@@ -195,7 +195,9 @@ class JobLog:
     """Turns one job's step output into log lines: appends them to its file, then publishes them.
 
     Call it from the event loop's thread, like LogHub.publish. A retried job opens the same file again and
-    numbering continues after its last line.
+    numbering continues after its last line. With `max_bytes`, step output past that many bytes of this attempt's
+    log (as stored) is dropped: one marker line says so when it starts, one at close counts what went; forgeci's
+    own lines are always kept (a handful per step), so the outcome of a flooding job stays readable.
     """
 
     def __init__(
@@ -207,9 +209,12 @@ class JobLog:
         clock: Callable[[], float] = time.time,
         max_line: int = MAX_LINE,
         on_line: Callable[[LogLine], None] | None = None,
+        max_bytes: int = 0,
     ) -> None:
         if max_line < 4:
             raise ValueError("max_line must hold at least one UTF-8 character (4 bytes)")
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0 (0: no limit)")
         self.path = path
         self.job_id = job_id
         self.on_line = on_line
@@ -217,6 +222,10 @@ class JobLog:
         self._masker = masker
         self._clock = clock
         self._max_line = max_line
+        self._max_bytes = max_bytes
+        self._written = 0  # bytes this attempt appended (per attempt: a retry gets a whole log of its own)
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
         self._pending: dict[tuple[str, str], bytearray] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a+b")
@@ -258,6 +267,9 @@ class JobLog:
         try:
             for step in {step for step, _ in self._pending}:
                 self.flush(step)
+            if self.dropped_lines:
+                self.system(f"{self.dropped_lines} line(s) ({self.dropped_bytes} bytes) of step output were dropped "
+                            f"past the log limit (runner.max_log_bytes = {self._max_bytes})")
         finally:
             self._file.close()
             if self._hub is not None:
@@ -312,14 +324,32 @@ class JobLog:
         return out
 
     def _emit(self, step: str, stream: str, texts: list[bytes]) -> list[LogLine]:
-        if not texts:
-            return []
         t = round(self._clock(), 3)
         lines: list[LogLine] = []
+        stored: list[bytes] = []
         for text in texts:
+            line = LogLine(self._n + 1, t, step, stream, text.decode("utf-8", "replace"))
+            raw = line.to_json().encode() + b"\n"
+            if stream != "system" and self._max_bytes and self._written + len(raw) > self._max_bytes:
+                first = not self.dropped_lines
+                self.dropped_lines += 1
+                self.dropped_bytes += len(text)
+                if self._hub is not None:
+                    self._hub.count_dropped(1)
+                if not first:
+                    continue
+                # The first line over the limit becomes a marker, so the log says where its output stops.
+                line = LogLine(line.n, t, step, "system", f"log limit reached (runner.max_log_bytes = "
+                               f"{self._max_bytes}): the rest of this job's step output is dropped")
+                raw = line.to_json().encode() + b"\n"
+            elif stream != "system":
+                self._written += len(raw)
             self._n += 1
-            lines.append(LogLine(self._n, t, step, stream, text.decode("utf-8", "replace")))
-        self._file.write(b"".join(line.to_json().encode() + b"\n" for line in lines))
+            lines.append(line)
+            stored.append(raw)
+        if not stored:
+            return []
+        self._file.write(b"".join(stored))
         # Before publishing: a follower that falls back to the file must find every line it was sent.
         self._file.flush()
         for line in lines:
@@ -348,6 +378,11 @@ class LogHub:
         self._poll = poll
         self._followers: dict[int, set[_Follower]] = {}
         self._writing: set[int] = set()
+        self.dropped_lines = 0  # step output lines over runner.max_log_bytes since start (a /metrics counter)
+
+    def count_dropped(self, lines: int) -> None:
+        """A job's log dropped `lines` lines over its limit (JobLog calls it)."""
+        self.dropped_lines += lines
 
     def begin(self, job_id: int) -> None:
         """A writer is producing the job's log (JobLog calls it when opened)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from config.settings import Settings
-from runner.errors import QueueError
+from runner.errors import JobNotFound, QueueError
 from runner.layout import DataLayout
 from runner.queue import Queue
 from runner.store import FileStore, ObjectStore, StoreError, open_store
@@ -112,12 +112,42 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(parts.layout.log_file(job_id))
             logs += 1
+    logs += _prune_orphaned_logs(parts, now - (retention.job_days + 1) * DAY, errors)
 
     # The per-job metrics rows outlive their jobs so the dashboard's week view stays whole.
     _guard(errors, lambda: parts.queue.delete_metrics_before(now - max(retention.job_days, METRICS_DAYS) * DAY), 0)
 
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
     return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors))
+
+
+def _prune_orphaned_logs(parts: Parts, before: float, errors: list[str]) -> int:
+    """Delete logs untouched since `before` whose job is gone: a crash between the job's deletion and its log's, a
+    restored backup older than the log folder. Only logs older than retention are asked about (one lookup each),
+    so a normal round, where retention already took them with their jobs, asks about none."""
+    count = 0
+    try:
+        candidates = [entry for entry in os.scandir(parts.layout.logs)
+                      if entry.name.endswith(".log") and entry.name[:-4].isdigit()
+                      and entry.stat(follow_symlinks=False).st_mtime < before]
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        errors.append(f"logs: {exc}")
+        return 0
+    for entry in candidates:
+        try:
+            parts.queue.state_of(int(entry.name[:-4]))
+            continue  # its job is still there (queued or running for longer than retention): keep it
+        except JobNotFound:
+            pass
+        except QueueError as exc:
+            errors.append(f"queue: {exc}")
+            return count
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            count += 1
+    return count
 
 
 def _prune_orphans(parts: Parts, now: float, errors: list[str]) -> tuple[int, int]:

@@ -167,7 +167,9 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise QueueError(
-            f"{path} has schema version {version}, newer than this forgeci knows ({len(MIGRATIONS)})"
+            f"{path} has schema version {version}, newer than this forgeci knows ({len(MIGRATIONS)}): it was "
+            f"written by a newer forgeci; run that version, or restore a backup taken before the upgrade "
+            f"(forgeci db restore FILE)"
         )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         # Statement by statement rather than executescript, which would commit our transaction
