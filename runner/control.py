@@ -111,9 +111,11 @@ class JobControl:
         """What planning did (the planner's loop and submit_pipeline report here): events, wake-up."""
         if result is None:
             self._apply(self.queue.take_settlements())
-            state = (await asyncio.to_thread(self.queue.pipeline, record.id)).state
-            if state is not PipelineState.planning:
-                self.publish_pipeline(record.id, state)
+            now = await asyncio.to_thread(self.queue.pipeline, record.id)
+            # Still planning: a fetch fault, planned again after a back-off (its commit status says so, as a
+            # requeued job's did); otherwise it ended meanwhile (cancelled, or out of retries: error).
+            attempts = now.plan_attempts if now.state is PipelineState.planning else None
+            self.publish_pipeline(record.id, now.state, error=now.error, attempts=attempts)
             return
         job_ids, settled = result
         for job_id in job_ids:
@@ -277,14 +279,14 @@ class JobControl:
             for job_id, why in settled.skipped:
                 self.publish(job_id, JobState.skipped, error=why)
             for job_id in settled.cancelled:
-                self.publish(job_id, JobState.cancelled)
+                self.publish(job_id, JobState.cancelled, error=settled.reason)
             for job_id in settled.stopping:
                 self.publish(job_id, JobState.running, "cancel_requested")
                 self._stop(job_id)
             for job_id in settled.ready:
                 self.publish(job_id, JobState.queued, "ready")
             if settled.state is not None:
-                self.publish_pipeline(settled.pipeline_id, settled.state)
+                self.publish_pipeline(settled.pipeline_id, settled.state, error=settled.reason)
             if settled.ready:
                 self._wake()
 
