@@ -141,12 +141,16 @@ class JobControl:
             return result
         for pipeline_id in result.pipeline_ids:
             self.publish_pipeline(pipeline_id, PipelineState.planning)
-        self._apply(self.queue.take_settlements())  # the superseded pipelines and their jobs
+        settlements = self.queue.take_settlements()
+        self._apply(settlements)  # the superseded pipelines and their jobs, with the reason
+        done = {job_id for settled in settlements for job_id in (*settled.cancelled, *settled.stopping)}
         newest = result.pipeline_ids[-1] if result.pipeline_ids else None
-        for job_id in result.cancelled:  # jobs of no pipeline, from before pipelines
-            self.publish(job_id, JobState.cancelled, error=f"superseded by pipeline {newest}")
+        for job_id in result.cancelled:  # jobs of no pipeline, from before pipelines (the others are done)
+            if job_id not in done:
+                self.publish(job_id, JobState.cancelled, error=f"superseded by pipeline {newest}")
         for job_id in result.stopping:
-            self._stop(job_id)
+            if job_id not in done:
+                self._stop(job_id)
         if self.planner is not None:
             self.planner.wake()
         return result
