@@ -72,19 +72,19 @@ def _integral(value: object) -> object:
     return value
 
 
-def job_id_of(value: object, key: str = "id") -> int:
-    """A job id from JSON: an integer (not a bool, not a string of digits) in SQLite's range."""
+def job_id_of(value: object, key: str = "id", what: str = "job") -> int:
+    """A job (or pipeline) id from JSON: an integer (not a bool, not a string of digits) in SQLite's range."""
     value = _integral(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
-        raise _bad(key, f"expected a job id (a positive integer), got {value!r}")
+        raise _bad(key, f"expected a {what} id (a positive integer), got {value!r}")
     return value
 
 
-def _query_id(request: web.Request) -> int:
+def _query_id(request: web.Request, what: str = "job") -> int:
     if "id" not in request.query:
         raise _bad("id", "missing")
     text = request.query["id"]
-    return job_id_of(int(text) if text.isascii() and text.isdigit() else text)
+    return job_id_of(int(text) if text.isascii() and text.isdigit() else text, what=what)
 
 
 def _after(request: web.Request) -> int:
@@ -150,6 +150,12 @@ async def status(request: web.Request) -> web.Response:
         return {**job_json(queue.get(job_id)), "snapshot": snapshot.to_dict() if snapshot else None}
 
     return web.json_response(await asyncio.to_thread(read))
+
+
+async def pipeline_status(request: web.Request) -> web.Response:
+    """GET /pipelines/status?id= -> the pipeline: its trigger, pinned sha, state and job ids (none while planning)."""
+    record = await asyncio.to_thread(_runtime(request).queue.pipeline, _query_id(request, "pipeline"))
+    return web.json_response(record.to_dict())
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -349,6 +355,7 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     ("POST", "/jobs/retry", retry, "write"),
     ("POST", "/jobs/priority", priority, "write"),
     ("GET", "/jobs", list_jobs, "read"),
+    ("GET", "/pipelines/status", pipeline_status, "read"),
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

@@ -15,6 +15,7 @@ from runner.errors import (
     EngineError,
     InvalidTransition,
     JobNotFound,
+    PipelineNotFound,
     QueueError,
     StoreError,
 )
@@ -68,7 +69,7 @@ def _status_of(exc: Exception) -> tuple[int, str, Any]:
         return exc.status, exc.error, exc.detail
     if isinstance(exc, ConfigError):
         return 400, "invalid input", [str(issue) for issue in exc.issues]
-    if isinstance(exc, JobNotFound):
+    if isinstance(exc, JobNotFound | PipelineNotFound):  # before QueueError, their base (503)
         return 404, "not found", str(exc)
     if isinstance(exc, InvalidTransition):
         return 409, "wrong state", str(exc)

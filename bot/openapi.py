@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.models import JobState, StepState
+from runner.models import JobState, PipelineState, StepState
 
 STATES = [state.value for state in JobState]
+PIPELINE_STATES = [state.value for state in PipelineState]
 STEP_STATES = [state.value for state in StepState]
 TERMINAL_STATES = [state.value for state in JobState if state.is_terminal]
 
@@ -18,7 +19,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {400: "bad input", 401: "missing or wrong API token", 404: "no such job or entry",
+    text = {400: "bad input", 401: "missing or wrong API token", 404: "no such job, pipeline or entry",
             409: "the job is in the wrong state", 413: "request body too large", 415: "body is not JSON",
             503: "the queue database or the store is unavailable"}
     return {str(status): _json(_ERROR, text[status]) for status in statuses}
@@ -46,6 +47,55 @@ def _op(summary: str, responses: dict[str, Any], *, security: list[Any] | None =
     return op
 
 
+def _webhook(forge: str, headers: tuple[str, ...], types: tuple[str, ...]) -> dict[str, Any]:
+    """A forge's delivery endpoint: signed by the forge (its secret, not the API token), answered 202 once the
+    delivery and its pipelines are committed; their jobs come from planning, later."""
+    ref = {"$ref": "#/components/schemas/WebhookAccepted"}
+    return {"post": _op(
+        f"A {forge} delivery", {"200": _json(ref, "a ping, answered"), "202": _json(ref, "committed, or ignored"),
+                                **_errors(400, 401, 413, 415), "503": _json(_ERROR, "the forge's webhook secret is "
+                                                                                 "not configured, or the queue is "
+                                                                                 "unavailable")},
+        operationId=f"{forge}Webhook", security=[],
+        parameters=[{"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+                    for name in headers],
+        requestBody={"required": True, "content": {t: {"schema": {"type": "object"}} for t in types}},
+    )}
+
+
+def _pipeline_schemas(job_id: dict[str, Any], number: dict[str, Any]) -> dict[str, Any]:
+    """What pipelines add: the submit answers, the pipeline, the webhook answer, the two kinds of events."""
+    ids = {"type": "array", "items": job_id}
+    event = {"state": {"type": "string"}, "data": {"type": "object"}, "t": {"type": "number"}}
+    return {
+        "Submitted": {"type": "object", "required": ["id", "pipeline", "jobs"], "properties": {
+            "id": {**job_id, "description": "the pipeline's first job"}, "pipeline": job_id,
+            "jobs": {**ids, "minItems": 1}}},
+        "Planning": {"type": "object", "required": ["id", "pipeline", "jobs", "planning"], "properties": {
+            "id": {"type": "null"}, "pipeline": job_id, "jobs": {"type": "array", "maxItems": 0},
+            "planning": {"const": True}}},
+        "Pipeline": {"type": "object", "required": ["id", "state", "spec", "job_ids"], "properties": {
+            "id": job_id, "repo": {"type": "string"}, "ref": {"type": "string"}, "sha": {"type": ["string", "null"]},
+            "event": {"type": "string"}, "spec": {"type": "object"}, "state": {"enum": PIPELINE_STATES},
+            "concurrency_group": {"type": ["string", "null"]}, "cancel_requested": {"type": "boolean"},
+            "plan_attempts": {"type": "integer"}, "plan_after": {"type": "number"},
+            "error": {"type": ["string", "null"]}, "created_at": {"type": "number"}, "started_at": number,
+            "finished_at": number, "job_ids": ids}},
+        "WebhookAccepted": {"type": "object", "properties": {
+            "pipelines": {**ids, "description": "the pipelines the delivery made (or, redelivered, had made)"},
+            "jobs": {**ids, "description": "empty for a new delivery; a redelivery's pipelines' jobs by now"},
+            "delivery": {"type": "string"}, "redelivery": {"const": True},
+            "superseded_pipelines": ids, "superseded": {**ids, "description": "their jobs, cancelled or stopping"},
+            "reason": {"type": "string", "description": "why the delivery made no pipeline"},
+            "pong": {"const": True}, "ignored": {"type": "string", "description": "an event forgeci does not use"}}},
+        "JobEvent": {"type": "object", "required": ["job_id", "state", "kind"], "properties": {
+            "job_id": job_id, "kind": {"enum": ["state", "step", "step_done", "priority", "sha", "ready",
+                                                "cancel_requested"]}, **event}},
+        "PipelineEvent": {"type": "object", "required": ["pipeline_id", "state", "kind"], "properties": {
+            "pipeline_id": job_id, "kind": {"const": "pipeline"}, **event, "state": {"enum": PIPELINE_STATES}}},
+    }
+
+
 def openapi_document(server_url: str) -> dict[str, Any]:
     """The document for a server reachable at `server_url`."""
     id_body = _body({"id": _JOB_ID}, ["id"])
@@ -54,8 +104,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     number = {"type": ["number", "null"]}
     paths: dict[str, Any] = {
         "/jobs/submit": {"post": _op(
-            "Enqueue a job", {"201": _json({"$ref": "#/components/schemas/Created"}, "the new job's id"),
-                              **_errors(400, 401, 413, 415, 503)},
+            "Submit a pipeline, planned before the answer",
+            {"201": _json({"$ref": "#/components/schemas/Submitted"},
+                          "planned: its jobs; `id` is the first (a one-job pipeline's only) job"),
+             "202": _json({"$ref": "#/components/schemas/Planning"},
+                          "its fetch failed or took too long: planning goes on in the background"),
+             **_errors(400, 401, 413, 415, 503)},
             security=_WRITE, operationId="submitJob",
             requestBody=_body({
                 "repo": {"type": "string", "minLength": 1, "description": "clone URL or a path on the server"},
@@ -71,6 +125,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "A job with its steps, durations, cache result and attempts",
             {"200": _json(job_ref, "the job"), **_errors(400, 401, 404, 503)}, security=_READ,
             operationId="jobStatus", parameters=[_query("id", _JOB_ID, "job id", True)],
+        )},
+        "/pipelines/status": {"get": _op(
+            "A pipeline: its trigger, the sha it pins, its state and its jobs (none while planning)",
+            {"200": _json({"$ref": "#/components/schemas/Pipeline"}, "the pipeline"),
+             **_errors(400, 401, 404, 503)}, security=_READ,
+            operationId="pipelineStatus", parameters=[_query("id", _JOB_ID, "pipeline id", True)],
         )},
         "/jobs/logs": {"get": _op(
             "Follow a job's log (SSE)",
@@ -126,8 +186,11 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                         _query("cursor", {"type": "string", "minLength": 1}, "next_cursor of the previous page")],
         )},
         "/events": {"get": _op(
-            "Every job state change and step progress (SSE)",
-            {"200": {**sse, "description": "`job` events: {job_id, state, kind, data, t}"}, **_errors(401)},
+            "Every job and pipeline state change, and step progress (SSE)",
+            {"200": {**sse, "description": "`job` events (JobEvent: {job_id, state, kind, data, t}) and "
+                                           "`pipeline` events (PipelineEvent: {pipeline_id, state, kind, data, t}; "
+                                           "data.jobs when planned, data.error when planning is retried or "
+                                           "the pipeline was superseded)"}, **_errors(401)},
             security=_READ, operationId="events",
         )},
         "/metrics": {"get": _op(
@@ -175,6 +238,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             requestBody={"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": False}}}},
         )},
+        "/webhooks/github": _webhook("github", ("X-GitHub-Event", "X-GitHub-Delivery", "X-Hub-Signature-256"),
+                                     ("application/json", "application/x-www-form-urlencoded")),
+        "/webhooks/gitea": _webhook("gitea", ("X-Gitea-Event", "X-Gitea-Delivery", "X-Gitea-Signature"),
+                                    ("application/json", "application/x-www-form-urlencoded")),
+        "/webhooks/gitlab": _webhook("gitlab", ("X-Gitlab-Event", "X-Gitlab-Token", "X-Gitlab-Event-UUID"),
+                                     ("application/json",)),
         "/healthz": {"get": _op(
             "Liveness: the container engine and the queue",
             {"200": _json({"type": "object"}, "healthy"), "503": _json({"type": "object"}, "degraded")},
@@ -186,7 +255,6 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
                   "properties": {"error": {"type": "string"}, "detail": {}}},
-        "Created": {"type": "object", "required": ["id"], "properties": {"id": _JOB_ID}},
         "Step": {"type": "object", "required": ["run"], "properties": {
             "name": {"type": "string", "minLength": 1}, "run": {"type": "string", "minLength": 1},
             "timeout": {"type": "string", "description": "a duration such as 90s or 10m"},
@@ -203,7 +271,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "lease_expires": number, "cancel_requested": {"type": "boolean"}, "queued_at": {"type": "number"},
             "started_at": number, "finished_at": number, "duration": number,
             "error": {"type": ["string", "null"]}, "cache_hit": {"type": ["boolean", "null"]},
-            "steps": {"type": "array", "items": {"$ref": "#/components/schemas/StepRecord"}}}},
+            "steps": {"type": "array", "items": {"$ref": "#/components/schemas/StepRecord"}},
+            "pipeline_id": {**_JOB_ID, "type": ["integer", "null"], "description": "null: a job of no pipeline"},
+            "name": {"type": ["string", "null"], "description": "its job in the pipeline file (`test`)"},
+            "display": {"type": ["string", "null"], "description": "a matrix member's name: `test (python=3.12)`"},
+            "needs": {"type": "array", "items": {"type": "string"}, "description": "the jobs it waits for"},
+            "waiting": {"type": "boolean", "description": "queued, but its needs are not all done"}}},
         "CacheEntry": {"type": "object", "required": ["key", "repo", "size"], "properties": {
             "key": {"type": "string"}, "repo": {"type": "string"}, "scope": {"type": "string"},
             "image": {"type": "string"}, "paths": {"type": "array", "items": {"type": "string"}},
@@ -218,11 +291,13 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer"},
             "queue_depth": {"type": "integer"}, "running": {"type": "integer"},
             "bucket_seconds": {"type": "number"}, "buckets": {"type": "array", "items": {"type": "object"}}}},
+        **_pipeline_schemas(_JOB_ID, number),
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "forgeci", "version": "1",
-                 "description": "Jobs, live logs, events and metrics of a forgeci server. Mutating calls need "
+                 "description": "Pipelines, jobs, live logs, events and metrics of a forgeci server, and the forges' "
+                                "webhooks (signed with their own secrets). Mutating calls need "
                                 "`Authorization: Bearer TOKEN` when the server has a token configured; reads "
                                 "need it too with `server.protect_reads`."},
         "servers": [{"url": server_url}],

@@ -14,7 +14,9 @@ import httpx
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from client.errors import TOKEN_ENV, APIError, AuthFailed, BadResponse, ClientError, ServerUnreachable
-from client.models import CacheStats, JobInfo, JobPage, LogEnd, LogEntry, Metrics, ServerEvent
+from client.models import (
+    CacheStats, JobInfo, JobPage, LogEnd, LogEntry, Metrics, PipelineInfo, ServerEvent, Submission,
+)
 
 TIMEOUT = 10.0
 STREAM_READ_TIMEOUT = 45.0  # the server sends a keep-alive every 15 s: three missed ones mean a dead connection
@@ -91,13 +93,31 @@ class Client:
     # -- jobs -----------------------------------------------------------------------------------------
 
     async def submit(self, repo: str, ref: str, *, sha: str | None = None, priority: int | None = None,
-                     steps: list[dict[str, Any]] | None = None, env: Mapping[str, str] | None = None) -> int:
-        """Enqueue a job; its id."""
+                     steps: list[dict[str, Any]] | None = None, env: Mapping[str, str] | None = None) -> Submission:
+        """Submit a pipeline; its id and jobs (none yet when the server is still planning it)."""
         body: dict[str, Any] = {"repo": repo, "ref": ref}
         for key, value in (("sha", sha), ("priority", priority), ("steps", steps), ("env", env)):
             if value is not None:
                 body[key] = value
-        return _id_of(await self.request("POST", "/jobs/submit", body=body))
+        return _parse(Submission.from_dict, await self.request("POST", "/jobs/submit", body=body))
+
+    async def pipeline(self, pipeline_id: int) -> PipelineInfo:
+        """The pipeline: its state and its jobs (none while planning)."""
+        return _parse(PipelineInfo.from_dict,
+                      await self.request("GET", "/pipelines/status", params={"id": str(pipeline_id)}))
+
+    async def first_job(self, submission: Submission, *, poll: float = 0.5) -> int | None:
+        """The submission's first job, waiting while its pipeline is planned; None if it ended without one (its
+        repository could never be fetched, or it was cancelled)."""
+        if submission.job is not None or submission.pipeline is None:
+            return submission.job
+        while True:
+            found = await self.pipeline(submission.pipeline)
+            if found.job_ids:
+                return found.job_ids[0]
+            if found.terminal:
+                return None
+            await asyncio.sleep(poll)
 
     async def list_jobs(self, *, status: str | None = None, repo: str | None = None, order: str = "newest",
                         limit: int = 100, cursor: str | None = None) -> JobPage:

@@ -81,12 +81,43 @@ async def follow(client: Client, job_id: int, *, follow: bool, out: TextIO | Non
 
 async def submit(client: Client, repo: str, ref: str, sha: str | None, priority: int | None,
                  follow_log: bool) -> int:
-    job_id = await client.submit(repo, ref, sha=sha, priority=priority)
-    print(f"job {job_id} queued: {client.server}/dashboard/jobs/{job_id}",
-          file=sys.stderr if follow_log else sys.stdout)  # --follow: stdout is the log alone
-    if follow_log:
-        return await follow(client, job_id, follow=True)
-    return EXIT_OK
+    """Submit a pipeline and say what it became; with `follow_log`, print its first job's log until it ends (a
+    pipeline still planning is waited for), then, for a pipeline of several jobs, wait for the pipeline's end."""
+    info = sys.stderr if follow_log else sys.stdout  # --follow: stdout is the log alone
+    submitted = await client.submit(repo, ref, sha=sha, priority=priority)
+    if submitted.job is None:
+        assert submitted.pipeline is not None  # Submission.from_dict refuses an answer with neither
+        why = (await client.pipeline(submitted.pipeline)).error
+        print(f"pipeline {submitted.pipeline} is still planning" + (f" ({why})" if why else "")
+              + ": the server keeps trying to fetch its repository", file=info)
+    elif len(submitted.jobs) == 1:
+        print(f"job {submitted.job} queued: {client.server}/dashboard/jobs/{submitted.job}", file=info)
+    else:
+        print(f"pipeline {submitted.pipeline} queued with {len(submitted.jobs)} jobs "
+              f"({', '.join(map(str, submitted.jobs))}): {client.server}/dashboard/jobs/{submitted.job}", file=info)
+    if not follow_log:
+        return EXIT_OK
+    job_id = await client.first_job(submitted)
+    if job_id is None:
+        assert submitted.pipeline is not None
+        ended = await client.pipeline(submitted.pipeline)
+        print(f"pipeline {ended.id}: {ended.state}" + (f": {ended.error}" if ended.error else ""), file=info)
+        return EXIT_FAILED
+    if submitted.job is None:
+        print(f"job {job_id} queued: {client.server}/dashboard/jobs/{job_id}", file=info)
+    code = await follow(client, job_id, follow=True)
+    if submitted.pipeline is None or len((await client.pipeline(submitted.pipeline)).job_ids) <= 1:
+        return code
+    return await _pipeline_end(client, submitted.pipeline, info)
+
+
+async def _pipeline_end(client: Client, pipeline_id: int, out: TextIO, poll: float = 0.5) -> int:
+    """Wait for a pipeline of several jobs to end (after its first job's log); exit 0 only when it succeeded."""
+    while not (found := await client.pipeline(pipeline_id)).terminal:
+        await asyncio.sleep(poll)
+    print(f"pipeline {pipeline_id}: {found.state} ({len(found.job_ids)} jobs)"
+          + (f": {found.error}" if found.error else ""), file=out)
+    return EXIT_OK if found.state == "success" else EXIT_FAILED
 
 
 async def jobs(client: Client, status: str | None, repo: str | None, limit: int, as_json: bool) -> int:

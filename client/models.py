@@ -107,6 +107,62 @@ class JobInfo:
         )
 
 
+PIPELINE_TERMINAL = frozenset({"success", "failure", "cancelled", "error"})
+
+
+def _ids(value: object) -> tuple[int, ...]:
+    return tuple(v for v in value if _is_int(v)) if isinstance(value, list) else ()
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `POST /jobs/submit` answered: the pipeline it made and its jobs, none yet while it is still planning
+    (its repository could not be fetched in time; the server goes on trying)."""
+
+    pipeline: int | None  # None: a server from before pipelines, which answers `{id}` alone
+    jobs: tuple[int, ...]
+    planning: bool = False
+
+    @property
+    def job(self) -> int | None:
+        """The first job (a one-job pipeline's only one), or None while planning."""
+        return self.jobs[0] if self.jobs else None
+
+    @classmethod
+    def from_dict(cls, data: object) -> Submission:
+        d = _object(data, "a submit answer")
+        pipeline = d.get("pipeline") if _is_int(d.get("pipeline")) else None
+        jobs = _ids(d.get("jobs")) or ((d["id"],) if _is_int(d.get("id")) else ())
+        if not jobs and pipeline is None:
+            raise BadResponse("no job id and no pipeline id")
+        return cls(pipeline, jobs, planning=not jobs)
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """A pipeline as `/pipelines/status` returns it (runner.models.PipelineRecord.to_dict)."""
+
+    id: int
+    state: str
+    job_ids: tuple[int, ...] = ()
+    error: str | None = None
+    sha: str | None = None
+    plan_attempts: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in PIPELINE_TERMINAL
+
+    @classmethod
+    def from_dict(cls, data: object) -> PipelineInfo:
+        d = _object(data, "a pipeline")
+        if not _is_int(d.get("id")) or not isinstance(d.get("state"), str):
+            raise BadResponse("a pipeline without an integer id and a state")
+        error, sha = d.get("error"), d.get("sha")
+        return cls(d["id"], d["state"], _ids(d.get("job_ids")), error if isinstance(error, str) else None,
+                   sha if isinstance(sha, str) else None, _int(d.get("plan_attempts")))
+
+
 @dataclass(frozen=True)
 class JobPage:
     """One page of `/jobs` and the cursor of the next, None on the last."""

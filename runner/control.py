@@ -110,9 +110,11 @@ class JobControl:
         """What planning did (the planner's loop and submit_pipeline report here): events, wake-up."""
         if result is None:
             self._apply(self.queue.take_settlements())
-            state = (await asyncio.to_thread(self.queue.pipeline, record.id)).state
-            if state is not PipelineState.planning:
-                self.publish_pipeline(record.id, state)
+            now = await asyncio.to_thread(self.queue.pipeline, record.id)
+            # Still planning: a fetch fault, planned again after a back-off (its commit status says so, as a
+            # requeued job's did); otherwise it ended meanwhile (cancelled, or out of retries: error).
+            attempts = now.plan_attempts if now.state is PipelineState.planning else None
+            self.publish_pipeline(record.id, now.state, error=now.error, attempts=attempts)
             return
         job_ids, settled = result
         for job_id in job_ids:
@@ -155,12 +157,16 @@ class JobControl:
             return result
         for pipeline_id in result.pipeline_ids:
             self.publish_pipeline(pipeline_id, PipelineState.planning)
-        self._apply(self.queue.take_settlements())  # the superseded pipelines and their jobs
+        settlements = self.queue.take_settlements()
+        self._apply(settlements)  # the superseded pipelines and their jobs, with the reason
+        done = {job_id for settled in settlements for job_id in (*settled.cancelled, *settled.stopping)}
         newest = result.pipeline_ids[-1] if result.pipeline_ids else None
-        for job_id in result.cancelled:  # jobs of no pipeline, from before pipelines
-            self.publish(job_id, JobState.cancelled, error=f"superseded by pipeline {newest}")
-        for job_id in result.stopping:  # flagged in the transaction; stopping twice (settlements too) is harmless
-            self._stop(job_id)
+        for job_id in result.cancelled:  # jobs of no pipeline, from before pipelines (the others are done)
+            if job_id not in done:
+                self.publish(job_id, JobState.cancelled, error=f"superseded by pipeline {newest}")
+        for job_id in result.stopping:
+            if job_id not in done:
+                self._stop(job_id)
         if self.planner is not None:
             self.planner.wake()
         return result
@@ -293,14 +299,14 @@ class JobControl:
             for job_id, why in settled.skipped:
                 self.publish(job_id, JobState.skipped, error=why)
             for job_id in settled.cancelled:
-                self.publish(job_id, JobState.cancelled)
+                self.publish(job_id, JobState.cancelled, error=settled.reason)
             for job_id in settled.stopping:
                 self.publish(job_id, JobState.running, "cancel_requested")
                 self._stop(job_id)
             for job_id in settled.ready:
                 self.publish(job_id, JobState.queued, "ready")
             if settled.state is not None:
-                self.publish_pipeline(settled.pipeline_id, settled.state)
+                self.publish_pipeline(settled.pipeline_id, settled.state, error=settled.reason)
             if settled.ready:
                 self._wake()
 

@@ -112,6 +112,7 @@ class Planner:
         log.warning("pipeline %d: cannot plan it (attempt %d): %s", record.id, attempts, error)
         await asyncio.to_thread(self.queue.plan_failed, record.id, f"cannot fetch the pipeline: {error}",
                                 retry_in=retry_in)
+        self.wake()  # the loop may be asleep for IDLE (a submit planned this one): it must see the back-off end
 
     async def run(self) -> None:
         """Plan every due pipeline, then sleep until the next back-off ends or something wakes us."""

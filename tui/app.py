@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from client.api import Client
 from client.errors import AuthFailed, ClientError, ServerUnreachable
-from client.models import JobInfo, ServerEvent
+from client.models import JobInfo, ServerEvent, Submission
 from tui.job_table import JobTable
 from tui.messages import CancelJob, ChangePriority, OpenJob, RequestFailed, RetryJob
 from tui.models import Services
@@ -255,9 +255,17 @@ class ForgeciApp(App[None]):
         self.notify(f"job #{job_id}: priority {priority}")
 
     def action_submit(self) -> None:
-        def submitted(job_id: int | None) -> None:
-            if job_id is not None:
-                self.notify(f"job #{job_id} submitted")
+        self.push_screen(SubmitScreen(self.client), self._submitted)
 
-        self.push_screen(SubmitScreen(self.client), submitted)
+    def _submitted(self, submitted: Submission | None) -> None:
+        if submitted is None:
+            return
+        if submitted.job is None:  # its jobs appear in the list as they are planned (the events name them)
+            self.notify(f"pipeline #{submitted.pipeline} submitted, still planning: the server could not fetch "
+                        f"its repository yet and keeps trying", severity="warning")
+        elif len(submitted.jobs) == 1:
+            self.notify(f"job #{submitted.job} submitted")
+        else:
+            self.notify(f"pipeline #{submitted.pipeline} submitted: {len(submitted.jobs)} jobs, "
+                        f"#{submitted.jobs[0]}..#{submitted.jobs[-1]}")
 

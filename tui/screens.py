@@ -19,7 +19,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from client.api import Client
 from client.errors import ClientError
-from client.models import MAX_PRIORITY, MIN_PRIORITY, JobInfo, LogEnd, ServerEvent
+from client.models import MAX_PRIORITY, MIN_PRIORITY, JobInfo, LogEnd, ServerEvent, Submission
 from tui import format as fmt
 from tui.messages import CancelJob, ChangePriority, RequestFailed, RetryJob
 from tui.models import Services, apply_event, job_duration
@@ -313,8 +313,9 @@ class PriorityScreen(ModalScreen[int | None]):
         self.dismiss(None)
 
 
-class SubmitScreen(ModalScreen[int | None]):
-    """A form that submits a job; problems, its own or the server's, show under the field they concern."""
+class SubmitScreen(ModalScreen[Submission | None]):
+    """A form that submits a pipeline; problems, its own or the server's, show under the field they concern.
+    It ends with what the server made (its jobs, or a pipeline still planning), or None when cancelled."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss_none", "Cancel")]
     FIELDS = ("repo", "ref", "sha", "priority")
@@ -373,7 +374,7 @@ class SubmitScreen(ModalScreen[int | None]):
     @work(exclusive=True, group="submit")
     async def _send(self, repo: str, ref: str, sha: str | None, priority: int | None) -> None:
         try:
-            job_id = await self.client.submit(repo, ref, sha=sha, priority=priority)
+            submitted = await self.client.submit(repo, ref, sha=sha, priority=priority)
         except ClientError as exc:
             if exc.status == 400:
                 self.show_problems(*self._server_problems(exc.details))
@@ -381,7 +382,7 @@ class SubmitScreen(ModalScreen[int | None]):
                 self.show_problems({}, str(exc))
                 self.post_message(RequestFailed(exc))
             return
-        self.dismiss(job_id)
+        self.dismiss(submitted)
 
     def _server_problems(self, details: Sequence[str]) -> tuple[dict[str, str], str]:
         """The server's 400 details (`request: priority: expected ...`) under the fields they name."""

@@ -22,12 +22,18 @@ RATE_LIMIT_FALLBACK = 60.0  # seconds to wait on a rate limit that does not say 
 class CommitStatus:
     """One commit status to post: GitHub's vocabulary (pending, success, failure, error); posters translate."""
 
-    job_id: int
-    job_state: JobState
+    job_id: int  # the job it is about; a pipeline's status: the job its link shows (0: none yet)
+    job_state: JobState  # a pipeline's status: the job state its state matches (GitLab's names follow it)
     state: str
     description: str
     target_url: str
     context: str
+    pipeline_id: int | None = None  # set for a pipeline's own status
+
+    @property
+    def subject(self) -> str:
+        """What the status is about, for logs."""
+        return f"pipeline {self.pipeline_id}" if self.pipeline_id is not None else f"job {self.job_id}"
 
 
 class Poster(Protocol):

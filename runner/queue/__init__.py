@@ -7,12 +7,12 @@ from runner.queue.deliveries import DELIVERY_MEMORY, PRUNE_EVERY, Delivery, Deli
 from runner.queue.index import IndexQueries
 from runner.queue.jobs import JobQueries, Order
 from runner.queue.metrics import MetricQueries
-from runner.queue.pipelines import PipelineStats, PlannedJobRow, Settlement
+from runner.queue.pipelines import JobSummary, PipelineStats, PlannedJobRow, Settlement
 from runner.queue.schema import MIGRATIONS
 
 __all__ = [
-    "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY", "Delivery", "NewDelivery", "Order",
-    "PipelineStats", "PlannedJobRow", "Queue", "Settlement",
+    "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY", "Delivery", "JobSummary",
+    "NewDelivery", "Order", "PipelineStats", "PlannedJobRow", "Queue", "Settlement",
 ]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from config.errors import ConfigError, ConfigIssue
 from config.plan import env_name
 from runner.errors import InvalidTransition, PipelineNotFound
-from runner.models import JobSpec, PipelineRecord, PipelineState
+from runner.models import JobSpec, JobState, PipelineRecord, PipelineState
 from runner.queue.base import QueueBase, decode_cursor, encode_cursor
 
 ACTIVE_JOB = ("queued", "running")
@@ -62,6 +62,23 @@ class PlannedJobRow:
     max_parallel: int | None = None
 
 
+@dataclass(frozen=True)
+class JobSummary:
+    """A job of a pipeline as its summary needs it (a commit status, a view): no spec, no steps."""
+
+    id: int
+    name: str
+    display: str
+    state: JobState
+    error: str | None
+    continue_on_error: bool
+
+    @property
+    def counts_as_failed(self) -> bool:
+        """Failed in a way that fails its pipeline."""
+        return self.state in FAILED and not self.continue_on_error
+
+
 @dataclass
 class Settlement:
     """What settling a pipeline changed, for job control to publish and act on."""
@@ -72,6 +89,7 @@ class Settlement:
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (job, why) that will not run
     cancelled: list[int] = field(default_factory=list)  # queued jobs ended `cancelled` (fail_fast, pipeline cancel)
     stopping: list[int] = field(default_factory=list)  # running jobs flagged for their runners to stop
+    reason: str | None = None  # why it was cancelled, when something else than a user decided (superseded)
 
     def __bool__(self) -> bool:
         return bool(self.state or self.ready or self.skipped or self.cancelled or self.stopping)
@@ -235,6 +253,12 @@ class PipelineQueries(QueueBase):
         p95 = durations[max(0, -(-len(durations) * 95 // 100) - 1)] if durations else None
         return PipelineStats(dict(states), sum(durations) / len(durations) if durations else None, p95)
 
+    def pipeline_jobs(self, pipeline_id: int) -> list[JobSummary]:
+        """The summaries of a pipeline's jobs in plan order, in one query (a commit status reads them often)."""
+        with self._transaction("BEGIN") as conn:
+            rows = [_Row.of(r) for r in conn.execute(_JOBS_OF, (pipeline_id,)).fetchall()]
+        return [JobSummary(r.id, r.name, r.display, JobState(r.state), r.error, r.continue_on_error) for r in rows]
+
     def due_plans(self, limit: int = 16) -> list[PipelineRecord]:
         """Pipelines waiting to be planned whose (back-off) time has come, oldest first."""
         with self._transaction("BEGIN") as conn:
@@ -295,15 +319,18 @@ class PipelineQueries(QueueBase):
                 raise InvalidTransition(f"cannot cancel pipeline {pipeline_id}: it is {row[0]}")
             return self._cancel_pipeline(conn, pipeline_id)
 
-    def _cancel_pipeline(self, conn: sqlite3.Connection, pipeline_id: int) -> Settlement:
+    def _cancel_pipeline(self, conn: sqlite3.Connection, pipeline_id: int, reason: str | None = None) -> Settlement:
         now = self._clock()
-        conn.execute("UPDATE pipelines SET cancel_requested = 1 WHERE id = ?", (pipeline_id,))
-        settled = Settlement(pipeline_id)
+        # The reason stays with the pipeline and its cancelled jobs: their pages and commit statuses say why.
+        conn.execute("UPDATE pipelines SET cancel_requested = 1, error = coalesce(?, error) WHERE id = ?",
+                     (reason, pipeline_id))
+        settled = Settlement(pipeline_id, reason=reason)
         for job_id, state in conn.execute(
                 "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END, "
                 "finished_at = CASE state WHEN 'queued' THEN ? ELSE finished_at END, cancel_requested = 1, "
+                "error = CASE state WHEN 'queued' THEN coalesce(?, error) ELSE error END, "
                 "blocked = 0 WHERE pipeline_id = ? AND state IN ('queued', 'running') RETURNING id, state",
-                (now, pipeline_id)).fetchall():
+                (now, reason, pipeline_id)).fetchall():
             (settled.cancelled if state == "cancelled" else settled.stopping).append(job_id)
         if conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()[0] == "planning":
             conn.execute("UPDATE pipelines SET state = 'cancelled', finished_at = ? WHERE id = ?", (now, pipeline_id))
@@ -337,7 +364,8 @@ class PipelineQueries(QueueBase):
 
     def supersede(self, conn: sqlite3.Connection, group: str, newer: int) -> list[Settlement]:
         """Cancel the older unfinished pipelines of `group` (in the caller's transaction)."""
-        return [self._cancel_pipeline(conn, pid) for (pid,) in conn.execute(_SUPERSEDED, (group, newer)).fetchall()]
+        return [self._cancel_pipeline(conn, pid, f"superseded by pipeline {newer}")
+                for (pid,) in conn.execute(_SUPERSEDED, (group, newer)).fetchall()]
 
     def settle_all(self) -> list[Settlement]:
         """Settle every unfinished pipeline: after a crash between a job's end and nothing (every path settles in

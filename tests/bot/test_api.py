@@ -8,6 +8,7 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from tests.bot.api_helpers import api_client, api_settings, enqueue, finish, fre
 __all__ = ["api_settings"]
 
 REPO = "https://git.example.test/acme/app.git"
+MakeRepo = Callable[..., tuple[Path, str]]
+DIAMOND = ''.join(f'[jobs.{name}]\nneeds = {needs}\nsteps = [{{ run = "true" }}]\n'
+                  for name, needs in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])))
 
 
 async def error_of(response: object, status: int) -> dict[str, object]:
@@ -35,15 +39,54 @@ async def test_submit_enqueues_with_defaults_and_returns_201_with_the_id(api_set
         response = await client.post("/jobs/submit", json={"repo": REPO, "ref": "main", "sha": "a" * 40,
                                                             "env": {"A": "1"},
                                                             "steps": [{"name": "t", "run": "make test"}]})
-        assert response.status == 201
-        job_id = (await response.json())["id"]
+        assert response.status == 201  # an inline pipeline needs no fetch: planned before the answer
+        answer = await response.json()
+        job_id, pipeline_id = answer["id"], answer["pipeline"]
+        assert answer == {"id": job_id, "pipeline": pipeline_id, "jobs": [job_id]}
         assert response.headers["Location"] == f"/jobs/status?id={job_id}"
         job = runtime_of(client).queue.get(job_id)
-        assert job.state is JobState.queued
+        assert job.state is JobState.queued and (job.pipeline_id, job.name) == (pipeline_id, "ci")
         assert job.spec.priority == api_settings.queue.default_priority
         assert (job.spec.repo, job.spec.ref, job.spec.sha, job.spec.event) == (REPO, "main", "a" * 40, "api")
         assert job.spec.env == {"A": "1"}
         assert job.spec.pipeline == {"steps": [{"name": "t", "run": "make test"}]}
+
+
+async def test_submit_plans_the_repository_file_before_it_answers(api_settings: Settings,
+                                                                 make_local_repo: MakeRepo) -> None:
+    repo, sha = make_local_repo({".forgeci.toml": DIAMOND})
+    async with api_client(api_settings) as client:
+        response = await client.post("/jobs/submit", json={"repo": str(repo), "ref": "main"})
+        assert response.status == 201
+        answer = await response.json()
+        assert len(answer["jobs"]) == 4 and answer["id"] == answer["jobs"][0]
+        jobs = [await (await client.get(f"/jobs/status?id={job_id}")).json() for job_id in answer["jobs"]]
+        assert [(j["name"], j["display"], j["needs"], j["waiting"]) for j in jobs] == [
+            ("a", "a", [], False), ("b", "b", ["a"], True), ("c", "c", ["a"], True), ("d", "d", ["b", "c"], True)]
+        assert all(j["pipeline_id"] == answer["pipeline"] and j["spec"]["sha"] == sha for j in jobs)
+        pipeline = await (await client.get(f"/pipelines/status?id={answer['pipeline']}")).json()
+        assert (pipeline["state"], pipeline["sha"], pipeline["job_ids"]) == ("queued", sha, answer["jobs"])
+
+
+async def test_a_submit_whose_fetch_fails_answers_202_and_goes_on_planning(api_settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    async with api_client(api_settings) as client:
+        response = await client.post("/jobs/submit", json={"repo": str(tmp_path / "nowhere"), "ref": "main"})
+        assert response.status == 202 and "Location" not in response.headers
+        answer = await response.json()
+        assert answer == {"id": None, "pipeline": answer["pipeline"], "jobs": [], "planning": True}
+        pipeline = await (await client.get(f"/pipelines/status?id={answer['pipeline']}")).json()
+        assert pipeline["state"] == "planning" and pipeline["job_ids"] == []
+        assert pipeline["error"].startswith("cannot fetch the pipeline: ") and pipeline["plan_attempts"] == 1
+
+
+async def test_an_unknown_pipeline_is_a_404_and_a_bad_id_a_400(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        error = await error_of(await client.get("/pipelines/status?id=99"), 404)
+        assert error["detail"] == "pipeline 99 not found"
+        for query in ("", "?id=x", "?id=0", f"?id={2**63}"):
+            error = await error_of(await client.get(f"/pipelines/status{query}"), 400)
+        assert "pipeline id" in str(error["detail"])
 
 
 @pytest.mark.parametrize(("body", "key"), [

@@ -10,6 +10,7 @@ import pytest
 
 from config.settings import Settings
 from tests.bot.api_helpers import TOKEN, api_settings, live_server, with_server
+from tests.bot.webhook_helpers import ENV as WEBHOOK_SECRETS
 
 __all__ = ["api_settings"]
 
@@ -31,7 +32,9 @@ def run_schemathesis(url: str, workdir: Path, *extra: str) -> subprocess.Complet
 @pytest.mark.parametrize("with_token", [False, True], ids=["open", "token"])
 def test_schemathesis_finds_no_server_error_and_no_contract_breach(api_settings: Settings, with_token: bool,
                                                                    tmp_path: Path) -> None:
-    environ = {"FORGECI_API_TOKEN": TOKEN} if with_token else {}
+    # With the forges' secrets configured, a fuzzed delivery is judged on its signature (401), not refused
+    # because webhooks are off (503, which the no-server-error check would count).
+    environ = {**WEBHOOK_SECRETS, **({"FORGECI_API_TOKEN": TOKEN} if with_token else {})}
     settings = with_server(api_settings, protect_reads=with_token)
     with live_server(settings, environ) as server:
         extra = ["-H", f"Authorization: Bearer {TOKEN}"] if with_token else []

@@ -39,8 +39,9 @@ async def test_writes_need_the_exact_token(api_settings: Settings, header: str |
 
 async def test_the_right_token_is_accepted_and_reads_stay_open_without_protect_reads(api_settings: Settings) -> None:
     async with api_client(api_settings, ENV) as client:
-        response = await client.post("/jobs/submit", json={"repo": "r", "ref": "main"}, headers=BEARER)
-        assert response.status == 201
+        body = {"repo": "r", "ref": "main", "steps": [{"name": "s", "run": "true"}]}  # inline: job 1 at once
+        response = await client.post("/jobs/submit", json=body, headers=BEARER)
+        assert response.status == 201 and (await response.json())["id"] == 1
         for path in READS:
             assert (await client.get(path)).status == 200, path
         assert (await client.get("/dashboard")).status == 200

@@ -186,14 +186,19 @@ async def test_without_follow_the_lines_so_far_then_the_current_state(api_settin
 async def test_events_carry_submit_priority_and_cancel_as_they_happen(api_settings: Settings) -> None:
     async with api_client(api_settings) as client:
         events = await client.get("/events")
-        job_id = (await (await client.post("/jobs/submit", json={"repo": "r", "ref": "main"})).json())["id"]
+        body = {"repo": "r", "ref": "main", "steps": [{"name": "s", "run": "true"}]}  # inline: planned at once
+        answer = await (await client.post("/jobs/submit", json=body)).json()
+        job_id, pipeline_id = answer["id"], answer["pipeline"]
         await client.post("/jobs/priority", json={"id": job_id, "priority": 8})
         await client.post("/jobs/cancel", json={"id": job_id})
-        text = await read_until(events, lambda t: '"cancelled"' in t)
-        got = [json.loads(e["data"]) for e in parse_sse(text)]
-        assert [(e["job_id"], e["state"], e["kind"]) for e in got] == [
-            (job_id, "queued", "state"), (job_id, "queued", "priority"), (job_id, "cancelled", "state")]
-        assert got[1]["data"] == {"priority": 8}
+        text = await read_until(events, lambda t: t.count('"cancelled"') == 2)  # the job's, then its pipeline's
+        got = [(e["event"], json.loads(e["data"])) for e in parse_sse(text)]
+        assert [(kind, e.get("job_id", e.get("pipeline_id")), e["state"], e["kind"]) for kind, e in got] == [
+            ("pipeline", pipeline_id, "planning", "pipeline"), ("job", job_id, "queued", "state"),
+            ("pipeline", pipeline_id, "queued", "pipeline"), ("job", job_id, "queued", "priority"),
+            ("job", job_id, "cancelled", "state"), ("pipeline", pipeline_id, "cancelled", "pipeline")]
+        assert got[1][1]["data"] == {"pipeline": pipeline_id} and got[2][1]["data"] == {"jobs": [job_id]}
+        assert got[3][1]["data"] == {"priority": 8}
 
 
 async def test_a_shutdown_ends_open_streams_instead_of_waiting_for_them(api_settings: Settings) -> None:

@@ -24,7 +24,7 @@ from runner.models import JobSpec, JobState, StepState
 from tests.bot.forge_payloads import GITLAB_HEAD, gitea_push, gitlab_push
 from tests.bot.webhook_helpers import (
     ENV, PUBLIC_URL, FakeForge, Recorded, answer_once, fake_forge, fixture_json, gitea_headers, github_headers,
-    gitlab_headers, open_client, quick_settings,
+    gitlab_headers, open_client, plan_here, quick_settings,
 )
 
 __all__ = ["fake_forge"]  # a fixture
@@ -53,11 +53,19 @@ async def client(shared_dir: Path, fake_forge: FakeForge) -> AsyncIterator[Clien
     await client.close()
 
 
-async def push(client: Client, payload: dict[str, Any] = PUSH, **kw: Any) -> int:
+async def deliver(client: Client, payload: dict[str, Any] = PUSH, **kw: Any) -> int:
+    """A push delivery; the id of the pipeline it made (planning)."""
     body = json.dumps(payload).encode()
     response = await client.post("/webhooks/github", data=body, headers=github_headers("push", body, **kw))
     assert response.status == 202, await response.text()
-    return int((await response.json())["jobs"][0])
+    return int((await response.json())["pipelines"][0])
+
+
+async def push(client: Client, payload: dict[str, Any] = PUSH, **kw: Any) -> int:
+    """A push, planned as the coordinator does into a one-job pipeline (its file given, not fetched); its job.
+    A pipeline of one job posts exactly what a webhook job always did."""
+    [job_id] = await plan_here(client, await deliver(client, payload, **kw))
+    return job_id
 
 
 class Runner:
@@ -203,13 +211,15 @@ async def test_a_refused_status_is_dropped_and_later_ones_still_go(client: Clien
 async def test_superseded_job_reports_cancelled(client: Client, fake_forge: FakeForge) -> None:
     first = await push(client)
     await fake_forge.wait_statuses(1)
-    second = await push(client, {**PUSH, "after": "b" * 40})
+    second = await deliver(client, {**PUSH, "after": "b" * 40})
+    await plan_here(client, second)
     posts = await fake_forge.wait_statuses(3)
     await client.app[STATUS].idle()
-    by_sha = {(p.path.rsplit("/", 1)[1], p.body["description"]) for p in posts}
-    assert (SHA, f"Cancelled: superseded by job {second}") in by_sha
-    assert ("b" * 40, "Queued") in by_sha
-    assert first != second
+    by_sha = [(p.path.rsplit("/", 1)[1], p.body["state"], p.body["description"]) for p in posts]
+    assert (SHA, "error", f"Cancelled: superseded by pipeline {second}") in by_sha
+    assert ("b" * 40, "pending", "Queued") in by_sha
+    assert len(posts) == 3 and {p.body["context"] for p in posts} == {"forgeci/ci"}
+    assert client.app[RUNTIME].queue.get(first).state is JobState.cancelled
 
 
 async def test_jobs_without_a_forge_post_nothing(client: Client, fake_forge: FakeForge) -> None:
@@ -224,10 +234,11 @@ async def test_jobs_without_a_forge_post_nothing(client: Client, fake_forge: Fak
 
 async def test_gitea_and_gitlab_statuses(client: Client, fake_forge: FakeForge) -> None:
     body = json.dumps(gitea_push()).encode()
-    assert (await client.post("/webhooks/gitea", data=body, headers=gitea_headers("push", body))).status == 202
+    response = await client.post("/webhooks/gitea", data=body, headers=gitea_headers("push", body))
+    [gitea_job] = await plan_here(client, (await response.json())["pipelines"][0])
     body = json.dumps(gitlab_push()).encode()
     response = await client.post("/webhooks/gitlab", data=body, headers=gitlab_headers("Push Hook"))
-    gitlab_job = (await response.json())["jobs"][0]
+    [gitlab_job] = await plan_here(client, (await response.json())["pipelines"][0])
     posts = await fake_forge.wait_statuses(2)
     gitea_post = next(p for p in posts if p.path.startswith("/api/v1/"))
     assert gitea_post.path == f"/api/v1/repos/gitea/webhooks/statuses/{gitea_push()['after']}"
@@ -243,7 +254,7 @@ async def test_gitea_and_gitlab_statuses(client: Client, fake_forge: FakeForge) 
     await client.app[STATUS].idle()
     assert len(fake_forge.statuses()) == 2
     # Claim the GitLab job (the Gitea job is older and first in line: cancel it out of the way).
-    client.app[RUNTIME].queue.cancel(gitlab_job - 1)
+    client.app[RUNTIME].queue.cancel(gitea_job)
     runner.start()
     await fake_forge.wait_statuses(3)
     runner.finish(JobState.cancelled, "cancelled")
@@ -256,7 +267,8 @@ async def test_gitea_and_gitlab_statuses(client: Client, fake_forge: FakeForge) 
 async def test_gitlab_429_honours_retry_after(client: Client, fake_forge: FakeForge) -> None:
     fake_forge.script.append(answer_once("/api/v4/", 429, {"message": "Retry later"}, {"Retry-After": "1"}))
     body = json.dumps(gitlab_push()).encode()
-    await client.post("/webhooks/gitlab", data=body, headers=gitlab_headers("Push Hook"))
+    response = await client.post("/webhooks/gitlab", data=body, headers=gitlab_headers("Push Hook"))
+    await plan_here(client, (await response.json())["pipelines"][0])
     posts = await fake_forge.wait_statuses(2, timeout=30)
     assert posts[1].at - posts[0].at >= 0.9
 

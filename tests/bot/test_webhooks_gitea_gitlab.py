@@ -1,4 +1,4 @@
-"""Gitea/Forgejo and GitLab deliveries to the real app: the same job mapping, their own ways of signing."""
+"""Gitea/Forgejo and GitLab deliveries to the real app: the same pipeline mapping, their own ways of signing."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from runner.models import JobSpec
 from tests.bot.forge_payloads import (
     GITEA_HEAD, GITLAB_HEAD, gitea_pull_request, gitea_push, gitlab_merge_request, gitlab_push,
 )
-from tests.bot.webhook_helpers import ENV, gitea_headers, gitlab_headers, open_client, quick_settings
+from tests.bot.webhook_helpers import ENV, gitea_headers, gitlab_headers, open_client, plan_here, quick_settings
 
 
 Client = TestClient[web.Request, web.Application]
@@ -42,14 +42,20 @@ async def gitlab(client: Client, event: str, payload: dict[str, Any] | bytes, **
 
 
 def spec_of(client: Client, body: dict[str, Any]) -> JobSpec:
-    [job_id] = body["jobs"]
-    return client.app[RUNTIME].queue.get(job_id).spec
+    """The trigger of the one pipeline a delivery made, which every job planned for it inherits."""
+    [pipeline_id] = body["pipelines"]
+    return client.app[RUNTIME].queue.pipeline(pipeline_id).spec
+
+
+def planning(client: Client) -> int:
+    """How many pipelines wait for the coordinator's planner (these tests run none)."""
+    return len(client.app[RUNTIME].queue.due_plans())
 
 
 # -- Gitea / Forgejo ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("forgejo", [False, True])
-async def test_gitea_push_becomes_a_job(client: Client, forgejo: bool) -> None:
+async def test_gitea_push_becomes_a_pipeline(client: Client, forgejo: bool) -> None:
     status, body = await gitea(client, "push", gitea_push(), delivery="g-1", forgejo=forgejo)
     assert status == 202
     spec = spec_of(client, body)
@@ -65,28 +71,29 @@ async def test_gitea_tag_push_and_deletion(client: Client) -> None:
     _, body = await gitea(client, "push", gitea_push("refs/tags/v2"))
     assert spec_of(client, body).event == "tag"
     status, body = await gitea(client, "push", gitea_push(after="0" * 40))
-    assert (status, body["jobs"]) == (202, [])
+    assert (status, body["pipelines"], body["jobs"]) == (202, [], [])
 
 
-@pytest.mark.parametrize("event, action, jobs", [
+@pytest.mark.parametrize("event, action, pipelines", [
     ("pull_request", "opened", 1), ("pull_request", "reopened", 1), ("pull_request", "synchronized", 1),
     ("pull_request_sync", "synchronized", 1), ("pull_request", "closed", 0), ("pull_request", "edited", 0),
     ("pull_request", "label_updated", 0),
 ])
-async def test_gitea_pull_request_actions(client: Client, event: str, action: str, jobs: int) -> None:
+async def test_gitea_pull_request_actions(client: Client, event: str, action: str, pipelines: int) -> None:
     status, body = await gitea(client, event, gitea_pull_request(action))
-    assert status == 202 and len(body["jobs"]) == jobs
+    assert status == 202 and len(body["pipelines"]) == pipelines and body["jobs"] == []
 
 
-async def test_gitea_pull_request_job_and_fork(client: Client) -> None:
+async def test_gitea_pull_request_pipeline_and_fork(client: Client) -> None:
     _, body = await gitea(client, "pull_request", gitea_pull_request())
+    opened_jobs = await plan_here(client, body["pipelines"][0])
     spec = spec_of(client, body)
     assert (spec.ref, spec.pr_number, spec.base_ref, spec.fork) == ("refs/pull/1/head", 1, "master", False)
     assert spec.sha == "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"
     assert spec.concurrency_group == "gitea:gitea/webhooks:pr-1"
     _, body = await gitea(client, "pull_request", gitea_pull_request("synchronized", fork=True, sha="e" * 40))
     assert spec_of(client, body).fork is True
-    assert body["superseded"]  # the synchronize cancelled the opened job
+    assert body["superseded"] == opened_jobs  # the synchronize cancelled the opened pipeline's job
 
 
 async def test_gitea_signature_is_checked(client: Client) -> None:
@@ -97,7 +104,7 @@ async def test_gitea_signature_is_checked(client: Client) -> None:
     del headers["X-Gitea-Signature"]
     response = await client.post("/webhooks/gitea", data=body, headers=headers)
     assert response.status == 401 and "X-Gitea-Signature" in (await response.json())["detail"]
-    assert client.app[RUNTIME].queue.active_counts()[0] == 0
+    assert planning(client) == 0
 
 
 async def test_gitea_bad_bodies_and_unknown_events(client: Client) -> None:
@@ -115,12 +122,12 @@ async def test_gitea_bad_bodies_and_unknown_events(client: Client) -> None:
 async def test_gitea_redelivery(client: Client) -> None:
     _, first = await gitea(client, "push", gitea_push(), delivery="again")
     _, second = await gitea(client, "push", gitea_push(), delivery="again")
-    assert second["jobs"] == first["jobs"] and second["redelivery"] is True
+    assert second["pipelines"] == first["pipelines"] and second["redelivery"] is True
 
 
 # -- GitLab -----------------------------------------------------------------------------------------------
 
-async def test_gitlab_push_becomes_a_job(client: Client) -> None:
+async def test_gitlab_push_becomes_a_pipeline(client: Client) -> None:
     status, body = await gitlab(client, "Push Hook", gitlab_push(), delivery="l-1")
     assert status == 202
     spec = spec_of(client, body)
@@ -135,10 +142,10 @@ async def test_gitlab_tag_push_and_branch_deletion(client: Client) -> None:
     _, body = await gitlab(client, "Tag Push Hook", gitlab_push("refs/tags/v1.0.0"))
     assert spec_of(client, body).event == "tag"
     status, body = await gitlab(client, "Push Hook", gitlab_push(after="0" * 40))
-    assert (status, body["jobs"]) == (202, [])
+    assert (status, body["pipelines"], body["jobs"]) == (202, [], [])
 
 
-@pytest.mark.parametrize("payload, jobs", [
+@pytest.mark.parametrize("payload, pipelines", [
     (gitlab_merge_request("open"), 1),
     (gitlab_merge_request("reopen"), 1),
     (gitlab_merge_request("update", oldrev="95790bf891e76fee5e1747ab589903a6a1f80f22"), 1),
@@ -148,12 +155,12 @@ async def test_gitlab_tag_push_and_branch_deletion(client: Client) -> None:
     (gitlab_merge_request("merge"), 0),
     (gitlab_merge_request("approved"), 0),
 ], ids=["open", "reopen", "new-commits", "edit", "ready", "close", "merge", "approved"])
-async def test_gitlab_merge_request_actions(client: Client, payload: dict[str, Any], jobs: int) -> None:
+async def test_gitlab_merge_request_actions(client: Client, payload: dict[str, Any], pipelines: int) -> None:
     status, body = await gitlab(client, "Merge Request Hook", payload)
-    assert status == 202 and len(body["jobs"]) == jobs
+    assert status == 202 and len(body["pipelines"]) == pipelines and body["jobs"] == []
 
 
-async def test_gitlab_merge_request_job_and_fork(client: Client) -> None:
+async def test_gitlab_merge_request_pipeline_and_fork(client: Client) -> None:
     _, body = await gitlab(client, "Merge Request Hook", gitlab_merge_request("open", fork=True))
     spec = spec_of(client, body)
     assert (spec.ref, spec.sha, spec.pr_number, spec.base_ref) == (
@@ -166,7 +173,7 @@ async def test_gitlab_draft_follows_run_drafts(shared_dir: Path) -> None:
     client = await open_client(quick_settings(shared_dir, server={"run_drafts": False}))
     try:
         status, body = await gitlab(client, "Merge Request Hook", gitlab_merge_request("open", draft=True))
-        assert (status, body["jobs"]) == (202, []) and "draft" in body["reason"]
+        assert (status, body["pipelines"], body["jobs"]) == (202, [], []) and "draft" in body["reason"]
     finally:
         await client.close()
 
@@ -176,7 +183,7 @@ async def test_gitlab_token_is_checked(client: Client) -> None:
     assert status == 401 and "X-Gitlab-Token" in error["detail"]
     status, _ = await gitlab(client, "Push Hook", gitlab_push(), token="")
     assert status == 401
-    assert client.app[RUNTIME].queue.active_counts()[0] == 0
+    assert planning(client) == 0
 
 
 async def test_gitlab_bad_input(client: Client) -> None:
@@ -197,12 +204,14 @@ async def test_gitlab_bad_input(client: Client) -> None:
 async def test_gitlab_redelivery_by_idempotency_key_or_body(client: Client) -> None:
     _, first = await gitlab(client, "Push Hook", gitlab_push(), delivery="uuid-1")
     _, second = await gitlab(client, "Push Hook", gitlab_push(), delivery="uuid-1")
-    assert second["jobs"] == first["jobs"] and second["redelivery"] is True
+    assert second["pipelines"] == first["pipelines"] and second["redelivery"] is True
     body = json.dumps(gitlab_push(after="f" * 40)).encode()
     headers = gitlab_headers("Push Hook")
     del headers["X-Gitlab-Event-UUID"]  # an old GitLab: the body itself identifies the delivery
     answers = [await (await client.post("/webhooks/gitlab", data=body, headers=headers)).json() for _ in range(2)]
-    assert answers[0]["jobs"] == answers[1]["jobs"] and answers[1]["redelivery"] is True
+    assert answers[0]["pipelines"] == answers[1]["pipelines"] and answers[1]["redelivery"] is True
+    assert answers[0]["superseded_pipelines"] == first["pipelines"]  # a newer push to the branch
+    assert planning(client) == 1  # one pipeline each, and the redelivery made none
 
 
 async def test_each_forge_needs_its_own_secret(shared_dir: Path) -> None:

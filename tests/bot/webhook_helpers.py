@@ -20,8 +20,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.app import create_app
+from bot.keys import RUNTIME
 from config.settings import Settings
 from runner.engine import Engine
+from runner.models import PipelineRecord, PipelineState
+from runner.planner import Planner
+from runner.queue import Queue
+from runner.runtime import Runtime
 from tests.fake_engine import FakeEngine
 
 # Real GitHub deliveries (octokit/webhooks payload examples, MIT), copied from the team's shared fixtures.
@@ -92,6 +97,58 @@ async def open_client(settings: Settings, environ: Mapping[str, str] = ENV, *, w
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
+
+
+# The one-job pipeline the tests without a fetch plan their deliveries with (see plan_here).
+ONE_JOB = '[[steps]]\nname = "test"\nrun = "true"\n'
+
+
+def queue_of(source: TestClient[web.Request, web.Application] | Runtime | Queue) -> Queue:
+    if isinstance(source, Queue):
+        return source
+    if isinstance(source, TestClient):
+        return source.app[RUNTIME].queue
+    return source.queue
+
+
+async def planned_jobs(source: TestClient[web.Request, web.Application] | Runtime | Queue, pipeline_id: int,
+                       timeout: float = 30.0) -> list[int]:
+    """The jobs of a delivery's pipeline once the coordinator's planner wrote them (the pipeline left
+    `planning`); with workers running. Fails naming the pipeline's state and error when it never does."""
+    queue = queue_of(source)
+    deadline = time.monotonic() + timeout
+    while (record := await asyncio.to_thread(queue.pipeline, pipeline_id)).state is PipelineState.planning:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pipeline {pipeline_id} still planning after {timeout}s: {record.error}")
+        await asyncio.sleep(0.02)
+    return list(record.job_ids)
+
+
+class FileAt:
+    """Stands in for the planner's mirror: every repository holds `text` as its .forgeci.toml at the sha it is
+    asked for. The tests' payloads name github.com and friends, which a test never fetches."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def resolve(self, repo: str, ref: str, sha: str | None, log: Callable[[str], None]) -> str:
+        return sha or "f" * 40
+
+    async def read_file(self, repo: str, sha: str, path: str) -> str | None:
+        return self.text
+
+
+async def plan_here(client: TestClient[web.Request, web.Application], pipeline_id: int,
+                    text: str = ONE_JOB) -> list[int]:
+    """Plan a delivery's pipeline as the coordinator does (planner, queue, job control's events), with `text` as
+    its file instead of a fetch: for tests without workers, which move its jobs by hand. Its job ids."""
+    runtime: Runtime = client.app[RUNTIME]
+    planner = Planner(runtime.queue, FileAt(text), max_retries=0)  # type: ignore[arg-type]  # duck-typed mirror
+    planner.on_planned = runtime.control.planned
+    record: PipelineRecord = await asyncio.to_thread(runtime.queue.pipeline, pipeline_id)
+    result = await planner.plan(record)
+    assert result is not None, f"pipeline {pipeline_id} was not planned: {runtime.queue.pipeline(pipeline_id)}"
+    return result[0]
 
 
 @dataclass

@@ -89,6 +89,7 @@ class FakeApi:
         self.cache: list[dict[str, Any]] = []
         self.snapshots: dict[int, dict[str, Any]] = {}  # job id -> {key, size, created_at}
         self.cache_stats_missing = False
+        self.pipelines: dict[int, dict[str, Any]] = {}  # pipeline id -> its /pipelines/status answer
         router.route(host="forgeci.test").mock(side_effect=self.handle)
 
     # -- what the test does ---------------------------------------------------------------------------
@@ -174,6 +175,9 @@ class FakeApi:
             return self.priority(body["id"], body["priority"])
         if method == "POST" and path == "/jobs/submit":
             return self.submit(body)
+        if method == "GET" and path == "/pipelines/status":
+            pipeline = self.pipelines.get(int(query.get("id", 0)))
+            return httpx.Response(200, json=pipeline) if pipeline else error(404, "not found", "no such pipeline")
         if method == "GET" and path == "/metrics":
             return httpx.Response(200, json=metrics_body(query.get("range", "day"), len(self.jobs)))
         if method == "GET" and path == "/cache/stats" and not self.cache_stats_missing:
@@ -245,10 +249,16 @@ class FakeApi:
     def submit(self, body: dict[str, Any]) -> httpx.Response:
         if "github.com/acme/" not in body["repo"] and not body["repo"].startswith("/"):
             return error(400, "invalid input", ["job spec: repo: not a repository this server may clone"])
+        pipeline_id = len(self.pipelines) + 1
+        if "unreachable" in body["repo"]:  # its fetch fails: the server goes on planning it in the background
+            self.pipelines[pipeline_id] = {"id": pipeline_id, "state": "planning", "job_ids": [],
+                                           "error": "cannot fetch the pipeline: connection refused"}
+            return httpx.Response(202, json={"id": None, "pipeline": pipeline_id, "jobs": [], "planning": True})
         job = self.add(make_job(self.next_id(), repo=body["repo"], ref=body["ref"], sha=body.get("sha"),
                                 priority=body.get("priority", 5), queued_at=NOW))
+        self.pipelines[pipeline_id] = {"id": pipeline_id, "state": "queued", "job_ids": [job.id], "error": None}
         self.publish(job.id, "queued", priority=job.spec.priority, repo=job.spec.repo, ref=job.spec.ref)
-        return httpx.Response(201, json={"id": job.id})
+        return httpx.Response(201, json={"id": job.id, "pipeline": pipeline_id, "jobs": [job.id]})
 
 
 def error(status: int, error: str, detail: Any = None) -> httpx.Response:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 import respx
 
 from client.api import Client
 from client.errors import APIError, AuthFailed, BadResponse, ClientError, ServerUnreachable
-from client.models import CacheStats, LogEnd, LogEntry
+from client.models import CacheStats, LogEnd, LogEntry, Submission
 from tests.client.fake_api import BASE, NOW, FakeApi, make_job, sse
 
 
@@ -30,7 +32,8 @@ async def test_jobs_are_parsed_from_the_servers_own_shape(api: FakeApi) -> None:
 
 async def test_actions_send_the_bodies_of_the_contract(api: FakeApi) -> None:
     async with Client(BASE, "s3cret") as client:
-        assert await client.submit("https://github.com/acme/app.git", "main", sha="abcdef1", priority=3) == 7
+        submitted = await client.submit("https://github.com/acme/app.git", "main", sha="abcdef1", priority=3)
+        assert (submitted.job, submitted.jobs, submitted.pipeline, submitted.planning) == (7, (7,), 1, False)
         assert await client.cancel(7) == "cancelled"
         assert await client.retry(7, from_failed_step=True) == 8
         await client.set_priority(8, 9)
@@ -42,6 +45,38 @@ async def test_actions_send_the_bodies_of_the_contract(api: FakeApi) -> None:
     assert api.bodies("/jobs/retry") == [{"id": 7, "from_failed_step": True}]
     assert api.bodies("/jobs/priority") == [{"id": 8, "priority": 9}]
     assert all(r.headers["Authorization"] == "Bearer s3cret" for r in api.requests)
+
+
+def test_a_submit_answer_is_a_planned_pipeline_one_still_planning_or_an_old_server_s_job() -> None:
+    planned = Submission.from_dict({"id": 3, "pipeline": 2, "jobs": [3, 4, 5]})
+    assert (planned.job, planned.jobs, planned.pipeline, planned.planning) == (3, (3, 4, 5), 2, False)
+    planning = Submission.from_dict({"id": None, "pipeline": 2, "jobs": [], "planning": True})
+    assert (planning.job, planning.jobs, planning.pipeline, planning.planning) == (None, (), 2, True)
+    old = Submission.from_dict({"id": 9})  # a server from before pipelines
+    assert (old.job, old.jobs, old.pipeline) == (9, (9,), None)
+    for answer in ({}, {"id": "9"}, {"pipeline": True}, [1]):
+        with pytest.raises(BadResponse):
+            Submission.from_dict(answer)
+
+
+async def test_first_job_waits_while_the_pipeline_is_planned(api: FakeApi) -> None:
+    async with Client(BASE) as client:
+        submitted = await client.submit("https://github.com/acme/unreachable.git", "main")
+        assert submitted.planning and submitted.job is None and submitted.pipeline is not None
+        assert (await client.pipeline(submitted.pipeline)).error == "cannot fetch the pipeline: connection refused"
+
+        async def planned_later() -> None:
+            await asyncio.sleep(0.2)
+            api.pipelines[submitted.pipeline or 0] |= {"state": "queued", "job_ids": [41, 42], "error": None}
+
+        later = asyncio.create_task(planned_later())
+        assert await client.first_job(submitted, poll=0.05) == 41
+        await later
+        api.pipelines[submitted.pipeline] |= {"state": "error", "job_ids": []}
+        assert await client.first_job(submitted, poll=0.05) is None  # it ended without a job
+        with pytest.raises(APIError) as missing:
+            await client.pipeline(99)
+        assert missing.value.status == 404
 
 
 async def test_errors_are_translated(api: FakeApi) -> None:

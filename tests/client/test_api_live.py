@@ -31,8 +31,12 @@ FAST = StreamTiming(keepalive=0.2, check=0.1)
 async def test_calls_round_trip(api_settings: Settings) -> None:
     with live_server(api_settings) as server:
         async with Client(server.url) as client:
-            job_id = await client.submit("https://git.example.test/a/b.git", "main", sha="c" * 40, priority=7,
-                                         env={"X": "1"})
+            steps = [{"name": "s", "run": "true"}]  # inline: planned at once, no fetch
+            submitted = await client.submit("https://git.example.test/a/b.git", "main", sha="c" * 40, priority=7,
+                                            env={"X": "1"}, steps=steps)
+            job_id = submitted.job
+            assert job_id is not None and submitted.jobs == (job_id,) and not submitted.planning
+            assert (await client.pipeline(submitted.pipeline or 0)).job_ids == (job_id,)
             job = await client.job(job_id)
             assert job.state == "queued" and job.priority == 7 and job.raw["spec"]["env"] == {"X": "1"}
             await client.set_priority(job_id, 2)
@@ -59,7 +63,8 @@ async def test_an_unreachable_server_and_a_wrong_token_are_distinct_errors(api_s
             with pytest.raises(AuthFailed, match="FORGECI_API_TOKEN"):
                 await client.submit("r", "main")
         async with Client(server.url, TOKEN) as client:
-            assert await client.submit("r", "main") == 1
+            submitted = await client.submit("r", "main")  # accepted; "r" cannot be fetched: still planning
+            assert (submitted.pipeline, submitted.job, submitted.planning) == (1, None, True)
 
 
 async def test_a_follower_resumes_after_dropped_connections_without_loss_or_repeat(api_settings: Settings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from bot.keys import StreamTiming
 from config.settings import Settings
 from forgeci_cli import main
+from runner.errors import PipelineNotFound
 from runner.models import JobState
 from tests.bot.api_helpers import (
     TOKEN,
@@ -22,14 +24,16 @@ from tests.bot.api_helpers import (
     finish,
     free_port,
     live_server,
+    wait_until,
     write_log,
 )
-from tests.conftest import with_runner
+from tests.conftest import repo_maker, with_runner
 from tests.fake_engine import FakeEngine, Script
 
 __all__ = ["api_settings"]
 
 FAST = StreamTiming(keepalive=0.2, check=0.1)
+MakeRepo = Callable[..., tuple[Path, str]]
 
 
 @pytest.fixture
@@ -45,11 +49,11 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], None]:
 
 
 def test_submit_jobs_status_cancel_retry(api_settings: Settings, token_env: Callable[[str | None], None],
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         make_repo: MakeRepo, capsys: pytest.CaptureFixture[str]) -> None:
+    repo, _ = make_repo({".forgeci.toml": '[[steps]]\nname = "s"\nrun = "true"\n'})
     with live_server(api_settings) as server:
         url = ["--server", server.url]
-        repo = "https://git.example.test/a/b.git"
-        assert main(["submit", "--repo", repo, "--ref", "main", "--priority", "8", *url]) == 0
+        assert main(["submit", "--repo", str(repo), "--ref", "main", "--priority", "8", *url]) == 0
         out = capsys.readouterr().out
         assert out.startswith("job 1 queued: ") and f"{server.url}/dashboard/jobs/1" in out
         assert main(["jobs", *url]) == 0
@@ -69,6 +73,10 @@ def test_submit_jobs_status_cancel_retry(api_settings: Settings, token_env: Call
         assert "job 99 not found" in capsys.readouterr().err
         assert main(["submit", "--repo", "r", "--ref", "main", "--priority", "12", *url]) == 2
         assert "priority" in capsys.readouterr().err
+        two = '[jobs.a]\nsteps = [{ run = "true" }]\n[jobs.b]\nneeds = ["a"]\nsteps = [{ run = "true" }]\n'
+        diamond, _ = make_repo({".forgeci.toml": two})
+        assert main(["submit", "--repo", str(diamond), "--ref", "main", *url]) == 0
+        assert capsys.readouterr().out.startswith("pipeline 2 queued with 2 jobs (3, 4): ")  # a retry makes no pipeline
 
 
 def test_an_unreachable_server_or_a_wrong_token_exit_2_with_a_clear_message(
@@ -85,7 +93,9 @@ def test_an_unreachable_server_or_a_wrong_token_exit_2_with_a_clear_message(
         err = capsys.readouterr().err
         assert "refused the API token" in err and "FORGECI_API_TOKEN" in err and "wrong" not in err
         token_env(TOKEN)
-        assert main(["submit", "--repo", "r", "--ref", "main", "--server", server.url]) == 0
+        assert main(["submit", "--repo", "r", "--ref", "main", "--server", server.url]) == 0  # accepted
+        out = capsys.readouterr().out
+        assert out.startswith("pipeline 1 is still planning (cannot fetch the pipeline: ") and "keeps trying" in out
 
 
 def test_logs_prints_the_log_and_logs_f_survives_dropped_connections(
@@ -148,3 +158,40 @@ def test_submit_follow_runs_a_job_to_its_end(settings: Settings, make_repo: Call
         assert "doomed" in captured.out and "job 2: failure" in captured.err
     engine.check()
 
+
+
+def test_submit_follow_waits_for_a_pipeline_still_planning_and_for_all_its_jobs(
+        settings: Settings, shared_dir: Path, token_env: Callable[[str | None], None],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The repository is not there when the submit's plan is tried: the answer is 202, --follow waits; it appears,
+    the coordinator's next attempt plans two jobs; the first's log is printed, and the exit is the pipeline's."""
+    repo = shared_dir / "late"
+    engine = FakeEngine()
+    engine.expect("echo first", Script(lines=["first job here"]))
+    engine.expect("exit 4", Script(exit_code=4))
+    with live_server(with_runner(settings), workers=True, engine=engine) as server:
+
+        def create_once_refused() -> None:
+            wait_until(lambda: _attempts(server, 1) >= 1)  # the submit's own attempt failed
+            make = repo_maker(shared_dir, shared=True)
+            make({".forgeci.toml": '[jobs.a]\nsteps = [{ run = "echo first" }]\n'
+                                   '[jobs.b]\nneeds = ["a"]\nsteps = [{ run = "exit 4" }]\n'}, name="late")
+
+        creator = threading.Thread(target=create_once_refused)
+        creator.start()
+        code = main(["submit", "--repo", str(repo), "--ref", "main", "--follow", "--server", server.url])
+        creator.join(10)
+        captured = capsys.readouterr()
+    assert code == 1, captured.err  # the first job passed; the pipeline failed
+    assert "first job here" in captured.out.splitlines()  # the first job's log; the second printed nothing
+    err = captured.err
+    assert "pipeline 1 is still planning (cannot fetch the pipeline: " in err
+    assert "job 1 queued: " in err and "job 1: success" in err and "pipeline 1: failure (2 jobs)" in err
+    engine.check()
+
+
+def _attempts(server: LiveServer, pipeline_id: int) -> int:
+    try:
+        return server.runtime.queue.pipeline(pipeline_id).plan_attempts
+    except PipelineNotFound:
+        return 0

@@ -20,7 +20,7 @@ from runner.logs import read_log
 from runner.models import Job, JobState
 from tests.bot.api_helpers import podman_engine
 from tests.bot.webhook_helpers import (
-    ENV, PUBLIC_URL, FakeForge, fake_forge, fixture_json, github_headers, open_client,
+    ENV, PUBLIC_URL, FakeForge, fake_forge, fixture_json, github_headers, open_client, planned_jobs,
 )
 from tests.conftest import git
 
@@ -43,10 +43,14 @@ def with_forge(settings: Settings, forge: FakeForge, **secrets: SecretSpec) -> S
 
 
 async def deliver(client: Client, event: str, payload: dict[str, Any]) -> list[int]:
+    """A signed delivery; the jobs of the pipeline it made, once the coordinator planned them (after the 202)."""
     body = json.dumps(payload).encode()
     response = await client.post("/webhooks/github", data=body, headers=github_headers(event, body))
     assert response.status == 202, await response.text()
-    return list((await response.json())["jobs"])
+    answer = await response.json()
+    assert answer["jobs"] == []  # the handler never reads the repository: planning does
+    [pipeline_id] = answer["pipelines"]
+    return await planned_jobs(client, pipeline_id, timeout=120)
 
 
 def push_of(repo: Path, sha: str, branch: str = "main") -> dict[str, Any]:
@@ -204,5 +208,42 @@ async def test_a_failing_forge_never_fails_or_slows_the_job(
         assert job.state is JobState.success, log_of(client, job_id)
         assert job.duration is not None and job.duration < 30  # not held up by 2 s posts and their retries
         assert fake_forge.statuses()  # the reporter did try
+    finally:
+        await client.close()
+
+
+DIAMOND = "".join(f'[jobs.{name}]\nneeds = {needs}\nsteps = [{{ name = "{name}", run = "{run}" }}]\n'
+                  for name, needs, run in (("a", [], "echo a"), ("b", ["a"], "sleep 2; echo b"),
+                                           ("c", ["a"], "sleep 2; echo c"), ("d", ["b", "c"], "echo d")))
+
+
+async def test_a_pushed_diamond_runs_its_middle_in_parallel_and_posts_a_status_per_job(
+        settings: Settings, fake_forge: FakeForge, make_repo: MakeRepo) -> None:
+    """Through a pushed webhook, so the concurrency group (one pipeline of a branch at a time, all its jobs
+    together) is the one exercised; each job in its own container at the pinned sha."""
+    repo, sha = make_repo({".forgeci.toml": DIAMOND})
+    settings = dataclasses.replace(settings, queue=dataclasses.replace(settings.queue, max_concurrent=4))
+    client = await open_client(
+        with_forge(settings, fake_forge), {**ENV, **TOKENS}, workers=True, engine=podman_engine(settings))
+    try:
+        ids = await deliver(client, "push", push_of(repo, sha))
+        jobs = {job.display: job for job in [await wait_job(client, i, {s for s in JobState if s.is_terminal},
+                                                             timeout=180) for i in ids]}
+        assert all(job.state is JobState.success for job in jobs.values()), {d: log_of(client, j.id)
+                                                                             for d, j in jobs.items()}
+        assert all(job.spec.sha == sha for job in jobs.values())
+        b, c, d = (jobs[name].steps[0] for name in "bcd")
+        assert b.started_at < c.finished_at and c.started_at < b.finished_at  # type: ignore[operator]  # overlap
+        assert d.started_at >= max(b.finished_at, c.finished_at)  # type: ignore[operator,type-var]
+        deadline = time.monotonic() + 15
+        while True:
+            await client.app[STATUS].idle()
+            finals = {p.body["context"]: p.body for p in fake_forge.statuses()}
+            if finals.get("forgeci/ci", {}).get("state") == "success" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert set(finals) == {"forgeci/ci", *(f"forgeci/ci/{name}" for name in "abcd")}
+        assert all(post["state"] == "success" for post in finals.values()), finals
+        assert finals["forgeci/ci"]["description"].startswith("Passed: 4 jobs in ")
     finally:
         await client.close()

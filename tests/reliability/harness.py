@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,16 +168,17 @@ def http_json(method: str, url: str, body: object = None, token: str | None = No
 
 @dataclass
 class Ledger:
-    """Every delivery id and job id a sender got a 2xx for: the only record data loss is counted against."""
+    """Every delivery id, pipeline id and job id a sender got a 2xx for: the only record data loss is counted
+    against. A delivery is answered with the pipelines it recorded (their jobs are planned after the answer)."""
 
-    deliveries: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    deliveries: dict[str, tuple[int, ...]] = field(default_factory=dict)  # delivery id -> its pipelines
     submitted: set[int] = field(default_factory=set)  # job ids from POST /jobs/submit answered 201
     unanswered: int = 0  # connection refused or reset, a timeout, or a non-2xx: a forge would redeliver those
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def delivered(self, delivery: str, job_ids: list[int]) -> None:
+    def delivered(self, delivery: str, pipeline_ids: list[int]) -> None:
         with self._lock:
-            self.deliveries[delivery] = tuple(job_ids)
+            self.deliveries[delivery] = tuple(pipeline_ids)
 
     def submitted_job(self, job_id: int) -> None:
         with self._lock:
@@ -188,9 +189,15 @@ class Ledger:
             self.unanswered += 1
 
     @property
-    def jobs(self) -> set[int]:
+    def pipelines(self) -> set[int]:
         with self._lock:
-            return {j for ids in self.deliveries.values() for j in ids} | self.submitted
+            return {p for ids in self.deliveries.values() for p in ids}
+
+    @property
+    def jobs(self) -> set[int]:
+        """The jobs a submit was answered with (a delivery's are its pipelines': `delivered_jobs`)."""
+        with self._lock:
+            return set(self.submitted)
 
 
 @dataclass(frozen=True)
@@ -201,15 +208,19 @@ class Loss:
     jobs: int
     acknowledged_deliveries: int
     acknowledged_jobs: int
+    pipelines: int = 0
+    acknowledged_pipelines: int = 0
 
     @property
     def total(self) -> int:
-        return self.deliveries + self.jobs
+        return self.deliveries + self.pipelines + self.jobs
 
     def __str__(self) -> str:
         parts = []
         if self.acknowledged_deliveries:
             parts.append(f"{self.deliveries} of {self.acknowledged_deliveries:,} deliveries")
+        if self.acknowledged_pipelines:
+            parts.append(f"{self.pipelines} of {self.acknowledged_pipelines:,} pipelines")
         parts.append(f"{self.jobs} of {self.acknowledged_jobs:,} jobs")
         return ", ".join(parts)
 
@@ -224,14 +235,38 @@ def read_db(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[A
 
 
 def count_loss(ledger: Ledger, db: Path) -> Loss:
-    """Count the acknowledged deliveries and jobs that the database does not have."""
+    """Count the acknowledged deliveries, pipelines and jobs that the database does not have."""
     stored_deliveries = {row[0] for row in read_db(db, "SELECT delivery_id FROM deliveries WHERE forge = 'github'")}
+    stored_pipelines = {row[0] for row in read_db(db, "SELECT id FROM pipelines")}
     stored_jobs = {row[0] for row in read_db(db, "SELECT id FROM jobs")}
-    jobs = ledger.jobs
+    jobs, pipelines = ledger.jobs, ledger.pipelines
     return Loss(
         deliveries=len(set(ledger.deliveries) - stored_deliveries), jobs=len(jobs - stored_jobs),
         acknowledged_deliveries=len(ledger.deliveries), acknowledged_jobs=len(jobs),
+        pipelines=len(pipelines - stored_pipelines), acknowledged_pipelines=len(pipelines),
     )
+
+
+def planned(db: Path, pipeline_ids: Iterable[int], timeout: float = 60) -> list[int]:
+    """The jobs of acknowledged pipelines once the coordinator planned them all (none left `planning`)."""
+    ids = sorted(set(pipeline_ids))
+    marks = ", ".join("?" * len(ids))
+
+    def done() -> bool:
+        rows = read_db(db, f"SELECT count(*) FROM pipelines WHERE id IN ({marks}) AND state != 'planning'",
+                       tuple(ids))
+        return rows == [(len(ids),)]
+
+    wait_for(done, timeout, f"pipelines {ids} planned")
+    return [row[0] for row in read_db(db, f"SELECT id FROM jobs WHERE pipeline_id IN ({marks}) ORDER BY id",
+                                      tuple(ids))]
+
+
+def delivered_jobs(db: Path, ledger: Ledger) -> set[int]:
+    """The jobs planned for the pipelines the deliveries were answered with."""
+    pipelines = ledger.pipelines
+    return {row[0] for row in read_db(db, "SELECT id, pipeline_id FROM jobs WHERE pipeline_id IS NOT NULL")
+            if row[1] in pipelines} if pipelines else set()
 
 
 @dataclass(frozen=True)
@@ -290,15 +325,16 @@ def signed(body: bytes, event: str, delivery: str, secret: str = WEBHOOK_SECRET)
 
 
 def deliver(url: str, payload: dict[str, Any], ledger: Ledger, event: str = "push") -> list[int]:
-    """Post one signed delivery; its jobs (recorded in the ledger) when answered 2xx."""
+    """Post one signed delivery; its pipelines (recorded in the ledger) when answered 2xx: `planned` gives their
+    jobs once the coordinator planned them."""
     body = json.dumps(payload).encode()
     delivery = str(uuid.uuid4())
     request = urllib.request.Request(f"{url}/webhooks/github", data=body, method="POST",
                                      headers=signed(body, event, delivery))
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
-    ledger.delivered(delivery, answer["jobs"])
-    return list(answer["jobs"])
+    ledger.delivered(delivery, answer["pipelines"])
+    return list(answer["pipelines"])
 
 
 class WebhookLoad:
@@ -363,7 +399,7 @@ class WebhookLoad:
                 self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
                 answer = await response.json(content_type=None)
                 if 200 <= response.status < 300:
-                    self.ledger.delivered(delivery, answer["jobs"])
+                    self.ledger.delivered(delivery, answer["pipelines"])
                 else:
                     self.ledger.failed()
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):

@@ -11,7 +11,7 @@ import pytest
 from runner.logs import read_log
 from runner.podman_user import PodmanUser
 from tests.reliability.harness import (
-    Ledger, ServeProcess, WebhookLoad, free_port, jobs_of, leftovers, percentile, push_payload, read_db, serving,
+    Ledger, ServeProcess, WebhookLoad, delivered_jobs, free_port, jobs_of, leftovers, percentile, push_payload, read_db, serving,
     summary, wait_for, write_config,
 )
 from tests.reliability.report import Row
@@ -45,15 +45,17 @@ def test_a_thousand_jobs(make_repo: MakeRepo, shared_dir: Path, busybox_image: s
         load.stop()
         assert len(ledger.deliveries) == JOBS and ledger.unanswered == 0, load.statuses
 
-        def drained() -> bool:
-            return read_db(db, "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')") == [(0,)]
+        def drained() -> bool:  # every pipeline planned and every job finished
+            return (read_db(db, "SELECT count(*) FROM pipelines WHERE state = 'planning'") == [(0,)]
+                    and read_db(db, "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')") == [(0,)])
 
         wait_for(drained, JOBS * 2, "every job finished", interval=1.0)
         code = server.terminate()
         assert code == 0, server.text()[-3000:]
     assert leftovers(podman_user, data_dir) == []
 
-    ids = ledger.jobs
+    ids = delivered_jobs(db, ledger)
+    assert len(ids) == JOBS  # one job per delivery's pipeline
     jobs = jobs_of(db, ids)
     steps = dict(read_db(db, "SELECT job_id, count(*) FROM steps WHERE state = 'success' GROUP BY job_id"))
     metrics = {row[0] for row in read_db(db, "SELECT job_id FROM job_metrics")}

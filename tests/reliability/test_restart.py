@@ -16,7 +16,7 @@ from runner.podman_user import PodmanUser
 from tests.bot.webhook_helpers import FakeForge, fake_forge
 from tests.conftest import git
 from tests.reliability.harness import (
-    REPO_ROOT, SECRET_ENV, Ledger, ServeProcess, deliver, free_port, jobs_of, push_payload, read_db, scrub,
+    REPO_ROOT, SECRET_ENV, Ledger, ServeProcess, deliver, free_port, jobs_of, planned, push_payload, read_db, scrub,
     write_config,
 )
 
@@ -69,11 +69,12 @@ async def test_kill_9_with_two_running_jobs_requeues_both_at_once_and_no_status_
     ledger = Ledger()
     try:
         await asyncio.to_thread(server.start)
-        jobs = [*await asyncio.to_thread(deliver, server.url, push_payload(str(repo), "refs/heads/main", first_sha),
-                                         ledger),
-                *await asyncio.to_thread(deliver, server.url, push_payload(str(repo), "refs/heads/other", second_sha),
-                                         ledger)]
-        ids = set(jobs)
+        pipelines = [*await asyncio.to_thread(deliver, server.url, push_payload(str(repo), "refs/heads/main",
+                                                                                 first_sha), ledger),
+                     *await asyncio.to_thread(deliver, server.url, push_payload(str(repo), "refs/heads/other",
+                                                                                 second_sha), ledger)]
+        ids = set(await asyncio.to_thread(planned, db, pipelines))  # one job each, planned by the coordinator
+        assert len(ids) == 2
         await until(lambda: running(db) == ids and steps_started(db, ids), 60, "both jobs running their step")
         await asyncio.to_thread(server.kill)
         assert running(db) == ids

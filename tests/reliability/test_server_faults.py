@@ -13,6 +13,7 @@ from runner.worker import CANCEL_GRACE_ON_STOP
 from tests.conftest import git
 from tests.reliability.harness import (
     API_TOKEN, WEBHOOK_SECRET, Ledger, ServeProcess, WebhookLoad, deliver, free_port, instance_containers, jobs_of,
+    planned,
     leftovers, pid_alive, plural, push_payload, read_db, scrub, service_processes, wait_for, write_config,
 )
 from tests.reliability.report import Row
@@ -63,7 +64,7 @@ def test_sigterm_then_kill_9_under_webhook_load(make_repo: MakeRepo, shared_dir:
     try:
         # -- A: SIGTERM ---------------------------------------------------------------------------------------
         server.start()
-        [gate] = deliver(server.url, push_payload(str(repo), "refs/heads/gate", gate_sha), ledger)
+        [gate] = planned(db, deliver(server.url, push_payload(str(repo), "refs/heads/gate", gate_sha), ledger))
         load.start()
         wait_for(lambda: gate in running(db) and len(running(db)) == 2 and len(ledger.deliveries) > 20, 60,
                  "the gate job and another running, 20 deliveries acknowledged")

@@ -3,6 +3,7 @@ cancel, concurrency groups per pipeline, outputs, and the pipeline's own state (
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from runner.errors import InvalidTransition
 from runner.models import JobSpec, JobState, PipelineState
-from runner.queue import PlannedJobRow, Queue
+from runner.queue import NewDelivery, PlannedJobRow, Queue
 
 SPEC = JobSpec(repo="https://git.example.test/acme/app.git", ref="main", sha="a" * 40, event="push",
                pipeline={"steps": [{"name": "s", "run": "true"}]})
@@ -255,3 +256,29 @@ def test_a_queued_job_says_why_it_waits(tmp_path: Path) -> None:
         later["x"]: "no free slot: 2 of 2 running",
         first["y"]: f"waits for pipeline {older} of its concurrency group main",
     }
+
+
+def test_a_superseded_pipeline_and_its_cancelled_jobs_say_what_superseded_them(queue: Queue) -> None:
+    pushed = dataclasses.replace(SPEC, concurrency_group="acme/app:main")
+    [first] = queue.enqueue_deliveries([NewDelivery("github", "d1", (pushed,), supersede=True)])
+    old = first.pipeline_ids[0]
+    queue.write_plan(old, SPEC.sha, [job("a"), job("b", "a")])
+    [second] = queue.enqueue_deliveries([NewDelivery("github", "d2", (pushed,), supersede=True)])
+    new = second.pipeline_ids[0]
+    assert second.superseded == (old,)
+    [settled] = [s for s in queue.take_settlements() if s.pipeline_id == old]
+    assert settled.reason == f"superseded by pipeline {new}" and settled.state is PipelineState.cancelled
+    assert queue.pipeline(old).error == f"superseded by pipeline {new}"
+    assert [(j.display, j.state, j.error) for j in queue.pipeline_jobs(old)] == [
+        ("a", JobState.cancelled, f"superseded by pipeline {new}"),
+        ("b", JobState.cancelled, f"superseded by pipeline {new}")]
+
+
+def test_pipeline_jobs_summarise_what_failed_the_pipeline(queue: Queue) -> None:
+    pid, ids = plan(queue, job("lint", continue_on_error=True), job("test"))
+    claim_all(queue)
+    finish(queue, ids["lint"], "failure")
+    finish(queue, ids["test"], "timeout")
+    summaries = {j.display: j for j in queue.pipeline_jobs(pid)}
+    assert not summaries["lint"].counts_as_failed and summaries["test"].counts_as_failed
+    assert summaries["test"].error == "it timeout" and summaries["lint"].continue_on_error

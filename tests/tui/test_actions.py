@@ -172,3 +172,21 @@ async def test_actions_from_the_job_screen(make_app: Callable[..., ForgeciApp], 
         await wait_until(pilot, lambda: "cancelled" in str(app.screen.query_one("#job-head").render()), timeout=1.0)
         await pilot.press("R")
         await wait_until(pilot, lambda: api.bodies("/jobs/retry") == [{"id": 5, "from_failed_step": True}])
+
+
+async def test_a_submit_still_planning_says_so(make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
+    app = make_app()
+    notes = record_notifications(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.query_one(JobsPanel).table.row_count == 6)
+        await pilot.press("n")
+        form = app.screen
+        assert isinstance(form, SubmitScreen)
+        form.query_one("#repo", Input).value = "https://github.com/acme/unreachable.git"  # its fetch fails: 202
+        form.query_one("#ref", Input).value = "main"
+        form.query_one("#ref", Input).focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not isinstance(app.screen, SubmitScreen))
+        assert ("warning", "pipeline #1 submitted, still planning: the server could not fetch its repository yet "
+                           "and keeps trying") in notes
+        assert app.query_one(JobsPanel).table.row_count == 6  # no job yet
