@@ -188,3 +188,21 @@ async def test_only_one_coordinator_holds_a_data_dir(fake_settings: Settings) ->
             assert reader.queue.active_counts() == (0, 0)
     async with open_runtime(fake_settings, {}, engine=FakeEngine()):  # released with the first
         pass
+
+
+async def test_a_stopping_server_gives_running_jobs_runner_shutdown_grace_then_requeues_them(
+        fake_settings: Settings, repo: Path) -> None:
+    settings = dataclasses.replace(fake_settings, runner=dataclasses.replace(fake_settings.runner,
+                                                                             shutdown_grace=0.3))
+    engine = FakeEngine()
+    engine.on("make", Script(hang=True))
+    async with open_runtime(settings, {}, engine=engine) as rt:
+        job_id = await rt.control.submit(spec(repo=str(repo)))
+        await wait_job(rt, job_id, lambda j: bool(j.steps))
+        started = time.monotonic()
+        await rt.stop_workers()
+        took = time.monotonic() - started
+        job = rt.queue.get(job_id)
+    assert 0.3 <= took < 5  # the grace, then TERM (the fake step ends at once)
+    assert job.state is JobState.queued and "the runner stopped before the job finished" in (job.error or "")
+    assert engine.execs[0].signals == ["TERM"]

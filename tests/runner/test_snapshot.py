@@ -111,6 +111,13 @@ async def test_forgeci_debug_runs_a_command_on_the_snapshot(runtime: Runtime, ma
     failing = subprocess.run([*command, "--", "sh", "-c", "exit 5"], capture_output=True, text=True, timeout=120,
                              stdin=subprocess.DEVNULL)
     assert failing.returncode == 5
+    # The debug container gets the job's own hardening, limits and network, not more.
+    probe = "grep NoNewPrivs /proc/self/status; ulimit -n; cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' '"
+    hardened = subprocess.run([*command, "--", "sh", "-c", probe], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    assert hardened.returncode == 0, hardened.stderr
+    no_new_privs, nofile, *interfaces = hardened.stdout.split()[1:]
+    assert (no_new_privs, nofile, interfaces) == ("1", "20000", ["lo"]), hardened.stdout
     assert not list(settings.data_dir.joinpath("workspaces").glob("debug-*"))  # the copy is gone
     missing = subprocess.run([*command[:-1], "99999"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "job 99999 not found" in missing.stderr
