@@ -17,6 +17,7 @@ from runner.queue import Queue
 from tests.bot.api_helpers import TOKEN, api_settings, enqueue, finish, live_server, with_server
 from tests.fake_engine import FakeEngine, Script
 from tests.bot.browser_helpers import chromium
+from tests.bot.dashboard_helpers import make_pipeline, run
 
 pytestmark = [pytest.mark.slow]
 __all__ = ["api_settings"]
@@ -176,3 +177,32 @@ async def _log(server, job_id: int) -> None:  # type: ignore[no-untyped-def]
 
     log = write_log(server.runtime, job_id, ["compiling", "\x1b[1;31m3 tests failed\x1b[0m"])
     log.close()
+
+
+# -- pipelines ------------------------------------------------------------------------------------------------------
+
+
+async def test_an_eight_job_pipeline_reads_as_three_columns(api_settings: Settings) -> None:
+    with live_server(api_settings) as server:
+        queue = server.runtime.queue
+        pipeline_id, ids = make_pipeline(queue)
+        run(queue, ids[0])
+        run(queue, ids[1])
+        run(queue, ids[2], JobState.failure)
+        run(queue, ids[3], JobState.running)
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{server.url}/dashboard/pipelines/{pipeline_id}")
+            columns = await page.evaluate(
+                "[...document.querySelectorAll('#dag .node')].map(n => [+n.id.slice(5), +n.dataset.column,"
+                " n.getBoundingClientRect().left, n.dataset.state])")
+            assert sorted(c[0] for c in columns) == ids
+            column_of = {job_id: column for job_id, column, _, _ in columns}
+            assert column_of == {ids[0]: 0, **{job_id: 1 for job_id in ids[1:7]}, ids[7]: 2}
+            lefts = [{round(left) for _, c, left, _ in columns if c == column} for column in (0, 1, 2)]
+            assert all(len(v) == 1 for v in lefts), lefts  # one left edge per column
+            assert min(lefts[0]) < min(lefts[1]) < min(lefts[2])
+            # Boxes of a column do not overlap, and every need is an edge.
+            assert await page.evaluate("document.querySelectorAll('#dag path.edge').length") == 12
+            await page.screenshot("dashboard-pipeline-8-jobs")
+            assert page.errors == []

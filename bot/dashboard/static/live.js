@@ -92,11 +92,14 @@
     events = new EventSource("/events");
     // What changed between rendering the page and (re)connecting was never sent to us: refresh once connected.
     events.addEventListener("open", () => { for (const o of onOpen) o(); });
-    events.addEventListener("job", (e) => {
-      let data;
-      try { data = JSON.parse(e.data); } catch (_) { return; }
-      for (const l of listeners) l(data);
-    });
+    // Job events carry `job_id`, pipeline events `pipeline_id`: each listener picks what concerns it.
+    for (const name of ["job", "pipeline"]) {
+      events.addEventListener(name, (e) => {
+        let data;
+        try { data = JSON.parse(e.data); } catch (_) { return; }
+        for (const l of listeners) l(data);
+      });
+    }
   }
 
   function refresher(el) {
@@ -109,7 +112,12 @@
       busy = true;
       try {
         const response = await fetch(el.dataset.liveSrc, { credentials: "same-origin", headers: { "Accept": "text/html" } });
-        if (response.ok) el.innerHTML = await response.text();
+        if (response.ok) {
+          // Expanded rows (<details data-key>) stay expanded across the refresh.
+          const open = new Set([...el.querySelectorAll("details[open][data-key]")].map((d) => d.dataset.key));
+          el.innerHTML = await response.text();
+          for (const d of el.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
+        }
       } catch (_) {
         // The server restarted or the network dropped: the next event refreshes again.
       } finally {
@@ -121,10 +129,21 @@
     return schedule;
   }
 
+  // A pipeline's page follows its own events and those of its jobs (listed in the fragment's data-jobs, which
+  // each refresh renews); a job's page its job's; the overview everything.
+  function concerns(el, event) {
+    if (el.dataset.pipeline) {
+      if (event.pipeline_id !== undefined) return event.pipeline_id === parseInt(el.dataset.pipeline, 10);
+      const holder = el.querySelector("[data-jobs]");
+      return !!holder && holder.dataset.jobs.split(" ").includes(String(event.job_id));
+    }
+    if (el.dataset.job) return event.job_id === parseInt(el.dataset.job, 10);
+    return true;
+  }
+
   for (const el of document.querySelectorAll("[data-live-src]")) {
-    const job = el.dataset.job ? parseInt(el.dataset.job, 10) : null;
     const schedule = refresher(el);
-    onJobEvent((event) => { if (job === null || event.job_id === job) schedule(); }, schedule);
+    onJobEvent((event) => { if (concerns(el, event)) schedule(); }, schedule);
   }
 
   // -- a job's log, live -------------------------------------------------------------------------------
