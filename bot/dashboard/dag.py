@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from runner.models import Job, JobState, PipelineRecord
 
 # Sizes in CSS pixels; the template positions the boxes and draws the edges with these, so they live in one place.
-BOX_W = 220
+BOX_W = 232
 BOX_H = 56
-COL_GAP = 64  # room for the edges between two columns
+COL_GAP = 60  # room for the edges between two columns
 ROW_GAP = 12
 LANE_H = 12  # the slot an edge takes where it passes a column it skips
 HEAD_H = 26  # the column's heading above its boxes

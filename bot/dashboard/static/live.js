@@ -116,6 +116,7 @@
           // Expanded rows (<details data-key>) stay expanded across the refresh.
           const open = new Set([...el.querySelectorAll("details[open][data-key]")].map((d) => d.dataset.key));
           el.innerHTML = await response.text();
+          stamp(el);
           for (const d of el.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
         }
       } catch (_) {
@@ -145,6 +146,36 @@
     const schedule = refresher(el);
     onJobEvent((event) => { if (concerns(el, event)) schedule(); }, schedule);
   }
+
+  // -- running times count on between redraws ------------------------------------------------------------
+
+  // Like config.durations.format_duration: 850ms, 42s, 1m 05s, 2h 03m 00s (truncated, never rounded up).
+  function formatDuration(seconds) {
+    if (seconds < 1) return Math.floor(seconds * 1000) + "ms";
+    const whole = Math.floor(seconds);
+    const h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+    const two = (n) => String(n).padStart(2, "0");
+    if (h) return h + "h " + two(m) + "m " + two(s) + "s";
+    if (m) return m + "m " + two(s) + "s";
+    return s + "s";
+  }
+
+  // When a running time was rendered (the page or a fragment arrived): it was true then.
+  function stamp(root) {
+    const now = String(performance.now());
+    for (const el of root.querySelectorAll("[data-elapsed]")) if (!el.dataset.t0) el.dataset.t0 = now;
+  }
+  stamp(document);
+
+  setInterval(() => {
+    const now = performance.now();
+    stamp(document);
+    for (const el of document.querySelectorAll("[data-elapsed]")) {
+      const seconds = parseFloat(el.dataset.elapsed) + (now - parseFloat(el.dataset.t0)) / 1000;
+      const suffix = el.dataset.suffix === undefined ? "…" : el.dataset.suffix;
+      if (Number.isFinite(seconds)) el.textContent = formatDuration(seconds) + suffix;
+    }
+  }, 1000);
 
   // -- a job's log, live -------------------------------------------------------------------------------
 
