@@ -317,3 +317,18 @@ def test_a_matrix_stays_together_and_its_members_are_labelled_by_their_values() 
     assert [n.job.id for n in column] == [2, 3, 4] and not any(n.named for n in column)
     assert dag.member_of(members[0]) == "python=3.10" and dag.member_of(job(9, "lint")) == ""
     assert len([e for e in graph.edges if e.target.job.id == 5]) == 3
+
+
+async def test_a_pipeline_still_planning_or_never_planned_says_so(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        queue = runtime_of(client).queue
+        planning = queue.create_pipeline(JobSpec(repo=REPO, ref="main"))
+        html = await (await client.get(f"/dashboard/pipelines/{planning}")).text()
+        assert "Planning: the jobs appear" in html and 'id="cancel-pipeline"' in html and 'id="dag"' not in html
+        failed = queue.create_pipeline(JobSpec(repo=REPO, ref="main"))
+        queue.plan_failed(failed, "could not fetch the repository", retry_in=None)
+        html = await (await client.get(f"/dashboard/pipelines/{failed}")).text()
+        assert "could not fetch the repository" in html and "No job was planned." in html
+        assert 'id="retry"' in html and 'id="retry-failed"' not in html
+        overview = await (await client.get("/dashboard")).text()
+        assert f'id="pl-{failed}"' in overview and "could not fetch the repository" in overview
