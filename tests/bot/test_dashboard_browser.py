@@ -208,6 +208,53 @@ async def test_an_eight_job_pipeline_reads_as_three_columns(api_settings: Settin
             assert page.errors == []
 
 
+HAND_MADE = [("checkout", "checkout", ()), ("lint", "lint", ("checkout",)), ("unit", "unit", ("checkout",)),
+             ("types", "types", ("checkout",)), ("integration", "integration", ("unit", "types")),
+             ("docs", "docs", ("lint",)), ("package", "package", ("checkout", "unit")),
+             ("deploy", "deploy", ("integration", "package", "docs"))]
+# Points along every edge that fall inside a box other than the two it joins: an edge seen behind a box reads as
+# coming from it.
+EDGES_THROUGH_BOXES = """
+(() => {
+  const dag = document.getElementById('dag').getBoundingClientRect();
+  const boxes = [...document.querySelectorAll('#dag .node')].map(n => [n.id.slice(5), n.getBoundingClientRect()]);
+  const bad = [];
+  for (const path of document.querySelectorAll('#dag path.edge')) {
+    for (let d = 0; d <= path.getTotalLength(); d += 4) {
+      const p = path.getPointAtLength(d), x = dag.left + p.x, y = dag.top + p.y;
+      for (const [id, r] of boxes) {
+        if (id !== path.dataset.from && id !== path.dataset.to && x > r.left + 1 && x < r.right - 1
+            && y > r.top + 1 && y < r.bottom - 1) bad.push([path.dataset.from, path.dataset.to, id]);
+      }
+    }
+  }
+  return bad;
+})()
+"""
+
+
+async def test_a_hand_made_dag_of_four_columns_routes_a_skipping_edge_around_the_boxes(api_settings: Settings) -> None:
+    with live_server(api_settings) as server:
+        queue = server.runtime.queue
+        pipeline_id, ids = make_pipeline(queue, HAND_MADE)
+        run(queue, ids[0])
+        run(queue, ids[1], JobState.failure)
+        run(queue, ids[2], JobState.running)
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{server.url}/dashboard/pipelines/{pipeline_id}")
+            columns = await page.evaluate("Object.fromEntries([...document.querySelectorAll('#dag .node')]"
+                                          ".map(n => [n.id.slice(5), +n.dataset.column]))")
+            assert [columns[str(job_id)] for job_id in ids] == [0, 1, 1, 1, 2, 2, 2, 3]
+            assert await page.evaluate("document.querySelectorAll('#dag path.edge').length") == 11  # one per need
+            assert await page.evaluate(EDGES_THROUGH_BOXES) == []
+            # All four columns fit the page at its usual width: nothing scrolls sideways.
+            assert await page.evaluate("(() => { const s = document.querySelector('.dag-scroll');"
+                                       " return s.scrollWidth <= s.clientWidth; })()")
+            await page.screenshot("dashboard-pipeline-hand-made-dag")
+            assert page.errors == []
+
+
 def node(job_id: int) -> str:
     return f"document.getElementById('node-{job_id}')"
 
