@@ -1,7 +1,16 @@
-"""The web dashboard: server-rendered pages, an inline SVG chart, live parts over SSE."""
+"""The web dashboard: server-rendered pages, an inline SVG chart and job graph, live parts over SSE."""
 
 from __future__ import annotations
 
-from bot.dashboard.views import setup_dashboard
+from aiohttp import web
+
+from bot.dashboard import pipelines, views
+
+
+def setup_dashboard(app: web.Application) -> None:
+    """Register every dashboard page (after setup_api: the dashboard shares its access policy)."""
+    views.setup_dashboard(app)
+    pipelines.add_routes(app.router)
+
 
 __all__ = ["setup_dashboard"]

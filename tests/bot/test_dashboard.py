@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 
 import pytest
+from aiohttp.test_utils import TestClient
 
-from bot.dashboard import ansi
+from bot.auth import SESSION_COOKIE
+from bot.dashboard import ansi, dag
 from bot.dashboard.views import MAX_LOG_LINES
+from bot.keys import AUTH
 from config.settings import Settings
-from runner.models import JobState
-from tests.bot.api_helpers import api_client, api_settings, enqueue, finish, runtime_of, write_log
+from runner.models import Job, JobSpec, JobState, PipelineState
+from tests.bot.api_helpers import TOKEN, api_client, api_settings, enqueue, finish, runtime_of, write_log
+from tests.bot.dashboard_helpers import REPO, SHA, make_pipeline, run
 
 __all__ = ["api_settings"]
 
@@ -127,3 +131,204 @@ def test_ansi_to_html(text: str, html: str) -> None:
 
 def test_ansi_strip() -> None:
     assert ansi.strip("\x1b[1m\x1b[32mok\x1b[0m \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\") == "ok link"
+
+
+# -- pipelines ------------------------------------------------------------------------------------------------------
+
+
+def nodes_of(html: str) -> dict[int, int]:
+    """job id -> the graph column its box is in."""
+    return {int(job): int(column) for job, column in
+            re.findall(r'id="node-(\d+)" href="/dashboard/jobs/\1" data-column="(\d+)"', html)}
+
+
+async def csrf_of(client: TestClient, path: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', await (await client.get(path)).text())
+    assert match, f"no form on {path}"
+    return match.group(1)
+
+
+async def test_the_pipeline_page_draws_its_jobs_in_columns_by_depth(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        queue = runtime_of(client).queue
+        pipeline_id, ids = make_pipeline(queue)
+        run(queue, ids[0])
+        run(queue, ids[1], JobState.running)
+        response = await client.get(f"/dashboard/pipelines/{pipeline_id}")
+        assert response.status == 200 and "Content-Security-Policy" in response.headers
+        html = await response.text()
+        assert nodes_of(html) == {ids[0]: 0, **{job_id: 1 for job_id in ids[1:7]}, ids[7]: 2}
+        assert html.count('<path class="edge') == 12  # lint -> 6 members, 6 members -> build
+        assert html.count('class="edge e-done"') == 6 and html.count('class="edge e-pending"') == 6
+        assert f'class="node st-success" id="node-{ids[0]}"' in html
+        assert f'class="node st-running" id="node-{ids[1]}"' in html
+        assert f'class="node st-queued waiting" id="node-{ids[7]}"' in html and "waits for test" in html
+        text = text_of(html)
+        assert "python=3.12, db=mysql" in text and "1 running" in text and "6 queued" in text and "1 success" in text
+        assert 'id="cancel-pipeline"' in html and 'id="retry"' not in html
+        assert f'data-live-src="/dashboard/pipelines/{pipeline_id}/graph"' in html
+        assert f'data-jobs="{" ".join(map(str, ids))}"' in html
+        fragment = await (await client.get(f"/dashboard/pipelines/{pipeline_id}/graph")).text()
+        assert "<html" not in fragment and nodes_of(fragment) == nodes_of(html)
+
+
+async def test_a_finished_pipeline_offers_retry_and_retry_failed(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        queue = runtime_of(client).queue
+        pipeline_id, ids = make_pipeline(queue)
+        run(queue, ids[0])
+        for job_id in ids[1:7]:
+            run(queue, job_id, JobState.failure if job_id == ids[3] else JobState.success)
+        html = await (await client.get(f"/dashboard/pipelines/{pipeline_id}")).text()
+        assert 'class="badge st-failure">failure<' in html  # the pipeline's own badge
+        assert f'class="node st-skipped" id="node-{ids[7]}"' in html and "not run: " in html
+        assert html.count('class="edge e-failed"') == 1
+        assert 'id="retry"' in html and 'id="retry-failed"' in html and 'id="cancel-pipeline"' not in html
+
+
+async def test_pipeline_buttons_cancel_and_retry_failed_with_the_sessions_csrf(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        queue = runtime_of(client).queue
+        pipeline_id, ids = make_pipeline(queue)
+        run(queue, ids[0])
+        run(queue, ids[1], JobState.running)
+        path = f"/dashboard/pipelines/{pipeline_id}"
+        forged = await client.post(f"{path}/cancel", data={"csrf": "0" * 32}, allow_redirects=False)
+        assert forged.status == 403 and queue.pipeline(pipeline_id).state is PipelineState.running
+        csrf = await csrf_of(client, path)
+        response = await client.post(f"{path}/cancel", data={"csrf": csrf}, allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"] == path
+        assert all(queue.get(job_id).state is JobState.cancelled for job_id in ids[2:])
+        queue.complete(ids[1], JobState.cancelled, runner_id="test-runner")  # its runner stops it
+        assert queue.pipeline(pipeline_id).state is PipelineState.cancelled
+        again = await client.post(f"{path}/cancel", data={"csrf": csrf}, allow_redirects=False)
+        assert again.status == 303  # already finished: the page shows how
+        response = await client.post(f"{path}/retry-failed", data={"csrf": csrf}, allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"] == path
+        assert queue.get(ids[0]).state is JobState.success  # kept
+        assert [queue.get(job_id).state for job_id in ids[1:]] == [JobState.queued] * 7
+        refused = await client.post(f"{path}/retry-failed", data={"csrf": csrf}, allow_redirects=False)
+        assert refused.status == 409 and "Cannot retry" in await refused.text()
+        missing = await client.post("/dashboard/pipelines/4242/cancel", data={"csrf": csrf}, allow_redirects=False)
+        assert missing.status == 404 and "Pipeline not found" in await missing.text()
+
+
+async def test_retry_pipeline_makes_a_new_one_at_the_same_commit(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        runtime = runtime_of(client)
+        spec = JobSpec(repo=REPO, ref="main", sha=SHA, pipeline={"steps": [{"name": "build", "run": "make"}]})
+        submitted = await runtime.control.submit_pipeline(spec)
+        finish(runtime.queue, submitted.job_ids[0], JobState.failure)
+        path = f"/dashboard/pipelines/{submitted.pipeline_id}"
+        response = await client.post(f"{path}/retry", data={"csrf": await csrf_of(client, path)},
+                                     allow_redirects=False)
+        assert response.status == 303
+        new_id = int(response.headers["Location"].rsplit("/", 1)[1])
+        record = runtime.queue.pipeline(new_id)
+        assert new_id != submitted.pipeline_id and record.sha == SHA
+        assert record.spec.meta["retry_of_pipeline"] == str(submitted.pipeline_id)
+        html = await (await client.get(f"/dashboard/pipelines/{new_id}")).text()
+        assert f'href="/dashboard/pipelines/{submitted.pipeline_id}">pipeline #{submitted.pipeline_id}<' in html
+
+
+async def test_pipeline_buttons_need_a_signed_in_user_when_a_token_is_set(api_settings: Settings) -> None:
+    async with api_client(api_settings, {"FORGECI_API_TOKEN": TOKEN}) as client:
+        queue = runtime_of(client).queue
+        pipeline_id, _ = make_pipeline(queue)
+        path = f"/dashboard/pipelines/{pipeline_id}"
+        html = await (await client.get(path)).text()
+        assert 'id="cancel-pipeline"' not in html and f'href="/dashboard/login?next={path}"' in html
+        # Even with its session's own CSRF token, an anonymous visitor is sent to sign in first.
+        auth = client.app[AUTH]
+        cookie = next(c for c in client.session.cookie_jar if c.key == SESSION_COOKIE)
+        session = auth.read_session(cookie.value)
+        assert session is not None
+        response = await client.post(f"{path}/cancel", data={"csrf": auth.csrf_token(session)},
+                                     allow_redirects=False)
+        assert response.status == 303
+        assert response.headers["Location"] == f"/dashboard/login?next=%2Fdashboard%2Fpipelines%2F{pipeline_id}"
+        assert queue.pipeline(pipeline_id).state is PipelineState.queued
+
+
+async def test_unknown_pipelines_and_bad_pipeline_paths(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        response = await client.get("/dashboard/pipelines/424242")
+        assert response.status == 404 and "Pipeline not found" in await response.text()
+        assert (await client.get("/dashboard/pipelines/424242/graph")).status == 404
+        for path in ("/dashboard/pipelines/abc", "/dashboard/pipelines/-1", f"/dashboard/pipelines/{2**70}"):
+            assert (await client.get(path)).status == 404
+
+
+async def test_the_overview_lists_pipelines_with_their_jobs_and_job_pages_link_back(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        queue = runtime_of(client).queue
+        first, first_ids = make_pipeline(queue, [("ci", "ci", ())], ref="feature/one")
+        run(queue, first_ids[0])
+        second, ids = make_pipeline(queue)
+        run(queue, ids[0], JobState.running)
+        html = await (await client.get("/dashboard")).text()
+        assert html.index(f'id="pl-{second}"') < html.index(f'id="pl-{first}"')  # newest first
+        row = html[html.index(f'id="pl-{second}"'):html.index(f'id="pl-{first}"')]
+        assert f'href="/dashboard/pipelines/{second}"' in row and row.count("<i class=\"bg-") == 8
+        assert [int(j) for j in re.findall(r'<a href="/dashboard/jobs/(\d+)">', row)] == ids
+        assert "python=3.11, db=postgres" in row and "needs lint" in row
+        job = await (await client.get(f"/dashboard/jobs/{ids[3]}")).text()
+        assert f'id="pipeline-link">← Pipeline #{second}<' in job and "test (python=3.11, db=mysql)" in job
+        assert "needs lint" in job
+
+
+def job(job_id: int, name: str, needs: tuple[str, ...] = (), display: str | None = None) -> Job:
+    return Job(id=job_id, spec=JobSpec(repo=REPO, ref="main"), state=JobState.queued, name=name,
+               display=display or name, needs=needs, pipeline_id=1)
+
+
+def test_depth_is_one_more_than_the_deepest_need_and_survives_bad_rows() -> None:
+    diamond = [job(1, "a"), job(2, "b", ("a",)), job(3, "c", ("a",)), job(4, "d", ("b", "c"))]
+    assert dag.depths(diamond) == {"a": 0, "b": 1, "c": 1, "d": 2}
+    assert dag.depths([job(1, "a", ("gone",)), job(2, "b", ("a",))]) == {"a": 0, "b": 1}
+    cycle = dag.depths([job(1, "a", ("b",)), job(2, "b", ("a",))])  # config check refuses it; the page still draws
+    assert set(cycle) == {"a", "b"}
+    assert dag.layout([]).nodes == [] and dag.layout([]).width == 0
+
+
+def test_an_edge_that_skips_a_column_passes_it_in_a_lane_of_its_own() -> None:
+    jobs = [job(1, "checkout"), job(2, "lint", ("checkout",)), job(3, "unit", ("checkout",)),
+            job(4, "types", ("checkout",)), job(5, "package", ("checkout", "unit"))]
+    graph = dag.layout(jobs)
+    column_of = {node.job.id: node.column for node in graph.nodes}
+    assert column_of == {1: 0, 2: 1, 3: 1, 4: 1, 5: 2}
+    skip = next(e for e in graph.edges if e.source.job.id == 1 and e.target.job.id == 5)
+    lane = re.search(r"(\d+) H\d+", skip.path)  # the curve into the lane ends at its height, then runs level
+    assert lane is not None
+    lane_y = int(lane.group(1))
+    boxes = [n for n in graph.nodes if n.column == 1]
+    assert all(not n.y <= lane_y <= n.y + dag.BOX_H for n in boxes), (lane_y, [n.y for n in boxes])
+    assert len(graph.edges) == 5
+    for column in (0, 1, 2):  # no two boxes of a column overlap
+        ys = sorted(n.y for n in graph.nodes if n.column == column)
+        assert all(b - a >= dag.BOX_H for a, b in zip(ys, ys[1:]))
+    assert [c.names for c in graph.columns] == [["checkout"], ["lint", "unit", "types"], ["package"]]
+
+
+def test_a_matrix_stays_together_and_its_members_are_labelled_by_their_values() -> None:
+    members = [job(2 + i, "test", ("lint",), f"test (python=3.1{i})") for i in range(3)]
+    graph = dag.layout([job(1, "lint"), *members, job(5, "build", ("test",))])
+    column = [n for n in graph.nodes if n.column == 1]
+    assert [n.job.id for n in column] == [2, 3, 4] and not any(n.named for n in column)
+    assert dag.member_of(members[0]) == "python=3.10" and dag.member_of(job(9, "lint")) == ""
+    assert len([e for e in graph.edges if e.target.job.id == 5]) == 3
+
+
+async def test_a_pipeline_still_planning_or_never_planned_says_so(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        queue = runtime_of(client).queue
+        planning = queue.create_pipeline(JobSpec(repo=REPO, ref="main"))
+        html = await (await client.get(f"/dashboard/pipelines/{planning}")).text()
+        assert "Planning: the jobs appear" in html and 'id="cancel-pipeline"' in html and 'id="dag"' not in html
+        failed = queue.create_pipeline(JobSpec(repo=REPO, ref="main"))
+        queue.plan_failed(failed, "could not fetch the repository", retry_in=None)
+        html = await (await client.get(f"/dashboard/pipelines/{failed}")).text()
+        assert "could not fetch the repository" in html and "No job was planned." in html
+        assert 'id="retry"' in html and 'id="retry-failed"' not in html
+        overview = await (await client.get("/dashboard")).text()
+        assert f'id="pl-{failed}"' in overview and "could not fetch the repository" in overview

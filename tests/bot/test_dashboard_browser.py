@@ -12,11 +12,12 @@ import pytest
 
 from config.settings import Settings
 from runner.layout import DataLayout
-from runner.models import JobState, SnapshotRecord
+from runner.models import JobSpec, JobState, PipelineState, SnapshotRecord
 from runner.queue import Queue
 from tests.bot.api_helpers import TOKEN, api_settings, enqueue, finish, live_server, with_server
 from tests.fake_engine import FakeEngine, Script
 from tests.bot.browser_helpers import chromium
+from tests.bot.dashboard_helpers import DBS, EIGHT_TOML, PYTHONS, make_pipeline, run
 
 pytestmark = [pytest.mark.slow]
 __all__ = ["api_settings"]
@@ -176,3 +177,176 @@ async def _log(server, job_id: int) -> None:  # type: ignore[no-untyped-def]
 
     log = write_log(server.runtime, job_id, ["compiling", "\x1b[1;31m3 tests failed\x1b[0m"])
     log.close()
+
+
+# -- pipelines ------------------------------------------------------------------------------------------------------
+
+
+async def test_an_eight_job_pipeline_reads_as_three_columns(api_settings: Settings) -> None:
+    with live_server(api_settings) as server:
+        queue = server.runtime.queue
+        pipeline_id, ids = make_pipeline(queue)
+        run(queue, ids[0])
+        run(queue, ids[1])
+        run(queue, ids[2], JobState.failure)
+        run(queue, ids[3], JobState.running)
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{server.url}/dashboard/pipelines/{pipeline_id}")
+            columns = await page.evaluate(
+                "[...document.querySelectorAll('#dag .node')].map(n => [+n.id.slice(5), +n.dataset.column,"
+                " n.getBoundingClientRect().left, n.dataset.state])")
+            assert sorted(c[0] for c in columns) == ids
+            column_of = {job_id: column for job_id, column, _, _ in columns}
+            assert column_of == {ids[0]: 0, **{job_id: 1 for job_id in ids[1:7]}, ids[7]: 2}
+            lefts = [{round(left) for _, c, left, _ in columns if c == column} for column in (0, 1, 2)]
+            assert all(len(v) == 1 for v in lefts), lefts  # one left edge per column
+            assert min(lefts[0]) < min(lefts[1]) < min(lefts[2])
+            # Boxes of a column do not overlap, and every need is an edge.
+            assert await page.evaluate("document.querySelectorAll('#dag path.edge').length") == 12
+            await page.screenshot("dashboard-pipeline-8-jobs")
+            assert page.errors == []
+
+
+HAND_MADE = [("checkout", "checkout", ()), ("lint", "lint", ("checkout",)), ("unit", "unit", ("checkout",)),
+             ("types", "types", ("checkout",)), ("integration", "integration", ("unit", "types")),
+             ("docs", "docs", ("lint",)), ("package", "package", ("checkout", "unit")),
+             ("deploy", "deploy", ("integration", "package", "docs"))]
+# Points along every edge that fall inside a box other than the two it joins: an edge seen behind a box reads as
+# coming from it.
+EDGES_THROUGH_BOXES = """
+(() => {
+  const dag = document.getElementById('dag').getBoundingClientRect();
+  const boxes = [...document.querySelectorAll('#dag .node')].map(n => [n.id.slice(5), n.getBoundingClientRect()]);
+  const bad = [];
+  for (const path of document.querySelectorAll('#dag path.edge')) {
+    for (let d = 0; d <= path.getTotalLength(); d += 4) {
+      const p = path.getPointAtLength(d), x = dag.left + p.x, y = dag.top + p.y;
+      for (const [id, r] of boxes) {
+        if (id !== path.dataset.from && id !== path.dataset.to && x > r.left + 1 && x < r.right - 1
+            && y > r.top + 1 && y < r.bottom - 1) bad.push([path.dataset.from, path.dataset.to, id]);
+      }
+    }
+  }
+  return bad;
+})()
+"""
+
+
+async def test_a_hand_made_dag_of_four_columns_routes_a_skipping_edge_around_the_boxes(api_settings: Settings) -> None:
+    with live_server(api_settings) as server:
+        queue = server.runtime.queue
+        pipeline_id, ids = make_pipeline(queue, HAND_MADE)
+        run(queue, ids[0])
+        run(queue, ids[1], JobState.failure)
+        run(queue, ids[2], JobState.running)
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{server.url}/dashboard/pipelines/{pipeline_id}")
+            columns = await page.evaluate("Object.fromEntries([...document.querySelectorAll('#dag .node')]"
+                                          ".map(n => [n.id.slice(5), +n.dataset.column]))")
+            assert [columns[str(job_id)] for job_id in ids] == [0, 1, 1, 1, 2, 2, 2, 3]
+            assert await page.evaluate("document.querySelectorAll('#dag path.edge').length") == 11  # one per need
+            assert await page.evaluate(EDGES_THROUGH_BOXES) == []
+            # All four columns fit the page at its usual width: nothing scrolls sideways.
+            assert await page.evaluate("(() => { const s = document.querySelector('.dag-scroll');"
+                                       " return s.scrollWidth <= s.clientWidth; })()")
+            await page.screenshot("dashboard-pipeline-hand-made-dag")
+            assert page.errors == []
+
+
+def node(job_id: int) -> str:
+    return f"document.getElementById('node-{job_id}')"
+
+
+async def test_a_pipeline_page_follows_its_jobs_live_then_cancel_and_retry(settings: Settings,
+                                                                           make_repo: MakeRepo) -> None:
+    repo, sha = make_repo({".forgeci.toml": EIGHT_TOML})
+    engine = FakeEngine()
+    engine.expect("lint", Script(delay=3), Script(delay=3))  # long enough to watch it end
+    for python in PYTHONS:
+        for db in DBS:
+            engine.on(f"pytest {python} {db}", Script(delay=0.2))
+    engine.expect("build", Script(hang=True), Script())  # the first build hangs until the pipeline is cancelled
+    with live_server(settings, workers=True, engine=engine) as server:
+        queue = server.runtime.queue
+        submitted = server.call(server.runtime.control.submit_pipeline(JobSpec(repo=str(repo), ref="main", sha=sha)))
+        pipeline_id, ids = submitted.pipeline_id, list(submitted.job_ids)
+        lint, build = ids[0], ids[-1]
+        await wait(lambda: queue.get(lint).state is JobState.running)
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{server.url}/dashboard/pipelines/{pipeline_id}")
+            assert await page.evaluate(f"{node(lint)}.dataset.column") == "0"
+            assert await page.evaluate(f"{node(build)}.dataset.column") == "2"
+            await page.evaluate("window.stayed = true")  # gone if the page reloaded
+            assert await page.evaluate(f"{node(lint)}.classList.contains('st-running')")
+            await page.screenshot("dashboard-pipeline-live-lint-running")
+            # The box turns green when the job ends, over /events, without a reload; its edges follow.
+            await page.wait_for(f"{node(lint)}.classList.contains('st-success')", timeout=30)
+            await page.wait_for(f"{node(build)}.classList.contains('st-running')", timeout=30)
+            assert await page.evaluate("window.stayed === true")
+            assert await page.evaluate(f"document.querySelector('path[data-from=\"{lint}\"]').classList"
+                                       f".contains('e-done')")
+            # Its running time counts on in the browser between events (none comes while the step hangs).
+            await page.wait_for(f"/^[2-9]s…$/.test({node(build)}.querySelector('.node-time').textContent)", timeout=15)
+            await page.screenshot("dashboard-pipeline-live-build-running")
+
+            await page.click("#cancel-pipeline")
+            await wait(lambda: queue.pipeline(pipeline_id).state is PipelineState.cancelled)
+            await page.wait_for(f"{node(build)}.classList.contains('st-cancelled')")
+            await page.wait_for("document.querySelector('h1 .badge').textContent.trim() === 'cancelled'")
+            await page.screenshot("dashboard-pipeline-cancelled")
+
+            await page.click("#retry-failed")  # the cancelled build again, in the same pipeline
+            await wait(lambda: queue.pipeline(pipeline_id).state is PipelineState.success)
+            await page.wait_for(f"{node(build)}.classList.contains('st-success')")
+            await page.wait_for("document.querySelector('h1 .badge').textContent.trim() === 'success'")
+            assert await page.evaluate("location.pathname") == f"/dashboard/pipelines/{pipeline_id}"
+            await page.screenshot("dashboard-pipeline-retried-failed")
+
+            await page.click("#retry")  # a new pipeline at the same commit
+            await page.wait_for(f"location.pathname !== '/dashboard/pipelines/{pipeline_id}'")
+            new_id = int((await page.evaluate("location.pathname")).rsplit("/", 1)[1])
+            assert queue.pipeline(new_id).spec.meta["retry_of_pipeline"] == str(pipeline_id)
+            assert queue.pipeline(new_id).sha == sha
+            await page.wait_for(f"!!document.querySelector('a[href=\"/dashboard/pipelines/{pipeline_id}\"]')")
+            await wait(lambda: queue.pipeline(new_id).state.is_terminal, timeout=60)
+            await page.wait_for("document.querySelector('h1 .badge').textContent.trim() === 'success'")
+
+            # A job's page leads back to its pipeline.
+            await page.click(f"#node-{queue.pipeline(new_id).job_ids[0]}")
+            await page.wait_for("!!document.getElementById('pipeline-link')")
+            await page.click("#pipeline-link")
+            await page.wait_for(f"location.pathname === '/dashboard/pipelines/{new_id}'")
+            assert page.errors == []
+    engine.check()
+
+
+async def test_the_overview_lists_pipelines_that_open_to_their_jobs_and_stay_open(api_settings: Settings) -> None:
+    with live_server(api_settings) as server:
+        queue = server.runtime.queue
+        pipeline_id, ids = make_pipeline(queue)
+        run(queue, ids[0])
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{server.url}/dashboard")
+            row = f"document.getElementById('pl-{pipeline_id}')"
+            assert await page.evaluate(f"{row}.querySelectorAll('.dots i').length") == 8
+            assert not await page.evaluate(f"{row}.open")
+            await page.click(f"#pl-{pipeline_id} summary .caret")
+            await page.wait_for(f"{row}.open")
+            links = await page.evaluate(f"[...{row}.querySelectorAll('table a')].map(a => a.getAttribute('href'))")
+            assert links == [f"/dashboard/jobs/{job_id}" for job_id in ids]
+            # A live refresh (the next job starts) redraws the list and keeps the row open.
+            await page.evaluate(f"{row}.dataset.old = 'yes'")
+            run(queue, ids[1], JobState.running)
+            for _ in range(40):  # until the page's EventSource is connected, an event may find nobody listening
+                server.call(lambda: _publish(server, ids[1]))
+                if await page.evaluate(f"{row}.dataset.old !== 'yes'"):
+                    break
+                await asyncio.sleep(0.25)
+            assert await page.evaluate(f"{row}.dataset.old === undefined && {row}.open")
+            assert await page.evaluate(f"{row}.querySelectorAll('.dots i.bg-running').length") == 1
+            await page.screenshot("dashboard-overview-pipelines")
+            assert page.errors == []

@@ -92,11 +92,14 @@
     events = new EventSource("/events");
     // What changed between rendering the page and (re)connecting was never sent to us: refresh once connected.
     events.addEventListener("open", () => { for (const o of onOpen) o(); });
-    events.addEventListener("job", (e) => {
-      let data;
-      try { data = JSON.parse(e.data); } catch (_) { return; }
-      for (const l of listeners) l(data);
-    });
+    // Job events carry `job_id`, pipeline events `pipeline_id`: each listener picks what concerns it.
+    for (const name of ["job", "pipeline"]) {
+      events.addEventListener(name, (e) => {
+        let data;
+        try { data = JSON.parse(e.data); } catch (_) { return; }
+        for (const l of listeners) l(data);
+      });
+    }
   }
 
   function refresher(el) {
@@ -109,7 +112,13 @@
       busy = true;
       try {
         const response = await fetch(el.dataset.liveSrc, { credentials: "same-origin", headers: { "Accept": "text/html" } });
-        if (response.ok) el.innerHTML = await response.text();
+        if (response.ok) {
+          // Expanded rows (<details data-key>) stay expanded across the refresh.
+          const open = new Set([...el.querySelectorAll("details[open][data-key]")].map((d) => d.dataset.key));
+          el.innerHTML = await response.text();
+          stamp(el);
+          for (const d of el.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
+        }
       } catch (_) {
         // The server restarted or the network dropped: the next event refreshes again.
       } finally {
@@ -121,11 +130,52 @@
     return schedule;
   }
 
-  for (const el of document.querySelectorAll("[data-live-src]")) {
-    const job = el.dataset.job ? parseInt(el.dataset.job, 10) : null;
-    const schedule = refresher(el);
-    onJobEvent((event) => { if (job === null || event.job_id === job) schedule(); }, schedule);
+  // A pipeline's page follows its own events and those of its jobs (listed in the fragment's data-jobs, which
+  // each refresh renews); a job's page its job's; the overview everything.
+  function concerns(el, event) {
+    if (el.dataset.pipeline) {
+      if (event.pipeline_id !== undefined) return event.pipeline_id === parseInt(el.dataset.pipeline, 10);
+      const holder = el.querySelector("[data-jobs]");
+      return !!holder && holder.dataset.jobs.split(" ").includes(String(event.job_id));
+    }
+    if (el.dataset.job) return event.job_id === parseInt(el.dataset.job, 10);
+    return true;
   }
+
+  for (const el of document.querySelectorAll("[data-live-src]")) {
+    const schedule = refresher(el);
+    onJobEvent((event) => { if (concerns(el, event)) schedule(); }, schedule);
+  }
+
+  // -- running times count on between redraws ------------------------------------------------------------
+
+  // Like config.durations.format_duration: 850ms, 42s, 1m 05s, 2h 03m 00s (truncated, never rounded up).
+  function formatDuration(seconds) {
+    if (seconds < 1) return Math.floor(seconds * 1000) + "ms";
+    const whole = Math.floor(seconds);
+    const h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+    const two = (n) => String(n).padStart(2, "0");
+    if (h) return h + "h " + two(m) + "m " + two(s) + "s";
+    if (m) return m + "m " + two(s) + "s";
+    return s + "s";
+  }
+
+  // When a running time was rendered (the page or a fragment arrived): it was true then.
+  function stamp(root) {
+    const now = String(performance.now());
+    for (const el of root.querySelectorAll("[data-elapsed]")) if (!el.dataset.t0) el.dataset.t0 = now;
+  }
+  stamp(document);
+
+  setInterval(() => {
+    const now = performance.now();
+    stamp(document);
+    for (const el of document.querySelectorAll("[data-elapsed]")) {
+      const seconds = parseFloat(el.dataset.elapsed) + (now - parseFloat(el.dataset.t0)) / 1000;
+      const suffix = el.dataset.suffix === undefined ? "…" : el.dataset.suffix;
+      if (Number.isFinite(seconds)) el.textContent = formatDuration(seconds) + suffix;
+    }
+  }, 1000);
 
   // -- a job's log, live -------------------------------------------------------------------------------
 
