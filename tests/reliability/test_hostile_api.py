@@ -15,7 +15,7 @@ import pytest
 
 from tests.bot.test_api_fuzz import run_schemathesis
 from tests.reliability.harness import (
-    API_TOKEN, Ledger, ServeProcess, free_port, jobs_of, leftovers, plural, serving, wait_for, read_db, write_config,
+    API_TOKEN, SECRET_ENV, Ledger, ServeProcess, free_port, jobs_of, leftovers, plural, serving, wait_for, read_db, write_config,
 )
 from tests.reliability.proxy import FaultProxy
 from tests.reliability.report import Row
@@ -31,7 +31,9 @@ async def test_schemathesis_over_a_server_running_jobs(shared_dir: Path, busybox
     data_dir, port = shared_dir / "data", free_port()
     db = data_dir / "queue.db"
     config = write_config(shared_dir / "forgeci.toml", data_dir, port, busybox_image, server={"protect_reads": True})
-    server = ServeProcess(config, port, shared_dir / "serve.log")
+    # Every forge's webhook configured: an unconfigured one answers 503 on purpose, which the no-5xx check rejects.
+    forges = {"FORGECI_GITEA_WEBHOOK_SECRET": "hostile-gitea", "FORGECI_GITLAB_WEBHOOK_SECRET": "hostile-gitlab"}
+    server = ServeProcess(config, port, shared_dir / "serve.log", env={**SECRET_ENV, **forges})
     ledger = Ledger()
     workdir = shared_dir / "schemathesis"
     workdir.mkdir()
