@@ -46,8 +46,8 @@ class PipelineCommands(App[None]):
                 self._cancel_pipeline(pipeline.id)
 
         done = f", {pipeline.jobs_done}/{pipeline.jobs_total} jobs done" if pipeline.jobs_total else ""
-        self.push_screen(ConfirmScreen(f"Cancel pipeline #{pipeline.id} ({pipeline.state}{done})? "
-                                       "Its queued jobs end cancelled and its running ones stop."), confirmed)
+        self.push_screen(ConfirmScreen(f"Cancel pipeline #{pipeline.id} ({pipeline.state}{done})?\n"
+                                       "Its queued jobs end cancelled, its running jobs stop."), confirmed)
 
     @work(group="actions")
     async def _cancel_pipeline(self, pipeline_id: int) -> None:

@@ -23,8 +23,10 @@ from tui.pipelines_panel import jobs_progress, pipeline_duration
 from tui.widgets import StatusBar
 
 RELOAD_DELAY = 0.3  # one fetch per burst of events: wait reasons and durations come from the server
-JOB_COLUMNS = (("stage", "stage", 5), ("job", "job", 26), ("state", "state", 10), ("duration", "time", 7),
-               ("note", "note", 18))
+# Sized for 80 columns: a matrix member's whole name (`test (python=3.12, db=postgres)`); the note is cut
+# short, the line under the table says it in full.
+JOB_COLUMNS = (("stage", "stage", 5), ("job", "job", 31), ("state", "state", 10), ("duration", "time", 7),
+               ("note", "note", 15))
 
 
 def job_duration(job: PipelineJob, now: float) -> float | None:
@@ -161,7 +163,7 @@ class PipelineScreen(Screen[None]):
                                if planning else "", "dim"))
             return
         text = Text.assemble((f"#{job.id} {job.display}", "bold"), ("  stage ", "dim"), str(job.depth + 1),
-                             ("  attempt ", "dim"), str(job.attempts),
+                             ("  attempt ", "dim"), str(job.attempts) if job.attempts else fmt.NONE,
                              ("  needs ", "dim"), ", ".join(job.needs) or fmt.NONE, "\n")
         note = job_note(job)
         text.append_text(note if note.plain and not note.plain.startswith("after ") else Text("enter: its log", "dim"))

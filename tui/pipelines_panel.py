@@ -40,7 +40,7 @@ PipelineColumn = tuple[str, int, Callable[[Pipeline, float], Any]]
 PIPELINE_COLUMNS: dict[str, PipelineColumn] = {
     "id": ("#", 5, lambda p, _: p.id),
     "repo": ("repository", 16, lambda p, _: fmt.short_repo(p.repo)),
-    "ref": ("ref", 12, lambda p, _: fmt.short_ref(p.ref)),
+    "ref": ("ref", 14, lambda p, _: fmt.short_ref(p.ref)),
     "sha": ("sha", 7, lambda p, _: fmt.short_sha(p.sha)),
     "state": ("state", 10, lambda p, _: fmt.state_text(p.state, p.cancel_requested)),
     "jobs": ("jobs", 5, lambda p, _: Text(jobs_progress(p), justify="right")),
