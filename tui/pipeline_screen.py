@@ -123,11 +123,16 @@ class PipelineScreen(Screen[None]):
         for job in in_stages(pipeline.jobs):
             label = str(job.depth + 1) if job.depth != stage else ""  # the stage's number on its first row only
             stage = job.depth
-            table.add_row(label, job.display, fmt.state_text(job.state, job.cancel_requested),
+            table.add_row(label, job.display, self._state(job),
                           fmt.duration(job_duration(job, now)), job_note(job), key=str(job.id))
         if selected is not None and any(j.id == selected.id for j in pipeline.jobs):
             table.move_cursor(row=table.get_row_index(str(selected.id)), animate=False)
         self._render_detail()
+
+    def _state(self, job: PipelineJob) -> Text:
+        # The job list does not say which running jobs are being stopped; a pipeline being cancelled stops them all.
+        stopping = job.cancel_requested or (self.pipeline is not None and self.pipeline.cancel_requested)
+        return fmt.state_text(job.state, stopping)
 
     @property
     def selected(self) -> PipelineJob | None:
@@ -141,13 +146,13 @@ class PipelineScreen(Screen[None]):
         p = self.pipeline
         if p is None:
             return
-        stages = len({job.depth for job in p.jobs})
-        head = Text.assemble(
+        now, stages = self.clock(), len({job.depth for job in p.jobs})
+        head = Text.assemble(  # what it is on one line, how it goes on the next: neither wraps at 80 columns
             (f"pipeline #{p.id} ", "bold"), (fmt.short_repo(p.repo), "bold"), f" {fmt.short_ref(p.ref)}",
-            f" @ {fmt.short_sha(p.sha)}  ", fmt.state_text(p.state, p.cancel_requested),
-            f"  {jobs_progress(p)} jobs done  {fmt.duration(pipeline_duration(p, self.clock()))}\n",
-            ("event ", "dim"), p.event or fmt.NONE, ("  created ", "dim"), fmt.ago(p.created_at or None, self.clock()),
-            ("  stages ", "dim"), str(stages), ("  jobs ", "dim"), str(len(p.jobs)),
+            f" @ {fmt.short_sha(p.sha)}", ("  event ", "dim"), p.event or fmt.NONE, "\n",
+            fmt.state_text(p.state, p.cancel_requested), f"  {jobs_progress(p)} jobs done",
+            ("  time ", "dim"), fmt.duration(pipeline_duration(p, now)), ("  created ", "dim"),
+            fmt.ago(p.created_at or None, now), ("  stages ", "dim"), str(stages),
         )
         if p.error:
             head.append(f"\n{p.error}", "red")
@@ -195,7 +200,7 @@ class PipelineScreen(Screen[None]):
             jobs = tuple(job if j.id == job.id else j for j in p.jobs)
             self.pipeline = replace(p, jobs=jobs, jobs_done=sum(j.terminal for j in jobs))
             table = self.table
-            table.update_cell(str(job.id), "state", fmt.state_text(job.state, job.cancel_requested))
+            table.update_cell(str(job.id), "state", self._state(job))
             table.update_cell(str(job.id), "duration", fmt.duration(job_duration(job, self.clock())))
             table.update_cell(str(job.id), "note", job_note(job))
             self._render_head()

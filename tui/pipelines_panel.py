@@ -174,7 +174,8 @@ class PipelinesPanel(Panel):
         self._learn_repos(p.repo for p in page.pipelines)
         self.table.show(page.pipelines)
         more = "+" if page.next_cursor else ""
-        summary.update(f"{len(page.pipelines)}{more} pipelines, newest first")
+        count = len(page.pipelines)
+        summary.update(f"{count}{more} pipeline{'' if count == 1 and not more else 's'}, newest first")
 
     def _learn_repos(self, repos: Iterable[str]) -> None:
         new = set(repos) - self.repos

@@ -172,6 +172,22 @@ async def test_cancel_asks_first_then_stops_the_pipeline(make_app: MakeApp, pipe
         assert not isinstance(app.screen, ConfirmScreen) and notes[-1] == ("warning", "pipeline #2 is already failure")
 
 
+async def test_cancel_from_the_screen_shows_its_running_jobs_stopping(make_app: MakeApp,
+                                                                      piped: PipelineFakeApi) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_pipeline(pilot, 4)
+        await pilot.press("c", "y")
+        await wait_until(pilot, lambda: str(screen.table.get_row("22")[2]) == "cancelled", timeout=2.0)
+        await wait_until(pilot, lambda: screen.pipeline is not None and screen.pipeline.cancel_requested, timeout=2.0)
+        assert [str(screen.table.get_row(str(i))[2]) for i in (18, 19, 20)] == ["success", "cancelling", "cancelling"]
+        piped.set_state(19, "cancelled", finished_at=NOW)
+        piped.set_state(20, "cancelled", finished_at=NOW)
+        piped.set_pipeline_state(4, "cancelled", finished_at=NOW)
+        await wait_until(pilot, lambda: "cancelled  8/8 jobs done" in str(screen.query_one("#pipeline-head",
+                                                                                            Static).render()))
+
+
 async def test_retry_whole_or_failed_and_refusals(make_app: MakeApp, piped: PipelineFakeApi) -> None:
     app = make_app()
     notes = record_notifications(app)
