@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.signal import Signal
@@ -21,6 +21,10 @@ from tui.job_table import JobTable
 from tui.messages import CancelJob, ChangePriority, OpenJob, RequestFailed, RetryJob
 from tui.models import Services
 from tui.panels import CachePanel, JobsPanel, MetricsPanel, Panel, QueuePanel
+from tui.pipeline_actions import PipelineCommands
+from tui.pipeline_api import PipelineApi, PipelineEvent, as_pipeline_event
+from tui.pipeline_screen import PipelineScreen
+from tui.pipelines_panel import PipelinesPanel, PipelineTable
 from tui.screens import ConfirmScreen, HelpScreen, JobScreen, PriorityScreen, SubmitScreen
 from tui.widgets import StatusBar
 
@@ -53,8 +57,9 @@ ModalScreen { align: center middle; }
 """
 
 
-class ForgeciApp(App[None]):
-    """`forgeci tui`: jobs, queue, metrics and cache of one server; the client comes in, so tests pass their own."""
+class ForgeciApp(PipelineCommands):
+    """`forgeci tui`: jobs, queue, metrics, cache and pipelines of one server; the client comes in, so tests pass
+    their own."""
 
     TITLE = "forgeci"
     CSS = CSS
@@ -67,6 +72,7 @@ class ForgeciApp(App[None]):
         Binding("2", "tab('queue')", "Queue", show=False),
         Binding("3", "tab('metrics')", "Metrics", show=False),
         Binding("4", "tab('cache')", "Cache", show=False),
+        Binding("5", "tab('pipelines')", "Pipelines", show=False),
         Binding("ctrl+r", "resync", "Reload everything", show=False),
     ]
 
@@ -78,7 +84,9 @@ class ForgeciApp(App[None]):
         self.clock = clock  # wall-clock seconds, to show how long jobs have run; tests pin it
         self.job_events: Signal[ServerEvent] = Signal(self, "job-events")
         self.resync: Signal[None] = Signal(self, "resync")
-        self.services = Services(client, clock, self.job_events, self.resync)
+        self.pipeline_events: Signal[PipelineEvent] = Signal(self, "pipeline-events")
+        self.services = Services(client, clock, self.job_events, self.resync, self.pipeline_events,
+                                 PipelineApi(client))
 
     def compose(self) -> ComposeResult:
         yield StatusBar(self.client.server)
@@ -91,6 +99,8 @@ class ForgeciApp(App[None]):
                 yield MetricsPanel(self.services)
             with TabPane("4 Cache", id="cache"):
                 yield CachePanel(self.services)
+            with TabPane("5 Pipelines", id="pipelines"):
+                yield PipelinesPanel(self.services)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -110,7 +120,11 @@ class ForgeciApp(App[None]):
                     self._online()
                     delay = RECONNECT_MIN
                     async for event in events:
-                        self.job_events.publish(event)
+                        # Job views read job ids: a pipeline's event goes to the pipeline views alone.
+                        if (pipeline_event := as_pipeline_event(event)) is not None:
+                            self.pipeline_events.publish(pipeline_event)
+                        else:
+                            self.job_events.publish(event)
                 raise ServerUnreachable(f"{self.client.server} closed the event stream")
             except ClientError as exc:
                 self.report(exc)
@@ -141,7 +155,7 @@ class ForgeciApp(App[None]):
     # -- navigation -----------------------------------------------------------------------------------
 
     def action_tab(self, tab: str) -> None:
-        if isinstance(self.screen, JobScreen):
+        if isinstance(self.screen, JobScreen | PipelineScreen):
             return
         self.query_one(TabbedContent).active = tab
 
@@ -178,6 +192,8 @@ class ForgeciApp(App[None]):
             ("Jobs panel", list(JobsPanel.BINDINGS)),
             ("Metrics panel", list(MetricsPanel.BINDINGS)),
             ("Cache panel", list(CachePanel.BINDINGS)),
+            ("Pipelines panel", [*PipelineTable.BINDINGS, *PipelinesPanel.BINDINGS]),
+            ("Pipeline screen", list(PipelineScreen.BINDINGS)),
             ("Job screen", [*JobScreen.BINDINGS, *log_moves]),
             ("Dialogs", [*ConfirmScreen.BINDINGS, Binding("enter", "", "submit a form"),
                          Binding("tab,shift+tab", "", "next / previous field")]),

@@ -7,6 +7,7 @@ from rich.text import Text
 from config.durations import format_duration
 
 STATE_STYLES: dict[str, str] = {
+    "planning": "yellow",
     "queued": "yellow",
     "running": "bold cyan",
     "success": "green",

@@ -8,6 +8,7 @@ from textual.message import Message
 
 from client.errors import ClientError
 from client.models import JobInfo
+from tui.pipeline_api import Pipeline
 
 
 @dataclass
@@ -37,6 +38,28 @@ class ChangePriority(Message):
     """Ask the operator for this queued job's new priority, and set it."""
 
     job: JobInfo
+
+
+@dataclass
+class OpenPipeline(Message):
+    """Show this pipeline's jobs on their own screen."""
+
+    pipeline_id: int
+
+
+@dataclass
+class CancelPipeline(Message):
+    """Cancel this pipeline (its queued jobs, and stop its running ones), once the operator confirms."""
+
+    pipeline: Pipeline
+
+
+@dataclass
+class RetryPipeline(Message):
+    """Run this finished pipeline again: all of it as a new pipeline, or only its failed jobs in place."""
+
+    pipeline: Pipeline
+    failed_only: bool = False
 
 
 @dataclass

@@ -11,6 +11,7 @@ from textual.signal import Signal
 from client.api import Client
 from client.models import TERMINAL, JobInfo, ServerEvent
 from tui import format as fmt
+from tui.pipeline_api import PipelineApi, PipelineEvent
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,10 @@ class Services:
 
     client: Client
     clock: Callable[[], float]  # wall-clock seconds, to show how long jobs have run; tests pin it
-    job_events: Signal[ServerEvent]  # every /events event, as it arrives
+    job_events: Signal[ServerEvent]  # every job event of /events, as it arrives
     resync: Signal[None]  # (re)connected or asked to: reload everything shown
+    pipeline_events: Signal[PipelineEvent]  # every pipeline event of /events
+    pipelines: PipelineApi  # the pipeline calls, over the same client
 
 
 def apply_event(job: JobInfo, event: ServerEvent) -> JobInfo:

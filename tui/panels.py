@@ -64,9 +64,13 @@ class Panel(Vertical):
 
     def on_job_event(self, event: ServerEvent) -> None:
         if self.concerns(event):
-            self.stale = True
-            if self.active and self._reload_timer is None:
-                self._reload_timer = self.set_timer(self.RELOAD_DELAY, self._timed_reload)
+            self.schedule_reload()
+
+    def schedule_reload(self) -> None:
+        """Reload soon if shown (one reload per burst of events), else when next shown."""
+        self.stale = True
+        if self.active and self._reload_timer is None:
+            self._reload_timer = self.set_timer(self.RELOAD_DELAY, self._timed_reload)
 
     def _timed_reload(self) -> None:
         self._reload_timer = None

@@ -3,25 +3,46 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from textual.pilot import Pilot
 
+import respx
+
 from client.api import Client
-from tests.client.conftest import APP, api, seed
+from tests.client.conftest import APP, seed
 from tests.client.fake_api import BASE, NOW, FakeApi
+from tests.tui.fake_pipelines import PipelineEventsClient, PipelineFakeApi, seed_pipelines
 from tui.app import ForgeciApp
 
-__all__ = ["APP", "api", "seed"]  # the fake API's fixture, for the tests of this directory
+__all__ = ["APP", "seed"]
+
+
+@pytest.fixture
+def api() -> Iterator[PipelineFakeApi]:
+    """The client tests' fake API and its six jobs, with the pipelines API on top (no pipelines yet)."""
+    with respx.mock(assert_all_called=False) as router:
+        fake = PipelineFakeApi(router)
+        seed(fake)
+        yield fake
+
+
+@pytest.fixture
+def piped(api: PipelineFakeApi) -> PipelineFakeApi:
+    """The fake API with five pipelines (tests.tui.fake_pipelines.seed_pipelines)."""
+    seed_pipelines(api)
+    return api
 
 
 @pytest.fixture
 def make_app(api: FakeApi) -> Callable[..., ForgeciApp]:
-    """make_app(token=None): the console on a fresh client of the fake API, its clock pinned to NOW."""
+    """make_app(token=None, pipeline_events=False): the console on a fresh client of the fake API, its clock pinned
+    to NOW; with pipeline_events, a client whose /events yields pipeline events too (the client's coming API)."""
 
-    def make(token: str | None = None) -> ForgeciApp:
-        return ForgeciApp(Client(BASE, token), clock=lambda: NOW)
+    def make(token: str | None = None, pipeline_events: bool = False) -> ForgeciApp:
+        client = PipelineEventsClient(BASE, token) if pipeline_events else Client(BASE, token)
+        return ForgeciApp(client, clock=lambda: NOW)
 
     return make
 

@@ -9,8 +9,11 @@ from textual.widgets import Input, Sparkline
 
 from tests.client.fake_api import FakeApi
 from tests.tui.conftest import wait_until
+from tests.tui.fake_pipelines import PipelineFakeApi
 from tui.app import ForgeciApp
 from tui.panels import CachePanel, JobsPanel, QueuePanel
+from tui.pipeline_screen import PipelineScreen
+from tui.pipelines_panel import PipelinesPanel
 from tui.screens import JobScreen
 from tui.widgets import LogView
 
@@ -18,10 +21,10 @@ SIZE = (80, 24)
 SnapCompare = Callable[..., bool]
 
 
-async def jobs_loaded(pilot: Pilot[None]) -> None:
+async def jobs_loaded(pilot: Pilot[None], rows: int = 6) -> None:
     app = pilot.app
     table = app.query_one(JobsPanel).table
-    await wait_until(pilot, lambda: table.row_count == 6 and table.jobs[3].steps)
+    await wait_until(pilot, lambda: table.row_count == rows and table.jobs[3].steps)
 
 
 def test_jobs_screen(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
@@ -95,3 +98,57 @@ def test_server_unreachable(snap_compare: SnapCompare, make_app: Callable[..., F
         await wait_until(pilot, lambda: pilot.app.connection == "offline")  # type: ignore[attr-defined]
 
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=offline)
+
+
+async def pipelines_loaded(pilot: Pilot[None]) -> None:
+    await jobs_loaded(pilot, rows=6 + 13)  # and the pipelines' jobs
+    await pilot.press("5")
+    table = pilot.app.query_one(PipelinesPanel).table
+    await wait_until(pilot, lambda: table.row_count == 5)
+
+
+async def running_pipeline_open(pilot: Pilot[None]) -> None:
+    await pipelines_loaded(pilot)
+    table = pilot.app.query_one(PipelinesPanel).table
+    table.move_cursor(row=table.get_row_index("4"))
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, PipelineScreen) and pilot.app.screen.pipeline
+                     is not None)
+    screen = pilot.app.screen
+    assert isinstance(screen, PipelineScreen)
+    screen.table.move_cursor(row=screen.table.get_row_index("21"))  # a queued job: its wait reason below
+
+
+def test_pipelines_panel(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
+                         piped: PipelineFakeApi) -> None:
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=pipelines_loaded)
+
+
+def test_pipeline_screen_by_stage(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
+                                  piped: PipelineFakeApi) -> None:
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=running_pipeline_open)
+
+
+def test_failed_pipeline_screen(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
+                                piped: PipelineFakeApi) -> None:
+    async def failed(pilot: Pilot[None]) -> None:
+        await pipelines_loaded(pilot)
+        table = pilot.app.query_one(PipelinesPanel).table
+        table.move_cursor(row=table.get_row_index("2"))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, PipelineScreen) and pilot.app.screen.pipeline
+                         is not None)
+        screen = pilot.app.screen
+        assert isinstance(screen, PipelineScreen)
+        screen.table.move_cursor(row=screen.table.get_row_index("13"))  # the failed job: its error below
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=failed)
+
+
+def test_cancel_pipeline_asks_first(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
+                                    piped: PipelineFakeApi) -> None:
+    async def asking(pilot: Pilot[None]) -> None:
+        await running_pipeline_open(pilot)
+        await pilot.press("c")
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=asking)
