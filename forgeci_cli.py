@@ -252,21 +252,39 @@ def check_server(server: str) -> None:
 
 
 def client_command(args: argparse.Namespace) -> int:
-    """submit, jobs, status, logs, cancel, retry: calls to a server's HTTP API (client.commands)."""
+    """submit, jobs, status, logs, cancel, retry, pipelines, pipeline: calls to a server's HTTP API
+    (client.commands, client.pipeline_commands)."""
     from client import commands
+    from client import pipeline_commands as pipelines
     from client.errors import TOKEN_ENV
 
     check_server(args.server)
+    if args.command in ("cancel", "retry"):
+        check_target(args)
     token = os.environ.get(TOKEN_ENV) or None
+    on_pipeline = getattr(args, "pipeline", None) is not None and args.command in ("cancel", "retry")
     work = {
         "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow),
         "jobs": lambda c: commands.jobs(c, args.status, args.repo, args.limit, args.json),
         "status": lambda c: commands.status(c, args.job, args.json),
         "logs": lambda c: commands.follow(c, args.job, follow=args.follow),
-        "cancel": lambda c: commands.cancel(c, args.job),
-        "retry": lambda c: commands.retry(c, args.job, args.from_failed_step),
+        "cancel": lambda c: pipelines.cancel(c, args.pipeline) if on_pipeline else commands.cancel(c, args.job),
+        "retry": lambda c: (pipelines.retry(c, args.pipeline, args.failed) if on_pipeline
+                            else commands.retry(c, args.job, args.from_failed_step)),
+        "pipelines": lambda c: pipelines.pipelines(c, args.status, args.repo, args.limit, args.json),
+        "pipeline": lambda c: pipelines.pipeline(c, args.id, args.json),
     }[args.command]
     return commands.run(args.server, token, work)
+
+
+def check_target(args: argparse.Namespace) -> None:
+    """cancel and retry take a JOB or --pipeline ID, not both; each its own options."""
+    if (args.job is None) == (args.pipeline is None):
+        raise ConfigError(f"forgeci {args.command}: give a JOB id or --pipeline ID (one of them)")
+    if args.command == "retry" and args.pipeline is not None and args.from_failed_step:
+        raise ConfigError("forgeci retry: --from-failed-step is for a job; a pipeline takes --failed")
+    if args.command == "retry" and args.job is not None and args.failed:
+        raise ConfigError("forgeci retry: --failed is for a pipeline (--pipeline ID)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,13 +363,15 @@ def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """The commands that call a server's HTTP API: submit, jobs, status, cancel, logs, retry."""
+    """The commands that call a server's HTTP API: submit, jobs, status, cancel, logs, retry, pipelines, pipeline."""
     p = add("submit", "submit a job to a server", client_command)
     p.add_argument("--repo", required=True, help="clone URL, or a path on the server")
     p.add_argument("--ref", required=True, help="branch, tag or full ref")
     p.add_argument("--sha", help="exact commit (default: the ref's head)")
     p.add_argument("--priority", type=int, help="0..10, higher runs first")
-    p.add_argument("--follow", action="store_true", help="print the log until the job ends; exit with its result")
+    p.add_argument("--follow", action="store_true",
+                   help="print every job's log (prefixed with its name when there are several) until the pipeline "
+                        "ends; exit 0 only if it succeeded")
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("jobs", "list jobs, newest first", client_command)
     p.add_argument("--status", help="only jobs in this state")
@@ -359,19 +379,35 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--limit", type=int, default=30)
     p.add_argument("--json", action="store_true", help="the API's JSON")
     p.add_argument("--server", default=None, help=SERVER_HELP)
-    for name, help in (("status", "show a job: state, steps, durations, cache"), ("cancel", "cancel a job")):
-        p = add(name, help, client_command)
-        p.add_argument("job", type=int)
-        if name == "status":
-            p.add_argument("--json", action="store_true", help="the API's JSON")
-        p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("status", "show a job: state, steps, durations, cache", client_command)
+    p.add_argument("job", type=int)
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("cancel", "cancel a job, or a whole pipeline with --pipeline ID", client_command)
+    p.add_argument("job", type=int, nargs="?")
+    p.add_argument("--pipeline", type=int, metavar="ID", help="cancel this pipeline: all its unfinished jobs")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("logs", "print a job's log", client_command)
     p.add_argument("job", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="until the job ends (resumes after a dropped connection)")
     p.add_argument("--server", default=None, help=SERVER_HELP)
-    p = add("retry", "retry a finished job as a new job", client_command)
-    p.add_argument("job", type=int)
+    p = add("retry", "retry a finished job as a new job, or a finished pipeline with --pipeline ID", client_command)
+    p.add_argument("job", type=int, nargs="?")
     p.add_argument("--from-failed-step", action="store_true")
+    p.add_argument("--pipeline", type=int, metavar="ID",
+                   help="retry this pipeline: a new pipeline at the same sha (with --failed: its failed jobs and the "
+                        "ones they skipped, in the same pipeline)")
+    p.add_argument("--failed", action="store_true", help="with --pipeline: only the jobs that failed")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("pipelines", "list pipelines, newest first", client_command)
+    p.add_argument("--status", help="only pipelines in this state")
+    p.add_argument("--repo", help="only pipelines of this repository")
+    p.add_argument("--limit", type=int, default=30)
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("pipeline", "show a pipeline: its jobs as a tree by dependency depth, states, durations", client_command)
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="the API's JSON")
     p.add_argument("--server", default=None, help=SERVER_HELP)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +15,12 @@ from bot.errors import HTTPError
 from bot.keys import AUTH, CLOSING, ENVIRON, METRICS, RUNTIME, SETTINGS, STREAM_TIMING, StreamTiming
 from bot.metrics import MetricsCache, parse_range
 from bot.openapi import openapi_document
-from config.errors import ConfigError, ConfigIssue
+from bot.parse import MAX_ID, boolean, job_id_of, query_limit, read_json
+from bot.parse import bad as _bad
+from bot.parse import check_keys as _check_keys
+from bot.parse import integral as _integral
+from bot.parse import query_id as _query_id
+from bot.pipelines_api import PIPELINE_ROUTES, with_wait_reasons
 from config.pipeline import pipeline_from_dict
 from runner.errors import JobNotFound
 from runner.events import Event, PipelineEvent
@@ -25,66 +29,10 @@ from runner.maintenance import prune
 from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
 from runner.runtime import Runtime
 
-MAX_JSON_BODY = 1024 * 1024  # an API request is a few hundred bytes; webhooks have their own, larger limit
-MAX_ID = 2**63 - 1  # SQLite's integer range: larger ids cannot exist, and must not reach the driver
+__all__ = ["ROUTES", "job_id_of", "read_json", "setup_api", "spec_from_body"]
 
 
-# -- request parsing ----------------------------------------------------------------------------------
-
-
-def _bad(key: str, message: str) -> ConfigError:
-    return ConfigError(ConfigIssue("request", key, message))
-
-
-async def read_json(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    """The request's JSON object body: 413 when too large, 415 when not JSON, 400 when not an object."""
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise HTTPError(413, "request body too large", f"at most {MAX_JSON_BODY} bytes")
-    data = bytearray()
-    async for chunk in request.content.iter_any():
-        data += chunk
-        if len(data) > MAX_JSON_BODY:
-            raise HTTPError(413, "request body too large", f"at most {MAX_JSON_BODY} bytes")
-    if not data and optional:
-        return {}
-    if request.content_type != "application/json":
-        raise HTTPError(415, "unsupported media type", "send the body as application/json")
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise _bad("", f"invalid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _bad("", f"expected a JSON object, got {type(body).__name__}")
-    return body
-
-
-def _check_keys(body: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
-    issues = [ConfigIssue("request", key, "unknown key") for key in body if key not in required + optional]
-    issues += [ConfigIssue("request", key, "missing") for key in required if key not in body]
-    if issues:
-        raise ConfigError(issues)
-
-
-def _integral(value: object) -> object:
-    """JSON has one number type: 3.0 is the integer 3 (as JSON Schema says), 3.5 and "3" are not integers."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_ID:
-        return int(value)
-    return value
-
-
-def job_id_of(value: object, key: str = "id", what: str = "job") -> int:
-    """A job (or pipeline) id from JSON: an integer (not a bool, not a string of digits) in SQLite's range."""
-    value = _integral(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
-        raise _bad(key, f"expected a {what} id (a positive integer), got {value!r}")
-    return value
-
-
-def _query_id(request: web.Request, what: str = "job") -> int:
-    if "id" not in request.query:
-        raise _bad("id", "missing")
-    text = request.query["id"]
-    return job_id_of(int(text) if text.isascii() and text.isdigit() else text, what=what)
+# -- request parsing (bot.parse has what the pipeline views share) ------------------------------------
 
 
 def _after(request: web.Request) -> int:
@@ -147,30 +95,30 @@ async def status(request: web.Request) -> web.Response:
 
     def read() -> dict[str, Any]:
         snapshot = queue.snapshot(job_id)
-        return {**job_json(queue.get(job_id)), "snapshot": snapshot.to_dict() if snapshot else None}
+        [job] = with_wait_reasons(queue, [job_json(queue.get(job_id))])
+        return {**job, "snapshot": snapshot.to_dict() if snapshot else None}
 
     return web.json_response(await asyncio.to_thread(read))
 
 
-async def pipeline_status(request: web.Request) -> web.Response:
-    """GET /pipelines/status?id= -> the pipeline: its trigger, pinned sha, state and job ids (none while planning)."""
-    record = await asyncio.to_thread(_runtime(request).queue.pipeline, _query_id(request, "pipeline"))
-    return web.json_response(record.to_dict())
-
-
 async def list_jobs(request: web.Request) -> web.Response:
-    """GET /jobs?status=&repo=&order=&limit=&cursor= -> {jobs, next_cursor}."""
+    """GET /jobs?status=&repo=&order=&limit=&cursor= -> {jobs, next_cursor}; in dispatch order, each queued job
+    says why it waits (`wait_reason`)."""
     query = request.query
     _check_keys(query, (), ("status", "repo", "order", "limit", "cursor"))
-    limit_text = query.get("limit", "50")
-    if not (limit_text.isascii() and limit_text.isdigit()) or len(limit_text) > 6:
-        raise _bad("limit", f"expected an integer 1..1000, got {limit_text!r}")
-    jobs, cursor = await asyncio.to_thread(
-        _runtime(request).queue.list_jobs, status=query.get("status"), repo=query.get("repo"),
-        order=query.get("order", "newest"),  # type: ignore[arg-type]  # list_jobs validates it
-        limit=int(limit_text), cursor=query.get("cursor"),
-    )
-    return web.json_response({"jobs": [job_json(job) for job in jobs], "next_cursor": cursor})
+    limit = query_limit(request)
+    queue = _runtime(request).queue
+
+    def read() -> dict[str, Any]:
+        jobs, cursor = queue.list_jobs(
+            status=query.get("status"), repo=query.get("repo"),
+            order=query.get("order", "newest"),  # type: ignore[arg-type]  # list_jobs validates it
+            limit=limit, cursor=query.get("cursor"))
+        found = [job_json(job) for job in jobs]
+        return {"jobs": with_wait_reasons(queue, found) if query.get("order") == "dispatch" else found,
+                "next_cursor": cursor}
+
+    return web.json_response(await asyncio.to_thread(read))
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -187,9 +135,7 @@ async def retry(request: web.Request) -> web.Response:
     body = await read_json(request)
     _check_keys(body, ("id",), ("from_failed_step",))
     job_id = job_id_of(body["id"])
-    from_failed = body.get("from_failed_step", False)
-    if not isinstance(from_failed, bool):
-        raise _bad("from_failed_step", f"expected true or false, got {from_failed!r}")
+    from_failed = boolean(body, "from_failed_step")
     new_id = await _runtime(request).control.retry(job_id, from_failed_step=from_failed)
     return web.json_response({"id": new_id, "retry_of": job_id}, status=201,
                              headers={"Location": f"/jobs/status?id={new_id}"})
@@ -355,7 +301,7 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     ("POST", "/jobs/retry", retry, "write"),
     ("POST", "/jobs/priority", priority, "write"),
     ("GET", "/jobs", list_jobs, "read"),
-    ("GET", "/pipelines/status", pipeline_status, "read"),
+    *PIPELINE_ROUTES,
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

@@ -1,4 +1,4 @@
-"""Job metrics over a time range: headline numbers, a time series for charts, JSON and Prometheus text."""
+"""Job and pipeline metrics over a time range: headline numbers, a time series for charts, JSON and Prometheus text."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from config.errors import ConfigError, ConfigIssue
 from runner.models import BucketStats, RangeStats
-from runner.queue import Queue
+from runner.queue import PipelineStats, Queue
 
 RANGES: dict[str, tuple[float, int]] = {  # name -> (seconds, chart buckets)
     "hour": (3600.0, 60),  # one bar a minute
@@ -23,6 +23,9 @@ FRESH_FOR = {"hour": 2.0, "day": 5.0, "week": 15.0}
 DEFAULT_RANGE = "day"
 # Cancelled and skipped jobs are decisions, not outcomes: they count as jobs but not in the success rate.
 OUTCOMES = ("success", "failure", "timeout", "error")
+PIPELINE_OUTCOMES = ("success", "failure", "error")  # likewise: a cancelled pipeline was a decision
+NO_PIPELINES = PipelineStats({}, None, None)
+Aggregates = tuple[RangeStats, PipelineStats]  # what MetricsCache keeps per range
 
 
 def parse_range(value: str | None) -> str:
@@ -41,6 +44,13 @@ class Metrics:
     queued: int
     running: int
     log_lines_dropped: int = 0  # since the server started: step output over runner.max_log_bytes
+    pipelines: PipelineStats = NO_PIPELINES  # the pipelines finished in the range, end to end
+
+    @property
+    def pipeline_success_rate(self) -> float | None:
+        states = self.pipelines.states
+        decided = sum(states.get(state, 0) for state in PIPELINE_OUTCOMES)
+        return states.get("success", 0) / decided if decided else None
 
     @property
     def success_rate(self) -> float | None:
@@ -61,6 +71,9 @@ class Metrics:
             "cache_hits": stats.cache_hits, "cache_lookups": stats.cache_lookups,
             "queue_depth": self.queued, "running": self.running, "log_lines_dropped": self.log_lines_dropped,
             "bucket_seconds": stats.bucket_seconds, "buckets": [_bucket(b) for b in stats.buckets],
+            "pipelines": {"total": self.pipelines.total, "by_state": dict(self.pipelines.states),
+                          "success_rate": self.pipeline_success_rate, "avg_duration": self.pipelines.avg_duration,
+                          "p95_duration": self.pipelines.p95_duration},
         }
 
     def to_prometheus(self) -> str:
@@ -84,6 +97,18 @@ class Metrics:
               [(label, stats.avg_duration)])
         gauge("forgeci_job_duration_p95_seconds", "95th percentile job duration in the range.",
               [(label, stats.p95_duration)])
+        pipelines = self.pipelines
+        gauge("forgeci_pipelines", "Pipelines finished in the range, by final state.",
+              [(f'{label},state="{state}"', count) for state, count in sorted(pipelines.states.items())])
+        gauge("forgeci_pipelines_finished", "Pipelines finished in the range.", [(label, pipelines.total)])
+        gauge("forgeci_pipeline_success_ratio",
+              "Successful share of the pipelines that succeeded, failed or ended in error in the range.",
+              [(label, self.pipeline_success_rate)])
+        gauge("forgeci_pipeline_duration_avg_seconds",
+              "Average end-to-end pipeline duration (first job queued to last job done) in the range.",
+              [(label, pipelines.avg_duration)])
+        gauge("forgeci_pipeline_duration_p95_seconds", "95th percentile end-to-end pipeline duration in the range.",
+              [(label, pipelines.p95_duration)])
         gauge("forgeci_cache_hit_ratio", "Cache restores that hit, of those attempted in the range.",
               [(label, self.cache_hit_rate)])
         out += ["# HELP forgeci_queue_depth Jobs waiting in the queue now.", "# TYPE forgeci_queue_depth gauge",
@@ -111,11 +136,18 @@ def range_stats(queue: Queue, range_name: str, now: float | None = None) -> Rang
     return queue.range_stats(until - seconds, until + 1e-6, buckets)  # + epsilon: a job finished right now counts
 
 
+def range_aggregates(queue: Queue, range_name: str, now: float | None = None) -> tuple[RangeStats, PipelineStats]:
+    """The range's job aggregates and its pipelines' (blocking)."""
+    seconds, _ = RANGES[range_name]
+    until = time.time() if now is None else now
+    return range_stats(queue, range_name, until), queue.pipeline_stats(until - seconds, until + 1e-6)
+
+
 def collect(queue: Queue, range_name: str, now: float | None = None) -> Metrics:
     """Read the range's aggregates and the live queue counts (blocking: call it off the event loop)."""
-    stats = range_stats(queue, range_name, now)
+    stats, pipelines = range_aggregates(queue, range_name, now)
     queued, running = queue.active_counts()
-    return Metrics(range_name, stats, queued, running)
+    return Metrics(range_name, stats, queued, running, pipelines=pipelines)
 
 
 class MetricsCache:
@@ -126,21 +158,21 @@ class MetricsCache:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.fresh_for = FRESH_FOR if fresh_for is None else fresh_for
         self.clock = clock
-        self._stats: dict[str, tuple[float, RangeStats]] = {}
-        self._pending: dict[str, asyncio.Future[RangeStats]] = {}
+        self._stats: dict[str, tuple[float, Aggregates]] = {}
+        self._pending: dict[str, asyncio.Future[Aggregates]] = {}
 
     async def get(self, queue: Queue, range_name: str, log_lines_dropped: int = 0) -> Metrics:
-        stats = await self._range_stats(queue, range_name)
+        stats, pipelines = await self._aggregates(queue, range_name)
         queued, running = await asyncio.to_thread(queue.active_counts)
-        return Metrics(range_name, stats, queued, running, log_lines_dropped)
+        return Metrics(range_name, stats, queued, running, log_lines_dropped, pipelines)
 
-    async def _range_stats(self, queue: Queue, range_name: str) -> RangeStats:
+    async def _aggregates(self, queue: Queue, range_name: str) -> Aggregates:
         cached = self._stats.get(range_name)
         if cached is not None and self.clock() - cached[0] < self.fresh_for.get(range_name, 0.0):
             return cached[1]
         pending = self._pending.get(range_name)
         if pending is None:  # the first asker computes; the others wait for its answer
-            pending = asyncio.ensure_future(asyncio.to_thread(range_stats, queue, range_name))
+            pending = asyncio.ensure_future(asyncio.to_thread(range_aggregates, queue, range_name))
             self._pending[range_name] = pending
             try:
                 stats = await asyncio.shield(pending)

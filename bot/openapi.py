@@ -20,7 +20,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {400: "bad input", 401: "missing or wrong API token", 404: "no such job, pipeline or entry",
-            409: "the job is in the wrong state", 413: "request body too large", 415: "body is not JSON",
+            409: "the job or pipeline is in the wrong state", 413: "request body too large", 415: "body is not JSON",
             503: "the queue database or the store is unavailable"}
     return {str(status): _json(_ERROR, text[status]) for status in statuses}
 
@@ -74,13 +74,30 @@ def _pipeline_schemas(job_id: dict[str, Any], number: dict[str, Any]) -> dict[st
         "Planning": {"type": "object", "required": ["id", "pipeline", "jobs", "planning"], "properties": {
             "id": {"type": "null"}, "pipeline": job_id, "jobs": {"type": "array", "maxItems": 0},
             "planning": {"const": True}}},
-        "Pipeline": {"type": "object", "required": ["id", "state", "spec", "job_ids"], "properties": {
-            "id": job_id, "repo": {"type": "string"}, "ref": {"type": "string"}, "sha": {"type": ["string", "null"]},
-            "event": {"type": "string"}, "spec": {"type": "object"}, "state": {"enum": PIPELINE_STATES},
-            "concurrency_group": {"type": ["string", "null"]}, "cancel_requested": {"type": "boolean"},
-            "plan_attempts": {"type": "integer"}, "plan_after": {"type": "number"},
-            "error": {"type": ["string", "null"]}, "created_at": {"type": "number"}, "started_at": number,
-            "finished_at": number, "job_ids": ids}},
+        "Pipeline": {"type": "object", "required": _PIPELINE_REQUIRED, "properties": _pipeline_properties(
+            job_id, number)},
+        "PipelineDetail": {"type": "object", "required": [*_PIPELINE_REQUIRED, "jobs"], "properties": {
+            **_pipeline_properties(job_id, number),
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/PipelineJob"}}}},
+        "PipelineJob": {"type": "object", "required": ["id", "name", "display", "needs", "state", "depth"],
+                        "properties": {
+            "id": job_id, "name": {"type": ["string", "null"]},
+            "display": {"type": ["string", "null"], "description": "a matrix member's name: `test (python=3.12)`"},
+            "needs": {"type": "array", "items": {"type": "string"}}, "state": {"enum": STATES},
+            "error": {"type": ["string", "null"]}, "started_at": number, "finished_at": number, "duration": number,
+            "attempts": {"type": "integer"}, "waiting": {"type": "boolean"},
+            "wait_reason": {"type": ["string", "null"], "description": "why a queued job is not running yet"},
+            "depth": {"type": "integer", "minimum": 0,
+                      "description": "0 without needs, else 1 + the deepest of its needs (the DAG's column)"}}},
+        "PipelinePage": {"type": "object", "required": ["pipelines", "next_cursor"], "properties": {
+            "pipelines": {"type": "array", "items": {"$ref": "#/components/schemas/Pipeline"}},
+            "next_cursor": {"type": ["string", "null"]}}},
+        "PipelineRetried": {"type": "object", "required": ["pipeline", "jobs", "retry_of"], "properties": {
+            "pipeline": job_id, "jobs": ids, "retry_of": job_id, "planning": {"const": True}}},
+        "PipelineMetrics": {"type": "object", "required": ["total", "by_state", "success_rate", "avg_duration",
+                                                           "p95_duration"], "properties": {
+            "total": {"type": "integer"}, "by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "success_rate": number, "avg_duration": number, "p95_duration": number}},
         "WebhookAccepted": {"type": "object", "properties": {
             "pipelines": {**ids, "description": "the pipelines the delivery made (or, redelivered, had made)"},
             "jobs": {**ids, "description": "empty for a new delivery; a redelivery's pipelines' jobs by now"},
@@ -93,6 +110,66 @@ def _pipeline_schemas(job_id: dict[str, Any], number: dict[str, Any]) -> dict[st
                                                 "cancel_requested"]}, **event}},
         "PipelineEvent": {"type": "object", "required": ["pipeline_id", "state", "kind"], "properties": {
             "pipeline_id": job_id, "kind": {"const": "pipeline"}, **event, "state": {"enum": PIPELINE_STATES}}},
+    }
+
+
+_PIPELINE_REQUIRED = ["id", "repo", "ref", "sha", "event", "state", "spec", "created_at", "started_at", "finished_at",
+                      "error", "job_ids", "jobs_total", "jobs_done", "duration"]
+
+
+def _pipeline_properties(job_id: dict[str, Any], number: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": job_id, "repo": {"type": "string"}, "ref": {"type": "string"}, "sha": {"type": ["string", "null"]},
+        "event": {"type": "string"}, "spec": {"type": "object", "description": "the trigger: what each job inherits"},
+        "state": {"enum": PIPELINE_STATES}, "concurrency_group": {"type": ["string", "null"]},
+        "cancel_requested": {"type": "boolean"}, "plan_attempts": {"type": "integer"},
+        "plan_after": {"type": "number"}, "error": {"type": ["string", "null"]}, "created_at": {"type": "number"},
+        "started_at": number, "finished_at": number, "job_ids": {"type": "array", "items": job_id},
+        "jobs_total": {"type": "integer", "minimum": 0}, "jobs_done": {"type": "integer", "minimum": 0,
+                                                                       "description": "its jobs in a final state"},
+        "first_queued_at": number,
+        "duration": {**number, "description": "end to end, first job queued -> last job done; null until it ends"}}
+
+
+def _pipeline_paths() -> dict[str, Any]:
+    """The pipelines' endpoints: list, one with its jobs, cancel, retry."""
+    path_id = [{"name": "id", "in": "path", "required": True, "schema": _JOB_ID, "description": "pipeline id"}]
+    return {
+        "/pipelines": {"get": _op(
+            "List pipelines, newest first",
+            {"200": _json({"$ref": "#/components/schemas/PipelinePage"}, "one page"), **_errors(400, 401, 503)},
+            security=_READ, operationId="listPipelines",
+            parameters=[_query("status", {"enum": PIPELINE_STATES}, "only pipelines in this state"),
+                        _query("repo", {"type": "string"}, "only pipelines of this repository"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (50)"),
+                        _query("cursor", {"type": "string", "minLength": 1}, "next_cursor of the previous page")],
+        )},
+        "/pipelines/{id}": {"get": _op(
+            "A pipeline with its jobs: needs, states, durations, dependency depth, why a queued job waits",
+            {"200": _json({"$ref": "#/components/schemas/PipelineDetail"}, "the pipeline"),
+             **_errors(400, 401, 404, 503)},
+            security=_READ, operationId="pipeline", parameters=path_id,
+        )},
+        "/pipelines/{id}/cancel": {"post": _op(
+            "Cancel a pipeline: its queued jobs end now, its running ones are stopped, no `always` job runs",
+            {"200": _json({"type": "object", "required": ["id", "state"], "properties": {
+                "id": _JOB_ID, "state": {"enum": PIPELINE_STATES}, "cancel_requested": {"const": True}}},
+                "cancelled, or running while its running jobs are stopped"),
+             **_errors(400, 401, 404, 409, 413, 415, 503)},
+            security=_WRITE, operationId="cancelPipeline", parameters=path_id,
+        )},
+        "/pipelines/{id}/retry": {"post": _op(
+            "Run a finished pipeline again: a new pipeline at the same sha, or (failed_only) its failed jobs and "
+            "the ones they skipped, in the same pipeline",
+            {"201": _json({"$ref": "#/components/schemas/PipelineRetried"}, "the pipeline and the jobs queued"),
+             "202": _json({"$ref": "#/components/schemas/PipelineRetried"},
+                          "a new pipeline whose fetch failed: planning goes on in the background"),
+             **_errors(400, 401, 404, 409, 413, 415, 503)},
+            security=_WRITE, operationId="retryPipeline", parameters=path_id,
+            requestBody={"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"failed_only": {"type": "boolean"}},
+                "additionalProperties": False}}}},
+        )},
     }
 
 
@@ -125,12 +202,6 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "A job with its steps, durations, cache result and attempts",
             {"200": _json(job_ref, "the job"), **_errors(400, 401, 404, 503)}, security=_READ,
             operationId="jobStatus", parameters=[_query("id", _JOB_ID, "job id", True)],
-        )},
-        "/pipelines/status": {"get": _op(
-            "A pipeline: its trigger, the sha it pins, its state and its jobs (none while planning)",
-            {"200": _json({"$ref": "#/components/schemas/Pipeline"}, "the pipeline"),
-             **_errors(400, 401, 404, 503)}, security=_READ,
-            operationId="pipelineStatus", parameters=[_query("id", _JOB_ID, "pipeline id", True)],
         )},
         "/jobs/logs": {"get": _op(
             "Follow a job's log (SSE)",
@@ -185,6 +256,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (50)"),
                         _query("cursor", {"type": "string", "minLength": 1}, "next_cursor of the previous page")],
         )},
+        **_pipeline_paths(),
         "/events": {"get": _op(
             "Every job and pipeline state change, and step progress (SSE)",
             {"200": {**sse, "description": "`job` events (JobEvent: {job_id, state, kind, data, t}) and "
@@ -194,7 +266,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             security=_READ, operationId="events",
         )},
         "/metrics": {"get": _op(
-            "Job metrics over the last hour, day or week",
+            "Job and pipeline metrics over the last hour, day or week",
             {"200": {"description": "the metrics", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Metrics"}},
                 "text/plain": {"schema": {"type": "string"}}}},
@@ -276,7 +348,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "name": {"type": ["string", "null"], "description": "its job in the pipeline file (`test`)"},
             "display": {"type": ["string", "null"], "description": "a matrix member's name: `test (python=3.12)`"},
             "needs": {"type": "array", "items": {"type": "string"}, "description": "the jobs it waits for"},
-            "waiting": {"type": "boolean", "description": "queued, but its needs are not all done"}}},
+            "waiting": {"type": "boolean", "description": "queued, but its needs are not all done"},
+            "wait_reason": {"type": ["string", "null"], "description": "why a queued job is not running yet "
+                            "(`/jobs?order=dispatch`, `/jobs/status`): its needs, its concurrency group, its "
+                            "matrix's max_parallel, no free slot, or next in line; null for a job not queued"}}},
         "CacheEntry": {"type": "object", "required": ["key", "repo", "size"], "properties": {
             "key": {"type": "string"}, "repo": {"type": "string"}, "scope": {"type": "string"},
             "image": {"type": "string"}, "paths": {"type": "array", "items": {"type": "string"}},
@@ -290,7 +365,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "success_rate": number, "avg_duration": number, "p95_duration": number, "cache_hit_rate": number,
             "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer"},
             "queue_depth": {"type": "integer"}, "running": {"type": "integer"},
-            "bucket_seconds": {"type": "number"}, "buckets": {"type": "array", "items": {"type": "object"}}}},
+            "bucket_seconds": {"type": "number"}, "buckets": {"type": "array", "items": {"type": "object"}},
+            "pipelines": {"$ref": "#/components/schemas/PipelineMetrics"}}},
         **_pipeline_schemas(_JOB_ID, number),
     }
     return {

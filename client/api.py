@@ -15,7 +15,8 @@ from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from client.errors import TOKEN_ENV, APIError, AuthFailed, BadResponse, ClientError, ServerUnreachable
 from client.models import (
-    CacheStats, JobInfo, JobPage, LogEnd, LogEntry, Metrics, PipelineInfo, ServerEvent, Submission,
+    CacheStats, JobInfo, JobPage, LogEnd, LogEntry, Metrics, PipelineInfo, PipelinePage, PipelineServerEvent,
+    ServerEvent, Submission,
 )
 
 TIMEOUT = 10.0
@@ -101,10 +102,6 @@ class Client:
                 body[key] = value
         return _parse(Submission.from_dict, await self.request("POST", "/jobs/submit", body=body))
 
-    async def pipeline(self, pipeline_id: int) -> PipelineInfo:
-        """The pipeline: its state and its jobs (none while planning)."""
-        return _parse(PipelineInfo.from_dict,
-                      await self.request("GET", "/pipelines/status", params={"id": str(pipeline_id)}))
 
     async def first_job(self, submission: Submission, *, poll: float = 0.5) -> int | None:
         """The submission's first job, waiting while its pipeline is planned; None if it ended without one (its
@@ -145,6 +142,32 @@ class Client:
     async def set_priority(self, job_id: int, priority: int) -> None:
         await self.request("POST", "/jobs/priority", body={"id": job_id, "priority": priority})
 
+    # -- pipelines ------------------------------------------------------------------------------------
+
+    async def pipelines(self, *, status: str | None = None, repo: str | None = None, limit: int = 50,
+                        cursor: str | None = None) -> PipelinePage:
+        """One page of pipelines, newest first (without their jobs' details: `job_ids`, `jobs_done`)."""
+        params = {"limit": str(limit)}
+        for key, value in (("status", status), ("repo", repo), ("cursor", cursor)):
+            if value:
+                params[key] = value
+        return _parse(PipelinePage.from_dict, await self.request("GET", "/pipelines", params=params))
+
+    async def pipeline(self, pipeline_id: int) -> PipelineInfo:
+        """The pipeline with its jobs (none while planning): needs, states, durations, depth, why a job waits."""
+        return _parse(PipelineInfo.from_dict, await self.request("GET", f"/pipelines/{int(pipeline_id)}"))
+
+    async def cancel_pipeline(self, pipeline_id: int) -> str:
+        """Cancel a pipeline; the state it is in now (running until its running jobs have stopped)."""
+        answer = await self.request("POST", f"/pipelines/{int(pipeline_id)}/cancel")
+        return str(answer.get("state", "")) if isinstance(answer, dict) else ""
+
+    async def retry_pipeline(self, pipeline_id: int, *, failed_only: bool = False) -> Submission:
+        """Run a finished pipeline again: a new pipeline at the same sha, or (`failed_only`) its failed jobs and
+        the ones they skipped, in the same pipeline; the pipeline and the jobs queued."""
+        answer = await self.request("POST", f"/pipelines/{int(pipeline_id)}/retry", body={"failed_only": failed_only})
+        return _parse(Submission.from_dict, answer)
+
     # -- metrics and caches ---------------------------------------------------------------------------
 
     async def metrics(self, range_name: str = "day") -> Metrics:
@@ -160,10 +183,12 @@ class Client:
     # -- streams --------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def events(self) -> AsyncIterator[AsyncIterator[ServerEvent]]:
-        """`async with client.events() as events:` connected (or ClientError); then every job event as it happens."""
+    async def events(self, *, pipelines: bool = False,
+                     ) -> AsyncIterator[AsyncIterator[ServerEvent | PipelineServerEvent]]:
+        """`async with client.events() as events:` connected (or ClientError); then every job event (ServerEvent)
+        as it happens, and with `pipelines` every pipeline state change too (PipelineServerEvent)."""
         async with self._sse("/events", {}) as stream:
-            yield _events(stream)
+            yield _events(stream, pipelines)
 
     @asynccontextmanager
     async def logs(self, job_id: int, after: int = 0, *,
@@ -212,12 +237,14 @@ class Client:
             delay = min(delay * 2, 2.0)
 
 
-async def _events(stream: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerEvent]:
+async def _events(stream: AsyncIterator[ServerSentEvent],
+                  pipelines: bool) -> AsyncIterator[ServerEvent | PipelineServerEvent]:
     async for sse in stream:
-        if sse.event not in ("job", "message"):
-            continue
         try:
-            yield ServerEvent.from_dict(json.loads(sse.data))
+            if sse.event in ("job", "message"):
+                yield ServerEvent.from_dict(json.loads(sse.data))
+            elif sse.event == "pipeline" and pipelines:
+                yield PipelineServerEvent.from_dict(json.loads(sse.data))
         except (ValueError, BadResponse):
             continue  # one malformed event must not end a console's live view
 

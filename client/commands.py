@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
@@ -13,7 +12,10 @@ from client.api import Client
 from client.errors import APIError, AuthFailed, ClientError, ServerUnreachable
 from client.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from client.models import JobInfo, LogEnd
-from config.durations import format_duration
+from client.output import ago as _ago
+from client.output import duration as _duration
+from client.output import table as _table
+from client.pipeline_commands import follow_pipeline
 
 USAGE_STATUSES = frozenset({400, 404, 413, 415})  # the request was wrong, not the job: exit 2
 
@@ -40,26 +42,6 @@ def run(server: str, token: str | None, work: Callable[[Client], Awaitable[int]]
         return EXIT_FAILED
 
 
-def _duration(seconds: float | None) -> str:
-    return "–" if seconds is None else format_duration(max(0.0, seconds))
-
-
-def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "–"
-    delta = max(0.0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if delta >= size:
-            return f"{int(delta // size)}{unit} ago"
-    return f"{int(delta)}s ago"
-
-
-def _table(rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
-
-
 async def follow(client: Client, job_id: int, *, follow: bool, out: TextIO | None = None,
                  err: TextIO | None = None) -> int:
     """Print the job's log; with `follow`, until the job ends. Exit 0 for success, 1 for another end."""
@@ -81,8 +63,8 @@ async def follow(client: Client, job_id: int, *, follow: bool, out: TextIO | Non
 
 async def submit(client: Client, repo: str, ref: str, sha: str | None, priority: int | None,
                  follow_log: bool) -> int:
-    """Submit a pipeline and say what it became; with `follow_log`, print its first job's log until it ends (a
-    pipeline still planning is waited for), then, for a pipeline of several jobs, wait for the pipeline's end."""
+    """Submit a pipeline and say what it became; with `follow_log`, follow the whole pipeline (waiting while it is
+    planned): every job's log as it runs, then how each job and the pipeline ended; exit 0 only if it succeeded."""
     info = sys.stderr if follow_log else sys.stdout  # --follow: stdout is the log alone
     submitted = await client.submit(repo, ref, sha=sha, priority=priority)
     if submitted.job is None:
@@ -90,34 +72,23 @@ async def submit(client: Client, repo: str, ref: str, sha: str | None, priority:
         why = (await client.pipeline(submitted.pipeline)).error
         print(f"pipeline {submitted.pipeline} is still planning" + (f" ({why})" if why else "")
               + ": the server keeps trying to fetch its repository", file=info)
-    elif len(submitted.jobs) == 1:
-        print(f"job {submitted.job} queued: {client.server}/dashboard/jobs/{submitted.job}", file=info)
     else:
-        print(f"pipeline {submitted.pipeline} queued with {len(submitted.jobs)} jobs "
-              f"({', '.join(map(str, submitted.jobs))}): {client.server}/dashboard/jobs/{submitted.job}", file=info)
+        print(queued_line(client, submitted.pipeline, submitted.jobs), file=info)
     if not follow_log:
         return EXIT_OK
-    job_id = await client.first_job(submitted)
-    if job_id is None:
-        assert submitted.pipeline is not None
-        ended = await client.pipeline(submitted.pipeline)
-        print(f"pipeline {ended.id}: {ended.state}" + (f": {ended.error}" if ended.error else ""), file=info)
-        return EXIT_FAILED
-    if submitted.job is None:
-        print(f"job {job_id} queued: {client.server}/dashboard/jobs/{job_id}", file=info)
-    code = await follow(client, job_id, follow=True)
-    if submitted.pipeline is None or len((await client.pipeline(submitted.pipeline)).job_ids) <= 1:
-        return code
-    return await _pipeline_end(client, submitted.pipeline, info)
+    if submitted.pipeline is None:  # a server from before pipelines: its one job
+        assert submitted.job is not None
+        return await follow(client, submitted.job, follow=True)
+    return await follow_pipeline(client, submitted.pipeline, out=sys.stdout, err=info,
+                                 announce=queued_line if submitted.job is None else None)
 
 
-async def _pipeline_end(client: Client, pipeline_id: int, out: TextIO, poll: float = 0.5) -> int:
-    """Wait for a pipeline of several jobs to end (after its first job's log); exit 0 only when it succeeded."""
-    while not (found := await client.pipeline(pipeline_id)).terminal:
-        await asyncio.sleep(poll)
-    print(f"pipeline {pipeline_id}: {found.state} ({len(found.job_ids)} jobs)"
-          + (f": {found.error}" if found.error else ""), file=out)
-    return EXIT_OK if found.state == "success" else EXIT_FAILED
+def queued_line(client: Client, pipeline_id: int | None, jobs: tuple[int, ...]) -> str:
+    """What a submit made: its one job, or its pipeline of several (the dashboard's page of either)."""
+    if len(jobs) == 1 or pipeline_id is None:
+        return f"job {jobs[0]} queued: {client.server}/dashboard/jobs/{jobs[0]}"
+    return (f"pipeline {pipeline_id} queued with {len(jobs)} jobs ({', '.join(map(str, jobs))}): "
+            f"{client.server}/dashboard/pipelines/{pipeline_id}")
 
 
 async def jobs(client: Client, status: str | None, repo: str | None, limit: int, as_json: bool) -> int:

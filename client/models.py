@@ -77,6 +77,12 @@ class JobInfo:
     snapshot: Mapping[str, Any] | None = None  # when the server reports one (workspace snapshots)
     step_index: int | None = None  # 0-based index of the step running now, from /events
     step_total: int | None = None  # steps in the pipeline, from /events (the API does not list them in advance)
+    pipeline_id: int | None = None  # None: a job of no pipeline (or from a server before pipelines)
+    name: str = ""  # its job in the pipeline file (`test`); a matrix's members share it
+    display: str = ""  # the member's name (`test (python=3.12)`); the name without a matrix
+    needs: tuple[str, ...] = ()
+    waiting: bool = False  # queued, but its needs are not all done
+    wait_reason: str | None = None  # why a queued job does not run yet (`/jobs?order=dispatch`, `/jobs/status`)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -103,7 +109,10 @@ class JobInfo:
             error=d.get("error") if isinstance(d.get("error"), str) else None,
             cache_hit=cache_hit if isinstance(cache_hit, bool) else None,
             cancel_requested=d.get("cancel_requested") is True, steps=steps,
-            snapshot=snapshot if isinstance(snapshot, Mapping) else None, raw=d,
+            snapshot=snapshot if isinstance(snapshot, Mapping) else None,
+            pipeline_id=d["pipeline_id"] if _is_int(d.get("pipeline_id")) else None, name=_str(d.get("name")),
+            display=_str(d.get("display")) or _str(d.get("name")), needs=_strings(d.get("needs")),
+            waiting=d.get("waiting") is True, wait_reason=_optional_str(d.get("wait_reason")), raw=d,
         )
 
 
@@ -139,8 +148,45 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class PipelineJob:
+    """A job as its pipeline's view (`/pipelines/{id}`) lists it: its place in the DAG and how it went."""
+
+    id: int
+    name: str
+    display: str
+    state: str
+    needs: tuple[str, ...] = ()
+    depth: int = 0  # 0 without needs, else 1 + the deepest of its needs: its column in a drawing of the DAG
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    attempts: int = 0
+    waiting: bool = False
+    wait_reason: str | None = None  # why a queued job does not run yet
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @classmethod
+    def from_dict(cls, data: object) -> PipelineJob:
+        d = _object(data, "a pipeline's job")
+        if not _is_int(d.get("id")) or not isinstance(d.get("state"), str):
+            raise BadResponse("a pipeline's job without an integer id and a state")
+        name = _str(d.get("name"))
+        return cls(d["id"], name, _str(d.get("display")) or name, d["state"], _strings(d.get("needs")),
+                   _int(d.get("depth")), _optional_str(d.get("error")), _float(d.get("started_at")),
+                   _float(d.get("finished_at")), _float(d.get("duration")), _int(d.get("attempts")),
+                   d.get("waiting") is True, _optional_str(d.get("wait_reason")))
+
+
+@dataclass(frozen=True)
 class PipelineInfo:
-    """A pipeline as `/pipelines/status` returns it (runner.models.PipelineRecord.to_dict)."""
+    """A pipeline as `/pipelines` lists it and `/pipelines/{id}` shows it (with its `jobs`, in plan order).
+
+    `raw` is the JSON it was parsed from, for `--json` output.
+    """
 
     id: int
     state: str
@@ -148,6 +194,17 @@ class PipelineInfo:
     error: str | None = None
     sha: str | None = None
     plan_attempts: int = 0
+    repo: str = ""
+    ref: str = ""
+    event: str = ""
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    jobs_total: int = 0
+    jobs_done: int = 0
+    duration: float | None = None  # end to end, first job queued -> last job done; None until it ends
+    jobs: tuple[PipelineJob, ...] = ()  # only from `/pipelines/{id}`
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:
@@ -158,9 +215,31 @@ class PipelineInfo:
         d = _object(data, "a pipeline")
         if not _is_int(d.get("id")) or not isinstance(d.get("state"), str):
             raise BadResponse("a pipeline without an integer id and a state")
-        error, sha = d.get("error"), d.get("sha")
-        return cls(d["id"], d["state"], _ids(d.get("job_ids")), error if isinstance(error, str) else None,
-                   sha if isinstance(sha, str) else None, _int(d.get("plan_attempts")))
+        job_ids = _ids(d.get("job_ids"))
+        raw_jobs = d.get("jobs")
+        jobs = tuple(PipelineJob.from_dict(j) for j in raw_jobs) if isinstance(raw_jobs, list) else ()
+        return cls(d["id"], d["state"], job_ids, _optional_str(d.get("error")), _optional_str(d.get("sha")),
+                   _int(d.get("plan_attempts")), _str(d.get("repo")), _str(d.get("ref")), _str(d.get("event")),
+                   _float(d.get("created_at")), _float(d.get("started_at")), _float(d.get("finished_at")),
+                   _int(d.get("jobs_total"), len(job_ids)), _int(d.get("jobs_done")), _float(d.get("duration")),
+                   jobs, d)
+
+
+@dataclass(frozen=True)
+class PipelinePage:
+    """One page of `/pipelines` and the cursor of the next, None on the last."""
+
+    pipelines: tuple[PipelineInfo, ...]
+    next_cursor: str | None
+
+    @classmethod
+    def from_dict(cls, data: object) -> PipelinePage:
+        d = _object(data, "a pipeline list")
+        pipelines = d.get("pipelines")
+        if not isinstance(pipelines, list):
+            raise BadResponse("a pipeline list without `pipelines`")
+        cursor = d.get("next_cursor")
+        return cls(tuple(PipelineInfo.from_dict(p) for p in pipelines), cursor if isinstance(cursor, str) else None)
 
 
 @dataclass(frozen=True)
@@ -226,6 +305,25 @@ class ServerEvent:
 
 
 @dataclass(frozen=True)
+class PipelineServerEvent:
+    """One `/events` event of kind `pipeline`: a pipeline changed state (data.jobs once planned, data.error)."""
+
+    pipeline_id: int
+    state: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    t: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: object) -> PipelineServerEvent:
+        d = _object(data, "a pipeline event")
+        if not _is_int(d.get("pipeline_id")) or not isinstance(d.get("state"), str):
+            raise BadResponse("a pipeline event without `pipeline_id` and `state`")
+        extra = d.get("data")
+        return cls(d["pipeline_id"], d["state"], dict(extra) if isinstance(extra, Mapping) else {},
+                   _float(d.get("t")) or 0.0)
+
+
+@dataclass(frozen=True)
 class Metrics:
     """`/metrics?range=`: the headline numbers of a range and the average duration per time slice."""
 
@@ -239,17 +337,23 @@ class Metrics:
     queue_depth: int
     running: int
     durations: tuple[float, ...]  # average duration of each slice, oldest first; 0 for slices without jobs
+    pipelines: int = 0  # pipelines finished in the range
+    pipeline_by_state: Mapping[str, int] = field(default_factory=dict)
+    pipeline_success_rate: float | None = None  # success among success, failure and error
+    pipeline_avg_duration: float | None = None  # end to end: first job queued -> last job done
+    pipeline_p95_duration: float | None = None
 
     @classmethod
     def from_dict(cls, data: object) -> Metrics:
         d = _object(data, "metrics")
-        by_state = d.get("by_state")
         buckets = d.get("buckets") if isinstance(d.get("buckets"), list) else []
         durations = tuple(_float(_object(b, "a bucket").get("avg_duration")) or 0.0 for b in buckets)
-        return cls(_str(d.get("range")), _int(d.get("jobs")),
-                   {k: v for k, v in by_state.items() if isinstance(v, int)} if isinstance(by_state, Mapping) else {},
+        p = d.get("pipelines") if isinstance(d.get("pipelines"), Mapping) else {}
+        return cls(_str(d.get("range")), _int(d.get("jobs")), _counts(d.get("by_state")),
                    _float(d.get("success_rate")), _float(d.get("avg_duration")), _float(d.get("p95_duration")),
-                   _float(d.get("cache_hit_rate")), _int(d.get("queue_depth")), _int(d.get("running")), durations)
+                   _float(d.get("cache_hit_rate")), _int(d.get("queue_depth")), _int(d.get("running")), durations,
+                   _int(p.get("total")), _counts(p.get("by_state")), _float(p.get("success_rate")),
+                   _float(p.get("avg_duration")), _float(p.get("p95_duration")))
 
 
 @dataclass(frozen=True)
@@ -294,3 +398,15 @@ class CacheStats:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _counts(value: object) -> dict[str, int]:
+    return {k: v for k, v in value.items() if _is_int(v)} if isinstance(value, Mapping) else {}

@@ -357,9 +357,21 @@ class PipelineRecord:
     started_at: float | None = None
     finished_at: float | None = None
     job_ids: tuple[int, ...] = ()
+    jobs_done: int = 0  # its jobs in a terminal state
+    first_queued_at: float | None = None  # when its first job was queued: where its end-to-end duration starts
+
+    @property
+    def duration(self) -> float | None:
+        """End to end, first job queued -> last job done (as the metrics count it); None until it has finished,
+        and for a pipeline that never had a job."""
+        if not self.state.is_terminal or self.finished_at is None or self.first_queued_at is None:
+            return None
+        return max(0.0, self.finished_at - self.first_queued_at)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["spec"] = self.spec.to_dict()
         out["job_ids"] = list(self.job_ids)
+        out["jobs_total"] = len(self.job_ids)
+        out["duration"] = self.duration
         return out

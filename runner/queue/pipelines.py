@@ -26,6 +26,8 @@ FAILED = frozenset({"failure", "timeout", "error"})
 _PIPELINE_COLUMNS = ("id, repo, ref, sha, event, spec, state, concurrency_group, cancel_requested, plan_attempts, "
                      "plan_after, error, created_at, started_at, finished_at")
 _GET = f"SELECT {_PIPELINE_COLUMNS} FROM pipelines WHERE id = ?"
+# A pipeline's progress: its jobs' ids, states and queueing times (the jobs_pipeline index finds them).
+_PROGRESS = "SELECT id, state, queued_at, pipeline_id FROM jobs"
 _CREATE = """
 INSERT INTO pipelines (repo, ref, sha, event, spec, concurrency_group, created_at, plan_after)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -203,9 +205,8 @@ class PipelineQueries(QueueBase):
             row = conn.execute(_GET, (pipeline_id,)).fetchone()
             if row is None:
                 raise PipelineNotFound(pipeline_id)
-            job_ids = tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE pipeline_id = ? ORDER BY id",
-                                                      (pipeline_id,)))
-        return _pipeline(row, job_ids)
+            jobs = conn.execute(f"{_PROGRESS} WHERE pipeline_id = ? ORDER BY id", (pipeline_id,)).fetchall()
+        return _pipeline(row, jobs)
 
     def list_pipelines(
         self, *, status: str | None = None, repo: str | None = None, limit: int = 50, cursor: str | None = None,
@@ -229,15 +230,14 @@ class PipelineQueries(QueueBase):
             rows = conn.execute(sql, [*params, limit + 1]).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
-            jobs: dict[int, list[int]] = defaultdict(list)
+            jobs: dict[int, list[tuple[int, str, float]]] = defaultdict(list)
             if rows:
                 marks = ",".join("?" * len(rows))
-                for job_id, pipeline_id in conn.execute(
-                        f"SELECT id, pipeline_id FROM jobs WHERE pipeline_id IN ({marks}) ORDER BY id",
-                        [row[0] for row in rows]):
-                    jobs[pipeline_id].append(job_id)
+                for job_id, state, queued_at, pipeline_id in conn.execute(
+                        f"{_PROGRESS} WHERE pipeline_id IN ({marks}) ORDER BY id", [row[0] for row in rows]):
+                    jobs[pipeline_id].append((job_id, state, queued_at))
         next_cursor = encode_cursor("pipelines", [rows[-1][0]]) if more else None
-        return [_pipeline(row, tuple(jobs[row[0]])) for row in rows], next_cursor
+        return [_pipeline(row, jobs[row[0]]) for row in rows], next_cursor
 
     def pipeline_stats(self, since: float, until: float) -> PipelineStats:
         """The pipelines finished in [since, until): per state, and their end-to-end durations (first job queued
@@ -265,7 +265,7 @@ class PipelineQueries(QueueBase):
             rows = conn.execute(f"SELECT {_PIPELINE_COLUMNS} FROM pipelines INDEXED BY pipelines_unfinished "
                                 f"WHERE state IN ('planning', 'queued', 'running') AND state = 'planning' "
                                 f"AND plan_after <= ? ORDER BY id LIMIT ?", (self._clock(), limit)).fetchall()
-        return [_pipeline(row, ()) for row in rows]
+        return [_pipeline(row) for row in rows]
 
     def next_plan_at(self) -> float | None:
         with self._transaction("BEGIN") as conn:
@@ -442,10 +442,13 @@ def _group(rows: Iterable[_Row]) -> dict[str, list[_Row]]:
     return grouped
 
 
-def _pipeline(row: tuple[Any, ...], job_ids: tuple[int, ...]) -> PipelineRecord:
+def _pipeline(row: tuple[Any, ...], jobs: Sequence[Sequence[Any]] = ()) -> PipelineRecord:
+    """A pipeline row and its jobs' (id, state, queued_at) rows, in plan order."""
     (pid, repo, ref, sha, event, spec, state, group, cancel, attempts, plan_after, error, created, started,
      finished) = row
     return PipelineRecord(id=pid, repo=repo, ref=ref, sha=sha, event=event, spec=JobSpec.from_json(spec),
                           state=PipelineState(state), concurrency_group=group, cancel_requested=bool(cancel),
                           plan_attempts=attempts, plan_after=plan_after, error=error, created_at=created,
-                          started_at=started, finished_at=finished, job_ids=job_ids)
+                          started_at=started, finished_at=finished, job_ids=tuple(job[0] for job in jobs),
+                          jobs_done=sum(job[1] not in ACTIVE_JOB for job in jobs),
+                          first_queued_at=min((job[2] for job in jobs), default=None))

@@ -64,7 +64,7 @@ async def test_submit_plans_the_repository_file_before_it_answers(api_settings: 
         assert [(j["name"], j["display"], j["needs"], j["waiting"]) for j in jobs] == [
             ("a", "a", [], False), ("b", "b", ["a"], True), ("c", "c", ["a"], True), ("d", "d", ["b", "c"], True)]
         assert all(j["pipeline_id"] == answer["pipeline"] and j["spec"]["sha"] == sha for j in jobs)
-        pipeline = await (await client.get(f"/pipelines/status?id={answer['pipeline']}")).json()
+        pipeline = await (await client.get(f"/pipelines/{answer['pipeline']}")).json()
         assert (pipeline["state"], pipeline["sha"], pipeline["job_ids"]) == ("queued", sha, answer["jobs"])
 
 
@@ -75,18 +75,18 @@ async def test_a_submit_whose_fetch_fails_answers_202_and_goes_on_planning(api_s
         assert response.status == 202 and "Location" not in response.headers
         answer = await response.json()
         assert answer == {"id": None, "pipeline": answer["pipeline"], "jobs": [], "planning": True}
-        pipeline = await (await client.get(f"/pipelines/status?id={answer['pipeline']}")).json()
+        pipeline = await (await client.get(f"/pipelines/{answer['pipeline']}")).json()
         assert pipeline["state"] == "planning" and pipeline["job_ids"] == []
         assert pipeline["error"].startswith("cannot fetch the pipeline: ") and pipeline["plan_attempts"] == 1
 
 
 async def test_an_unknown_pipeline_is_a_404_and_a_bad_id_a_400(api_settings: Settings) -> None:
     async with api_client(api_settings) as client:
-        error = await error_of(await client.get("/pipelines/status?id=99"), 404)
+        error = await error_of(await client.get("/pipelines/99"), 404)
         assert error["detail"] == "pipeline 99 not found"
-        for query in ("", "?id=x", "?id=0", f"?id={2**63}"):
-            error = await error_of(await client.get(f"/pipelines/status{query}"), 400)
-        assert "pipeline id" in str(error["detail"])
+        for path in ("x", "0", str(2**63), "9" * 5000, "status", "-1"):
+            error = await error_of(await client.get(f"/pipelines/{path}"), 400)
+            assert "pipeline id" in str(error["detail"])
 
 
 @pytest.mark.parametrize(("body", "key"), [

@@ -18,6 +18,7 @@ import respx
 
 from bot.metrics import Metrics
 from runner.models import BucketStats, Job, JobSpec, JobState, RangeStats, StepRecord, StepState
+from tests.client.fake_pipelines import FakePipelines
 
 BASE = "http://forgeci.test"
 T0 = 1_800_000_000.0  # a fixed wall clock for the tests (the app's clock is pinned to NOW)
@@ -74,7 +75,7 @@ def metrics_body(range_name: str, jobs: int) -> dict[str, Any]:
     return Metrics(range_name, stats, queued=2, running=1).to_dict()
 
 
-class FakeApi:
+class FakeApi(FakePipelines):
     """The API of one server, held in memory; tests change it and watch what the console asks for."""
 
     def __init__(self, router: respx.MockRouter) -> None:
@@ -89,7 +90,8 @@ class FakeApi:
         self.cache: list[dict[str, Any]] = []
         self.snapshots: dict[int, dict[str, Any]] = {}  # job id -> {key, size, created_at}
         self.cache_stats_missing = False
-        self.pipelines: dict[int, dict[str, Any]] = {}  # pipeline id -> its /pipelines/status answer
+        self.pipelines: dict[int, dict[str, Any]] = {}  # pipeline id -> its record (fake_pipelines.py)
+        self.wait_reasons: dict[int, str] = {}  # queued job id -> why it waits, as the server would say
         router.route(host="forgeci.test").mock(side_effect=self.handle)
 
     # -- what the test does ---------------------------------------------------------------------------
@@ -175,9 +177,8 @@ class FakeApi:
             return self.priority(body["id"], body["priority"])
         if method == "POST" and path == "/jobs/submit":
             return self.submit(body)
-        if method == "GET" and path == "/pipelines/status":
-            pipeline = self.pipelines.get(int(query.get("id", 0)))
-            return httpx.Response(200, json=pipeline) if pipeline else error(404, "not found", "no such pipeline")
+        if path == "/pipelines" or path.startswith("/pipelines/"):
+            return self.handle_pipelines(method, path, query, body)
         if method == "GET" and path == "/metrics":
             return httpx.Response(200, json=metrics_body(query.get("range", "day"), len(self.jobs)))
         if method == "GET" and path == "/cache/stats" and not self.cache_stats_missing:

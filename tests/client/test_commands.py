@@ -164,7 +164,8 @@ def test_submit_follow_waits_for_a_pipeline_still_planning_and_for_all_its_jobs(
         settings: Settings, shared_dir: Path, token_env: Callable[[str | None], None],
         capsys: pytest.CaptureFixture[str]) -> None:
     """The repository is not there when the submit's plan is tried: the answer is 202, --follow waits; it appears,
-    the coordinator's next attempt plans two jobs; the first's log is printed, and the exit is the pipeline's."""
+    the coordinator's next attempt plans two jobs; both logs are printed, each line prefixed with its job, and the
+    exit is the pipeline's."""
     repo = shared_dir / "late"
     engine = FakeEngine()
     engine.expect("echo first", Script(lines=["first job here"]))
@@ -183,10 +184,14 @@ def test_submit_follow_waits_for_a_pipeline_still_planning_and_for_all_its_jobs(
         creator.join(10)
         captured = capsys.readouterr()
     assert code == 1, captured.err  # the first job passed; the pipeline failed
-    assert "first job here" in captured.out.splitlines()  # the first job's log; the second printed nothing
+    out = captured.out.splitlines()
+    assert "[a] first job here" in out and any(line.startswith("[b] ") for line in out)
+    assert all(line.startswith(("[a] ", "[b] ")) for line in out), out
     err = captured.err
     assert "pipeline 1 is still planning (cannot fetch the pipeline: " in err
-    assert "job 1 queued: " in err and "job 1: success" in err and "pipeline 1: failure (2 jobs)" in err
+    assert "pipeline 1 queued with 2 jobs (1, 2): " in err and "/dashboard/pipelines/1" in err
+    assert "[a] job 1: success" in err and "[b] job 2: failure" in err and "exit 4" in err
+    assert "pipeline 1: failure (2 jobs, " in err
     engine.check()
 
 
