@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from config.matrix import quoted
 from config.schema import (
     DURATION,
     INVALID,
@@ -58,10 +59,10 @@ def _convert_services(value: object, path: str, issues: Issues) -> object:
             issues.add(where, f"expected service names of {SERVICE_NAME_RULE}, got {describe(key)}")
             continue
         if key.lower() in RESERVED_NAMES:
-            issues.add(where, f"{describe(key)} is reserved: every container of the pod is localhost already")
+            issues.add(where, f"{quoted(key)} is reserved: every container of the pod is localhost already")
             continue
         if key.lower() in seen:
-            issues.add(where, f"{describe(seen[key.lower()])} and {describe(key)} are the same host name")
+            issues.add(where, f"{quoted(seen[key.lower()])} and {quoted(key)} are the same host name")
             continue
         seen[key.lower()] = key
         service = decode(Service, item, where, issues)
