@@ -26,7 +26,7 @@ __all__ = ["PORT_PROBE", "Box", "JobPod", "Solo", "hosts_file_text", "reap_pods"
 
 log = logging.getLogger(__name__)
 
-SETTLE = 0.3  # a service with neither `ready` nor exposed ports is ready once it has run this long
+SETTLE = 0.2  # a service with neither `ready` nor exposed ports is ready once it has run this long
 POLL_FIRST, POLL_MAX = 0.1, 1.0  # seconds between readiness checks: quick at first, then at most this
 PROBE_TIMEOUT = 10.0  # one run of `ready` may take this long (so a hanging check cannot outlast ready_timeout)
 TAIL = 50  # a failed service's last log lines, copied into the job log
@@ -162,13 +162,18 @@ class JobPod:
         self.hosts_file.write_text(hosts_file_text(hostname, self.specs))
         self.hosts_file.chmod(0o644)  # the Podman user's containers read it
         self.pod_id = await self.engine.start_pod(PodSpec(self.job_id, limits.network, hostname))
-        for name, spec in self.specs.items():
-            failed = await self._start_service(name, spec, limits)
-            if failed is not None:
-                return failed
-        job = dataclasses.replace(container, pod=self.pod_id, hosts_file=self.hosts_file)
-        self.container_id = await self.engine.start_job_container(job)
-        return None
+        # All at once: the start-up of one container overlaps the others' (and a service's settle time).
+        results = await asyncio.gather(
+            *(self._start_service(name, spec, limits) for name, spec in self.specs.items()),
+            self._start_job(dataclasses.replace(container, pod=self.pod_id, hosts_file=self.hosts_file)),
+            return_exceptions=True)
+        for result in results:  # what a start raised (an infrastructure fault) before the pipeline's faults
+            if isinstance(result, BaseException):
+                raise result
+        return next((r for r in results if isinstance(r, Outcome)), None)
+
+    async def _start_job(self, spec: ContainerSpec) -> None:
+        self.container_id = await self.engine.start_job_container(spec)
 
     async def _start_service(self, name: str, spec: Service, limits: Limits) -> Outcome | None:
         path = self.layout.service_log_file(self.job_id, name)

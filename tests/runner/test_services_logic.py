@@ -297,3 +297,33 @@ async def test_two_jobs_get_pods_and_hosts_files_of_their_own(
     engine.check()
 
 
+
+
+def test_the_port_probe_finds_listening_sockets_with_sh_builtins_only() -> None:
+    import socket
+    import subprocess
+
+    from runner.services import PORT_PROBE, PROBE_NAME
+
+    def probe(*ports: int) -> int:
+        argv = ["/bin/sh", "-c", PORT_PROBE, PROBE_NAME, *(f"{p:04X}" for p in ports)]
+        return subprocess.run(argv, env={"PATH": ""}, check=False).returncode  # no PATH: builtins only
+
+    with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
+        v4.bind(("127.0.0.1", 0))
+        v6.bind(("::1", 0))
+        v4.listen()
+        v6.listen()
+        ports = (v4.getsockname()[1], v6.getsockname()[1])
+        assert probe(*ports) == 0  # IPv4 and IPv6 listeners both count
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))  # bound, not listening
+            assert probe(ports[0], unused.getsockname()[1]) == 1
+
+
+def test_the_hosts_file_names_localhost_the_pod_and_every_service() -> None:
+    from runner.services import hosts_file_text
+
+    assert hosts_file_text("forgeci-job-3", ["db", "redis"]).splitlines() == [
+        "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", "127.0.0.1\tforgeci-job-3",
+        "127.0.0.1\tdb", "127.0.0.1\tredis"]
