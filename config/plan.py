@@ -224,7 +224,8 @@ def _member_pipeline(top: Pipeline, name: str, spec: JobSpec, values: Values, di
                                          env={k: substitute(v, values) for k, v in step.env.items()}))
     image = spec.image if spec.image is not None else top.image
     return dataclasses.replace(
-        top, name=name, jobs={}, steps=tuple(steps), services=_member_services(top, name, spec, values, display, issues),
+        top, name=name, jobs={}, steps=tuple(steps),
+        services=_member_services(top, name, spec, values, display, issues),
         image=None if image is None else sub(image, f"jobs.{name}.image" if spec.image else "image"),
         timeout=spec.timeout if spec.timeout is not None else top.timeout,
         branches=spec.branches if spec.branches is not None else top.branches,

@@ -1,5 +1,6 @@
 """The Podman engine: job containers, pods and service containers, streamed execs and logs, stopping steps (its
-private API service is runner/podman_service.py, its command line runner/podman_cli.py; nothing else talks to Podman)."""
+private API service is runner/podman_service.py, its command line runner/podman_cli.py; nothing else talks to
+Podman)."""
 
 from __future__ import annotations
 

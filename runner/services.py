@@ -218,6 +218,11 @@ class JobPod:
                     outcome = finished.result()
                     if isinstance(outcome, Outcome):
                         return outcome
+            # One that was ready and stopped while another was still getting ready: no step has run yet.
+            for service in self.services.values():
+                state = await self.engine.container_state(service.container_id) if service.stopped.is_set() else None
+                if state is not None and not state.running:
+                    return await self._stopped_early(service, state.exit_code, state.error)
         finally:
             for task in pending:
                 task.cancel()

@@ -327,3 +327,14 @@ def test_the_hosts_file_names_localhost_the_pod_and_every_service() -> None:
     assert hosts_file_text("forgeci-job-3", ["db", "redis"]).splitlines() == [
         "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", "127.0.0.1\tforgeci-job-3",
         "127.0.0.1\tdb", "127.0.0.1\tredis"]
+
+
+async def test_a_service_that_stops_while_another_gets_ready_fails_the_job(
+        rt: Runtime, engine: FakeEngine, repo: Path) -> None:
+    engine.service("quick", ServiceScript(exits_after=0.3, exit_code=2))
+    engine.service("slow", ServiceScript(ready_after=0.8))
+    body = pipeline("x", services={"quick": {"image": DB_IMAGE}, "slow": {"image": DB_IMAGE, "ready": "check"}})
+    job = await run_job(rt, repo, body)
+    assert job.state is JobState.failure and job.error == "service quick exited with code 2 before it was ready"
+    assert engine.runs() == []
+    engine.check()
