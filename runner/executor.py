@@ -1,4 +1,4 @@
-"""Runs one job in phases: workspace (checkout or resume), plan, steps in one container, keep (cache, snapshot)."""
+"""Runs one job in phases: workspace (checkout or resume), plan, steps in a container or pod, keep (cache, snapshot)."""
 
 from __future__ import annotations
 

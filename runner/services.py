@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Protocol
 
 from config.durations import format_duration
-from config.services import Service
+from config.services import SERVICE_NAME, Service
 from runner.engine import ContainerRefused, ContainerSpec, Engine, EngineError, ImageMissing, PodSpec, \
     ServiceContainerSpec
 from runner.layout import DataLayout
 from runner.logs import JobLog, LogLine, Masker, read_log
 from runner.models import JobState, Outcome
 
-__all__ = ["PORT_PROBE", "Box", "JobPod", "Solo", "hosts_file_text", "reap_pods", "service_log_names",
+__all__ = ["PORT_PROBE", "Box", "JobPod", "Solo", "hosts_file_text", "reap_pods", "service_log", "service_log_names",
            "service_tail"]
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,18 @@ def hosts_file_text(hostname: str, names: Iterable[str]) -> str:
 
 
 def service_log_names(layout: DataLayout, job_id: int) -> list[str]:
-    """The services whose logs the job kept, by name (read them with read_log(layout.service_log_file(...)))."""
+    """The services whose logs the job kept, by name (service_log gives each one's file)."""
     folder = layout.service_logs(job_id)
     return sorted(p.stem for p in folder.glob("*.log")) if folder.is_dir() else []
+
+
+def service_log(layout: DataLayout, job_id: int, name: str) -> Path | None:
+    """The kept log of service `name` of job `job_id` (read it with runner.logs.read_log), or None when the job
+    kept none by that name. A name from a request is checked first, so that it never leaves the job's folder."""
+    if not SERVICE_NAME.fullmatch(name):
+        return None
+    path = layout.service_log_file(job_id, name)
+    return path if path.is_file() else None
 
 
 def service_tail(path: Path, count: int = TAIL) -> list[LogLine]:

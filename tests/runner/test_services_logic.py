@@ -18,7 +18,7 @@ from runner.engine import PodSpec, ServiceContainerSpec
 from runner.logs import read_log
 from runner.models import Job, JobSpec, JobState, StepState
 from runner.runtime import Runtime, open_runtime
-from runner.services import SETTLE, service_log_names
+from runner.services import SETTLE, service_log, service_log_names
 from tests.fake_engine import FakeEngine, Script, ServiceScript
 
 MakeRepo = Callable[..., tuple[Path, str]]
@@ -99,7 +99,10 @@ async def test_a_service_shares_a_pod_and_hosts_file_with_the_job_and_everything
     engine.check()  # no container and no pod left
     assert not db.hosts_file.exists()
     assert service_log_names(rt.layout, job.id) == ["db"]
-    kept = [line.text for line in read_log(rt.layout.service_log_file(job.id, "db"))]
+    path = service_log(rt.layout, job.id, "db")
+    assert path is not None and service_log(rt.layout, job.id, "cache") is None
+    assert service_log(rt.layout, job.id, "../../1") is None and service_log(rt.layout, job.id, "db/x") is None
+    kept = [line.text for line in read_log(path)]
     assert kept[0].startswith(f"service db: {DB_IMAGE}") and "database system is ready" in kept
 
 
