@@ -240,6 +240,10 @@ class PodmanEngine:
                 found = self.client.containers.get(container_id).inspect().get("State") or {}
             except NotFound:
                 return ContainerState(False)
+            except APIError as exc:  # removed between the lookup and the inspect: Podman answers 500 then
+                if "no such container" in str(exc):
+                    return ContainerState(False)
+                raise
             return ContainerState(bool(found.get("Running")), found.get("ExitCode"), str(found.get("Error") or ""),
                                   bool(found.get("OOMKilled")))
 

@@ -130,6 +130,11 @@ class RunningService:
     started: float  # monotonic
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: asyncio.Task[None] | None = None
+    closed: bool = False  # its log: a stream still draining after removal writes nothing more
+
+    def output(self, stream: str, data: bytes) -> None:
+        if not self.closed:
+            self.log.write(self.name, stream, data)
 
 
 class JobPod:
@@ -328,14 +333,14 @@ class JobPod:
         """Keep the service's output in its log until it stops; a stop before remove() (and after readiness) is
         reported in the job's log."""
         try:
-            await self.engine.follow_logs(service.container_id,
-                                          lambda stream, data: service.log.write(service.name, stream, data))
+            await self.engine.follow_logs(service.container_id, service.output)
             state = await self.engine.container_state(service.container_id)
             while state.running and not self._closing:  # the stream broke, the service did not stop
                 await asyncio.sleep(WATCH_POLL)
                 state = await self.engine.container_state(service.container_id)
         except EngineError as exc:
-            log.warning("job %d: service %s: %s", self.job_id, service.name, exc)
+            if not self._closing:  # while the pod goes, its containers vanishing under the watch is expected
+                log.warning("job %d: service %s: %s", self.job_id, service.name, exc)
             return
         finally:
             service.stopped.set()
@@ -360,6 +365,7 @@ class JobPod:
                 service.watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await service.watcher
+            service.closed = True
             service.log.close()
         self.services.clear()
         self.hosts_file.unlink(missing_ok=True)
