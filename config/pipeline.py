@@ -15,6 +15,7 @@ import tomli_w
 from config.errors import ConfigError
 from config.matrix import ENTRIES, MATRIX, NAME, NAME_RULE, Value
 from config.plan import DEFAULT_JOB, MAX_NAME, check_jobs, expand_into
+from config.services import SERVICES, Service
 from config.schema import (
     BOOL,
     DURATION,
@@ -117,6 +118,7 @@ _STEPS = _steps(", or [jobs.NAME] tables")
 _JOB_STEPS = dataclasses.replace(_steps(""), label="array of tables, keys as `steps[]`", nested=None, nest="")
 _CACHE = section(CacheSpec)
 _JOB_CACHE = dataclasses.replace(_CACHE, label="table, keys as `cache`", nested=None, nest="")
+_JOB_SERVICES = dataclasses.replace(SERVICES, label="table of tables, keys as `services`", nested=None, nest="")
 
 
 def _job_name(value: object) -> str:
@@ -163,6 +165,8 @@ class JobSpec:
     env: dict[str, str] = option(STRING_TABLE, "variables for every step of this job, over the top-level `env`",
                                  factory=dict)
     cache: CacheSpec | None = option(_JOB_CACHE, "what to cache", None, shown="`cache`")
+    services: dict[str, Service] = option(_JOB_SERVICES, "service containers of this job, over the top-level "
+                                                         "`services` (by name)", factory=dict)
     steps: tuple[Step, ...] = option(_JOB_STEPS, "the job's steps, run in order; at least one")
 
 
@@ -205,6 +209,9 @@ class Pipeline:
                                       "never given to fork pull requests", ())
     env: dict[str, str] = option(STRING_TABLE, "variables for every step", factory=dict)
     cache: CacheSpec | None = option(_CACHE, "what to cache", None, shown="absent: detected from lockfiles")
+    services: dict[str, Service] = option(
+        SERVICES, "service containers beside every job, in one pod with it, reachable on 127.0.0.1 and by name",
+        factory=dict, shown="no services")
     steps: tuple[Step, ...] = option(_STEPS, "the steps of a one-job pipeline, run in order", (),
                                      shown="required without `jobs`")
     jobs: dict[str, JobSpec] = option(_JOBS, "the jobs of a pipeline of many, by name", factory=dict,
@@ -291,8 +298,12 @@ def _job_blocks(name: str, job: dict[str, Any]) -> list[str]:
     """`[jobs.NAME]` with its keys inline (a matrix reads as in the docs), then its env, cache and steps."""
     steps: list[dict[str, Any]] = job.pop("steps")
     tables = {key: job.pop(key) for key in ("env", "cache") if key in job}
+    services: dict[str, dict[str, Any]] = job.pop("services", {})
     blocks = [f"[jobs.{name}]\n" + "".join(f"{key_path('', k)} = {toml_inline(v)}\n" for k, v in job.items())]
     blocks += [f"[jobs.{name}.{key}]\n" + tomli_w.dumps(table) for key, table in tables.items()]
+    blocks += [f"[jobs.{name}.services.{key_path('', service)}]\n"
+               + "".join(f"{key_path('', k)} = {toml_inline(v)}\n" for k, v in table.items())
+               for service, table in services.items()]
     return blocks + _step_blocks(steps, f"jobs.{name}.")
 
 

@@ -27,6 +27,7 @@ from config.matrix import (
     value_text,
 )
 from config.schema import Issues, describe, key_path
+from config.services import MAX_SERVICES, Service, merged_services
 
 if TYPE_CHECKING:  # config.pipeline imports this module; the planner needs its classes only as types
     from config.pipeline import JobSpec, Pipeline, Step
@@ -139,6 +140,19 @@ def _texts(top: Pipeline, name: str, spec: JobSpec) -> Iterator[tuple[str, str]]
         yield f"{where}.run", step.run
         for key, value in step.env.items():
             yield key_path(f"{where}.env", key), value
+    for service, definition in merged_services(top.services, spec.services).items():
+        where = key_path(f"jobs.{name}.services" if service in spec.services else "services", service)
+        yield from _service_texts(where, definition)
+
+
+def _service_texts(where: str, service: Service) -> Iterator[tuple[str, str]]:
+    yield f"{where}.image", service.image
+    for key, value in service.env.items():
+        yield key_path(f"{where}.env", key), value
+    for i, arg in enumerate(service.command or ()):
+        yield f"{where}.command[{i}]", arg
+    if service.ready is not None:
+        yield f"{where}.ready", service.ready
 
 
 def _check_references(top: Pipeline, name: str, spec: JobSpec, members: list[Values] | None,
@@ -211,6 +225,7 @@ def _member_pipeline(top: Pipeline, name: str, spec: JobSpec, values: Values, di
     image = spec.image if spec.image is not None else top.image
     return dataclasses.replace(
         top, name=name, jobs={}, steps=tuple(steps),
+        services=_member_services(top, name, spec, values, display, issues),
         image=None if image is None else sub(image, f"jobs.{name}.image" if spec.image else "image"),
         timeout=spec.timeout if spec.timeout is not None else top.timeout,
         branches=spec.branches if spec.branches is not None else top.branches,
@@ -218,3 +233,22 @@ def _member_pipeline(top: Pipeline, name: str, spec: JobSpec, values: Values, di
         secrets=spec.secrets if spec.secrets is not None else top.secrets,
         cache=spec.cache if spec.cache is not None else top.cache,
         env=env)
+
+
+def _member_services(top: Pipeline, name: str, spec: JobSpec, values: Values, display: str,
+                     issues: Issues) -> dict[str, Service]:
+    """The job's services over the top-level ones, `${{ matrix.KEY }}` substituted in image, env, command, ready."""
+    services = merged_services(top.services, spec.services)
+    if len(services) > MAX_SERVICES:
+        issues.add(f"jobs.{name}.services", f"at most {MAX_SERVICES} services per job, got {len(services)} "
+                                            f"with the top-level ones")
+    for service, definition in services.items():
+        if not substitute(definition.image, values):
+            where = key_path(f"jobs.{name}.services" if service in spec.services else "services", service)
+            issues.add(f"{where}.image", f"empty in {quoted(display)}")
+    return {service: dataclasses.replace(
+        definition, image=substitute(definition.image, values),
+        env={k: substitute(v, values) for k, v in definition.env.items()},
+        command=None if definition.command is None else tuple(substitute(a, values) for a in definition.command),
+        ready=None if definition.ready is None else substitute(definition.ready, values))
+        for service, definition in services.items()}

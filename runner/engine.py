@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.errors import EngineError, ImageMissing
+from runner.errors import ContainerRefused, EngineError, ImageMissing
 from runner.podman_user import PodmanUser
 
-__all__ = ["ContainerSpec", "Engine", "EngineError", "ImageMissing", "OutputCallback"]
+__all__ = ["ContainerRefused", "ContainerSpec", "ContainerState", "Engine", "EngineError", "ImageMissing",
+           "OutputCallback", "PodSpec", "ServiceContainerSpec"]
 
 OutputCallback = Callable[[str, bytes], None]  # (stream name, bytes) as a step writes them
 
@@ -29,6 +30,44 @@ class ContainerSpec:
     ulimits: Sequence[str] = ()
     ca_bundle: str = ""
     limits: bool = True  # False on cgroup-v1 rootless hosts, where Podman ignores them anyway
+    pod: str = ""  # the pod it joins (its network is then the pod's), "" for a container of its own
+    hosts_file: Path | None = None  # bind-mounted read-only at /etc/hosts (a pod's members share one)
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """The pod a job with services runs in: one network namespace for the job's container and its services."""
+
+    job_id: int
+    network: str
+    hostname: str
+
+
+@dataclass(frozen=True)
+class ServiceContainerSpec:
+    """One service container of a job's pod: hardened, limited and labelled like the job's own container."""
+
+    job_id: int
+    name: str  # the service's name in the pipeline, also its host name
+    image: str
+    pod: str
+    hosts_file: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    command: Sequence[str] | None = None  # None: the image's CMD
+    memory: str = ""
+    pids_limit: int = 0
+    ulimits: Sequence[str] = ()
+    limits: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """Whether a container runs, and how it ended when it does not."""
+
+    running: bool
+    exit_code: int | None = None
+    error: str = ""  # what the runtime said when the container could not run
+    oom_killed: bool = False
 
 
 class Engine(Protocol):
@@ -79,7 +118,28 @@ class Engine(Protocol):
         """Kill and remove a container; an already-gone one is fine."""
 
     async def job_containers(self) -> dict[str, int]:
-        """Every job container of this instance: container id -> job id."""
+        """Every job container of this instance (services included): container id -> job id."""
+
+    async def start_pod(self, spec: PodSpec) -> str:
+        """Create a labelled pod for a job and its services; returns its id. EngineError."""
+
+    async def start_service(self, spec: ServiceContainerSpec) -> str:
+        """Create and start a service container in its pod; returns its id. ImageMissing, ContainerRefused."""
+
+    async def image_ports(self, image: str) -> tuple[int, ...]:
+        """The TCP ports the image exposes (EXPOSE), in order."""
+
+    async def container_state(self, container_id: str) -> ContainerState:
+        """Whether the container runs; a container that is gone is not running (exit code None)."""
+
+    async def follow_logs(self, container_id: str, on_output: OutputCallback) -> None:
+        """Call on_output on the loop with the container's output from its start until it stops; returns then."""
+
+    async def remove_pod(self, pod_id: str) -> None:
+        """Kill every container of the pod, then remove it; an already-gone pod is fine."""
+
+    async def job_pods(self) -> dict[str, int]:
+        """Every job pod of this instance: pod id -> job id."""
 
     async def inspect(self, container_id: str) -> dict[str, Any]: ...
 

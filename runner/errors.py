@@ -34,6 +34,11 @@ class ImageMissing(EngineError):
     """The job's image is not in the Podman user's image storage."""
 
 
+class ContainerRefused(EngineError):
+    """The engine answers but the container would not start (its command does not exist, say): for a service,
+    the pipeline's fault."""
+
+
 class InstanceLocked(RunnerError):
     """Another `forgeci serve` holds this data dir: two coordinators of one queue would reap each other's jobs."""
 

@@ -1,4 +1,4 @@
-"""Runs one job in phases: workspace (checkout or resume), plan, steps in one container, keep (cache, snapshot)."""
+"""Runs one job in phases: workspace (checkout or resume), plan, steps in a container or pod, keep (cache, snapshot)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from runner.job_rules import (
     skipped,
 )
 from runner.retry import Resume
+from runner.services import Box, JobPod, Limits, Solo
 from runner.snapshot import Snapshots, should_snapshot
 from runner.store import ObjectMissing, StoreError
 from runner.workspace import WorkspaceError, Workspaces
@@ -137,16 +138,16 @@ class Executor:
         self.cache = cache  # None: no caches (and no package-manager variables)
         self.snapshots = snapshots  # None: no snapshots, and no retries from a failed step
         self._limits_apply: bool | None = None
-        self._strays: set[str] = set()  # containers whose removal failed (the engine was down): removed later
+        self._strays: list[Box] = []  # containers and pods whose removal failed (the engine was down): removed later
 
     async def remove_strays(self) -> None:
-        """Remove the containers an engine fault left behind (their jobs have ended or gone back to the queue)."""
-        for container_id in list(self._strays):
+        """Remove what an engine fault left behind (its jobs have ended or gone back to the queue)."""
+        for box in list(self._strays):
             try:
-                await self.engine.remove(container_id)
+                await box.remove()
             except EngineError:
                 continue  # still down: the next call tries again
-            self._strays.discard(container_id)
+            self._strays.remove(box)
 
     async def run(
         self, job: Job, cancel: asyncio.Event, reporter: StepReporter | None = None, *,
@@ -182,7 +183,7 @@ class Executor:
         except ValueError as exc:
             joblog.system(str(exc))
             return Outcome(JobState.failure, str(exc))
-        container_id: str | None = None
+        box: Box | None = None
         try:
             checkout = await self._checkout(attempt, resume, local_path)
             if isinstance(checkout, Outcome):
@@ -194,16 +195,19 @@ class Executor:
                 await self._guarded("cache restore", joblog, self.cache.restore, plan.cache, checkout.workspace,
                                     attempt.say, attempt.abort, job.id)
             deadline = time.monotonic() + plan.timeout
-            container_id = await self._start_container(job, plan, checkout.workspace)
-            outcome = await self._run_steps(attempt, plan, container_id, resume, deadline)
+            box = self._box(attempt, plan)
+            ended = await self._start_container(attempt, box, plan, checkout.workspace, deadline)
+            if ended is not None:  # a service did not start or get ready: no step runs
+                return ended
+            outcome = await self._run_steps(attempt, plan, box.container_id, resume, deadline)
             outcome = self._with_outputs(attempt, checkout.workspace, outcome)
             joblog.system(summary(outcome))
-            if local_path is None and await self._release(container_id, joblog):
-                container_id = None
+            if local_path is None and await self._release(box, joblog):
+                box = None
                 await self._keep(attempt, plan, checkout.workspace, outcome)
             return outcome
         finally:
-            await self._clean_up(job.id, container_id)
+            await self._clean_up(job.id, box)
 
     def _with_outputs(self, attempt: Attempt, workspace: Path, outcome: Outcome) -> Outcome:
         """What the steps wrote to $FORGECI_OUTPUT, for the jobs that need this one; a matrix member passes none
@@ -330,7 +334,17 @@ class Executor:
 
     # -- steps phase ----------------------------------------------------------------------------------------
 
-    async def _start_container(self, job: Job, plan: Plan, workspace: Path) -> str:
+    def _box(self, attempt: Attempt, plan: Plan) -> Box:
+        """Where the steps will run: a container of its own, or a pod with the job's services."""
+        if not plan.pipeline.services:
+            return Solo(self.engine, "")
+        return JobPod(self.engine, self.layout, attempt.job.id, attempt.job.attempts, plan.pipeline.services,
+                      attempt.joblog, self.secrets.masker())
+
+    async def _start_container(
+        self, attempt: Attempt, box: Box, plan: Plan, workspace: Path, deadline: float,
+    ) -> Outcome | None:
+        """Start the box's containers (a pod's services ready first); an Outcome when its services end the job."""
         runner = self.settings.runner
         if self._limits_apply is None:
             self._limits_apply = await self.engine.cgroup_limits_apply()
@@ -338,11 +352,15 @@ class Executor:
                 log.warning("rootless Podman on a cgroup-v1 host ignores memory and pids limits; "
                             "forgeci still enforces step and job timeouts")
         spec = ContainerSpec(
-            job_id=job.id, image=plan.image, workspace=workspace,
+            job_id=attempt.job.id, image=plan.image, workspace=workspace,
             env={"CI": "true"}, network=runner.network, memory=runner.memory, pids_limit=runner.pids_limit,
             ulimits=runner.ulimits, ca_bundle=runner.ca_bundle, limits=self._limits_apply,
         )
-        return await self.engine.start_job_container(spec)
+        if isinstance(box, JobPod):
+            limits = Limits(runner.network, runner.memory, runner.pids_limit, tuple(runner.ulimits), self._limits_apply)
+            return await box.start(spec, limits) or await box.wait_ready(deadline, attempt.cancel)
+        box.container_id = await self.engine.start_job_container(spec)
+        return None
 
     async def _run_steps(
         self, attempt: Attempt, plan: Plan, container_id: str, resume: Resume | None, deadline: float,
@@ -431,11 +449,11 @@ class Executor:
 
     # -- keep phase -----------------------------------------------------------------------------------------
 
-    async def _release(self, container_id: str, joblog: JobLog) -> bool:
-        """Remove the container before the keep phase: no process of the job may change the tree while root
-        archives it. False (with a warning, and nothing kept) when the engine would not remove it."""
+    async def _release(self, box: Box, joblog: JobLog) -> bool:
+        """Remove the container(s) before the keep phase: no process of the job may change the tree while root
+        archives it. False (with a warning, and nothing kept) when the engine would not remove them."""
         try:
-            await self.engine.remove(container_id)
+            await box.remove()
         except EngineError as exc:
             joblog.system(f"warning: the container could not be removed ({exc}); no cache save or snapshot")
             return False
@@ -466,16 +484,16 @@ class Executor:
             log.exception("job %d: %s failed", joblog.job_id, what)
             joblog.system(f"warning: {what} failed: {exc}")
 
-    async def _clean_up(self, job_id: int, container_id: str | None) -> None:
-        """The container (when the keep phase did not remove it) and the workspace, whatever state they are in:
-        a half-made checkout (a full disk, a failed fetch) or a half-restored snapshot goes too."""
-        if container_id is not None:
+    async def _clean_up(self, job_id: int, box: Box | None) -> None:
+        """The container or pod (when the keep phase did not remove it) and the workspace, whatever state they are
+        in: a half-made checkout (a full disk, a failed fetch) or a half-restored snapshot goes too."""
+        if box is not None:
             try:
-                await self.engine.remove(container_id)
+                await box.remove()
             except EngineError as exc:
                 log.warning("job %d: could not remove its container (retried once the engine answers): %s",
                             job_id, exc)
-                self._strays.add(container_id)
+                self._strays.append(box)
         try:
             await self.workspaces.remove(job_id)
         except RunnerError as exc:

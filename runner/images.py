@@ -41,6 +41,23 @@ def containerfile_base(text: str) -> str:
     return match.group(1) if match else ""
 
 
+def context_files(text: str, containerfile: Path) -> list[str]:
+    """What the Containerfile COPYs or ADDs from its own folder (relative paths): the build's whole context.
+
+    The root Containerfile copies nothing, so its context is empty (never the repository and its venv); a service
+    image's copies its entrypoint from beside it.
+    """
+    found: list[str] = []
+    for match in re.finditer(r"^\s*(?:COPY|ADD)\s+(.+)$", text, re.MULTILINE | re.IGNORECASE):
+        args = [arg for arg in match.group(1).split() if not arg.startswith("--")]
+        for source in args[:-1]:
+            path = Path(source)
+            if path.is_absolute() or ".." in path.parts or not (containerfile.parent / path).is_file():
+                raise RunnerError(f"{containerfile} copies {source!r}: only files beside it can be copied")
+            found.append(source)
+    return found
+
+
 def image_exists(user: PodmanUser, image: str) -> bool:
     return podman_cli(user, ["image", "exists", image], check=False).returncode == 0
 
@@ -109,17 +126,26 @@ def build_job_image(
 ) -> bool:
     """Build `tag` from `containerfile` unless an image built from the same file exists; True when it built."""
     text = containerfile.read_text()
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    files = context_files(text, containerfile)
+    hashed = hashlib.sha256(text.encode())
+    for name in files:  # a changed entrypoint rebuilds the image too
+        hashed.update(b"\0" + name.encode() + b"\0" + (containerfile.parent / name).read_bytes())
+    digest = hashed.hexdigest()[:16]
     if not force and image_label(user, tag, HASH_LABEL) == digest:
         say(f"{tag} is up to date (Containerfile {digest})")
         return False
     base = choose_base(user, containerfile_base(text), say)
-    # An empty context (the Containerfile copies nothing) keeps the repository and its venv out of the build.
+    # A context of only what the Containerfile copies keeps the repository and its venv out of the build.
     with tempfile.TemporaryDirectory(prefix="forgeci-build-") as context:
         os.chmod(context, 0o755)
         target = Path(context) / "Containerfile"
         target.write_text(text)
         target.chmod(0o644)
+        for name in files:
+            copied = Path(context) / name
+            copied.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(containerfile.parent / name, copied)
+            copied.chmod(0o755 if os.access(containerfile.parent / name, os.X_OK) else 0o644)
         argv = ["podman", "build", "--build-arg", f"BASE={base}", "--label", f"{HASH_LABEL}={digest}",
                 "-t", tag, "-f", str(target)]
         if ca_bundle and os.path.isfile(ca_bundle):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(parts.layout.log_file(job_id))
             logs += 1
+        shutil.rmtree(parts.layout.service_logs(job_id), ignore_errors=True)  # its services' logs go with it
     logs += _prune_orphaned_logs(parts, now - (retention.job_days + 1) * DAY, errors)
 
     # The per-job metrics rows outlive their jobs so the dashboard's week view stays whole.

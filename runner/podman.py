@@ -1,17 +1,16 @@
-"""The Podman engine: the private API service, job containers, streamed execs, stopping steps (its command line
-is runner/podman_cli.py; nothing else in forgeci talks to Podman)."""
+"""The Podman engine: job containers, pods and service containers, streamed execs and logs, stopping steps (its
+private API service is runner/podman_service.py, its command line runner/podman_cli.py; nothing else talks to
+Podman)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import struct
-import subprocess
-import time
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from typing import Any
 from podman import PodmanClient
 from podman.errors import APIError, ImageNotFound, NotFound, PodmanError
 
-from runner.engine import ContainerSpec, OutputCallback
-from runner.errors import EngineError, ImageMissing
+from runner.engine import ContainerSpec, ContainerState, OutputCallback, PodSpec, ServiceContainerSpec
+from runner.errors import ContainerRefused, EngineError, ImageMissing
+from runner.podman_service import PodmanService
 from runner.podman_cli import CA_IN_CONTAINER, CA_VARIABLES, podman_cli, remove_tree_as, with_ca
 from runner.podman_user import PodmanUser
 
@@ -30,6 +30,7 @@ __all__ = ["CA_IN_CONTAINER", "CA_VARIABLES", "ContainerSpec", "EngineError", "I
 log = logging.getLogger(__name__)
 
 JOB_LABEL = "forgeci.job"
+SERVICE_LABEL = "forgeci.service"  # a service container's name in its pipeline
 # Several forgeci instances (a server, a `forgeci run`, tests) share one Podman user's containers: each
 # labels its own with its data dir so that start-up reaping never touches another instance's jobs.
 INSTANCE_LABEL = "forgeci.instance"
@@ -45,112 +46,26 @@ def parse_ulimit(text: str) -> dict[str, object]:
     return {"Name": name.strip(), "Soft": int(soft), "Hard": int(hard or soft)}
 
 
-class PodmanService:
-    """`podman system service` on a private socket, run as the Podman user; restarted when it dies."""
-
-    def __init__(self, user: PodmanUser, state_dir: Path) -> None:
-        self.user = user
-        self.state_dir = state_dir
-        self.socket_path = state_dir / "podman.sock"
-        self.pid_file = state_dir / "service.pid"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    def start(self, timeout: float = 15.0) -> None:
-        """Start the service (after stopping one a crashed run left behind) and wait until it answers."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.user.chown(self.state_dir)
-        self.reap_stale()
-        self.socket_path.unlink(missing_ok=True)
-        self.user.ensure_runtime_dir()
-        argv = self.user.command(["podman", "system", "service", "--time=0", self.url])
-        # A session of its own: one killpg stops runuser and podman together, and Ctrl-C in a
-        # terminal running `forgeci serve` does not kill the engine under running jobs.
-        self._proc = subprocess.Popen(
-            argv, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, cwd="/", env=None if self.user.switch else {**os.environ, **self.user.env()},
-        )
-        self.pid_file.write_text(str(self._proc.pid))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise EngineError(f"podman system service exited with {self._proc.returncode} at start")
-            if self._answers():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise EngineError(f"podman system service did not answer on {self.socket_path} within {timeout:.0f}s")
-
-    def _answers(self) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(1)
-                sock.connect(str(self.socket_path))
-                sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-                return sock.recv(12).startswith(b"HTTP/1.")
-        except OSError:
-            return False
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and self._answers()
-
-    def ensure(self) -> bool:
-        """Restart the service if it died; True when it had to."""
-        if self.alive():
-            return False
-        log.warning("the Podman service is not answering; restarting it")
-        self.stop()
-        self.start()
-        return True
-
-    def stop(self, grace: float = 5.0) -> None:
-        if self._proc is not None:
-            _kill_group(self._proc.pid, grace, self._proc)
-            self._proc = None
-        self.pid_file.unlink(missing_ok=True)
-
-    def reap_stale(self) -> None:
-        """Stop a service whose pid file a crashed run left, if that pid is still our service."""
-        try:
-            pid = int(self.pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return
-        if str(self.socket_path).encode() in cmdline:
-            log.info("stopping a Podman service left by an earlier run (pid %d)", pid)
-            _kill_group(pid, 5.0)
-
-
-def _kill_group(pid: int, grace: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if proc is not None:
-            if proc.poll() is not None:
-                break
-        elif not Path(f"/proc/{pid}").exists():
-            break
-        time.sleep(0.05)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc is not None:
-        proc.wait()
-    # runuser may exit before the podman it started: wait until the whole group is gone.
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def read_frames(raw: Any, deliver: Callable[[str, bytes], None]) -> None:
+    """Multiplexed frames (1 byte stream, 3 padding, 4 bytes big-endian length) until the stream ends. Reading
+    frame by frame (never a large buffer) delivers each write as soon as it is made."""
+    while True:
+        header = raw.read(8)
+        if len(header) < 8:
             return
-        time.sleep(0.02)
+        kind, length = struct.unpack(">BxxxL", header)
+        data = raw.read(length) if length else b""
+        if data:
+            deliver(STREAMS.get(kind, "stdout"), data)
 
 
 WATCHDOG_INTERVAL = 2.0  # seconds between liveness checks of the Podman service we started
@@ -230,18 +145,13 @@ class PodmanEngine:
             raise ImageMissing(f"image {spec.image} is not in the Podman user's storage "
                                f"(build it with `forgeci image build`, or fix the pipeline's image)")
         env, mounts = with_ca(spec)
-        kwargs: dict[str, object] = dict(
-            image=spec.image, command=["sleep", "infinity"], init=True, detach=True,
-            name=f"forgeci-job-{spec.job_id}-{os.urandom(3).hex()}",
-            labels={JOB_LABEL: str(spec.job_id), INSTANCE_LABEL: self.instance}, mounts=mounts, environment=env,
-            working_dir="/workspace", no_new_privileges=True, network_mode=spec.network,
-            ulimits=[parse_ulimit(u) for u in spec.ulimits],
-        )
-        if spec.limits:
-            if spec.memory:
-                kwargs["mem_limit"] = spec.memory
-            if spec.pids_limit:
-                kwargs["pids_limit"] = spec.pids_limit
+        kwargs = self._hardened(spec.job_id, spec.pod, spec.hosts_file, spec.ulimits,
+                                spec.memory if spec.limits else "", spec.pids_limit if spec.limits else 0)
+        kwargs.update(image=spec.image, command=["sleep", "infinity"], environment=env, working_dir="/workspace",
+                      name=f"forgeci-job-{spec.job_id}-{os.urandom(3).hex()}")
+        kwargs["mounts"] = [*mounts, *kwargs["mounts"]]  # type: ignore[misc]
+        if not spec.pod:
+            kwargs["network_mode"] = spec.network
 
         def create_and_start() -> str:
             container = self.client.containers.create(**kwargs)
@@ -253,6 +163,154 @@ class PodmanEngine:
             return str(container.id)
 
         return str(await self._call(create_and_start, what=f"starting a container from {spec.image}"))
+
+    def _hardened(self, job_id: int, pod: str, hosts_file: Path | None, ulimits: Sequence[str], memory: str,
+                  pids_limit: int) -> dict[str, object]:
+        """What every container of a job gets: init, no new privileges, limits, labels, the pod's hosts file."""
+        kwargs: dict[str, object] = dict(
+            init=True, detach=True, no_new_privileges=True, ulimits=[parse_ulimit(u) for u in ulimits],
+            labels={JOB_LABEL: str(job_id), INSTANCE_LABEL: self.instance},
+            mounts=[] if hosts_file is None else [
+                {"type": "bind", "source": str(hosts_file), "target": "/etc/hosts", "read_only": True}],
+            # k8s-file, whatever containers.conf says: follow_logs must end when the container stops.
+            log_config={"Type": "k8s-file"},
+        )
+        if pod:
+            kwargs["pod"] = pod
+        if memory:
+            kwargs["mem_limit"] = memory
+        if pids_limit:
+            kwargs["pids_limit"] = pids_limit
+        return kwargs
+
+    async def start_pod(self, spec: PodSpec) -> str:
+        """A pod on the job's network; Podman labels neither its infra container nor, without this, the pod."""
+        body = {"name": f"forgeci-pod-{spec.job_id}-{os.urandom(3).hex()}", "hostname": spec.hostname,
+                "labels": {JOB_LABEL: str(spec.job_id), INSTANCE_LABEL: self.instance},
+                "netns": {"nsmode": spec.network}}
+
+        def create() -> str:
+            response = self.client.api.post("/pods/create", data=json.dumps(body))
+            response.raise_for_status()
+            return str(response.json()["Id"])
+
+        return str(await self._call(create, what=f"creating the pod of job {spec.job_id}"))
+
+    async def start_service(self, spec: ServiceContainerSpec) -> str:
+        """A service container in the job's pod. A start the runtime refuses (a bad command) is ContainerRefused."""
+        if not await self.image_exists(spec.image):
+            raise ImageMissing(f"image {spec.image} is not in the Podman user's storage")
+        kwargs = self._hardened(spec.job_id, spec.pod, spec.hosts_file, spec.ulimits,
+                                spec.memory if spec.limits else "", spec.pids_limit if spec.limits else 0)
+        kwargs.update(image=spec.image, environment=dict(spec.env),
+                      name=f"forgeci-job-{spec.job_id}-{spec.name}-{os.urandom(3).hex()}")
+        kwargs["labels"] = {**kwargs["labels"], SERVICE_LABEL: spec.name}  # type: ignore[dict-item]
+        if spec.command is not None:
+            kwargs["command"] = list(spec.command)
+
+        def create_and_start() -> str:
+            container = self.client.containers.create(**kwargs)
+            try:
+                container.start()
+            except APIError as exc:  # the engine answered: the container itself cannot run
+                container.remove(force=True)
+                raise ContainerRefused(str(exc.explanation or exc)) from exc
+            except Exception:
+                container.remove(force=True)
+                raise
+            return str(container.id)
+
+        return str(await self._call(create_and_start, what=f"starting service {spec.name} from {spec.image}"))
+
+    async def image_ports(self, image: str) -> tuple[int, ...]:
+        def ports() -> tuple[int, ...]:
+            exposed = (self.client.images.get(image).attrs.get("Config") or {}).get("ExposedPorts") or {}
+            found = []
+            for key in exposed:
+                port, _, proto = str(key).partition("/")
+                if (proto or "tcp") == "tcp" and port.isdigit():
+                    found.append(int(port))
+            return tuple(sorted(set(found)))
+
+        return tuple(await self._call(ports, what=f"inspecting {image}"))  # type: ignore[arg-type]
+
+    async def container_state(self, container_id: str) -> ContainerState:
+        def state() -> ContainerState:
+            try:
+                found = self.client.containers.get(container_id).inspect().get("State") or {}
+            except NotFound:
+                return ContainerState(False)
+            except APIError as exc:  # removed between the lookup and the inspect: Podman answers 500 then
+                if "no such container" in str(exc):
+                    return ContainerState(False)
+                raise
+            return ContainerState(bool(found.get("Running")), found.get("ExitCode"), str(found.get("Error") or ""),
+                                  bool(found.get("OOMKilled")))
+
+        return await self._call(state, what=f"inspecting {container_id[:12]}")  # type: ignore[return-value]
+
+    async def follow_logs(self, container_id: str, on_output: OutputCallback) -> None:
+        """The container's output as it writes it, until it stops (the stream ends then)."""
+        loop = asyncio.get_running_loop()
+
+        def deliver(stream: str, data: bytes) -> None:
+            try:
+                loop.call_soon_threadsafe(on_output, stream, data)
+            except RuntimeError:  # the loop closed while a removed container's stream drained
+                pass
+
+        def follow() -> None:
+            params = {"follow": "true", "stdout": "true", "stderr": "true"}
+            response = self.client.api.get(f"/containers/{container_id}/logs", params=params, stream=True)
+            if response.status_code == 404:
+                return
+            response.raise_for_status()
+            read_frames(response.raw, deliver)
+            response.close()
+
+        # A thread of its own, not asyncio's pool: a stream lasts as long as its job, and a few of them would
+        # otherwise take every worker the queue's and the steps' calls need.
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def run() -> None:
+            try:
+                follow()
+                outcome: BaseException | None = None
+            except (PodmanError, OSError) as exc:
+                outcome = EngineError(f"following the log of {container_id[:12]}: {exc}")
+            except BaseException as exc:  # a bug: surfaced on the loop, not lost in the thread
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, ended, outcome)
+
+        threading.Thread(target=run, name=f"forgeci-logs-{container_id[:12]}", daemon=True).start()
+        await ended
+
+    async def remove_pod(self, pod_id: str) -> None:
+        """SIGKILL every container of the pod first: `pod rm -f` alone waits 10 s for a member ignoring SIGTERM."""
+
+        def remove() -> None:
+            killed = self.client.api.post(f"/pods/{pod_id}/kill", params={"signal": "SIGKILL"})
+            if killed.status_code == 404:
+                return
+            # 409: nothing in the pod runs (any more); the removal below is all that is left.
+            removed = self.client.api.delete(f"/pods/{pod_id}", params={"force": "true"})
+            if removed.status_code not in (200, 404):
+                removed.raise_for_status()
+
+        await self._call(remove, what=f"removing pod {pod_id[:12]}")
+
+    async def job_pods(self) -> dict[str, int]:
+        def listing() -> dict[str, int]:
+            found: dict[str, int] = {}
+            for pod in self.client.pods.list(filters={"label": f"{INSTANCE_LABEL}={self.instance}"}):
+                try:
+                    found[str(pod.id)] = int((pod.attrs.get("Labels") or {}).get(JOB_LABEL, ""))
+                except ValueError:
+                    continue
+            return found
+
+        return dict(await self._call(listing, what="listing job pods"))  # type: ignore[arg-type]
 
     async def has_bash(self, container_id: str, image: str) -> bool:
         if image not in self._has_bash:
@@ -287,17 +345,7 @@ class PodmanEngine:
             started = api.post(f"/exec/{exec_id}/start", data=json.dumps({"Detach": False, "Tty": False}),
                                stream=True)
             started.raise_for_status()
-            raw = started.raw
-            # Multiplexed frames: 1 byte stream, 3 padding, 4 bytes big-endian length. Reading frame by
-            # frame (never a large buffer) delivers each write of the step as soon as it is made.
-            while True:
-                header = raw.read(8)
-                if len(header) < 8:
-                    break
-                kind, length = struct.unpack(">BxxxL", header)
-                data = raw.read(length) if length else b""
-                if data:
-                    deliver(STREAMS.get(kind, "stdout"), data)
+            read_frames(started.raw, deliver)
             started.close()
             inspected = api.get(f"/exec/{exec_id}/json")
             inspected.raise_for_status()
@@ -334,6 +382,8 @@ class PodmanEngine:
         def listing() -> dict[str, int]:
             found: dict[str, int] = {}
             for container in self.client.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"}):
+                if container.attrs.get("IsInfra"):  # it has the pod's labels; it goes with its pod (job_pods)
+                    continue
                 try:
                     found[str(container.id)] = int(container.labels.get(JOB_LABEL, ""))
                 except ValueError:

@@ -12,6 +12,7 @@ from runner.control import JobControl
 from runner.errors import QueueError
 from runner.executor import Executor
 from runner.models import Job, JobState, Outcome
+from runner.services import reap_pods
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class WorkerPool:
             keep=frozenset(self._running))
         await self.control.settle_all()
         running = {job.id for job in await asyncio.to_thread(self.control.queue.running_jobs)}
+        # Pods first: removing one takes its services and job container with it.
+        await reap_pods(self.executor.engine, self.executor.layout, running)
         for container_id, job_id in (await self.executor.engine.job_containers()).items():
             if job_id not in running:
                 log.info("removing leftover container %s of job %d", container_id[:12], job_id)

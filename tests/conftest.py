@@ -19,7 +19,10 @@ from runner.runtime import Runtime, open_runtime
 from tests.fake_engine import FAKE_IMAGE, FakeEngine
 
 JOB_IMAGE = "localhost/forgeci-job:latest"
+POSTGRES_IMAGE = "localhost/forgeci-postgres:15"
+REDIS_IMAGE = "localhost/forgeci-redis:7"
 SETUP_HINT = "run scripts/setup (or `make test`, which runs it) to install Podman and create the forgeci user"
+SERVICE_IMAGES_HINT = "run FORGECI_SERVICE_IMAGES=1 scripts/setup (CI's .ci/run sets it) to build the service images"
 # Set by `make test` for the part of the suite that must pass on a machine without Podman (tests/bot): a test
 # there that reaches for Podman fails, naming it, instead of quietly using the machine's.
 NO_PODMAN = "FORGECI_TESTS_NO_PODMAN"
@@ -46,11 +49,14 @@ SESSION_DIRS: list[str] = []
 
 
 def leftovers(user: PodmanUser) -> list[str]:
-    """Job containers and Podman services of this session's tests that are still there."""
+    """Job containers, pods and Podman services of this session's tests that are still there."""
     listing = user.run(["podman", "ps", "-a", "--filter", "label=forgeci.job", "--format",
                         '{{.ID}} {{index .Labels "forgeci.instance"}}'], check=False).stdout.decode()
     found = [f"container {line}" for line in listing.splitlines()
              if any(f" {d}/" in line for d in SESSION_DIRS)]
+    pods = user.run(["podman", "pod", "ps", "--filter", "label=forgeci.job", "--format",
+                     '{{.ID}} {{index .Labels "forgeci.instance"}}'], check=False).stdout.decode()
+    found += [f"pod {line}" for line in pods.splitlines() if any(f" {d}/" in line for d in SESSION_DIRS)]
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -86,6 +92,23 @@ def job_image(podman_user: PodmanUser) -> str:
     if not image_exists(podman_user, JOB_IMAGE):
         pytest.fail(f"the job image {JOB_IMAGE} is missing for user {podman_user.name}: {SETUP_HINT}")
     return JOB_IMAGE
+
+
+@pytest.fixture(scope="session")
+def postgres_image(podman_user: PodmanUser) -> str:
+    """The PostgreSQL service image (images/postgres); fails, never skips, naming the set-up step."""
+    if not image_exists(podman_user, POSTGRES_IMAGE):
+        pytest.fail(f"the service image {POSTGRES_IMAGE} is missing for user {podman_user.name}: "
+                    f"{SERVICE_IMAGES_HINT}")
+    return POSTGRES_IMAGE
+
+
+@pytest.fixture(scope="session")
+def redis_image(podman_user: PodmanUser) -> str:
+    """The Redis service image (images/redis); fails, never skips, naming the set-up step."""
+    if not image_exists(podman_user, REDIS_IMAGE):
+        pytest.fail(f"the service image {REDIS_IMAGE} is missing for user {podman_user.name}: {SERVICE_IMAGES_HINT}")
+    return REDIS_IMAGE
 
 
 def remove_tree(path: Path, user: PodmanUser) -> None:

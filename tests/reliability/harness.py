@@ -418,6 +418,13 @@ def instance_containers(user: PodmanUser, data_dir: Path) -> list[str]:
     return result.stdout.decode().split("\n")[:-1] if result.stdout.strip() else []
 
 
+def instance_pods(user: PodmanUser, data_dir: Path) -> list[str]:
+    """Job pods (a job's services and container) of the forgeci whose data dir is `data_dir`, any state."""
+    result = user.run(["podman", "pod", "ps", "--filter", f"label=forgeci.instance={data_dir}", "--format",
+                       '{{.ID}} {{index .Labels "forgeci.job"}} {{.Status}}'], check=False)
+    return result.stdout.decode().split("\n")[:-1] if result.stdout.strip() else []
+
+
 def service_processes(data_dir: Path) -> list[int]:
     """Pids of `podman system service` processes listening on `data_dir`'s socket (runuser's included)."""
     needle = str(data_dir / "podman" / "podman.sock").encode()
@@ -446,8 +453,9 @@ def workspaces(data_dir: Path) -> list[str]:
 
 
 def leftovers(user: PodmanUser, data_dir: Path) -> list[str]:
-    """Everything a stopped server must not leave: containers, workspaces, Podman service processes."""
-    found = [f"container {c}" for c in instance_containers(user, data_dir)]
+    """Everything a stopped server must not leave: pods, containers, workspaces, Podman service processes."""
+    found = [f"pod {p}" for p in instance_pods(user, data_dir)]
+    found += [f"container {c}" for c in instance_containers(user, data_dir)]
     found += [f"workspace {w}" for w in workspaces(data_dir)]
     found += [f"podman service pid {p}" for p in service_processes(data_dir)]
     return found
@@ -458,6 +466,8 @@ def scrub(user: PodmanUser, data_dir: Path) -> None:
     for pid in service_processes(data_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    for line in instance_pods(user, data_dir):
+        user.run(["podman", "pod", "rm", "-f", "-t", "0", line.split()[0]], check=False)
     for line in instance_containers(user, data_dir):
         user.run(["podman", "rm", "-f", line.split()[0]], check=False)
 
