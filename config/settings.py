@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.artifacts import SIZE
 from config.errors import ConfigError
 from config.schema import (
     BOOL,
@@ -113,6 +114,8 @@ class RunnerSettings:
                                              "them and puts them back in the queue", 30.0)
     ca_bundle: str = option(OPTIONAL_PATH, 'host trust store mounted into jobs; "" = off', factory=default_ca_bundle,
                             shown="`/etc/ssl/certs/ca-certificates.crt` when it exists, else `\"\"`")
+    max_artifact_size: int = option(SIZE, "the most a job's artifacts may hold (the files, before compression); "
+                                          "over it they are not kept", 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class RetentionSettings:
     snapshot_days: int = option(integer(1), "keep workspace snapshots this many days", 7)
     cache_days: int = option(integer(1), "keep caches unused for this many days", 30)
     job_days: int = option(integer(1), "keep finished jobs and their logs this many days", 7)
+    artifact_days: int = option(integer(1), "keep artifacts this many days, unless their `expire` says otherwise; "
+                                            "a pipeline stays while it has unexpired artifacts", 7)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from config.errors import ConfigError
 from config.pipeline import Pipeline, Step
 from config.settings import Settings
 from runner.archive import ArchiveError, CorruptArchive, UnsafeArchive
+from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager, CachePlan, plan_cache
 from runner.engine import ContainerSpec, Engine, EngineError
 from runner.environment import Secrets, job_environment, step_environment
@@ -126,7 +127,7 @@ class Executor:
     def __init__(
         self, settings: Settings, engine: Engine, workspaces: Workspaces, layout: DataLayout,
         hub: LogHub | None, environ: Mapping[str, str], *, cache: CacheManager | None = None,
-        snapshots: Snapshots | None = None,
+        snapshots: Snapshots | None = None, artifacts: ArtifactManager | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -136,6 +137,7 @@ class Executor:
         self.secrets = Secrets.resolve(settings, environ)  # once: the server's environment does not change
         self.cache = cache  # None: no caches (and no package-manager variables)
         self.snapshots = snapshots  # None: no snapshots, and no retries from a failed step
+        self.artifacts = artifacts  # None: artifacts are neither kept nor fetched
         self._limits_apply: bool | None = None
         self._strays: set[str] = set()  # containers whose removal failed (the engine was down): removed later
 
@@ -192,14 +194,21 @@ class Executor:
             if plan.cache is not None and self.cache is not None and resume is None:
                 await self._guarded("cache restore", joblog, self.cache.restore, plan.cache, checkout.workspace,
                                     attempt.say, attempt.abort, job.id)
+            if self.artifacts is not None and resume is None and (fetched := await asyncio.to_thread(  # needs' files
+                    self.artifacts.restore, job, plan.pipeline, checkout.workspace, attempt.say, attempt.abort)):
+                return fetched
             deadline = time.monotonic() + plan.timeout
             container_id = await self._start_container(job, plan, checkout.workspace)
             outcome = await self._run_steps(attempt, plan, container_id, resume, deadline)
             outcome = self._with_outputs(attempt, checkout.workspace, outcome)
             joblog.system(summary(outcome))
-            if local_path is None and await self._release(container_id, joblog):
+            if (local_path is None or self.artifacts is not None) and await self._release(container_id, joblog):
                 container_id = None
-                await self._keep(attempt, plan, checkout.workspace, outcome)
+                if self.artifacts is not None and plan.pipeline.artifacts is not None:  # before the snapshot
+                    await self._guarded("artifacts", joblog, self.artifacts.upload, job, plan.pipeline,
+                                        checkout.workspace, outcome.state, attempt.say, attempt.abort)
+                if local_path is None:
+                    await self._keep(attempt, plan, checkout.workspace, outcome)
             return outcome
         finally:
             await self._clean_up(job.id, container_id)
