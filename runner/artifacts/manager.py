@@ -141,7 +141,7 @@ class ArtifactManager:
             return None
         expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stored.expires_at))
         say(f"artifacts: kept {len(files)} file{'s' if len(files) != 1 else ''}, {size_text(stored.total_size)} "
-            f"({rate(info.size, meter.seconds)}), until {expires}; `forgeci artifacts {plan.job.id}` lists them")
+            f"({rate(info.size, meter.seconds)}), until {expires}")
         return stored
 
     def _index(self, record: ArtifactRecord, say: Say) -> ArtifactRecord | None:
