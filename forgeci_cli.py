@@ -178,7 +178,9 @@ def check_server(server: str) -> None:
 
 
 def client_command(args: argparse.Namespace) -> int:
-    """submit, jobs, status, logs, cancel, retry: calls to a server's HTTP API (client.commands)."""
+    """submit, jobs, status, logs, cancel, retry, artifacts: calls to a server's HTTP API (client.commands,
+    client.artifacts)."""
+    from client import artifacts as client_artifacts
     from client import commands
     from client.errors import TOKEN_ENV
 
@@ -191,6 +193,7 @@ def client_command(args: argparse.Namespace) -> int:
         "logs": lambda c: commands.follow(c, args.job, follow=args.follow),
         "cancel": lambda c: commands.cancel(c, args.job),
         "retry": lambda c: commands.retry(c, args.job, args.from_failed_step),
+        "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download, args.paths),
     }[args.command]
     return commands.run(args.server, token, work)
 
@@ -271,6 +274,11 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("retry", "retry a finished job as a new job", client_command)
     p.add_argument("job", type=int)
     p.add_argument("--from-failed-step", action="store_true")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("artifacts", "list a job's artifacts, or download them (sha256 checked)", client_command)
+    p.add_argument("job", type=int)
+    p.add_argument("--download", metavar="DIR", help="fetch the files into DIR (all of them, or the PATHs)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="with --download: only these files, folders or globs")
     p.add_argument("--server", default=None, help=SERVER_HELP)
 
 
