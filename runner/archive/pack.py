@@ -66,8 +66,8 @@ class ArchiveWriter:
     ) -> None:
         """`listed`: `paths` are every entry (folders before what they hold), read by tar from a list rather than
         its command line (no length limit), not recursed into, and symlinks among them are stored as the files
-        they point at — which the caller checked are inside `root`. `tap` sees the tar bytes before compression
-        (in-process compressor only)."""
+        they point at (which the caller checked are inside `root`), hard links as whole files. `tap` sees the tar
+        bytes before compression (in-process compressor only)."""
         if not paths:
             raise ArchiveError("nothing to archive")
         if tap is not None and compressor != "zstandard":
@@ -85,7 +85,8 @@ class ArchiveWriter:
             stdin = self._list = tempfile.TemporaryFile()
             self._list.write(b"\0".join(os.fsencode(p) for p in paths) + b"\0")
             self._list.seek(0)
-            argv += ["--null", "--verbatim-files-from", "--no-recursion", "--dereference", "--files-from=-"]
+            argv += ["--null", "--verbatim-files-from", "--no-recursion", "--dereference", "--hard-dereference",
+                     "--files-from=-"]
         else:
             argv += ["--", *paths]
         env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
