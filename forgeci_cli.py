@@ -193,7 +193,8 @@ def client_command(args: argparse.Namespace) -> int:
         "logs": lambda c: commands.follow(c, args.job, follow=args.follow),
         "cancel": lambda c: commands.cancel(c, args.job),
         "retry": lambda c: commands.retry(c, args.job, args.from_failed_step),
-        "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download, args.paths),
+        "artifacts": lambda c: client_artifacts.artifacts(c, args.job, *(args.download or [None])[:1],
+                                                          (args.download or [])[1:]),
     }[args.command]
     return commands.run(args.server, token, work)
 
@@ -277,8 +278,8 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("artifacts", "list a job's artifacts, or download them (sha256 checked)", client_command)
     p.add_argument("job", type=int)
-    p.add_argument("--download", metavar="DIR", help="fetch the files into DIR (all of them, or the PATHs)")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="with --download: only these files, folders or globs")
+    p.add_argument("--download", nargs="+", metavar=("DIR", "PATH"),
+                   help="fetch the files into DIR: all of them, or only the PATHs (files, folders or globs)")
     p.add_argument("--server", default=None, help=SERVER_HELP)
 
 

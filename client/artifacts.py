@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -122,8 +122,8 @@ def selected(files: Sequence[ArtifactFileInfo], paths: Sequence[str]) -> tuple[l
 
 def target_of(root: Path, rel: str) -> Path:
     """Where a file of the artifact goes below `root`: never outside it, whatever the server says."""
-    parts = PurePosixPath(rel).parts
-    if not rel or rel.startswith("/") or any(p in ("..", "") for p in parts) or "\0" in rel:
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\0" in rel or "\\" in rel:
         raise BadResponse(f"the server listed a file outside the artifact: {rel!r}")
     return root.joinpath(*parts)
 
