@@ -23,7 +23,8 @@ def _number(field: bytes) -> int:
 
 class TarIndexer:
     """ArchiveWriter's tap: sees the GNU tar stream tar writes and records (path, size, sha256) of every regular
-    file, so that files are read once (by tar) and hashed beside the compression, not in a second pass."""
+    file, so that files are read once (by tar) and hashed as they stream by, not in a second pass. On the thread
+    that feeds zstd: a hashing thread of its own measured slower here (its queue, and zstd's threads, on 2 cores)."""
 
     def __init__(self) -> None:
         self.files: list[ArtifactFile] = []

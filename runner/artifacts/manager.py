@@ -126,9 +126,11 @@ class ArtifactManager:
                 self.store.put_stream(key, Metered(writer, meter))
                 info = writer.info()
         except ArchiveAborted:
+            self._delete_objects([plan.record(object=key)])
             say("artifacts: upload cancelled")
             return None
         except (StoreError, ArchiveError) as exc:
+            self._delete_objects([plan.record(object=key)])  # whatever part of it reached the store
             say(f"artifacts: warning: not kept ({exc})")
             return self._index(plan.record(collected, error=f"the upload failed: {exc}"), say)
         files = tuple(sorted(indexer.files, key=lambda f: f.path))
