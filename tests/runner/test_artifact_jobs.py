@@ -213,3 +213,21 @@ async def test_forgeci_run_passes_artifacts_through_its_scratch_folder_and_keeps
     engine.on("build", Script())  # the next run keeps nothing: the folder is the last run's, so it goes
     again = await run_local(fake_settings, repo, environ={}, out=io.StringIO(), engine=engine)
     assert again.artifacts is None and not kept.exists()
+
+
+async def test_retrying_the_failed_jobs_reuses_the_artifacts_of_the_jobs_that_succeeded(
+        fake_settings: Settings, make_local_repo: MakeRepo) -> None:
+    repo, _ = make_local_repo({".forgeci.toml": BUILD_PUBLISH})
+    blob = os.urandom(100_000)
+    engine = SeeingEngine({"publish": "dist/app.bin"})
+    engine.on("build", Script(files={"dist/app.bin": blob}))
+    engine.on("publish", Script(exit_code=1), Script())
+    async with open_runtime(fake_settings, {}, engine=engine) as rt:
+        submitted = await rt.control.submit_pipeline(JobSpec(repo=str(repo), ref="main"))
+        first = by_display(await finished(rt, submitted.pipeline_id))
+        assert first["publish"].state is JobState.failure
+        engine.seen.clear()
+        await rt.control.retry_pipeline(submitted.pipeline_id, failed_only=True)
+        again = by_display(await finished(rt, submitted.pipeline_id))
+    assert again["publish"].state is JobState.success and engine.runs(again["build"].id) == ["build"]  # ran once
+    assert engine.seen["publish"] == hashlib.sha256(blob).hexdigest()
