@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -18,8 +18,8 @@ from bot.auth import Access, Handler, guard
 from bot.errors import HTTPError
 from bot.keys import AUTH, RUNTIME, SETTINGS
 from config.errors import ConfigError, ConfigIssue
-from runner.artifacts.read import archive_chunks, member_chunks, tar_chunks
-from runner.errors import ArchiveError, JobNotFound, ObjectMissing, PipelineNotFound
+from runner.artifacts.read import Chunks, archive_chunks, member_chunks, tar_chunks
+from runner.errors import ArchiveError, JobNotFound, ObjectMissing, PipelineNotFound, RunnerError
 from runner.queue import ArtifactRecord
 from runner.runtime import Runtime
 
@@ -114,11 +114,11 @@ def _disposition(name: str) -> str:
     return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-async def _pull(chunks: Iterator[bytes]) -> bytes | None:
+async def _pull(chunks: Chunks) -> bytes | None:
     return await asyncio.to_thread(next, chunks, None)
 
 
-async def _stream(request: web.Request, chunks: Iterator[bytes], total: int | None, name: str,
+async def _stream(request: web.Request, chunks: Chunks, total: int | None, name: str,
                   content_type: str) -> web.StreamResponse:
     """Send `chunks` (read in threads): the first one is read before the answer starts, so that a store that is
     down or an archive that is gone is a JSON error, not a cut-off download."""
@@ -142,14 +142,20 @@ async def _stream(request: web.Request, chunks: Iterator[bytes], total: int | No
                 response.headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         await response.prepare(request)
         if request.method != "HEAD":
-            await _send(response, first, chunks, span)
+            try:
+                await _send(response, first, chunks, span)
+            except RunnerError as exc:  # after the headers there is no JSON left to send: cut the download short
+                log.warning("download %s cut short: %s", request.path, exc)
+                if request.transport is not None:
+                    request.transport.abort()  # a client sees a short body, never a complete-looking one
+                return response
             await response.write_eof()
         return response
     finally:
-        await asyncio.to_thread(chunks.close)  # type: ignore[attr-defined]  # a generator: its store stream closes
+        await asyncio.to_thread(chunks.close)  # its store stream closes with it
 
 
-async def _send(response: web.StreamResponse, first: bytes | None, chunks: Iterator[bytes],
+async def _send(response: web.StreamResponse, first: bytes | None, chunks: Chunks,
                 span: tuple[int, int] | None) -> None:
     skip, left = (span[0], span[1] - span[0] + 1) if span else (0, None)
     data = first

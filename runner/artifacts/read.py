@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import IO, cast
 
 import zstandard
@@ -13,6 +13,8 @@ from runner.errors import ArchiveError, CorruptArchive
 from runner.queue import ArtifactRecord
 from runner.store import ObjectStore
 
+Chunks = Generator[bytes, None, None]  # close() it when done early: its store stream closes with it
+
 
 def _object(record: ArtifactRecord) -> str:
     if record.object is None:
@@ -20,14 +22,14 @@ def _object(record: ArtifactRecord) -> str:
     return record.object
 
 
-def archive_chunks(store: ObjectStore, record: ArtifactRecord) -> Iterator[bytes]:
+def archive_chunks(store: ObjectStore, record: ArtifactRecord) -> Chunks:
     """The archive (`.tar.zst`) as it is in the store. Blocking: iterate it in a thread, close it when done."""
     with store.get_stream(_object(record)) as stream:
         while data := stream.read(CHUNK):
             yield data
 
 
-def tar_chunks(store: ObjectStore, record: ArtifactRecord) -> Iterator[bytes]:
+def tar_chunks(store: ObjectStore, record: ArtifactRecord) -> Chunks:
     """The archive decompressed: a plain tar of the artifact's files."""
     with store.get_stream(_object(record)) as stream:
         reader = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], stream), read_size=CHUNK,
@@ -41,7 +43,7 @@ def tar_chunks(store: ObjectStore, record: ArtifactRecord) -> Iterator[bytes]:
             reader.close()
 
 
-def member_chunks(store: ObjectStore, record: ArtifactRecord, path: str) -> Iterator[bytes]:
+def member_chunks(store: ObjectStore, record: ArtifactRecord, path: str) -> Chunks:
     """The bytes of file `path` of the artifact: the archive is read through forgeci's tar reader up to that member
     (an S3 range cannot point into a compressed archive), and no further."""
     with store.get_stream(_object(record)) as stream:

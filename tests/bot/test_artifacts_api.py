@@ -11,6 +11,7 @@ import stat
 import tarfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestClient
 from bot.artifact_links import KEY_FILE, LinkSigner, archive_path, file_path, load_key
 from bot.artifacts import SIGNER, byte_range
 from config.settings import Settings, StorageSettings
+from runner.errors import StoreError
 from runner.models import JobSpec, JobState
 from tests.bot.api_helpers import TOKEN, api_client, runtime_of, with_server
 from tests.conftest import repo_maker
@@ -235,3 +237,30 @@ async def test_a_store_that_lost_the_archive_answers_404_not_a_broken_download(b
     response = await built.client.get(built.path(built.file("dist/app.bin")["url"]))
     assert response.status == 404 and (await response.json())["detail"] == "the artifact's archive is gone from the store"
     assert runtime_of(built.client).queue.get(built.build).state is JobState.success
+
+
+async def test_a_store_failing_mid_download_cuts_it_short(built: Built) -> None:
+    rt = runtime_of(built.client)
+    original = rt.store.get_stream
+
+    class Failing:
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.sent = inner, 0
+
+        def read(self, size: int = -1) -> bytes:
+            if self.sent > 1 << 20:
+                raise StoreError("the store went away")
+            data = self.inner.read(min(size, 1 << 18) if size and size > 0 else 1 << 18)
+            self.sent += len(data)
+            return data
+
+    @contextmanager
+    def failing(key: str) -> Iterator[Failing]:
+        with original(key) as stream:
+            yield Failing(stream)
+
+    rt.store.get_stream = failing  # type: ignore[method-assign]
+    response = await built.client.get(built.path(built.artifact["links"]["archive"]))
+    assert response.status == 200
+    with pytest.raises(Exception):  # noqa: B017 - aiohttp's payload error: the body ended before its length
+        await response.read()
