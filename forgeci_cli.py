@@ -193,7 +193,7 @@ def client_command(args: argparse.Namespace) -> int:
         "logs": lambda c: commands.follow(c, args.job, follow=args.follow),
         "cancel": lambda c: commands.cancel(c, args.job),
         "retry": lambda c: commands.retry(c, args.job, args.from_failed_step),
-        "artifacts": lambda c: client_artifacts.artifacts(c, args.job, *(args.download or [None])[:1],
+        "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download[0] if args.download else None,
                                                           (args.download or [])[1:]),
     }[args.command]
     return commands.run(args.server, token, work)

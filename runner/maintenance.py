@@ -60,7 +60,7 @@ class PruneReport:
     jobs: int = 0
     logs: int = 0
     orphans: int = 0  # store objects no index row refers to (an interrupted upload, a lost race)
-    freed_bytes: int = 0  # of the snapshots, caches and orphans
+    freed_bytes: int = 0  # of the snapshots, caches, artifacts and orphans
     errors: tuple[str, ...] = field(default_factory=tuple)
     artifacts: int = 0  # expired artifacts
 
