@@ -252,8 +252,9 @@ def check_server(server: str) -> None:
 
 
 def client_command(args: argparse.Namespace) -> int:
-    """submit, jobs, status, logs, cancel, retry, pipelines, pipeline: calls to a server's HTTP API
-    (client.commands, client.pipeline_commands)."""
+    """submit, jobs, status, logs, cancel, retry, pipelines, pipeline, artifacts: calls to a server's HTTP API
+    (client.commands, client.pipeline_commands, client.artifacts)."""
+    from client import artifacts as client_artifacts
     from client import commands
     from client import pipeline_commands as pipelines
     from client.errors import TOKEN_ENV
@@ -273,6 +274,8 @@ def client_command(args: argparse.Namespace) -> int:
                             else commands.retry(c, args.job, args.from_failed_step)),
         "pipelines": lambda c: pipelines.pipelines(c, args.status, args.repo, args.limit, args.json),
         "pipeline": lambda c: pipelines.pipeline(c, args.id, args.json),
+        "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download[0] if args.download else None,
+                                                          (args.download or [])[1:]),
     }[args.command]
     return commands.run(args.server, token, work)
 
@@ -408,6 +411,11 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("pipeline", "show a pipeline: its jobs as a tree by dependency depth, states, durations", client_command)
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("artifacts", "list a job's artifacts, or download them (sha256 checked)", client_command)
+    p.add_argument("job", type=int)
+    p.add_argument("--download", nargs="+", metavar=("DIR", "PATH"),
+                   help="fetch the files into DIR: all of them, or only the PATHs (files, folders or globs)")
     p.add_argument("--server", default=None, help=SERVER_HELP)
 
 

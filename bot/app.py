@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 
 from bot.api import setup_api
+from bot.artifacts import setup_artifacts
 from bot.dashboard import setup_dashboard
 from bot.errors import error_middleware
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
@@ -64,5 +65,6 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     setup_webhooks(app)
     setup_api(app)  # the JSON API and its access policy (bot.auth)
+    setup_artifacts(app)  # GET /artifacts and the signed download links (after setup_api: its access policy)
     setup_dashboard(app)  # after setup_api: the dashboard shares its access policy
     return app

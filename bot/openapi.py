@@ -324,6 +324,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3")},
                                      operationId="openapi")},
     }
+    paths.update(artifact_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
                   "properties": {"error": {"type": "string"}, "detail": {}}},
@@ -380,5 +381,52 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def artifact_paths() -> dict[str, Any]:
+    """The artifact listing and its signed download links (bot/artifacts.py)."""
+    number = {"type": ["number", "null"]}
+    file = {"type": "object", "required": ["path", "size", "sha256"], "properties": {
+        "path": {"type": "string"}, "size": {"type": "integer"}, "sha256": {"type": "string"},
+        "url": {"type": ["string", "null"], "description": "signed link to this file"}}}
+    artifact = {"type": "object", "required": ["id", "job_id", "state", "files"], "properties": {
+        "id": {"type": "integer"}, "job_id": _JOB_ID, "pipeline_id": {"type": ["integer", "null"]},
+        "job": {"type": "string"}, "display": {"type": "string"},
+        "state": {"enum": ["kept", "empty", "not kept"]}, "error": {"type": ["string", "null"]},
+        "paths": {"type": "array", "items": {"type": "string"}}, "size": {"type": "integer"},
+        "raw_size": {"type": ["integer", "null"]}, "checksum": {"type": ["string", "null"]},
+        "file_count": {"type": "integer"}, "total_size": {"type": "integer"}, "created_at": {"type": "number"},
+        "expires_at": number, "links": {"type": "object", "properties": {
+            "archive": {"type": "string"}, "tar": {"type": "string"}}},
+        "files": {"type": "array", "items": file}}}
+    signed = [_query("expires", {"type": "string", "pattern": "^[0-9]{1,12}$"}, "unix time the link ends", True),
+              _query("sig", {"type": "string"}, "HMAC-SHA256 of the path and expiry", True),
+              {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "artifact id"},
+              {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+               "description": "one byte range (`bytes=0-99`)"}]
+    body = {"description": "the bytes", "content": {"application/octet-stream": {"schema": {"type": "string"}}}}
+    refused = {"403": _json(_ERROR, "expired, or a signature that does not match the path and expiry"),
+               "404": _json(_ERROR, "no such artifact or file (expired or replaced)"),
+               "416": _json(_ERROR, "a range outside the file"), "503": _json(_ERROR, "the store is unavailable")}
+
+    def download(summary: str, operation: str, extra: list[Any] | None = None) -> dict[str, Any]:
+        return {"get": _op(summary, {"200": body, "206": {**body, "description": "the range asked for"}, **refused},
+                           security=[{}], operationId=operation, parameters=signed + (extra or []))}
+
+    return {
+        "/artifacts": {"get": _op(
+            "A job's or a pipeline's artifacts, each file with a signed link",
+            {"200": _json({"type": "object", "required": ["artifacts", "links_expire_at"], "properties": {
+                "artifacts": {"type": "array", "items": artifact}, "links_expire_at": {"type": "integer"}}},
+                "the artifacts"), **_errors(400, 401, 404, 503)},
+            security=_READ, operationId="listArtifacts",
+            parameters=[_query("job", _JOB_ID, "a job id (or pipeline)"),
+                        _query("pipeline", _JOB_ID, "a pipeline id (or job)")])},
+        "/artifacts/dl/{id}/archive.tar.zst": download("An artifact's archive (signed link)", "downloadArtifact"),
+        "/artifacts/dl/{id}/archive.tar": download("An artifact as a plain tar (signed link)", "downloadArtifactTar"),
+        "/artifacts/dl/{id}/files/{path}": download("One file of an artifact (signed link)", "downloadArtifactFile", [
+            {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "the file's path in the artifact"}]),
     }
 

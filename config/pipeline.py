@@ -12,6 +12,9 @@ from typing import Any, Final
 
 import tomli_w
 
+from config.artifacts import (
+    ARTIFACTS, ARTIFACTS_DOC, ARTIFACTS_FROM, ARTIFACTS_FROM_DOC, JOB_ARTIFACTS, ArtifactSpec, check_artifacts_from,
+)
 from config.errors import ConfigError
 from config.matrix import ENTRIES, MATRIX, NAME, NAME_RULE, Value
 from config.plan import DEFAULT_JOB, MAX_NAME, check_jobs, expand_into
@@ -167,6 +170,9 @@ class JobSpec:
     cache: CacheSpec | None = option(_JOB_CACHE, "what to cache", None, shown="`cache`")
     services: dict[str, Service] = option(_JOB_SERVICES, "service containers of this job, over the top-level "
                                                          "`services` (by name)", factory=dict)
+    artifacts: ArtifactSpec | None = option(JOB_ARTIFACTS, ARTIFACTS_DOC, None, shown="`artifacts`")
+    artifacts_from: tuple[str, ...] | None = option(ARTIFACTS_FROM, ARTIFACTS_FROM_DOC, None,
+                                                    shown="`artifacts_from`")
     steps: tuple[Step, ...] = option(_JOB_STEPS, "the job's steps, run in order; at least one")
 
 
@@ -212,6 +218,10 @@ class Pipeline:
     services: dict[str, Service] = option(
         SERVICES, "service containers beside every job, in one pod with it, reachable on 127.0.0.1 and by name",
         factory=dict, shown="no services")
+    artifacts: ArtifactSpec | None = option(ARTIFACTS, ARTIFACTS_DOC + "; with [jobs], every job's default", None,
+                                            shown="none")
+    artifacts_from: tuple[str, ...] | None = option(ARTIFACTS_FROM, ARTIFACTS_FROM_DOC, None,
+                                                    shown="every need")
     steps: tuple[Step, ...] = option(_STEPS, "the steps of a one-job pipeline, run in order", (),
                                      shown="required without `jobs`")
     jobs: dict[str, JobSpec] = option(_JOBS, "the jobs of a pipeline of many, by name", factory=dict,
@@ -259,6 +269,7 @@ def pipeline_from_dict(obj: object, source: str) -> Pipeline:
     pipeline: Pipeline = decode(Pipeline, obj, "", issues)
     _check_form(obj, issues)
     issues.raise_if_any()
+    check_artifacts_from(pipeline, issues)
     expand_into(pipeline, issues)
     issues.raise_if_any()
     return pipeline

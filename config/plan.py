@@ -232,6 +232,8 @@ def _member_pipeline(top: Pipeline, name: str, spec: JobSpec, values: Values, di
         snapshot=spec.snapshot if spec.snapshot is not None else top.snapshot,
         secrets=spec.secrets if spec.secrets is not None else top.secrets,
         cache=spec.cache if spec.cache is not None else top.cache,
+        artifacts=spec.artifacts if spec.artifacts is not None else top.artifacts,
+        artifacts_from=spec.artifacts_from if spec.artifacts_from is not None else top.artifacts_from,
         env=env)
 
 

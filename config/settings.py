@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.artifacts import SIZE
 from config.errors import ConfigError
 from config.schema import (
     BOOL,
@@ -116,6 +117,8 @@ class RunnerSettings:
     max_log_bytes: int = option(integer(0), "bytes of step output (as stored) kept in a job's log per attempt; the "
                                              "rest is dropped with a marker line and counted in /metrics; 0 = no limit",
                                 64 * 1024 * 1024, shown="`67108864` (64 MiB)")
+    max_artifact_size: int = option(SIZE, "the most a job's artifacts may hold (the files, before compression); "
+                                          "over it they are not kept", 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class RetentionSettings:
     snapshot_days: int = option(integer(1), "keep workspace snapshots this many days", 7)
     cache_days: int = option(integer(1), "keep caches unused for this many days", 30)
     job_days: int = option(integer(1), "keep finished jobs and their logs this many days", 7)
+    artifact_days: int = option(integer(1), "keep artifacts this many days, unless their `expire` says otherwise; "
+                                            "a pipeline stays while it has unexpired artifacts", 7)
 
 
 @dataclass(frozen=True)

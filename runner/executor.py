@@ -17,11 +17,11 @@ from config.durations import format_duration
 from config.errors import ConfigError
 from config.pipeline import Pipeline, Step
 from config.settings import Settings
-from runner.archive import ArchiveError, CorruptArchive, UnsafeArchive
+from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager, CachePlan, plan_cache
 from runner.engine import ContainerSpec, Engine, EngineError
 from runner.environment import Secrets, job_environment, step_environment
-from runner.errors import QueueError, RunnerError
+from runner.errors import RunnerError
 from runner.layout import DataLayout
 from runner.logs import JobLog, LogHub, LogLine
 from runner.models import Job, JobState, Outcome, SnapshotRecord, StepResult, StepState
@@ -35,10 +35,9 @@ from runner.job_rules import (
     select_steps,
     skipped,
 )
-from runner.retry import Resume
+from runner.retry import Resume, resume_workspace
 from runner.services import Box, JobPod, Limits, Solo
 from runner.snapshot import Snapshots, should_snapshot
-from runner.store import ObjectMissing, StoreError
 from runner.workspace import WorkspaceError, Workspaces
 
 __all__ = ["Executor", "NullReporter", "Outcome", "StepReporter", "StepResult", "checked_out_sha"]
@@ -127,7 +126,7 @@ class Executor:
     def __init__(
         self, settings: Settings, engine: Engine, workspaces: Workspaces, layout: DataLayout,
         hub: LogHub | None, environ: Mapping[str, str], *, cache: CacheManager | None = None,
-        snapshots: Snapshots | None = None,
+        snapshots: Snapshots | None = None, artifacts: ArtifactManager | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -137,6 +136,7 @@ class Executor:
         self.secrets = Secrets.resolve(settings, environ)  # once: the server's environment does not change
         self.cache = cache  # None: no caches (and no package-manager variables)
         self.snapshots = snapshots  # None: no snapshots, and no retries from a failed step
+        self.artifacts = artifacts  # None: artifacts are neither kept nor fetched
         self._limits_apply: bool | None = None
         self._strays: list[Box] = []  # containers and pods whose removal failed (the engine was down): removed later
 
@@ -194,6 +194,9 @@ class Executor:
             if plan.cache is not None and self.cache is not None and resume is None:
                 await self._guarded("cache restore", joblog, self.cache.restore, plan.cache, checkout.workspace,
                                     attempt.say, attempt.abort, job.id)
+            if self.artifacts is not None and resume is None and (fetched := await asyncio.to_thread(  # needs' files
+                    self.artifacts.restore, job, plan.pipeline, checkout.workspace, attempt.say, attempt.abort)):
+                return fetched
             deadline = time.monotonic() + plan.timeout
             box = self._box(attempt, plan)
             ended = await self._start_container(attempt, box, plan, checkout.workspace, deadline)
@@ -202,9 +205,13 @@ class Executor:
             outcome = await self._run_steps(attempt, plan, box.container_id, resume, deadline)
             outcome = self._with_outputs(attempt, checkout.workspace, outcome)
             joblog.system(summary(outcome))
-            if local_path is None and await self._release(box, joblog):
+            if (local_path is None or self.artifacts is not None) and await self._release(box, joblog):
                 box = None
-                await self._keep(attempt, plan, checkout.workspace, outcome)
+                if self.artifacts is not None and plan.pipeline.artifacts is not None:  # before the snapshot
+                    await self._guarded("artifacts", joblog, self.artifacts.upload, job, plan.pipeline,
+                                        checkout.workspace, outcome.state, attempt.say, attempt.abort)
+                if local_path is None:
+                    await self._keep(attempt, plan, checkout.workspace, outcome)
             return outcome
         finally:
             await self._clean_up(job.id, box)
@@ -231,7 +238,7 @@ class Executor:
         snapshot: SnapshotRecord | None = None
         try:
             if resume is not None:
-                found = await self._resume_workspace(job, resume, attempt.say, attempt.abort)
+                found = await resume_workspace(self.snapshots, self.workspaces, job, resume, attempt.say, attempt.abort)
                 if isinstance(found, Outcome):
                     joblog.system(found.error or "cannot resume")
                     return found
@@ -249,34 +256,6 @@ class Executor:
         if sha and not spec.sha:
             attempt.reporter.checked_out(job, sha)
         return Checkout(workspace, sha, snapshot)
-
-    async def _resume_workspace(
-        self, job: Job, resume: Resume, say: Callable[[str], None], abort: threading.Event,
-    ) -> tuple[Path, SnapshotRecord] | Outcome:
-        """A fresh workspace holding the snapshot of job `resume.job_id`, instead of a checkout."""
-        if self.snapshots is None:
-            return Outcome(JobState.failure, "this runner keeps no snapshots; retry without --from-failed-step")
-        try:
-            record = await asyncio.to_thread(self.snapshots.queue.snapshot, resume.job_id)
-        except QueueError as exc:
-            return Outcome(JobState.error, f"cannot read the snapshot index: {exc}", infra=True)
-        if record is None or record.failed_step != resume.step:
-            return Outcome(JobState.failure, f"job {resume.job_id} has no snapshot to resume from (pruned?); "
-                                             f"retry it without --from-failed-step")
-        workspace = self.workspaces.path(job.id)
-        await self.workspaces.remove(job.id)
-        try:
-            workspace.mkdir(mode=0o755)
-            self.workspaces.user.chown(workspace)
-            await asyncio.to_thread(self.snapshots.restore, record, workspace, say, abort)
-        except ObjectMissing:
-            return Outcome(JobState.failure, f"the snapshot of job {resume.job_id} is gone from the store; "
-                                             f"retry it without --from-failed-step")
-        except (CorruptArchive, UnsafeArchive) as exc:
-            return Outcome(JobState.failure, f"the snapshot of job {resume.job_id} cannot be restored: {exc}")
-        except (StoreError, ArchiveError, OSError) as exc:  # the store or the disk: worth retrying later
-            return Outcome(JobState.error, f"cannot restore the snapshot of job {resume.job_id}: {exc}", infra=True)
-        return workspace, record
 
     # -- plan phase -----------------------------------------------------------------------------------------
 

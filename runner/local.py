@@ -20,6 +20,7 @@ from config.errors import ConfigError
 from config.pipeline import Pipeline, load_pipeline
 from config.plan import expand
 from config.settings import Settings
+from runner.artifacts.local import LAST_RUN, keep_last_run
 from runner.control import JobControl
 from runner.engine import Engine
 from runner.errors import InvalidTransition, RunnerError
@@ -51,6 +52,7 @@ class LocalRun:
     state: PipelineState
     jobs: tuple[LocalJob, ...]
     one_job: bool  # a file of top-level [[steps]] (or no usable file): printed as `forgeci run` always did
+    artifacts: Path | None = None  # where the run's kept artifacts are, unpacked (replaced by the next run)
 
     @property
     def succeeded(self) -> bool:
@@ -157,9 +159,9 @@ class LocalDispatcher:
             self.wake()
 
 
-async def _run_pipeline(runtime: Runtime, path: Path, plan: LocalPlan, printers: Printers) -> LocalRun:
+async def _run_pipeline(runtime: Runtime, path: Path, plan: LocalPlan, printers: Printers, keep: Path) -> LocalRun:
     """Plan the selected jobs into a pipeline of the run's private queue, each with its one-job pipeline inline
-    (as a server plans a submitted pipeline), and run them to the end."""
+    (as a server plans a submitted pipeline), and run them to the end; their artifacts end up in `keep`."""
     control, queue = runtime.control, runtime.queue
     spec = JobSpec(repo=str(path), ref=_git(path, "rev-parse", "--abbrev-ref", "HEAD") or "local",
                    sha=_git(path, "rev-parse", "HEAD") or None, event="local")
@@ -183,7 +185,9 @@ async def _run_pipeline(runtime: Runtime, path: Path, plan: LocalPlan, printers:
         outcome = dispatcher.outcomes.get(job_id)
         jobs.append(LocalJob(display=job.display or job.name or ONE_JOB, state=job.state, error=job.error,
                              duration=job.duration, steps=outcome.steps if outcome else ()))
-    return LocalRun(done.state, tuple(jobs), plan.one_job)
+    kept = await asyncio.to_thread(keep_last_run, queue, runtime.store, pipeline_id, keep,
+                                   lambda text: printers.terminal.write(f"warning: {text}\n"))
+    return LocalRun(done.state, tuple(jobs), plan.one_job, kept)
 
 
 async def run_local(
@@ -203,16 +207,22 @@ async def run_local(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=settings.data_dir))
     queue = dataclasses.replace(settings.queue, max_concurrent=parallel or settings.queue.max_concurrent)
-    local = dataclasses.replace(settings, data_dir=scratch, queue=queue)
+    # Artifacts pass between the jobs through the scratch store (never the working tree, which the next job would
+    # copy), whatever store the settings name.
+    local = dataclasses.replace(settings, data_dir=scratch, queue=queue,
+                                storage=dataclasses.replace(settings.storage, url=""))
     terminal = Terminal(out or sys.stdout)  # looked up now: tests and callers may have replaced sys.stdout
     started = time.monotonic()
     try:
         async with open_runtime(local, environ, workers=False, engine=engine) as runtime:
-            run = await _run_pipeline(runtime, path, plan, Printers(terminal, prefixed=not plan.one_job))
+            run = await _run_pipeline(runtime, path, plan, Printers(terminal, prefixed=not plan.one_job),
+                                      settings.data_dir / LAST_RUN)
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
     if run.one_job:
         one_job_summary(terminal, run.jobs[0])
     else:
         pipeline_summary(terminal, run.state, run.jobs, time.monotonic() - started)
+    if run.artifacts is not None:
+        terminal.write(f"artifacts of this run: {run.artifacts}\n")
     return run

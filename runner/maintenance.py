@@ -25,7 +25,7 @@ DAY = 86400.0
 INTERVAL = 3600.0  # the hourly task
 FIRST_RUN = 60.0  # after a start: a server restarted often must still prune
 ORPHAN_AGE = DAY  # an unindexed object younger than this may be an upload whose index row is being written
-PREFIXES = ("caches/", "snapshots/")  # what forgeci writes to the store; anything else there is not ours
+PREFIXES = ("caches/", "snapshots/", "artifacts/")  # what forgeci writes to the store; anything else is not ours
 
 
 class Parts(Protocol):
@@ -61,22 +61,26 @@ class PruneReport:
     jobs: int = 0
     logs: int = 0
     orphans: int = 0  # store objects no index row refers to (an interrupted upload, a lost race)
-    freed_bytes: int = 0  # of the snapshots, caches and orphans
+    freed_bytes: int = 0  # of the snapshots, caches, artifacts and orphans
     errors: tuple[str, ...] = field(default_factory=tuple)
+    artifacts: int = 0  # expired artifacts
 
     def to_dict(self) -> dict[str, Any]:
         return {"snapshots": self.snapshots, "caches": self.caches, "jobs": self.jobs, "logs": self.logs,
-                "orphans": self.orphans, "freed_bytes": self.freed_bytes, "errors": list(self.errors)}
+                "orphans": self.orphans, "artifacts": self.artifacts, "freed_bytes": self.freed_bytes,
+                "errors": list(self.errors)}
 
     def summary(self) -> str:
         text = (f"pruned {self.snapshots} snapshot(s), {self.caches} cache(s), {self.jobs} job(s) with {self.logs} "
-                f"log(s), {self.orphans} orphaned object(s); {self.freed_bytes / 1e6:.1f} MB freed")
+                f"log(s), {self.artifacts} artifact(s), {self.orphans} orphaned object(s); "
+                f"{self.freed_bytes / 1e6:.1f} MB freed")
         return text + (f"; {len(self.errors)} error(s)" if self.errors else "")
 
 
 def prune(parts: Parts, now: float | None = None) -> PruneReport:
-    """Delete snapshots older than retention.snapshot_days, caches unused for cache_days, and jobs (with logs)
-    finished more than job_days ago, as of `now` (default: the current time). Blocks: call it in a thread.
+    """Delete snapshots older than retention.snapshot_days, caches unused for cache_days, artifacts past their expiry,
+    and jobs (with logs) finished more than job_days ago, as of `now` (default: the current time). Blocks: call it in
+    a thread.
 
     A store that is down does not stop the rest: its errors are in the report, and the next round tries again.
     """
@@ -107,7 +111,10 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
             caches += 1
             freed += entry.size
 
-    job_ids: list[int] = _guard(errors, lambda: parts.queue.delete_finished_jobs(now - retention.job_days * DAY), [])
+    artifacts, artifact_bytes = _prune_artifacts(parts, now, errors)
+    freed += artifact_bytes
+    job_ids: list[int] = _guard(errors, lambda: parts.queue.delete_finished_jobs(now - retention.job_days * DAY, now),
+                                [])
     logs = 0
     for job_id in job_ids:
         with contextlib.suppress(FileNotFoundError):
@@ -120,7 +127,24 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
     _guard(errors, lambda: parts.queue.delete_metrics_before(now - max(retention.job_days, METRICS_DAYS) * DAY), 0)
 
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
-    return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors))
+    return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors),
+                       artifacts=artifacts)
+
+
+def _prune_artifacts(parts: Parts, now: float, errors: list[str]) -> tuple[int, int]:
+    """Delete artifacts past their own expiry (before the jobs: a pipeline goes only once its artifacts have)."""
+    count = size = 0
+    for record in _guard(errors, lambda: parts.queue.expired_artifacts(now), []):
+        if record.object is not None:
+            try:
+                parts.store.delete(record.object)
+            except StoreError as exc:
+                errors.append(f"artifact of job {record.job_id}: {exc}")
+                continue  # kept in the index, so the next round retries the delete
+        if _guard(errors, lambda: parts.queue.delete_artifact(record.id), False):
+            count += 1
+            size += record.size
+    return count, size
 
 
 def _prune_orphaned_logs(parts: Parts, before: float, errors: list[str]) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import Settings
+from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager
 from runner.control import JobControl
 from runner.engine import Engine
@@ -51,6 +52,7 @@ class Runtime:
     pool: WorkerPool | None = None
     _maintenance: asyncio.Task[None] | None = None
     _planning: asyncio.Task[None] | None = None
+    artifacts: ArtifactManager | None = None
 
     @property
     def user(self) -> PodmanUser:
@@ -165,10 +167,13 @@ async def _assembled(
                                 remove_tree=engine.remove_tree)
         cache = CacheManager(store, queue, engine.user)
         snapshots = Snapshots(store, queue, engine.user)
-        executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots)
+        artifacts = ArtifactManager(store, queue, engine.user, max_size=settings.runner.max_artifact_size,
+                                    default_days=settings.retention.artifact_days)
+        executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots,
+                            artifacts=artifacts)
         planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
         yield Runtime(settings, layout, engine, queue, JobControl(queue, events, planner), hub, events, executor,
-                      store, cache, snapshots, planner)
+                      store, cache, snapshots, planner, artifacts=artifacts)
     finally:
         store.close()
         queue.close()

@@ -48,7 +48,8 @@ class Script:
     delay: float = 0.0  # seconds after the output before the step exits
     hang: bool = False  # never exits by itself: only a signal (stop_step) or removing the container ends it
     ignore_term: bool = False  # SIGTERM does nothing; SIGKILL ends it
-    files: Mapping[str, str] = field(default_factory=dict)  # written into the workspace (relative paths)
+    files: Mapping[str, str | bytes] = field(default_factory=dict)  # written into the workspace (relative paths)
+    links: Mapping[str, str] = field(default_factory=dict)  # symlinks made in the workspace: path -> target
     output: Mapping[str, str] = field(default_factory=dict)  # KEY=VALUE lines appended to $FORGECI_OUTPUT
 
 
@@ -295,7 +296,11 @@ class FakeEngine:
         for rel, text in script.files.items():
             target = container.spec.workspace / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
+            target.write_bytes(text) if isinstance(text, bytes) else target.write_text(text)
+        for rel, link in script.links.items():
+            target = container.spec.workspace / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(link)
         if script.output:
             target = container.spec.workspace / env["FORGECI_OUTPUT"].removeprefix("/workspace/")
             with open(target, "a") as out:

@@ -21,6 +21,7 @@ from client.api import Client
 from client.errors import ClientError
 from client.models import MAX_PRIORITY, MIN_PRIORITY, JobInfo, LogEnd, ServerEvent, Submission
 from tui import format as fmt
+from tui.artifacts import ArtifactList
 from tui.messages import CancelJob, ChangePriority, RequestFailed, RetryJob
 from tui.models import Services, apply_event, job_duration
 from tui.widgets import LogView, StatusBar
@@ -59,6 +60,7 @@ class JobScreen(Screen[None]):
         yield StatusBar(self.client.server)
         yield Static(f"job #{self.job_id}: loading…", id="job-head")
         yield DataTable(cursor_type="none", zebra_stripes=True, id="steps")
+        yield ArtifactList(id="artifacts")
         yield Static("", id="log-status")
         yield LogView(id="log")
         yield Input(placeholder="search the log (enter: find, escape: close)", compact=True, id="search")
@@ -104,6 +106,7 @@ class JobScreen(Screen[None]):
                           fmt.NONE if step.exit_code is None else step.exit_code, fmt.duration(took),
                           key=str(step.index))
         table.styles.height = min(len(job.steps), 5) + 1
+        self.query_one(ArtifactList).show_for(self.client, job)
 
     def _render_head(self) -> None:
         job = self.job

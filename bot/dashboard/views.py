@@ -14,6 +14,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
+from bot.artifacts import job_artifacts
 from bot.auth import CSRF_FIELD, Session
 from bot.dashboard import ansi, chart, dag
 from bot.keys import AUTH, METRICS, RUNTIME
@@ -241,7 +242,7 @@ async def job_page(request: web.Request) -> web.Response:
     except JobNotFound:
         return _not_found(request, job_id)
     log = await asyncio.to_thread(_log_view, runtime.layout.log_file(job_id))
-    return page(request, "job.html", who, log=log, **context)
+    return page(request, "job.html", who, log=log, artifacts=await job_artifacts(request, job_id), **context)
 
 
 async def job_fragment(request: web.Request) -> web.Response:
@@ -250,7 +251,8 @@ async def job_fragment(request: web.Request) -> web.Response:
         context = await asyncio.to_thread(_job_context, _runtime(request), path_id(request))
     except JobNotFound:
         raise web.HTTPNotFound() from None
-    return page(request, "_job_summary.html", who, **context)
+    return page(request, "_job_summary.html", who, artifacts=await job_artifacts(request, context["job"].id),
+                **context)
 
 
 async def raw_log(request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,7 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, cast
 
@@ -61,27 +61,44 @@ class ArchiveWriter:
 
     def __init__(
         self, root: Path, paths: Sequence[str], *, compressor: Compressor = "zstandard", level: int = LEVEL,
-        threads: int = 0, abort: threading.Event | None = None,
+        threads: int = 0, abort: threading.Event | None = None, listed: bool = False,
+        tap: Callable[[bytes], None] | None = None,
     ) -> None:
+        """`listed`: `paths` are every entry (folders before what they hold), read by tar from a list rather than
+        its command line (no length limit), not recursed into, and symlinks among them are stored as the files
+        they point at (which the caller checked are inside `root`), hard links as whole files. `tap` sees the tar
+        bytes before compression (in-process compressor only)."""
         if not paths:
             raise ArchiveError("nothing to archive")
+        if tap is not None and compressor != "zstandard":
+            raise ArchiveError("a tap needs the in-process compressor")
         self._abort = abort
         self._hash = hashlib.sha256()
         self._size = 0
         self._done = False
         self._stderr = tempfile.TemporaryFile()
+        self._list: IO[bytes] | None = None
         argv = ["tar", "--create", "--file=-", "--format=gnu", "--numeric-owner", "--warning=no-file-changed",
-                "-C", str(root), "--", *paths]
+                "-C", str(root)]
+        stdin: int | IO[bytes] = subprocess.DEVNULL
+        if listed:
+            stdin = self._list = tempfile.TemporaryFile()
+            self._list.write(b"\0".join(os.fsencode(p) for p in paths) + b"\0")
+            self._list.seek(0)
+            argv += ["--null", "--verbatim-files-from", "--no-recursion", "--dereference", "--hard-dereference",
+                     "--files-from=-"]
+        else:
+            argv += ["--", *paths]
         env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         workers = threads or os.cpu_count() or 1
         self._procs: list[subprocess.Popen[bytes]] = []
         self._cli = compressor == "zstd"
         try:
-            tar = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
+            tar = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr,
                                    env=env, bufsize=0)
             self._procs.append(tar)
             assert tar.stdout is not None
-            self._counted = _Counting(tar.stdout)
+            self._counted = _Counting(tar.stdout, tap)
             self._stream: Readable
             if self._cli:
                 zstd = subprocess.Popen(["zstd", "-q", f"-{level}", f"-T{workers}", "-c"], stdin=tar.stdout,
@@ -142,6 +159,8 @@ class ArchiveWriter:
             if proc.stdout is not None:
                 proc.stdout.close()
         self._stderr.close()
+        if self._list is not None:
+            self._list.close()
 
     def __enter__(self) -> ArchiveWriter:
         return self
@@ -151,14 +170,17 @@ class ArchiveWriter:
 
 
 class _Counting:
-    """A reader that counts what passes through it."""
+    """A reader that counts what passes through it, and shows it to `tap`."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], tap: Callable[[bytes], None] | None = None) -> None:
         self.raw = raw
         self.count = 0
+        self.tap = tap
 
     def read(self, size: int = -1, /) -> bytes:
         data = self.raw.read(size)
         self.count += len(data)
+        if self.tap is not None and data:
+            self.tap(data)
         return data
 

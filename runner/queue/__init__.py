@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from runner.queue.artifacts import ArtifactFile, ArtifactQueries, ArtifactRecord
 from runner.queue.base import BUSY_TIMEOUT, CACHE_KIB
 from runner.queue.deliveries import DELIVERY_MEMORY, PRUNE_EVERY, Delivery, DeliveryQueries, NewDelivery
 from runner.queue.index import IndexQueries
@@ -11,12 +12,12 @@ from runner.queue.pipelines import JobSummary, PipelineStats, PlannedJobRow, Set
 from runner.queue.schema import MIGRATIONS
 
 __all__ = [
-    "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY", "Delivery", "JobSummary",
-    "NewDelivery", "Order", "PipelineStats", "PlannedJobRow", "Queue", "Settlement",
+    "ArtifactFile", "ArtifactRecord", "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY",
+    "Delivery", "JobSummary", "NewDelivery", "Order", "PipelineStats", "PlannedJobRow", "Queue", "Settlement",
 ]
 
 
-class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries):
+class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

@@ -100,7 +100,8 @@ class IndexQueries(QueueBase):
     def stored_objects(self) -> set[str]:
         """Every store key the index refers to (maintenance deletes the others)."""
         with self._transaction("BEGIN") as conn:
-            rows = conn.execute("SELECT object FROM cache_entries UNION ALL SELECT key FROM snapshots").fetchall()
+            rows = conn.execute("SELECT object FROM cache_entries UNION ALL SELECT key FROM snapshots "
+                                "UNION ALL SELECT object FROM artifacts WHERE object IS NOT NULL").fetchall()
         return {row[0] for row in rows}
 
 

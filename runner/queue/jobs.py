@@ -132,7 +132,8 @@ _RUNNING = f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_active WHERE {_ACTI
 # Never the newest job: without AUTOINCREMENT (a third page written per enqueue) SQLite gives a new row
 # the highest id + 1, so deleting the newest would hand its id out again, and job ids are public.
 # A job of a pipeline goes only with its finished pipeline (its dependants' rules read it while the pipeline
-# runs); the pipeline row goes once it has no job left, never the newest either.
+# runs); the pipeline row goes once it has no job left, never the newest either, and not while any artifact it
+# kept is unexpired (its listing and links name the pipeline; the jobs' rows go by job_days as always).
 _DELETE_FINISHED = """
 DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND finished_at < ? AND id < (SELECT max(id) FROM jobs)
   AND (pipeline_id IS NULL
@@ -141,6 +142,8 @@ DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND finished_at < ? AN
 _DELETE_EMPTY_PIPELINES = """
 DELETE FROM pipelines WHERE state NOT IN ('planning', 'queued', 'running') AND finished_at < ?
   AND id < (SELECT max(id) FROM pipelines) AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = pipelines.id)
+  AND NOT EXISTS (SELECT 1 FROM artifacts WHERE artifacts.pipeline_id = pipelines.id AND artifacts.object IS NOT NULL
+                  AND artifacts.expires_at > ?)
 """
 
 _ACTIVE_COUNTS = f"SELECT state, count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} GROUP BY state"
@@ -428,11 +431,12 @@ class JobQueries(QueueBase):
         with self._transaction("BEGIN") as conn:
             return [_job(row) for row in conn.execute(_RUNNING).fetchall()]
 
-    def delete_finished_jobs(self, ts: float) -> list[int]:
-        """Retention: delete terminal jobs (and their steps) finished before ts; returns their ids (for their logs)."""
+    def delete_finished_jobs(self, ts: float, now: float | None = None) -> list[int]:
+        """Retention: delete terminal jobs (and their steps) finished before ts; returns their ids (for their logs).
+        A pipeline's row stays while an artifact of it is unexpired at `now` (default: the queue's clock)."""
         with self._transaction() as conn:
             deleted = sorted(row[0] for row in conn.execute(_DELETE_FINISHED + " RETURNING id", (ts,)).fetchall())
-            conn.execute(_DELETE_EMPTY_PIPELINES, (ts,))
+            conn.execute(_DELETE_EMPTY_PIPELINES, (ts, self._clock() if now is None else now))
             return deleted
 
     def state_of(self, job_id: int) -> JobState:

@@ -159,6 +159,39 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_pipeline ON jobs (pipeline_id) WHERE pipeline_id IS NOT NULL;
     ALTER TABLE deliveries ADD COLUMN pipeline_ids TEXT;               -- JSON ids of the pipelines it made
     """,
+    # 6: the artifact index (runner/queue/artifacts.py): what each job kept, and every file of it.
+    """
+    CREATE TABLE artifacts (
+        id          INTEGER PRIMARY KEY,
+        job_id      INTEGER NOT NULL UNIQUE,  -- not a reference: the index outlives the job's row (retention keeps
+                                              -- the pipeline's row while it has unexpired artifacts)
+        pipeline_id INTEGER REFERENCES pipelines (id) ON DELETE CASCADE,
+        job         TEXT    NOT NULL,
+        display     TEXT    NOT NULL,
+        repo        TEXT    NOT NULL,         -- runner.cache's repo id and scope: restores never cross them
+        scope       TEXT    NOT NULL,
+        paths       TEXT    NOT NULL,         -- JSON: the declared globs
+        object      TEXT,                     -- store key of the archive; NULL: nothing kept (`error` says why, or
+                                              -- nothing matched)
+        size        INTEGER NOT NULL DEFAULT 0,
+        raw_size    INTEGER,
+        checksum    TEXT,                     -- sha256 of the archive
+        file_count  INTEGER NOT NULL DEFAULT 0,
+        total_size  INTEGER NOT NULL DEFAULT 0,
+        error       TEXT,
+        created_at  REAL    NOT NULL,
+        expires_at  REAL    NOT NULL
+    );
+    CREATE INDEX artifacts_pipeline ON artifacts (pipeline_id) WHERE pipeline_id IS NOT NULL;
+    CREATE INDEX artifacts_expires ON artifacts (expires_at);
+    CREATE TABLE artifact_files (
+        artifact_id INTEGER NOT NULL REFERENCES artifacts (id) ON DELETE CASCADE,
+        path        TEXT    NOT NULL,
+        size        INTEGER NOT NULL,
+        sha256      TEXT    NOT NULL,
+        PRIMARY KEY (artifact_id, path)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
