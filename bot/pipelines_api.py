@@ -13,7 +13,7 @@ from aiohttp import web
 from bot.auth import Access, Handler
 from bot.keys import RUNTIME
 from bot.parse import boolean, check_keys, id_of_text, query_limit, read_json
-from runner.models import Job, JobState, PipelineRecord
+from runner.models import Job, JobState, PipelineRecord, need_depths
 from runner.queue import Queue
 
 
@@ -25,21 +25,12 @@ def with_wait_reasons(queue: Queue, jobs: list[dict[str, Any]]) -> list[dict[str
 
 
 def job_depths(jobs: Sequence[Job]) -> dict[int, int]:
-    """Each job's dependency depth, by id: 0 without needs, else 1 + the deepest of its needs (a matrix's members
-    share their name, so a dependant of a matrix is deeper than all of them). The dashboard draws its columns by
-    it. A need the pipeline lacks counts for nothing, and a cycle (which planning refuses) ends at 0."""
+    """Each job's dependency depth, by id (runner.models.need_depths over the jobs' names)."""
     needs_of: dict[str, set[str]] = {}
     for job in jobs:
         needs_of.setdefault(job.name or "", set()).update(job.needs)
-    depth: dict[str, int] = {}
-
-    def visit(name: str, path: frozenset[str]) -> int:
-        if name not in depth:
-            known = [need for need in needs_of.get(name, ()) if need in needs_of and need not in path]
-            depth[name] = 1 + max(visit(need, path | {name}) for need in known) if known else 0
-        return depth[name]
-
-    return {job.id: visit(job.name or "", frozenset()) for job in jobs}
+    depth = need_depths(needs_of)
+    return {job.id: depth[job.name or ""] for job in jobs}
 
 
 def pipeline_json(record: PipelineRecord) -> dict[str, Any]:

@@ -164,6 +164,7 @@ class PipelineJob:
     attempts: int = 0
     waiting: bool = False
     wait_reason: str | None = None  # why a queued job does not run yet
+    cancel_requested: bool = False  # the API's job list leaves it out; a job event says it (`cancel_requested`)
 
     @property
     def terminal(self) -> bool:
@@ -178,7 +179,7 @@ class PipelineJob:
         return cls(d["id"], name, _str(d.get("display")) or name, d["state"], _strings(d.get("needs")),
                    _int(d.get("depth")), _optional_str(d.get("error")), _float(d.get("started_at")),
                    _float(d.get("finished_at")), _float(d.get("duration")), _int(d.get("attempts")),
-                   d.get("waiting") is True, _optional_str(d.get("wait_reason")))
+                   d.get("waiting") is True, _optional_str(d.get("wait_reason")), d.get("cancel_requested") is True)
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ class PipelineInfo:
     jobs_total: int = 0
     jobs_done: int = 0
     duration: float | None = None  # end to end, first job queued -> last job done; None until it ends
+    cancel_requested: bool = False  # cancelled while jobs ran: it ends once they have stopped
     jobs: tuple[PipelineJob, ...] = ()  # only from `/pipelines/{id}`
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -222,7 +224,7 @@ class PipelineInfo:
                    _int(d.get("plan_attempts")), _str(d.get("repo")), _str(d.get("ref")), _str(d.get("event")),
                    _float(d.get("created_at")), _float(d.get("started_at")), _float(d.get("finished_at")),
                    _int(d.get("jobs_total"), len(job_ids)), _int(d.get("jobs_done")), _float(d.get("duration")),
-                   jobs, d)
+                   d.get("cancel_requested") is True, jobs, d)
 
 
 @dataclass(frozen=True)

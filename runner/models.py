@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -375,3 +375,21 @@ class PipelineRecord:
         out["jobs_total"] = len(self.job_ids)
         out["duration"] = self.duration
         return out
+
+
+def need_depths(needs: Mapping[str, Iterable[str]]) -> dict[str, int]:
+    """Each job name's dependency depth in a pipeline, from what each name needs: 0 without needs, else 1 + the
+    deepest of its needs (a matrix's members share their name, so a dependant of a matrix is deeper than all of
+    them). A need the pipeline lacks counts for nothing, and a cycle (which planning refuses) is cut where it is
+    met, so a damaged pipeline still shows. The API's `depth` and the dashboard's columns both come from here."""
+    depth: dict[str, int] = {}
+
+    def visit(name: str, path: frozenset[str]) -> int:
+        if name not in depth:
+            known = [need for need in needs[name] if need in needs and need not in path]
+            depth[name] = 1 + max((visit(need, path | {name}) for need in known), default=-1)
+        return depth[name]
+
+    for name in needs:
+        visit(name, frozenset())
+    return depth

@@ -16,13 +16,12 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from client.api import Client
 from client.errors import AuthFailed, ClientError, ServerUnreachable
-from client.models import JobInfo, ServerEvent, Submission
+from client.models import JobInfo, PipelineServerEvent, ServerEvent, Submission
 from tui.job_table import JobTable
 from tui.messages import CancelJob, ChangePriority, OpenJob, RequestFailed, RetryJob
 from tui.models import Services
 from tui.panels import CachePanel, JobsPanel, MetricsPanel, Panel, QueuePanel
 from tui.pipeline_actions import PipelineCommands
-from tui.pipeline_api import PipelineApi, PipelineEvent, as_pipeline_event
 from tui.pipeline_screen import PipelineScreen
 from tui.pipelines_panel import PipelinesPanel, PipelineTable
 from tui.screens import ConfirmScreen, HelpScreen, JobScreen, PriorityScreen, SubmitScreen
@@ -84,9 +83,8 @@ class ForgeciApp(PipelineCommands):
         self.clock = clock  # wall-clock seconds, to show how long jobs have run; tests pin it
         self.job_events: Signal[ServerEvent] = Signal(self, "job-events")
         self.resync: Signal[None] = Signal(self, "resync")
-        self.pipeline_events: Signal[PipelineEvent] = Signal(self, "pipeline-events")
-        self.services = Services(client, clock, self.job_events, self.resync, self.pipeline_events,
-                                 PipelineApi(client))
+        self.pipeline_events: Signal[PipelineServerEvent] = Signal(self, "pipeline-events")
+        self.services = Services(client, clock, self.job_events, self.resync, self.pipeline_events)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(self.client.server)
@@ -116,13 +114,13 @@ class ForgeciApp(PipelineCommands):
         delay = RECONNECT_MIN
         while True:
             try:
-                async with self.client.events() as events:
+                async with self.client.events(pipelines=True) as events:
                     self._online()
                     delay = RECONNECT_MIN
                     async for event in events:
                         # Job views read job ids: a pipeline's event goes to the pipeline views alone.
-                        if (pipeline_event := as_pipeline_event(event)) is not None:
-                            self.pipeline_events.publish(pipeline_event)
+                        if isinstance(event, PipelineServerEvent):
+                            self.pipeline_events.publish(event)
                         else:
                             self.job_events.publish(event)
                 raise ServerUnreachable(f"{self.client.server} closed the event stream")

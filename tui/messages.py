@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from client.errors import ClientError
-from client.models import JobInfo
-from tui.pipeline_api import Pipeline
+from client.models import JobInfo, PipelineInfo
 
 
 @dataclass
@@ -51,14 +50,14 @@ class OpenPipeline(Message):
 class CancelPipeline(Message):
     """Cancel this pipeline (its queued jobs, and stop its running ones), once the operator confirms."""
 
-    pipeline: Pipeline
+    pipeline: PipelineInfo
 
 
 @dataclass
 class RetryPipeline(Message):
     """Run this finished pipeline again: all of it as a new pipeline, or only its failed jobs in place."""
 
-    pipeline: Pipeline
+    pipeline: PipelineInfo
     failed_only: bool = False
 
 

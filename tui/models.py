@@ -9,9 +9,8 @@ from typing import Any
 from textual.signal import Signal
 
 from client.api import Client
-from client.models import TERMINAL, JobInfo, ServerEvent
+from client.models import TERMINAL, JobInfo, PipelineJob, PipelineServerEvent, ServerEvent
 from tui import format as fmt
-from tui.pipeline_api import PipelineApi, PipelineEvent
 
 
 @dataclass(frozen=True)
@@ -22,8 +21,7 @@ class Services:
     clock: Callable[[], float]  # wall-clock seconds, to show how long jobs have run; tests pin it
     job_events: Signal[ServerEvent]  # every job event of /events, as it arrives
     resync: Signal[None]  # (re)connected or asked to: reload everything shown
-    pipeline_events: Signal[PipelineEvent]  # every pipeline event of /events
-    pipelines: PipelineApi  # the pipeline calls, over the same client
+    pipeline_events: Signal[PipelineServerEvent]  # every pipeline event of /events
 
 
 def apply_event(job: JobInfo, event: ServerEvent) -> JobInfo:
@@ -52,6 +50,34 @@ def apply_event(job: JobInfo, event: ServerEvent) -> JobInfo:
     if event.kind == "sha" and isinstance(data.get("sha"), str) and not job.sha:
         return replace(job, sha=data["sha"])  # a job submitted without one pinned the commit it checked out
     return job
+
+
+def apply_job_event(job: PipelineJob, event: ServerEvent) -> PipelineJob:
+    """The pipeline's job as a job event leaves it, before the screen asks the server again (for wait reasons)."""
+    if event.kind == "cancel_requested":
+        return replace(job, cancel_requested=True)
+    if event.kind == "ready":  # its needs are done: it waits only for a slot now
+        return replace(job, waiting=False)
+    if event.kind != "state" or event.state == job.state:
+        return job
+    if event.state == "running":
+        attempts = event.data.get("attempts")
+        return replace(job, state="running", started_at=event.t, finished_at=None, duration=None, waiting=False,
+                       wait_reason=None,
+                       attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool)
+                       else job.attempts)
+    if event.state == "queued":
+        return replace(job, state="queued", started_at=None, finished_at=None, duration=None, error=None)
+    error = event.data.get("error")
+    return replace(job, state=event.state, finished_at=event.t, waiting=False, wait_reason=None,
+                   cancel_requested=False, error=error if isinstance(error, str) else job.error,
+                   duration=None if job.started_at is None else max(0.0, event.t - job.started_at))
+
+
+def pipeline_named(event: ServerEvent) -> int | None:
+    """The pipeline a job event names in its data (planned, or its failed jobs retried), if it names one."""
+    value = event.data.get("pipeline")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def step_progress(job: JobInfo) -> str:

@@ -6,9 +6,9 @@ from textual import on, work
 from textual.app import App
 
 from client.errors import ClientError
+from client.models import PipelineInfo
 from tui.messages import CancelPipeline, OpenPipeline, RetryPipeline
 from tui.models import Services
-from tui.pipeline_api import Pipeline
 from tui.pipeline_screen import PipelineScreen
 from tui.screens import ConfirmScreen
 
@@ -36,7 +36,7 @@ class PipelineCommands(App[None]):
     def _retry_pipeline_asked(self, message: RetryPipeline) -> None:
         self.retry_pipeline(message.pipeline, message.failed_only)
 
-    def cancel_pipeline(self, pipeline: Pipeline) -> None:
+    def cancel_pipeline(self, pipeline: PipelineInfo) -> None:
         if pipeline.terminal:
             self.notify(f"pipeline #{pipeline.id} is already {pipeline.state}", severity="warning")
             return
@@ -52,14 +52,14 @@ class PipelineCommands(App[None]):
     @work(group="actions")
     async def _cancel_pipeline(self, pipeline_id: int) -> None:
         try:
-            state = await self.services.pipelines.cancel_pipeline(pipeline_id)
+            state = await self.services.client.cancel_pipeline(pipeline_id)
         except ClientError as exc:
             self.report(exc)
             return
         what = "stopping its running jobs" if state == "running" else state or "cancelled"
         self.notify(f"pipeline #{pipeline_id}: {what}")
 
-    def retry_pipeline(self, pipeline: Pipeline, failed_only: bool = False) -> None:
+    def retry_pipeline(self, pipeline: PipelineInfo, failed_only: bool = False) -> None:
         if not pipeline.terminal:
             self.notify(f"pipeline #{pipeline.id} is {pipeline.state}: only a finished pipeline can be retried",
                         severity="warning")
@@ -72,22 +72,23 @@ class PipelineCommands(App[None]):
     @work(group="actions")
     async def _retry_pipeline(self, pipeline_id: int, failed_only: bool) -> None:
         try:
-            retried = await self.services.pipelines.retry_pipeline(pipeline_id, failed_only=failed_only)
+            retried = await self.services.client.retry_pipeline(pipeline_id, failed_only=failed_only)
         except ClientError as exc:
             self.report(exc)
             return
-        count = len(retried.job_ids)
+        runs = retried.pipeline if retried.pipeline is not None else pipeline_id  # the pipeline that runs
+        count = len(retried.jobs)
         jobs = f"{count} job{'s' if count != 1 else ''}"
-        if retried.pipeline_id == pipeline_id:
+        if runs == pipeline_id:
             self.notify(f"pipeline #{pipeline_id}: {jobs} queued again")
         elif not count:  # its fetch failed: the server goes on planning it, as after a submit
-            self.notify(f"pipeline #{retried.pipeline_id}, a retry of #{pipeline_id}, is still planning: the server "
+            self.notify(f"pipeline #{runs}, a retry of #{pipeline_id}, is still planning: the server "
                         "could not fetch its repository yet and keeps trying", severity="warning")
         else:
-            self.notify(f"pipeline #{retried.pipeline_id} queued: a retry of #{pipeline_id} ({jobs})")
+            self.notify(f"pipeline #{runs} queued: a retry of #{pipeline_id} ({jobs})")
         screen = self.screen
         if isinstance(screen, PipelineScreen) and screen.pipeline_id == pipeline_id:
-            if retried.pipeline_id != pipeline_id:  # the operator looks at the old one: show the one that runs
-                self.switch_screen(PipelineScreen(retried.pipeline_id, self.services))
+            if runs != pipeline_id:  # the operator looks at the old one: show the one that runs
+                self.switch_screen(PipelineScreen(runs, self.services))
             else:
                 screen.reload()

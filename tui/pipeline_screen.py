@@ -14,11 +14,10 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 
 from client.errors import ClientError
-from client.models import ServerEvent
+from client.models import PipelineInfo, PipelineJob, PipelineServerEvent, ServerEvent
 from tui import format as fmt
 from tui.messages import CancelPipeline, OpenJob, RequestFailed, RetryPipeline
-from tui.models import Services
-from tui.pipeline_api import Pipeline, PipelineEvent, PipelineJob, apply_job_event, pipeline_named
+from tui.models import Services, apply_job_event, pipeline_named
 from tui.pipelines_panel import jobs_progress, pipeline_duration
 from tui.widgets import StatusBar
 
@@ -68,9 +67,9 @@ class PipelineScreen(Screen[None]):
         super().__init__()
         self.pipeline_id = pipeline_id
         self.services = services
-        self.api = services.pipelines
+        self.api = services.client
         self.clock = services.clock
-        self.pipeline: Pipeline | None = None
+        self.pipeline: PipelineInfo | None = None
         self._reload_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
@@ -112,7 +111,7 @@ class PipelineScreen(Screen[None]):
             return
         self.show_pipeline(pipeline)
 
-    def show_pipeline(self, pipeline: Pipeline) -> None:
+    def show_pipeline(self, pipeline: PipelineInfo) -> None:
         """Every row again, the selected job staying selected."""
         self.pipeline = pipeline
         self._render_head()
@@ -209,7 +208,7 @@ class PipelineScreen(Screen[None]):
         elif pipeline_named(event) == self.pipeline_id:  # jobs planned, or its failed jobs queued again
             self.schedule_reload()
 
-    def on_pipeline_event(self, event: PipelineEvent) -> None:
+    def on_pipeline_event(self, event: PipelineServerEvent) -> None:
         if event.pipeline_id != self.pipeline_id:
             return
         if self.pipeline is not None:

@@ -13,30 +13,30 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Select, Static
 
 from client.errors import ClientError
-from client.models import ServerEvent
+from client.models import PipelineInfo, PipelineServerEvent, ServerEvent
 from tui import format as fmt
 from tui.messages import CancelPipeline, OpenPipeline, RetryPipeline
-from tui.models import Services
+from tui.models import Services, pipeline_named
 from tui.panels import Panel
-from tui.pipeline_api import PIPELINE_STATES, Pipeline, PipelineEvent, pipeline_named
 
+PIPELINE_STATES = ("planning", "queued", "running", "success", "failure", "cancelled", "error")  # to filter by
 MAX_PIPELINES = 100  # rows the panel asks for; the summary says when there are more
 
 
-def pipeline_duration(pipeline: Pipeline, now: float) -> float | None:
+def pipeline_duration(pipeline: PipelineInfo, now: float) -> float | None:
     """How long the pipeline ran, or has been running until `now`."""
     if pipeline.duration is not None:
         return pipeline.duration
     return fmt.elapsed(pipeline.started_at, pipeline.finished_at, now)
 
 
-def jobs_progress(pipeline: Pipeline) -> str:
+def jobs_progress(pipeline: PipelineInfo) -> str:
     """`3/8`: jobs done of all its jobs; a dash while it is planned."""
     return f"{pipeline.jobs_done}/{pipeline.jobs_total}" if pipeline.jobs_total else fmt.NONE
 
 
 # Column key -> (label, width, cell of (pipeline, now))
-PipelineColumn = tuple[str, int, Callable[[Pipeline, float], Any]]
+PipelineColumn = tuple[str, int, Callable[[PipelineInfo, float], Any]]
 PIPELINE_COLUMNS: dict[str, PipelineColumn] = {
     "id": ("#", 5, lambda p, _: p.id),
     "repo": ("repository", 16, lambda p, _: fmt.short_repo(p.repo)),
@@ -61,20 +61,20 @@ class PipelineTable(DataTable[Any]):
     def __init__(self, clock: Callable[[], float], **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.clock = clock
-        self.pipelines: dict[int, Pipeline] = {}
+        self.pipelines: dict[int, PipelineInfo] = {}
 
     def on_mount(self) -> None:
         for key, (label, width, _) in PIPELINE_COLUMNS.items():
             self.add_column(label, width=width, key=key)
 
     @property
-    def selected(self) -> Pipeline | None:
+    def selected(self) -> PipelineInfo | None:
         if not self.row_count:
             return None
         key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
         return self.pipelines.get(int(key)) if key is not None else None
 
-    def show(self, pipelines: Iterable[Pipeline]) -> None:
+    def show(self, pipelines: Iterable[PipelineInfo]) -> None:
         """Replace every row, keeping the selected pipeline selected."""
         selected = self.selected
         self.pipelines = {p.id: p for p in pipelines}
@@ -85,7 +85,7 @@ class PipelineTable(DataTable[Any]):
         if selected is not None and selected.id in self.pipelines:
             self.move_cursor(row=self.get_row_index(str(selected.id)), animate=False)
 
-    def holding(self, job_id: int) -> Pipeline | None:
+    def holding(self, job_id: int) -> PipelineInfo | None:
         """The listed pipeline that job `job_id` belongs to."""
         return next((p for p in self.pipelines.values() if job_id in p.job_ids), None)
 
@@ -121,7 +121,7 @@ class PipelinesPanel(Panel):
 
     def __init__(self, services: Services, **kwargs: Any) -> None:
         super().__init__(services, **kwargs)
-        self.api = services.pipelines
+        self.api = services.client
         self.repos: set[str] = set()
 
     def compose(self) -> ComposeResult:
@@ -152,7 +152,7 @@ class PipelinesPanel(Panel):
         return self.table.holding(event.job_id) is not None or event.state == "queued" or \
             pipeline_named(event) is not None
 
-    def on_pipeline_event(self, _: PipelineEvent) -> None:
+    def on_pipeline_event(self, _: PipelineServerEvent) -> None:
         self.schedule_reload()
 
     def load(self) -> None:

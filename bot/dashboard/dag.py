@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runner.models import Job, JobState, PipelineRecord
+from runner.models import Job, JobState, PipelineRecord, need_depths
 
 # Sizes in CSS pixels; the template positions the boxes and draws the edges with these, so they live in one place.
 BOX_W = 232
@@ -33,23 +33,11 @@ def member_of(job: Job) -> str:
 
 
 def depths(jobs: Sequence[Job]) -> dict[str, int]:
-    """Each job name's depth: 0 without needs, else 1 + the deepest of its needs. A need that names no job of the
-    pipeline counts as nothing, and a cycle (which config check refuses) is cut where it is met, so a damaged row
-    still draws."""
+    """Each job name's depth (runner.models.need_depths over the jobs' keys, see job_key)."""
     needs: dict[str, set[str]] = defaultdict(set)
     for job in jobs:
         needs[job_key(job)].update(job.needs)
-    found: dict[str, int] = {}
-
-    def depth(name: str, seen: frozenset[str]) -> int:
-        if name not in found:
-            known = [n for n in needs[name] if n in needs and n not in seen]
-            found[name] = 1 + max((depth(n, seen | {name}) for n in known), default=-1)
-        return found[name]
-
-    for name in list(needs):
-        depth(name, frozenset())
-    return found
+    return need_depths(needs)
 
 
 @dataclass(frozen=True)

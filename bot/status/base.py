@@ -22,7 +22,7 @@ RATE_LIMIT_FALLBACK = 60.0  # seconds to wait on a rate limit that does not say 
 class CommitStatus:
     """One commit status to post: GitHub's vocabulary (pending, success, failure, error); posters translate."""
 
-    job_id: int  # the job it is about; a pipeline's status: the job its link shows (0: none yet)
+    job_id: int  # the job it is about; a pipeline's status: the job that failed it, else its first (0: none yet)
     job_state: JobState  # a pipeline's status: the job state its state matches (GitLab's names follow it)
     state: str
     description: str

@@ -31,6 +31,10 @@ def target_url(public_url: str, job_id: int) -> str:
     return f"{public_url.rstrip('/')}/dashboard/jobs/{job_id}"
 
 
+def pipeline_url(public_url: str, pipeline_id: int) -> str:
+    return f"{public_url.rstrip('/')}/dashboard/pipelines/{pipeline_id}"
+
+
 def job_context(context: str, display: str) -> str:
     """The context of one job of a pipeline of several: `forgeci/ci/test (python=3.12, db=sqlite)`."""
     return f"{context}/{display}"
@@ -45,12 +49,12 @@ def describe(job: Job, kind: str, data: dict[str, Any], *, context: str, public_
 def describe_pipeline(record: PipelineRecord, jobs: Sequence[JobSummary], data: dict[str, Any], *, context: str,
                       public_url: str) -> CommitStatus:
     """The status of a pipeline's own context, from its state and its jobs' (`data`: its event's, which may say
-    why it was cancelled or why planning goes on). Its link: the first job that failed it, else its first job."""
+    why it was cancelled or why planning goes on). Its link: the pipeline's dashboard page, its graph of jobs."""
     state = AS_JOB_STATE[record.state]
     shown = next((j for j in jobs if j.counts_as_failed), jobs[0] if jobs else None)
-    url = target_url(public_url, shown.id) if shown else f"{public_url.rstrip('/')}/dashboard"
     return CommitStatus(shown.id if shown else 0, state, FORGE_STATE[state],
-                        short(_pipeline_description(record, jobs, data)), url, context, pipeline_id=record.id)
+                        short(_pipeline_description(record, jobs, data)), pipeline_url(public_url, record.id),
+                        context, pipeline_id=record.id)
 
 
 def _jobs(count: int) -> str:

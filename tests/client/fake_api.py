@@ -92,6 +92,8 @@ class FakeApi(FakePipelines):
         self.cache_stats_missing = False
         self.pipelines: dict[int, dict[str, Any]] = {}  # pipeline id -> its record (fake_pipelines.py)
         self.wait_reasons: dict[int, str] = {}  # queued job id -> why it waits, as the server would say
+        self.pipelines_missing = False  # a server from before the pipelines API
+        self.now = NOW
         router.route(host="forgeci.test").mock(side_effect=self.handle)
 
     # -- what the test does ---------------------------------------------------------------------------
@@ -104,9 +106,12 @@ class FakeApi(FakePipelines):
         return max(self.jobs, default=0) + 1
 
     def publish(self, job_id: int, state: str, kind: str = "state", **data: Any) -> None:
-        event = {"job_id": job_id, "state": state, "kind": kind, "data": data, "t": NOW}
+        self.send_event({"job_id": job_id, "state": state, "kind": kind, "data": data, "t": NOW}, "job")
+
+    def send_event(self, data: dict[str, Any], event: str) -> None:
+        """One `/events` event to every open stream."""
         for feed in self.event_feeds:
-            feed.send(sse(event, event="job"))
+            feed.send(sse(data, event=event))
 
     def set_state(self, job_id: int, state: str, **changes: Any) -> None:
         """A state change on the server, published like the worker does."""

@@ -82,7 +82,7 @@ async def test_cancel_and_retry_send_the_contract_and_translate_wrong_states(api
         "/pipelines/10/retry"]
     assert api.bodies("/pipelines/10/retry") == [{"failed_only": False}, {"failed_only": False},
                                                  {"failed_only": True}]
-    assert (again.pipeline, again.jobs, again.planning) == (10, (21,), False)
+    assert (again.pipeline, again.jobs, again.planning) == (10, (21, 22, 23), False)  # failed, and cancelled
     assert whole.pipeline == 11 and len(whole.jobs) == 4 and not whole.planning
 
 
@@ -91,7 +91,13 @@ def test_a_pipeline_answer_without_an_id_or_a_state_is_refused_and_jobs_are_leni
         with pytest.raises(BadResponse):
             PipelineInfo.from_dict(answer)
     old = PipelineInfo.from_dict({"id": 1, "state": "queued", "job_ids": [3, 4]})  # before /pipelines/{id}
-    assert (old.jobs_total, old.jobs, old.repo) == (2, (), "")
+    assert (old.jobs_total, old.jobs, old.repo, old.cancel_requested) == (2, (), "", False)
+    listed = PipelineInfo.from_dict({"id": 7, "state": "running", "job_ids": [1, 2, True, "3"], "jobs_total": 2,
+                                     "jobs_done": 1, "started_at": 11, "cancel_requested": True, "jobs": [
+                                         {"id": 2, "name": "test", "display": None, "needs": ["lint"],
+                                          "state": "running", "depth": 1, "cancel_requested": True}]})
+    assert (listed.job_ids, listed.jobs_done, listed.started_at, listed.cancel_requested) == ((1, 2), 1, 11.0, True)
+    assert [(j.display, j.depth, j.cancel_requested) for j in listed.jobs] == [("test", 1, True)]
 
 
 async def test_pipeline_events_come_only_to_who_asks_for_them(api: FakeApi) -> None:

@@ -13,23 +13,23 @@ import respx
 from client.api import Client
 from tests.client.conftest import APP, seed
 from tests.client.fake_api import BASE, NOW, FakeApi
-from tests.tui.fake_pipelines import PipelineEventsClient, PipelineFakeApi, seed_pipelines
+from tests.tui.fake_pipelines import seed_pipelines
 from tui.app import ForgeciApp
 
 __all__ = ["APP", "seed"]
 
 
 @pytest.fixture
-def api() -> Iterator[PipelineFakeApi]:
-    """The client tests' fake API and its six jobs, with the pipelines API on top (no pipelines yet)."""
+def api() -> Iterator[FakeApi]:
+    """The client tests' fake API and its six jobs (no pipelines yet)."""
     with respx.mock(assert_all_called=False) as router:
-        fake = PipelineFakeApi(router)
+        fake = FakeApi(router)
         seed(fake)
         yield fake
 
 
 @pytest.fixture
-def piped(api: PipelineFakeApi) -> PipelineFakeApi:
+def piped(api: FakeApi) -> FakeApi:
     """The fake API with five pipelines (tests.tui.fake_pipelines.seed_pipelines)."""
     seed_pipelines(api)
     return api
@@ -37,12 +37,10 @@ def piped(api: PipelineFakeApi) -> PipelineFakeApi:
 
 @pytest.fixture
 def make_app(api: FakeApi) -> Callable[..., ForgeciApp]:
-    """make_app(token=None, pipeline_events=False): the console on a fresh client of the fake API, its clock pinned
-    to NOW; with pipeline_events, a client whose /events yields pipeline events too (the client's coming API)."""
+    """make_app(token=None): the console on a fresh client of the fake API, its clock pinned to NOW."""
 
-    def make(token: str | None = None, pipeline_events: bool = False) -> ForgeciApp:
-        client = PipelineEventsClient(BASE, token) if pipeline_events else Client(BASE, token)
-        return ForgeciApp(client, clock=lambda: NOW)
+    def make(token: str | None = None) -> ForgeciApp:
+        return ForgeciApp(Client(BASE, token), clock=lambda: NOW)
 
     return make
 

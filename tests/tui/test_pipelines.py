@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 from textual.pilot import Pilot
 from textual.widgets import Select, Static
 
-from tests.client.fake_api import NOW
+from tests.client.fake_api import NOW, FakeApi
 from tests.tui.conftest import record_notifications, wait_until
-from tests.tui.fake_pipelines import PipelineFakeApi
 from tui.app import ForgeciApp
 from tui.panels import JobsPanel
 from tui.pipeline_screen import PipelineScreen
@@ -51,7 +49,7 @@ def cells(table: PipelineTable, pipeline_id: int) -> list[str]:
 
 
 async def test_the_panel_lists_pipelines_newest_first_with_jobs_done_and_time(make_app: MakeApp,
-                                                                             piped: PipelineFakeApi) -> None:
+                                                                             piped: FakeApi) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         table = await show_pipelines(pilot)
@@ -65,7 +63,7 @@ async def test_the_panel_lists_pipelines_newest_first_with_jobs_done_and_time(ma
         assert [r.url.params.get("limit") for r in piped.calls("GET", "/pipelines")] == ["100"]
 
 
-async def test_the_state_filter_asks_the_server(make_app: MakeApp, piped: PipelineFakeApi) -> None:
+async def test_the_state_filter_asks_the_server(make_app: MakeApp, piped: FakeApi) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         table = await show_pipelines(pilot)
@@ -77,7 +75,7 @@ async def test_the_state_filter_asks_the_server(make_app: MakeApp, piped: Pipeli
 
 
 async def test_the_pipeline_screen_groups_its_jobs_by_stage_with_wait_reasons(make_app: MakeApp,
-                                                                              piped: PipelineFakeApi) -> None:
+                                                                              piped: FakeApi) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_pipeline(pilot, 4)
@@ -97,7 +95,7 @@ async def test_the_pipeline_screen_groups_its_jobs_by_stage_with_wait_reasons(ma
 
 
 async def test_enter_opens_a_jobs_screen_with_its_log_and_escape_comes_back(make_app: MakeApp,
-                                                                           piped: PipelineFakeApi) -> None:
+                                                                           piped: FakeApi) -> None:
     piped.log(19, "collected 120 items", "tests/test_api.py ....")
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -115,7 +113,7 @@ async def test_enter_opens_a_jobs_screen_with_its_log_and_escape_comes_back(make
 
 
 async def test_job_events_move_the_screen_and_the_list_without_waiting_for_the_server(
-        make_app: MakeApp, piped: PipelineFakeApi) -> None:
+        make_app: MakeApp, piped: FakeApi) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_pipeline(pilot, 4)
@@ -134,13 +132,13 @@ async def test_job_events_move_the_screen_and_the_list_without_waiting_for_the_s
 
 
 async def test_pipeline_events_reach_the_pipeline_views_and_not_the_job_views(make_app: MakeApp,
-                                                                              piped: PipelineFakeApi) -> None:
-    app = make_app(pipeline_events=True)
+                                                                              piped: FakeApi) -> None:
+    app = make_app()
     notes = record_notifications(app)
     async with app.run_test(size=(80, 24)) as pilot:
         table = await show_pipelines(pilot)
         jobs_before = len(piped.calls("GET", "/jobs/status"))
-        piped.add_pipeline(replace(piped.records[5], id=6))
+        piped.pipelines[6] = {**piped.pipelines[5], "id": 6}
         piped.publish_pipeline(6, "planning")
         await wait_until(pilot, lambda: 6 in table.pipelines, timeout=2.0, what="the new pipeline")
         screen = await open_pipeline(pilot, 5, rows=6)
@@ -152,7 +150,7 @@ async def test_pipeline_events_reach_the_pipeline_views_and_not_the_job_views(ma
         assert app.query_one(JobsPanel).table.row_count == 6 + 13 and notes == []  # the jobs list: none new
 
 
-async def test_cancel_asks_first_then_stops_the_pipeline(make_app: MakeApp, piped: PipelineFakeApi) -> None:
+async def test_cancel_asks_first_then_stops_the_pipeline(make_app: MakeApp, piped: FakeApi) -> None:
     app = make_app()
     notes = record_notifications(app)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -173,7 +171,7 @@ async def test_cancel_asks_first_then_stops_the_pipeline(make_app: MakeApp, pipe
 
 
 async def test_cancel_from_the_screen_shows_its_running_jobs_stopping(make_app: MakeApp,
-                                                                      piped: PipelineFakeApi) -> None:
+                                                                      piped: FakeApi) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_pipeline(pilot, 4)
@@ -188,7 +186,7 @@ async def test_cancel_from_the_screen_shows_its_running_jobs_stopping(make_app: 
                                                                                             Static).render()))
 
 
-async def test_retry_whole_or_failed_and_refusals(make_app: MakeApp, piped: PipelineFakeApi) -> None:
+async def test_retry_whole_or_failed_and_refusals(make_app: MakeApp, piped: FakeApi) -> None:
     app = make_app()
     notes = record_notifications(app)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -211,7 +209,7 @@ async def test_retry_whole_or_failed_and_refusals(make_app: MakeApp, piped: Pipe
         assert len(piped.calls("POST", "/pipelines/2/retry")) == 2 and piped.calls("POST", "/pipelines/1/retry") == []
 
 
-async def test_retry_from_the_screen_shows_the_new_pipeline(make_app: MakeApp, piped: PipelineFakeApi) -> None:
+async def test_retry_from_the_screen_shows_the_new_pipeline(make_app: MakeApp, piped: FakeApi) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await open_pipeline(pilot, 2)
@@ -224,7 +222,7 @@ async def test_retry_from_the_screen_shows_the_new_pipeline(make_app: MakeApp, p
 
 
 async def test_a_server_without_the_pipelines_api_is_said_in_the_panel(make_app: MakeApp,
-                                                                       api: PipelineFakeApi) -> None:
+                                                                       api: FakeApi) -> None:
     api.pipelines_missing = True
     app = make_app()
     notes = record_notifications(app)
@@ -235,7 +233,7 @@ async def test_a_server_without_the_pipelines_api_is_said_in_the_panel(make_app:
         assert notes == []
 
 
-async def test_the_help_lists_the_pipeline_keys(make_app: MakeApp, api: PipelineFakeApi) -> None:
+async def test_the_help_lists_the_pipeline_keys(make_app: MakeApp, api: FakeApi) -> None:
     app = make_app()
     sections = dict(app.help_sections())
     descriptions = {b.description for b in sections["Pipelines panel"]}  # type: ignore[union-attr]

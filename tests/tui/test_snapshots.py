@@ -9,7 +9,6 @@ from textual.widgets import Input, Sparkline
 
 from tests.client.fake_api import FakeApi
 from tests.tui.conftest import wait_until
-from tests.tui.fake_pipelines import PipelineFakeApi
 from tui.app import ForgeciApp
 from tui.panels import CachePanel, JobsPanel, QueuePanel
 from tui.pipeline_screen import PipelineScreen
@@ -120,17 +119,17 @@ async def running_pipeline_open(pilot: Pilot[None]) -> None:
 
 
 def test_pipelines_panel(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
-                         piped: PipelineFakeApi) -> None:
+                         piped: FakeApi) -> None:
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=pipelines_loaded)
 
 
 def test_pipeline_screen_by_stage(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
-                                  piped: PipelineFakeApi) -> None:
+                                  piped: FakeApi) -> None:
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=running_pipeline_open)
 
 
 def test_failed_pipeline_screen(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
-                                piped: PipelineFakeApi) -> None:
+                                piped: FakeApi) -> None:
     async def failed(pilot: Pilot[None]) -> None:
         await pipelines_loaded(pilot)
         table = pilot.app.query_one(PipelinesPanel).table
@@ -146,7 +145,7 @@ def test_failed_pipeline_screen(snap_compare: SnapCompare, make_app: Callable[..
 
 
 def test_cancel_pipeline_asks_first(snap_compare: SnapCompare, make_app: Callable[..., ForgeciApp],
-                                    piped: PipelineFakeApi) -> None:
+                                    piped: FakeApi) -> None:
     async def asking(pilot: Pilot[None]) -> None:
         await running_pipeline_open(pilot)
         await pilot.press("c")

@@ -87,10 +87,11 @@ def test_the_console_shows_a_real_job_its_log_and_cancels_it(server: str,
     if not shutil.which("tmux"):
         pytest.fail(f"tmux is not installed: {SETUP_HINT}")
     repo, sha = make_repo({"README.md": "e2e\n"})
-    job_id = api(server, "/jobs/submit", {
+    submitted = api(server, "/jobs/submit", {
         "repo": str(repo), "ref": "main",
         "steps": [{"name": "count", "run": "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"}],
-    })["id"]
+    })
+    job_id, pipeline_id = submitted["id"], submitted["pipeline"]
     tmux = Tmux([sys.executable, "-m", "forgeci_cli", "tui", "--server", server],
                 {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "TERM": "xterm-256color",
                  "FORGECI_API_TOKEN": ""})
@@ -112,6 +113,9 @@ def test_the_console_shows_a_real_job_its_log_and_cancels_it(server: str,
         tmux.keys("Escape")
         tmux.wait_for(lambda s: f" {job_id} " in s and "cancelled" in s and "1 Jobs" in s,
                       "the cancelled job in the list")
+        tmux.keys("5")  # the pipelines tab: the one pipeline the submit made, cancelled with its job
+        tmux.wait_for(lambda s: "1 pipeline, newest first" in s and f" {pipeline_id} " in s and "cancelled" in s
+                      and "1/1" in s, "the submitted pipeline in the pipelines tab")
         tmux.keys("q")
         tmux.wait_for(lambda s: "1 Jobs" not in s, "the console quitting", timeout=20)
     finally:
