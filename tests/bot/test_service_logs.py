@@ -109,3 +109,36 @@ async def test_a_job_with_a_service_on_the_fake_engine_keeps_its_log_for_the_api
         missing = await (await client.get(f"/jobs/logs?id={job_id}&service=redis")).json()
         assert missing["detail"]["services"] == ["db"]
         assert json.loads(parse_sse(text)[0]["data"])["text"].startswith(f"service db: {DB_IMAGE}")
+
+
+# -- the dashboard's job page -----------------------------------------------------------------------
+
+
+async def test_the_job_page_shows_each_kept_service_log_escaped_with_a_raw_link(settings: Settings) -> None:
+    async with api_client(settings) as client:
+        job_id = kept_job(client, {"db": ["\x1b[32mready\x1b[0m", "<script>alert(1)</script> &"], "redis": []})
+        html = await (await client.get(f"/dashboard/jobs/{job_id}")).text()
+        assert 'id="service-db"' in html and 'id="service-redis"' in html and "Service db" in html
+        assert '<span class="a-fg2">ready</span>' in html and "db-L2" in html
+        assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp;" in html
+        assert f'href="/dashboard/jobs/{job_id}/service/db/log.txt"' in html
+        raw = await client.get(f"/dashboard/jobs/{job_id}/service/db/log.txt")
+        assert raw.status == 200 and raw.headers["Content-Type"].startswith("text/plain")
+        assert await raw.text() == "ready\n<script>alert(1)</script> &\n"
+        assert raw.headers["Content-Disposition"] == f'inline; filename="job-{job_id}-db.log"'
+        for name in ("cache", "db%2F..%2F..", "-x", "a" * 70):  # ("..": the client resolves it first)
+            assert (await client.get(f"/dashboard/jobs/{job_id}/service/{name}/log.txt")).status == 404, name
+        assert (await client.get("/dashboard/jobs/999999/service/db/log.txt")).status == 404
+        plain = kept_job(client, {})
+        assert "service-log" not in await (await client.get(f"/dashboard/jobs/{plain}")).text()
+
+
+async def test_a_running_jobs_page_shows_its_service_log_so_far(settings: Settings) -> None:
+    async with api_client(settings) as client:
+        runtime = runtime_of(client)
+        job_id = enqueue(runtime.queue)
+        runtime.queue.claim("test-runner", 60)
+        log = service_log(runtime, job_id, "db", ["starting"])
+        html = await (await client.get(f"/dashboard/jobs/{job_id}")).text()
+        assert 'id="service-db"' in html and "starting" in html and "the raw log has what came since" in html
+        log.close()
