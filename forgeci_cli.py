@@ -268,7 +268,7 @@ def client_command(args: argparse.Namespace) -> int:
         "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow),
         "jobs": lambda c: commands.jobs(c, args.status, args.repo, args.limit, args.json),
         "status": lambda c: commands.status(c, args.job, args.json),
-        "logs": lambda c: commands.follow(c, args.job, follow=args.follow),
+        "logs": lambda c: commands.follow(c, args.job, follow=args.follow, service=args.service),
         "cancel": lambda c: pipelines.cancel(c, args.pipeline) if on_pipeline else commands.cancel(c, args.job),
         "retry": lambda c: (pipelines.retry(c, args.pipeline, args.failed) if on_pipeline
                             else commands.retry(c, args.job, args.from_failed_step)),
@@ -393,6 +393,7 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("logs", "print a job's log", client_command)
     p.add_argument("job", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="until the job ends (resumes after a dropped connection)")
+    p.add_argument("--service", metavar="NAME", default=None, help="the kept log of this service of the job instead")
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("retry", "retry a finished job as a new job, or a finished pipeline with --pipeline ID", client_command)
     p.add_argument("job", type=int, nargs="?")

@@ -28,6 +28,7 @@ from runner.logs import LogLine, read_log
 from runner.maintenance import prune
 from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
 from runner.runtime import Runtime
+from runner.services import service_log, service_log_names
 
 __all__ = ["ROUTES", "job_id_of", "read_json", "setup_api", "spec_from_body"]
 
@@ -169,6 +170,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
     if follow not in ("true", "false"):
         raise _bad("follow", f"expected true or false, got {follow!r}")
     queue = runtime.queue
+    if "service" in request.query:
+        return await _service_logs(request, runtime, job_id, after, follow == "true")
     path = runtime.layout.log_file(job_id)
 
     def finished() -> bool:
@@ -204,6 +207,46 @@ async def logs(request: web.Request) -> web.StreamResponse:
                     send(line_event(line))
                 send(sse.encode({"id": job_id, "state": state, "last": last}, event="end"))
                 return
+
+    timing = request.app[STREAM_TIMING]
+    return await sse.stream(request, produce, keepalive=timing.keepalive, check=timing.check, stop=request.app[CLOSING])
+
+
+SERVICE_POLL = 0.25  # seconds between two reads of a followed service log (no live feed publishes its lines)
+
+
+async def _service_logs(request: web.Request, runtime: Runtime, job_id: int, after: int,
+                        follow: bool) -> web.StreamResponse:
+    """GET /jobs/logs?id=&service=NAME: the kept log of one of the job's services, as the same events as a job's
+    log; followed by polling the file until the job is terminal, then the rest and `end`."""
+    queue = runtime.queue
+    name = request.query["service"]
+    await asyncio.to_thread(queue.state_of, job_id)  # 404 for the job first
+    path = await asyncio.to_thread(service_log, runtime.layout, job_id, name)
+    if path is None:
+        names = await asyncio.to_thread(service_log_names, runtime.layout, job_id)
+        raise HTTPError(404, "service log not found",
+                        {"id": job_id, "service": name[:100], "services": names})
+
+    def state_now() -> Any:
+        try:
+            return queue.state_of(job_id)
+        except JobNotFound:  # deleted by retention while followed
+            return None
+
+    async def produce(send: sse.Send) -> None:
+        last = after
+        while True:
+            state = await asyncio.to_thread(state_now)
+            done = not follow or state is None or state.is_terminal
+            # Read after the state: a terminal job writes no more, so this read has everything.
+            for line in await asyncio.to_thread(lambda after=last: list(read_log(path, after))):
+                last = line.n
+                send(line_event(line))
+            if done:
+                send(sse.encode({"id": job_id, "state": state, "last": last}, event="end"))
+                return
+            await asyncio.sleep(SERVICE_POLL)
 
     timing = request.app[STREAM_TIMING]
     return await sse.stream(request, produce, keepalive=timing.keepalive, check=timing.check, stop=request.app[CLOSING])

@@ -212,6 +212,9 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             parameters=[_query("id", _JOB_ID, "job id", True),
                         _query("follow", {"enum": ["true", "false"]},
                                "false: the lines written so far, then `end` with the job's current state"),
+                        _query("service", {"type": "string"},
+                               "the kept log of this service of the job instead (404 names the job's services); "
+                               "followed by polling until the job is finished"),
                         _query("after", {"type": "integer", "minimum": 0},
                                "send lines after this number (the Last-Event-ID header wins)"),
                         {"name": "Last-Event-ID", "in": "header", "required": False,

@@ -191,20 +191,25 @@ class Client:
             yield _events(stream, pipelines)
 
     @asynccontextmanager
-    async def logs(self, job_id: int, after: int = 0, *,
-                   follow: bool = True) -> AsyncIterator[AsyncIterator[LogEntry | LogEnd]]:
-        """One connection to a job's log: the lines after line `after` (live with `follow`), then a LogEnd.
+    async def logs(self, job_id: int, after: int = 0, *, follow: bool = True,
+                   service: str | None = None) -> AsyncIterator[AsyncIterator[LogEntry | LogEnd]]:
+        """One connection to a job's log (or with `service`, to the kept log of that service of the job): the lines
+        after line `after` (live with `follow`), then a LogEnd. An unknown service is an APIError 404 whose
+        detail["services"] names the job's service logs.
 
         A stream that breaks off just stops, without its LogEnd (or raises ServerUnreachable); the caller decides
         whether to resume, as read_log does.
         """
         headers = {"Last-Event-ID": str(after)} if after else {}
         params = {"id": str(job_id)} if follow else {"id": str(job_id), "follow": "false"}
+        if service is not None:
+            params["service"] = service
         async with self._sse("/jobs/logs", params, headers) as stream:
             yield _log_items(stream)
 
-    async def read_log(self, job_id: int, *, after: int = 0, follow: bool = True) -> AsyncIterator[LogEntry | LogEnd]:
-        """The job's log lines after `after`, then a LogEnd, across dropped connections.
+    async def read_log(self, job_id: int, *, after: int = 0, follow: bool = True,
+                       service: str | None = None) -> AsyncIterator[LogEntry | LogEnd]:
+        """The job's log lines (or its service `service`'s) after `after`, then a LogEnd, across dropped connections.
 
         With `follow`, lines arrive live until the job ends; a dropped connection is resumed with Last-Event-ID
         from the last line received, so no line is lost or repeated. Without it, the lines written so far.
@@ -216,7 +221,7 @@ class Client:
         delay = 0.2
         while True:
             try:
-                async with self.logs(job_id, last, follow=follow) as items:
+                async with self.logs(job_id, last, follow=follow, service=service) as items:
                     connected, failing_since, delay = True, None, 0.2
                     async for item in items:
                         if isinstance(item, LogEnd):

@@ -43,16 +43,24 @@ def run(server: str, token: str | None, work: Callable[[Client], Awaitable[int]]
 
 
 async def follow(client: Client, job_id: int, *, follow: bool, out: TextIO | None = None,
-                 err: TextIO | None = None) -> int:
-    """Print the job's log; with `follow`, until the job ends. Exit 0 for success, 1 for another end."""
+                 err: TextIO | None = None, service: str | None = None) -> int:
+    """Print the job's log (or with `service`, that service's kept log); with `follow`, until the job ends.
+    Exit 0 for success, 1 for another end, 2 for a service the job kept no log of (naming those it kept)."""
     out, err = out or sys.stdout, err or sys.stderr
     end: LogEnd | None = None
-    async for item in client.read_log(job_id, follow=follow):
-        if isinstance(item, LogEnd):
-            end = item
-            break
-        out.write(item.text + "\n")
-        out.flush()
+    try:
+        async for item in client.read_log(job_id, follow=follow, service=service):
+            if isinstance(item, LogEnd):
+                end = item
+                break
+            out.write(item.text + "\n")
+            out.flush()
+    except APIError as exc:
+        if service is None or exc.status != 404 or not isinstance(exc.detail, dict) or "services" not in exc.detail:
+            raise
+        kept = ", ".join(str(name) for name in exc.detail["services"]) or "none"
+        print(f"forgeci: job {job_id} kept no log of service {service!r} (its service logs: {kept})", file=err)
+        return EXIT_USAGE
     if not follow:
         return EXIT_OK
     state = end.state if end else None

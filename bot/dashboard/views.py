@@ -23,6 +23,7 @@ from config.durations import format_duration
 from config.errors import ConfigError
 from runner.errors import InvalidTransition, JobNotFound
 from runner.logs import read_log
+from runner.services import service_log, service_log_names
 from runner.models import Job
 from runner.runtime import Runtime
 
@@ -242,7 +243,19 @@ async def job_page(request: web.Request) -> web.Response:
     except JobNotFound:
         return _not_found(request, job_id)
     log = await asyncio.to_thread(_log_view, runtime.layout.log_file(job_id))
-    return page(request, "job.html", who, log=log, artifacts=await job_artifacts(request, job_id), **context)
+    services = await asyncio.to_thread(_service_views, runtime, job_id)
+    return page(request, "job.html", who, log=log, services=services, artifacts=await job_artifacts(request, job_id),
+                **context)
+
+
+def _service_views(runtime: Runtime, job_id: int) -> list[tuple[str, LogView]]:
+    """The logs the job kept of its services, by name, each as the job page renders its own log."""
+    views = []
+    for name in service_log_names(runtime.layout, job_id):
+        path = service_log(runtime.layout, job_id, name)  # checks the name: only a service's file is read
+        if path is not None:
+            views.append((name, _log_view(path)))
+    return views
 
 
 async def job_fragment(request: web.Request) -> web.Response:
@@ -257,16 +270,28 @@ async def job_fragment(request: web.Request) -> web.Response:
 
 async def raw_log(request: web.Request) -> web.StreamResponse:
     viewer(request)
-    runtime = _runtime(request)
     job_id = path_id(request)
-    path = runtime.layout.log_file(job_id)
+    return await _raw_text(_runtime(request).layout.log_file(job_id), f"job-{job_id}.log")
 
+
+async def raw_service_log(request: web.Request) -> web.StreamResponse:
+    """/dashboard/jobs/{id}/service/{name}/log.txt: a kept service log as text; 404 for a name it has none of."""
+    viewer(request)
+    job_id = path_id(request)
+    name = request.match_info["name"]
+    path = await asyncio.to_thread(service_log, _runtime(request).layout, job_id, name)
+    if path is None:
+        raise web.HTTPNotFound()
+    return await _raw_text(path, f"job-{job_id}-{name}.log")  # a checked service name: letters, digits, dashes
+
+
+async def _raw_text(path: Path, filename: str) -> web.Response:
     def text() -> str:
         return "".join(f"{ansi.strip(line.text)}\n" for line in read_log(path))
 
     body = await asyncio.to_thread(text)
     return web.Response(text=body, content_type="text/plain", headers={
-        "Content-Disposition": f'inline; filename="job-{job_id}.log"', "X-Content-Type-Options": "nosniff"})
+        "Content-Disposition": f'inline; filename="{filename}"', "X-Content-Type-Options": "nosniff"})
 
 
 # -- actions --------------------------------------------------------------------------------------
@@ -384,6 +409,7 @@ def setup_dashboard(app: web.Application) -> None:
     r.add_get("/dashboard/jobs/{id}", job_page)
     r.add_get("/dashboard/jobs/{id}/summary", job_fragment)
     r.add_get("/dashboard/jobs/{id}/log.txt", raw_log)
+    r.add_get("/dashboard/jobs/{id}/service/{name}/log.txt", raw_service_log)
     r.add_post("/dashboard/jobs/{id}/cancel", cancel_action)
     r.add_post("/dashboard/jobs/{id}/retry", retry_action)
     r.add_post("/dashboard/jobs/{id}/retry-failed", retry_action)
