@@ -275,8 +275,8 @@ async def test_forgeci_run_starts_the_same_services(
         '[[steps]]\nname = "ask"\nrun = "nc echo 8080 </dev/null"\n'
     repo, _ = make_repo({".forgeci.toml": toml})
     out = io.StringIO()
-    outcome = await run_local(settings, repo, environ={}, out=out)
-    assert outcome.state is JobState.success, out.getvalue()
+    run = await run_local(settings, repo, environ={}, out=out)
+    assert run.succeeded and [job.state for job in run.jobs] == [JobState.success], out.getvalue()
     assert "[ask] local" in out.getvalue() and "service echo ready in" in out.getvalue()
     pods = podman_user.run(["podman", "pod", "ps", "--format", '{{index .Labels "forgeci.instance"}}']).stdout
     assert str(settings.data_dir) not in pods.decode()  # its private data dir is below this one
