@@ -27,6 +27,12 @@ JOB_COLUMNS: dict[str, Column] = {
                  lambda j, now: job_duration(j, now) or 0.0),
     "step": ("step", 5, lambda j, _: step_progress(j), lambda j, _: (j.step_index or 0, j.step_total or 0)),
 }
+# Every column a job table may show: the jobs panel's, and the queue panel's "why it waits" (its needs, its group,
+# max_parallel, no free slot).
+ALL_COLUMNS: dict[str, Column] = {
+    **JOB_COLUMNS,
+    "wait": ("waits because", 24, lambda j, _: j.wait_reason or "", lambda j, _: j.wait_reason or ""),
+}
 
 
 class JobTable(DataTable[Any]):
@@ -48,7 +54,7 @@ class JobTable(DataTable[Any]):
 
     def on_mount(self) -> None:
         for key in self.column_keys:
-            label, width, _, _ = JOB_COLUMNS[key]
+            label, width, _, _ = ALL_COLUMNS[key]
             self.add_column(label, width=width, key=key)
 
     @property
@@ -82,7 +88,7 @@ class JobTable(DataTable[Any]):
 
     def resort(self, column: str, reverse: bool) -> None:
         selected = self.selected
-        sort_key, now = JOB_COLUMNS[column][3], self.clock()
+        sort_key, now = ALL_COLUMNS[column][3], self.clock()
         self.sort("id", key=lambda job_id: sort_key(self.jobs[job_id], now), reverse=reverse)
         self._reselect(selected)
 
@@ -96,7 +102,7 @@ class JobTable(DataTable[Any]):
 
     def _cells(self, job: JobInfo) -> list[Any]:
         now = self.clock()
-        return [JOB_COLUMNS[key][2](job, now) for key in self.column_keys]
+        return [ALL_COLUMNS[key][2](job, now) for key in self.column_keys]
 
     def _reselect(self, job: JobInfo | None) -> None:
         if job is not None and job.id in self.jobs:

@@ -249,7 +249,7 @@ class QueuePanel(Panel):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="queue-summary")
-        yield JobTable(("id", "repo", "ref", "sha", "priority", "duration"), self.clock, id="queue-table")
+        yield JobTable(("id", "repo", "ref", "priority", "duration", "wait"), self.clock, id="queue-table")
 
     @property
     def table(self) -> JobTable:

@@ -205,7 +205,10 @@ class FakeApi(FakePipelines):
         if "repo" in query:
             jobs = [j for j in jobs if j.spec.repo == query["repo"]]
         limit = int(query.get("limit", "50"))
-        return httpx.Response(200, json={"jobs": [j.to_dict() | {"steps": []} for j in jobs[:limit]],
+        # As the server does, the queue in dispatch order says why each job waits.
+        extra = (lambda j: {"wait_reason": self.wait_reasons.get(j.id)}) if query.get("order") == "dispatch" else (
+            lambda j: {})
+        return httpx.Response(200, json={"jobs": [j.to_dict() | {"steps": []} | extra(j) for j in jobs[:limit]],
                                          "next_cursor": "more" if len(jobs) > limit else None})
 
     def follow_log(self, job_id: int, after: int) -> httpx.Response:

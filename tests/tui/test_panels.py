@@ -22,6 +22,7 @@ def status_bar(app: ForgeciApp) -> str:
 async def test_the_queue_panel_lists_queued_jobs_in_dispatch_order(make_app: Callable[..., ForgeciApp],
                                                                    api: FakeApi) -> None:
     api.add(make_job(7, state="queued", priority=8, queued_at=NOW - 10))
+    api.wait_reasons = {7: "waits for lint", 4: "no free slot: 2 of 2 running"}
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: app.query_one(JobsPanel).table.row_count == 7)
@@ -31,7 +32,8 @@ async def test_the_queue_panel_lists_queued_jobs_in_dispatch_order(make_app: Cal
         await wait_until(pilot, lambda: table.row_count == 3)
         assert api.calls("GET", "/jobs")[-1].url.params["order"] == "dispatch"
         assert [str(table.get_row_at(i)[0]) for i in range(3)] == ["5", "7", "4"]  # priority 8 first, then oldest
-        assert str(table.get_row("4")[-1]) == "2m00s"  # how long it has waited
+        assert str(table.get_row("4")[-2]) == "2m00s"  # how long it has waited
+        assert [str(table.get_row(key)[-1]) for key in ("7", "4")] == ["waits for lint", "no free slot: 2 of 2 running"]
         assert "3 queued" in str(app.query_one("#queue-summary", Static).render())
         assert table.has_focus
         await pilot.press("p")  # actions work here too
