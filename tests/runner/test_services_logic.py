@@ -16,10 +16,11 @@ import pytest
 from config.settings import Settings
 from runner.engine import PodSpec, ServiceContainerSpec
 from runner.logs import read_log
-from runner.models import Job, JobSpec, JobState, StepState
+from runner.models import JobSpec, JobState, StepState
 from runner.runtime import Runtime, open_runtime
 from runner.services import SETTLE, service_log, service_log_names
 from tests.fake_engine import FakeEngine, Script, ServiceScript
+from tests.runner.test_executor_logic import log_text, run_job, wait_terminal
 
 MakeRepo = Callable[..., tuple[Path, str]]
 DB_IMAGE = "localhost/fake-postgres:15"
@@ -28,25 +29,6 @@ REDIS_IMAGE = "localhost/fake-redis:7"
 
 def pipeline(*runs: str, services: dict[str, Any], **top: Any) -> dict[str, Any]:
     return {"steps": [{"name": f"s{i}", "run": run} for i, run in enumerate(runs)], "services": services, **top}
-
-
-async def run_job(rt: Runtime, repo: Path, body: dict[str, Any]) -> Job:
-    job_id = await rt.control.submit(JobSpec(repo=str(repo), ref="main", pipeline=body))
-    return await wait_terminal(rt, job_id)
-
-
-async def wait_terminal(rt: Runtime, job_id: int, timeout: float = 30) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = rt.queue.get(job_id)
-        if job.state.is_terminal:
-            return job
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} still {rt.queue.get(job_id).state}")
-
-
-def log_text(rt: Runtime, job_id: int) -> str:
-    return "\n".join(line.text for line in read_log(rt.layout.log_file(job_id)))
 
 
 @pytest.fixture
