@@ -109,16 +109,28 @@ def is_loopback(host: str) -> bool:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
+    import time
 
+    from runner.timings import Timings, process_age
+
+    timings = Timings(since_process_start=True) if args.timings else None
+    if timings is not None:
+        timings.add("start-up (python, forgeci_cli)", process_age())
+    mark = time.monotonic()
     from config.settings import load_settings
     from runner.local import run_local
 
+    if timings is not None:
+        timings.add("imports (runner)", time.monotonic() - mark)
+        mark = time.monotonic()
     settings = load_settings(args.config)
+    if timings is not None:
+        timings.add("settings", time.monotonic() - mark)
     path = Path(args.path)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory")
     run = asyncio.run(run_local(settings, path, step=args.step, jobs=args.job, with_needs=args.with_needs,
-                                parallel=args.parallel))
+                                parallel=args.parallel, timings=timings))
     return EXIT_OK if run.succeeded else EXIT_FAILED
 
 
@@ -316,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", metavar="NAME", help="run only this step of the one selected job")
     p.add_argument("--parallel", metavar="N", type=positive_int, default=None,
                    help="run at most N jobs at once (default: queue.max_concurrent)")
+    p.add_argument("--timings", action="store_true",
+                   help="print how long each phase took (start-up, Podman service, container, steps, clean-up)")
     add_client_commands(add)
     p = add("debug", "a shell (or CMD) inside the job's snapshot, on the server host", cmd_debug)
     p.add_argument("job", type=int)

@@ -38,6 +38,7 @@ from runner.job_rules import (
 from runner.retry import Resume, resume_workspace
 from runner.services import Box, JobPod, Limits, Solo
 from runner.snapshot import Snapshots, should_snapshot
+from runner.timings import phase
 from runner.workspace import WorkspaceError, Workspaces
 
 __all__ = ["Executor", "NullReporter", "Outcome", "StepReporter", "StepResult", "checked_out_sha"]
@@ -139,6 +140,8 @@ class Executor:
         self.artifacts = artifacts  # None: artifacts are neither kept nor fetched
         self._limits_apply: bool | None = None
         self._strays: list[Box] = []  # containers and pods whose removal failed (the engine was down): removed later
+        # `forgeci run`: job containers to remove after the summary (their workspaces go with the scratch data dir)
+        self.deferred: list[str] | None = None
 
     async def remove_strays(self) -> None:
         """Remove what an engine fault left behind (its jobs have ended or gone back to the queue)."""
@@ -185,10 +188,12 @@ class Executor:
             return Outcome(JobState.failure, str(exc))
         box: Box | None = None
         try:
-            checkout = await self._checkout(attempt, resume, local_path)
+            with phase("workspace"):
+                checkout = await self._checkout(attempt, resume, local_path)
             if isinstance(checkout, Outcome):
                 return checkout
-            plan = await self._plan(attempt, checkout, resume, only_step, local_path)
+            with phase("plan (pipeline file)"):
+                plan = await self._plan(attempt, checkout, resume, only_step, local_path)
             if isinstance(plan, Outcome):
                 return plan
             if plan.cache is not None and self.cache is not None and resume is None:
@@ -202,10 +207,12 @@ class Executor:
             ended = await self._start_container(attempt, box, plan, checkout.workspace, deadline)
             if ended is not None:  # a service did not start or get ready: no step runs
                 return ended
-            outcome = await self._run_steps(attempt, plan, box.container_id, resume, deadline)
+            with phase("steps"):
+                outcome = await self._run_steps(attempt, plan, box.container_id, resume, deadline)
             outcome = self._with_outputs(attempt, checkout.workspace, outcome)
             joblog.system(summary(outcome))
-            if (local_path is None or self.artifacts is not None) and await self._release(box, joblog):
+            kept = local_path is None or (self.artifacts is not None and plan.pipeline.artifacts is not None)
+            if kept and await self._release(box, joblog):
                 box = None
                 if self.artifacts is not None and plan.pipeline.artifacts is not None:  # before the snapshot
                     await self._guarded("artifacts", joblog, self.artifacts.upload, job, plan.pipeline,
@@ -326,7 +333,8 @@ class Executor:
         """Start the box's containers (a pod's services ready first); an Outcome when its services end the job."""
         runner = self.settings.runner
         if self._limits_apply is None:
-            self._limits_apply = await self.engine.cgroup_limits_apply()
+            with phase("podman info (do limits apply?)"):
+                self._limits_apply = await self.engine.cgroup_limits_apply()
             if not self._limits_apply:
                 log.warning("rootless Podman on a cgroup-v1 host ignores memory and pids limits; "
                             "forgeci still enforces step and job timeouts")
@@ -466,6 +474,10 @@ class Executor:
     async def _clean_up(self, job_id: int, box: Box | None) -> None:
         """The container or pod (when the keep phase did not remove it) and the workspace, whatever state they are
         in: a half-made checkout (a full disk, a failed fetch) or a half-restored snapshot goes too."""
+        if self.deferred is not None and (box is None or isinstance(box, Solo)):
+            if box is not None and box.container_id:
+                self.deferred.append(box.container_id)
+            return
         if box is not None:
             try:
                 await box.remove()
@@ -474,6 +486,7 @@ class Executor:
                             job_id, exc)
                 self._strays.append(box)
         try:
-            await self.workspaces.remove(job_id)
+            with phase("workspace removal"):
+                await self.workspaces.remove(job_id)
         except RunnerError as exc:
             log.warning("job %d: could not remove its workspace: %s", job_id, exc)

@@ -24,6 +24,7 @@ from runner.logs import LogHub
 from runner.maintenance import maintenance_loop
 from runner.planner import Planner
 from runner.podman import PodmanEngine
+from runner.podman_shared import SharedPodmanService, shared_service_dir
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
 from runner.snapshot import Snapshots
@@ -113,8 +114,14 @@ class DataDirLock:
 
 def default_engine(settings: Settings, layout: DataLayout) -> Engine:
     """Rootless Podman as `runner.podman_user`: our own service in the data dir, unless `podman_url` names one."""
-    user = PodmanUser.resolve(settings.runner.podman_user)
-    return PodmanEngine(user, instance=str(layout.root), url=settings.runner.podman_url, state_dir=layout.podman)
+    runner = settings.runner
+    user = PodmanUser.resolve(runner.podman_user)
+    service = None
+    if runner.podman_service == "shared" and not runner.podman_url:
+        folder = Path(runner.podman_service_dir) if runner.podman_service_dir else shared_service_dir(user)
+        service = SharedPodmanService(user, folder, runner.podman_idle)
+    return PodmanEngine(user, instance=str(layout.root), url=runner.podman_url, state_dir=layout.podman,
+                        service=service)
 
 
 @asynccontextmanager
