@@ -106,6 +106,8 @@ class RunnerSettings:
                                  'stops after `podman_idle` unused); "private": one per forgeci process, stopped '
                                  'with it', "shared")
     podman_idle: float = option(DURATION, "how long the shared Podman service stays up after its last request", 600.0)
+    warm_pool: int = option(integer(0), "containers of the default image `forgeci serve` starts ahead of demand, "
+                                        "one job each (jobs of another image or with services start their own)", 0)
     podman_service_dir: str = option(OPTIONAL_PATH, 'folder of the shared service\'s socket, lock and pid file; "" '
                                                     '= `forgeci` in the Podman user\'s runtime dir', "")
     network: str = option(choice("slirp4netns", "pasta", "none"), "container network", "slirp4netns")

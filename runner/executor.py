@@ -39,6 +39,8 @@ from runner.retry import Resume, resume_workspace
 from runner.services import Box, JobPod, Limits, Solo
 from runner.snapshot import Snapshots, should_snapshot
 from runner.timings import phase
+from runner.verdicts import step_verdict, summary
+from runner.warm_pool import WarmPool, adopt
 from runner.workspace import WorkspaceError, Workspaces
 
 __all__ = ["Executor", "NullReporter", "Outcome", "StepReporter", "StepResult", "checked_out_sha"]
@@ -102,25 +104,6 @@ class Checkout:
     snapshot: SnapshotRecord | None = None
 
 
-def step_verdict(result: StepResult, step: Step, deadline: float) -> tuple[JobState, str] | None:
-    """The job's end a step's end makes (state, error), or None when the job goes on to the next step."""
-    if result.state is StepState.cancelled:
-        return JobState.cancelled, f"cancelled during step {step.name}"
-    if result.state is StepState.timeout:
-        limit = "the job's" if time.monotonic() >= deadline - 0.05 else "its"
-        return JobState.timeout, f"step {step.name} exceeded {limit} time limit"
-    if result.state is StepState.failure and not step.continue_on_error:
-        return JobState.failure, f"step {step.name} failed (exit {result.exit_code})"
-    return None
-
-
-def summary(outcome: Outcome) -> str:
-    """The job's last log line before the keep phase: its state, how many steps, how long they took."""
-    total = sum(r.duration for r in outcome.steps)
-    count = len(outcome.steps)
-    return f"job {outcome.state} after {count} step{'s' if count != 1 else ''} in {format_duration(total)}"
-
-
 class Executor:
     """Turns a claimed job into an Outcome; the caller records it in the queue."""
 
@@ -142,6 +125,8 @@ class Executor:
         self._strays: list[Box] = []  # containers and pods whose removal failed (the engine was down): removed later
         # `forgeci run`: job containers to remove after the summary (their workspaces go with the scratch data dir)
         self.deferred: list[str] | None = None
+        self.warm: WarmPool | None = None  # `runner.warm_pool`: started containers of the default image
+        self._slots: dict[int, Path] = {}  # job id -> the warm-pool slot folder its tree was moved into
 
     async def remove_strays(self) -> None:
         """Remove what an engine fault left behind (its jobs have ended or gone back to the queue)."""
@@ -204,6 +189,7 @@ class Executor:
                 return fetched
             deadline = time.monotonic() + plan.timeout
             box = self._box(attempt, plan)
+            checkout = await self._warm(attempt.job.id, box, plan, checkout)
             ended = await self._start_container(attempt, box, plan, checkout.workspace, deadline)
             if ended is not None:  # a service did not start or get ready: no step runs
                 return ended
@@ -327,10 +313,8 @@ class Executor:
         return JobPod(self.engine, self.layout, attempt.job.id, attempt.job.attempts, plan.pipeline.services,
                       attempt.joblog, self.secrets.masker())
 
-    async def _start_container(
-        self, attempt: Attempt, box: Box, plan: Plan, workspace: Path, deadline: float,
-    ) -> Outcome | None:
-        """Start the box's containers (a pod's services ready first); an Outcome when its services end the job."""
+    async def container_spec(self, job_id: int, image: str, workspace: Path) -> ContainerSpec:
+        """A job container's spec from the runner settings (the warm pool makes its containers from it too)."""
         runner = self.settings.runner
         if self._limits_apply is None:
             with phase("podman info (do limits apply?)"):
@@ -338,11 +322,33 @@ class Executor:
             if not self._limits_apply:
                 log.warning("rootless Podman on a cgroup-v1 host ignores memory and pids limits; "
                             "forgeci still enforces step and job timeouts")
-        spec = ContainerSpec(
-            job_id=attempt.job.id, image=plan.image, workspace=workspace,
+        return ContainerSpec(
+            job_id=job_id, image=image, workspace=workspace,
             env={"CI": "true"}, network=runner.network, memory=runner.memory, pids_limit=runner.pids_limit,
             ulimits=runner.ulimits, ca_bundle=runner.ca_bundle, limits=self._limits_apply,
         )
+
+    async def _warm(self, job_id: int, box: Box, plan: Plan, checkout: Checkout) -> Checkout:
+        """A warm-pool container for a job of the default image without services: the checkout moves into the
+        slot's folder (its container's /workspace). Any other job, or an empty pool: the checkout as it is."""
+        if self.warm is None or not isinstance(box, Solo) or plan.image != self.settings.runner.image:
+            return checkout
+        slot = await self.warm.take()
+        if slot is None:
+            return checkout
+        box.container_id = slot.container_id
+        self._slots[job_id] = slot.workspace
+        await asyncio.to_thread(adopt, checkout.workspace, slot.workspace)
+        return dataclasses.replace(checkout, workspace=slot.workspace)
+
+    async def _start_container(
+        self, attempt: Attempt, box: Box, plan: Plan, workspace: Path, deadline: float,
+    ) -> Outcome | None:
+        """Start the box's containers (a pod's services ready first); an Outcome when its services end the job."""
+        runner = self.settings.runner
+        if isinstance(box, Solo) and box.container_id:  # a warm-pool container, started ahead of the job
+            return None
+        spec = await self.container_spec(attempt.job.id, plan.image, workspace)
         if isinstance(box, JobPod):
             limits = Limits(runner.network, runner.memory, runner.pids_limit, tuple(runner.ulimits), self._limits_apply)
             return await box.start(spec, limits) or await box.wait_ready(deadline, attempt.cancel)
@@ -487,6 +493,9 @@ class Executor:
                 self._strays.append(box)
         try:
             with phase("workspace removal"):
-                await self.workspaces.remove(job_id)
+                await self.workspaces.remove(job_id)  # a warm-pool job's: the link to its slot folder
+                slot = self._slots.pop(job_id, None)
+                if slot is not None:
+                    await self.engine.remove_tree(slot)
         except RunnerError as exc:
             log.warning("job %d: could not remove its workspace: %s", job_id, exc)

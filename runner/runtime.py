@@ -30,6 +30,7 @@ from runner.queue import Queue
 from runner.snapshot import Snapshots
 from runner.store import ObjectStore, open_store
 from runner.worker import WorkerPool
+from runner.warm_pool import POOL_JOB_ID, WarmPool
 from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,12 @@ class Runtime:
         settings = self.settings
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
                                lease_seconds=settings.queue.lease_seconds)
-        await self.pool.start()
+        await self.pool.start()  # its reap removes the containers of a crashed server's warm pool (job id 0)
+        if settings.runner.warm_pool > 0:
+            executor = self.executor
+            executor.warm = WarmPool(self.engine, self.layout.workspaces, settings.runner.warm_pool,
+                                     lambda folder: executor.container_spec(POOL_JOB_ID, settings.runner.image, folder))
+            await executor.warm.start()
         self._planning = asyncio.create_task(self.planner.run(), name="forgeci-planner")
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
 
@@ -80,6 +86,9 @@ class Runtime:
         self._maintenance = self._planning = None
         if self.pool is not None:
             await self.pool.stop(self.settings.runner.shutdown_grace if grace is None else grace)
+        if self.executor.warm is not None:
+            await self.executor.warm.close()
+            self.executor.warm = None
 
 
 class DataDirLock:
