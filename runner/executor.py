@@ -329,8 +329,7 @@ class Executor:
         )
 
     async def _warm(self, job_id: int, box: Box, plan: Plan, checkout: Checkout) -> Checkout:
-        """A warm-pool container for a job of the default image without services: the checkout moves into the
-        slot's folder (its container's /workspace). Any other job, or an empty pool: the checkout as it is."""
+        """A warm-pool container for a job of the default image without services (runner/warm_pool.py)."""
         if self.warm is None or not isinstance(box, Solo) or plan.image != self.settings.runner.image:
             return checkout
         slot = await self.warm.take()
