@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 POOL_JOB_ID = 0  # the job label of a pool container until a job takes it (no job has id 0)
 SLOT_PREFIX = "pool-"
 RETRY_AFTER = 2.0  # seconds before trying again when the engine would not start a slot
+CHECK_EVERY = 15.0  # seconds between checks that the waiting containers still run (off every job's path)
 
 
 @dataclass(frozen=True)
@@ -74,20 +75,26 @@ class WarmPool:
             await self.discard(slot)
 
     async def take(self) -> Slot | None:
-        """A started container for one job, or None (the pool is empty, or its next slot is dead)."""
-        while self._ready:
-            slot = self._ready.pop(0)
-            self._need.set()
+        """A started container for one job, or None (the pool is empty). No request to the engine on this path:
+        the fill loop checks the waiting containers every CHECK_EVERY seconds and replaces dead ones."""
+        if not self._ready:
+            return None
+        slot = self._ready.pop(0)
+        self._need.set()
+        self.served += 1
+        return slot
+
+    async def _check(self) -> None:
+        """Replace the waiting containers that stopped (killed, removed behind our back)."""
+        for slot in list(self._ready):
             try:
                 running = (await self.engine.container_state(slot.container_id)).running
             except RunnerError:
-                running = False
-            if running:
-                self.served += 1
-                return slot
-            log.warning("warm-pool container %s is not running; discarding it", slot.container_id[:12])
-            await self.discard(slot)
-        return None
+                continue  # the engine does not answer: nothing to decide now
+            if not running and slot in self._ready:
+                log.warning("warm-pool container %s is not running; replacing it", slot.container_id[:12])
+                self._ready.remove(slot)
+                await self.discard(slot)
 
     async def discard(self, slot: Slot) -> None:
         with contextlib.suppress(RunnerError):
@@ -96,7 +103,10 @@ class WarmPool:
 
     async def _fill(self) -> None:
         while True:
-            await self._need.wait()
+            try:
+                await asyncio.wait_for(self._need.wait(), CHECK_EVERY)
+            except TimeoutError:
+                await self._check()
             self._need.clear()
             while len(self._ready) < self.size:
                 try:

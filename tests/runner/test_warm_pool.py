@@ -92,3 +92,22 @@ async def test_a_crashed_servers_pool_is_removed_at_the_next_start(
         assert len(now) == 2 and not now & crashed
         assert not (rt.layout.workspaces / "pool-crashed0").exists()
     assert containers(podman_user, settings.data_dir) == []
+
+
+async def test_a_waiting_container_that_dies_is_replaced(
+    settings: Settings, podman_user: PodmanUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runner.warm_pool
+
+    monkeypatch.setattr(runner.warm_pool, "CHECK_EVERY", 0.3)
+    async with open_runtime(with_runner(settings, warm_pool=1), {}) as rt:
+        pool = rt.executor.warm
+        assert pool is not None
+        await wait_ready(pool, 1)
+        (dead,) = containers(podman_user, settings.data_dir)
+        podman_user.run(["podman", "rm", "-f", "-t", "0", dead])
+        deadline = time.monotonic() + 60
+        while not ((now := containers(podman_user, settings.data_dir)) and dead not in now and pool.ready == 1):
+            assert time.monotonic() < deadline, "the dead pool container was not replaced"
+            await asyncio.sleep(0.1)
+    assert containers(podman_user, settings.data_dir) == []
