@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 POOL_JOB_ID = 0  # the job label of a pool container until a job takes it (no job has id 0)
 SLOT_PREFIX = "pool-"
 RETRY_AFTER = 2.0  # seconds before trying again when the engine would not start a slot
+REFILL_DELAY = 1.0  # seconds after a job takes a slot before its replacement starts
 CHECK_EVERY = 15.0  # seconds between checks that the waiting containers still run (off every job's path)
 
 
@@ -80,7 +81,9 @@ class WarmPool:
         if not self._ready:
             return None
         slot = self._ready.pop(0)
-        self._need.set()
+        # The replacement waits a moment: started at once, its create and start compete with this job's own
+        # first exec for the Podman service and the CPU, which is what the pool is there to spare the job.
+        asyncio.get_running_loop().call_later(REFILL_DELAY, self._need.set)
         self.served += 1
         return slot
 
