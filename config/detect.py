@@ -14,6 +14,9 @@ from config.toolchains import Toolchain, toolchain
 PROJECT_KINDS = ("node", "python", "go", "rust", "make")  # the order detect_project reports and jobs come in
 GO_IMAGE = "docker.io/library/golang:1"  # the default job image has no Go and no Rust
 RUST_IMAGE = "docker.io/library/rust:1"
+_GLOBAL = "npm install -g --no-fund --no-audit"
+COREPACK = f"{_GLOBAL} corepack && corepack enable"
+COREPACK_ENV = {"COREPACK_ENABLE_DOWNLOAD_PROMPT": "0"}  # a step has no one to answer corepack's question
 NPM_PLACEHOLDER = "no test specified"  # `npm init`'s scripts.test, which only fails
 
 
@@ -63,16 +66,20 @@ _RUN = {"npm": "npm run", "yarn": "yarn run", "pnpm": "pnpm run", "bun": "bun ru
 _TEST = {"npm": "npm test", "yarn": "yarn test", "pnpm": "pnpm test", "bun": "bun run test"}  # `bun test` is Bun's own runner
 
 
-def _node_install(manager: str, lock: str | None, major: str) -> str:
+def _node_install(manager: str, lock: str | None, version: str) -> str:
     if manager == "npm":
         return "npm ci" if lock else "npm install"
     if manager == "bun":
         return "bun install --frozen-lockfile" if lock else "bun install"
-    # yarn and pnpm are not in the default image: corepack (Node's) fetches the version the project names.
+    # yarn and pnpm are not in the default image: npm installs the version packageManager names (Yarn 2+ only
+    # through corepack, which npm installs too).
+    version = version.partition("+")[0]  # `9.1.0+sha512.…`: npm takes the version alone
     if manager == "yarn":
-        flag = "" if not lock else " --immutable" if major not in ("", "0", "1") else " --frozen-lockfile"
-        return f"corepack enable && yarn install{flag}"
-    return f"corepack enable && pnpm install{' --frozen-lockfile' if lock else ''}"
+        major = version.split(".")[0]
+        if major not in ("", "0", "1"):
+            return f"{COREPACK} && yarn install{' --immutable' if lock else ''}"
+        return f"{_GLOBAL} yarn@{version or '1'} && yarn install{' --frozen-lockfile' if lock else ''}"
+    return f"{_GLOBAL} pnpm@{version or 'latest'} && pnpm install{' --frozen-lockfile' if lock else ''}"
 
 
 def detect_node(root: Path) -> list[DetectedJob]:
@@ -95,7 +102,7 @@ def detect_node(root: Path) -> list[DetectedJob]:
     lockfile = lock[0] if lock and lock[1] == manager else None
     found = [n for n in ("package.json", lockfile) if n and (root / n).is_file()]
     why.insert(0, f"Node ({manager}): {' and '.join(found)}" + ("" if lockfile else ", no lockfile"))
-    install = _node_install(manager, lockfile, version.split(".")[0])
+    install = _node_install(manager, lockfile, version)
     scripts = manifest.get("scripts") if isinstance(manifest.get("scripts"), dict) else {}
     run = _RUN[manager]
     steps: list[tuple[str, str]] = [("install", install)]
@@ -109,10 +116,14 @@ def detect_node(root: Path) -> list[DetectedJob]:
     else:
         why.append("no scripts.test (or npm's placeholder) and no scripts.build: add your test step")
     cache, keys = toolchain(manager), tuple(found)
-    jobs = [DetectedJob("node", "test", tuple(why), tuple(steps), cache, keys)]
+    env = COREPACK_ENV if "corepack" in install else {}
+    if manager in ("yarn", "pnpm"):
+        why.append(f"the default job image has Node and npm, not {manager}: "
+                   + ("corepack (from npm) brings it" if env else "npm installs it first"))
+    jobs = [DetectedJob("node", "test", tuple(why), tuple(steps), cache, keys, env=env)]
     if isinstance(scripts.get("lint"), str):
         jobs.append(DetectedJob("node", "lint", (f"scripts.lint: {scripts['lint']}",),
-                                (("install", install), ("lint", f"{run} lint")), cache, keys))
+                                (("install", install), ("lint", f"{run} lint")), cache, keys, env=env))
     return jobs
 
 

@@ -14,6 +14,8 @@ from config.pipeline import Pipeline, load_pipeline, parse_pipeline
 from config.starter import detect_project, starter_pipeline, write_starter
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "starter"
+GLOBAL = "npm install -g --no-fund --no-audit"
+COREPACK = f"{GLOBAL} corepack && corepack enable"
 VENV = "python3 -m venv .venv && .venv/bin/pip install"
 
 
@@ -46,18 +48,21 @@ NODE_TEST = {"name": "x", "scripts": {"test": "node test.js"}}
         ({"package.json": NODE_TEST}, "npm install", "npm test", "npm", ["package.json"]),
         ({"package.json": NODE_TEST, "package-lock.json": "{}"}, "npm ci", "npm test", "npm",
          ["package.json", "package-lock.json"]),
-        ({"package.json": NODE_TEST, "yarn.lock": ""}, "corepack enable && yarn install --frozen-lockfile",
+        ({"package.json": NODE_TEST, "yarn.lock": ""}, f"{GLOBAL} yarn@1 && yarn install --frozen-lockfile",
          "yarn test", "yarn", ["package.json", "yarn.lock"]),
-        ({"package.json": NODE_TEST, "pnpm-lock.yaml": ""}, "corepack enable && pnpm install --frozen-lockfile",
+        ({"package.json": NODE_TEST, "pnpm-lock.yaml": ""}, f"{GLOBAL} pnpm@latest && pnpm install --frozen-lockfile",
          "pnpm test", "pnpm-store", ["package.json", "pnpm-lock.yaml"]),
         ({"package.json": NODE_TEST, "bun.lockb": ""}, "bun install --frozen-lockfile", "bun run test", "bun",
          ["package.json", "bun.lockb"]),
         ({"package.json": NODE_TEST, "bun.lock": ""}, "bun install --frozen-lockfile", "bun run test", "bun",
          ["package.json", "bun.lock"]),
-        ({"package.json": {**NODE_TEST, "packageManager": "pnpm@9.1.0"}}, "corepack enable && pnpm install",
+        ({"package.json": {**NODE_TEST, "packageManager": "pnpm@9.1.0+sha512.ab12"}},
+         f"{GLOBAL} pnpm@9.1.0 && pnpm install",
          "pnpm test", "pnpm-store", ["package.json"]),
         ({"package.json": {**NODE_TEST, "packageManager": "yarn@4.1.0"}, "yarn.lock": ""},
-         "corepack enable && yarn install --immutable", "yarn test", "yarn", ["package.json", "yarn.lock"]),
+         f"{COREPACK} && yarn install --immutable", "yarn test", "yarn", ["package.json", "yarn.lock"]),
+        ({"package.json": {**NODE_TEST, "packageManager": "yarn@1.22.19"}}, f"{GLOBAL} yarn@1.22.19 && yarn install",
+         "yarn test", "yarn", ["package.json"]),
         ({"package-lock.json": "{}"}, "npm ci", None, "npm", ["package-lock.json"]),  # a lockfile alone
     ],
 )
@@ -71,6 +76,8 @@ def test_node_projects(tmp_path: Path, files: dict[str, Any], install: str, test
     job = pipeline.jobs["test"]
     assert job.cache is not None and "node_modules" in job.cache.paths and list(job.cache.key_files) == keys
     assert f".forgeci-cache/{cache_dir}" in job.cache.paths
+    corepack = install.startswith(COREPACK)
+    assert job.env.pop("COREPACK_ENABLE_DOWNLOAD_PROMPT", None) == ("0" if corepack else None)
     assert all(value.startswith("/workspace/.forgeci-cache/") for value in job.env.values()) and job.env
     assert "# Node (" in text and ("no lockfile" in text) == (len(keys) == 1 and keys[0] == "package.json")
 
