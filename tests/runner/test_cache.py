@@ -74,7 +74,8 @@ def test_detection_points_package_manager_caches_into_the_workspace(tmp_path: Pa
     for lock, path, var in (("yarn.lock", ".forgeci-cache/yarn", "YARN_CACHE_FOLDER"),
                             ("pnpm-lock.yaml", ".forgeci-cache/pnpm-store", "npm_config_store_dir"),
                             ("poetry.lock", ".venv", "PIP_CACHE_DIR"), ("uv.lock", ".forgeci-cache/uv", "UV_CACHE_DIR"),
-                            ("Cargo.lock", "target", "CARGO_HOME")):
+                            ("Cargo.lock", "target", "CARGO_HOME"), ("bun.lockb", ".forgeci-cache/bun", "BUN_INSTALL_CACHE_DIR"),
+                            ("bun.lock", "node_modules", "BUN_INSTALL_CACHE_DIR")):
         found = plan_for(workspace(tmp_path / lock, {lock: "x"}))
         assert path in found.paths and var in found.env, lock
     assert plan_cache(spec(), pipeline_from_dict(STEPS, "t"), workspace(tmp_path / "none", {"README": ""}),
