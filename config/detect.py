@@ -63,7 +63,8 @@ _NODE_LOCKS = (  # first match wins: a repository with two lockfiles usually mig
     ("package-lock.json", "npm"), ("npm-shrinkwrap.json", "npm"),
 )
 _RUN = {"npm": "npm run", "yarn": "yarn run", "pnpm": "pnpm run", "bun": "bun run"}
-_TEST = {"npm": "npm test", "yarn": "yarn test", "pnpm": "pnpm test", "bun": "bun run test"}  # `bun test` is Bun's own runner
+# `bun test` would be Bun's own test runner, not the script.
+_TEST = {"npm": "npm test", "yarn": "yarn test", "pnpm": "pnpm test", "bun": "bun run test"}
 
 
 def _node_install(manager: str, lock: str | None, version: str) -> str:

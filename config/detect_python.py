@@ -62,8 +62,8 @@ def _group(groups: dict[str, Any], name: str, seen: frozenset[str] = frozenset()
     for item in groups.get(name, []) if isinstance(groups.get(name), list) else []:
         if isinstance(item, str):
             out.append(item)
-        elif isinstance(item, dict) and isinstance(item.get("include-group"), str) and item["include-group"] not in seen:
-            out += _group(groups, item["include-group"], seen | {name})
+        elif isinstance(item, dict) and isinstance(include := item.get("include-group"), str) and include not in seen:
+            out += _group(groups, include, seen | {name})
     return out
 
 
@@ -134,18 +134,30 @@ class _Found:
             self.pytest_config = self.pytest_config or "[pytest] in tox.ini"
         for section in cfg.sections():
             if section == "testenv" or section.startswith("testenv:"):
-                self.deps += cfg.get(section, "deps", fallback="").splitlines()
+                # tox's deps are tox's to install: naming pytest there says the project tests with it.
+                deps = cfg.get(section, "deps", fallback="").splitlines()
                 commands = cfg.get(section, "commands", fallback="")
-                if re.search(r"\bpytest\b|\bpy\.test\b", commands):
-                    self.pytest_config = self.pytest_config or "tox.ini runs pytest"
+                if re.search(r"\bpytest\b|\bpy\.test\b", commands) or "pytest" in _names(deps):
+                    self.pytest_config = self.pytest_config or "tox.ini tests with it"
 
     def requirements(self, files: list[str]) -> None:
-        for name in files:
+        """The requirements in these files, and in those they include (`-r other.txt`)."""
+        todo, seen = [self.root / name for name in files], set[Path]()
+        while todo and len(seen) < 50:
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
             try:
-                lines = (self.root / name).read_text(encoding="utf-8", errors="replace").splitlines()
+                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
             except OSError:
                 continue
-            self.deps += [line for line in lines if not line.lstrip().startswith(("#", "-"))]
+            for line in (line.strip() for line in lines):
+                include = re.match(r"(?:-r|--requirement)[\s=]+(\S+)", line)
+                if include:
+                    todo.append(path.parent / include.group(1))
+                elif not line.startswith(("#", "-")):
+                    self.deps.append(line)
 
 
 MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", "tox.ini")
