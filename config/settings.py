@@ -219,7 +219,7 @@ class Settings:
     github: GitHubSettings = option(section(GitHubSettings), GitHubSettings.__doc__ or "", factory=GitHubSettings)
     gitea: GiteaSettings = option(section(GiteaSettings), GiteaSettings.__doc__ or "", factory=GiteaSettings)
     gitlab: GitLabSettings = option(section(GitLabSettings), GitLabSettings.__doc__ or "", factory=GitLabSettings)
-    notify: tuple[NotifyTarget, ...] = option(NOTIFY, NOTIFY_DOC, ())
+    notify: tuple[NotifyTarget, ...] = option(NOTIFY, NOTIFY_DOC, (), shown="`[]`")
 
     @classmethod
     def default(cls) -> Settings:

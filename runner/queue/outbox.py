@@ -125,15 +125,18 @@ class OutboxQueries(QueueBase):
                                 f"ORDER BY id", (pipeline_id,)).fetchall()
         return [(Notification(*row[:6]), row[6]) for row in rows]
 
-    def branch_pipelines(self, repos: Sequence[str], refs: Sequence[str], limit: int = 1) -> list[tuple[int, str]]:
-        """(id, state) of the newest pipelines of any of `repos` on any of `refs`, newest first."""
-        if not repos or not refs:
+    def branch_pipelines(self, repos: Sequence[str], refs: Sequence[str] | None, limit: int = 1
+                         ) -> list[tuple[int, str]]:
+        """(id, state) of the newest pipelines of any of `repos` on any of `refs` (None: any ref), newest first."""
+        if not repos or refs is not None and not refs:
             return []
-        marks_r, marks_f = ",".join("?" * len(repos)), ",".join("?" * len(refs))
+        where = f"repo IN ({','.join('?' * len(repos))})"
+        if refs is not None:
+            where += f" AND ref IN ({','.join('?' * len(refs))})"
         with self._transaction("BEGIN") as conn:
-            return [tuple(r) for r in conn.execute(  # type: ignore[misc]
-                f"SELECT id, state FROM pipelines INDEXED BY pipelines_branch WHERE repo IN ({marks_r}) "
-                f"AND ref IN ({marks_f}) ORDER BY id DESC LIMIT ?", [*repos, *refs, limit]).fetchall()]
+            return [(r[0], r[1]) for r in conn.execute(
+                f"SELECT id, state FROM pipelines INDEXED BY pipelines_branch WHERE {where} ORDER BY id DESC "
+                f"LIMIT ?", [*repos, *(refs or ()), limit]).fetchall()]
 
     def pipeline_repos(self) -> list[str]:
         """Every distinct repository a pipeline was made for (clone URLs or paths)."""
