@@ -38,6 +38,24 @@ _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 _SMTP = re.compile(r"smtps?://[^/?#\s]+")
 
 
+def _seconds(value: object) -> float:
+    """A duration (`10s`, `5m`) or a number of seconds, fractions allowed (`0.5`)."""
+    if isinstance(value, float) and not 0 < value < 10**9:
+        raise ValueError(f"expected a positive number of seconds, got {describe(value)}")
+    return float(value) if isinstance(value, float) else float(DURATION.convert(value, "", _Raise()))
+
+
+class _Raise(Issues):
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def add(self, path: str, message: str) -> None:
+        raise ValueError(message)
+
+
+SECONDS: Final = scalar("duration or seconds", _seconds, lambda seconds: seconds)
+
+
 @dataclass(frozen=True)
 class NotifyTarget:
     """One [[notify]] entry: a channel, which pipeline ends it hears about, and how its delivery is retried."""
@@ -68,8 +86,8 @@ class NotifyTarget:
     password_env: str = option(ENV_VAR, "email: env variable with the SMTP password", "")
     ca_file: str = option(STRING, 'email: a PEM file of CAs to trust for the SMTP server; "" = the system\'s', "")
     retries: int = option(integer(0, 100), "deliveries retried this many times before the message is dropped", 8)
-    backoff: float = option(DURATION, "wait before the first retry; doubles each time (at most 1h)", 10.0)
-    timeout: float = option(DURATION, "how long one delivery may take", 15.0)
+    backoff: float = option(SECONDS, "wait before the first retry; doubles each time (at most 1h)", 10.0)
+    timeout: float = option(SECONDS, "how long one delivery may take", 15.0)
     log_lines: int = option(integer(0, 200), "last log lines of a failed step quoted in the message", 15)
 
     def label(self, index: int) -> str:

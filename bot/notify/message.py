@@ -104,7 +104,8 @@ def _log_tail(layout: DataLayout, job_id: int, step: str | None, count: int, mas
         return ()
     tail: deque[str] = deque(maxlen=count)
     for line in read_log(layout.log_file(job_id)):
-        if step is None or line.step == step:
+        # A step's own output; forgeci's line about how it ended says what the message already says.
+        if step is None or line.step == step and line.stream != "system":
             tail.append(_clip(mask.mask(line.text)))
     return tuple(tail)
 
