@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from config.durations import to_duration_string
 from config.schema import (
     DURATION,
     ENV_VAR,
@@ -53,7 +54,8 @@ class _Raise(Issues):
         raise ValueError(message)
 
 
-SECONDS: Final = scalar("duration or seconds", _seconds, lambda seconds: seconds)
+SECONDS: Final = scalar("duration or seconds", _seconds,
+                        lambda s: to_duration_string(s) if s == int(s) else s)
 
 
 @dataclass(frozen=True)
