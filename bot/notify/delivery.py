@@ -68,8 +68,9 @@ class Notifier:
                     log.warning("notify target %s: its variable %s is not set; its messages will be dropped",
                                 name, variable)
         self._session = aiohttp.ClientSession()
-        self._tasks = [asyncio.create_task(self._run(), name="notify"),
-                       asyncio.create_task(self._follow(), name="notify-events")]
+        self._tasks = [asyncio.create_task(self._run(), name="notify")]
+        if self.targets:  # without targets the outbox is only swept (its rows fan out to nothing): no subscriber
+            self._tasks.append(asyncio.create_task(self._follow(), name="notify-events"))
 
     async def stop(self) -> None:
         """Stop at once: an attempt cut short is retried by the next start (its row is still pending)."""
