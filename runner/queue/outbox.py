@@ -37,9 +37,15 @@ class Notification:
 
 def pipeline_event(conn: sqlite3.Connection, pipeline_id: int, state: str) -> str:
     """The event of a pipeline that ended `state`: its state, or `fixed` for the first success on its repository
-    and branch after a failure (or error)."""
+    and branch after a failure (or error) — or of a retried pipeline whose own last end was one."""
     if state != "success":
         return state
+    # A retried pipeline that failed before succeeds now: its own last end is what it fixes.
+    own = conn.execute("SELECT event FROM notifications INDEXED BY notifications_pipeline WHERE pipeline_id = ? "
+                       "AND target IS NULL AND event != 'cancelled' ORDER BY id DESC LIMIT 1",
+                       (pipeline_id,)).fetchone()
+    if own is not None:
+        return "fixed" if own[0] in ("failure", "error") else "success"
     row = conn.execute("SELECT repo, ref FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()
     previous = conn.execute(_PREVIOUS, (row[0], row[1], pipeline_id)).fetchone() if row else None
     return "fixed" if previous is not None and previous[0] != "success" else "success"

@@ -59,6 +59,7 @@ class Receiver:
     hang: bool = False
     received: list[Received] = field(default_factory=list)
     refused: list[Received] = field(default_factory=list)  # answered with an error status, or bad signature
+    hanging: list[Received] = field(default_factory=list)  # read while `hang`: never answered
     _runner: web.AppRunner | None = None
 
     @property
@@ -71,6 +72,7 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         got = Received(request.path, dict(request.headers), await request.read())
         if self.hang:
+            self.hanging.append(got)
             await asyncio.sleep(3600)
         if request.path == "/hook":
             expected = "sha256=" + hmac.new(HOOK_SECRET.encode(), got.body, hashlib.sha256).hexdigest()

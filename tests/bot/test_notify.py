@@ -309,3 +309,28 @@ async def test_an_endpoint_down_for_30_seconds_gets_the_message_once_when_it_is_
             await receiver.stop()
     finally:
         await client.close()
+
+
+async def test_a_hanging_endpoint_blocks_neither_the_runner_nor_the_api(
+        settings: Settings, fake_engine: FakeEngine, make_local_repo: MakeRepo, receiver: Receiver) -> None:
+    receiver.hang = True  # reads the request, never answers
+    toml = ('[[notify]]\nkind = "webhook"\nurl_env = "FORGECI_HOOK_URL"\nsecret_env = "FORGECI_HOOK_SECRET"\n'
+            'on = ["always"]\ntimeout = "10m"\n')
+    fake_engine.on("make test", Script())
+    repo, sha = make_local_repo({".forgeci.toml": PIPELINE})
+    client = await open_client(with_notify(settings, toml), environ(receiver), workers=True, engine=fake_engine)
+    queue = client.app[RUNTIME].queue
+    try:
+        first = await push(client, repo, sha)
+        await wait_until(lambda: receiver.hanging, 60,
+                         "the first message under way")
+        second = await push(client, repo, sha)  # the runner goes on while the endpoint hangs
+        await wait_until(lambda: queue.pipeline(second).state.is_terminal, 60, "the second pipeline's end")
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.get(f"/pipelines/{first}")).status == 200
+        await wait_until(lambda: len(receiver.hanging) == 2, 60, "both messages under way at once")
+        for pipeline_id in (first, second):
+            [(row, state)] = [r for r in queue.notifications_of(pipeline_id) if r[0].target]
+            assert (state, row.attempts) == ("pending", 1)  # still waiting for an answer, not given up
+    finally:
+        await client.close()

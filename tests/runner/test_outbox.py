@@ -61,6 +61,16 @@ def test_the_end_of_a_pipeline_writes_one_row_and_fixed_follows_the_branch(queue
     assert events(queue, other_repo) == [(None, "success", "pending")]
 
 
+def test_a_retried_pipeline_that_succeeds_is_fixed(queue: Queue) -> None:
+    run(queue, JobState.success)
+    failed = run(queue, JobState.failure)
+    queue.retry_failed(failed)
+    job = queue.claim("r", 60)
+    assert job is not None
+    queue.complete(job.id, JobState.success, runner_id="r")
+    assert [event for _, event, _ in events(queue, failed)] == ["failure", "fixed"]
+
+
 def test_planning_that_fails_for_good_and_a_cancel_while_planning_are_ends_too(queue: Queue) -> None:
     broken = queue.create_pipeline(JobSpec(repo=REPO, ref="refs/heads/main"))
     queue.plan_failed(broken, "cannot fetch", retry_in=5.0)
