@@ -35,6 +35,7 @@ PARALLEL = 16  # deliveries under way at once
 BATCH = 64
 LEASE_SLACK = 30.0  # an attempt's row is not due again before its timeout and this much more
 MAX_BACKOFF = 3600.0
+SWEEP_AGAIN = 60.0  # seconds before an outbox row that could not be fanned out is tried again
 TERMINAL = frozenset({"success", "failure", "error", "cancelled"})
 
 
@@ -107,7 +108,12 @@ class Notifier:
         for row in await asyncio.to_thread(self.queue.due_notifications, BATCH):
             if row.id in self._inflight:
                 continue
-            rows = await asyncio.to_thread(self._fan_out, row) if row.target is None else [row]
+            try:
+                rows = await asyncio.to_thread(self._fan_out, row) if row.target is None else [row]
+            except Exception:  # one bad row never holds up the others: it is looked at again in a minute
+                log.exception("notifications: cannot fan out outbox row %d", row.id)
+                await asyncio.to_thread(self.queue.notification_failed, row.id, "fan-out failed", SWEEP_AGAIN)
+                continue
             for item in rows:
                 if item.id not in self._inflight and len(self._inflight) < PARALLEL * 4:
                     task = asyncio.create_task(self._deliver(item), name=f"notify-{item.id}")
@@ -119,7 +125,11 @@ class Notifier:
             pipeline = self.queue.pipeline(row.pipeline_id)
         except PipelineNotFound:
             return self.queue.fan_out(row.id, [])
-        slug, branch = parse_repo(pipeline.repo).slug, branch_of(pipeline.ref)
+        try:
+            slug = parse_repo(pipeline.repo).slug
+        except ValueError:
+            slug = pipeline.repo
+        branch = branch_of(pipeline.ref)
         wanted = [(name, t.kind) for name, t in self.targets.items() if t.wants(row.event, slug, branch)]
         return self.queue.fan_out(row.id, wanted)
 
@@ -135,6 +145,9 @@ class Notifier:
             try:
                 message = await asyncio.to_thread(self._message, row, target)
                 await asyncio.wait_for(self._send(target, row, message), target.timeout + 5.0)
+            except asyncio.CancelledError:  # a shutdown: due again at once for the next start
+                self.queue.notification_failed(row.id, "interrupted by a shutdown", 0.0)
+                raise
             except DeliveryError as exc:
                 await self._failed(row, target, attempt, str(exc), exc.permanent, exc.retry_after)
             except TimeoutError:

@@ -334,3 +334,20 @@ async def test_a_hanging_endpoint_blocks_neither_the_runner_nor_the_api(
             assert (state, row.attempts) == ("pending", 1)  # still waiting for an answer, not given up
     finally:
         await client.close()
+
+
+def test_a_huge_failure_stays_within_the_documented_limits() -> None:
+    from bot.notify import discord, email, slack
+    from bot.notify.message import FailedJob, Message
+
+    long_line = "x" * 290
+    failed = tuple(FailedJob(i, f"job-{i} " + "n" * 300, "failure", "s" * 100, 1, "e" * 500, (long_line,) * 40,
+                             f"{PUBLIC_URL}/dashboard/jobs/{i}") for i in range(10))
+    message = Message(pipeline_id=7, event="failure", state="failure", repo="acme/" + "r" * 300, repo_url="",
+                      branch="b" * 250, ref="refs/heads/x", sha="c" * 40, pusher="p" * 80, commit="m" * 300,
+                      url=f"{PUBLIC_URL}/dashboard/pipelines/7", duration=3.0, finished_at=time.time(),
+                      error="boom " * 400, failed=failed)
+    check_slack(slack.payload(message))
+    check_discord(discord.payload(message))
+    assert "x" * 100 in json.dumps(discord.payload(message))  # the excerpts shrank, but are there
+    assert email.subject(message).startswith("[forgeci] acme/")
