@@ -123,7 +123,7 @@ def _check(target: NotifyTarget, where: str, issues: Issues) -> None:
                 issues.add(f"{where}.{key}", "email: missing required key")
         if target.smtp:
             try:
-                urlsplit(target.smtp).port
+                _ = urlsplit(target.smtp).port  # ValueError for a port out of range
             except ValueError:
                 issues.add(f"{where}.smtp", f"expected a port 1..65535, got {describe(target.smtp)}")
 

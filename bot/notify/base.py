@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 import aiohttp
@@ -42,7 +41,7 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: M
             permanent = 400 <= response.status < 500 and response.status not in _RETRYABLE_4XX
             raise DeliveryError(f"HTTP {response.status} {response.reason or ''}".strip(), permanent=permanent,
                                 retry_after=_retry_after(response.headers))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise DeliveryError(f"no answer within {timeout:g}s") from None
     except aiohttp.ClientError as exc:
         raise DeliveryError(f"cannot reach the endpoint: {type(exc).__name__}") from None

@@ -210,8 +210,8 @@ class Notifier:
 
 def prometheus(counts: Mapping[tuple[str, str], int]) -> str:
     """The outbox's messages by kind and state, as Prometheus text."""
-    out = ["# HELP forgeci_notifications_total Notification messages by kind and state (pending, delivered, "
-           "dropped), kept as long as their pipeline.", "# TYPE forgeci_notifications_total counter"]
+    out = [("# HELP forgeci_notifications_total Notification messages by kind and state (pending, delivered, "
+            "dropped), kept as long as their pipeline."), "# TYPE forgeci_notifications_total counter"]
     out += [f'forgeci_notifications_total{{kind="{kind}",state="{state}"}} {count}'
             for (kind, state), count in sorted(counts.items())]
     return "\n".join(out) + "\n"
