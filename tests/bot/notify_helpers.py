@@ -143,7 +143,8 @@ class _Handler:
         message = message_from_bytes(envelope.original_content or b"", policy=policy.default)
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         self.mails.append(Mail(envelope.mail_from or "", list(envelope.rcpt_tos), message,  # type: ignore[arg-type]
-                               session.ssl is not None, login))
+                               session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
+                               login))
         return "250 OK"
 
 
@@ -154,20 +155,25 @@ def _authenticate(server: Any, session: Session, envelope: Envelope, mechanism: 
 
 
 @contextmanager
-def smtp_server(tmp: Path | None = None, *, starttls: bool = False) -> Iterator[tuple[int, list[Mail], Path | None]]:
+def smtp_server(tmp: Path | None = None, *, starttls: bool = False,
+                implicit: bool = False) -> Iterator[tuple[int, list[Mail], Path | None]]:
     """A real SMTP server on 127.0.0.1: (port, the mails it accepted, the CA file to trust). With `starttls` it
-    requires STARTTLS (a self-signed certificate) and a login (SMTP_USER, SMTP_PASSWORD) before a mail."""
+    requires STARTTLS (a self-signed certificate) and a login (SMTP_USER, SMTP_PASSWORD) before a mail; with
+    `implicit` it speaks TLS from the first byte (port 465 style) and wants the same login."""
     handler = _Handler()
     port = free_port()
     cafile = None
     kwargs: dict[str, Any] = {}
-    if starttls:
+    if starttls or implicit:
         assert tmp is not None
         cafile, keyfile = self_signed(tmp)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cafile, keyfile)
-        kwargs = {"tls_context": context, "require_starttls": True, "authenticator": _authenticate,
-                  "auth_required": True}
+        kwargs = {"authenticator": _authenticate, "auth_required": True}
+        if implicit:
+            kwargs |= {"ssl_context": context, "auth_require_tls": False}
+        else:
+            kwargs |= {"tls_context": context, "require_starttls": True}
     controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     try:

@@ -351,3 +351,33 @@ def test_a_huge_failure_stays_within_the_documented_limits() -> None:
     check_discord(discord.payload(message))
     assert "x" * 100 in json.dumps(discord.payload(message))  # the excerpts shrank, but are there
     assert email.subject(message).startswith("[forgeci] acme/")
+
+
+def sample_message() -> Any:
+    from bot.notify.message import Message
+
+    return Message(pipeline_id=3, event="failure", state="failure", repo="acme/app", repo_url="", branch="main",
+                   ref="refs/heads/main", sha="d" * 40, pusher="ada", commit="Fix it", url=f"{PUBLIC_URL}/x",
+                   duration=1.0, finished_at=time.time(), error=None)
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # it is TLS: from the first byte
+async def test_email_over_implicit_tls_and_a_refused_login(tmp_path: Path) -> None:
+    from bot.notify import email
+    from bot.notify.base import DeliveryError
+    from config.notify import NotifyTarget
+
+    with smtp_server(tmp_path, implicit=True) as (port, mails, cafile):
+        target = NotifyTarget(kind="email", from_addr="ci@example.test", to=("ops@example.test",),
+                              smtp=f"smtp://127.0.0.1:{port}", tls="tls", ca_file=str(cafile))
+        await email.send(target, sample_message(), "9", user=SMTP_USER, password=SMTP_PASSWORD, timeout=30)
+        [mail] = mails
+        assert mail.tls and mail.login == SMTP_USER and mail.recipients == ["ops@example.test"]
+        assert "pipeline #3 failed" in mail.message["Subject"]
+        with pytest.raises(DeliveryError) as refused:
+            await email.send(target, sample_message(), "10", user=SMTP_USER, password="wrong", timeout=30)
+        assert refused.value.permanent and "535" in str(refused.value) and "wrong" not in str(refused.value)
+        untrusted = dataclasses.replace(target, ca_file="")  # a self-signed certificate is not trusted by default
+        with pytest.raises(DeliveryError) as unverified:
+            await email.send(untrusted, sample_message(), "11", user=SMTP_USER, password=SMTP_PASSWORD, timeout=30)
+        assert not unverified.value.permanent and len(mails) == 1
