@@ -14,6 +14,7 @@ from bot.auth import Access, Auth, Handler, guard
 from bot.errors import HTTPError
 from bot.keys import AUTH, CLOSING, ENVIRON, METRICS, RUNTIME, SETTINGS, STREAM_TIMING, StreamTiming
 from bot.metrics import MetricsCache, parse_range
+from bot.notify.setup import notification_metrics
 from bot.openapi import openapi_document
 from bot.parse import MAX_ID, boolean, job_id_of, query_limit, read_json
 from bot.parse import bad as _bad
@@ -288,10 +289,11 @@ async def metrics(request: web.Request) -> web.Response:
     prometheus = wants_prometheus(request)
     runtime = _runtime(request)
     result = await request.app[METRICS].get(runtime.queue, range_name, runtime.hub.dropped_lines)
+    notify_text, notifications = await notification_metrics(request.app)
     if prometheus:
-        return web.Response(body=result.to_prometheus().encode(),
+        return web.Response(body=(result.to_prometheus() + notify_text).encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-    return web.json_response(result.to_dict())
+    return web.json_response({**result.to_dict(), "notifications": notifications})
 
 
 async def cache_stats(request: web.Request) -> web.Response:

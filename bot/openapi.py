@@ -328,6 +328,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                      operationId="openapi")},
     }
     paths.update(artifact_paths())
+    paths.update(badge_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
                   "properties": {"error": {"type": "string"}, "detail": {}}},
@@ -365,6 +366,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                                    "cache_hit_rate", "queue_depth", "running"], "properties": {
             "range": {"enum": ["hour", "day", "week"]}, "since": {"type": "number"}, "until": {"type": "number"},
             "jobs": {"type": "integer"},
+            "notifications": {"type": "object", "description": "outbox messages: kind -> state -> count",
+                              "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}}},
             "by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
             "success_rate": number, "avg_duration": number, "p95_duration": number, "cache_hit_rate": number,
             "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer"},
@@ -433,3 +436,17 @@ def artifact_paths() -> dict[str, Any]:
              "description": "the file's path in the artifact"}]),
     }
 
+
+
+def badge_paths() -> dict[str, Any]:
+    """The status badge (bot/notify/badge.py)."""
+    svg = {"description": "the badge", "headers": {"ETag": {"schema": {"type": "string"}},
+                                                 "Cache-Control": {"schema": {"type": "string"}}},
+           "content": {"image/svg+xml": {"schema": {"type": "string"}}}}
+    path = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": about}
+            for name, about in (("owner", "the repository's owner"), ("name", "the repository's name"))]
+    return {"/badge/{owner}/{name}.svg": {"get": _op(
+        "An SVG badge of the newest pipeline's state on a branch (passing, failing, running...)",
+        {"200": svg, "304": {"description": "not modified (If-None-Match)"}, **_errors(401, 404, 503)},
+        security=_READ, operationId="badge",
+        parameters=[*path, _query("branch", {"type": "string"}, "the branch (any branch when absent)")])}}
