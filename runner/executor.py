@@ -140,7 +140,8 @@ class Executor:
         self.cache = cache  # None: no caches (and no package-manager variables)
         self.snapshots = snapshots  # None: no snapshots, and no retries from a failed step
         self.artifacts = artifacts  # None: artifacts are neither kept nor fetched
-        self.images = images or ImageBuilder.for_settings(settings.runner, engine.user, layout.root)
+        self.images = images or ImageBuilder.for_settings(settings.runner, engine.user, layout.root,
+                                                          lookup=engine.image_id)
         self._limits_apply: bool | None = None
         self._strays: list[Box] = []  # containers and pods whose removal failed (the engine was down): removed later
 

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +83,7 @@ class ImageBuilder:
 
     def __init__(self, user: PodmanUser, state_dir: Path, store: ObjectStore | None = None, *,
                  storage: Sequence[str] = (), network: str = "slirp4netns", ca_bundle: str = "",
-                 timeout: float = 3600.0) -> None:
+                 timeout: float = 3600.0, lookup: Callable[[str], Awaitable[str]] | None = None) -> None:
         self.user = user
         self.state_dir = state_dir
         self.store = store
@@ -91,14 +91,16 @@ class ImageBuilder:
         self.network = network
         self.ca_bundle = ca_bundle
         self.timeout = timeout
+        self.lookup = lookup  # the engine's image id look-up (its API is faster than the command line)
         self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def for_settings(cls, runner: RunnerSettings, user: PodmanUser, data_dir: Path,
-                     store: ObjectStore | None = None) -> ImageBuilder:
+                     store: ObjectStore | None = None,
+                     lookup: Callable[[str], Awaitable[str]] | None = None) -> ImageBuilder:
         """The builder of a data dir: its use records in `<data_dir>/images`, builds on the jobs' network."""
         return cls(user, data_dir / "images", store, network=runner.network, ca_bundle=runner.ca_bundle,
-                   timeout=runner.job_timeout)
+                   timeout=runner.job_timeout, lookup=lookup)
 
     # -- Podman ---------------------------------------------------------------------------------------------
 
@@ -115,6 +117,9 @@ class ImageBuilder:
         """The image's id, '' when this storage has no such image."""
         result = self.cli("image", "inspect", "--format", "{{.Id}}", image)
         return result.stdout.decode().strip() if result.returncode == 0 else ""
+
+    async def _id(self, image: str) -> str:
+        return await self.lookup(image) if self.lookup is not None else await asyncio.to_thread(self.image_id, image)
 
     def label(self, image: str, label: str) -> str:
         result = self.cli("image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', image)
@@ -138,7 +143,7 @@ class ImageBuilder:
         except ContextError as exc:
             raise BuildFailed(str(exc)) from None
         bases = from_images(source.text)
-        ids = await asyncio.gather(*(asyncio.to_thread(self.image_id, base) for base in bases))
+        ids = await asyncio.gather(*(self._id(base) for base in bases))
         if missing := [base for base, found in zip(bases, ids, strict=True) if not found]:
             raise BuildFailed(f"image build: FROM image {missing[0]} does not exist on this runner (build or load "
                               f"it first; there is no registry to pull from)")
@@ -149,7 +154,7 @@ class ImageBuilder:
         lock = self._locks.setdefault(own, asyncio.Lock())
         async with lock:  # two jobs of one image on this host: the second uses what the first built
             for tag in dict.fromkeys((trusted, own)):
-                if await asyncio.to_thread(self.image_id, tag):
+                if await self._id(tag):
                     self.touch(tag, digest)
                     out.say(f"image: {tag} is already built ({build.containerfile}); no build")
                     return tag

@@ -175,7 +175,7 @@ async def _assembled(
         snapshots = Snapshots(store, queue, engine.user)
         artifacts = ArtifactManager(store, queue, engine.user, max_size=settings.runner.max_artifact_size,
                                     default_days=settings.retention.artifact_days)
-        images = ImageBuilder.for_settings(settings.runner, engine.user, layout.root, store)
+        images = ImageBuilder.for_settings(settings.runner, engine.user, layout.root, store, engine.image_id)
         executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots,
                             artifacts=artifacts, images=images)
         planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
