@@ -45,6 +45,7 @@ STORE_PREFIX = "images/"
 CHUNK = 1 << 20
 DAY = 86400.0
 CLI_TIMEOUT = 120.0
+BUILD_STEP = "image build"  # the log's step name of the build output (the dashboard heads it so)
 
 
 class BuildFailed(Exception):
@@ -61,6 +62,7 @@ class BuildLog:
 
     say: Callable[[str], None]
     output: Callable[[bytes], None]
+    flush: Callable[[], None] = lambda: None  # the output's unfinished line, before forgeci's next line
 
 
 def store_key(digest: str) -> str:
@@ -186,6 +188,7 @@ class ImageBuilder:
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         took = format_duration(time.monotonic() - started)
+        out.flush()
         if code == 0:
             out.say(f"image: built {tag} in {took}")
             return
@@ -349,8 +352,8 @@ async def job_image(builder: ImageBuilder, image: str | ImageBuild, workspace: P
         return snapshot.image
     try:
         return await builder.resolve(image, workspace, spec, BuildLog(
-            joblog.system, lambda data: joblog.write("", "stdout", data)), cancel)
+            joblog.system, lambda data: joblog.write(BUILD_STEP, "stdout", data),
+            lambda: joblog.flush(BUILD_STEP)), cancel)
     except BuildFailed as exc:
-        joblog.flush("")
         joblog.system(str(exc))
         return Outcome(exc.state, str(exc))

@@ -4,6 +4,7 @@ cache, failing as the pipeline's fault, exported to the store and imported by a 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import time
 import uuid
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from config.images import ImageBuild
+from config.settings import Settings
 from runner.image_build import BUILT_LABEL, REPOSITORY, BuildLog, ImageBuilder, store_key
+from runner.local import run_local
 from runner.models import JobSpec, JobState
 from runner.podman_user import PodmanUser
 from runner.runtime import Runtime
@@ -222,3 +225,18 @@ async def test_pruning_removes_only_built_images_unused_for_image_days(
     assert builder.image_id(old) == "" and builder.image_id(fresh) != "" and builder.image_id(busybox_image) != ""
     assert {obj.key for obj in store.list("images/")} == {store_key(fresh.rpartition(":")[2])}
     assert builder.prune(now + 30 * 86400, 14)[0] == 1 and builder.image_id(busybox_image) != ""
+
+
+async def test_forgeci_run_builds_from_the_working_tree_and_records_the_use_in_the_data_dir(
+    settings: Settings, make_repo: MakeRepo, busybox_image: str, token: str
+) -> None:
+    repo, _ = make_repo({".forgeci.toml": PIPELINE, "ci/Containerfile": containerfile(busybox_image, token),
+                         "ci/hello.txt": "committed\n"})
+    (repo / "ci" / "hello.txt").write_text("uncommitted\n")
+    out = io.StringIO()
+    run = await run_local(settings, repo, environ={}, out=out)
+    text = out.getvalue()
+    assert run.succeeded, text
+    assert "image: building" in text and "[image build] STEP 1/" in text and "[show] uncommitted" in text, text
+    markers = list((settings.data_dir / "images").iterdir())  # the real data dir's, which maintenance prunes
+    assert len(markers) == 1 and markers[0].read_text().startswith(f"{REPOSITORY}:")
