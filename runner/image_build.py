@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -65,6 +66,25 @@ class BuildLog:
     flush: Callable[[], None] = lambda: None  # the output's unfinished line, before forgeci's next line
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children first found, then theirs), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                    ppid = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def store_key(digest: str) -> str:
     return f"{STORE_PREFIX}{digest}.tar.zst"
 
@@ -95,6 +115,7 @@ class ImageBuilder:
         self.timeout = timeout
         self.lookup = lookup  # the engine's image id look-up (its API is faster than the command line)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._building = 0  # builds running now: a stopped one removes what it left only when it was alone
 
     @classmethod
     def for_settings(cls, runner: RunnerSettings, user: PodmanUser, data_dir: Path,
@@ -177,6 +198,8 @@ class ImageBuilder:
         rel = source.containerfile.relative_to(workspace.resolve())
         out.say(f"image: building {tag} from {rel} (context {source.context.relative_to(workspace.resolve())})")
         started = time.monotonic()
+        before = await asyncio.to_thread(self.working_containers)
+        self._building += 1
         try:
             await asyncio.to_thread(stage_context, source, staged)
             args = ["build", "--layers", "-f", str(source.containerfile), "--network", self.network,
@@ -185,7 +208,10 @@ class ImageBuilder:
             if self.ca_bundle and os.path.isfile(self.ca_bundle):
                 args += ["-v", f"{self.ca_bundle}:/etc/ssl/host-ca.crt:ro"]
             code = await self._stream(args + [str(staged)], out, cancel)
+            if code is None and self._building == 1:  # Podman leaves a stopped build's container in its storage
+                await asyncio.to_thread(self.remove_containers, set(self.working_containers()) - set(before))
         finally:
+            self._building -= 1
             shutil.rmtree(staged, ignore_errors=True)
         took = format_duration(time.monotonic() - started)
         out.flush()
@@ -228,15 +254,28 @@ class ImageBuilder:
             stopping.cancel()
         if reading in done:
             return reading.result()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(reading, 10)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await reading
+        # A RUN line's processes are Podman's descendants in namespaces of their own, and outlive a signalled
+        # `podman build` (PID 1 of a build container ignores SIGTERM): kill the whole tree while it is still one.
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        await reading
         return None
+
+    def working_containers(self) -> dict[str, float]:
+        """Podman's build containers in this storage (`podman ps --external`): id -> creation time."""
+        result = self.cli("ps", "-a", "--external", "--no-trunc", "--format", "json")
+        try:
+            found = json.loads(result.stdout or b"[]") if result.returncode == 0 else []
+        except ValueError:
+            return {}
+        return {str(c.get("Id")): float(c.get("Created") or 0) for c in found or []
+                if str(c.get("State")) == "storage" and any(str(n).endswith("-working-container")
+                                                            for n in c.get("Names") or ())}
+
+    def remove_containers(self, ids: set[str]) -> None:
+        if ids:
+            self.cli("rm", "-f", *sorted(ids))
 
     # -- the store ------------------------------------------------------------------------------------------
 
@@ -339,6 +378,10 @@ class ImageBuilder:
                     errors.append(f"image export {digest}: {exc}")
                     continue
             marker.unlink(missing_ok=True)
+        # What a build stopped beside another one left (no build lasts longer than its job's time limit).
+        stale = {cid for cid, created in self.working_containers().items()
+                 if created < now - max(DAY, 2 * self.timeout)}
+        self.remove_containers(stale)
         return count, errors
 
 

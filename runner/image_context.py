@@ -158,7 +158,7 @@ def from_images(text: str) -> list[str]:
         if not match:
             continue
         seen_from = True
-        name = _VAR.sub(lambda m: args.get(m.group(1) or m.group(3), m.group(2) or ""), match.group(2))
+        name = _VAR.sub(lambda m: args.get(m.group(1) or m.group(3)) or m.group(2) or m.group(0), match.group(2))
         if name.lower() not in stages and name.lower() != "scratch" and name not in images:
             images.append(name)
         if match.group(3):

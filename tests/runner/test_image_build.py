@@ -240,3 +240,30 @@ async def test_forgeci_run_builds_from_the_working_tree_and_records_the_use_in_t
     assert "image: building" in text and "[image build] STEP 1/" in text and "[show] uncommitted" in text, text
     markers = list((settings.data_dir / "images").iterdir())  # the real data dir's, which maintenance prunes
     assert len(markers) == 1 and markers[0].read_text().startswith(f"{REPOSITORY}:")
+
+
+async def test_a_cancel_stops_the_build_and_leaves_no_build_process(
+    runtime: Runtime, make_repo: MakeRepo, busybox_image: str, token: str
+) -> None:
+    slow = f"FROM {busybox_image}\nRUN echo {token}-building && sh -c 'sleep 600; echo {token}'\n"
+    repo, _ = make_repo({".forgeci.toml": PIPELINE, "ci/Containerfile": slow, "ci/hello.txt": "x\n"})
+    before = set(runtime.images.working_containers())
+    job_id = submit(runtime, repo)
+    deadline = time.monotonic() + 60
+    while f"{token}-building" not in log_text(runtime, job_id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert runtime.queue.cancel(job_id) is JobState.running
+    t0 = time.monotonic()
+    job = await wait_terminal(runtime, job_id, timeout=60)
+    assert job.state is JobState.cancelled and "cancelled during the image build" in (job.error or "")
+    assert time.monotonic() - t0 < 30
+    builds = [p for p in Path("/proc").iterdir() if p.name.isdigit() and token.encode() in _cmdline(p)]
+    assert builds == []  # the RUN line's processes too, which a signalled `podman build` leaves running
+    assert set(runtime.images.working_containers()) - before == set()  # and Podman's build container
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
