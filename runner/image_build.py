@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,8 @@ STORE_PREFIX = "images/"
 CHUNK = 1 << 20
 DAY = 86400.0
 CLI_TIMEOUT = 120.0
+REFERENCE = re.compile(r"(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9._/-]+(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                       r"(?:@sha256:[0-9a-f]{64})?")
 BUILD_STEP = "image build"  # the log's step name of the build output (the dashboard heads it so)
 
 
@@ -166,11 +169,16 @@ class ImageBuilder:
         except ContextError as exc:
             raise BuildFailed(str(exc)) from None
         bases = from_images(source.text)
+        if bad := [base for base in bases if not REFERENCE.fullmatch(base)]:
+            raise BuildFailed(f"image build: FROM {bad[0]!r} is not an image name")
         ids = await asyncio.gather(*(self._id(base) for base in bases))
         if missing := [base for base, found in zip(bases, ids, strict=True) if not found]:
             raise BuildFailed(f"image build: FROM image {missing[0]} does not exist on this runner (build or load "
                               f"it first; there is no registry to pull from)")
-        digest = await asyncio.to_thread(build_hash, source, list(ids))
+        try:
+            digest = await asyncio.to_thread(build_hash, source, list(ids))
+        except OSError as exc:  # an unreadable file the repository put in the context
+            raise BuildFailed(f"image build: cannot read the build context: {exc}") from None
         trusted = f"{REPOSITORY}:{digest}"
         scope = fork_scope(spec)
         own = f"localhost/forgeci-fork-{scope}:{digest}" if scope else trusted
@@ -201,7 +209,10 @@ class ImageBuilder:
         before = await asyncio.to_thread(self.working_containers)
         self._building += 1
         try:
-            await asyncio.to_thread(stage_context, source, staged)
+            try:
+                await asyncio.to_thread(stage_context, source, staged)
+            except OSError as exc:
+                raise RunnerError(f"cannot stage the build context in {staged}: {exc}") from exc
             args = ["build", "--layers", "-f", str(source.containerfile), "--network", self.network,
                     "--label", f"{BUILT_LABEL}=1", "--label", f"{HASH_LABEL}={digest}",
                     "--label", f"{SCOPE_LABEL}={scope or 'trusted'}", "-t", tag]

@@ -122,6 +122,10 @@ async def test_a_failing_build_fails_the_job_without_a_retry_and_logs_the_output
     repo3, _ = make_repo({".forgeci.toml": PIPELINE.replace("ci/Containerfile", "ci/Nope"), "ci/hello.txt": "x\n"})
     job3 = await wait_terminal(runtime, submit(runtime, repo3), timeout=60)
     assert job3.state is JobState.failure and "has no file ci/Nope" in (job3.error or "")
+    repo4, _ = make_repo({".forgeci.toml": PIPELINE, "ci/Containerfile": "FROM $UNSET\nRUN true\n"})
+    job4 = await wait_terminal(runtime, submit(runtime, repo4), timeout=60)
+    assert job4.state is JobState.failure and "FROM '$UNSET' is not an image name" in (job4.error or "")
+    assert [job.attempts for job in (job2, job3, job4)] == [1, 1, 1]
 
 
 class Collected:
