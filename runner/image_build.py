@@ -389,9 +389,10 @@ class ImageBuilder:
                     errors.append(f"image export {digest}: {exc}")
                     continue
             marker.unlink(missing_ok=True)
-        # What a build stopped beside another one left (no build lasts longer than its job's time limit).
+        # What a build stopped beside another one left (no build lasts longer than its job's time limit); by the
+        # clock, not `now`: a build running at this moment is never stale.
         stale = {cid for cid, created in self.working_containers().items()
-                 if created < now - max(DAY, 2 * self.timeout)}
+                 if created < time.time() - max(DAY, 2 * self.timeout)}
         self.remove_containers(stale)
         return count, errors
 

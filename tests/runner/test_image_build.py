@@ -17,6 +17,7 @@ from config.images import ImageBuild
 from config.settings import Settings
 from runner.image_build import BUILT_LABEL, REPOSITORY, BuildLog, ImageBuilder, store_key
 from runner.local import run_local
+from runner.maintenance import prune
 from runner.models import JobSpec, JobState
 from runner.podman_user import PodmanUser
 from runner.runtime import Runtime
@@ -100,7 +101,13 @@ async def test_a_built_image_is_used_reused_and_rebuilt_from_its_cached_layers(
     tags = built_tags(runtime.user, token)
     assert len(tags) == 2 and all(tag.startswith(f"{REPOSITORY}:") for tag in tags)
     # The trusted builds were exported to the store under their hash.
-    assert len([obj for obj in runtime.store.list("images/")]) >= 2
+    assert len(list(runtime.store.list("images/"))) == 2
+
+    # The hourly maintenance, a month later: both images and their exports go; the base image stays.
+    report = prune(runtime, now=time.time() + 30 * 86400)
+    assert report.images == 2 and report.errors == (), report
+    assert built_tags(runtime.user, token) == [] and list(runtime.store.list("images/")) == []
+    assert runtime.images.image_id(busybox_image) != ""
 
 
 async def test_a_failing_build_fails_the_job_without_a_retry_and_logs_the_output(
