@@ -21,6 +21,7 @@ from config.pipeline import Pipeline, load_pipeline
 from config.plan import expand
 from config.settings import Settings
 from runner.artifacts.local import LAST_RUN, keep_last_run
+from runner.checkout import checkout_top, safe_git
 from runner.control import JobControl
 from runner.engine import Engine
 from runner.errors import InvalidTransition, RunnerError
@@ -42,7 +43,7 @@ STOP_WAIT = CANCEL_GRACE + 5.0  # after Ctrl-C, a running step gets SIGTERM, CAN
 
 
 def _git(path: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=False)
+    result = subprocess.run([*safe_git(path), *args], capture_output=True, text=True, check=False)
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
@@ -199,8 +200,9 @@ async def run_local(
     """Run the pipeline of the checkout at `path`, its working tree as it is (each job on its own copy, in its own
     container), up to `parallel` (default `queue.max_concurrent`) jobs at once; the jobs never enter a server's
     queue. `jobs`, `with_needs` and `step` select (local_select.select); SelectionError before anything starts.
-    `engine` defaults to rootless Podman (tests pass a fake)."""
-    path = path.resolve()
+    `engine` defaults to rootless Podman (tests pass a fake). A folder that is not the top of a git checkout is a
+    ConfigError, before anything starts."""
+    path = checkout_top(path.resolve())
     if parallel is not None and parallel < 1:
         raise SelectionError(f"--parallel must be at least 1, got {parallel}")
     plan = local_plan(path, jobs, with_needs=with_needs, step=step)
