@@ -34,6 +34,7 @@ from runner.errors import ObjectMissing, RunnerError, StoreError
 from runner.image_context import BuildInput, ContextError, build_hash, from_images, stage_context
 from runner.logs import JobLog
 from runner.models import JobSpec, JobState, Outcome, SnapshotRecord
+from runner.podman_cli import podman_cli
 from runner.podman_user import PodmanUser
 from runner.store import ObjectStore
 
@@ -135,7 +136,7 @@ class ImageBuilder:
 
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
         try:
-            return self.user.run(self.podman(*args), check=False, timeout=timeout)
+            return podman_cli(self.user, [*self.storage, *args], check=False, timeout=timeout)
         except (OSError, subprocess.SubprocessError) as exc:
             raise RunnerError(f"podman {args[0]}: {exc}") from exc
 
