@@ -8,7 +8,17 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Final
 
-from config.schema import NONEMPTY, Issues, Kind, decode, describe, encode, nonempty_text, option, scalar
+from config.schema import (
+    NONEMPTY,
+    Issues,
+    Kind,
+    decode,
+    describe,
+    encode,
+    nonempty_text,
+    option,
+    scalar,
+)
 
 IMAGE_DOC: Final = ('job image: an image name, or `{ containerfile = "PATH", context = "." }` to build one from the '
                     "repository (paths relative to its root)")

@@ -31,7 +31,13 @@ from config.durations import format_duration
 from config.images import ImageBuild
 from config.settings import RunnerSettings
 from runner.errors import ObjectMissing, RunnerError, StoreError
-from runner.image_context import BuildInput, ContextError, build_hash, from_images, stage_context
+from runner.image_context import (
+    BuildInput,
+    ContextError,
+    build_hash,
+    from_images,
+    stage_context,
+)
 from runner.logs import JobLog
 from runner.models import JobSpec, JobState, Outcome, SnapshotRecord
 from runner.podman_cli import podman_cli

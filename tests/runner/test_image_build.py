@@ -15,7 +15,13 @@ import pytest
 
 from config.images import ImageBuild
 from config.settings import Settings
-from runner.image_build import BUILT_LABEL, REPOSITORY, BuildLog, ImageBuilder, store_key
+from runner.image_build import (
+    BUILT_LABEL,
+    REPOSITORY,
+    BuildLog,
+    ImageBuilder,
+    store_key,
+)
 from runner.local import run_local
 from runner.maintenance import prune
 from runner.models import JobSpec, JobState
