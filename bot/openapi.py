@@ -306,7 +306,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "Prune old snapshots, caches, jobs and logs now",
             {"200": _json({"type": "object", "properties": {
                 name: {"type": "integer"} for name in ("snapshots", "caches", "jobs", "logs", "orphans",
-                                                       "freed_bytes")} | {
+                                                       "images", "freed_bytes")} | {
                 "errors": {"type": "array", "items": {"type": "string"}}}}, "what was pruned"),
              **_errors(400, 401, 413, 415, 503)},
             security=_WRITE, operationId="maintenance",

@@ -146,6 +146,8 @@ class RetentionSettings:
     job_days: int = option(integer(1), "keep finished jobs and their logs this many days", 7)
     artifact_days: int = option(integer(1), "keep artifacts this many days, unless their `expire` says otherwise; "
                                             "a pipeline stays while it has unexpired artifacts", 7)
+    image_days: int = option(integer(1), "remove job images forgeci built from a repository's Containerfile (and "
+                                         "their exports in the store) after this many days without use", 14)
 
 
 @dataclass(frozen=True)

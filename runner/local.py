@@ -30,6 +30,7 @@ from runner.local_report import JobPrinter, LocalJob, Printers, Terminal, one_jo
 from runner.local_select import Named, Selection, SelectionError, select
 from runner.models import Job, JobSpec, JobState, PipelineState
 from runner.planner import ONE_JOB, PIPELINE_FILE, planned_rows
+from runner.image_build import ImageBuilder
 from runner.runtime import Runtime, open_runtime
 
 __all__ = ["LOCAL_RUNNER", "LocalJob", "LocalPlan", "LocalRun", "SelectionError", "local_plan", "run_local"]
@@ -217,6 +218,9 @@ async def run_local(
     started = time.monotonic()
     try:
         async with open_runtime(local, environ, workers=False, engine=engine) as runtime:
+            # Repository images: use records in the real data dir (its maintenance prunes them), no store export.
+            runtime.executor.images = ImageBuilder.for_settings(local.runner, runtime.user, settings.data_dir,
+                                                                lookup=runtime.engine.image_id)
             run = await _run_pipeline(runtime, path, plan, Printers(terminal, prefixed=not plan.one_job),
                                       settings.data_dir / LAST_RUN)
     finally:
