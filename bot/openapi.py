@@ -214,7 +214,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                "false: the lines written so far, then `end` with the job's current state"),
                         _query("service", {"type": "string"},
                                "the kept log of this service of the job instead (404 names the job's services); "
-                               "followed by polling until the job is finished"),
+                               "a declared service not started yet has no lines yet; followed by polling until "
+                               "the job is finished"),
                         _query("after", {"type": "integer", "minimum": 0},
                                "send lines after this number (the Last-Event-ID header wins)"),
                         {"name": "Last-Event-ID", "in": "header", "required": False,
