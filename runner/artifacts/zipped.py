@@ -44,6 +44,8 @@ class _Sink:
 
 
 def _info(name: str, mode: int, mtime: float, size: int) -> zipfile.ZipInfo:
+    # A zip names its entries in UTF-8: bytes of a tar name that are not (read as surrogates) become U+FFFD.
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     year, *rest = time.localtime(min(max(mtime, 315532800.0), 4354819199.0))[:6]  # zip's 1980..2107
     info = zipfile.ZipInfo(name, (min(max(year, 1980), 2107), *rest))  # type: ignore[arg-type]
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -54,7 +56,7 @@ def _info(name: str, mode: int, mtime: float, size: int) -> zipfile.ZipInfo:
 
 
 def zip_chunks(store: ObjectStore, record: ArtifactRecord) -> Chunks:
-    """The artifact's regular files (the ones its index lists, by the same names) as a deflated zip."""
+    """The artifact's regular files (the ones its index lists) as a deflated zip, by their paths in it."""
     sink = _Sink()
     with store.get_stream(_object(record)) as stream:
         reader = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], stream), read_size=CHUNK,

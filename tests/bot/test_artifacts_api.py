@@ -361,3 +361,43 @@ def test_link_lifetimes_that_are_refused(text: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings(f"[server]\nartifact_link_lifetime = {text}\n", "t.toml")
     assert "server.artifact_link_lifetime: expected a duration" in str(caught.value)
+
+
+def test_the_zip_keeps_regular_files_only_under_safe_names() -> None:
+    """Directories, links and names that could leave the folder stay out; odd bytes and old times still zip."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        def add(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, mtime: float = 1.7e9,
+                mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mtime, info.mode = kind, len(data), mtime, mode
+            if kind == tarfile.SYMTYPE:
+                info.linkname, info.size = "../../etc/passwd", 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        add("dist", kind=tarfile.DIRTYPE)
+        add("dist/run.sh", b"#!/bin/sh\n", mode=0o755)
+        add("dist/old.txt", b"from 1970", mtime=0)
+        add("dist/link", kind=tarfile.SYMTYPE)
+        add("../escape.txt", b"no")
+        add("/etc/absolute", b"no")
+        add("dist/caf\udce9.txt", b"latin-1 name")
+    store = _BytesStore(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    record: Any = type("Record", (), {"object": "artifacts/x.tar.zst", "job_id": 1})()
+    data = b"".join(zip_chunks(store, record))  # type: ignore[arg-type]
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.namelist() == ["dist/run.sh", "dist/old.txt", "dist/caf\ufffd.txt"]
+        assert archive.read("dist/run.sh") == b"#!/bin/sh\n" and archive.read("dist/old.txt") == b"from 1970"
+        assert archive.getinfo("dist/run.sh").external_attr >> 16 == stat.S_IFREG | 0o755
+        assert archive.getinfo("dist/old.txt").date_time[0] == 1980
+        assert archive.testzip() is None
+
+
+class _BytesStore:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @contextmanager
+    def get_stream(self, key: str) -> Iterator[io.BytesIO]:
+        yield io.BytesIO(self.data)
