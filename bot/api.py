@@ -29,7 +29,7 @@ from runner.logs import LogLine, read_log
 from runner.maintenance import prune
 from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
 from runner.runtime import Runtime
-from runner.services import service_log, service_log_names
+from runner.services import declared_services, pending_service_log, service_log, service_log_names
 
 __all__ = ["ROUTES", "job_id_of", "read_json", "setup_api", "spec_from_body"]
 
@@ -222,10 +222,13 @@ async def _service_logs(request: web.Request, runtime: Runtime, job_id: int, aft
     log; followed by polling the file until the job is terminal, then the rest and `end`."""
     queue = runtime.queue
     name = request.query["service"]
-    await asyncio.to_thread(queue.state_of, job_id)  # 404 for the job first
-    path = await asyncio.to_thread(service_log, runtime.layout, job_id, name)
+    spec = (await asyncio.to_thread(queue.get, job_id)).spec  # 404 for the job first
+    # A service the job declares and has not started yet reads as a log with no lines yet (followed, it waits).
+    path = await asyncio.to_thread(service_log, runtime.layout, job_id, name) or \
+        await asyncio.to_thread(pending_service_log, runtime.layout, spec, job_id, name)
     if path is None:
-        names = await asyncio.to_thread(service_log_names, runtime.layout, job_id)
+        names = await asyncio.to_thread(lambda: sorted({*service_log_names(runtime.layout, job_id),
+                                                        *declared_services(spec)}))
         raise HTTPError(404, "service log not found",
                         {"id": job_id, "service": name[:100], "services": names})
 

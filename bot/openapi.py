@@ -214,7 +214,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                "false: the lines written so far, then `end` with the job's current state"),
                         _query("service", {"type": "string"},
                                "the kept log of this service of the job instead (404 names the job's services); "
-                               "followed by polling until the job is finished"),
+                               "a declared service not started yet has no lines yet; followed by polling until "
+                               "the job is finished"),
                         _query("after", {"type": "integer", "minimum": 0},
                                "send lines after this number (the Last-Event-ID header wins)"),
                         {"name": "Last-Event-ID", "in": "header", "required": False,
@@ -404,7 +405,7 @@ def artifact_paths() -> dict[str, Any]:
         "raw_size": {"type": ["integer", "null"]}, "checksum": {"type": ["string", "null"]},
         "file_count": {"type": "integer"}, "total_size": {"type": "integer"}, "created_at": {"type": "number"},
         "expires_at": number, "links": {"type": "object", "properties": {
-            "archive": {"type": "string"}, "tar": {"type": "string"}}},
+            "archive": {"type": "string"}, "tar": {"type": "string"}, "zip": {"type": "string"}}},
         "files": {"type": "array", "items": file}}}
     signed = [_query("expires", {"type": "string", "pattern": "^[0-9]{1,12}$"}, "unix time the link ends", True),
               _query("sig", {"type": "string"}, "HMAC-SHA256 of the path and expiry", True),
@@ -431,6 +432,10 @@ def artifact_paths() -> dict[str, Any]:
                         _query("pipeline", _JOB_ID, "a pipeline id (or job)")])},
         "/artifacts/dl/{id}/archive.tar.zst": download("An artifact's archive (signed link)", "downloadArtifact"),
         "/artifacts/dl/{id}/archive.tar": download("An artifact as a plain tar (signed link)", "downloadArtifactTar"),
+        "/artifacts/dl/{id}/archive.zip": {"get": _op(
+            "An artifact's files as a zip, deflated as it streams (signed link; no ranges, no Content-Length)",
+            {"200": body, **{code: answer for code, answer in refused.items() if code != "416"}}, security=[{}],
+            operationId="downloadArtifactZip", parameters=signed[:3])},
         "/artifacts/dl/{id}/files/{path}": download("One file of an artifact (signed link)", "downloadArtifactFile", [
             {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "the file's path in the artifact"}]),

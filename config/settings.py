@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.artifacts import SIZE
+from config.artifacts import LINK_LIFETIME, SIZE
 from config.errors import ConfigError
 from config.notify import NOTIFY, NOTIFY_DOC, NotifyTarget
 from config.schema import (
@@ -76,6 +76,8 @@ class ServerSettings:
     protect_reads: bool = option(BOOL, "true: reads and the dashboard need the token too", False)
     status_context: str = option(NONEMPTY, "context name of the commit statuses forgeci posts", "forgeci/ci")
     run_drafts: bool = option(BOOL, "build draft pull requests", True)
+    artifact_link_lifetime: float = option(LINK_LIFETIME, "how long the signed artifact download links of a listing "
+                                                          "(API, dashboard, CLI) work; 1m to 7d", 3600.0)
 
     def __post_init__(self) -> None:
         # Derived rather than fixed so changing the port alone keeps status links right.
