@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from config.durations import format_duration
 from config.errors import ConfigError
+from config.images import ImageBuild
 from config.pipeline import Pipeline, Step
 from config.settings import Settings
 from runner.artifacts import ArtifactManager
@@ -22,6 +21,7 @@ from runner.cache import CacheManager, CachePlan, plan_cache
 from runner.engine import ContainerSpec, Engine, EngineError
 from runner.environment import Secrets, job_environment, step_environment
 from runner.errors import RunnerError
+from runner.image_build import ImageBuilder, job_image
 from runner.layout import DataLayout
 from runner.logs import JobLog, LogHub, LogLine
 from runner.models import Job, JobState, Outcome, SnapshotRecord, StepResult, StepState
@@ -39,6 +39,7 @@ from runner.retry import Resume, resume_workspace
 from runner.services import Box, JobPod, Limits, Solo
 from runner.snapshot import Snapshots, should_snapshot
 from runner.timings import phase
+from runner.reporter import NullReporter, StepReporter, checked_out_sha
 from runner.verdicts import step_verdict, summary
 from runner.warm_pool import WarmPool, adopt
 from runner.workspace import WorkspaceError, Workspaces
@@ -50,37 +51,6 @@ log = logging.getLogger(__name__)
 TIMEOUT_GRACE = 1.0  # a step over its limit gets SIGTERM, then SIGKILL this much later
 CANCEL_GRACE = 10.0  # a cancelled step gets SIGTERM, then SIGKILL this much later
 KILL_WAIT = 1.0  # after SIGKILL, wait this long before removing the whole container
-
-
-class StepReporter(Protocol):
-    """Where step progress goes: the queue's step rows and the event bus (worker), or a terminal (`forgeci run`)."""
-
-    def checked_out(self, job: Job, sha: str) -> None:
-        """The workspace holds commit `sha` (for a job submitted without one: its ref's tip, now pinned)."""
-
-    def step_started(self, job: Job, index: int, name: str, total: int) -> None: ...
-
-    def step_finished(self, job: Job, result: StepResult, total: int) -> None: ...
-
-
-class NullReporter:
-    def checked_out(self, job: Job, sha: str) -> None:
-        pass
-
-    def step_started(self, job: Job, index: int, name: str, total: int) -> None:
-        pass
-
-    def step_finished(self, job: Job, result: StepResult, total: int) -> None:
-        pass
-
-
-def checked_out_sha(workspace: Path) -> str:
-    """The detached HEAD of a prepared workspace ('' when it is not a git checkout)."""
-    try:
-        head = (workspace / ".git" / "HEAD").read_text().strip()
-    except OSError:
-        return ""
-    return head if re.fullmatch(r"[0-9a-f]{40,64}", head) else ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +81,7 @@ class Executor:
         self, settings: Settings, engine: Engine, workspaces: Workspaces, layout: DataLayout,
         hub: LogHub | None, environ: Mapping[str, str], *, cache: CacheManager | None = None,
         snapshots: Snapshots | None = None, artifacts: ArtifactManager | None = None,
+        images: ImageBuilder | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -121,6 +92,8 @@ class Executor:
         self.cache = cache  # None: no caches (and no package-manager variables)
         self.snapshots = snapshots  # None: no snapshots, and no retries from a failed step
         self.artifacts = artifacts  # None: artifacts are neither kept nor fetched
+        self.images = images or ImageBuilder.for_settings(settings.runner, engine.user, layout.root,
+                                                          lookup=engine.image_id)
         self._limits_apply: bool | None = None
         self._strays: list[Box] = []  # containers and pods whose removal failed (the engine was down): removed later
         # `forgeci run`: job containers to remove after the summary (their workspaces go with the scratch data dir)
@@ -276,7 +249,10 @@ class Executor:
         if message is not None:  # the pipeline changed under a resumed job, or names an image that does not exist
             joblog.system(message)
             return Outcome(JobState.failure, message)
-        image = pipeline.image or self.settings.runner.image
+        image = await job_image(self.images, pipeline.image or self.settings.runner.image, checkout.workspace,
+                                checkout.snapshot, job.spec, joblog, attempt.cancel)
+        if isinstance(image, Outcome):
+            return image
         cache = await self._cache_plan(job, pipeline, checkout.workspace, image, local_path, joblog)
         env = job_environment(job, pipeline, checkout.sha, cache.env if cache else {}, self.secrets, joblog.system)
         return Plan(pipeline, steps, image, cache, env, pipeline.timeout or self.settings.runner.job_timeout)
@@ -287,7 +263,8 @@ class Executor:
         pipeline names it) is not checked here: its absence is the runner's fault, retried when the container
         cannot start. An engine that does not answer raises EngineError (infrastructure)."""
         image = pipeline.image
-        if image is None or image == self.settings.runner.image or await self.engine.image_exists(image):
+        if image is None or isinstance(image, ImageBuild) or image == self.settings.runner.image \
+                or await self.engine.image_exists(image):
             return None
         return missing_image_message(image)
 

@@ -21,6 +21,7 @@ from config.pipeline import Pipeline, load_pipeline
 from config.plan import expand
 from config.settings import Settings
 from runner.artifacts.local import LAST_RUN, keep_last_run
+from runner.checkout import checkout_top, safe_git
 from runner.control import JobControl
 from runner.engine import Engine
 from runner.errors import InvalidTransition, RunnerError
@@ -29,6 +30,7 @@ from runner.local_report import JobPrinter, LocalJob, Printers, Terminal, one_jo
 from runner.local_select import Named, Selection, SelectionError, select
 from runner.models import Job, JobSpec, JobState, PipelineState
 from runner.planner import ONE_JOB, PIPELINE_FILE, planned_rows
+from runner.image_build import ImageBuilder
 from runner.runtime import Runtime, open_runtime
 from runner.timings import Timings, phase
 
@@ -42,7 +44,7 @@ STOP_WAIT = CANCEL_GRACE + 5.0  # after Ctrl-C, a running step gets SIGTERM, CAN
 
 
 def _git(path: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=False)
+    result = subprocess.run([*safe_git(path), *args], capture_output=True, text=True, check=False)
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
@@ -199,11 +201,12 @@ async def run_local(
     """Run the pipeline of the checkout at `path`, its working tree as it is (each job on its own copy, in its own
     container), up to `parallel` (default `queue.max_concurrent`) jobs at once; the jobs never enter a server's
     queue. `jobs`, `with_needs` and `step` select (local_select.select); SelectionError before anything starts.
-    `engine` defaults to rootless Podman (tests pass a fake). `timings` (--timings) gets every phase's time and is
-    printed after the summary."""
+    `engine` defaults to rootless Podman (tests pass a fake). A folder that is not the top of a git checkout is a
+    ConfigError, before anything starts. `timings` (--timings) gets every phase's time and is printed after the
+    summary."""
     if timings is not None:
         timings.activate()
-    path = path.resolve()
+    path = checkout_top(path.resolve())
     if parallel is not None and parallel < 1:
         raise SelectionError(f"--parallel must be at least 1, got {parallel}")
     with phase("plan (selection)"):
@@ -224,11 +227,14 @@ async def run_local(
         with phase("runtime (queue, store, engine)"):
             opened = open_runtime(local, environ, workers=False, engine=engine)
             runtime = await opened.__aenter__()
-        # The real engine removes the containers and the scratch data dir after we exit (off the critical path).
-        remove_detached = getattr(runtime.engine, "remove_detached", None)
-        if remove_detached is not None:
-            runtime.executor.deferred = deferred = []
         try:
+            # Repository images: use records in the real data dir (its maintenance prunes them), no store export.
+            runtime.executor.images = ImageBuilder.for_settings(local.runner, runtime.user, settings.data_dir,
+                                                                lookup=runtime.engine.image_id)
+            # The real engine removes the containers and the scratch data dir after we exit (off the critical path).
+            remove_detached = getattr(runtime.engine, "remove_detached", None)
+            if remove_detached is not None:
+                runtime.executor.deferred = deferred = []
             run = await _run_pipeline(runtime, path, plan, Printers(terminal, prefixed=not plan.one_job),
                                       settings.data_dir / LAST_RUN)
         finally:
