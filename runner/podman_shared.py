@@ -113,6 +113,8 @@ class SharedPodmanService:
             stderr=subprocess.DEVNULL, cwd="/", env=None if self.user.switch else {**os.environ, **self.user.env()},
         )
         self.pid_file.write_text(str(proc.pid))
+        with contextlib.suppress(OSError):
+            self.user.chown(self.pid_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -142,6 +144,9 @@ class SharedPodmanService:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.user.chown(self.state_dir)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        # The Podman user's, like the folder: that account may run `forgeci run` itself and share this service.
+        with contextlib.suppress(OSError):
+            self.user.chown(self.lock_file)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
