@@ -51,6 +51,7 @@ async def test_pool_jobs_are_isolated_from_each_other_and_nothing_is_left(
         assert len(ready) == 2
         ids = []
         for repo in (writer, reader, writer, reader):
+            await wait_ready(pool, 1)  # a taken slot's replacement starts a second later (REFILL_DELAY)
             job = await wait_terminal(rt, submit(rt, repo), 120)
             assert job.state is JobState.success, log_text(rt, job.id)
             ids.append(job.id)
