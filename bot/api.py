@@ -62,7 +62,7 @@ def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
     if not valid_priority(priority):
         raise _bad("priority", f"expected an integer {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority!r}")
     env = {} if body.get("env") is None else _string_map(body["env"], "env")
-    return JobSpec(repo=body["repo"], ref=body["ref"], sha=body.get("sha"), event="api", priority=priority,
+    return JobSpec(repo=body["repo"], ref=body["ref"], sha=body.get("sha"), event="manual", priority=priority,
                    pipeline=pipeline, env=env)
 
 

@@ -117,8 +117,10 @@ class JobControl:
             self.publish_pipeline(record.id, now.state, error=now.error, attempts=attempts)
             return
         job_ids, settled = result
+        ruled_out = {job_id for job_id, _ in settled.skipped}  # planned `skipped`: never queued
         for job_id in job_ids:
-            self.publish(job_id, JobState.queued, pipeline=record.id)
+            if job_id not in ruled_out:
+                self.publish(job_id, JobState.queued, pipeline=record.id)
         self.publish_pipeline(record.id, settled.state or PipelineState.queued, jobs=list(job_ids))
         self._apply([settled, *self.queue.take_settlements()])
         self._wake()

@@ -164,7 +164,7 @@ async def _run_pipeline(runtime: Runtime, path: Path, plan: LocalPlan, printers:
     (as a server plans a submitted pipeline), and run them to the end; their artifacts end up in `keep`."""
     control, queue = runtime.control, runtime.queue
     spec = JobSpec(repo=str(path), ref=_git(path, "rev-parse", "--abbrev-ref", "HEAD") or "local",
-                   sha=_git(path, "rev-parse", "HEAD") or None, event="local")
+                   sha=_git(path, "rev-parse", "HEAD") or None, event="manual")
     pipeline_id = await asyncio.to_thread(queue.create_pipeline, spec)
     record = await asyncio.to_thread(queue.pipeline, pipeline_id)
     rows = plan.selection.rows(planned_rows(record, plan.pipeline, spec.sha))

@@ -21,6 +21,7 @@ from config.plan import DEFAULT_JOB, expand
 from runner.errors import InvalidTransition, QueueError, WorkspaceError
 from runner.job_rules import PIPELINE_FILE
 from runner.models import PipelineRecord
+from runner.plan_filters import changes_for, skip_reasons
 from runner.queue import PlannedJobRow, Queue, Settlement
 from runner.workspace import Workspaces
 
@@ -35,20 +36,23 @@ PlanResult = tuple[list[int], Settlement]  # the planned jobs' ids, and what wri
 PlanListener = Callable[[PipelineRecord, "PlanResult | None"], Awaitable[None]]
 
 
-def planned_rows(record: PipelineRecord, pipeline: Pipeline | None, sha: str | None) -> list[PlannedJobRow]:
+def planned_rows(record: PipelineRecord, pipeline: Pipeline | None, sha: str | None,
+                 changed: tuple[str, ...] | None = None) -> list[PlannedJobRow]:
     """The jobs of a pipeline: each inherits the trigger's spec at the pinned sha, with its own one-job pipeline.
     `pipeline` None (a file with errors, or none): one job that reads the file after its checkout and fails
-    with the file's own messages."""
+    with the file's own messages. Jobs the filters rule out (`changed`: the files the event changed) are
+    planned `skipped`."""
     base = dataclasses.replace(record.spec, sha=sha or record.spec.sha)
     if pipeline is None:
         return [PlannedJobRow(spec=dataclasses.replace(base, pipeline=None), name=ONE_JOB, display=ONE_JOB)]
     rows = []
-    for job in expand(pipeline):
+    planned = expand(pipeline)
+    for job, skip in zip(planned, skip_reasons(pipeline, planned, record.spec.event, changed), strict=True):
         meta = {**base.meta, "pipeline": str(record.id), "job": job.display}
         spec = dataclasses.replace(base, pipeline=pipeline_to_dict(job.pipeline), meta=meta)
         rows.append(PlannedJobRow(spec=spec, name=job.name, display=job.display, needs=tuple(job.needs),
                                   condition=job.condition, continue_on_error=job.continue_on_error,
-                                  fail_fast=job.fail_fast, max_parallel=job.max_parallel))
+                                  fail_fast=job.fail_fast, max_parallel=job.max_parallel, skip=skip))
     return rows
 
 
@@ -90,8 +94,11 @@ class Planner:
                 await self._deferred(record, str(exc))
                 return None
             sha, pipeline = record.spec.sha, None  # a ref or commit that does not exist: its checkout says so
+        changed = None if pipeline is None else await changes_for(self.workspaces, record.spec, sha, pipeline,
+                                                                  record.id)
         try:
-            return await asyncio.to_thread(self.queue.write_plan, record.id, sha, planned_rows(record, pipeline, sha))
+            rows = planned_rows(record, pipeline, sha, changed)
+            return await asyncio.to_thread(self.queue.write_plan, record.id, sha, rows)
         except InvalidTransition:  # cancelled or superseded while we fetched
             return None
 
