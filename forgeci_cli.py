@@ -264,8 +264,9 @@ def client_command(args: argparse.Namespace) -> int:
         check_target(args)
     token = os.environ.get(TOKEN_ENV) or None
     on_pipeline = getattr(args, "pipeline", None) is not None and args.command in ("cancel", "retry")
+    given = commands.parse_inputs(args.input) if args.command == "submit" else None
     work = {
-        "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow),
+        "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow, given),
         "jobs": lambda c: commands.jobs(c, args.status, args.repo, args.limit, args.json),
         "status": lambda c: commands.status(c, args.job, args.json),
         "logs": lambda c: commands.follow(c, args.job, follow=args.follow, service=args.service),
@@ -372,6 +373,8 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--ref", required=True, help="branch, tag or full ref")
     p.add_argument("--sha", help="exact commit (default: the ref's head)")
     p.add_argument("--priority", type=int, help="0..10, higher runs first")
+    p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
+                   help="an input of this manual run (repeatable); jobs see INPUT_<KEY>")
     p.add_argument("--follow", action="store_true",
                    help="print every job's log (prefixed with its name when there are several) until the pipeline "
                         "ends; exit 0 only if it succeeded")

@@ -16,6 +16,7 @@ from config.artifacts import (
     ARTIFACTS, ARTIFACTS_DOC, ARTIFACTS_FROM, ARTIFACTS_FROM_DOC, JOB_ARTIFACTS, ArtifactSpec, check_artifacts_from,
 )
 from config.errors import ConfigError
+from config.inputs import INPUTS, INPUTS_DOC, InputSpec
 from config.matrix import ENTRIES, MATRIX, NAME, NAME_RULE, Value
 from config.plan import DEFAULT_JOB, MAX_NAME, check_jobs, expand_into
 from config.services import SERVICES, Service
@@ -233,6 +234,7 @@ class Pipeline:
                                      shown="required without `jobs`")
     jobs: dict[str, JobSpec] = option(_JOBS, "the jobs of a pipeline of many, by name", factory=dict,
                                       shown="required without `steps`")
+    inputs: dict[str, InputSpec] = option(INPUTS, INPUTS_DOC, factory=dict, shown="none")
 
     def applies_to(self, ref: str) -> bool:
         """Whether the `branches` filter lets `ref` run.

@@ -104,6 +104,8 @@ class JobControl:
             except TimeoutError:  # the plan goes on (it is shielded); the answer does not wait for it
                 result = None
             job_ids = tuple(result[0]) if result else ()
+            if (rejected := self.planner.rejected.pop(pipeline_id, None)) is not None:
+                raise rejected  # its inputs: the pipeline ended, and the caller hears why
         return Submitted(pipeline_id, job_ids)
 
     async def planned(self, record: PipelineRecord, result: PlanResult | None) -> None:

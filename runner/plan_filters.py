@@ -1,12 +1,14 @@
-"""The filters planning applies: a pipeline's and each job's `events`, `paths` and `paths_ignore`, against the event
-and the files it changed. A pipeline ruled out has all its jobs `skipped` with the reason; a job ruled out, that
-job (its dependants run as after any job skipped by its own filters)."""
+"""What planning takes from the trigger: the filters (a pipeline's and each job's `events`, `paths` and
+`paths_ignore`, against the event and the files it changed) and the inputs of a manual run. A pipeline ruled out
+has all its jobs `skipped` with the reason; a job ruled out, that job (its dependants run as after any job skipped
+by its own filters)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
+from config import inputs
 from config.pipeline import Pipeline
 from config.plan import PlannedJob
 from config.triggers import DIFFED, event_name, ruled_out
@@ -42,3 +44,9 @@ def skip_reasons(pipeline: Pipeline, planned: Sequence[PlannedJob], event: str,
                                                   what=f"job {job.name}")
         reasons.append(top or own)
     return reasons
+
+
+def run_inputs(spec: JobSpec, pipeline: Pipeline | None) -> dict[str, str]:
+    """The INPUT_<KEY> variables of the run; ConfigError naming each bad input of a manual run."""
+    declared = pipeline.inputs if pipeline is not None else {}
+    return inputs.resolve(declared, inputs.from_meta(spec.meta), manual=event_name(spec.event) == "manual")
