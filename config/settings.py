@@ -11,6 +11,7 @@ from pathlib import Path
 
 from config.artifacts import SIZE
 from config.errors import ConfigError
+from config.schedules import SCHEDULES, SCHEDULES_DOC, ScheduleSpec
 from config.schema import (
     BOOL,
     DURATION,
@@ -218,6 +219,7 @@ class Settings:
     github: GitHubSettings = option(section(GitHubSettings), GitHubSettings.__doc__ or "", factory=GitHubSettings)
     gitea: GiteaSettings = option(section(GiteaSettings), GiteaSettings.__doc__ or "", factory=GiteaSettings)
     gitlab: GitLabSettings = option(section(GitLabSettings), GitLabSettings.__doc__ or "", factory=GitLabSettings)
+    schedules: tuple[ScheduleSpec, ...] = option(SCHEDULES, SCHEDULES_DOC, ())
 
     @classmethod
     def default(cls) -> Settings:
@@ -291,11 +293,13 @@ def settings_reference() -> list[FieldDoc]:
 def reference_markdown() -> str:
     """The forgeci.toml part of the README's configuration reference: one table per section."""
     docs = settings_reference()
-    top = [d for d in docs if "." not in d.path and d.type not in ("table", "table of tables")]
+    tables = ("table", "table of tables", "array of tables")
+    top = [d for d in docs if "." not in d.path and d.type not in tables]
     parts = [markdown_table(top)]
     for d in docs:
-        if d.type in ("table", "table of tables"):
-            inner = [c for c in docs if c.path.startswith(d.path + ".")]
+        if d.type in tables:
+            inner = [c for c in docs if c.path.startswith((d.path + ".", d.path + "[]."))]
             about = d.doc.split(": ", 1)[-1]
-            parts.append(f"#### `[{d.path}]`\n\n{about[:1].upper()}{about[1:]}\n\n{markdown_table(inner)}")
+            heading = f"[[{d.path}]]" if d.type == "array of tables" else f"[{d.path}]"
+            parts.append(f"#### `{heading}`\n\n{about[:1].upper()}{about[1:]}\n\n{markdown_table(inner)}")
     return "\n\n".join(parts)
