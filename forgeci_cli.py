@@ -257,6 +257,7 @@ def client_command(args: argparse.Namespace) -> int:
     from client import artifacts as client_artifacts
     from client import commands
     from client import pipeline_commands as pipelines
+    from client import schedules
     from client.errors import TOKEN_ENV
 
     check_server(args.server)
@@ -275,6 +276,7 @@ def client_command(args: argparse.Namespace) -> int:
                             else commands.retry(c, args.job, args.from_failed_step)),
         "pipelines": lambda c: pipelines.pipelines(c, args.status, args.repo, args.limit, args.json),
         "pipeline": lambda c: pipelines.pipeline(c, args.id, args.json),
+        "schedules": lambda c: schedules.schedules(c, args.run, args.json),
         "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download[0] if args.download else None,
                                                           (args.download or [])[1:]),
     }[args.command]
@@ -414,6 +416,10 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("pipeline", "show a pipeline: its jobs as a tree by dependency depth, states, durations", client_command)
     p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("schedules", "list the server's cron schedules (next due, last pipeline), or run one now", client_command)
+    p.add_argument("--run", metavar="NAME", help="run this schedule now")
     p.add_argument("--json", action="store_true", help="the API's JSON")
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("artifacts", "list a job's artifacts, or download them (sha256 checked)", client_command)

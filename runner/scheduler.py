@@ -110,7 +110,8 @@ class Scheduler:
         """Run schedule `name` now, by hand (`POST /schedules/{name}/run`): its pipeline's id. KeyError when the
         settings have no such schedule."""
         schedule = self.schedules[name]
-        pipeline_id = await asyncio.to_thread(self.queue.run_schedule, name, schedule_spec(schedule, self.settings))
+        pipeline_id = await asyncio.to_thread(self.queue.run_schedule, name, schedule.fingerprint(),
+                                              schedule.next_due(self.clock()), schedule_spec(schedule, self.settings))
         log.info("schedule %s: run by hand, pipeline %d", name, pipeline_id)
         self._announce(pipeline_id)
         return pipeline_id

@@ -70,11 +70,14 @@ class ScheduleQueries(PipelineQueries):
             conn.execute("UPDATE schedules SET last_pipeline = ? WHERE name = ?", (pipeline_id, name))
             return Fired(name, due, pipeline_id)
 
-    def run_schedule(self, name: str, spec: JobSpec) -> int:
-        """A pipeline of schedule `name` now, by hand: its due times stay as they are."""
+    def run_schedule(self, name: str, fingerprint: str, first_due: float | None, spec: JobSpec) -> int:
+        """A pipeline of schedule `name` now, by hand: its due times stay as they are (a schedule no scheduler
+        stored yet is stored, due at `first_due`)."""
         with self._transaction() as conn:
             now = self._clock()
             pipeline_id = self._create_pipeline(conn, spec, now)
-            conn.execute("UPDATE schedules SET last_pipeline = ?, last_due = ?, updated_at = ? WHERE name = ?",
-                         (pipeline_id, now, now, name))
+            conn.execute("INSERT INTO schedules (name, fingerprint, next_due, last_due, last_pipeline, updated_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                         "last_due = excluded.last_due, last_pipeline = excluded.last_pipeline, "
+                         "updated_at = excluded.updated_at", (name, fingerprint, first_due, now, pipeline_id, now))
             return pipeline_id
