@@ -21,6 +21,7 @@ from bot.parse import check_keys as _check_keys
 from bot.parse import integral as _integral
 from bot.parse import query_id as _query_id
 from bot.pipelines_api import PIPELINE_ROUTES, with_wait_reasons
+from bot.inputs_api import INPUT_ROUTES
 from bot.schedules_api import SCHEDULE_ROUTES
 from config import inputs
 from config.pipeline import pipeline_from_dict
@@ -350,6 +351,7 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     ("GET", "/jobs", list_jobs, "read"),
     *PIPELINE_ROUTES,
     *SCHEDULE_ROUTES,
+    *INPUT_ROUTES,
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

@@ -331,9 +331,9 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                      operationId="openapi")},
     }
     paths.update(artifact_paths())
-    from bot.openapi_schedules import schedule_paths  # it builds on this module's helpers
+    from bot.openapi_triggers import trigger_paths  # it builds on this module's helpers
 
-    paths.update(schedule_paths())
+    paths.update(trigger_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
                   "properties": {"error": {"type": "string"}, "detail": {}}},

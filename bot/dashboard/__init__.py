@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.dashboard import pipelines, schedules, views
+from bot.dashboard import pipelines, schedules, submit, views
 
 
 def setup_dashboard(app: web.Application) -> None:
@@ -12,6 +12,7 @@ def setup_dashboard(app: web.Application) -> None:
     views.setup_dashboard(app)
     pipelines.add_routes(app.router)
     schedules.add_routes(app.router)
+    submit.add_routes(app.router)
 
 
 __all__ = ["setup_dashboard"]

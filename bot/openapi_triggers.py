@@ -1,4 +1,5 @@
-"""The OpenAPI description of the schedules' endpoints (bot.schedules_api)."""
+"""The OpenAPI description of the triggers' endpoints: schedules (bot.schedules_api) and declared inputs
+(bot.inputs_api)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 from bot.openapi import PIPELINE_STATES, _READ, _WRITE, _errors, _json, _op
 
 
-def schedule_paths() -> dict[str, Any]:
-    """GET /schedules and POST /schedules/{name}/run."""
+def trigger_paths() -> dict[str, Any]:
+    """GET /schedules, POST /schedules/{name}/run, GET /inputs."""
     number = {"type": ["number", "null"]}
     schedule = {"type": "object", "required": ["name", "repo", "ref", "cron", "timezone", "next_due",
                                                "last_pipeline"], "properties": {
@@ -19,7 +20,22 @@ def schedule_paths() -> dict[str, Any]:
             "id": {"type": "integer"}, "state": {"enum": [*PIPELINE_STATES, None]}, "due": number}}}}
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
              "description": "the schedule's name in the server's settings"}]
+    declared = {"type": "object", "properties": {
+        "description": {"type": "string"}, "default": {"type": ["string", "null"]},
+        "choices": {"type": "array", "items": {"type": "string"}}, "required": {"type": "boolean"}}}
+    text = {"type": "string", "minLength": 1}
     return {
+        "/inputs": {"get": _op(
+            "The inputs a repository's ref declares ([inputs] of the pipeline file its last planned pipeline read)",
+            {"200": _json({"type": "object", "required": ["known", "pipeline", "inputs"], "properties": {
+                "known": {"type": "boolean", "description": "false: no pipeline of that ref was planned yet"},
+                "pipeline": {"type": ["integer", "null"]},
+                "inputs": {"type": "object", "additionalProperties": declared}}}, "its declared inputs"),
+             **_errors(400, 401, 503)},
+            security=_READ, operationId="declaredInputs",
+            parameters=[{"name": "repo", "in": "query", "required": True, "schema": text},
+                        {"name": "ref", "in": "query", "required": True, "schema": text}],
+        )},
         "/schedules": {"get": _op(
             "The server's cron schedules: next due time, last pipeline and its state",
             {"200": _json({"type": "object", "required": ["schedules"], "properties": {
