@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 MAX_SLEEP = 60.0  # seconds between looks at the table at most (a schedule added by another process shows up)
 MIN_SLEEP = 0.05
-MAX_COUNTED = 1000  # missed due times counted for the log line; past this, "1000 or more"
+MAX_COUNTED = 1000
+LATE = 60.0  # seconds past its due time after which a run is late: the server was down (or stopped) meanwhile  # missed due times counted for the log line; past this, "1000 or more"
 EVENT = "schedule"
 SCHEDULE_META = "schedule"  # a scheduled pipeline's meta: the schedule's name
 
@@ -101,6 +102,9 @@ class Scheduler:
             more = "or more " if count >= MAX_COUNTED else ""
             log.warning("schedule %s: the server was down over %d %sdue times since %s; running it once now "
                         "(pipeline %d)", row.name, count, more, _when(row.next_due), found.pipeline_id)
+        elif now - row.next_due > LATE:
+            log.warning("schedule %s: the server was down at its due time %s; running it now (pipeline %d)",
+                        row.name, _when(row.next_due), found.pipeline_id)
         else:
             log.info("schedule %s: due at %s, pipeline %d", row.name, _when(row.next_due), found.pipeline_id)
         self._announce(found.pipeline_id)

@@ -89,6 +89,19 @@ async def test_a_restart_over_two_due_times_runs_it_once_and_says_so(
     assert len(pipelines(db)) == 3
 
 
+async def test_a_restart_over_one_due_time_says_it_is_late(tmp_path: Path, fake_settings: Settings,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    hourly = dataclasses.replace(NIGHTLY, cron="0 * * * *")
+    db, clock, settings = tmp_path / "queue.db", Clock(), with_schedules(fake_settings, hourly)
+    await scheduler(db, settings, clock).sync()
+    clock.now = START + 3570 + 600  # down at 01:00, back at 01:10
+    again = scheduler(db, settings, clock)
+    await again.sync()
+    with caplog.at_level(logging.WARNING, logger="runner.scheduler"):
+        assert [f.due - START for f in await again.tick()] == [3570]
+    assert "the server was down at its due time 2026-01-01 01:00 UTC; running it now" in caplog.text
+
+
 async def test_racing_ticks_fire_a_due_time_once(tmp_path: Path, fake_settings: Settings) -> None:
     """Two schedulers on their own connections (as two processes would be) tick at the same due times."""
     db, clock, settings = tmp_path / "queue.db", Clock(), with_schedules(fake_settings, NIGHTLY)
