@@ -97,7 +97,8 @@ async def status(request: web.Request) -> web.Response:
     def read() -> dict[str, Any]:
         snapshot = queue.snapshot(job_id)
         [job] = with_wait_reasons(queue, [job_json(queue.get(job_id))])
-        return {**job, "snapshot": snapshot.to_dict() if snapshot else None}
+        caches = [result.to_dict() for result in queue.cache_results(job_id)]
+        return {**job, "caches": caches, "snapshot": snapshot.to_dict() if snapshot else None}
 
     return web.json_response(await asyncio.to_thread(read))
 

@@ -142,12 +142,12 @@ class RetentionSettings:
 
     snapshot_days: int = option(integer(1), "keep workspace snapshots this many days", 7)
     cache_days: int = option(integer(1), "keep caches unused for this many days", 30)
-    cache_bytes_per_repo: int = option(SIZE, "the most a repository's caches may hold; past it, the entries "
-                                             "restored least recently are evicted (never the one just saved)",
-                                       10 << 30)
     job_days: int = option(integer(1), "keep finished jobs and their logs this many days", 7)
     artifact_days: int = option(integer(1), "keep artifacts this many days, unless their `expire` says otherwise; "
                                             "a pipeline stays while it has unexpired artifacts", 7)
+    cache_bytes_per_repo: int = option(SIZE, "the most a repository's caches may hold; past it, the entries "
+                                             "restored least recently are evicted (never the one just saved)",
+                                       10 << 30)
 
 
 @dataclass(frozen=True)

@@ -271,10 +271,11 @@ class RangeStats:
     states: Mapping[str, int]  # finished jobs per terminal state (every terminal state present)
     avg_duration: float | None
     p95_duration: float | None
-    cache_hits: int
-    cache_lookups: int  # jobs that attempted a cache restore
+    cache_hits: int  # cache entries restored as exact hits
+    cache_lookups: int  # cache entries whose restore was attempted (a job of two entries counts two)
     bucket_seconds: float
     buckets: tuple[BucketStats, ...]
+    cache_results: Mapping[str, int] = field(default_factory=dict)  # entries per result: hit, fallback, miss
 
     @property
     def total(self) -> int:
