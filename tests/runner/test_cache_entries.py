@@ -3,6 +3,8 @@ stores; the per-repository LRU size limit after a save and at maintenance; the h
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from config.pipeline import pipeline_from_dict
+from config.settings import RetentionSettings, Settings
 from runner.cache import CacheManager, CachePlan, plan_caches
 from runner.cache_lru import evict_all, evict_over_limit
-from runner.models import CacheResult, JobSpec, JobState
+from runner.layout import DataLayout
+from runner.maintenance import MaintenanceParts, prune
+from runner.models import CacheEntry, CacheResult, JobSpec, JobState
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
 from runner.store import FileStore, ObjectStore
@@ -266,3 +271,21 @@ def test_the_results_of_each_attempt_and_their_retention(tmp_path: Path) -> None
         with pytest.raises(Exception, match="not running"):
             queue.record_cache_restores(job_id, 3, [CacheResult("a", "k1", "hit")])
         assert queue.delete_cache_results_before(time.time() + 60) == 4 and queue.cache_results(job_id) == ()
+
+
+def test_the_hourly_maintenance_applies_the_limit(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    settings = dataclasses.replace(Settings.default(), data_dir=tmp_path,
+                                   retention=RetentionSettings(cache_bytes_per_repo=250))
+    layout = DataLayout(tmp_path)
+    layout.logs.mkdir()
+    with Queue(layout.db, clock=lambda: now) as queue:
+        parts = MaintenanceParts(settings, layout, queue, FileStore(layout.store))
+        for name, used in (("a", now - 30), ("b", now - 10), ("c", now - 20)):
+            entry = CacheEntry(f"r/main/{name}", "r", "main", "img", (name,), f"caches/r/main/{name}/o.tar.zst", 100,
+                               "c" * 64, used, used)
+            parts.store.put_stream(entry.object, io.BytesIO(b"x" * 100))
+            assert queue.add_cache_entry(entry)
+        report = prune(parts, now=now)
+        assert report.caches == 1 and report.errors == ()
+        assert sorted(e.key for e in queue.cache_entries()) == ["r/main/b", "r/main/c"]  # `a`, least recent, went
