@@ -102,5 +102,8 @@ async def test_two_entries_changing_one_key_file_misses_only_that_entry(
         prometheus = await (await client.get("/metrics?range=hour&format=prometheus")).text()
         assert 'forgeci_cache_restores{range="hour",result="fallback"} 1' in prometheus
         assert 'forgeci_cache_hit_ratio{range="hour"} 0.333' in prometheus
+        stats = await (await client.get("/cache/stats")).json()
+        assert stats["repo_limit"] == 10 << 30 and list(stats["repo_sizes"].values()) == [
+            sum(e["size"] for e in stats["entries"])] and stats["count"] == 4  # node x2, pip x2
         page = await (await client.get(f"/dashboard/jobs/{second['id']}")).text()
         assert "some hit" in page and 'data-cache="node"' in page and 'data-cache="pip"' in page
