@@ -19,8 +19,9 @@ from runner.layout import DataLayout
 from runner.maintenance import MaintenanceParts, prune
 from runner.models import CacheEntry, CacheResult, JobSpec, JobState
 from runner.podman_user import PodmanUser
-from runner.queue import Queue
+from runner.queue import Queue, schema
 from runner.store import FileStore, ObjectStore
+from tests.runner.test_migrations import build
 from tests.runner.test_store import MotoServer, moto_server, s3_store  # noqa: F401 - fixtures
 
 IMAGE = "localhost/forgeci-job:latest"
@@ -289,3 +290,17 @@ def test_the_hourly_maintenance_applies_the_limit(tmp_path: Path) -> None:
         report = prune(parts, now=now)
         assert report.caches == 1 and report.errors == ()
         assert sorted(e.key for e in queue.cache_entries()) == ["r/main/b", "r/main/c"]  # `a`, least recent, went
+
+
+def test_older_rows_read_the_same_and_count_in_the_hit_rate(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    before = next(i for i, script in enumerate(schema.MIGRATIONS) if "CREATE TABLE job_caches" in script)
+    build(db, before)  # the database as forgeci left it before several caches per job
+    with Queue(db) as queue:
+        assert (queue.get(1).cache, queue.get(1).cache_hit) == ("all", True)  # its one entry hit
+        assert (queue.get(2).cache, queue.get(2).cache_hit) == ("none", False)
+        assert queue.get(3).cache is None
+        stats = queue.range_stats(0.0, 1e12)
+        # job_metrics had one row with a cache result (job 2, a miss): copied in as one entry.
+        assert (stats.cache_hits, stats.cache_lookups) == (0, 1)
+        assert [(r.name, r.result, r.attempt) for r in queue.cache_results(2)] == [("cache", "miss", 0)]
