@@ -18,6 +18,7 @@ from config.artifacts import (
 from config.caches import CACHE, Caches
 from config.caches import CacheSpec as CacheSpec  # re-exported: the pipeline model names it
 from config.errors import ConfigError
+from config.images import IMAGE, IMAGE_DOC, ImageBuild
 from config.matrix import ENTRIES, MATRIX, NAME, NAME_RULE, Value
 from config.plan import DEFAULT_JOB, MAX_NAME, check_jobs, expand_into
 from config.services import SERVICES, Service
@@ -138,7 +139,7 @@ class JobSpec:
                                       shown="no limit")
     continue_on_error: bool = option(BOOL, "a failure of this job does not fail the pipeline, and its dependants "
                                            "run as if it had succeeded", False)
-    image: str | None = option(NONEMPTY, "job image", None, shown="`image`")
+    image: str | ImageBuild | None = option(IMAGE, IMAGE_DOC, None, shown="`image`")
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`timeout`")
     branches: tuple[str, ...] | None = option(_BRANCHES, "refs this job runs for; others end `skipped`", None,
                                               shown="`branches`")
@@ -183,7 +184,7 @@ class Pipeline:
 
     name: str | None = option(scalar("job name", _job_name), "name of the pipeline, and of its job when it is "
                               "written as top-level [[steps]]", None, shown=f'`"{DEFAULT_JOB}"`')
-    image: str | None = option(NONEMPTY, "job image", None, shown="`runner.image`")
+    image: str | ImageBuild | None = option(IMAGE, IMAGE_DOC, None, shown="`runner.image`")
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`runner.job_timeout`")
     branches: tuple[str, ...] = option(_BRANCHES,
                                        "refs the pipeline runs for; others end `skipped`; empty = every ref", ())

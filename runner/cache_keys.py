@@ -9,45 +9,18 @@ import os
 import posixpath
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from config.caches import cache_label, cache_specs
 from config.pipeline import Pipeline
+from config.toolchains import CACHE_DIR, CONTAINER_WORKSPACE, TOOLCHAINS, Toolchain
 from runner.models import JobSpec
 from runner.repos import parse_repo
 
-CACHE_DIR = ".forgeci-cache"  # package-manager caches that normally live in $HOME, pointed into the workspace
-CONTAINER_WORKSPACE = "/workspace"
 KEY_VERSION = 1  # bump when the archive layout changes: old keys then simply miss
 _GLOB = frozenset("*?[")
-
-
-@dataclass(frozen=True)
-class Toolchain:
-    """What a lockfile at the repository root says to cache, and the variables that point caches inside."""
-
-    name: str  # the detected entry's name
-    lockfiles: tuple[str, ...]  # glob patterns at the repository root
-    paths: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)  # variable -> path inside the workspace
-
-
-TOOLCHAINS: tuple[Toolchain, ...] = (
-    Toolchain("npm", ("package-lock.json",), ("node_modules", f"{CACHE_DIR}/npm"),
-              {"npm_config_cache": f"{CACHE_DIR}/npm"}),
-    Toolchain("yarn", ("yarn.lock",), ("node_modules", f"{CACHE_DIR}/npm", f"{CACHE_DIR}/yarn"),
-              {"npm_config_cache": f"{CACHE_DIR}/npm", "YARN_CACHE_FOLDER": f"{CACHE_DIR}/yarn"}),
-    Toolchain("pnpm", ("pnpm-lock.yaml",), ("node_modules", f"{CACHE_DIR}/npm", f"{CACHE_DIR}/pnpm-store"),
-              {"npm_config_cache": f"{CACHE_DIR}/npm", "npm_config_store_dir": f"{CACHE_DIR}/pnpm-store"}),
-    Toolchain("pip", ("requirements*.txt", "poetry.lock"), (".venv", f"{CACHE_DIR}/pip"),
-              {"PIP_CACHE_DIR": f"{CACHE_DIR}/pip"}),
-    Toolchain("uv", ("uv.lock",), (".venv", f"{CACHE_DIR}/uv"), {"UV_CACHE_DIR": f"{CACHE_DIR}/uv"}),
-    Toolchain("go", ("go.sum",), (f"{CACHE_DIR}/go/mod", f"{CACHE_DIR}/go/build"),
-              {"GOMODCACHE": f"{CACHE_DIR}/go/mod", "GOCACHE": f"{CACHE_DIR}/go/build"}),
-    Toolchain("cargo", ("Cargo.lock",), ("target", f"{CACHE_DIR}/cargo"), {"CARGO_HOME": f"{CACHE_DIR}/cargo"}),
-)
 
 
 # -- keys and scopes ----------------------------------------------------------------------------------
@@ -216,3 +189,7 @@ def plan_cache(spec: JobSpec, pipeline: Pipeline, workspace: Path, image: str) -
     if len(plans) > 1:
         raise ValueError(f"the job has {len(plans)} cache entries")
     return plans[0] if plans else None
+
+
+__all__ = ["CACHE_DIR", "CONTAINER_WORKSPACE", "KEY_VERSION", "TOOLCHAINS", "CachePlan", "Toolchain", "component",
+           "detect", "expand_key_files", "plan_cache", "plan_caches", "ref_scope", "repo_id", "scopes"]

@@ -95,13 +95,31 @@ def seed_v5(conn: sqlite3.Connection) -> None:
 
 def seed_v6(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO artifacts (id, job_id, pipeline_id, job, display, repo, scope, paths, object, size,"
-                 " raw_size, checksum, file_count, total_size, error, created_at, expires_at) VALUES (1, 10, 7,"
-                 " 'build', 'build (py3.11)', 'acme/app', 'feature', '[\"dist/*\"]', 'artifacts/7/10/a.tar.zst',"
-                 " 100, 300, 'cafe', 1, 300, NULL, 1110.0, 999999.0)")
-    conn.execute("INSERT INTO artifact_files (artifact_id, path, size, sha256) VALUES (1, 'dist/app.whl', 300, 'ab')")
+                 " checksum, file_count, total_size, created_at, expires_at) VALUES (1, 10, 7, 'build',"
+                 " 'build (py3.11)', 'acme-app', 'feature', '[\"dist/**\"]', 'artifacts/10.tar.zst', 100, ?, 1,"
+                 " 300, 1110.0, 99999999999.0)", ("0" * 64,))
+    conn.execute("INSERT INTO artifact_files (artifact_id, path, size, sha256) VALUES (1, 'dist/app', 300, ?)",
+                 ("1" * 64,))
 
 
-SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6}
+def seed_notifications(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO notifications (pipeline_id, target, kind, event, state, attempts, next_at, created_at)"
+                 " VALUES (7, 'ops-slack', 'slack', 'failure', 'pending', 1, 1200.0, 1150.0)")
+
+
+def seed_job_caches(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO job_caches (job_id, attempt, name, key, result, restored_key, size, seconds, saved,"
+                 " saved_size, save_seconds, at) VALUES (10, 1, 'node', 'acme/app/feature/abc', 'fallback',"
+                 " 'acme/app/main/abc', 1234, 0.5, 'saved', 999, 0.25, 1105.0)")
+
+
+def version_of(table: str) -> int:
+    """The schema version that creates `table` (migrations may be reordered when branches merge)."""
+    return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if f"CREATE TABLE {table} " in script)
+
+
+SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6,
+                          version_of("notifications"): seed_notifications, version_of("job_caches"): seed_job_caches}
 
 
 def build(path: Path, version: int) -> None:
