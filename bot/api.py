@@ -103,7 +103,8 @@ async def status(request: web.Request) -> web.Response:
     def read() -> dict[str, Any]:
         snapshot = queue.snapshot(job_id)
         [job] = with_wait_reasons(queue, [job_json(queue.get(job_id))])
-        return {**job, "snapshot": snapshot.to_dict() if snapshot else None}
+        caches = [result.to_dict() for result in queue.cache_results(job_id)]
+        return {**job, "caches": caches, "snapshot": snapshot.to_dict() if snapshot else None}
 
     return web.json_response(await asyncio.to_thread(read))
 
@@ -312,7 +313,8 @@ async def cache_stats(request: web.Request) -> web.Response:
     if not (limit_text.isascii() and limit_text.isdigit()) or len(limit_text) > 4 or not 1 <= int(limit_text) <= 1000:
         raise _bad("limit", f"expected an integer 1..1000, got {limit_text!r}")
     queue = _runtime(request).queue
-    week = (await request.app[METRICS].get(queue, "week")).stats  # hits among the jobs that tried a restore
+    week = (await request.app[METRICS].get(queue, "week")).stats  # hits among the cache entries restores tried
+    per_repo = request.app[SETTINGS].retention.cache_bytes_per_repo
 
     def read() -> dict[str, Any]:
         entries = queue.cache_entries(repo=query.get("repo"), limit=int(limit_text))
@@ -320,7 +322,7 @@ async def cache_stats(request: web.Request) -> web.Response:
         return {"entries": [entry.to_dict() for entry in entries], "count": totals["entries"],
                 "total_size": totals["bytes"], "hits": totals["hits"],
                 "hit_rate": week.cache_hits / week.cache_lookups if week.cache_lookups else None,
-                "hit_rate_range": "week"}
+                "hit_rate_range": "week", "repo_sizes": queue.repo_cache_bytes(), "repo_limit": per_repo}
 
     return web.json_response(await asyncio.to_thread(read))
 

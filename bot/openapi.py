@@ -290,7 +290,11 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                "entries": {"type": "array", "items": {"$ref": "#/components/schemas/CacheEntry"}},
                                "count": {"type": "integer"}, "total_size": {"type": "integer"},
                                "hits": {"type": "integer"}, "hit_rate": number,
-                               "hit_rate_range": {"enum": ["week"]}}}, "the cache index"),
+                               "hit_rate_range": {"enum": ["week"]},
+                               "repo_sizes": {"type": "object", "additionalProperties": {"type": "integer"},
+                                              "description": "bytes of each repository's entries"},
+                               "repo_limit": {"type": "integer",
+                                              "description": "retention.cache_bytes_per_repo"}}}, "the cache index"),
              **_errors(400, 401, 503)},
             security=_READ, operationId="cacheStats",
             parameters=[_query("repo", {"type": "string"}, "only this repository's entries (its cache id)"),
@@ -354,7 +358,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "attempts": {"type": "integer"}, "runner_id": {"type": ["string", "null"]},
             "lease_expires": number, "cancel_requested": {"type": "boolean"}, "queued_at": {"type": "number"},
             "started_at": number, "finished_at": number, "duration": number,
-            "error": {"type": ["string", "null"]}, "cache_hit": {"type": ["boolean", "null"]},
+            "error": {"type": ["string", "null"]},
+            "cache_hit": {"type": ["boolean", "null"], "description": "every cache entry was an exact hit; null: no "
+                          "restore was attempted"},
+            "cache": {"enum": ["all", "some", "none", None], "description": "how many of its cache entries hit"},
+            "caches": {"type": "array", "items": {"$ref": "#/components/schemas/CacheResult"},
+                       "description": "`/jobs/status`: each cache entry of the latest attempt"},
             "steps": {"type": "array", "items": {"$ref": "#/components/schemas/StepRecord"}},
             "pipeline_id": {**_JOB_ID, "type": ["integer", "null"], "description": "null: a job of no pipeline"},
             "name": {"type": ["string", "null"], "description": "its job in the pipeline file (`test`)"},
@@ -364,6 +373,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "wait_reason": {"type": ["string", "null"], "description": "why a queued job is not running yet "
                             "(`/jobs?order=dispatch`, `/jobs/status`): its needs, its concurrency group, its "
                             "matrix's max_parallel, no free slot, or next in line; null for a job not queued"}}},
+        "CacheResult": {"type": "object", "required": ["name", "key", "result"], "properties": {
+            "name": {"type": "string"}, "key": {"type": "string"}, "result": {"enum": ["hit", "fallback", "miss"]},
+            "restored_key": {"type": ["string", "null"], "description": "what was restored: the key, or a fallback's"},
+            "size": {"type": "integer"}, "seconds": {"type": "number"},
+            "saved": {"enum": ["saved", "exists", "empty", "failed", None]}, "saved_size": {"type": ["integer", "null"]},
+            "save_seconds": number, "attempt": {"type": "integer"}}},
         "CacheEntry": {"type": "object", "required": ["key", "repo", "size"], "properties": {
             "key": {"type": "string"}, "repo": {"type": "string"}, "scope": {"type": "string"},
             "image": {"type": "string"}, "paths": {"type": "array", "items": {"type": "string"}},
@@ -377,7 +392,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                               "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}}},
             "by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
             "success_rate": number, "avg_duration": number, "p95_duration": number, "cache_hit_rate": number,
-            "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer"},
+            "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer", "description": "cache entries "
+                                                                                   "whose restore was attempted"},
+            "cache_results": {"type": "object", "additionalProperties": {"type": "integer"},
+                              "description": "cache entries restored by result: hit, fallback, miss"},
             "queue_depth": {"type": "integer"}, "running": {"type": "integer"},
             "bucket_seconds": {"type": "number"}, "buckets": {"type": "array", "items": {"type": "object"}},
             "pipelines": {"$ref": "#/components/schemas/PipelineMetrics"}}},

@@ -129,7 +129,7 @@ async def jobs(client: Client, status: str | None, repo: str | None, limit: int,
 
 def describe(job: JobInfo) -> str:
     """A job as `forgeci status` prints it."""
-    cache = {None: "no restore", True: "hit", False: "miss"}[job.cache_hit]
+    cache = job.cache_text
     stopping = job.cancel_requested and job.state == "running"
     lines = [f"job {job.id}: {job.state}" + (" (cancel requested)" if stopping else ""),
              f"  repo      {job.repo}",

@@ -151,6 +151,9 @@ class RetentionSettings:
                                             "a pipeline stays while it has unexpired artifacts", 7)
     image_days: int = option(integer(1), "remove job images forgeci built from a repository's Containerfile (and "
                                          "their exports in the store) after this many days without use", 14)
+    cache_bytes_per_repo: int = option(SIZE, "the most a repository's caches may hold; past it, the entries "
+                                             "restored least recently are evicted (never the one just saved)",
+                                       10 << 30)
 
 
 @dataclass(frozen=True)

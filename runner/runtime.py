@@ -176,7 +176,7 @@ async def _assembled(
         git_token = environ.get(settings.git.token_env) or None
         workspaces = Workspaces(layout.workspaces, layout.mirrors, engine.user, git_token,
                                 remove_tree=engine.remove_tree)
-        cache = CacheManager(store, queue, engine.user)
+        cache = CacheManager(store, queue, engine.user, repo_limit=settings.retention.cache_bytes_per_repo)
         snapshots = Snapshots(store, queue, engine.user)
         artifacts = ArtifactManager(store, queue, engine.user, max_size=settings.runner.max_artifact_size,
                                     default_days=settings.retention.artifact_days)

@@ -113,7 +113,8 @@ class JobScreen(Screen[None]):
         job = self.job
         if job is None:
             return
-        cache = {True: Text("hit", "green"), False: Text("miss", "yellow"), None: Text(fmt.NONE)}[job.cache_hit]
+        colour = {"all": "green", "some": "yellow", "none": "yellow"}.get(job.cache or "")
+        cache = Text(job.cache_text, colour) if colour else Text(fmt.NONE)
         if job.snapshot:
             snap = f"{job.snapshot.get('key', 'yes')} ({fmt.size(int(job.snapshot.get('size') or 0))})"
         else:

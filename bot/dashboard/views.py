@@ -238,7 +238,8 @@ def _job_context(runtime: Runtime, job_id: int) -> dict[str, Any]:
     now = time.time()
     longest = max((s.duration if s.duration is not None else now - (s.started_at or now) for s in job.steps),
                   default=0.0)
-    return {"job": job, "longest": longest or 1.0, "now": now, "snapshot": runtime.queue.snapshot(job_id)}
+    return {"job": job, "longest": longest or 1.0, "now": now, "snapshot": runtime.queue.snapshot(job_id),
+            "caches": runtime.queue.cache_results(job_id)}
 
 
 async def job_page(request: web.Request) -> web.Response:

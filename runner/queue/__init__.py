@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from runner.queue.artifacts import ArtifactFile, ArtifactQueries, ArtifactRecord
 from runner.queue.base import BUSY_TIMEOUT, CACHE_KIB
+from runner.queue.caches import CacheResultQueries
 from runner.queue.deliveries import DELIVERY_MEMORY, PRUNE_EVERY, Delivery, DeliveryQueries, NewDelivery
 from runner.queue.index import IndexQueries
 from runner.queue.jobs import JobQueries, Order
@@ -20,7 +21,8 @@ __all__ = [
 ]
 
 
-class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries, ScheduleQueries):
+class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries, ScheduleQueries,
+            CacheResultQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

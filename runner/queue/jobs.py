@@ -10,7 +10,7 @@ from typing import Any, Literal
 from config.errors import ConfigError, ConfigIssue
 from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.models import (
-    MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, StepState,
+    CACHE_SUMMARY, MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, StepState,
     valid_priority,
 )
 from runner.queue.base import QueueBase, decode_cursor, encode_cursor
@@ -475,7 +475,8 @@ def _job(row: tuple[Any, ...], steps: tuple[StepRecord, ...] = ()) -> Job:
         id=job_id, spec=spec, state=JobState(state), attempts=attempts, runner_id=runner_id,
         lease_expires=lease_expires, cancel_requested=bool(cancel_requested), queued_at=queued_at,
         started_at=started_at, finished_at=finished_at, error=error,
-        cache_hit=None if cache_hit is None else bool(cache_hit), steps=steps, pipeline_id=pipeline_id,
+        cache_hit=None if cache_hit is None else cache_hit == 1, cache=CACHE_SUMMARY.get(cache_hit), steps=steps,
+        pipeline_id=pipeline_id,
         name=name, display=display, needs=tuple(json.loads(needs)) if needs != "[]" else (), waiting=bool(blocked),
     )
 

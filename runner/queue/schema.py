@@ -224,6 +224,33 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at    REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # Several caches per job (runner/queue/caches.py): one row per entry and attempt, written by its restore and
+    # completed by its save; kept apart from `jobs` (no reference) so the hit rate over entries outlives job
+    # retention as job_metrics does. jobs.cache_hit becomes the job's summary: 1 every entry hit, 2 some did,
+    # 0 none did (an older single-entry row reads the same: 1 hit, 0 miss). The older rows' results are copied
+    # in as one entry each, so the hit rate over entries counts them too.
+    """
+    CREATE TABLE job_caches (
+        job_id       INTEGER NOT NULL,
+        attempt      INTEGER NOT NULL,
+        name         TEXT    NOT NULL,               -- the entry's name (`cache` for a single unnamed one)
+        key          TEXT    NOT NULL,               -- the entry's own key ('' in rows copied from before)
+        result       TEXT    NOT NULL CHECK (result IN ('hit', 'fallback', 'miss')),
+        restored_key TEXT,                           -- what was restored: the key, or a fallback's
+        size         INTEGER NOT NULL DEFAULT 0,     -- bytes of the restored archive
+        seconds      REAL    NOT NULL DEFAULT 0,
+        saved        TEXT,                           -- NULL: no save tried; saved | exists | empty | failed
+        saved_size   INTEGER,
+        save_seconds REAL,
+        at           REAL    NOT NULL,               -- when it was restored (the hit rate's time)
+        PRIMARY KEY (job_id, attempt, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_caches_at ON job_caches (at);
+    INSERT OR IGNORE INTO job_caches (job_id, attempt, name, key, result, at)
+        SELECT job_id, 0, 'cache', '', CASE cache_hit WHEN 1 THEN 'hit' ELSE 'miss' END, finished_at
+        FROM job_metrics WHERE cache_hit IS NOT NULL;
+    CREATE INDEX cache_repo_lru ON cache_entries (repo, last_used);
+    """,
 )
 
 

@@ -89,6 +89,7 @@ class FakeApi(FakePipelines):
         self.token: str | None = None
         self.cache: list[dict[str, Any]] = []
         self.snapshots: dict[int, dict[str, Any]] = {}  # job id -> {key, size, created_at}
+        self.caches: dict[int, list[dict[str, Any]]] = {}  # job id -> its cache entries, as /jobs/status lists them
         self.cache_stats_missing = False
         self.pipelines: dict[int, dict[str, Any]] = {}  # pipeline id -> its record (fake_pipelines.py)
         self.wait_reasons: dict[int, str] = {}  # queued job id -> why it waits, as the server would say
@@ -167,7 +168,8 @@ class FakeApi(FakePipelines):
             job = self.jobs.get(int(query.get("id", 0)))
             if job is None:
                 return error(404, "not found", "no such job")
-            return httpx.Response(200, json={**job.to_dict(), "snapshot": self.snapshots.get(job.id)})
+            return httpx.Response(200, json={**job.to_dict(), "snapshot": self.snapshots.get(job.id),
+                                             "caches": self.caches.get(job.id, [])})
         if method == "GET" and path == "/events":
             feed = Feed()
             feed.send(b"retry: 2000\n\n")

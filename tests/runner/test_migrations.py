@@ -112,13 +112,20 @@ def seed_schedules(conn: sqlite3.Connection) -> None:
                  " VALUES ('nightly', 'f1', 1300.0, 1200.0, 7, 1200.0)")
 
 
+def seed_job_caches(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO job_caches (job_id, attempt, name, key, result, restored_key, size, seconds, saved,"
+                 " saved_size, save_seconds, at) VALUES (10, 1, 'node', 'acme/app/feature/abc', 'fallback',"
+                 " 'acme/app/main/abc', 1234, 0.5, 'saved', 999, 0.25, 1105.0)")
+
+
 def version_of(table: str) -> int:
     """The schema version that creates `table` (migrations may be reordered when branches merge)."""
     return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if f"CREATE TABLE {table} " in script)
 
 
 SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6,
-                          version_of("notifications"): seed_notifications, version_of("schedules"): seed_schedules}
+                          version_of("notifications"): seed_notifications, version_of("schedules"): seed_schedules,
+                          version_of("job_caches"): seed_job_caches}
 
 
 def build(path: Path, version: int) -> None:
