@@ -11,6 +11,7 @@ from pathlib import Path
 
 from config.artifacts import SIZE
 from config.errors import ConfigError
+from config.quotas import QUOTAS, CostSettings, QuotaRule
 from config.schema import (
     BOOL,
     DURATION,
@@ -218,6 +219,8 @@ class Settings:
     github: GitHubSettings = option(section(GitHubSettings), GitHubSettings.__doc__ or "", factory=GitHubSettings)
     gitea: GiteaSettings = option(section(GiteaSettings), GiteaSettings.__doc__ or "", factory=GiteaSettings)
     gitlab: GitLabSettings = option(section(GitLabSettings), GitLabSettings.__doc__ or "", factory=GitLabSettings)
+    quotas: tuple[QuotaRule, ...] = option(QUOTAS, "[[quotas]]: limits per owner/repository; the first rule whose `match` fits a repository applies", ())
+    costs: CostSettings = option(section(CostSettings), CostSettings.__doc__ or "", factory=CostSettings)
 
     @classmethod
     def default(cls) -> Settings:
@@ -294,8 +297,9 @@ def reference_markdown() -> str:
     top = [d for d in docs if "." not in d.path and d.type not in ("table", "table of tables")]
     parts = [markdown_table(top)]
     for d in docs:
-        if d.type in ("table", "table of tables"):
-            inner = [c for c in docs if c.path.startswith(d.path + ".")]
+        if d.type in ("table", "table of tables", "array of tables"):
+            inner = [c for c in docs if c.path.startswith((d.path + ".", d.path + "[]."))]
             about = d.doc.split(": ", 1)[-1]
-            parts.append(f"#### `[{d.path}]`\n\n{about[:1].upper()}{about[1:]}\n\n{markdown_table(inner)}")
+            title = f"[[{d.path}]]" if d.type == "array of tables" else f"[{d.path}]"
+            parts.append(f"#### `{title}`\n\n{about[:1].upper()}{about[1:]}\n\n{markdown_table(inner)}")
     return "\n\n".join(parts)

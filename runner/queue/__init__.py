@@ -9,15 +9,18 @@ from runner.queue.index import IndexQueries
 from runner.queue.jobs import JobQueries, Order
 from runner.queue.metrics import MetricQueries
 from runner.queue.pipelines import JobSummary, PipelineStats, PlannedJobRow, Settlement
+from runner.queue.quotas import QuotaQueries, QuotaUse
 from runner.queue.schema import MIGRATIONS
+from runner.queue.usage import UsageQueries, UsageRow
 
 __all__ = [
     "ArtifactFile", "ArtifactRecord", "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY",
-    "Delivery", "JobSummary", "NewDelivery", "Order", "PipelineStats", "PlannedJobRow", "Queue", "Settlement",
+    "Delivery", "JobSummary", "NewDelivery", "Order", "PipelineStats", "PlannedJobRow", "Queue", "QuotaUse",
+    "Settlement", "UsageRow",
 ]
 
 
-class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries):
+class Queue(QuotaQueries, JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, UsageQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

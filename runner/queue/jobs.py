@@ -54,6 +54,9 @@ WHERE id = (
                 SELECT count(*) FROM jobs AS s INDEXED BY jobs_active
                 WHERE s.{_ACTIVE} AND s.state = 'running' AND s.pipeline_id = q.pipeline_id AND s.name = q.name
                ) < q.max_parallel)
+          AND (:quota IS NULL OR coalesce(q.slug, '') NOT IN (SELECT value FROM json_each(:quota, '$.slugs'))
+               AND coalesce(q.slug, '') || char(31) || coalesce(q.user, '')  -- quotas.py's full scopes
+                   NOT IN (SELECT value FROM json_each(:quota, '$.users')))
         ORDER BY q.priority DESC, q.seq, q.id
         LIMIT 1)
   AND (SELECT count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND state = 'running') < :max
@@ -203,7 +206,8 @@ class JobQueries(QueueBase):
     def claim(self, runner_id: str, lease_seconds: float) -> Job | None:
         """Take the next runnable job (None if none, or max_concurrent jobs already run) under a lease."""
         with self._transaction() as conn:
-            params = {"runner": runner_id, "lease": lease_seconds, "now": self._clock(), "max": self.max_concurrent}
+            params = {"runner": runner_id, "lease": lease_seconds, "now": self._clock(), "max": self.max_concurrent,
+                      "quota": self._quota_filter(conn)}
             rows = conn.execute(_CLAIM, params).fetchall()
             if not rows:
                 return None

@@ -93,7 +93,21 @@ def seed_v5(conn: sqlite3.Connection) -> None:
                  " VALUES ('gitea', 'd-2', '[10, 11]', 1100.0, '[7]')")
 
 
-SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5}
+def seed_v6(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO artifacts (id, job_id, pipeline_id, job, display, repo, scope, paths, object, size,"
+                 " raw_size, checksum, file_count, total_size, created_at, expires_at) VALUES (1, 10, 7, 'build',"
+                 " 'build (py3.11)', 'git.example.test/acme/app', 'feature', '[\"dist/**\"]',"
+                 " 'artifacts/git.example.test/acme/app/feature/10/ab.tar.zst', 321, 1000, 'c0de', 1, 1000, 1110.0,"
+                 " 9e9)")
+    conn.execute("INSERT INTO artifact_files (artifact_id, path, size, sha256) VALUES (1, 'dist/app.js', 1000, 'f1')")
+
+
+def seed_v7(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO usage (job_id, attempt, pipeline_id, slug, user, runner, state, started_at, ended_at,"
+                 " seconds, infra_retry) VALUES (10, 1, 7, 'acme/app', 'ada', 'r1', 'success', 1101.0, 1110.0, 9.0, 0)")
+
+
+SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6, 7: seed_v7}
 
 
 def build(path: Path, version: int) -> None:
