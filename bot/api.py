@@ -53,7 +53,7 @@ def _string_map(value: object, key: str) -> dict[str, str]:
 
 def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
     """A JobSpec from a /jobs/submit body; every problem is a ConfigError (400)."""
-    _check_keys(body, ("repo", "ref"), ("sha", "steps", "env", "priority"))
+    _check_keys(body, ("repo", "ref"), ("sha", "steps", "env", "priority", "user"))
     pipeline = None
     if body.get("steps") is not None:
         pipeline = {"steps": body["steps"]}
@@ -62,8 +62,11 @@ def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
     if not valid_priority(priority):
         raise _bad("priority", f"expected an integer {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority!r}")
     env = {} if body.get("env") is None else _string_map(body["env"], "env")
+    user = body.get("user")  # who asks (quotas' per_user_running, usage reports); one shared token: as good as that
+    if user is not None and not (isinstance(user, str) and 0 < len(user) <= 100):
+        raise _bad("user", f"expected a name of 1..100 characters, got {user!r}")
     return JobSpec(repo=body["repo"], ref=body["ref"], sha=body.get("sha"), event="api", priority=priority,
-                   pipeline=pipeline, env=env)
+                   pipeline=pipeline, env=env, meta={"user": user} if user else {})
 
 
 # -- views --------------------------------------------------------------------------------------------
