@@ -21,6 +21,7 @@ from bot.parse import check_keys as _check_keys
 from bot.parse import integral as _integral
 from bot.parse import query_id as _query_id
 from bot.pipelines_api import PIPELINE_ROUTES, with_wait_reasons
+from bot.usage import USAGE_ROUTES
 from config.pipeline import pipeline_from_dict
 from runner.errors import JobNotFound
 from runner.events import Event, PipelineEvent
@@ -29,6 +30,7 @@ from runner.maintenance import prune
 from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
 from runner.runtime import Runtime
 from runner.services import service_log, service_log_names
+from runner.usage_report import usage_prometheus
 
 __all__ = ["ROUTES", "job_id_of", "read_json", "setup_api", "spec_from_body"]
 
@@ -292,7 +294,8 @@ async def metrics(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     result = await request.app[METRICS].get(runtime.queue, range_name, runtime.hub.dropped_lines)
     if prometheus:
-        return web.Response(body=result.to_prometheus().encode(),
+        usage = await asyncio.to_thread(usage_prometheus, runtime.queue)  # minutes, bytes, quotas: not by range
+        return web.Response(body=(result.to_prometheus() + usage).encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
     return web.json_response(result.to_dict())
 
@@ -348,6 +351,7 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     ("POST", "/jobs/priority", priority, "write"),
     ("GET", "/jobs", list_jobs, "read"),
     *PIPELINE_ROUTES,
+    *USAGE_ROUTES,
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

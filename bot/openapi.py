@@ -21,6 +21,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {400: "bad input", 401: "missing or wrong API token", 404: "no such job, pipeline or entry",
             409: "the job or pipeline is in the wrong state", 413: "request body too large", 415: "body is not JSON",
+            429: "a [[quotas]] rule refuses a new pipeline (max_queued, minutes_per_month): `detail` names it",
             503: "the queue database or the store is unavailable"}
     return {str(status): _json(_ERROR, text[status]) for status in statuses}
 
@@ -164,7 +165,7 @@ def _pipeline_paths() -> dict[str, Any]:
             {"201": _json({"$ref": "#/components/schemas/PipelineRetried"}, "the pipeline and the jobs queued"),
              "202": _json({"$ref": "#/components/schemas/PipelineRetried"},
                           "a new pipeline whose fetch failed: planning goes on in the background"),
-             **_errors(400, 401, 404, 409, 413, 415, 503)},
+             **_errors(400, 401, 404, 409, 413, 415, 429, 503)},
             security=_WRITE, operationId="retryPipeline", parameters=path_id,
             requestBody={"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"failed_only": {"type": "boolean"}},
@@ -186,7 +187,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                           "planned: its jobs; `id` is the first (a one-job pipeline's only) job"),
              "202": _json({"$ref": "#/components/schemas/Planning"},
                           "its fetch failed or took too long: planning goes on in the background"),
-             **_errors(400, 401, 413, 415, 503)},
+             **_errors(400, 401, 413, 415, 429, 503)},
             security=_WRITE, operationId="submitJob",
             requestBody=_body({
                 "repo": {"type": "string", "minLength": 1, "description": "clone URL or a path on the server"},
@@ -196,6 +197,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                           "minItems": 1, "description": "inline steps instead of the repository's .forgeci.toml"},
                 "env": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
                 "priority": {**_PRIORITY, "description": "0..10, higher runs first; default queue.default_priority"},
+                "user": {"type": "string", "minLength": 1, "maxLength": 100,
+                         "description": "who triggers it (quotas' per_user_running, usage by user); default `api`"},
             }, ["repo", "ref"]),
         )},
         "/jobs/status": {"get": _op(
@@ -328,6 +331,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                      operationId="openapi")},
     }
     paths.update(artifact_paths())
+    paths.update(usage_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
                   "properties": {"error": {"type": "string"}, "detail": {}}},
@@ -433,3 +437,47 @@ def artifact_paths() -> dict[str, Any]:
              "description": "the file's path in the artifact"}]),
     }
 
+
+
+def usage_paths() -> dict[str, Any]:
+    """The usage report and the quotas' use (bot/usage.py)."""
+    count = {"type": "integer"}
+    row = {"type": "object", "required": ["key", "pipelines", "jobs", "minutes", "retry_minutes", "bytes"],
+           "properties": {"key": {"type": "string"}, "pipelines": count, "jobs": count, "succeeded": count,
+                          "success_rate": {"type": ["number", "null"]}, "attempts": count,
+                          "minutes": {"type": "number"}, "retry_minutes": {"type": "number"},
+                          "bytes": {"type": "object", "additionalProperties": count}, "cost": {"type": "number"}}}
+    quota = {"type": "object", "required": ["match", "running", "max_running"], "properties": {
+        "match": {"type": "string"}, "running": count, "max_running": count, "queued": count, "max_queued": count,
+        "minutes": {"type": "number"}, "minutes_per_month": count, "per_user_running": count,
+        "users": {"type": "object", "additionalProperties": count}}}
+    day = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+    return {
+        "/usage": {"get": _op(
+            "Usage per owner, repository or user: pipelines, jobs, success rate, minutes, stored bytes, costs",
+            {"200": {"description": "the report", "content": {
+                "application/json": {"schema": {"type": "object", "required": ["by", "from", "to", "rows", "totals"],
+                                                "properties": {"by": {"enum": ["owner", "repo", "user"]},
+                                                               "from": day, "to": day,
+                                                               "rows": {"type": "array", "items": row},
+                                                               "totals": {"type": "object"},
+                                                               "daily": {"type": "array"},
+                                                               "quotas": {"type": "array", "items": quota},
+                                                               "currency": {"type": "string"}}}},
+                "text/csv": {"schema": {"type": "string"}}}},
+             **_errors(400, 401, 503)},
+            security=_READ, operationId="usage",
+            parameters=[_query("by", {"enum": ["owner", "repo", "user"]}, "group by (repo)"),
+                        _query("from", day, "first day, UTC (default: the month's first)"),
+                        _query("to", day, "last day, UTC, included (default: today)"),
+                        _query("month", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                               "a calendar month instead of from/to"),
+                        _query("format", {"enum": ["json", "csv"]}, "json (default) or csv")],
+        )},
+        "/quotas": {"get": _op(
+            "Each [[quotas]] rule's limits and its use now (0 = no limit)",
+            {"200": _json({"type": "object", "required": ["quotas"], "properties": {
+                "quotas": {"type": "array", "items": quota}}}, "the rules"), **_errors(400, 401, 503)},
+            security=_READ, operationId="quotas",
+        )},
+    }
