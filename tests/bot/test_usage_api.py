@@ -9,11 +9,14 @@ import calendar
 import csv
 import dataclasses
 import io
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from client.api import Client
+from client.usage import usage
 from config.quotas import CostSettings, QuotaRule
 from config.settings import Settings
 from runner.models import JobState, PipelineState
@@ -38,6 +41,7 @@ steps = [{ run = "build" }]
 [jobs.lint]
 steps = [{ run = "lint" }]
 '''
+ROOT = Path(__file__).resolve().parents[2]
 DEC = float(calendar.timegm((2026, 12, 10, 12, 0, 0)))
 JAN = float(calendar.timegm((2027, 1, 2, 9, 0, 0)))
 MESSAGE = "quota exceeded: 3000 of 3000 minutes this month (acme/*)"
@@ -109,6 +113,24 @@ async def test_the_report_s_minutes_and_bytes_are_the_attempts_and_the_store_s_o
             assert set(await bad.json()) == {"error", "detail"}
         old = await (await client.get("/usage?month=2025-01")).json()
         assert old["rows"] and all(r["minutes"] == 0 for r in old["rows"])  # bytes only: nothing ran then
+        await the_cli_prints_it(str(client.make_url("")).rstrip("/"), row)
+
+
+async def the_cli_prints_it(server: str, row: dict[str, Any]) -> None:
+    async with Client(server, None) as api:
+        table = io.StringIO()
+        assert await usage(api, "repo", None, False, table) == 0
+        lines = table.getvalue().splitlines()
+        assert lines[0].startswith("usage by repo, ") and any(line.startswith("acme/app ") for line in lines)
+        text = io.StringIO()
+        await usage(api, "user", None, True, text)
+        [parsed] = list(csv.DictReader(io.StringIO(text.getvalue())))
+        assert parsed["key"] == "ada" and float(parsed["minutes"]) == row["minutes"]
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "forgeci_cli", "usage", "--month", "12", "--server", server,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 2 and "month" in err.decode() and "Traceback" not in err.decode(), err
 
 
 async def test_a_month_s_minutes_used_up_refuse_webhook_and_api_pipelines_until_the_next_month(
