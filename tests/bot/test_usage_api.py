@@ -9,6 +9,7 @@ import calendar
 import csv
 import dataclasses
 import io
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from client.api import Client
 from client.usage import usage
 from config.quotas import CostSettings, QuotaRule
 from config.settings import Settings
-from runner.models import JobState, PipelineState
+from runner.models import JobSpec, JobState, PipelineState
 from runner.queue import Queue
 from tests.bot.api_helpers import api_client, runtime_of
 from tests.bot.test_pipeline_statuses import CONTEXT, TOKENS, by_context, forge_settings, push
@@ -177,3 +178,31 @@ async def test_a_month_s_minutes_used_up_refuse_webhook_and_api_pipelines_until_
         assert december["rows"][0]["minutes"] == 3000
     finally:
         await client.close()
+
+
+async def test_the_dashboard_page_draws_minutes_per_repository_a_daily_series_and_the_quotas(
+        settings: Settings) -> None:
+    quotas = (QuotaRule("acme/*", max_running=4, minutes_per_month=3000), QuotaRule("*/*", per_user_running=2))
+    async with api_client(dataclasses.replace(settings, quotas=quotas), workers=False) as client:
+        queue = runtime_of(client).queue
+        clock = Clock(time.time())
+        queue._clock = clock
+        for repo, minutes in (("https://h/acme/app.git", 30), ("https://h/acme/web.git", 10), ("https://h/o/x", 5)):
+            job_id = queue.enqueue(JobSpec(repo=repo, ref="main", meta={"user": "ada"}))
+            assert queue.claim("r", 60) is not None
+            clock.now += minutes * 60
+            queue.complete(job_id, JobState.success, runner_id="r")
+        running = queue.enqueue(JobSpec(repo="https://h/acme/app.git", ref="main"))
+        assert queue.claim("r", 60) is not None and queue.get(running).state is JobState.running
+        response = await client.get("/dashboard/usage")
+        assert response.status == 200
+        html = await response.text()
+        bars = re.findall(r'data-key="([^"]+)"><span class="hbar-key"[^>]*>[^<]*</span><span class="hbar-track">'
+                          r'<span class="hbar-fill" style="width: ([0-9.]+)%', html)
+        assert bars == [("acme/app", "100.00"), ("acme/web", "33.33"), ("o/x", "16.67")]
+        assert html.count('class="bar ok day"') >= 1 and "Runner minutes per day" in html
+        assert re.search(r'data-match="acme/\*">.*?<span class="used">1 / 4</span>', html, re.S)
+        assert re.search(r'data-match="acme/\*">.*?<span class="used">40 / 3000</span>', html, re.S)
+        owners = await (await client.get("/dashboard/usage?by=owner")).text()
+        assert 'data-key="acme"' in owners and 'data-key="o"' in owners
+        assert (await client.get("/dashboard/usage?by=team")).status == 400
