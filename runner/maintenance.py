@@ -16,6 +16,7 @@ from config.settings import Settings
 from runner.errors import JobNotFound, QueueError
 from runner.layout import DataLayout
 from runner.queue import Queue
+from runner.queue.usage import usage_cutoff
 from runner.store import FileStore, ObjectStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
 
     # The per-job metrics rows outlive their jobs so the dashboard's week view stays whole.
     _guard(errors, lambda: parts.queue.delete_metrics_before(now - max(retention.job_days, METRICS_DAYS) * DAY), 0)
+    _guard(errors, lambda: parts.queue.prune_usage(usage_cutoff(now)), 0)  # usage: 13 whole months and this one
 
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
     return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors),

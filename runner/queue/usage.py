@@ -7,8 +7,9 @@ TEMP triggers each queue connection creates on open, with the functions they cal
 
 from __future__ import annotations
 
+import calendar
+import datetime as dt
 import json
-import sqlite3
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,13 @@ _BACKFILL = (
     "UPDATE pipelines SET slug = forgeci_slug(repo), user = forgeci_user(event, json_extract(spec, '$.meta')) "
     "WHERE state IN ('planning', 'queued', 'running') AND slug IS NULL",
 )
+
+
+def usage_cutoff(now: float) -> float:
+    """The start of the calendar month (UTC) RETENTION_MONTHS before now's: usage older than it may go."""
+    day = dt.datetime.fromtimestamp(now, dt.UTC)
+    months = day.year * 12 + day.month - 1 - RETENTION_MONTHS
+    return calendar.timegm((months // 12, months % 12 + 1, 1, 0, 0, 0))
 
 
 def repo_slug(repo: str) -> str:

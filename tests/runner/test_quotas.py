@@ -178,3 +178,29 @@ async def test_submit_over_a_quota_is_refused_and_records_nothing(
         with pytest.raises(QuotaExceeded, match="1 of 1 pipelines queued"):
             await rt.control.submit_pipeline(JobSpec(repo="https://h/acme/two", ref="main"))
         assert len(rt.queue.list_pipelines()[0]) == 1
+
+
+def test_usage_is_kept_thirteen_whole_months_by_maintenance(tmp_path: Path, fake_settings: Settings) -> None:
+    from runner.layout import DataLayout
+    from runner.maintenance import MaintenanceParts, prune
+    from runner.queue.usage import usage_cutoff
+    from runner.store import open_store
+
+    assert usage_cutoff(DEC) == calendar.timegm((2025, 11, 1, 0, 0, 0))
+    clock = Clock(calendar.timegm((2025, 10, 31, 23, 0, 0)))
+    layout = DataLayout(fake_settings.data_dir)
+    layout.db.parent.mkdir(parents=True, exist_ok=True)
+    queue = Queue(layout.db, clock=clock)
+    for seconds in (1800, 5400):  # one attempt ends in October 2025, one in November
+        job = queue.enqueue(JobSpec(repo="https://h/acme/app", ref="main"))
+        queue.claim("r", 60)
+        clock.now += seconds
+        queue.complete(job, JobState.success, runner_id="r")
+    store = open_store(fake_settings, {})
+    try:
+        report = prune(MaintenanceParts(fake_settings, layout, queue, store), now=DEC)
+        assert not report.errors
+        assert [row[8] for row in queue.usage_rows(0, 1e12)] == [calendar.timegm((2025, 11, 1, 0, 0, 0)) + 3600]
+    finally:
+        store.close()
+        queue.close()
