@@ -35,6 +35,25 @@ async def fetch(client: Client, params: Mapping[str, str], *, csv: bool) -> Any:
     return response.text
 
 
+async def quotas(client: Client) -> list[dict[str, Any]]:
+    """GET /quotas: each [[quotas]] rule's limits and use now."""
+    found = await client.request("GET", "/quotas")
+    rules = found.get("quotas") if isinstance(found, dict) else None
+    if not isinstance(rules, list) or not all(isinstance(rule, dict) for rule in rules):
+        raise BadResponse("GET /quotas: `quotas` is not a list of objects", 200)
+    return rules
+
+
+def quota_text(quota: Mapping[str, Any]) -> str:
+    """`acme/*: running 3/4, queued 0/200, minutes this month 412/3000` (limits of 0 left out)."""
+    parts = [f"{name} {float(quota.get(used) or 0):g}/{quota[limit]}" for name, used, limit in (
+        ("running", "running", "max_running"), ("queued", "queued", "max_queued"),
+        ("minutes this month", "minutes", "minutes_per_month")) if quota.get(limit)]
+    if quota.get("per_user_running"):
+        parts.append(f"per user {quota['per_user_running']}")
+    return f"{quota.get('match')}: {', '.join(parts) or 'no limits'}"
+
+
 def render(doc: Mapping[str, Any], out: TextIO) -> None:
     """The report as a table, then each quota's use."""
     currency = doc.get("currency")
@@ -56,12 +75,7 @@ def render(doc: Mapping[str, Any], out: TextIO) -> None:
             line += f"  {r.get('cost', 0):>6.2f} {currency}"
         print(line, file=out)
     for quota in doc.get("quotas") or []:
-        parts = [f"{name} {quota.get(used, 0):g}/{quota[limit]}" for name, used, limit in (
-            ("running", "running", "max_running"), ("queued", "queued", "max_queued"),
-            ("minutes this month", "minutes", "minutes_per_month")) if quota.get(limit)]
-        if quota.get("per_user_running"):
-            parts.append(f"per user {quota['per_user_running']}")
-        print(f"quota {quota.get('match')}: {', '.join(parts) or 'no limits'}", file=out)
+        print(f"quota {quota_text(quota)}", file=out)
 
 
 async def usage(client: Client, by: str, month: str | None, csv: bool, out: TextIO | None = None) -> int:
