@@ -219,7 +219,9 @@ class Settings:
     github: GitHubSettings = option(section(GitHubSettings), GitHubSettings.__doc__ or "", factory=GitHubSettings)
     gitea: GiteaSettings = option(section(GiteaSettings), GiteaSettings.__doc__ or "", factory=GiteaSettings)
     gitlab: GitLabSettings = option(section(GitLabSettings), GitLabSettings.__doc__ or "", factory=GitLabSettings)
-    quotas: tuple[QuotaRule, ...] = option(QUOTAS, "[[quotas]]: limits per owner/repository; the first rule whose `match` fits a repository applies", ())
+    quotas: tuple[QuotaRule, ...] = option(
+        QUOTAS, "[[quotas]]: limits per owner/repository; the first rule whose `match` fits a repository applies", (),
+        shown="none")
     costs: CostSettings = option(section(CostSettings), CostSettings.__doc__ or "", factory=CostSettings)
 
     @classmethod
