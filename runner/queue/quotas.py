@@ -100,12 +100,14 @@ class QuotaQueries(QueueBase):
         per_rule, per_user = self._running_by_rule(conn)
         rules = self.quota_rules
         full = {i for i, n in per_rule.items() if rules[i].max_running and n >= rules[i].max_running}
-        users = {(i, u) for (i, u), n in per_user.items() if rules[i].per_user_running and n >= rules[i].per_user_running}
+        users = {(i, u) for (i, u), n in per_user.items()
+                 if rules[i].per_user_running and n >= rules[i].per_user_running}
         return full, users
 
     def _quota_filter(self, conn: sqlite3.Connection) -> str | None:
-        """The claim's quota filter, in its transaction: JSON {"slugs": [...], "users": ["slug\\x1fuser", ...]} of
-        the queued jobs it must skip, or None (nothing to skip: the claim is as without quotas)."""
+        """The claim's quota filter (`:quota` in jobs.py's _CLAIM), in its transaction: JSON {"s": [slug, ...],
+        "u": ["slug\\x1fuser", ...]} of the queued jobs it must skip (their rule's max_running, or their user's
+        per_user_running, is reached), or None: nothing to skip, the claim is as without quotas."""
         if not any(rule.max_running or rule.per_user_running for rule in self.quota_rules):
             return None
         full, full_users = self._full(conn)
@@ -119,7 +121,7 @@ class QuotaQueries(QueueBase):
                 slugs.add(slug)
             elif (rule, user) in full_users:
                 users.add(slug + USER_SEP + user)
-        return json.dumps({"slugs": sorted(slugs), "users": sorted(users)}) if slugs or users else None
+        return json.dumps({"s": sorted(slugs), "u": sorted(users)}) if slugs or users else None
 
     def wait_reasons(self, job_ids: Sequence[int]) -> dict[int, str]:
         """As JobQueries.wait_reasons, with a full quota named where claim's quota filter is what holds a job."""

@@ -1,14 +1,16 @@
-"""Usage (migration 7): every job's slug and triggering user at enqueue, one row per attempt, and the usage report.
+"""Usage (the migration that made the `usage` table): every job's and pipeline's slug and triggering user, written
+at enqueue (job_scope: runner.repos is the one slug parser), one row per attempt, and the usage report.
 
-The slug and the user come from Python (runner.repos, the one slug parser), so the triggers that write them are
-TEMP triggers each queue connection creates on open, with the functions they call: a plain `sqlite3` connection
-(a backup, a test) writes jobs as before, and the connection's own clock stamps every attempt's end.
+The usage rows are written by a TEMP trigger each queue connection creates on open, with the functions it calls:
+every path that ends an attempt records it in its own transaction, the connection's clock stamps the end, and a
+plain `sqlite3` connection (a backup, a test) changes jobs as before.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Mapping
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from runner.models import JobSpec
 from runner.queue.base import QueueBase
 from runner.queue.schema import MIGRATIONS
 from runner.repos import parse_repo
@@ -24,13 +27,6 @@ By = Literal["owner", "repo", "user"]
 RETENTION_MONTHS = 13  # usage rows are kept at least this many calendar months
 
 _TRIGGERS = (
-    """CREATE TEMP TRIGGER IF NOT EXISTS forgeci_job_slug AFTER INSERT ON main.jobs WHEN NEW.slug IS NULL
-    BEGIN UPDATE jobs SET slug = forgeci_slug(NEW.repo), user = forgeci_user(NEW.event, NEW.meta)
-          WHERE id = NEW.id; END""",
-    """CREATE TEMP TRIGGER IF NOT EXISTS forgeci_pipeline_slug AFTER INSERT ON main.pipelines WHEN NEW.slug IS NULL
-    BEGIN UPDATE pipelines SET slug = forgeci_slug(NEW.repo),
-                               user = forgeci_user(NEW.event, json_extract(NEW.spec, '$.meta'))
-          WHERE id = NEW.id; END""",
     # Every attempt that ends (completed, requeued, ended by retries used up or a lease expiry) is one row.
     """CREATE TEMP TRIGGER IF NOT EXISTS forgeci_usage AFTER UPDATE OF state ON main.jobs
     WHEN OLD.state = 'running' AND NEW.state != 'running' AND OLD.started_at IS NOT NULL
@@ -59,6 +55,7 @@ def usage_cutoff(now: float) -> float:
     return calendar.timegm((months // 12, months % 12 + 1, 1, 0, 0, 0))
 
 
+@functools.lru_cache(maxsize=4096)
 def repo_slug(repo: str) -> str:
     """`owner/repo` of a repository address (runner.repos' parser); "" when it cannot be parsed."""
     try:
@@ -75,6 +72,11 @@ def triggering_user(event: str, meta: Mapping[str, Any]) -> str:
     if meta.get("schedule"):
         return f"schedule:{meta['schedule']}"
     return event
+
+
+def job_scope(spec: JobSpec) -> tuple[str, str]:
+    """(slug, triggering user) of a job or pipeline, for its columns at enqueue."""
+    return repo_slug(spec.repo), triggering_user(spec.event, spec.meta)
 
 
 def _user_of(event: str, meta: str | None) -> str:
