@@ -42,6 +42,8 @@ def parse_day(text: str, key: str) -> float:
         day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
     except ValueError:
         raise ValueError(f"{key}: expected a day like 2026-12-01, got {text!r}") from None
+    if not 1970 <= day.year <= 9000:
+        raise ValueError(f"{key}: expected a day from 1970 to 9000, got {text!r}")
     return day.timestamp()
 
 

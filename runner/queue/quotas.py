@@ -42,6 +42,8 @@ def month_range(month: str) -> tuple[float, float]:
     if len(year) != 4 or len(number) != 2 or not (year + number).isdigit() or not 1 <= int(number) <= 12:
         raise ValueError(f"expected a month like 2026-12, got {month!r}")
     y, m = int(year), int(number)
+    if not 1970 <= y <= 9000:
+        raise ValueError(f"expected a month from 1970 to 9000, got {month!r}")
     return calendar.timegm((y, m, 1, 0, 0, 0)), calendar.timegm((y + m // 12, m % 12 + 1, 1, 0, 0, 0))
 
 

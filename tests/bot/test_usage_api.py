@@ -108,7 +108,7 @@ async def test_the_report_s_minutes_and_bytes_are_the_attempts_and_the_store_s_o
         assert "# TYPE forgeci_runner_minutes_total counter" in prometheus
         assert f'forgeci_stored_bytes{{kind="artifacts"}} {actual["artifacts"]}' in prometheus
         for query in ("by=team", "format=xml", "from=2026-13-01", "from=2026-12-05&to=2026-12-01", "month=12",
-                      "month=2026-12&from=2026-12-01", "colour=red"):
+                      "month=2026-12&from=2026-12-01", "colour=red", "to=9999-12-31", "month=0001-01"):
             bad = await client.get(f"/usage?{query}")
             assert bad.status == 400, query
             assert set(await bad.json()) == {"error", "detail"}
