@@ -197,7 +197,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                           "minItems": 1, "description": "inline steps instead of the repository's .forgeci.toml"},
                 "env": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
                 "priority": {**_PRIORITY, "description": "0..10, higher runs first; default queue.default_priority"},
-                "user": {"type": "string", "minLength": 1, "maxLength": 100,
+                "user": {"type": ["string", "null"], "minLength": 1, "maxLength": 100,
                          "description": "who triggers it (quotas' per_user_running, usage by user); default `api`"},
             }, ["repo", "ref"]),
         )},
