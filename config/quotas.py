@@ -8,7 +8,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from config.schema import (
-    INVALID, NONEMPTY, Issues, Kind, decode, describe, encode, integer, nonempty_text, option, scalar,
+    INVALID,
+    NONEMPTY,
+    Issues,
+    Kind,
+    decode,
+    describe,
+    encode,
+    integer,
+    nonempty_text,
+    option,
+    scalar,
 )
 
 UNLIMITED = 0  # a limit of 0 (the default) is no limit

@@ -90,7 +90,7 @@ def daily(queue: Queue, span: Range) -> list[dict[str, Any]]:
 def usage_document(queue: Queue, by: By, span: Range, costs: CostSettings) -> dict[str, Any]:
     """The whole report (GET /usage, `forgeci usage`, the dashboard page)."""
     rows = [row_dict(row, costs) for row in queue.usage_report(by, span.start, span.end)]
-    start, end = span.label
+    start, _ = span.label
     total_minutes = sum(r["minutes"] for r in rows)
     doc: dict[str, Any] = {
         "by": by, "from": start, "to": _day(span.end - 1), "rows": rows,
@@ -135,8 +135,7 @@ def usage_prometheus(queue: Queue) -> str:
         "# HELP forgeci_runner_minutes_total Runner minutes of finished attempts this calendar month (UTC).",
         "# TYPE forgeci_runner_minutes_total counter",
         f'forgeci_runner_minutes_total{{month="{month}"}} {minutes:.3f}',
-        "# HELP forgeci_runner_retry_minutes_total Of those, minutes of attempts retried after an infrastructure "
-        "fault.",
+        "# HELP forgeci_runner_retry_minutes_total Of those, minutes of attempts retried after an infrastructure fault.",
         "# TYPE forgeci_runner_retry_minutes_total counter",
         f'forgeci_runner_retry_minutes_total{{month="{month}"}} {retry:.3f}',
         "# HELP forgeci_stored_bytes Bytes in the object store now, by kind.",

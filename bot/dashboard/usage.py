@@ -22,8 +22,8 @@ def daily_svg(days: list[dict[str, Any]]) -> Markup:
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
     top = _nice(max((d["minutes"] for d in days), default=0))
     slot = plot_w / max(1, len(days))
-    out = [f'<svg class="chart daily" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="Runner minutes per day" '
-           f'xmlns="http://www.w3.org/2000/svg">']
+    out = [(f'<svg class="chart daily" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+            f'aria-label="Runner minutes per day" xmlns="http://www.w3.org/2000/svg">')]
     for i in range(3):
         y = TOP + plot_h - plot_h * i / 2
         out.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - 8}" y1="{y:.1f}" y2="{y:.1f}"/>'

@@ -41,10 +41,10 @@ _TRIGGERS = (
 # Jobs and pipelines queued before the migration get their slug and user once, as it is applied.
 _USAGE_VERSION = next(i for i, script in enumerate(MIGRATIONS, start=1) if "CREATE TABLE usage" in script)
 _BACKFILL = (
-    "UPDATE jobs SET slug = forgeci_slug(repo), user = forgeci_user(event, meta) "
-    "WHERE state IN ('queued', 'running') AND slug IS NULL",
-    "UPDATE pipelines SET slug = forgeci_slug(repo), user = forgeci_user(event, json_extract(spec, '$.meta')) "
-    "WHERE state IN ('planning', 'queued', 'running') AND slug IS NULL",
+    ("UPDATE jobs SET slug = forgeci_slug(repo), user = forgeci_user(event, meta) "
+     "WHERE state IN ('queued', 'running') AND slug IS NULL"),
+    ("UPDATE pipelines SET slug = forgeci_slug(repo), user = forgeci_user(event, json_extract(spec, '$.meta')) "
+     "WHERE state IN ('planning', 'queued', 'running') AND slug IS NULL"),
 )
 
 

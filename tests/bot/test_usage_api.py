@@ -23,7 +23,13 @@ from config.settings import Settings
 from runner.models import JobSpec, JobState, PipelineState
 from runner.queue import Queue
 from tests.bot.api_helpers import api_client, runtime_of
-from tests.bot.test_pipeline_statuses import CONTEXT, TOKENS, by_context, forge_settings, push
+from tests.bot.test_pipeline_statuses import (
+    CONTEXT,
+    TOKENS,
+    by_context,
+    forge_settings,
+    push,
+)
 from tests.bot.webhook_helpers import ENV, FakeForge, fake_forge, open_client
 from tests.fake_engine import FakeEngine, Script
 from tests.runner.test_pipelines import finished
@@ -130,7 +136,7 @@ async def the_cli_prints_it(server: str, row: dict[str, Any]) -> None:
     cli = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "forgeci_cli", "usage", "--month", "12", "--server", server,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
-    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    _, err = await asyncio.wait_for(cli.communicate(), 60)
     assert cli.returncode == 2 and "month" in err.decode() and "Traceback" not in err.decode(), err
 
 
@@ -201,8 +207,8 @@ async def test_the_dashboard_page_draws_minutes_per_repository_a_daily_series_an
                           r'<span class="hbar-fill" style="width: ([0-9.]+)%', html)
         assert bars == [("acme/app", "100.00"), ("acme/web", "33.33"), ("o/x", "16.67")]
         assert html.count('class="bar ok day"') >= 1 and "Runner minutes per day" in html
-        assert re.search(r'data-match="acme/\*">.*?<span class="used">1 / 4</span>', html, re.S)
-        assert re.search(r'data-match="acme/\*">.*?<span class="used">40 / 3000</span>', html, re.S)
+        assert re.search(r'data-match="acme/\*">.*?<span class="used">1 / 4</span>', html, re.DOTALL)
+        assert re.search(r'data-match="acme/\*">.*?<span class="used">40 / 3000</span>', html, re.DOTALL)
         owners = await (await client.get("/dashboard/usage?by=owner")).text()
         assert 'data-key="acme"' in owners and 'data-key="o"' in owners
         assert (await client.get("/dashboard/usage?by=team")).status == 400

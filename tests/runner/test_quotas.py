@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,7 +163,7 @@ async def test_max_running_one_never_overlaps_while_another_repository_runs_besi
         assert "quota acme/*: 1 of 1 running" in reasons
         mine = sorted((j.started_at, j.finished_at) for j in map(rt.queue.get, first.job_ids))
         theirs = [(j.started_at, j.finished_at) for j in map(rt.queue.get, second.job_ids)]
-        assert all(a[1] <= b[0] for a, b in zip(mine, mine[1:])), mine  # one at a time
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(mine)), mine  # one at a time
         assert any(s < e2 and s2 < e for s, e in theirs for s2, e2 in mine), (mine, theirs)  # beside them
         assert sum(s < e2 and s2 < e for (s, e) in theirs for (s2, e2) in theirs if (s, e) != (s2, e2)) > 0
         usage = {r[0]: r for r in rt.queue.usage_rows(0, 1e12)}
