@@ -212,3 +212,21 @@ async def test_the_dashboard_page_draws_minutes_per_repository_a_daily_series_an
         owners = await (await client.get("/dashboard/usage?by=owner")).text()
         assert 'data-key="acme"' in owners and 'data-key="o"' in owners
         assert (await client.get("/dashboard/usage?by=team")).status == 400
+
+
+async def test_the_dashboard_s_retry_over_a_quota_says_so_and_records_nothing(settings: Settings) -> None:
+    from tests.bot.test_dashboard import csrf_of
+
+    quotas = (QuotaRule("acme/*", max_queued=1),)
+    async with api_client(dataclasses.replace(settings, quotas=quotas), workers=False) as client:
+        queue = runtime_of(client).queue
+        done = queue.create_pipeline(JobSpec(repo="https://h/acme/app.git", ref="main"))
+        queue.plan_failed(done, "cannot fetch the pipeline: gone", retry_in=None)
+        queue.create_pipeline(JobSpec(repo="https://h/acme/app.git", ref="main"))  # waiting: the quota is full
+        path = f"/dashboard/pipelines/{done}"
+        response = await client.post(f"{path}/retry", data={"csrf": await csrf_of(client, path)},
+                                     allow_redirects=False)
+        assert response.status == 429
+        text = await response.text()
+        assert "Quota exceeded" in text and "quota exceeded: 1 of 1 pipelines queued (acme/*)" in text
+        assert len(queue.list_pipelines()[0]) == 2
