@@ -236,7 +236,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "Run a finished job again as a new job",
             {"201": _json({"type": "object", "required": ["id", "retry_of"],
                            "properties": {"id": _JOB_ID, "retry_of": _JOB_ID}}, "the new job"),
-             **_errors(400, 401, 404, 409, 413, 415, 503)},
+             **_errors(400, 401, 404, 409, 413, 415, 429, 503)},
             security=_WRITE, operationId="retryJob",
             requestBody=_body({"id": _JOB_ID, "from_failed_step": {"type": "boolean"}}, ["id"]),
         )},

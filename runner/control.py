@@ -188,10 +188,15 @@ class JobControl:
         return state
 
     async def retry(self, job_id: int, *, from_failed_step: bool = False) -> int:
-        """A new job like a finished one (see retry_spec); returns its id."""
+        """A new job like a finished one (see retry_spec); returns its id. QuotaExceeded when a [[quotas]] rule
+        refuses new work of its repository (as it refuses a new pipeline)."""
 
         def enqueue() -> int:
-            return self.queue.enqueue(retry_spec(self.queue, job_id, from_failed_step=from_failed_step))
+            spec = retry_spec(self.queue, job_id, from_failed_step=from_failed_step)
+            refusal = self.queue.quota_refusal(repo_slug(spec.repo))
+            if refusal is not None:
+                raise QuotaExceeded(refusal)
+            return self.queue.enqueue(spec)
 
         new_id = await asyncio.to_thread(enqueue)
         self.publish(new_id, JobState.queued, retry_of=job_id)

@@ -172,6 +172,7 @@ async def test_a_month_s_minutes_used_up_refuse_webhook_and_api_pipelines_until_
         assert refused.status == 429
         assert await refused.json() == {"error": "quota exceeded", "detail": MESSAGE}
         assert (await client.post(f"/pipelines/{pipeline_id}/retry")).status == 429
+        assert (await client.post("/jobs/retry", json={"id": job_id})).status == 429  # a job's retry too
 
         clock.now = JAN  # a new calendar month
         again = await client.post(f"/pipelines/{pipeline_id}/retry")
@@ -230,3 +231,9 @@ async def test_the_dashboard_s_retry_over_a_quota_says_so_and_records_nothing(se
         text = await response.text()
         assert "Quota exceeded" in text and "quota exceeded: 1 of 1 pipelines queued (acme/*)" in text
         assert len(queue.list_pipelines()[0]) == 2
+        job_id = queue.enqueue(JobSpec(repo="https://h/acme/app.git", ref="main"))
+        queue.cancel(job_id)
+        page_path = f"/dashboard/jobs/{job_id}"
+        again = await client.post(f"{page_path}/retry", data={"csrf": await csrf_of(client, page_path)},
+                                  allow_redirects=False)
+        assert again.status == 429 and "1 of 1 pipelines queued" in await again.text()
