@@ -271,6 +271,7 @@ def client_command(args: argparse.Namespace) -> int:
     from client import commands
     from client import pipeline_commands as pipelines
     from client import schedules
+    from client import usage as client_usage
     from client.errors import TOKEN_ENV
 
     check_server(args.server)
@@ -292,6 +293,7 @@ def client_command(args: argparse.Namespace) -> int:
         "schedules": lambda c: schedules.schedules(c, args.run, args.json),
         "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download[0] if args.download else None,
                                                           (args.download or [])[1:]),
+        "usage": lambda c: client_usage.usage(c, args.by, args.month, args.csv),
     }[args.command]
     return commands.run(args.server, token, work)
 
@@ -440,6 +442,11 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("job", type=int)
     p.add_argument("--download", nargs="+", metavar=("DIR", "PATH"),
                    help="fetch the files into DIR: all of them, or only the PATHs (files, folders or globs)")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("usage", "the usage report: minutes, jobs, stored bytes and costs, and each quota's use", client_command)
+    p.add_argument("--by", choices=("owner", "repo", "user"), default="repo")
+    p.add_argument("--month", help="a calendar month, UTC, like 2026-12 (default: this month so far)")
+    p.add_argument("--csv", action="store_true", help="CSV, one line per owner, repository or user")
     p.add_argument("--server", default=None, help=SERVER_HELP)
 
 

@@ -25,6 +25,7 @@ from bot.pipelines_api import PIPELINE_ROUTES, with_wait_reasons
 from bot.inputs_api import INPUT_ROUTES
 from bot.schedules_api import SCHEDULE_ROUTES
 from config import inputs
+from bot.usage import USAGE_ROUTES
 from config.pipeline import pipeline_from_dict
 from runner.errors import JobNotFound
 from runner.events import Event, PipelineEvent
@@ -33,6 +34,7 @@ from runner.maintenance import prune
 from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
 from runner.runtime import Runtime
 from runner.services import declared_services, pending_service_log, service_log, service_log_names
+from runner.usage_report import usage_prometheus
 
 __all__ = ["ROUTES", "job_id_of", "read_json", "setup_api", "spec_from_body"]
 
@@ -57,7 +59,7 @@ def _string_map(value: object, key: str) -> dict[str, str]:
 
 def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
     """A JobSpec from a /jobs/submit body; every problem is a ConfigError (400)."""
-    _check_keys(body, ("repo", "ref"), ("sha", "steps", "env", "priority", "inputs"))
+    _check_keys(body, ("repo", "ref"), ("sha", "steps", "env", "priority", "inputs", "user"))
     pipeline = None
     if body.get("steps") is not None:
         pipeline = {"steps": body["steps"]}
@@ -67,8 +69,14 @@ def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
         raise _bad("priority", f"expected an integer {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority!r}")
     env = {} if body.get("env") is None else _string_map(body["env"], "env")
     given = inputs.given_inputs(body.get("inputs"))  # checked against the pipeline's [inputs] at planning
+    user = body.get("user")  # who asks (quotas' per_user_running, usage reports); one shared token: as good as that
+    if user is not None and not (isinstance(user, str) and 0 < len(user) <= 100):
+        raise _bad("user", f"expected a name of 1..100 characters, got {user!r}")
+    meta: dict[str, Any] = {inputs.META: inputs.to_meta(given)} if given else {}
+    if user:
+        meta["user"] = user
     return JobSpec(repo=body["repo"], ref=body["ref"], sha=body.get("sha"), event="manual", priority=priority,
-                   pipeline=pipeline, env=env, meta={inputs.META: inputs.to_meta(given)} if given else {})
+                   pipeline=pipeline, env=env, meta=meta)
 
 
 # -- views --------------------------------------------------------------------------------------------
@@ -300,7 +308,8 @@ async def metrics(request: web.Request) -> web.Response:
     result = await request.app[METRICS].get(runtime.queue, range_name, runtime.hub.dropped_lines)
     notify_text, notifications = await notification_metrics(request.app)
     if prometheus:
-        return web.Response(body=(result.to_prometheus() + notify_text).encode(),
+        usage = await asyncio.to_thread(usage_prometheus, runtime.queue)  # minutes, bytes, quotas: not by range
+        return web.Response(body=(result.to_prometheus() + notify_text + usage).encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
     return web.json_response({**result.to_dict(), "notifications": notifications})
 
@@ -359,6 +368,7 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     *PIPELINE_ROUTES,
     *SCHEDULE_ROUTES,
     *INPUT_ROUTES,
+    *USAGE_ROUTES,
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

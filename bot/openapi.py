@@ -21,6 +21,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {400: "bad input", 401: "missing or wrong API token", 404: "no such job, pipeline or entry",
             409: "the job or pipeline is in the wrong state", 413: "request body too large", 415: "body is not JSON",
+            429: "a [[quotas]] rule refuses a new pipeline (max_queued, minutes_per_month): `detail` names it",
             503: "the queue database or the store is unavailable"}
     return {str(status): _json(_ERROR, text[status]) for status in statuses}
 
@@ -164,7 +165,7 @@ def _pipeline_paths() -> dict[str, Any]:
             {"201": _json({"$ref": "#/components/schemas/PipelineRetried"}, "the pipeline and the jobs queued"),
              "202": _json({"$ref": "#/components/schemas/PipelineRetried"},
                           "a new pipeline whose fetch failed: planning goes on in the background"),
-             **_errors(400, 401, 404, 409, 413, 415, 503)},
+             **_errors(400, 401, 404, 409, 413, 415, 429, 503)},
             security=_WRITE, operationId="retryPipeline", parameters=path_id,
             requestBody={"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"failed_only": {"type": "boolean"}},
@@ -186,7 +187,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                           "planned: its jobs; `id` is the first (a one-job pipeline's only) job"),
              "202": _json({"$ref": "#/components/schemas/Planning"},
                           "its fetch failed or took too long: planning goes on in the background"),
-             **_errors(400, 401, 413, 415, 503)},
+             **_errors(400, 401, 413, 415, 429, 503)},
             security=_WRITE, operationId="submitJob",
             requestBody=_body({
                 "repo": {"type": "string", "minLength": 1, "description": "clone URL or a path on the server"},
@@ -199,6 +200,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "inputs": {"type": ["object", "null"], "additionalProperties": {"type": "string"},
                            "description": "a manual run's inputs, checked against the pipeline's [inputs]; jobs see "
                                           "INPUT_<KEY>"},
+                "user": {"type": ["string", "null"], "minLength": 1, "maxLength": 100,
+                         "description": "who triggers it (quotas' per_user_running, usage by user); default `api`"},
             }, ["repo", "ref"]),
         )},
         "/jobs/status": {"get": _op(
@@ -237,7 +240,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "Run a finished job again as a new job",
             {"201": _json({"type": "object", "required": ["id", "retry_of"],
                            "properties": {"id": _JOB_ID, "retry_of": _JOB_ID}}, "the new job"),
-             **_errors(400, 401, 404, 409, 413, 415, 503)},
+             **_errors(400, 401, 404, 409, 413, 415, 429, 503)},
             security=_WRITE, operationId="retryJob",
             requestBody=_body({"id": _JOB_ID, "from_failed_step": {"type": "boolean"}}, ["id"]),
         )},
@@ -336,10 +339,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                      operationId="openapi")},
     }
     paths.update(artifact_paths())
-    paths.update(badge_paths())
-    from bot.openapi_triggers import trigger_paths  # it builds on this module's helpers
+    from bot.openapi_reports import badge_paths, usage_paths  # they build on this module's helpers
+    from bot.openapi_triggers import trigger_paths
 
+    paths.update(badge_paths())
     paths.update(trigger_paths())
+    paths.update(usage_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
                   "properties": {"error": {"type": "string"}, "detail": {}}},
@@ -464,18 +469,3 @@ def artifact_paths() -> dict[str, Any]:
             {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "the file's path in the artifact"}]),
     }
-
-
-
-def badge_paths() -> dict[str, Any]:
-    """The status badge (bot/notify/badge.py)."""
-    svg = {"description": "the badge", "headers": {"ETag": {"schema": {"type": "string"}},
-                                                 "Cache-Control": {"schema": {"type": "string"}}},
-           "content": {"image/svg+xml": {"schema": {"type": "string"}}}}
-    path = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": about}
-            for name, about in (("owner", "the repository's owner"), ("name", "the repository's name"))]
-    return {"/badge/{owner}/{name}.svg": {"get": _op(
-        "An SVG badge of the newest pipeline's state on a branch (passing, failing, running...)",
-        {"200": svg, "304": {"description": "not modified (If-None-Match)"}, **_errors(401, 404, 503)},
-        security=_READ, operationId="badge",
-        parameters=[*path, _query("branch", {"type": "string"}, "the branch (any branch when absent)")])}}

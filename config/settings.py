@@ -13,6 +13,7 @@ from config.artifacts import LINK_LIFETIME, SIZE
 from config.errors import ConfigError
 from config.notify import NOTIFY, NOTIFY_DOC, NotifyTarget
 from config.schedules import SCHEDULES, SCHEDULES_DOC, ScheduleSpec
+from config.quotas import QUOTAS, CostSettings, QuotaRule
 from config.schema import (
     BOOL,
     DURATION,
@@ -229,6 +230,10 @@ class Settings:
     gitlab: GitLabSettings = option(section(GitLabSettings), GitLabSettings.__doc__ or "", factory=GitLabSettings)
     notify: tuple[NotifyTarget, ...] = option(NOTIFY, NOTIFY_DOC, (), shown="`[]`")
     schedules: tuple[ScheduleSpec, ...] = option(SCHEDULES, SCHEDULES_DOC, ())
+    quotas: tuple[QuotaRule, ...] = option(
+        QUOTAS, "[[quotas]]: limits per owner/repository; the first rule whose `match` fits a repository applies", (),
+        shown="none")
+    costs: CostSettings = option(section(CostSettings), CostSettings.__doc__ or "", factory=CostSettings)
 
     @classmethod
     def default(cls) -> Settings:

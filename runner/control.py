@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runner.committer import DeliveryCommitter
-from runner.errors import InvalidTransition, QueueError
+from runner.errors import InvalidTransition, QueueError, QuotaExceeded
 from runner.events import EventBus, JobEvent, PipelineEvent
 from runner.models import Job, JobSpec, JobState, Outcome, PipelineRecord, PipelineState, StepResult
 from runner.planner import PlanResult, Planner
 from runner.queue import Delivery, Queue, Settlement
+from runner.queue.usage import repo_slug
 from runner.retry import RESUMABLE, RESUME_FROM, RESUME_STEP, RETRY_OF
 
 PLAN_TIMEOUT = 60.0  # seconds POST /jobs/submit waits for its pipeline's plan (a fetch) before answering
@@ -93,7 +94,11 @@ class JobControl:
 
     async def submit_pipeline(self, spec: JobSpec, *, timeout: float = PLAN_TIMEOUT) -> Submitted:
         """A pipeline for `spec`, planned before this returns (bounded by `timeout`; an inline pipeline needs no
-        fetch). Its jobs are empty when planning must wait: the coordinator's planner goes on with it."""
+        fetch). Its jobs are empty when planning must wait: the coordinator's planner goes on with it. QuotaExceeded
+        (nothing recorded) when a [[quotas]] rule refuses it."""
+        refusal = await asyncio.to_thread(self.queue.quota_refusal, repo_slug(spec.repo))
+        if refusal is not None:
+            raise QuotaExceeded(refusal)
         pipeline_id = await asyncio.to_thread(self.queue.create_pipeline, spec)
         self.publish_pipeline(pipeline_id, PipelineState.planning)
         job_ids: tuple[int, ...] = ()
@@ -187,10 +192,15 @@ class JobControl:
         return state
 
     async def retry(self, job_id: int, *, from_failed_step: bool = False) -> int:
-        """A new job like a finished one (see retry_spec); returns its id."""
+        """A new job like a finished one (see retry_spec); returns its id. QuotaExceeded when a [[quotas]] rule
+        refuses new work of its repository (as it refuses a new pipeline)."""
 
         def enqueue() -> int:
-            return self.queue.enqueue(retry_spec(self.queue, job_id, from_failed_step=from_failed_step))
+            spec = retry_spec(self.queue, job_id, from_failed_step=from_failed_step)
+            refusal = self.queue.quota_refusal(repo_slug(spec.repo))
+            if refusal is not None:
+                raise QuotaExceeded(refusal)
+            return self.queue.enqueue(spec)
 
         new_id = await asyncio.to_thread(enqueue)
         self.publish(new_id, JobState.queued, retry_of=job_id)

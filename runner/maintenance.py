@@ -19,6 +19,7 @@ from runner.image_build import ImageBuilder
 from runner.podman_user import PodmanUser
 from runner.layout import DataLayout
 from runner.queue import Queue
+from runner.queue.usage import usage_cutoff
 from runner.store import FileStore, ObjectStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
     _guard(errors, lambda: parts.queue.delete_metrics_before(now - max(retention.job_days, METRICS_DAYS) * DAY), 0)
     _guard(errors, lambda: parts.queue.delete_cache_results_before(now - max(retention.job_days, METRICS_DAYS) * DAY),
            0)
+    _guard(errors, lambda: parts.queue.prune_usage(usage_cutoff(now)), 0)  # usage: 13 whole months and this one
 
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
     images = _prune_images(parts, now, errors)

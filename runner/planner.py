@@ -23,6 +23,7 @@ from runner.job_rules import PIPELINE_FILE
 from runner.models import PipelineRecord
 from runner.plan_filters import changes_for, run_inputs, skip_reasons
 from runner.queue import PlannedJobRow, Queue, Settlement
+from runner.queue.usage import repo_slug
 from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,11 @@ class Planner:
         return result
 
     async def _attempt(self, record: PipelineRecord) -> PlanResult | None:
+        refusal = await asyncio.to_thread(self.queue.quota_refusal, repo_slug(record.repo), record.id)
+        if refusal is not None:  # a webhook's pipeline over a quota ends `error`, its commit status says why
+            log.info("pipeline %d refused: %s", record.id, refusal)
+            await asyncio.to_thread(self.queue.plan_failed, record.id, refusal, retry_in=None)
+            return None
         try:
             sha, pipeline = await self._read(record)
         except WorkspaceError as exc:

@@ -168,6 +168,7 @@ async def _assembled(
     settings: Settings, environ: Mapping[str, str], layout: DataLayout, engine: Engine,
 ) -> AsyncIterator[Runtime]:
     queue = Queue(layout.db, max_concurrent=settings.queue.max_concurrent, max_retries=settings.queue.max_retries)
+    queue.set_quotas(settings.quotas)  # read at claim time: a changed setting applies from the next start
     # No request to the store here: a store that is down must not stop forgeci (jobs run without caches).
     store = open_store(settings, environ)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.dashboard import pipelines, schedules, submit, views
+from bot.dashboard import pipelines, schedules, submit, usage, views
 
 
 def setup_dashboard(app: web.Application) -> None:
@@ -13,6 +13,7 @@ def setup_dashboard(app: web.Application) -> None:
     pipelines.add_routes(app.router)
     schedules.add_routes(app.router)
     submit.add_routes(app.router)
+    usage.add_routes(app.router)
 
 
 __all__ = ["setup_dashboard"]

@@ -21,7 +21,7 @@ from bot.keys import AUTH, METRICS, RUNTIME
 from bot.metrics import RANGES, Metrics, parse_range
 from config.durations import format_duration
 from config.errors import ConfigError
-from runner.errors import InvalidTransition, JobNotFound
+from runner.errors import InvalidTransition, JobNotFound, QuotaExceeded
 from runner.logs import read_log
 from runner.services import service_log, service_log_names
 from runner.models import Job
@@ -359,6 +359,8 @@ async def retry_action(request: web.Request) -> web.Response:
         return _not_found(request, job_id)
     except InvalidTransition as exc:
         return page(request, "error.html", checked, status=409, title="Cannot retry", message=str(exc))
+    except QuotaExceeded as exc:
+        return page(request, "error.html", checked, status=429, title="Quota exceeded", message=str(exc))
     return redirect(f"/dashboard/jobs/{new_id}")
 
 

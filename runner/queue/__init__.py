@@ -12,17 +12,19 @@ from runner.queue.metrics import MetricQueries
 from runner.queue.outbox import Notification, OutboxQueries
 from runner.queue.pipelines import JobSummary, PipelineStats, PlannedJobRow, Settlement
 from runner.queue.schedules import Fired, ScheduleQueries, ScheduleRow
+from runner.queue.quotas import QuotaQueries, QuotaUse
 from runner.queue.schema import MIGRATIONS
+from runner.queue.usage import UsageQueries, UsageRow
 
 __all__ = [
     "ArtifactFile", "ArtifactRecord", "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY",
     "Delivery", "Fired", "JobSummary", "NewDelivery", "Notification", "Order", "PipelineStats", "PlannedJobRow",
-    "Queue", "ScheduleRow", "Settlement",
+    "Queue", "QuotaUse", "ScheduleRow", "Settlement", "UsageRow",
 ]
 
 
-class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries, ScheduleQueries,
-            CacheResultQueries):
+class Queue(QuotaQueries, JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries,
+            ScheduleQueries, CacheResultQueries, UsageQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

@@ -251,6 +251,30 @@ MIGRATIONS: tuple[str, ...] = (
         FROM job_metrics WHERE cache_hit IS NOT NULL;
     CREATE INDEX cache_repo_lru ON cache_entries (repo, last_used);
     """,
+    # quotas and usage (runner/queue/quotas.py, runner/queue/usage.py): the repository's `owner/repo` slug and
+    # the triggering user, written at enqueue (temporary triggers of each connection call the one slug parser,
+    # runner.repos); one usage row per attempt, kept 13 months (job_metrics: 8 days, last attempt only).
+    """
+    ALTER TABLE jobs ADD COLUMN slug TEXT;
+    ALTER TABLE jobs ADD COLUMN user TEXT;
+    ALTER TABLE pipelines ADD COLUMN slug TEXT;
+    ALTER TABLE pipelines ADD COLUMN user TEXT;
+    CREATE TABLE usage (
+        id          INTEGER PRIMARY KEY,
+        job_id      INTEGER NOT NULL,             -- not a reference: usage outlives the job's row
+        attempt     INTEGER NOT NULL,
+        pipeline_id INTEGER,
+        slug        TEXT    NOT NULL,
+        user        TEXT,
+        runner      TEXT,                          -- the runner (embedded worker or agent) that ran the attempt
+        state       TEXT    NOT NULL,              -- the job's state after the attempt; queued: retried
+        started_at  REAL    NOT NULL,
+        ended_at    REAL    NOT NULL,
+        seconds     REAL    NOT NULL,
+        infra_retry INTEGER NOT NULL DEFAULT 0     -- the attempt ended in an infrastructure fault and was retried
+    );
+    CREATE INDEX usage_ended ON usage (ended_at);
+    """,
 )
 
 

@@ -96,6 +96,7 @@ class FakeApi(FakePipelines):
         self.pipelines_missing = False  # a server from before the pipelines API
         self.now = NOW
         self.declared: dict[str, dict[str, Any]] = {}  # repo -> the inputs its pipeline declares (GET /inputs)
+        self.quotas: list[dict[str, Any]] | None = None  # GET /quotas answers these; None: 404 (no such route)
         router.route(host="forgeci.test").mock(side_effect=self.handle)
 
     # -- what the test does ---------------------------------------------------------------------------
@@ -191,6 +192,8 @@ class FakeApi(FakePipelines):
                                              "inputs": self.declared.get(query.get("repo", ""), {})})
         if path == "/pipelines" or path.startswith("/pipelines/"):
             return self.handle_pipelines(method, path, query, body)
+        if method == "GET" and path == "/quotas" and self.quotas is not None:
+            return httpx.Response(200, json={"quotas": self.quotas})
         if method == "GET" and path == "/metrics":
             return httpx.Response(200, json=metrics_body(query.get("range", "day"), len(self.jobs)))
         if method == "GET" and path == "/cache/stats" and not self.cache_stats_missing:

@@ -118,6 +118,11 @@ def seed_job_caches(conn: sqlite3.Connection) -> None:
                  " 'acme/app/main/abc', 1234, 0.5, 'saved', 999, 0.25, 1105.0)")
 
 
+def seed_usage(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO usage (job_id, attempt, pipeline_id, slug, user, runner, state, started_at, ended_at,"
+                 " seconds, infra_retry) VALUES (10, 1, 7, 'acme/app', 'ada', 'r1', 'success', 1101.0, 1110.0, 9.0, 0)")
+
+
 def version_of(table: str) -> int:
     """The schema version that creates `table` (migrations may be reordered when branches merge)."""
     return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if f"CREATE TABLE {table} " in script)
@@ -125,7 +130,7 @@ def version_of(table: str) -> int:
 
 SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6,
                           version_of("notifications"): seed_notifications, version_of("schedules"): seed_schedules,
-                          version_of("job_caches"): seed_job_caches}
+                          version_of("job_caches"): seed_job_caches, version_of("usage"): seed_usage}
 
 
 def build(path: Path, version: int) -> None:
