@@ -22,10 +22,11 @@ from bot.agent_logs import AgentLogs, parse_line
 from bot.agent_transport import Network, Transport, parse_proxies
 from bot.errors import HTTPError
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
-from bot.parse import check_keys, read_json
+from bot.parse import MAX_ID, check_keys, read_json
 from runner.agent.wire import API, ARG_DECODERS, INDEX_OPS, MAX_BATCH, MAX_WAIT, job_to_dict, outcome_from_dict, \
     step_from_dict
 from runner.environment import Secrets
+from runner.errors import InvalidTransition
 from runner.events import JobEvent
 from runner.models import Job, JobState
 from runner.queue.agents import AGENT_PREFIX, check_name, lease_runner_id
@@ -113,6 +114,7 @@ async def claim(request: web.Request) -> web.Response:
         runner_id = lease_runner_id(name, label, random.token_hex(8))
         job = await runtime.control.claim(runner_id, state.lease_seconds)
         if job is not None:
+            await runtime.control.begin_attempt(job.id)
             return web.json_response(_handout(request, state, job, runner_id))
         left = deadline - time.monotonic()
         if left <= 0:
@@ -136,16 +138,19 @@ def _handout(request: web.Request, state: AgentState, job: Job, runner_id: str) 
             "log_base": state.logs.last(job.id)}
 
 
+def _job_id(request: web.Request) -> int:
+    text = request.match_info["job"]
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ID:
+        raise HTTPError(404, "no such job", f"job {text!r}")
+    return int(text)
+
+
 async def _leased(request: web.Request, body: dict[str, Any]) -> tuple[Job, str]:
     """The job of the URL, still running under the body's lease; 404, or 409 when the lease is not its own."""
-    await agent_name(request)
     lease = body.get("lease")
     if not isinstance(lease, str) or not lease.startswith(AGENT_PREFIX):
         raise HTTPError(400, "bad lease", "lease: the id the claim answered")
-    try:
-        job_id = int(request.match_info["job"])
-    except ValueError:
-        raise HTTPError(404, "no such job") from None
+    job_id = _job_id(request)
     job = await asyncio.to_thread(_runtime(request).queue.get, job_id)
     if job.runner_id != lease or job.state is not JobState.running:
         raise HTTPError(409, "lease lost", f"job {job_id} is {job.state} under another lease: stop it")
@@ -153,6 +158,7 @@ async def _leased(request: web.Request, body: dict[str, Any]) -> tuple[Job, str]
 
 
 async def heartbeat(request: web.Request) -> web.Response:
+    await agent_name(request)
     body = await read_json(request)
     check_keys(body, ("lease",))
     job, lease = await _leased(request, body)
@@ -165,6 +171,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 async def log_lines(request: web.Request) -> web.Response:
     """A batch of numbered lines; what the log has already is skipped, so a resend is harmless."""
+    await agent_name(request)
     body = await read_json(request)
     check_keys(body, ("lease", "lines"))
     job, _ = await _leased(request, body)
@@ -177,6 +184,7 @@ async def log_lines(request: web.Request) -> web.Response:
 
 async def step(request: web.Request) -> web.Response:
     """A step started or finished, or the commit the job checked out (idempotent: each sets a row)."""
+    await agent_name(request)
     body = await read_json(request)
     check_keys(body, ("lease", "event"), ("index", "name", "total", "result", "sha"))
     job, _ = await _leased(request, body)
@@ -185,7 +193,10 @@ async def step(request: web.Request) -> web.Response:
         if body["event"] == "started":
             control.step_started(job, int(body["index"]), str(body["name"]), int(body["total"]))
         elif body["event"] == "finished":
-            control.step_finished(job, step_from_dict(body["result"]), int(body["total"]))
+            try:
+                control.step_finished(job, step_from_dict(body["result"]), int(body["total"]))
+            except InvalidTransition:  # a resend: the step is recorded as finished already
+                pass
         elif body["event"] == "sha":
             control.checked_out(job, str(body["sha"]))
         else:
@@ -197,14 +208,11 @@ async def step(request: web.Request) -> web.Response:
 
 async def result(request: web.Request) -> web.Response:
     """How the attempt ended; a resend of a recorded result answers what was recorded."""
+    await agent_name(request)
     body = await read_json(request)
     check_keys(body, ("lease", "outcome"), ("requeue",))
-    await agent_name(request)
     runtime = _runtime(request)
-    try:
-        job_id = int(request.match_info["job"])
-    except ValueError:
-        raise HTTPError(404, "no such job") from None
+    job_id = _job_id(request)
     job = await asyncio.to_thread(runtime.queue.get, job_id)
     if job.runner_id == body["lease"] and job.state.is_terminal:
         return web.json_response({"state": str(job.state)})

@@ -70,6 +70,7 @@ class Agent:
         self._engine = engine
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event, str]] = {}
         self._slot = asyncio.Event()
+        self._stop = asyncio.Event()
         self._stopping = False
         self.executor: Executor | None = None
 
@@ -97,6 +98,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stopping = True
+        self._stop.set()
         self._slot.set()
 
     def _executor(self, engine: Engine, store: Any) -> Executor:
@@ -129,9 +131,17 @@ class Agent:
                 self._slot.clear()
                 await self._slot.wait()
                 continue
+            claiming = asyncio.ensure_future(self.client.claim(
+                self.label, fresh=fresh, running=[lease for _, _, lease in self._running.values()]))
+            stopped = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({claiming, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not claiming.done():  # stop() during the long poll: a job claimed just now expires, requeued
+                claiming.cancel()
+                await asyncio.gather(claiming, return_exceptions=True)
+                continue
             try:
-                data = await self.client.claim(self.label, fresh=fresh,
-                                               running=[lease for _, _, lease in self._running.values()])
+                data = claiming.result()
             except TokenRefused as exc:
                 log.error("the coordinator refused this agent's token: %s", exc)
                 return 2
