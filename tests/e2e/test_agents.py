@@ -121,7 +121,8 @@ def test_kill_9_of_an_agent_reruns_its_job_on_the_other(cluster: Cluster, make_r
     assert "lease expired" in (cluster.output("server") + str(job)) or job["attempts"] == 2
     # Back, the killed agent reaps what it left: its job container and workspace.
     cluster.start_agent("one")
-    wait_until(lambda: "removing leftover container" in cluster.output("one"), 120, "agent one's reap")
+    wait_until(lambda: "removed leftover workspaces of jobs" in cluster.output("one"), 120, "agent one's reap")
+    assert "removing leftover container" in cluster.output("one")
     assert not list((cluster.base / "one" / "workspaces").glob("[0-9]*"))
 
 
