@@ -93,11 +93,11 @@ class Runtime:
 async def expiry_loop(control: JobControl, lease_seconds: float) -> None:
     """The coordinator's own lease expiry (agents' jobs too, and with `runner.embedded = false`)."""
     while True:
-        await asyncio.sleep(max(0.5, min(5.0, lease_seconds / 3)))
         try:
             await control.expire_leases()
         except QueueError as exc:
             log.error("queue error while expiring leases: %s", exc)
+        await asyncio.sleep(max(0.5, min(5.0, lease_seconds / 3)))
 
 
 class DataDirLock:

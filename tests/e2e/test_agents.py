@@ -151,3 +151,45 @@ def test_revoking_a_token_refuses_the_agent_and_requeues_its_job(cluster: Cluste
                             "Authorization: Bearer nope", f"{cluster.url}/agent/v1/claim"],
                            capture_output=True, text=True, timeout=30)
     assert wrong.stdout == "401"
+
+
+TICKS = '''
+snapshot = "never"
+[jobs.left]
+[[jobs.left.steps]]
+name = "ticks"
+run = "for i in $(seq 1 16); do echo left $i; sleep 1; done"
+[jobs.right]
+[[jobs.right.steps]]
+name = "ticks"
+run = "for i in $(seq 1 16); do echo right $i; sleep 1; done"
+'''
+
+
+def test_kill_9_of_the_coordinator_and_a_restart_within_the_grace_loses_and_duplicates_nothing(
+        cluster: Cluster, make_repo: MakeRepo) -> None:
+    repo, sha = make_repo({".forgeci.toml": TICKS})
+    cluster.start_server()
+    cluster.start_agent("one")
+    cluster.start_agent("two")
+    pipeline_id = cluster.submit(repo, sha)
+    jobs = {job["name"]: job["id"] for job in cluster.pipeline(pipeline_id)["jobs"]}
+    for name, job_id in jobs.items():
+        wait_until(lambda: any(line["x"] == f"{name} 3" for line in _log(cluster, job_id)), 120, f"{name}'s ticks")
+    assert cluster.server is not None
+    cluster.kill9(cluster.server)
+    down = time.monotonic()
+    time.sleep(cluster.lease + 2)  # longer than a lease: only the start-up grace keeps the jobs theirs
+    cluster.start_server()
+    print(f"\ncoordinator down for {time.monotonic() - down:.1f}s (lease {cluster.lease}s)")
+    record = cluster.wait_pipeline(pipeline_id)
+    assert record["state"] == "success", record
+    for name, job_id in jobs.items():
+        job = cluster.job(job_id)
+        assert job["state"] == "success" and job["attempts"] == 1, job
+        assert [step["state"] for step in job["steps"]] == ["success"], job
+        lines = cluster.log(job_id)
+        assert [line["n"] for line in lines] == list(range(1, len(lines) + 1)), lines
+        ticks = [line["x"] for line in lines if line["o"] == "stdout"]
+        assert ticks == [f"{name} {i}" for i in range(1, 17)], ticks
+    assert {agent_of(cluster.job(job_id)) for job_id in jobs.values()} == {"one", "two"}
