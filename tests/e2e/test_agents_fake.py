@@ -204,3 +204,33 @@ async def test_secrets_reach_a_loopback_agent(base: Settings, tmp_path: Path, ma
         assert rt.queue.get(job_id).state is JobState.success
         text = [line.text for line in read_log(rt.layout.log_file(job_id))]
         assert "key=***" in text, text  # received (the fake expands it) and masked by the agent
+
+
+@pytest.mark.parametrize(("proxies", "proto", "handed"), [
+    ((), None, True),  # loopback
+    (("127.0.0.1",), "https", True),  # a trusted proxy that terminated TLS
+    (("127.0.0.1",), "http", False),  # a trusted proxy whose client used plain http
+])
+async def test_secrets_are_handed_only_over_https_or_loopback(
+        base: Settings, proxies: tuple[str, ...], proto: str | None, handed: bool) -> None:
+    settings = dataclasses.replace(base, secrets={"DEPLOY": SecretSpec(env="DEPLOY_KEY")},
+                                   server=dataclasses.replace(base.server, trusted_proxies=proxies))
+    async with coordinator(settings, {"DEPLOY_KEY": "hunter2-value"}) as server:
+        rt = runtime(server)
+        token = rt.queue.create_agent_token("solo")
+        pipeline = {"secrets": ["DEPLOY"], "steps": [{"name": "s", "run": "true"}]}
+        job_id = await rt.control.submit(JobSpec(repo="https://git.example.test/acme/app.git", ref="main",
+                                                 pipeline=pipeline))
+        headers = {"Authorization": f"Bearer {token}", **({"X-Forwarded-Proto": proto} if proto else {})}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(str(server.make_url(f"{API}/claim")), json={"wait": 5}) as r:
+                assert r.status == 200
+                data = await r.json()
+        assert data["job"]["id"] == job_id
+        assert data["secrets"]["values"] == ({"DEPLOY": "hunter2-value"} if handed else {})
+        assert set(data["secrets"]["specs"]) == {"DEPLOY"}
+        text = [line.text for line in read_log(rt.layout.log_file(job_id))]
+        withheld = [t for t in text if t.startswith("secrets withheld (DEPLOY)")]
+        assert bool(withheld) is not handed, text
+        if withheld:
+            assert "plain http from 127.0.0.1" in withheld[0] and data["log_base"] == 1
