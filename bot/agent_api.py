@@ -272,10 +272,16 @@ def setup_agent_api(app: web.Application) -> None:
                                  Secrets.resolve(app[SETTINGS], app[ENVIRON]), proxies,
                                  float(app[SETTINGS].queue.lease_seconds), wake)
 
+        logs = app[AGENTS].logs
+
         async def follow() -> None:
             async for event in runtime.events.subscribe():
-                if isinstance(event, JobEvent) and event.state == "queued":
+                if not isinstance(event, JobEvent):
+                    continue
+                if event.state == "queued":  # enqueued, requeued, or its needs are done ("ready")
                     wake.set()
+                if event.kind == "state" and event.state != "running":  # no agent writes its log now
+                    logs.finish(event.job_id, only_begun=True)
 
         task = asyncio.create_task(follow(), name="forgeci-agent-wake")
         yield

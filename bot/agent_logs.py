@@ -34,6 +34,7 @@ class AgentLogs:
         self.hub = hub
         self._path_of = path_of  # job id -> its log file
         self._last: dict[int, int] = {}
+        self._begun: set[int] = set()  # jobs whose log an agent writes now
 
     def last(self, job_id: int) -> int:
         if job_id not in self._last:
@@ -77,8 +78,13 @@ class AgentLogs:
 
     def begin(self, job_id: int) -> None:
         self._last.pop(job_id, None)  # re-read: a server-side attempt may have written meanwhile
+        self._begun.add(job_id)
         self.hub.begin(job_id)
 
-    def finish(self, job_id: int) -> None:
+    def finish(self, job_id: int, *, only_begun: bool = False) -> None:
+        """The agent's attempt is over: followers of the log end once the job is terminal."""
+        if only_begun and job_id not in self._begun:
+            return
+        self._begun.discard(job_id)
         self._last.pop(job_id, None)
         self.hub.finish(job_id)

@@ -19,6 +19,7 @@ from runner.logs import LogLine
 from runner.models import Job, Outcome, StepResult
 
 log = logging.getLogger(__name__)
+HEARTBEAT_MAX = 5.0  # seconds between heartbeats at most: a cancel reaches the job within this
 BATCH_BYTES = 512 * 1024  # of line text in one log call (the API takes bodies up to 1 MiB)
 
 
@@ -130,8 +131,9 @@ class JobChannel:
                 self._outbox.popleft()
 
     async def _beat(self) -> None:
-        """Every third of the lease: extend it; a cancel the coordinator reports stops the job."""
-        every = max(0.5, self.lease_seconds / 3)
+        """Every third of the lease (at least every 5 s: the answer carries a cancel): extend it; a cancel the
+        coordinator reports stops the job."""
+        every = max(0.5, min(HEARTBEAT_MAX, self.lease_seconds / 3))
         while self.lost is None:
             await asyncio.sleep(every)
             try:

@@ -234,3 +234,27 @@ async def test_secrets_are_handed_only_over_https_or_loopback(
         assert bool(withheld) is not handed, text
         if withheld:
             assert "plain http from 127.0.0.1" in withheld[0] and data["log_base"] == 1
+
+
+async def test_a_cancel_reaches_the_job_on_its_agent(base: Settings, tmp_path: Path, make_local_repo: MakeRepo) -> None:
+    repo, sha = make_local_repo({".forgeci.toml": '[[steps]]\nname = "s"\nrun = "forever"\n'})
+    engine = FakeEngine()
+    engine.on("forever", Script(lines=["started"], hang=True))
+    async with coordinator(base) as server:
+        rt = runtime(server)
+        token = rt.queue.create_agent_token("solo")
+        async with agent(agent_settings(base, tmp_path, "a1"), server, token, "a1", engine):
+            job_id = await rt.control.submit(JobSpec(repo=str(repo), ref="main", sha=sha))
+            await wait_for(lambda: any(line.text == "started" for line in read_log(rt.layout.log_file(job_id))))
+            follower = asyncio.create_task(_lines(rt, job_id))
+            assert await rt.control.cancel(job_id) is JobState.running
+            await wait_for(lambda: rt.queue.get(job_id).state.is_terminal)
+            assert rt.queue.get(job_id).state is JobState.cancelled
+            texts = await asyncio.wait_for(follower, 30)  # the live follower ends with the job
+            assert "started" in texts
+        assert not engine.containers
+
+
+async def _lines(rt: Runtime, job_id: int) -> list[str]:
+    return [line.text async for line in rt.hub.follow(job_id, rt.layout.log_file(job_id),
+                                                      done=lambda: rt.queue.get(job_id).state.is_terminal)]

@@ -93,7 +93,15 @@ def seed_v5(conn: sqlite3.Connection) -> None:
                  " VALUES ('gitea', 'd-2', '[10, 11]', 1100.0, '[7]')")
 
 
-SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5}
+def seed_v6(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO artifacts (id, job_id, pipeline_id, job, display, repo, scope, paths, object, size,"
+                 " raw_size, checksum, file_count, total_size, error, created_at, expires_at) VALUES (1, 10, 7,"
+                 " 'build', 'build (py3.11)', 'acme/app', 'feature', '[\"dist/**\"]', 'artifacts/10.tar.zst', 120,"
+                 " 300, 'abc', 1, 42, NULL, 1110.0, 9e9)")
+    conn.execute("INSERT INTO artifact_files (artifact_id, path, size, sha256) VALUES (1, 'dist/app', 42, 'def')")
+
+
+SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6}
 
 
 def build(path: Path, version: int) -> None:
