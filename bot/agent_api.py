@@ -231,7 +231,7 @@ async def result(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     """The coordinator's cache, snapshot and artifact indexes, for the agent's store work."""
-    await agent_name(request)
+    name = await agent_name(request)
     body = await read_json(request)
     check_keys(body, ("op", "args"))
     op = INDEX_OPS.get(str(body["op"]))
@@ -244,9 +244,25 @@ async def index(request: web.Request) -> web.Response:
                   for n in names}
     except (KeyError, TypeError, ValueError) as exc:
         raise HTTPError(400, "bad index arguments", str(exc)) from None
+    if str(body["op"]) in JOB_WRITES:
+        await _own_job(request, name, values)
     method = getattr(_runtime(request).queue, str(body["op"]))
     value = await asyncio.to_thread(method, **values)
     return web.json_response({"result": encode(value)})
+
+
+# Index writes about one job: only for a job the calling agent runs now.
+JOB_WRITES = frozenset({"set_cache_hit", "put_snapshot", "delete_snapshot", "put_artifact", "forget_job_artifacts"})
+
+
+async def _own_job(request: web.Request, name: str, values: dict[str, Any]) -> None:
+    record = values.get("record")
+    job_id = values.get("job_id") if record is None else getattr(record, "job_id", None)
+    if not isinstance(job_id, int):
+        raise HTTPError(400, "bad index arguments", "a job id")
+    job = await asyncio.to_thread(_runtime(request).queue.get, job_id)
+    if job.state is not JobState.running or not (job.runner_id or "").startswith(f"{AGENT_PREFIX}{name}:"):
+        raise HTTPError(409, "lease lost", f"job {job_id} is not running on agent {name}")
 
 
 ROUTES = (
@@ -268,8 +284,8 @@ def setup_agent_api(app: web.Application) -> None:
     async def agents_ctx(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]
         wake = asyncio.Event()
-        app[AGENTS] = AgentState(AgentLogs(runtime.hub, runtime.layout.log_file),
-                                 Secrets.resolve(app[SETTINGS], app[ENVIRON]), proxies,
+        secrets = Secrets.resolve(app[SETTINGS], app[ENVIRON])
+        app[AGENTS] = AgentState(AgentLogs(runtime.hub, runtime.layout.log_file, secrets.masker()), secrets, proxies,
                                  float(app[SETTINGS].queue.lease_seconds), wake)
 
         logs = app[AGENTS].logs

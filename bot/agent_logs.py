@@ -8,13 +8,14 @@ coordinator that restarts (or is killed) knows where it was.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from bot.errors import HTTPError
-from runner.logs import STREAMS, LogHub, LogLine, read_log
+from runner.logs import STREAMS, LogHub, LogLine, Masker, read_log
 
 
 def parse_line(data: Any) -> LogLine:
@@ -30,8 +31,9 @@ def parse_line(data: Any) -> LogLine:
 class AgentLogs:
     """Appends agents' lines to the jobs' log files and publishes them; one per app, used from the loop."""
 
-    def __init__(self, hub: LogHub, path_of: Any) -> None:
+    def __init__(self, hub: LogHub, path_of: Any, masker: Masker | None = None) -> None:
         self.hub = hub
+        self._masker = masker or Masker.empty()  # the server's secrets too: an agent masks only those it knows
         self._path_of = path_of  # job id -> its log file
         self._last: dict[int, int] = {}
         self._begun: set[int] = set()  # jobs whose log an agent writes now
@@ -64,7 +66,7 @@ class AgentLogs:
             if line.n != last + 1:
                 raise HTTPError(422, "log gap", f"line {line.n} sent but the log ends at line {last}; "
                                                 f"send from line {last + 1}")
-            new.append(line)
+            new.append(dataclasses.replace(line, text=self._masker.mask(line.text)))
             last = line.n
         if new:
             path = self._path(job_id)

@@ -162,8 +162,9 @@ async def test_stale_lease_is_refused_with_409_and_wrong_token_401(base: Setting
                 assert r.status == 403 and (await r.json())["error"] == "token revoked"
 
 
-async def test_log_batches_are_idempotent(base: Settings) -> None:
-    async with coordinator(base) as server:
+async def test_log_batches_are_idempotent_and_masked_with_the_servers_secrets(base: Settings) -> None:
+    settings = dataclasses.replace(base, secrets={"DEPLOY": SecretSpec(env="DEPLOY_KEY")})
+    async with coordinator(settings, {"DEPLOY_KEY": "hunter2-value"}) as server:
         rt = runtime(server)
         token = rt.queue.create_agent_token("solo")
         url = str(server.make_url(API))
@@ -173,14 +174,16 @@ async def test_log_batches_are_idempotent(base: Settings) -> None:
                 lease = (await r.json())["lease"]["id"]
 
             def lines(*numbers: int) -> dict[str, Any]:
-                return {"lease": lease, "lines": [{"n": n, "t": 1.0, "s": "", "o": "stdout", "x": f"line {n}"}
-                                                  for n in numbers]}
+                return {"lease": lease, "lines": [{"n": n, "t": 1.0, "s": "", "o": "stdout",
+                                                   "x": f"line {n} hunter2-value"} for n in numbers]}
             for batch in (lines(1, 2, 3), lines(2, 3, 4), lines(1, 2, 3, 4, 5)):
                 async with http.post(f"{url}/jobs/{job_id}/log", json=batch) as r:
                     assert r.status == 200
             async with http.post(f"{url}/jobs/{job_id}/log", json=lines(9)) as r:
                 assert r.status == 422
-        assert [line.n for line in read_log(rt.layout.log_file(job_id))] == [1, 2, 3, 4, 5]
+        stored = list(read_log(rt.layout.log_file(job_id)))
+        assert [line.n for line in stored] == [1, 2, 3, 4, 5]
+        assert [line.text for line in stored] == [f"line {n} ***" for n in range(1, 6)]
 
 
 async def test_a_file_store_is_refused(fake_settings: Settings) -> None:
@@ -258,3 +261,26 @@ async def test_a_cancel_reaches_the_job_on_its_agent(base: Settings, tmp_path: P
 async def _lines(rt: Runtime, job_id: int) -> list[str]:
     return [line.text async for line in rt.hub.follow(job_id, rt.layout.log_file(job_id),
                                                       done=lambda: rt.queue.get(job_id).state.is_terminal)]
+
+
+async def test_index_writes_are_only_for_the_agents_own_running_job(base: Settings) -> None:
+    async with coordinator(base) as server:
+        rt = runtime(server)
+        mine, theirs = rt.queue.create_agent_token("mine"), rt.queue.create_agent_token("theirs")
+        url = str(server.make_url(API))
+        job_id = await rt.control.submit(JobSpec(repo="/nowhere", ref="main"))
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {mine}"}) as http:
+            async with http.post(f"{url}/claim", json={"wait": 5}) as r:
+                assert r.status == 200
+            call = {"op": "set_cache_hit", "args": {"job_id": job_id, "hit": True}}
+            async with http.post(f"{url}/index", json=call) as r:
+                assert r.status == 200, await r.text()
+            async with http.post(f"{url}/index", json={"op": "drop_everything", "args": {}}) as r:
+                assert r.status == 400
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {theirs}"}) as http:
+            async with http.post(f"{url}/index", json=call) as r:
+                assert r.status == 409
+            lookup = {"op": "cache_entry", "args": {"key": "nope"}}
+            async with http.post(f"{url}/index", json=lookup) as r:
+                assert (r.status, await r.json()) == (200, {"result": None})
+        assert rt.queue.get(job_id).cache_hit is True
