@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets as random
 import time
 from collections.abc import AsyncIterator
@@ -103,14 +104,17 @@ async def claim(request: web.Request) -> web.Response:
     check_keys(body, (), ("label", "wait", "fresh", "running"))
     label = check_name(str(body.get("label") or "agent"), "agent label")
     wait = body.get("wait", MAX_WAIT)
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not math.isfinite(wait) or wait < 0:
         raise HTTPError(400, "bad wait", "wait: seconds, a number >= 0")
+    running = body.get("running") or []
+    if not isinstance(running, list) or not all(isinstance(r, str) for r in running):
+        raise HTTPError(400, "bad running", "running: the lease ids the agent still runs")
     runtime, state = _runtime(request), request.app[AGENTS]
     if body.get("fresh"):  # the agent (re)started: what it held before is not running any more
-        keep = frozenset(str(r) for r in body.get("running") or ())
+        keep = frozenset(running)
         await requeue_agent(runtime, f"{AGENT_PREFIX}{name}:{label}:", "the agent restarted", keep)
     deadline = time.monotonic() + min(float(wait), MAX_WAIT)
-    while True:
+    while request.transport is not None and not request.transport.is_closing():  # the agent still waits
         runner_id = lease_runner_id(name, label, random.token_hex(8))
         job = await runtime.control.claim(runner_id, state.lease_seconds)
         if job is not None:
@@ -122,6 +126,7 @@ async def claim(request: web.Request) -> web.Response:
         state.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.wake.wait(), min(POLL, left))
+    return web.Response(status=204)  # nobody to answer
 
 
 def _handout(request: web.Request, state: AgentState, job: Job, runner_id: str) -> dict[str, Any]:
@@ -153,7 +158,7 @@ async def _leased(request: web.Request, body: dict[str, Any]) -> tuple[Job, str]
     job_id = _job_id(request)
     job = await asyncio.to_thread(_runtime(request).queue.get, job_id)
     if job.runner_id != lease or job.state is not JobState.running:
-        raise HTTPError(409, "lease lost", f"job {job_id} is {job.state} under another lease: stop it")
+        raise HTTPError(409, "lease lost", f"job {job_id} is no longer this lease's (it is {job.state}): stop it")
     return job, lease
 
 
