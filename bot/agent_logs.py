@@ -9,6 +9,7 @@ coordinator that restarts (or is killed) knows where it was.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -40,11 +41,25 @@ class AgentLogs:
 
     def last(self, job_id: int) -> int:
         if job_id not in self._last:
+            self._end_torn_line(self._path(job_id))
             last = 0
             for line in read_log(self._path(job_id)):
                 last = line.n
             self._last[job_id] = last
         return self._last[job_id]
+
+    @staticmethod
+    def _end_torn_line(path: Path) -> None:
+        """A crash mid-write tore the last line: end it, so the next line is whole (the torn one is skipped)."""
+        try:
+            with path.open("rb+") as file:
+                size = file.seek(0, os.SEEK_END)
+                if size:
+                    file.seek(size - 1)
+                    if file.read(1) != b"\n":
+                        file.write(b"\n")
+        except FileNotFoundError:
+            pass
 
     def _path(self, job_id: int) -> Path:
         path: Path = self._path_of(job_id)

@@ -284,3 +284,15 @@ async def test_index_writes_are_only_for_the_agents_own_running_job(base: Settin
             async with http.post(f"{url}/index", json=lookup) as r:
                 assert (r.status, await r.json()) == (200, {"result": None})
         assert rt.queue.get(job_id).cache_hit is True
+
+
+def test_a_torn_last_line_is_ended_before_the_next_batch(tmp_path: Path) -> None:
+    from bot.agent_logs import AgentLogs
+    from runner.logs import LogHub, LogLine
+
+    path = tmp_path / "7.log"
+    path.write_bytes(LogLine(1, 1.0, "", "stdout", "one").to_json().encode() + b"\n" + b'{"n":2,"t":1.0,"s"')
+    logs = AgentLogs(LogHub(), lambda job_id: path)
+    assert logs.last(7) == 1
+    assert logs.append(7, [LogLine(2, 2.0, "", "stdout", "two")]) == 2
+    assert [(line.n, line.text) for line in read_log(path)] == [(1, "one"), (2, "two")]
