@@ -22,9 +22,17 @@ def default_server() -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     from config.starter import write_starter
 
-    path = write_starter(Path(args.path), force=args.force)
-    print(f"wrote {path}")
-    return EXIT_OK
+    path = Path(args.path)
+    if args.run:  # before writing anything: `forgeci run` needs the top of a git checkout
+        from runner.checkout import checkout_top
+
+        checkout_top(path.resolve())
+    written = write_starter(path, force=args.force)
+    print(f"wrote {written}", flush=True)
+    if not args.run:
+        return EXIT_OK
+    print(f"running it once with `forgeci run {args.path}`:", flush=True)
+    return run_checkout(args.config, path)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -108,17 +116,22 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return run_checkout(args.config, Path(args.path), step=args.step, jobs=args.job, with_needs=args.with_needs,
+                        parallel=args.parallel)
+
+
+def run_checkout(config: str | None, path: Path, *, step: str | None = None, jobs: Sequence[str] = (),
+                 with_needs: bool = False, parallel: int | None = None) -> int:
+    """`forgeci run` (and `forgeci init --run`): the checkout's pipeline on this machine's engine."""
     import asyncio
 
     from config.settings import load_settings
     from runner.local import run_local
 
-    settings = load_settings(args.config)
-    path = Path(args.path)
+    settings = load_settings(config)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory")
-    run = asyncio.run(run_local(settings, path, step=args.step, jobs=args.job, with_needs=args.with_needs,
-                                parallel=args.parallel))
+    run = asyncio.run(run_local(settings, path, step=step, jobs=jobs, with_needs=with_needs, parallel=parallel))
     return EXIT_OK if run.succeeded else EXIT_FAILED
 
 
@@ -325,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("init", "write a starter .forgeci.toml for this repository", cmd_init)
     p.add_argument("path", nargs="?", default=".")
     p.add_argument("--force", action="store_true", help="overwrite an existing .forgeci.toml")
+    p.add_argument("--run", action="store_true", help="then run it once with `forgeci run`; its exit code is ours")
     image_sub = add("image", "job images").add_subparsers(dest="image_command", metavar="ACTION", required=True)
     b = add("build", "build the default job image from the Containerfile", cmd_image_build, image_sub)
     b.add_argument("--file", metavar="CONTAINERFILE")

@@ -14,6 +14,7 @@ from bot.auth import Access, Auth, Handler, guard
 from bot.errors import HTTPError
 from bot.keys import AUTH, CLOSING, ENVIRON, METRICS, RUNTIME, SETTINGS, STREAM_TIMING, StreamTiming
 from bot.metrics import MetricsCache, parse_range
+from bot.notify.setup import notification_metrics
 from bot.openapi import openapi_document
 from bot.parse import MAX_ID, boolean, job_id_of, query_limit, read_json
 from bot.parse import bad as _bad
@@ -28,7 +29,7 @@ from runner.logs import LogLine, read_log
 from runner.maintenance import prune
 from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
 from runner.runtime import Runtime
-from runner.services import service_log, service_log_names
+from runner.services import declared_services, pending_service_log, service_log, service_log_names
 
 __all__ = ["ROUTES", "job_id_of", "read_json", "setup_api", "spec_from_body"]
 
@@ -221,10 +222,13 @@ async def _service_logs(request: web.Request, runtime: Runtime, job_id: int, aft
     log; followed by polling the file until the job is terminal, then the rest and `end`."""
     queue = runtime.queue
     name = request.query["service"]
-    await asyncio.to_thread(queue.state_of, job_id)  # 404 for the job first
-    path = await asyncio.to_thread(service_log, runtime.layout, job_id, name)
+    spec = (await asyncio.to_thread(queue.get, job_id)).spec  # 404 for the job first
+    # A service the job declares and has not started yet reads as a log with no lines yet (followed, it waits).
+    path = await asyncio.to_thread(service_log, runtime.layout, job_id, name) or \
+        await asyncio.to_thread(pending_service_log, runtime.layout, spec, job_id, name)
     if path is None:
-        names = await asyncio.to_thread(service_log_names, runtime.layout, job_id)
+        names = await asyncio.to_thread(lambda: sorted({*service_log_names(runtime.layout, job_id),
+                                                        *declared_services(spec)}))
         raise HTTPError(404, "service log not found",
                         {"id": job_id, "service": name[:100], "services": names})
 
@@ -288,10 +292,11 @@ async def metrics(request: web.Request) -> web.Response:
     prometheus = wants_prometheus(request)
     runtime = _runtime(request)
     result = await request.app[METRICS].get(runtime.queue, range_name, runtime.hub.dropped_lines)
+    notify_text, notifications = await notification_metrics(request.app)
     if prometheus:
-        return web.Response(body=result.to_prometheus().encode(),
+        return web.Response(body=(result.to_prometheus() + notify_text).encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-    return web.json_response(result.to_dict())
+    return web.json_response({**result.to_dict(), "notifications": notifications})
 
 
 async def cache_stats(request: web.Request) -> web.Response:

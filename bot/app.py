@@ -14,6 +14,7 @@ from bot.artifacts import setup_artifacts
 from bot.dashboard import setup_dashboard
 from bot.errors import error_middleware
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
+from bot.notify.setup import notify_ctx, setup_notify
 from bot.status.setup import status_ctx
 from bot.webhooks import setup_webhooks
 from config.settings import Settings
@@ -62,11 +63,13 @@ def create_app(
 
     app.cleanup_ctx.append(runtime_ctx)
     app.cleanup_ctx.append(status_ctx)  # after the runtime: the reporter follows its events and reads its queue
+    app.cleanup_ctx.append(notify_ctx)  # the notifications outbox (bot.notify), delivered from start-up on
     app.cleanup_ctx.append(workers_ctx)
     setup_agent_api(app)  # /agent/v1/: remote runners (after the runtime: it follows its events)
     app.router.add_get("/healthz", healthz)
     setup_webhooks(app)
     setup_api(app)  # the JSON API and its access policy (bot.auth)
+    setup_notify(app)  # GET /badge/{owner}/{repo}.svg (after setup_api: its access policy)
     setup_artifacts(app)  # GET /artifacts and the signed download links (after setup_api: its access policy)
     setup_dashboard(app)  # after setup_api: the dashboard shares its access policy
     return app

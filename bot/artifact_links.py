@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = "artifact-links.key"
 KEY_BYTES = 32
-LINK_SECONDS = 3600  # how long a link from a listing works: long enough for a slow download to start
 DOWNLOAD_PREFIX = "/artifacts/dl"
 
 
@@ -86,6 +85,10 @@ class LinkSigner:
 
 def archive_path(artifact_id: int, tar: bool = False) -> str:
     return f"{DOWNLOAD_PREFIX}/{artifact_id}/archive.tar{'' if tar else '.zst'}"
+
+
+def zip_path(artifact_id: int) -> str:
+    return f"{DOWNLOAD_PREFIX}/{artifact_id}/archive.zip"
 
 
 def file_path(artifact_id: int, path: str) -> str:

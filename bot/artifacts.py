@@ -1,5 +1,5 @@
-"""Artifacts over HTTP: `GET /artifacts` lists them with signed links; the links stream an archive, its tar or one
-file from the store (ranges too), checked by forgeci's own signature, never by the store's."""
+"""Artifacts over HTTP: `GET /artifacts` lists them with signed links; the links stream an archive, its tar, a zip or
+one file from the store (ranges too), checked by forgeci's own signature, never by the store's."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from bot.artifact_links import LINK_SECONDS, LinkSigner, archive_path, file_path, load_key
+from bot.artifact_links import LinkSigner, archive_path, file_path, load_key, zip_path
 from bot.auth import Access, Handler, guard
 from bot.errors import HTTPError
 from bot.keys import AUTH, RUNTIME, SETTINGS
 from config.errors import ConfigError, ConfigIssue
 from runner.artifacts.read import Chunks, archive_chunks, member_chunks, tar_chunks
+from runner.artifacts.zipped import zip_chunks
 from runner.errors import ArchiveError, JobNotFound, ObjectMissing, PipelineNotFound, RunnerError
 from runner.queue import ArtifactRecord
 from runner.runtime import Runtime
@@ -39,7 +40,8 @@ def artifact_json(record: ArtifactRecord, signer: LinkSigner, base: str, expires
     out.pop("object")  # the store's own key: of no use outside, and nothing a client should rely on
     kept = record.object is not None
     out["links"] = {"archive": base + signer.link(archive_path(record.id), expires),
-                    "tar": base + signer.link(archive_path(record.id, tar=True), expires)} if kept else {}
+                    "tar": base + signer.link(archive_path(record.id, tar=True), expires),
+                    "zip": base + signer.link(zip_path(record.id), expires)} if kept else {}
     out["files"] = [{**f.to_dict(), "url": base + signer.link(file_path(record.id, f.path), expires) if kept else None}
                     for f in record.files]
     return out
@@ -74,7 +76,7 @@ async def list_artifacts(request: web.Request) -> web.Response:
     found = _query_id(request, key)
     records = await asyncio.to_thread(_records, request.app[RUNTIME], found if key == "job" else None,
                                       found if key == "pipeline" else None)
-    expires = int(time.time()) + LINK_SECONDS
+    expires = _expiry(request)
     base = request.app[SETTINGS].server.public_url.rstrip("/")
     signer = request.app[SIGNER]
     return web.json_response({"artifacts": [artifact_json(r, signer, base, expires) for r in records],
@@ -86,7 +88,12 @@ async def job_artifacts(request: web.Request, job_id: int) -> dict[str, Any] | N
     records = await asyncio.to_thread(request.app[RUNTIME].queue.artifacts_of, job_id=job_id)
     if not records:
         return None
-    return artifact_json(records[0], request.app[SIGNER], "", int(time.time()) + LINK_SECONDS)
+    return artifact_json(records[0], request.app[SIGNER], "", _expiry(request))
+
+
+def _expiry(request: web.Request) -> int:
+    """When links made now stop working: `server.artifact_link_lifetime` from now."""
+    return int(time.time() + request.app[SETTINGS].server.artifact_link_lifetime)
 
 
 # -- downloads --------------------------------------------------------------------------------------------------
@@ -205,6 +212,13 @@ async def download_tar(request: web.Request) -> web.StreamResponse:
                          "application/x-tar")
 
 
+async def download_zip(request: web.Request) -> web.StreamResponse:
+    """GET /artifacts/dl/{id}/archive.zip?expires=&sig=: the artifact's files as a zip, deflated on the way."""
+    record = await asyncio.to_thread(_record, request)
+    store = request.app[RUNTIME].store
+    return await _stream(request, zip_chunks(store, record), None, _archive_name(record, ".zip"), "application/zip")
+
+
 async def download_file(request: web.Request) -> web.StreamResponse:
     """GET /artifacts/dl/{id}/files/{path}?expires=&sig=: one file of the artifact, as the index lists it."""
     record = await asyncio.to_thread(_record, request)
@@ -224,6 +238,7 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     # A link carries its own permission (its signature): no token, even with server.protect_reads.
     ("GET", "/artifacts/dl/{id}/archive.tar.zst", download_archive, "public"),
     ("GET", "/artifacts/dl/{id}/archive.tar", download_tar, "public"),
+    ("GET", "/artifacts/dl/{id}/archive.zip", download_zip, "public"),
     ("GET", "/artifacts/dl/{id}/files/{path:.+}", download_file, "public"),
 )
 

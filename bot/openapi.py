@@ -215,7 +215,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                "false: the lines written so far, then `end` with the job's current state"),
                         _query("service", {"type": "string"},
                                "the kept log of this service of the job instead (404 names the job's services); "
-                               "followed by polling until the job is finished"),
+                               "a declared service not started yet has no lines yet; followed by polling until "
+                               "the job is finished"),
                         _query("after", {"type": "integer", "minimum": 0},
                                "send lines after this number (the Last-Event-ID header wins)"),
                         {"name": "Last-Event-ID", "in": "header", "required": False,
@@ -307,7 +308,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "Prune old snapshots, caches, jobs and logs now",
             {"200": _json({"type": "object", "properties": {
                 name: {"type": "integer"} for name in ("snapshots", "caches", "jobs", "logs", "orphans",
-                                                       "freed_bytes")} | {
+                                                       "images", "freed_bytes")} | {
                 "errors": {"type": "array", "items": {"type": "string"}}}}, "what was pruned"),
              **_errors(400, 401, 413, 415, 503)},
             security=_WRITE, operationId="maintenance",
@@ -329,6 +330,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                      operationId="openapi")},
     }
     paths.update(artifact_paths())
+    paths.update(badge_paths())
     paths.update(agent_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
@@ -367,6 +369,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                                    "cache_hit_rate", "queue_depth", "running"], "properties": {
             "range": {"enum": ["hour", "day", "week"]}, "since": {"type": "number"}, "until": {"type": "number"},
             "jobs": {"type": "integer"},
+            "notifications": {"type": "object", "description": "outbox messages: kind -> state -> count",
+                              "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}}},
             "by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
             "success_rate": number, "avg_duration": number, "p95_duration": number, "cache_hit_rate": number,
             "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer"},
@@ -406,7 +410,7 @@ def artifact_paths() -> dict[str, Any]:
         "raw_size": {"type": ["integer", "null"]}, "checksum": {"type": ["string", "null"]},
         "file_count": {"type": "integer"}, "total_size": {"type": "integer"}, "created_at": {"type": "number"},
         "expires_at": number, "links": {"type": "object", "properties": {
-            "archive": {"type": "string"}, "tar": {"type": "string"}}},
+            "archive": {"type": "string"}, "tar": {"type": "string"}, "zip": {"type": "string"}}},
         "files": {"type": "array", "items": file}}}
     signed = [_query("expires", {"type": "string", "pattern": "^[0-9]{1,12}$"}, "unix time the link ends", True),
               _query("sig", {"type": "string"}, "HMAC-SHA256 of the path and expiry", True),
@@ -433,8 +437,26 @@ def artifact_paths() -> dict[str, Any]:
                         _query("pipeline", _JOB_ID, "a pipeline id (or job)")])},
         "/artifacts/dl/{id}/archive.tar.zst": download("An artifact's archive (signed link)", "downloadArtifact"),
         "/artifacts/dl/{id}/archive.tar": download("An artifact as a plain tar (signed link)", "downloadArtifactTar"),
+        "/artifacts/dl/{id}/archive.zip": {"get": _op(
+            "An artifact's files as a zip, deflated as it streams (signed link; no ranges, no Content-Length)",
+            {"200": body, **{code: answer for code, answer in refused.items() if code != "416"}}, security=[{}],
+            operationId="downloadArtifactZip", parameters=signed[:3])},
         "/artifacts/dl/{id}/files/{path}": download("One file of an artifact (signed link)", "downloadArtifactFile", [
             {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "the file's path in the artifact"}]),
     }
 
+
+
+def badge_paths() -> dict[str, Any]:
+    """The status badge (bot/notify/badge.py)."""
+    svg = {"description": "the badge", "headers": {"ETag": {"schema": {"type": "string"}},
+                                                 "Cache-Control": {"schema": {"type": "string"}}},
+           "content": {"image/svg+xml": {"schema": {"type": "string"}}}}
+    path = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": about}
+            for name, about in (("owner", "the repository's owner"), ("name", "the repository's name"))]
+    return {"/badge/{owner}/{name}.svg": {"get": _op(
+        "An SVG badge of the newest pipeline's state on a branch (passing, failing, running...)",
+        {"200": svg, "304": {"description": "not modified (If-None-Match)"}, **_errors(401, 404, 503)},
+        security=_READ, operationId="badge",
+        parameters=[*path, _query("branch", {"type": "string"}, "the branch (any branch when absent)")])}}

@@ -102,6 +102,8 @@ def describe(job_id: int, artifacts: Sequence[ArtifactInfo], out: TextIO) -> Non
             print(f"  {f.path:<{width}}  {_size(f.size):>9}  {f.sha256[:16]}", file=out)
         if "archive" in artifact.links:
             print(f"  all of it: {artifact.links['archive']}", file=out)
+        if "zip" in artifact.links:
+            print(f"  as a zip:  {artifact.links['zip']}", file=out)
 
 
 def selected(files: Sequence[ArtifactFileInfo], paths: Sequence[str]) -> tuple[list[ArtifactFileInfo], list[str]]:

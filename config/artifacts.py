@@ -61,6 +61,19 @@ def expire_text(seconds: float) -> str:
 
 
 EXPIRE: Final = scalar("duration", parse_expire, expire_text)
+LINK_LIFETIMES: Final = (60.0, 7 * DAY)  # a download link works at least a minute, at most a week
+
+
+def parse_link_lifetime(value: object) -> float:
+    """Seconds a signed artifact link works (`server.artifact_link_lifetime`): `1h`, `12h`, `7d`, `90m`."""
+    seconds = float(value) if isinstance(value, int) and not isinstance(value, bool) else parse_expire(value)
+    lo, hi = LINK_LIFETIMES
+    if not lo <= seconds <= hi:
+        raise ValueError(f"expected a duration between 1m and 7d, got {describe(value)}")
+    return seconds
+
+
+LINK_LIFETIME: Final = scalar("duration", parse_link_lifetime, expire_text)
 
 _SIZE = re.compile(r"\s*([0-9]{1,15})\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 _UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -141,5 +154,5 @@ def check_artifacts_from(pipeline: Pipeline, issues: Issues) -> None:
 
 
 __all__ = ["ARTIFACTS", "ARTIFACTS_DOC", "ARTIFACTS_FROM", "ARTIFACTS_FROM_DOC", "ArtifactSpec", "EXPIRE",
-           "JOB_ARTIFACTS", "SIZE", "WHEN", "check_artifacts_from", "effective_from", "expire_text", "parse_expire",
-           "parse_size", "size_text"]
+           "JOB_ARTIFACTS", "LINK_LIFETIME", "SIZE", "WHEN", "check_artifacts_from", "effective_from", "expire_text",
+           "parse_expire", "parse_link_lifetime", "parse_size", "size_text"]

@@ -19,7 +19,7 @@ class ConfigIssue:
 
     def __str__(self) -> str:
         where = f"{self.source}: {self.path}" if self.path else self.source
-        return f"{where}: {self.message}"
+        return f"{where}: {self.message}" if where else self.message  # a bare message: no empty `: ` before it
 
 
 class ConfigError(ForgeciError):

@@ -16,6 +16,7 @@ from config.artifacts import (
     ARTIFACTS, ARTIFACTS_DOC, ARTIFACTS_FROM, ARTIFACTS_FROM_DOC, JOB_ARTIFACTS, ArtifactSpec, check_artifacts_from,
 )
 from config.errors import ConfigError
+from config.images import IMAGE, IMAGE_DOC, ImageBuild
 from config.matrix import ENTRIES, MATRIX, NAME, NAME_RULE, Value
 from config.plan import DEFAULT_JOB, MAX_NAME, check_jobs, expand_into
 from config.services import SERVICES, Service
@@ -159,7 +160,7 @@ class JobSpec:
                                       shown="no limit")
     continue_on_error: bool = option(BOOL, "a failure of this job does not fail the pipeline, and its dependants "
                                            "run as if it had succeeded", False)
-    image: str | None = option(NONEMPTY, "job image", None, shown="`image`")
+    image: str | ImageBuild | None = option(IMAGE, IMAGE_DOC, None, shown="`image`")
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`timeout`")
     branches: tuple[str, ...] | None = option(_BRANCHES, "refs this job runs for; others end `skipped`", None,
                                               shown="`branches`")
@@ -204,7 +205,7 @@ class Pipeline:
 
     name: str | None = option(scalar("job name", _job_name), "name of the pipeline, and of its job when it is "
                               "written as top-level [[steps]]", None, shown=f'`"{DEFAULT_JOB}"`')
-    image: str | None = option(NONEMPTY, "job image", None, shown="`runner.image`")
+    image: str | ImageBuild | None = option(IMAGE, IMAGE_DOC, None, shown="`runner.image`")
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`runner.job_timeout`")
     branches: tuple[str, ...] = option(_BRANCHES,
                                        "refs the pipeline runs for; others end `skipped`; empty = every ref", ())

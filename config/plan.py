@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from config.graph import check_needs, topological_order
+from config.images import image_texts, substitute_image
 from config.matrix import (
     MAX_COMBINATIONS,
     NAME,
@@ -125,10 +126,8 @@ def expand_into(pipeline: Pipeline, issues: Issues) -> tuple[PlannedJob, ...]:
 
 def _texts(top: Pipeline, name: str, spec: JobSpec) -> Iterator[tuple[str, str]]:
     """Every (key path, text) of a job where `${{ matrix.KEY }}` is substituted, with the path it is written at."""
-    if spec.image is not None:
-        yield f"jobs.{name}.image", spec.image
-    elif top.image is not None:
-        yield "image", top.image
+    own = spec.image is not None
+    yield from image_texts(spec.image if own else top.image, f"jobs.{name}.image" if own else "image")
     for key, value in top.env.items():
         if key not in spec.env:
             yield key_path("env", key), value
@@ -226,7 +225,7 @@ def _member_pipeline(top: Pipeline, name: str, spec: JobSpec, values: Values, di
     return dataclasses.replace(
         top, name=name, jobs={}, steps=tuple(steps),
         services=_member_services(top, name, spec, values, display, issues),
-        image=None if image is None else sub(image, f"jobs.{name}.image" if spec.image else "image"),
+        image=None if image is None else substitute_image(image, sub, f"jobs.{name}.image" if spec.image else "image"),
         timeout=spec.timeout if spec.timeout is not None else top.timeout,
         branches=spec.branches if spec.branches is not None else top.branches,
         snapshot=spec.snapshot if spec.snapshot is not None else top.snapshot,

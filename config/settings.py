@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.artifacts import SIZE
+from config.artifacts import LINK_LIFETIME, SIZE
 from config.errors import ConfigError
+from config.notify import NOTIFY, NOTIFY_DOC, NotifyTarget
 from config.schema import (
     BOOL,
     DURATION,
@@ -75,6 +76,8 @@ class ServerSettings:
     protect_reads: bool = option(BOOL, "true: reads and the dashboard need the token too", False)
     status_context: str = option(NONEMPTY, "context name of the commit statuses forgeci posts", "forgeci/ci")
     run_drafts: bool = option(BOOL, "build draft pull requests", True)
+    artifact_link_lifetime: float = option(LINK_LIFETIME, "how long the signed artifact download links of a listing "
+                                                          "(API, dashboard, CLI) work; 1m to 7d", 3600.0)
     trusted_proxies: tuple[str, ...] = option(
         string_list(nonempty_text, "array of addresses or networks"),
         "reverse proxies (IPs or CIDRs) whose X-Forwarded-Proto says a request came over https (agents get "
@@ -150,6 +153,8 @@ class RetentionSettings:
     job_days: int = option(integer(1), "keep finished jobs and their logs this many days", 7)
     artifact_days: int = option(integer(1), "keep artifacts this many days, unless their `expire` says otherwise; "
                                             "a pipeline stays while it has unexpired artifacts", 7)
+    image_days: int = option(integer(1), "remove job images forgeci built from a repository's Containerfile (and "
+                                         "their exports in the store) after this many days without use", 14)
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,7 @@ class Settings:
     github: GitHubSettings = option(section(GitHubSettings), GitHubSettings.__doc__ or "", factory=GitHubSettings)
     gitea: GiteaSettings = option(section(GiteaSettings), GiteaSettings.__doc__ or "", factory=GiteaSettings)
     gitlab: GitLabSettings = option(section(GitLabSettings), GitLabSettings.__doc__ or "", factory=GitLabSettings)
+    notify: tuple[NotifyTarget, ...] = option(NOTIFY, NOTIFY_DOC, (), shown="`[]`")
 
     @classmethod
     def default(cls) -> Settings:
@@ -299,8 +305,10 @@ def reference_markdown() -> str:
     top = [d for d in docs if "." not in d.path and d.type not in ("table", "table of tables")]
     parts = [markdown_table(top)]
     for d in docs:
-        if d.type in ("table", "table of tables"):
-            inner = [c for c in docs if c.path.startswith(d.path + ".")]
+        if d.type in ("table", "table of tables", "array of tables"):
+            array = d.type == "array of tables"
+            inner = [c for c in docs if c.path.startswith(d.path + ("[]." if array else "."))]
             about = d.doc.split(": ", 1)[-1]
-            parts.append(f"#### `[{d.path}]`\n\n{about[:1].upper()}{about[1:]}\n\n{markdown_table(inner)}")
+            heading = f"[[{d.path}]]" if array else f"[{d.path}]"
+            parts.append(f"#### `{heading}`\n\n{about[:1].upper()}{about[1:]}\n\n{markdown_table(inner)}")
     return "\n\n".join(parts)

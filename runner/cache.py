@@ -14,13 +14,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
 from config.durations import format_duration
 from config.pipeline import Pipeline
+from config.toolchains import CONTAINER_WORKSPACE, TOOLCHAINS
 from runner.archive import (
     ArchiveAborted, ArchiveError, ArchiveWriter, Compressor, CorruptArchive, UnsafeArchive, check_paths, extract,
 )
@@ -33,33 +34,8 @@ from runner.store import ObjectMissing, ObjectStore, StoreError
 
 Say = Callable[[str], None]
 
-CACHE_DIR = ".forgeci-cache"  # package-manager caches that normally live in $HOME, pointed into the workspace
-CONTAINER_WORKSPACE = "/workspace"
 KEY_VERSION = 1  # bump when the archive layout changes: old keys then simply miss
 PROGRESS_EVERY = 5.0  # seconds between progress lines of a long transfer
-
-
-@dataclass(frozen=True)
-class Toolchain:
-    """What a lockfile at the repository root says to cache, and the variables that point caches inside."""
-
-    lockfiles: tuple[str, ...]  # glob patterns at the repository root
-    paths: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)  # variable -> path inside the workspace
-
-
-TOOLCHAINS: tuple[Toolchain, ...] = (
-    Toolchain(("package-lock.json",), ("node_modules", f"{CACHE_DIR}/npm"), {"npm_config_cache": f"{CACHE_DIR}/npm"}),
-    Toolchain(("yarn.lock",), ("node_modules", f"{CACHE_DIR}/npm", f"{CACHE_DIR}/yarn"),
-              {"npm_config_cache": f"{CACHE_DIR}/npm", "YARN_CACHE_FOLDER": f"{CACHE_DIR}/yarn"}),
-    Toolchain(("pnpm-lock.yaml",), ("node_modules", f"{CACHE_DIR}/npm", f"{CACHE_DIR}/pnpm-store"),
-              {"npm_config_cache": f"{CACHE_DIR}/npm", "npm_config_store_dir": f"{CACHE_DIR}/pnpm-store"}),
-    Toolchain(("requirements*.txt", "poetry.lock"), (".venv", f"{CACHE_DIR}/pip"), {"PIP_CACHE_DIR": f"{CACHE_DIR}/pip"}),
-    Toolchain(("uv.lock",), (".venv", f"{CACHE_DIR}/uv"), {"UV_CACHE_DIR": f"{CACHE_DIR}/uv"}),
-    Toolchain(("go.sum",), (f"{CACHE_DIR}/go/mod", f"{CACHE_DIR}/go/build"),
-              {"GOMODCACHE": f"{CACHE_DIR}/go/mod", "GOCACHE": f"{CACHE_DIR}/go/build"}),
-    Toolchain(("Cargo.lock",), ("target", f"{CACHE_DIR}/cargo"), {"CARGO_HOME": f"{CACHE_DIR}/cargo"}),
-)
 
 
 # -- keys and scopes ----------------------------------------------------------------------------------

@@ -97,6 +97,9 @@ class Engine(Protocol):
 
     async def image_exists(self, image: str) -> bool: ...
 
+    async def image_id(self, image: str) -> str:
+        """The image's id (hex, no `sha256:`), '' when the Podman user's storage has no such image."""
+
     async def start_job_container(self, spec: ContainerSpec) -> str:
         """Create and start the job's long-lived container; returns its id. ImageMissing, EngineError."""
 

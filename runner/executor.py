@@ -15,6 +15,7 @@ from typing import Protocol
 
 from config.durations import format_duration
 from config.errors import ConfigError
+from config.images import ImageBuild
 from config.pipeline import Pipeline, Step
 from config.settings import Settings
 from runner.artifacts import ArtifactManager
@@ -22,6 +23,7 @@ from runner.cache import CacheManager, CachePlan, plan_cache
 from runner.engine import ContainerSpec, Engine, EngineError
 from runner.environment import Secrets, job_environment, step_environment
 from runner.errors import RunnerError
+from runner.image_build import ImageBuilder, job_image
 from runner.layout import DataLayout
 from runner.logs import JobLog, LogHub, LogLine
 from runner.models import Job, JobState, Outcome, SnapshotRecord, StepResult, StepState
@@ -127,6 +129,7 @@ class Executor:
         self, settings: Settings, engine: Engine, workspaces: Workspaces, layout: DataLayout,
         hub: LogHub | None, environ: Mapping[str, str], *, cache: CacheManager | None = None,
         snapshots: Snapshots | None = None, artifacts: ArtifactManager | None = None,
+        images: ImageBuilder | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -137,6 +140,8 @@ class Executor:
         self.cache = cache  # None: no caches (and no package-manager variables)
         self.snapshots = snapshots  # None: no snapshots, and no retries from a failed step
         self.artifacts = artifacts  # None: artifacts are neither kept nor fetched
+        self.images = images or ImageBuilder.for_settings(settings.runner, engine.user, layout.root,
+                                                          lookup=engine.image_id)
         self._limits_apply: bool | None = None
         self._strays: list[Box] = []  # containers and pods whose removal failed (the engine was down): removed later
 
@@ -283,7 +288,10 @@ class Executor:
         if message is not None:  # the pipeline changed under a resumed job, or names an image that does not exist
             joblog.system(message)
             return Outcome(JobState.failure, message)
-        image = pipeline.image or self.settings.runner.image
+        image = await job_image(self.images, pipeline.image or self.settings.runner.image, checkout.workspace,
+                                checkout.snapshot, job.spec, joblog, attempt.cancel)
+        if isinstance(image, Outcome):
+            return image
         cache = await self._cache_plan(job, pipeline, checkout.workspace, image, local_path, joblog)
         env = job_environment(job, pipeline, checkout.sha, cache.env if cache else {}, self.secrets, joblog.system)
         return Plan(pipeline, steps, image, cache, env, pipeline.timeout or self.settings.runner.job_timeout)
@@ -294,7 +302,8 @@ class Executor:
         pipeline names it) is not checked here: its absence is the runner's fault, retried when the container
         cannot start. An engine that does not answer raises EngineError (infrastructure)."""
         image = pipeline.image
-        if image is None or image == self.settings.runner.image or await self.engine.image_exists(image):
+        if image is None or isinstance(image, ImageBuild) or image == self.settings.runner.image \
+                or await self.engine.image_exists(image):
             return None
         return missing_image_message(image)
 

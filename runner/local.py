@@ -21,6 +21,7 @@ from config.pipeline import Pipeline, load_pipeline
 from config.plan import expand
 from config.settings import Settings
 from runner.artifacts.local import LAST_RUN, keep_last_run
+from runner.checkout import checkout_top, safe_git
 from runner.control import JobControl
 from runner.engine import Engine
 from runner.errors import InvalidTransition, RunnerError
@@ -29,6 +30,7 @@ from runner.local_report import JobPrinter, LocalJob, Printers, Terminal, one_jo
 from runner.local_select import Named, Selection, SelectionError, select
 from runner.models import Job, JobSpec, JobState, PipelineState
 from runner.planner import ONE_JOB, PIPELINE_FILE, planned_rows
+from runner.image_build import ImageBuilder
 from runner.runtime import Runtime, open_runtime
 
 __all__ = ["LOCAL_RUNNER", "LocalJob", "LocalPlan", "LocalRun", "SelectionError", "local_plan", "run_local"]
@@ -41,7 +43,7 @@ STOP_WAIT = CANCEL_GRACE + 5.0  # after Ctrl-C, a running step gets SIGTERM, CAN
 
 
 def _git(path: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=False)
+    result = subprocess.run([*safe_git(path), *args], capture_output=True, text=True, check=False)
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
@@ -198,8 +200,9 @@ async def run_local(
     """Run the pipeline of the checkout at `path`, its working tree as it is (each job on its own copy, in its own
     container), up to `parallel` (default `queue.max_concurrent`) jobs at once; the jobs never enter a server's
     queue. `jobs`, `with_needs` and `step` select (local_select.select); SelectionError before anything starts.
-    `engine` defaults to rootless Podman (tests pass a fake)."""
-    path = path.resolve()
+    `engine` defaults to rootless Podman (tests pass a fake). A folder that is not the top of a git checkout is a
+    ConfigError, before anything starts."""
+    path = checkout_top(path.resolve())
     if parallel is not None and parallel < 1:
         raise SelectionError(f"--parallel must be at least 1, got {parallel}")
     plan = local_plan(path, jobs, with_needs=with_needs, step=step)
@@ -215,6 +218,9 @@ async def run_local(
     started = time.monotonic()
     try:
         async with open_runtime(local, environ, workers=False, engine=engine) as runtime:
+            # Repository images: use records in the real data dir (its maintenance prunes them), no store export.
+            runtime.executor.images = ImageBuilder.for_settings(local.runner, runtime.user, settings.data_dir,
+                                                                lookup=runtime.engine.image_id)
             run = await _run_pipeline(runtime, path, plan, Printers(terminal, prefixed=not plan.one_job),
                                       settings.data_dir / LAST_RUN)
     finally:

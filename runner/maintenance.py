@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from config.settings import Settings
-from runner.errors import JobNotFound, QueueError
+from runner.errors import JobNotFound, QueueError, RunnerError
+from runner.image_build import ImageBuilder
+from runner.podman_user import PodmanUser
 from runner.layout import DataLayout
 from runner.queue import Queue
 from runner.store import FileStore, ObjectStore, StoreError, open_store
@@ -50,6 +52,7 @@ class MaintenanceParts:
     layout: DataLayout
     queue: Queue
     store: ObjectStore
+    images: ImageBuilder | None = None
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,17 @@ class PruneReport:
     freed_bytes: int = 0  # of the snapshots, caches, artifacts and orphans
     errors: tuple[str, ...] = field(default_factory=tuple)
     artifacts: int = 0  # expired artifacts
+    images: int = 0  # job images built from repositories, unused for retention.image_days
 
     def to_dict(self) -> dict[str, Any]:
         return {"snapshots": self.snapshots, "caches": self.caches, "jobs": self.jobs, "logs": self.logs,
-                "orphans": self.orphans, "artifacts": self.artifacts, "freed_bytes": self.freed_bytes,
-                "errors": list(self.errors)}
+                "orphans": self.orphans, "artifacts": self.artifacts, "images": self.images,
+                "freed_bytes": self.freed_bytes, "errors": list(self.errors)}
 
     def summary(self) -> str:
         text = (f"pruned {self.snapshots} snapshot(s), {self.caches} cache(s), {self.jobs} job(s) with {self.logs} "
-                f"log(s), {self.artifacts} artifact(s), {self.orphans} orphaned object(s); "
-                f"{self.freed_bytes / 1e6:.1f} MB freed")
+                f"log(s), {self.artifacts} artifact(s), {self.images} built image(s), {self.orphans} orphaned "
+                f"object(s); {self.freed_bytes / 1e6:.1f} MB freed")
         return text + (f"; {len(self.errors)} error(s)" if self.errors else "")
 
 
@@ -127,8 +131,24 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
     _guard(errors, lambda: parts.queue.delete_metrics_before(now - max(retention.job_days, METRICS_DAYS) * DAY), 0)
 
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
+    images = _prune_images(parts, now, errors)
     return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors),
-                       artifacts=artifacts)
+                       artifacts=artifacts, images=images)
+
+
+def _prune_images(parts: Parts, now: float, errors: list[str]) -> int:
+    """Remove the images forgeci built that no job used for retention.image_days (a Runtime's Podman user; the
+    CLI's parts have one when the Podman user exists)."""
+    builder: ImageBuilder | None = getattr(parts, "images", None)
+    if builder is None:
+        return 0
+    try:
+        count, problems = builder.prune(now, parts.settings.retention.image_days)
+    except (RunnerError, OSError) as exc:
+        errors.append(f"images: {exc}")
+        return 0
+    errors.extend(problems)
+    return count
 
 
 def _prune_artifacts(parts: Parts, now: float, errors: list[str]) -> tuple[int, int]:
@@ -230,7 +250,12 @@ def open_parts(settings: Settings, environ: Mapping[str, str] = os.environ) -> I
     queue = Queue(layout.db)
     store = open_store(settings, environ)
     try:
-        yield MaintenanceParts(settings, layout, queue, store)
+        user = PodmanUser.resolve(settings.runner.podman_user)
+    except RunnerError:
+        user = None  # no Podman user on this host: no images of ours either
+    images = ImageBuilder.for_settings(settings.runner, user, layout.root, store) if user is not None else None
+    try:
+        yield MaintenanceParts(settings, layout, queue, store, images)
     finally:
         store.close()
         queue.close()

@@ -139,6 +139,13 @@ class PodmanEngine:
     async def image_exists(self, image: str) -> bool:
         return bool(await self._call(self.client.images.exists, image, what=f"looking up {image}"))
 
+    async def image_id(self, image: str) -> str:
+        try:
+            found = await self._call(self.client.images.get, image, what=f"inspecting {image}")
+        except ImageMissing:
+            return ""
+        return str(found.id).removeprefix("sha256:")  # type: ignore[attr-defined]
+
     async def start_job_container(self, spec: ContainerSpec) -> str:
         """Create and start the job's long-lived container; steps run in it as execs."""
         if not await self.image_exists(spec.image):

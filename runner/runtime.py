@@ -20,6 +20,7 @@ from runner.engine import Engine
 from runner.errors import InstanceLocked, QueueError
 from runner.events import EventBus
 from runner.executor import Executor
+from runner.image_build import ImageBuilder
 from runner.layout import DataLayout
 from runner.logs import LogHub
 from runner.maintenance import maintenance_loop
@@ -59,6 +60,11 @@ class Runtime:
     @property
     def user(self) -> PodmanUser:
         return self.engine.user
+
+    @property
+    def images(self) -> ImageBuilder:
+        """The repository images of this instance (maintenance prunes them)."""
+        return self.executor.images
 
     async def start_workers(self) -> None:
         """Requeue what a crashed run of this instance left running, then claim jobs; and prune hourly."""
@@ -188,8 +194,9 @@ async def _assembled(
         snapshots = Snapshots(store, queue, engine.user)
         artifacts = ArtifactManager(store, queue, engine.user, max_size=settings.runner.max_artifact_size,
                                     default_days=settings.retention.artifact_days)
+        images = ImageBuilder.for_settings(settings.runner, engine.user, layout.root, store, engine.image_id)
         executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots,
-                            artifacts=artifacts)
+                            artifacts=artifacts, images=images)
         planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
         yield Runtime(settings, layout, engine, queue, JobControl(queue, events, planner), hub, events, executor,
                       store, cache, snapshots, planner, artifacts=artifacts)

@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Protocol
 
 from config.durations import format_duration
+from config.errors import ConfigError
+from config.pipeline import pipeline_from_dict
 from config.services import SERVICE_NAME, Service
 from runner.engine import ContainerRefused, ContainerSpec, Engine, EngineError, ImageMissing, PodSpec, \
     ServiceContainerSpec
 from runner.layout import DataLayout
 from runner.logs import JobLog, LogLine, Masker, read_log
-from runner.models import JobState, Outcome
+from runner.models import JobSpec, JobState, Outcome
 
-__all__ = ["PORT_PROBE", "Box", "JobPod", "Solo", "hosts_file_text", "reap_pods", "service_log", "service_log_names",
-           "service_tail"]
+__all__ = ["PORT_PROBE", "Box", "JobPod", "Solo", "declared_services", "hosts_file_text", "pending_service_log",
+           "reap_pods", "service_log", "service_log_names", "service_tail"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,26 @@ def service_log(layout: DataLayout, job_id: int, name: str) -> Path | None:
         return None
     path = layout.service_log_file(job_id, name)
     return path if path.is_file() else None
+
+
+def declared_services(spec: JobSpec) -> list[str]:
+    """The services a job runs with, by name, as its pipeline declares them: the one-job pipeline the planner
+    gave it (or the one submitted with it), read as the executor reads it. [] for a job that reads its pipeline
+    file only after its checkout: until then only the kept logs say which services it has."""
+    if spec.pipeline is None:
+        return []
+    try:
+        return sorted(pipeline_from_dict(spec.pipeline, "the job's pipeline").services)
+    except ConfigError:  # it fails in its plan phase, before any service starts
+        return []
+
+
+def pending_service_log(layout: DataLayout, spec: JobSpec, job_id: int, name: str) -> Path | None:
+    """Where the log of service `name` goes once it starts, for a service the job declares but has not started
+    (read_log reads a missing file as no lines yet); None for a name the job has no service by."""
+    if not SERVICE_NAME.fullmatch(name) or name not in declared_services(spec):
+        return None
+    return layout.service_log_file(job_id, name)
 
 
 def service_tail(path: Path, count: int = TAIL) -> list[LogLine]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from runner.checkout import safe_git
 from runner.errors import WorkspaceError
 from runner.podman_cli import remove_tree_as
 from runner.podman_user import PodmanUser
@@ -289,9 +290,10 @@ class Workspaces:
             raise WorkspaceError(f"{path} is not a directory", infra=False)
         files = None
         if (source / ".git").exists():
-            # As the invoking user: the checkout is theirs, and it may be unreadable to the Podman user.
+            # As the invoking user: the checkout is theirs, and it may be unreadable to the Podman user. It may
+            # also belong to someone else (root running `forgeci run` in a user's checkout): safe_git reads it.
             result = await self._run(
-                ["git", "-C", str(source), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                [*safe_git(source), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                 timeout=self.local_timeout, as_user=False)
             if result.returncode != 0:
                 raise WorkspaceError(f"cannot list the files of {source}: {_tail(result.stderr)}", infra=False)

@@ -235,6 +235,10 @@ class FakeEngine:
         self._up(f"looking up {image}")
         return image in self.images
 
+    async def image_id(self, image: str) -> str:
+        self._up(f"inspecting {image}")
+        return f"fake{abs(hash(image)):x}" if image in self.images else ""
+
     async def start_job_container(self, spec: ContainerSpec) -> str:
         self._up(f"starting a container from {spec.image}")
         if spec.image not in self.images:

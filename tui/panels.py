@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -22,6 +21,7 @@ from tui.job_table import JOB_COLUMNS, JobTable
 from tui.messages import OpenJob, RequestFailed
 from tui.models import Services, apply_event
 from tui.screens import ConfirmScreen
+from tui.widgets import RepoSelect
 
 MAX_ROWS = 200  # jobs the jobs panel keeps; older ones drop off as new ones arrive
 RANGES = ("hour", "day", "week")
@@ -101,14 +101,13 @@ class JobsPanel(Panel):
         super().__init__(services, **kwargs)
         self.sort_column = "id"
         self.reverse = True
-        self.repos: set[str] = set()
         self._load_started = 0.0
         self._touched: dict[int, float] = {}  # job id -> when an event last changed it
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="filters"):
             yield Select([(s, s) for s in STATES], prompt="all states", compact=True, id="state-filter")
-            yield Select([], prompt="all repositories", compact=True, id="repo-filter")
+            yield RepoSelect(id="repo-filter")
             yield Static("", id="sort-label")
         yield JobTable(JOB_COLUMNS, self.clock, id="jobs-table")
 
@@ -149,7 +148,7 @@ class JobsPanel(Panel):
         current = self.table.jobs
         jobs = [current[j.id] if self._touched.get(j.id, 0) > started and j.id in current else j for j in page.jobs]
         self._touched.clear()
-        self._learn_repos(j.repo for j in jobs)
+        self.query_one("#repo-filter", RepoSelect).learn(j.repo for j in jobs)
         self.table.show(jobs)
         self.table.resort(self.sort_column, self.reverse)
         running = [j.id for j in jobs if j.state == "running"]
@@ -184,22 +183,12 @@ class JobsPanel(Panel):
         if not self.matches(job):
             table.drop(job.id)
             return
-        self._learn_repos([job.repo])
+        self.query_one("#repo-filter", RepoSelect).learn([job.repo])
         table.upsert(job)
         while len(table.jobs) > MAX_ROWS:
             table.drop(min(table.jobs))
         table.resort(self.sort_column, self.reverse)
 
-    def _learn_repos(self, repos: Iterable[str]) -> None:
-        new = set(repos) - self.repos
-        if new:
-            self.repos |= new
-            select = self.query_one("#repo-filter", Select)
-            with select.prevent(Select.Changed):
-                value = select.value
-                select.set_options([(fmt.short_repo(r), r) for r in sorted(self.repos)])
-                if isinstance(value, str):
-                    select.value = value
 
     @on(Select.Changed)
     def _filter_changed(self) -> None:

@@ -18,6 +18,7 @@ from tui import format as fmt
 from tui.messages import CancelPipeline, OpenPipeline, RetryPipeline
 from tui.models import Services, pipeline_named
 from tui.panels import Panel
+from tui.widgets import RepoSelect
 
 PIPELINE_STATES = ("planning", "queued", "running", "success", "failure", "cancelled", "error")  # to filter by
 MAX_PIPELINES = 100  # rows the panel asks for; the summary says when there are more
@@ -122,13 +123,12 @@ class PipelinesPanel(Panel):
     def __init__(self, services: Services, **kwargs: Any) -> None:
         super().__init__(services, **kwargs)
         self.api = services.client
-        self.repos: set[str] = set()
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="pipeline-filters"):
             yield Select([(s, s) for s in PIPELINE_STATES], prompt="all states", compact=True,
                          id="pipeline-state-filter")
-            yield Select([], prompt="all repositories", compact=True, id="pipeline-repo-filter")
+            yield RepoSelect(id="pipeline-repo-filter")
             yield Static("", id="pipelines-summary")
         yield PipelineTable(self.clock, id="pipelines-table")
 
@@ -171,22 +171,12 @@ class PipelinesPanel(Panel):
                 return
             self.failed(exc)
             return
-        self._learn_repos(p.repo for p in page.pipelines)
+        self.query_one("#pipeline-repo-filter", RepoSelect).learn(p.repo for p in page.pipelines)
         self.table.show(page.pipelines)
         more = "+" if page.next_cursor else ""
         count = len(page.pipelines)
         summary.update(f"{count}{more} pipeline{'' if count == 1 and not more else 's'}, newest first")
 
-    def _learn_repos(self, repos: Iterable[str]) -> None:
-        new = set(repos) - self.repos
-        if new:
-            self.repos |= new
-            select = self.query_one("#pipeline-repo-filter", Select)
-            with select.prevent(Select.Changed):
-                value = select.value
-                select.set_options([(fmt.short_repo(r), r) for r in sorted(self.repos)])
-                if isinstance(value, str):
-                    select.value = value
 
     @on(Select.Changed)
     def _filter_changed(self) -> None:

@@ -13,9 +13,10 @@ from textual.geometry import Size
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
-from textual.widgets import Static
+from textual.widgets import Select, Static
 
 from client.models import LogEntry
+from tui import format as fmt
 
 # CSI and OSC sequences and two-byte escapes: what Text.from_ansi understands or drops, for search and widths.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -222,3 +223,23 @@ class StatusBar(Static):
         mark, style, label = marks.get(connection, ("?", "", connection))
         text = Text.assemble(("forgeci ", "bold"), (self.server, "underline"), "  ", (f"{mark} {label}", style))
         self.update(text)
+
+
+class RepoSelect(Select[str]):
+    """The repository filter of a list: its options grow with the repositories the list has shown."""
+
+    def __init__(self, *, id: str) -> None:
+        super().__init__([], prompt="all repositories", compact=True, id=id)
+        self.known: set[str] = set()
+
+    def learn(self, repos: Iterable[str]) -> None:
+        """Offer the repositories not yet offered, keeping the choice, without a Changed (nothing changed)."""
+        new = set(repos) - self.known
+        if not new:
+            return
+        self.known |= new
+        with self.prevent(Select.Changed):
+            value = self.value
+            self.set_options([(fmt.short_repo(r), r) for r in sorted(self.known)])
+            if isinstance(value, str):
+                self.value = value

@@ -150,13 +150,14 @@ class Overview:
     queued: list[Job]
     recent: list[Job]
     pipelines: list[dag.PipelineRow]
+    reasons: dict[int, str]  # why each job of the queued list waits (queue.wait_reasons: the API's, the TUI's words)
 
 
 async def _overview(request: web.Request, range_name: str) -> Overview:
     queue = _runtime(request).queue
     metrics = await request.app[METRICS].get(queue, range_name)
 
-    def lists() -> tuple[list[Job], list[Job], list[Job], list[dag.PipelineRow]]:
+    def lists() -> tuple[list[Job], list[Job], list[Job], list[dag.PipelineRow], dict[int, str]]:
         queued, _ = queue.list_jobs(order="dispatch", limit=ACTIVE_LIMIT)
         recent, _ = queue.list_jobs(limit=RECENT_LIMIT + ACTIVE_LIMIT)
         records, _ = queue.list_pipelines(limit=PIPELINE_LIMIT)
@@ -165,7 +166,7 @@ async def _overview(request: web.Request, range_name: str) -> Overview:
         pipelines = [dag.pipeline_row(record, queue.jobs_of_pipeline(record.id) if record.job_ids else [], now)
                      for record in records]
         return (queue.running_jobs(), queued, [job for job in recent if job.state.is_terminal][:RECENT_LIMIT],
-                pipelines)
+                pipelines, queue.wait_reasons([job.id for job in queued]))
 
     return Overview(metrics, *await asyncio.to_thread(lists))
 

@@ -9,16 +9,18 @@ from runner.queue.deliveries import DELIVERY_MEMORY, PRUNE_EVERY, Delivery, Deli
 from runner.queue.index import IndexQueries
 from runner.queue.jobs import JobQueries, Order
 from runner.queue.metrics import MetricQueries
+from runner.queue.outbox import Notification, OutboxQueries
 from runner.queue.pipelines import JobSummary, PipelineStats, PlannedJobRow, Settlement
 from runner.queue.schema import MIGRATIONS
 
 __all__ = [
     "ArtifactFile", "ArtifactRecord", "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY",
-    "Delivery", "JobSummary", "NewDelivery", "Order", "PipelineStats", "PlannedJobRow", "Queue", "Settlement",
+    "Delivery", "JobSummary", "NewDelivery", "Notification", "Order", "PipelineStats", "PlannedJobRow", "Queue",
+    "Settlement",
 ]
 
 
-class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, AgentQueries):
+class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries, AgentQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

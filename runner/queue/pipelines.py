@@ -20,6 +20,7 @@ from config.plan import env_name
 from runner.errors import InvalidTransition, PipelineNotFound
 from runner.models import JobSpec, JobState, PipelineRecord, PipelineState
 from runner.queue.base import QueueBase, decode_cursor, encode_cursor
+from runner.queue.outbox import record_end
 
 ACTIVE_JOB = ("queued", "running")
 FAILED = frozenset({"failure", "timeout", "error"})
@@ -301,8 +302,9 @@ class PipelineQueries(QueueBase):
         """Planning met an infrastructure fault: plan again in `retry_in` seconds, or (None) end `error`."""
         with self._transaction() as conn:
             if retry_in is None:
-                conn.execute("UPDATE pipelines SET state = 'error', error = ?, finished_at = ? "
-                             "WHERE id = ? AND state = 'planning'", (error, self._clock(), pipeline_id))
+                if conn.execute("UPDATE pipelines SET state = 'error', error = ?, finished_at = ? "
+                                "WHERE id = ? AND state = 'planning'", (error, self._clock(), pipeline_id)).rowcount:
+                    record_end(conn, pipeline_id, "error", self._clock())
                 return PipelineState.error
             conn.execute("UPDATE pipelines SET plan_attempts = plan_attempts + 1, plan_after = ?, error = ? "
                          "WHERE id = ? AND state = 'planning'", (self._clock() + retry_in, error, pipeline_id))
@@ -335,6 +337,7 @@ class PipelineQueries(QueueBase):
         if conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()[0] == "planning":
             conn.execute("UPDATE pipelines SET state = 'cancelled', finished_at = ? WHERE id = ?", (now, pipeline_id))
             settled.state = PipelineState.cancelled
+            record_end(conn, pipeline_id, "cancelled", now)
             return settled
         more = self._settle(conn, pipeline_id)
         settled.state = more.state
@@ -432,6 +435,8 @@ class PipelineQueries(QueueBase):
                 conn.execute("UPDATE pipelines SET state = ?, started_at = ?, finished_at = ? WHERE id = ?",
                              (state, started, finished, pipeline_id))
                 settled.state = state
+                if finished is not None:
+                    record_end(conn, pipeline_id, state, now)  # the notifications outbox (runner.queue.outbox)
         return settled
 
 

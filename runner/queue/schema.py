@@ -192,6 +192,27 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (artifact_id, path)
     ) WITHOUT ROWID;
     """,
+    # notifications (runner/queue/outbox.py): the outbox. A pipeline's end writes one row (target NULL) in the
+    # transaction that ends it; the server fans it out to one row per matching [[notify]] target and delivers
+    # those with retries. `pipelines_branch` finds a branch's latest pipelines (badges, "fixed").
+    """
+    CREATE TABLE notifications (
+        id          INTEGER PRIMARY KEY,
+        pipeline_id INTEGER NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+        target      TEXT,                     -- the [[notify]] target's name; NULL: not fanned out yet
+        kind        TEXT,                     -- slack | discord | webhook | email (NULL for the pipeline's row)
+        event       TEXT    NOT NULL,         -- success | failure | fixed | error | cancelled
+        state       TEXT    NOT NULL DEFAULT 'pending',  -- pending | delivered | dropped | fanned
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_at     REAL    NOT NULL,         -- when it is due; pushed on while a delivery is under way
+        error       TEXT,                     -- the last failed attempt's reason
+        created_at  REAL    NOT NULL,
+        done_at     REAL
+    );
+    CREATE INDEX notifications_due ON notifications (next_at) WHERE state = 'pending';
+    CREATE INDEX notifications_pipeline ON notifications (pipeline_id);
+    CREATE INDEX pipelines_branch ON pipelines (repo, ref, id);
+    """,
     # agent tokens (forgeci agents token create|revoke): only a token's sha256 is kept
     """
     CREATE TABLE agent_tokens (

@@ -10,6 +10,7 @@ import os
 import stat
 import tarfile
 import time
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ from aiohttp.test_utils import TestClient
 
 from bot.artifact_links import KEY_FILE, LinkSigner, archive_path, file_path, load_key
 from bot.artifacts import SIGNER, byte_range
-from config.settings import Settings, StorageSettings
+from config.errors import ConfigError
+from config.settings import Settings, StorageSettings, parse_settings
+from runner.archive import CHUNK
+from runner.artifacts.zipped import zip_chunks
 from runner.errors import StoreError
 from runner.models import JobSpec, JobState
 from tests.bot.api_helpers import TOKEN, api_client, runtime_of, with_server
@@ -264,3 +268,136 @@ async def test_a_store_failing_mid_download_cuts_it_short(built: Built) -> None:
     assert response.status == 200
     with pytest.raises(Exception):  # noqa: B017 - aiohttp's payload error: the body ended before its length
         await response.read()
+
+
+async def test_a_zip_link_streams_every_file_of_the_artifact(built: Built) -> None:
+    link = built.artifact["links"]["zip"]
+    assert urlsplit(link).path == f"/artifacts/dl/{built.artifact['id']}/archive.zip"
+    response = await built.client.get(built.path(link))
+    assert response.status == 200 and response.headers["Content-Type"] == "application/zip"
+    assert "Content-Length" not in response.headers and response.headers.get("Transfer-Encoding") == "chunked"
+    assert response.headers["Content-Disposition"].startswith(f'attachment; filename="build-{built.build}-artifacts.zip"')
+    with zipfile.ZipFile(io.BytesIO(await response.read())) as archive:
+        assert archive.testzip() is None  # every entry's CRC checks out
+        assert {name: archive.read(name) for name in archive.namelist()} == {
+            rel: data if isinstance(data, bytes) else data.encode() for rel, data in FILES.items()}
+        assert all(info.compress_type == zipfile.ZIP_DEFLATED for info in archive.infolist())
+        assert {info.filename for info in archive.infolist()} == {f["path"] for f in built.artifact["files"]}
+    # Signed for the zip only: the same expiry and signature name nothing else, and a changed path is refused.
+    path, query = built.path(link).split("?")
+    assert (await built.client.get(f"{path[:-3]}tar?{query}")).status == 403
+    assert (await built.client.get(f"/artifacts/dl/{built.artifact['id']}/archive.zip")).status == 403
+    page = await (await built.client.get(f"/dashboard/jobs/{built.build}")).text()
+    assert f'href="/artifacts/dl/{built.artifact["id"]}/archive.zip?expires=' in page
+
+
+async def test_the_zip_is_made_while_the_archive_streams(built: Built) -> None:
+    """The first piece of the zip is out before the archive has been read to its end; the pieces stay small."""
+    rt = runtime_of(built.client)
+    record = rt.queue.artifact(built.artifact["id"], files=False)
+    assert record is not None and record.size > 2 * CHUNK  # BLOB is incompressible: the archive is ~3 MB
+    original, read = rt.store.get_stream, [0]
+
+    class Counting:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def read(self, size: int = -1) -> bytes:
+            data = self.inner.read(size)
+            read[0] += len(data)
+            return data
+
+    @contextmanager
+    def counting(key: str) -> Iterator[Counting]:
+        with original(key) as stream:
+            yield Counting(stream)
+
+    rt.store.get_stream = counting  # type: ignore[method-assign]
+    chunks = zip_chunks(rt.store, record)
+    first = next(chunks)
+    assert read[0] < record.size and first.startswith(b"PK\x03\x04")
+    pieces = [first, *chunks]
+    assert len(pieces) >= 3 and max(len(p) for p in pieces) <= 2 * CHUNK and read[0] == record.size
+    with zipfile.ZipFile(io.BytesIO(b"".join(pieces))) as archive:
+        assert archive.read("dist/app.bin") == BLOB
+
+
+async def test_the_link_lifetime_is_a_setting(settings: Settings, tmp_path: Path) -> None:
+    twelve_hours = with_server(settings, artifact_link_lifetime=12 * 3600.0)
+    repo, _ = repo_maker(tmp_path, shared=False)({".forgeci.toml": PIPELINE})
+    engine = FakeEngine()
+    engine.on("build", Script(files=FILES))
+    async with api_client(twelve_hours, workers=True, engine=engine) as client:
+        rt = runtime_of(client)
+        submitted = await rt.control.submit_pipeline(JobSpec(repo=str(repo), ref="main"))
+        build = by_display(await finished(rt, submitted.pipeline_id))["build"].id
+        before = time.time()
+        listing = await (await client.get(f"/artifacts?job={build}")).json()
+        assert before + 12 * 3600 - 5 <= listing["links_expire_at"] <= time.time() + 12 * 3600
+        for url in (*listing["artifacts"][0]["links"].values(), listing["artifacts"][0]["files"][0]["url"]):
+            assert parse_qs(urlsplit(url).query)["expires"] == [str(listing["links_expire_at"])]
+        page = await (await client.get(f"/dashboard/jobs/{build}")).text()
+        assert f"expires={listing['links_expire_at']}" in page or \
+            f"expires={listing['links_expire_at'] + 1}" in page  # made a moment later
+        # The link works for as long as it says: a signer a little under 12 hours on still accepts it.
+        signer: LinkSigner = client.server.app[SIGNER]
+        signer.clock = lambda: time.time() + 12 * 3600 - 60
+        url = urlsplit(listing["artifacts"][0]["links"]["zip"])
+        assert (await client.get(f"{url.path}?{url.query}")).status == 200
+        signer.clock = lambda: time.time() + 12 * 3600 + 60
+        assert (await client.get(f"{url.path}?{url.query}")).status == 403
+
+
+@pytest.mark.parametrize(("text", "seconds"), [('"1h"', 3600.0), ('"90m"', 5400.0), ('"7d"', 7 * 86400.0),
+                                               ("600", 600.0), ('"1d12h"', 129600.0)])
+def test_link_lifetimes_that_are_accepted(text: str, seconds: float) -> None:
+    assert parse_settings(f"[server]\nartifact_link_lifetime = {text}\n", "t.toml").server.artifact_link_lifetime \
+        == seconds
+    assert Settings.default().server.artifact_link_lifetime == 3600.0
+
+
+@pytest.mark.parametrize("text", ['"30s"', '"8d"', "0", "-5", '"soon"', "true", '""'])
+def test_link_lifetimes_that_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(f"[server]\nartifact_link_lifetime = {text}\n", "t.toml")
+    assert "server.artifact_link_lifetime: expected a duration" in str(caught.value)
+
+
+def test_the_zip_keeps_regular_files_only_under_safe_names() -> None:
+    """Directories, links and names that could leave the folder stay out; odd bytes and old times still zip."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        def add(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, mtime: float = 1.7e9,
+                mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mtime, info.mode = kind, len(data), mtime, mode
+            if kind == tarfile.SYMTYPE:
+                info.linkname, info.size = "../../etc/passwd", 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        add("dist", kind=tarfile.DIRTYPE)
+        add("dist/run.sh", b"#!/bin/sh\n", mode=0o755)
+        add("dist/old.txt", b"from 1970", mtime=0)
+        add("dist/link", kind=tarfile.SYMTYPE)
+        add("../escape.txt", b"no")
+        add("/etc/absolute", b"no")
+        add("dist/caf\udce9.txt", b"latin-1 name")
+    store = _BytesStore(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    record: Any = type("Record", (), {"object": "artifacts/x.tar.zst", "job_id": 1})()
+    data = b"".join(zip_chunks(store, record))  # type: ignore[arg-type]
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.namelist() == ["dist/run.sh", "dist/old.txt", "dist/caf\ufffd.txt"]
+        assert archive.read("dist/run.sh") == b"#!/bin/sh\n" and archive.read("dist/old.txt") == b"from 1970"
+        assert archive.getinfo("dist/run.sh").external_attr >> 16 == stat.S_IFREG | 0o755
+        assert archive.getinfo("dist/old.txt").date_time[0] == 1980
+        assert archive.testzip() is None
+
+
+class _BytesStore:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @contextmanager
+    def get_stream(self, key: str) -> Iterator[io.BytesIO]:
+        yield io.BytesIO(self.data)

@@ -277,6 +277,34 @@ async def test_the_overview_lists_pipelines_with_their_jobs_and_job_pages_link_b
         assert "needs lint" in job
 
 
+def waits_because(html: str, job_id: int) -> str | None:
+    """The "Waits because" cell of a job's row in the overview's queued list."""
+    row = re.search(rf'<tr id="queued-{job_id}">(.*?)</tr>', html, re.S)
+    cell = row and re.search(r'<td class="note wait">([^<]*)</td>', row.group(1))
+    return cell.group(1) if cell else None
+
+
+async def test_the_overview_says_why_each_queued_job_waits_as_the_api_does(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        queue = runtime_of(client).queue  # two slots (max_concurrent = 2)
+        _, (lint, unit, docs, build) = make_pipeline(
+            queue, [("lint", "lint", ()), ("unit", "unit", ()), ("docs", "docs", ()), ("build", "build", ("lint",))])
+        run(queue, lint, JobState.running)
+        html = await (await client.get("/dashboard")).text()
+        queued = html[html.index('id="count-queued"'):]
+        assert "Waits because" in queued
+        assert waits_because(queued, build) == "waits for lint" and waits_because(queued, unit) == "next in line"
+        run(queue, unit, JobState.running)
+        fragment = await (await client.get("/dashboard/fragments/overview")).text()
+        api = {job["id"]: job["wait_reason"]
+               for job in (await (await client.get("/jobs?order=dispatch")).json())["jobs"]}
+        assert api == {docs: "no free slot: 2 of 2 running", build: "waits for lint"}
+        for job_id, reason in api.items():
+            assert waits_because(fragment, job_id) == reason
+        assert f'id="queued-{unit}"' not in fragment and f'id="running-{unit}"' in fragment
+        assert 'class="note wait"' not in fragment[:fragment.index('id="count-queued"')]  # only the queued list
+
+
 def job(job_id: int, name: str, needs: tuple[str, ...] = (), display: str | None = None) -> Job:
     return Job(id=job_id, spec=JobSpec(repo=REPO, ref="main"), state=JobState.queued, name=name,
                display=display or name, needs=needs, pipeline_id=1)

@@ -348,5 +348,16 @@ async def test_the_overview_lists_pipelines_that_open_to_their_jobs_and_stay_ope
                 await asyncio.sleep(0.25)
             assert await page.evaluate(f"{row}.dataset.old === undefined && {row}.open")
             assert await page.evaluate(f"{row}.querySelectorAll('.dots i.bg-running').length") == 1
+            # The queued list says why each job waits, in the API's words, and the live refresh renews it.
+            reason = "document.querySelector('#queued-{} .wait').textContent".format
+            assert await page.evaluate(reason(ids[-1])) == "waits for test"
+            assert await page.evaluate(reason(ids[2])) == "next in line"
+            run(queue, ids[2], JobState.running)
+            for _ in range(40):
+                server.call(lambda: _publish(server, ids[2]))
+                if await page.evaluate(f"!document.getElementById('queued-{ids[2]}')"):
+                    break
+                await asyncio.sleep(0.25)
+            assert await page.evaluate(reason(ids[3])) == "no free slot: 2 of 2 running"
             await page.screenshot("dashboard-overview-pipelines")
             assert page.errors == []

@@ -14,7 +14,7 @@ from config.settings import Settings
 from runner.logs import JobLog, Masker
 from runner.models import JobSpec, JobState
 from runner.runtime import Runtime
-from runner.services import service_log_names
+from runner.services import declared_services, service_log_names
 from tests.bot.api_helpers import api_client, async_wait_until, enqueue, finish, parse_sse, runtime_of
 from tests.bot.test_sse import end_of, lines_of, read_until
 from tests.fake_engine import FakeEngine, Script, ServiceScript
@@ -90,6 +90,65 @@ async def test_a_running_jobs_service_lines_are_polled_until_the_job_ends(settin
         assert end_of(text) == {"id": job_id, "state": "success", "last": 3}
 
 
+WITH_DB: dict[str, Any] = {"steps": [{"name": "test", "run": "psql"}], "services": {"db": {"image": DB_IMAGE}}}
+
+
+async def test_a_declared_service_that_has_not_started_reads_like_a_job_log_with_no_lines_yet(
+        settings: Settings) -> None:
+    async with api_client(settings) as client:
+        job_id = enqueue(runtime_of(client).queue, pipeline=WITH_DB)
+        # Nothing written yet: it answers as the queued job's own log does.
+        one = await client.get(f"/jobs/logs?id={job_id}&service=db&follow=false")
+        plain = await client.get(f"/jobs/logs?id={job_id}&follow=false")
+        assert one.status == plain.status == 200 and one.headers["Content-Type"] == plain.headers["Content-Type"]
+        text, job_text = await one.text(), await plain.text()
+        assert lines_of(text) == lines_of(job_text) == []
+        assert end_of(text) == end_of(job_text) == {"id": job_id, "state": "queued", "last": 0}
+        resumed = await (await client.get(f"/jobs/logs?id={job_id}&service=db&follow=false&after=7")).text()
+        assert end_of(resumed) == {"id": job_id, "state": "queued", "last": 7}
+        # A name the job does not declare stays a 404, naming the services it does.
+        for name in ("redis", "db2", "../db", ""):
+            response = await client.get(f"/jobs/logs?id={job_id}&service={name}&follow=false")
+            assert response.status == 404, name
+            assert (await response.json())["detail"]["services"] == ["db"]
+
+
+async def test_following_a_declared_service_waits_for_it_to_start(settings: Settings) -> None:
+    async with api_client(settings, timing=FAST) as client:
+        runtime = runtime_of(client)
+        job_id = enqueue(runtime.queue, pipeline=WITH_DB)
+        response = await client.get(f"/jobs/logs?id={job_id}&service=db")
+        assert response.status == 200
+        waited = await read_until(response, lambda t: t.count(":") >= 2, timeout=30)  # keepalives, no lines
+        assert lines_of(waited) == [] and "event: end" not in waited
+        runtime.queue.claim("test-runner", 60)
+        log = service_log(runtime, job_id, "db", ["database system is ready"])  # the service started
+        text = await read_until(response, lambda t: "ready" in t, timeout=30)
+        log.close()
+        runtime.queue.complete(job_id, JobState.success, runner_id="test-runner")
+        text += await read_until(response, lambda t: "event: end" in t, timeout=30)
+        assert lines_of(waited + text) == [(1, "database system is ready")]
+        assert end_of(text) == {"id": job_id, "state": "success", "last": 1}
+
+
+async def test_a_planned_jobs_own_services_are_known_before_it_runs(settings: Settings) -> None:
+    pipeline: dict[str, Any] = {"jobs": {
+        "lint": {"steps": [{"run": "lint"}]},
+        "test": {"needs": ["lint"], "steps": [{"run": "psql"}], "services": {"db": {"image": DB_IMAGE}}}}}
+    async with api_client(settings) as client:  # no workers: the jobs stay queued
+        runtime = runtime_of(client)
+        submitted = await runtime.control.submit_pipeline(JobSpec(repo="https://git.example.test/a/b.git",
+                                                                  ref="main", pipeline=pipeline))
+        jobs = {runtime.queue.get(job_id).name: job_id for job_id in submitted.job_ids}
+        assert set(jobs) == {"lint", "test"}
+        for name, job_id in jobs.items():
+            assert declared_services(runtime.queue.get(job_id).spec) == (["db"] if name == "test" else [])
+        text = await (await client.get(f"/jobs/logs?id={jobs['test']}&service=db&follow=false")).text()
+        assert lines_of(text) == [] and end_of(text)["last"] == 0
+        lint = await client.get(f"/jobs/logs?id={jobs['lint']}&service=db&follow=false")
+        assert lint.status == 404 and (await lint.json())["detail"]["services"] == []
+
+
 async def test_a_job_with_a_service_on_the_fake_engine_keeps_its_log_for_the_api(
         settings: Settings, make_local_repo: Callable[..., tuple[Path, str]]) -> None:
     engine = FakeEngine()
@@ -97,11 +156,11 @@ async def test_a_job_with_a_service_on_the_fake_engine_keeps_its_log_for_the_api
     engine.service("db", ServiceScript(lines=["database system is ready"]))
     engine.on("psql", Script(lines=["ok"]))
     repo = make_local_repo({"README": "services\n"})[0]
-    pipeline: dict[str, Any] = {"steps": [{"name": "test", "run": "psql"}], "services": {"db": {"image": DB_IMAGE}}}
+    pipeline = WITH_DB
     async with api_client(settings, workers=True, engine=engine, timing=FAST) as client:
         runtime = runtime_of(client)
         job_id = await runtime.control.submit(JobSpec(repo=str(repo), ref="main", pipeline=pipeline))
-        # The file exists once the service started (before that, and for a queued job, the name is a 404).
+        # The file exists once the service started (before that the name reads as a log with no lines yet).
         await async_wait_until(lambda: service_log_names(runtime.layout, job_id) == ["db"])
         text = await (await client.get(f"/jobs/logs?id={job_id}&service=db")).text()  # followed to the end
         assert "database system is ready" in [t for _, t in lines_of(text)]

@@ -67,7 +67,8 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path: Path) ->
     result = forgeci("init", str(tmp_path))
     assert result.returncode == 0, result.stderr
     pipeline = load_pipeline(tmp_path / ".forgeci.toml")
-    assert any("npm ci" in step.run for step in pipeline.steps)
+    assert any("npm ci" in step.run for step in pipeline.jobs["test"].steps)
+    assert forgeci("config", "check", str(tmp_path / ".forgeci.toml")).returncode == 0
     again = forgeci("init", str(tmp_path))
     assert again.returncode == 2 and "--force" in again.stderr
     assert forgeci("init", "--force", str(tmp_path)).returncode == 0

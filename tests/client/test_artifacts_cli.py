@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_it_lists_a_jobs_files(server: tuple[LiveServer, dict[str, int]], capsys
     out = capsys.readouterr().out
     assert out.startswith(f"job {ids['build']} (build): 3 files, 3.0 MB")
     assert "  dist/app.bin " in out and hashlib.sha256(BLOB).hexdigest()[:16] in out and "all of it: http" in out
+    assert re.search(r"as a zip:  http://\S+/archive\.zip\?expires=", out)
     assert main(["artifacts", str(ids["lint"]), "--server", live.url]) == 0
     assert capsys.readouterr().out == f"job {ids['lint']} has no artifacts\n"
     assert main(["artifacts", "999", "--server", live.url]) == 2

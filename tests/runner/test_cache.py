@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from config.pipeline import pipeline_from_dict
+from config.pipeline import load_pipeline, pipeline_from_dict
 from runner.cache import CacheManager, CachePlan, Meter, plan_cache, rate, ref_scope, repo_id, scopes
 from runner.models import JobSpec, JobState
 from runner.podman_user import PodmanUser
@@ -74,7 +74,8 @@ def test_detection_points_package_manager_caches_into_the_workspace(tmp_path: Pa
     for lock, path, var in (("yarn.lock", ".forgeci-cache/yarn", "YARN_CACHE_FOLDER"),
                             ("pnpm-lock.yaml", ".forgeci-cache/pnpm-store", "npm_config_store_dir"),
                             ("poetry.lock", ".venv", "PIP_CACHE_DIR"), ("uv.lock", ".forgeci-cache/uv", "UV_CACHE_DIR"),
-                            ("Cargo.lock", "target", "CARGO_HOME")):
+                            ("Cargo.lock", "target", "CARGO_HOME"), ("bun.lockb", ".forgeci-cache/bun", "BUN_INSTALL_CACHE_DIR"),
+                            ("bun.lock", "node_modules", "BUN_INSTALL_CACHE_DIR")):
         found = plan_for(workspace(tmp_path / lock, {lock: "x"}))
         assert path in found.paths and var in found.env, lock
     assert plan_cache(spec(), pipeline_from_dict(STEPS, "t"), workspace(tmp_path / "none", {"README": ""}),
@@ -333,3 +334,22 @@ def test_long_transfers_report_progress() -> None:
     Meter(quiet, "x")(1)  # within the first PROGRESS_EVERY seconds: nothing
     assert quiet == []
     assert rate(1536, 0.5) == "1.5 kB in 0.50s, 0.0 MB/s" and rate(95_100_000, 12.0).startswith("95.1 MB in 12s, 7.9")
+
+
+def test_the_jobs_forgeci_init_writes_cache_what_they_install(tmp_path: Path) -> None:
+    """A Node project without a lockfile and a Python one: nothing to detect, so the starter names each job's cache
+    and its package manager's variables itself; each job caches its own toolchain's paths, keyed by its manifest."""
+    from config.plan import expand
+    from config.starter import write_starter
+
+    ws = workspace(tmp_path / "ws", {"package.json": '{"scripts": {"test": "node t.js"}}',
+                                     "pyproject.toml": '[project]\nname = "d"\nversion = "1"\n'})
+    assert plan_cache(spec(), pipeline_from_dict(STEPS, "t"), ws, IMAGE) is None  # no lockfile: nothing detected
+    jobs = {job.name: job.pipeline for job in expand(load_pipeline(write_starter(ws)))}
+    node, python = plan_cache(spec(), jobs["node"], ws, IMAGE), plan_cache(spec(), jobs["python"], ws, IMAGE)
+    assert node is not None and python is not None and not node.detected
+    assert node.paths == (".forgeci-cache/npm", "node_modules") and node.key_files == ("package.json",)
+    assert python.paths == (".forgeci-cache/pip", ".venv") and python.key_files == ("pyproject.toml",)
+    assert node.key != python.key
+    assert jobs["node"].env["npm_config_cache"] == "/workspace/.forgeci-cache/npm"
+    assert jobs["python"].env["PIP_CACHE_DIR"] == "/workspace/.forgeci-cache/pip"

@@ -95,13 +95,31 @@ def seed_v5(conn: sqlite3.Connection) -> None:
 
 def seed_v6(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO artifacts (id, job_id, pipeline_id, job, display, repo, scope, paths, object, size,"
-                 " raw_size, checksum, file_count, total_size, error, created_at, expires_at) VALUES (1, 10, 7,"
-                 " 'build', 'build (py3.11)', 'acme/app', 'feature', '[\"dist/**\"]', 'artifacts/10.tar.zst', 120,"
-                 " 300, 'abc', 1, 42, NULL, 1110.0, 9e9)")
-    conn.execute("INSERT INTO artifact_files (artifact_id, path, size, sha256) VALUES (1, 'dist/app', 42, 'def')")
+                 " checksum, file_count, total_size, created_at, expires_at) VALUES (1, 10, 7, 'build',"
+                 " 'build (py3.11)', 'acme-app', 'feature', '[\"dist/**\"]', 'artifacts/10.tar.zst', 100, ?, 1,"
+                 " 300, 1110.0, 99999999999.0)", ("0" * 64,))
+    conn.execute("INSERT INTO artifact_files (artifact_id, path, size, sha256) VALUES (1, 'dist/app', 300, ?)",
+                 ("1" * 64,))
 
 
-SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6}
+def seed_notifications(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO notifications (pipeline_id, target, kind, event, state, attempts, next_at, created_at)"
+                 " VALUES (7, 'ops-slack', 'slack', 'failure', 'pending', 1, 1200.0, 1150.0)")
+
+
+def seed_agent_tokens(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO agent_tokens (name, token_hash, created_at, revoked_at) VALUES ('build-01', ?, 1150.0,"
+                 " NULL)", ("2" * 64,))
+
+
+def version_of(table: str) -> int:
+    """The schema version that creates `table` (migrations may be reordered when branches merge)."""
+    return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if f"CREATE TABLE {table} " in script)
+
+
+SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6,
+                          version_of("notifications"): seed_notifications,
+                          version_of("agent_tokens"): seed_agent_tokens}
 
 
 def build(path: Path, version: int) -> None:

@@ -368,6 +368,26 @@ async def test_from_local_copies_the_working_tree_as_it_is(
     assert owners(path) == {user.uid}
 
 
+async def test_from_local_reads_a_checkout_another_user_owns(
+    workspaces: Workspaces, base: Path, user: PodmanUser
+) -> None:
+    """Root copying the forgeci user's checkout: git would refuse it ("dubious ownership") without the per-command
+    safe.directory; nobody's git configuration changes."""
+    checkout = Repo(base / "theirs")
+    head = checkout.commit({"a.txt": "committed", ".gitignore": "build/\n"})
+    (checkout.path / "new.txt").write_text("untracked")
+    (checkout.path / "build").mkdir()
+    (checkout.path / "build" / "out.o").write_text("ignored")
+    for sub in [checkout.path, *checkout.path.rglob("*")]:
+        os.lchown(sub, user.uid, user.gid)
+    gitconfig = Path.home() / ".gitconfig"
+    before = gitconfig.read_bytes() if gitconfig.exists() else None
+    path = await workspaces.from_local(1, checkout.path)
+    assert (path / "new.txt").read_text() == "untracked" and not (path / "build").exists()
+    assert (path / "a.txt").read_text() == "committed" and git(path, "rev-parse", "HEAD") == head
+    assert (gitconfig.read_bytes() if gitconfig.exists() else None) == before
+
+
 async def test_from_local_copies_a_plain_directory_whole(workspaces: Workspaces, base: Path, user: PodmanUser) -> None:
     plain = base / "plain"
     (plain / "node_modules").mkdir(parents=True)

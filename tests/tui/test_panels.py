@@ -8,7 +8,7 @@ from textual.widgets import DataTable, Sparkline, Static
 
 from tests.client.fake_api import NOW, FakeApi, make_job
 from tests.tui.conftest import record_notifications, wait_until
-from tui.app import ForgeciApp
+from tui.app import RECONNECT_MAX, ForgeciApp
 from tui.job_table import JobTable
 from tui.panels import CachePanel, JobsPanel, MetricsPanel, QueuePanel
 from tui.screens import ConfirmScreen, HelpScreen, JobScreen, help_rows
@@ -133,7 +133,8 @@ async def test_a_refused_token_is_reported_and_retried(make_app: Callable[..., F
         assert "wrong" not in repr(app.client) and all(
             r.headers["Authorization"] == "Bearer wrong" for r in api.requests)
         api.token = "wrong"  # the operator fixed the server's token: the console recovers by itself
-        await wait_until(pilot, lambda: app.connection == "online", timeout=10)
+        # by its next reconnect, whose back-off may have grown to RECONNECT_MAX on a loaded machine
+        await wait_until(pilot, lambda: app.connection == "online", timeout=RECONNECT_MAX + 10)
         await wait_until(pilot, lambda: app.query_one(JobsPanel).table.row_count == 6)
 
 
