@@ -24,8 +24,16 @@ from bot.agent_transport import Network, Transport, parse_proxies
 from bot.errors import HTTPError
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
 from bot.parse import MAX_ID, check_keys, read_json
-from runner.agent.wire import API, ARG_DECODERS, INDEX_OPS, MAX_BATCH, MAX_WAIT, job_to_dict, outcome_from_dict, \
-    step_from_dict
+from runner.agent.wire import (
+    API,
+    ARG_DECODERS,
+    INDEX_OPS,
+    MAX_BATCH,
+    MAX_WAIT,
+    job_to_dict,
+    outcome_from_dict,
+    step_from_dict,
+)
 from runner.environment import Secrets
 from runner.errors import InvalidTransition
 from runner.events import JobEvent

@@ -13,7 +13,13 @@ import logging
 from collections import deque
 from typing import Any
 
-from runner.agent.client import AgentClient, AgentError, LeaseLost, TokenRefused, Unreachable
+from runner.agent.client import (
+    AgentClient,
+    AgentError,
+    LeaseLost,
+    TokenRefused,
+    Unreachable,
+)
 from runner.agent.wire import MAX_BATCH, outcome_to_dict, step_to_dict
 from runner.logs import LogLine
 from runner.models import Job, Outcome, StepResult

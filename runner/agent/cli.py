@@ -68,6 +68,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_agents_token(args: argparse.Namespace) -> int:
     from config.settings import load_settings
+    from runner.errors import QueueError
     from runner.layout import DataLayout
     from runner.queue import Queue
     from runner.queue.agents import AGENT_PREFIX, check_name
@@ -91,8 +92,8 @@ def cmd_agents_token(args: argparse.Namespace) -> int:
             try:
                 queue.fail_infra(job_id, "the agent's token was revoked", runner_id)
                 requeued.append(job_id)
-            except Exception:  # it ended meanwhile
-                continue
+            except QueueError:  # it ended meanwhile
+                pass
         print(f"revoked the token of agent {name}" + (f"; requeued jobs {requeued}" if requeued else ""))
         return 0
     finally:

@@ -42,7 +42,7 @@ class RemoteIndex:
         future = asyncio.run_coroutine_threadsafe(
             self._client.call("/index", {"op": op, "args": args}, give_up_after=CALL_LIMIT), self._loop)
         try:
-            status, data = future.result(CALL_LIMIT + 30)
+            _, data = future.result(CALL_LIMIT + 30)
         except (RunnerError, TimeoutError) as exc:
             future.cancel()
             raise QueueError(f"the coordinator's index ({op}): {exc}") from exc

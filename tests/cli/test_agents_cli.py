@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def forgeci(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "forgeci_cli", "--config", str(config), *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60,
+                          text=True, cwd=ROOT, timeout=60, check=False,
                           env={"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})})
 
 

@@ -57,7 +57,8 @@ class Cluster:
 
     def cli(self, *args: str, config: str = "server") -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "forgeci_cli", "--config", str(self.config(config)), *args],
-                              capture_output=True, text=True, cwd=ROOT, env=self.env(), timeout=120)
+                              capture_output=True, text=True, cwd=ROOT, env=self.env(), timeout=120,
+                              check=False)
 
     def start_server(self) -> None:
         log = (self.base / "server.out").open("ab")

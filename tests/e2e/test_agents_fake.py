@@ -114,8 +114,8 @@ async def test_two_agents_run_a_pipeline_with_an_artifact_between_them(
         async with agent(agent_settings(base, tmp_path, "a1"), server, token_one, "a1", one), \
                 agent(agent_settings(base, tmp_path, "a2"), server, token_two, "a2", two):
             submitted = await rt.control.submit_pipeline(JobSpec(repo=str(repo), ref="main", sha=sha))
-            jobs = await wait_for(lambda: (lambda p: p.state.is_terminal and p)(rt.queue.pipeline(
-                submitted.pipeline_id)))
+            await wait_for(lambda: rt.queue.pipeline(submitted.pipeline_id).state.is_terminal)
+            jobs = rt.queue.pipeline(submitted.pipeline_id)
             got = {rt.queue.get(j).name: rt.queue.get(j) for j in jobs.job_ids}
             assert got["build"].state is JobState.success, got
             assert got["test"].state is JobState.success, got
