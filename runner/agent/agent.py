@@ -26,7 +26,9 @@ from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager
 from runner.engine import Engine
 from runner.environment import Secrets
+from runner.errors import RunnerError
 from runner.executor import Executor
+from runner.image_build import ImageBuilder
 from runner.layout import DataLayout
 from runner.logs import LogLine
 from runner.models import JobState, Outcome
@@ -38,6 +40,7 @@ from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
 STOPPED = "the agent stopped before the job finished"
+IMAGE_PRUNE_EVERY = 3600.0  # seconds
 
 
 def check_store(settings: Settings) -> None:
@@ -85,11 +88,16 @@ class Agent:
             await engine.start()
             async with self.client:
                 store = open_store(self.settings, self.environ)
+                pruning: asyncio.Task[None] | None = None
                 try:
                     self.executor = self._executor(engine, store)
                     await self._reap(engine)
+                    pruning = asyncio.create_task(self._prune_images(), name="forgeci-agent-image-prune")
                     return await self._claim_loop()
                 finally:
+                    if pruning is not None:
+                        pruning.cancel()
+                        await asyncio.gather(pruning, return_exceptions=True)
                     await self._stop_jobs()
                     store.close()
         finally:
@@ -111,7 +119,27 @@ class Agent:
                         cache=CacheManager(store, index, engine.user), snapshots=Snapshots(store, index, engine.user),
                         artifacts=ArtifactManager(store, index, engine.user,
                                                   max_size=settings.runner.max_artifact_size,
-                                                  default_days=settings.retention.artifact_days))
+                                                  default_days=settings.retention.artifact_days),
+                        images=ImageBuilder.for_settings(settings.runner, engine.user, self.layout.root, store,
+                                                         engine.image_id))
+
+    async def _prune_images(self) -> None:
+        """Hourly, as the server's maintenance does: the job images built here that no job used for a while."""
+        while True:
+            await asyncio.sleep(IMAGE_PRUNE_EVERY)
+            builder = self.executor.images if self.executor is not None else None
+            if builder is None:
+                continue
+            try:
+                count, problems = await asyncio.to_thread(builder.prune, time.time(),
+                                                          self.settings.retention.image_days)
+            except (RunnerError, OSError) as exc:
+                log.warning("pruning built images: %s", exc)
+                continue
+            for problem in problems:
+                log.warning("pruning built images: %s", problem)
+            if count:
+                log.info("pruned %d built image(s)", count)
 
     async def _reap(self, engine: Engine) -> None:
         """Back from a crash: nothing runs here yet, so every job container, pod and workspace is a leftover."""
