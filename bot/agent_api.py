@@ -14,7 +14,7 @@ import math
 import secrets as random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from bot.agent_transport import Network, Transport, parse_proxies
 from bot.errors import HTTPError
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
 from bot.parse import MAX_ID, check_keys, read_json
+from config.services import SERVICE_NAME, SERVICE_NAME_RULE
 from runner.agent.wire import (
     API,
     ARG_DECODERS,
@@ -55,6 +56,7 @@ class AgentState:
     proxies: tuple[Network, ...]
     lease_seconds: float
     wake: asyncio.Event
+    service_logs: dict[int, dict[str, AgentLogs]] = field(default_factory=dict)  # by job, by service
 
 
 AGENTS = web.AppKey("agents", AgentState)
@@ -195,6 +197,27 @@ async def log_lines(request: web.Request) -> web.Response:
     return web.json_response({"last": last})
 
 
+async def service_log(request: web.Request) -> web.Response:
+    """A batch of a service's kept log (numbered as the coordinator's file continues: an empty batch answers its
+    last number); idempotent like the job's log."""
+    await agent_name(request)
+    body = await read_json(request)
+    check_keys(body, ("lease", "name", "lines"))
+    job, _ = await _leased(request, body)
+    name, lines = body["name"], body["lines"]
+    if not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
+        raise HTTPError(400, "bad service name", SERVICE_NAME_RULE)
+    if not isinstance(lines, list) or len(lines) > MAX_BATCH:
+        raise HTTPError(400, "bad lines", f"lines: a list of at most {MAX_BATCH}")
+    state = request.app[AGENTS]
+    logs = state.service_logs.get(job.id, {}).get(name)
+    if logs is None:
+        path = _runtime(request).layout.service_log_file(job.id, name)
+        logs = AgentLogs(None, lambda _: path, state.logs.masker)
+        state.service_logs.setdefault(job.id, {})[name] = logs
+    return web.json_response({"last": logs.append(job.id, [parse_line(line) for line in lines])})
+
+
 async def step(request: web.Request) -> web.Response:
     """A step started or finished, or the commit the job checked out (idempotent: each sets a row)."""
     await agent_name(request)
@@ -239,6 +262,7 @@ async def result(request: web.Request) -> web.Response:
     if state is None:
         raise HTTPError(409, "lease lost", f"job {job.id}: the result was not recorded (another lease holds it)")
     request.app[AGENTS].logs.finish(job.id)
+    request.app[AGENTS].service_logs.pop(job.id, None)
     return web.json_response({"state": str(state)})
 
 
@@ -283,6 +307,7 @@ ROUTES = (
     ("POST", f"{API}/jobs/{{job}}/heartbeat", heartbeat),
     ("POST", f"{API}/jobs/{{job}}/log", log_lines),
     ("POST", f"{API}/jobs/{{job}}/step", step),
+    ("POST", f"{API}/jobs/{{job}}/service-log", service_log),
     ("POST", f"{API}/jobs/{{job}}/result", result),
     ("POST", f"{API}/index", index),
 )

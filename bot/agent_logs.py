@@ -32,9 +32,9 @@ def parse_line(data: Any) -> LogLine:
 class AgentLogs:
     """Appends agents' lines to the jobs' log files and publishes them; one per app, used from the loop."""
 
-    def __init__(self, hub: LogHub, path_of: Any, masker: Masker | None = None) -> None:
+    def __init__(self, hub: LogHub | None, path_of: Any, masker: Masker | None = None) -> None:
         self.hub = hub
-        self._masker = masker or Masker.empty()  # the server's secrets too: an agent masks only those it knows
+        self.masker = masker or Masker.empty()  # the server's secrets too: an agent masks only those it knows
         self._path_of = path_of  # job id -> its log file
         self._last: dict[int, int] = {}
         self._begun: set[int] = set()  # jobs whose log an agent writes now
@@ -81,7 +81,7 @@ class AgentLogs:
             if line.n != last + 1:
                 raise HTTPError(422, "log gap", f"line {line.n} sent but the log ends at line {last}; "
                                                 f"send from line {last + 1}")
-            new.append(dataclasses.replace(line, text=self._masker.mask(line.text)))
+            new.append(dataclasses.replace(line, text=self.masker.mask(line.text)))
             last = line.n
         if new:
             path = self._path(job_id)
@@ -90,13 +90,15 @@ class AgentLogs:
                 file.write(b"".join(line.to_json().encode() + b"\n" for line in new))
             self._last[job_id] = last
             for line in new:
-                self.hub.publish(job_id, line)
+                if self.hub is not None:
+                    self.hub.publish(job_id, line)
         return last
 
     def begin(self, job_id: int) -> None:
         self._last.pop(job_id, None)  # re-read: a server-side attempt may have written meanwhile
         self._begun.add(job_id)
-        self.hub.begin(job_id)
+        if self.hub is not None:
+            self.hub.begin(job_id)
 
     def finish(self, job_id: int, *, only_begun: bool = False) -> None:
         """The agent's attempt is over: followers of the log end once the job is terminal."""
@@ -104,4 +106,5 @@ class AgentLogs:
             return
         self._begun.discard(job_id)
         self._last.pop(job_id, None)
-        self.hub.finish(job_id)
+        if self.hub is not None:
+            self.hub.finish(job_id)

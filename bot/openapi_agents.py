@@ -71,6 +71,13 @@ def agent_paths() -> dict[str, Any]:
                   ["lease", "lines"]),
             _json({"type": "object", "properties": {"last": {"type": "integer"}}}, "the log's last line now"),
             (422, "a gap: the batch starts after the log's next line")),
+        f"{API}/jobs/{{job}}/service-log": _post(
+            "A service's kept log, numbered on from the coordinator's file of it (an empty batch answers its last "
+            "number); idempotent", "agentServiceLog",
+            _body({"lease": _LEASE, "name": {"type": "string"},
+                   "lines": {"type": "array", "items": line, "maxItems": MAX_BATCH}}, ["lease", "name", "lines"]),
+            _json({"type": "object", "properties": {"last": {"type": "integer"}}}, "the file's last line now"),
+            (422, "a gap: the batch starts after the file's next line")),
         f"{API}/jobs/{{job}}/step": _post(
             "A step started or finished, or the commit checked out", "agentStep",
             _body({"lease": _LEASE, "event": {"enum": ["started", "finished", "sha"]}, "index": {"type": "integer"},

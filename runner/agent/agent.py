@@ -12,6 +12,7 @@ import asyncio
 import copy
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +34,7 @@ from runner.layout import DataLayout
 from runner.logs import LogLine
 from runner.models import JobState, Outcome
 from runner.runtime import DataDirLock, default_engine
-from runner.services import reap_pods
+from runner.services import reap_pods, service_log_names
 from runner.snapshot import Snapshots
 from runner.store import open_store
 from runner.workspace import Workspaces
@@ -205,7 +206,9 @@ class Agent:
                 log.exception("job %d crashed the agent", job.id)
                 outcome = Outcome(JobState.error, f"internal error: {exc}", infra=True)
             stopped_by_us = self._stopping and outcome.state is JobState.cancelled and not channel.cancel_requested
-            state = await channel.finish(outcome, STOPPED if stopped_by_us else None)
+            kept = {name: self.layout.service_log_file(job.id, name)
+                    for name in service_log_names(self.layout, job.id)}
+            state = await channel.finish(outcome, STOPPED if stopped_by_us else None, kept)
             log.info("job %d: %s (recorded: %s)", job.id, outcome.state, state)
         except asyncio.CancelledError:
             await channel.abandon()
@@ -219,6 +222,7 @@ class Agent:
         path = self.layout.log_file(job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
+        shutil.rmtree(self.layout.service_logs(job_id), ignore_errors=True)  # an earlier attempt's, here
         if base:
             marker = LogLine(base, round(time.time(), 3), "", "system",
                              f"(lines 1-{base} of this job's log are on the coordinator)")

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from runner.agent.client import (
@@ -21,7 +23,7 @@ from runner.agent.client import (
     Unreachable,
 )
 from runner.agent.wire import MAX_BATCH, outcome_to_dict, step_to_dict
-from runner.logs import LogLine
+from runner.logs import LogLine, read_log
 from runner.models import Job, Outcome, StepResult
 
 log = logging.getLogger(__name__)
@@ -67,11 +69,16 @@ class JobChannel:
 
     # -- the end ----------------------------------------------------------------------------------------------
 
-    async def finish(self, outcome: Outcome, requeue: str | None = None) -> str | None:
-        """Deliver what is buffered, then the result; the state the coordinator recorded (None: lease lost)."""
+    async def finish(self, outcome: Outcome, requeue: str | None = None,
+                     service_logs: Mapping[str, Path] | None = None) -> str | None:
+        """Deliver what is buffered and the services' kept logs, then the result; the state the coordinator
+        recorded (None: lease lost). The heartbeat goes on until the result is in."""
         self._closing = True
         self._more.set()
         await asyncio.gather(self._sender, return_exceptions=True)
+        for name, path in (service_logs or {}).items():
+            if self.lost is None:
+                await self._ship_service_log(name, path)
         self._beater.cancel()
         await asyncio.gather(self._beater, return_exceptions=True)
         if self.lost is not None:
@@ -84,6 +91,27 @@ class JobChannel:
             log.warning("job %d: result refused: %s", self.job.id, exc)
             return None
         return str(data.get("state")) if isinstance(data, dict) else None
+
+    async def _ship_service_log(self, name: str, path: Path) -> None:
+        """A service's kept log, numbered on from what the coordinator's file of it holds (asked once, so that a
+        resend keeps its numbers)."""
+        url = f"/jobs/{self.job.id}/service-log"
+        try:
+            _, data = await self.client.call(url, {"lease": self.lease, "name": name, "lines": []})
+            base = int(data["last"])
+            batch: list[Any] = []
+            size = 0
+            for line in [*read_log(path), None]:
+                if line is not None:
+                    batch.append({"n": line.n + base, "t": line.t, "s": line.step, "o": line.stream, "x": line.text})
+                    size += len(line.text)
+                if batch and (line is None or len(batch) >= MAX_BATCH or size > BATCH_BYTES):
+                    await self.client.call(url, {"lease": self.lease, "name": name, "lines": batch})
+                    batch, size = [], 0
+        except (LeaseLost, TokenRefused) as exc:
+            self._lose(str(exc))
+        except AgentError as exc:
+            log.error("job %d: the log of service %s refused: %s", self.job.id, name, exc)
 
     async def abandon(self) -> None:
         self._closing = True

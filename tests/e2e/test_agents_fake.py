@@ -296,3 +296,30 @@ def test_a_torn_last_line_is_ended_before_the_next_batch(tmp_path: Path) -> None
     assert logs.last(7) == 1
     assert logs.append(7, [LogLine(2, 2.0, "", "stdout", "two")]) == 2
     assert [(line.n, line.text) for line in read_log(path)] == [(1, "one"), (2, "two")]
+
+
+async def test_a_jobs_service_log_reaches_the_coordinator(base: Settings, tmp_path: Path,
+                                                           make_local_repo: MakeRepo) -> None:
+    from runner.services import service_log
+    from tests.fake_engine import FAKE_IMAGE, ServiceScript
+
+    repo, sha = make_local_repo({"README": "x\n"})
+    engine = FakeEngine()
+    engine.service("db", ServiceScript(lines=["database system is ready", "listening"]))
+    engine.on("psql", Script(lines=["ok"]))
+    body = {"steps": [{"name": "s", "run": "psql"}], "services": {"db": {"image": FAKE_IMAGE}}}
+    async with coordinator(base) as server:
+        rt = runtime(server)
+        token = rt.queue.create_agent_token("solo")
+        async with agent(agent_settings(base, tmp_path, "a1"), server, token, "a1", engine):
+            job_id = await rt.control.submit(JobSpec(repo=str(repo), ref="main", sha=sha, pipeline=body))
+            await wait_for(lambda: rt.queue.get(job_id).state.is_terminal)
+        assert rt.queue.get(job_id).state is JobState.success, [line.text for line in read_log(
+            rt.layout.log_file(job_id))]
+        path = service_log(rt.layout, job_id, "db")
+        assert path is not None
+        lines = list(read_log(path))
+        texts = [line.text for line in lines]
+        assert texts[0] == f"service db: {FAKE_IMAGE}, attempt 1" and texts[1:3] == ["database system is ready",
+                                                                                     "listening"], texts
+        assert [line.n for line in lines] == list(range(1, len(lines) + 1))
