@@ -270,6 +270,7 @@ def client_command(args: argparse.Namespace) -> int:
     from client import artifacts as client_artifacts
     from client import commands
     from client import pipeline_commands as pipelines
+    from client import schedules
     from client.errors import TOKEN_ENV
 
     check_server(args.server)
@@ -277,8 +278,9 @@ def client_command(args: argparse.Namespace) -> int:
         check_target(args)
     token = os.environ.get(TOKEN_ENV) or None
     on_pipeline = getattr(args, "pipeline", None) is not None and args.command in ("cancel", "retry")
+    given = commands.parse_inputs(args.input) if args.command == "submit" else None
     work = {
-        "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow),
+        "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow, given),
         "jobs": lambda c: commands.jobs(c, args.status, args.repo, args.limit, args.json),
         "status": lambda c: commands.status(c, args.job, args.json),
         "logs": lambda c: commands.follow(c, args.job, follow=args.follow, service=args.service),
@@ -287,6 +289,7 @@ def client_command(args: argparse.Namespace) -> int:
                             else commands.retry(c, args.job, args.from_failed_step)),
         "pipelines": lambda c: pipelines.pipelines(c, args.status, args.repo, args.limit, args.json),
         "pipeline": lambda c: pipelines.pipeline(c, args.id, args.json),
+        "schedules": lambda c: schedules.schedules(c, args.run, args.json),
         "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download[0] if args.download else None,
                                                           (args.download or [])[1:]),
     }[args.command]
@@ -389,6 +392,8 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--ref", required=True, help="branch, tag or full ref")
     p.add_argument("--sha", help="exact commit (default: the ref's head)")
     p.add_argument("--priority", type=int, help="0..10, higher runs first")
+    p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
+                   help="an input of this manual run (repeatable); jobs see INPUT_<KEY>")
     p.add_argument("--follow", action="store_true",
                    help="print every job's log (prefixed with its name when there are several) until the pipeline "
                         "ends; exit 0 only if it succeeded")
@@ -428,6 +433,10 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("pipeline", "show a pipeline: its jobs as a tree by dependency depth, states, durations", client_command)
     p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("schedules", "list the server's cron schedules (next due, last pipeline), or run one now", client_command)
+    p.add_argument("--run", metavar="NAME", help="run this schedule now")
     p.add_argument("--json", action="store_true", help="the API's JSON")
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("artifacts", "list a job's artifacts, or download them (sha256 checked)", client_command)

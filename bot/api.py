@@ -22,6 +22,9 @@ from bot.parse import check_keys as _check_keys
 from bot.parse import integral as _integral
 from bot.parse import query_id as _query_id
 from bot.pipelines_api import PIPELINE_ROUTES, with_wait_reasons
+from bot.inputs_api import INPUT_ROUTES
+from bot.schedules_api import SCHEDULE_ROUTES
+from config import inputs
 from config.pipeline import pipeline_from_dict
 from runner.errors import JobNotFound
 from runner.events import Event, PipelineEvent
@@ -54,7 +57,7 @@ def _string_map(value: object, key: str) -> dict[str, str]:
 
 def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
     """A JobSpec from a /jobs/submit body; every problem is a ConfigError (400)."""
-    _check_keys(body, ("repo", "ref"), ("sha", "steps", "env", "priority"))
+    _check_keys(body, ("repo", "ref"), ("sha", "steps", "env", "priority", "inputs"))
     pipeline = None
     if body.get("steps") is not None:
         pipeline = {"steps": body["steps"]}
@@ -63,8 +66,9 @@ def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
     if not valid_priority(priority):
         raise _bad("priority", f"expected an integer {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority!r}")
     env = {} if body.get("env") is None else _string_map(body["env"], "env")
-    return JobSpec(repo=body["repo"], ref=body["ref"], sha=body.get("sha"), event="api", priority=priority,
-                   pipeline=pipeline, env=env)
+    given = inputs.given_inputs(body.get("inputs"))  # checked against the pipeline's [inputs] at planning
+    return JobSpec(repo=body["repo"], ref=body["ref"], sha=body.get("sha"), event="manual", priority=priority,
+                   pipeline=pipeline, env=env, meta={inputs.META: inputs.to_meta(given)} if given else {})
 
 
 # -- views --------------------------------------------------------------------------------------------
@@ -79,8 +83,9 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 async def submit(request: web.Request) -> web.Response:
-    """POST /jobs/submit {repo, ref, sha?, steps?, env?, priority?} -> 201 {id, pipeline, jobs}: a pipeline,
-    planned before the answer (`id` is its first job); 202 with no jobs when its fetch must be retried."""
+    """POST /jobs/submit {repo, ref, sha?, steps?, env?, priority?, inputs?} -> 201 {id, pipeline, jobs}: a
+    pipeline, planned before the answer (`id` is its first job); 202 with no jobs when its fetch must be retried;
+    400 naming the input when the pipeline's [inputs] refuse them."""
     spec = spec_from_body(await read_json(request), request.app[SETTINGS].queue.default_priority)
     submitted = await _runtime(request).control.submit_pipeline(spec)
     jobs = list(submitted.job_ids)
@@ -350,6 +355,8 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     ("POST", "/jobs/priority", priority, "write"),
     ("GET", "/jobs", list_jobs, "read"),
     *PIPELINE_ROUTES,
+    *SCHEDULE_ROUTES,
+    *INPUT_ROUTES,
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

@@ -197,6 +197,9 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                           "minItems": 1, "description": "inline steps instead of the repository's .forgeci.toml"},
                 "env": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
                 "priority": {**_PRIORITY, "description": "0..10, higher runs first; default queue.default_priority"},
+                "inputs": {"type": ["object", "null"], "additionalProperties": {"type": "string"},
+                           "description": "a manual run's inputs, checked against the pipeline's [inputs]; jobs see "
+                                          "INPUT_<KEY>"},
             }, ["repo", "ref"]),
         )},
         "/jobs/status": {"get": _op(
@@ -331,6 +334,9 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     }
     paths.update(artifact_paths())
     paths.update(badge_paths())
+    from bot.openapi_triggers import trigger_paths  # it builds on this module's helpers
+
+    paths.update(trigger_paths())
     paths.update(agent_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],

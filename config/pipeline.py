@@ -17,9 +17,11 @@ from config.artifacts import (
 )
 from config.errors import ConfigError
 from config.images import IMAGE, IMAGE_DOC, ImageBuild
+from config.inputs import INPUTS, INPUTS_DOC, InputSpec
 from config.matrix import ENTRIES, MATRIX, NAME, NAME_RULE, Value
 from config.plan import DEFAULT_JOB, MAX_NAME, check_jobs, expand_into
 from config.services import SERVICES, Service
+from config.triggers import EVENT_LIST, EVENTS_DOC, GLOBS, JOB_FILTER_DOC, PATHS_DOC, PATHS_IGNORE_DOC
 from config.schema import (
     BOOL,
     DURATION,
@@ -164,6 +166,9 @@ class JobSpec:
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`timeout`")
     branches: tuple[str, ...] | None = option(_BRANCHES, "refs this job runs for; others end `skipped`", None,
                                               shown="`branches`")
+    events: tuple[str, ...] | None = option(EVENT_LIST, EVENTS_DOC + JOB_FILTER_DOC, None, shown="none")
+    paths: tuple[str, ...] | None = option(GLOBS, PATHS_DOC + JOB_FILTER_DOC, None, shown="none")
+    paths_ignore: tuple[str, ...] | None = option(GLOBS, PATHS_IGNORE_DOC + JOB_FILTER_DOC, None, shown="none")
     snapshot: str | None = option(_SNAPSHOT, "when to keep a workspace snapshot", None, shown="`snapshot`")
     secrets: tuple[str, ...] | None = option(_SECRETS, "secrets given to this job", None, shown="`secrets`")
     env: dict[str, str] = option(STRING_TABLE, "variables for every step of this job, over the top-level `env`",
@@ -209,6 +214,9 @@ class Pipeline:
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`runner.job_timeout`")
     branches: tuple[str, ...] = option(_BRANCHES,
                                        "refs the pipeline runs for; others end `skipped`; empty = every ref", ())
+    events: tuple[str, ...] = option(EVENT_LIST, EVENTS_DOC + "; empty = every event", ())
+    paths: tuple[str, ...] = option(GLOBS, PATHS_DOC + "; empty = any change", ())
+    paths_ignore: tuple[str, ...] = option(GLOBS, PATHS_IGNORE_DOC, ())
     snapshot: str = option(_SNAPSHOT, "when to keep a workspace snapshot for `forgeci debug`",
                            DEFAULT_SNAPSHOT)
     secrets: tuple[str, ...] = option(_SECRETS,
@@ -227,6 +235,7 @@ class Pipeline:
                                      shown="required without `jobs`")
     jobs: dict[str, JobSpec] = option(_JOBS, "the jobs of a pipeline of many, by name", factory=dict,
                                       shown="required without `steps`")
+    inputs: dict[str, InputSpec] = option(INPUTS, INPUTS_DOC, factory=dict, shown="none")
 
     def applies_to(self, ref: str) -> bool:
         """Whether the `branches` filter lets `ref` run.

@@ -12,6 +12,7 @@ from pathlib import Path
 from config.artifacts import LINK_LIFETIME, SIZE
 from config.errors import ConfigError
 from config.notify import NOTIFY, NOTIFY_DOC, NotifyTarget
+from config.schedules import SCHEDULES, SCHEDULES_DOC, ScheduleSpec
 from config.schema import (
     BOOL,
     DURATION,
@@ -229,6 +230,7 @@ class Settings:
     gitea: GiteaSettings = option(section(GiteaSettings), GiteaSettings.__doc__ or "", factory=GiteaSettings)
     gitlab: GitLabSettings = option(section(GitLabSettings), GitLabSettings.__doc__ or "", factory=GitLabSettings)
     notify: tuple[NotifyTarget, ...] = option(NOTIFY, NOTIFY_DOC, (), shown="`[]`")
+    schedules: tuple[ScheduleSpec, ...] = option(SCHEDULES, SCHEDULES_DOC, ())
 
     @classmethod
     def default(cls) -> Settings:
@@ -302,13 +304,13 @@ def settings_reference() -> list[FieldDoc]:
 def reference_markdown() -> str:
     """The forgeci.toml part of the README's configuration reference: one table per section."""
     docs = settings_reference()
-    top = [d for d in docs if "." not in d.path and d.type not in ("table", "table of tables")]
+    tables = ("table", "table of tables", "array of tables")
+    top = [d for d in docs if "." not in d.path and d.type not in tables]
     parts = [markdown_table(top)]
     for d in docs:
-        if d.type in ("table", "table of tables", "array of tables"):
-            array = d.type == "array of tables"
-            inner = [c for c in docs if c.path.startswith(d.path + ("[]." if array else "."))]
+        if d.type in tables:
+            inner = [c for c in docs if c.path.startswith((d.path + ".", d.path + "[]."))]
             about = d.doc.split(": ", 1)[-1]
-            heading = f"[[{d.path}]]" if array else f"[{d.path}]"
+            heading = f"[[{d.path}]]" if d.type == "array of tables" else f"[{d.path}]"
             parts.append(f"#### `{heading}`\n\n{about[:1].upper()}{about[1:]}\n\n{markdown_table(inner)}")
     return "\n\n".join(parts)

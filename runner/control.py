@@ -105,6 +105,8 @@ class JobControl:
             except TimeoutError:  # the plan goes on (it is shielded); the answer does not wait for it
                 result = None
             job_ids = tuple(result[0]) if result else ()
+            if (rejected := self.planner.rejected.pop(pipeline_id, None)) is not None:
+                raise rejected  # its inputs: the pipeline ended, and the caller hears why
         return Submitted(pipeline_id, job_ids)
 
     async def planned(self, record: PipelineRecord, result: PlanResult | None) -> None:
@@ -118,8 +120,10 @@ class JobControl:
             self.publish_pipeline(record.id, now.state, error=now.error, attempts=attempts)
             return
         job_ids, settled = result
+        ruled_out = {job_id for job_id, _ in settled.skipped}  # planned `skipped`: never queued
         for job_id in job_ids:
-            self.publish(job_id, JobState.queued, pipeline=record.id)
+            if job_id not in ruled_out:
+                self.publish(job_id, JobState.queued, pipeline=record.id)
         self.publish_pipeline(record.id, settled.state or PipelineState.queued, jobs=list(job_ids))
         self._apply([settled, *self.queue.take_settlements()])
         self._wake()

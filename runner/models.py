@@ -75,7 +75,7 @@ class JobSpec:
     repo: str  # clone URL or local path
     ref: str
     sha: str | None = None
-    event: str = "api"  # push, pull_request, tag, api, retry, ...
+    event: str = "manual"  # push, pull_request, tag, schedule, manual (older rows: api, local = manual)
     priority: int = DEFAULT_PRIORITY  # 0..10, higher runs first
     concurrency_group: str | None = None  # at most one running job per group
     fork: bool = False

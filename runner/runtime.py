@@ -28,6 +28,7 @@ from runner.planner import Planner
 from runner.podman import PodmanEngine
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
+from runner.scheduler import Scheduler
 from runner.snapshot import Snapshots
 from runner.store import ObjectStore, open_store
 from runner.worker import WorkerPool
@@ -55,6 +56,8 @@ class Runtime:
     _maintenance: asyncio.Task[None] | None = None
     _planning: asyncio.Task[None] | None = None
     artifacts: ArtifactManager | None = None
+    scheduler: Scheduler | None = None  # the [[schedules]]; it runs with the workers (the data dir's coordinator)
+    _scheduling: asyncio.Task[None] | None = None
     _expiry: asyncio.Task[None] | None = None
 
     @property
@@ -83,15 +86,17 @@ class Runtime:
                                            name="forgeci-lease-expiry")
         self._planning = asyncio.create_task(self.planner.run(), name="forgeci-planner")
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
+        if self.scheduler is not None:
+            self._scheduling = asyncio.create_task(self.scheduler.run(), name="forgeci-scheduler")
 
     async def stop_workers(self, grace: float | None = None) -> None:
         """Stop claiming; running jobs get `grace` (default `runner.shutdown_grace`) to finish, then go back to
         the queue."""
-        for task in (self._maintenance, self._planning, self._expiry):
+        for task in (self._maintenance, self._planning, self._scheduling, self._expiry):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._maintenance = self._planning = self._expiry = None
+        self._maintenance = self._planning = self._scheduling = self._expiry = None
         if self.pool is not None:
             await self.pool.stop(self.settings.runner.shutdown_grace if grace is None else grace)
 
@@ -198,8 +203,9 @@ async def _assembled(
         executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots,
                             artifacts=artifacts, images=images)
         planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
-        yield Runtime(settings, layout, engine, queue, JobControl(queue, events, planner), hub, events, executor,
-                      store, cache, snapshots, planner, artifacts=artifacts)
+        control = JobControl(queue, events, planner)
+        yield Runtime(settings, layout, engine, queue, control, hub, events, executor, store, cache, snapshots,
+                      planner, artifacts=artifacts, scheduler=Scheduler(queue, control, settings))
     finally:
         store.close()
         queue.close()

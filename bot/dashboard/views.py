@@ -178,12 +178,18 @@ def _range(request: web.Request) -> str:
         raise web.HTTPSeeOther("/dashboard") from None
 
 
+async def schedule_views(request: web.Request) -> list[dict[str, Any]]:
+    from bot.dashboard.schedules import schedule_views as views  # it builds on this module's helpers
+
+    return await views(request)
+
+
 async def overview(request: web.Request) -> web.Response:
     who = viewer(request)
     range_name = _range(request)
     data = await _overview(request, range_name)
     return page(request, "overview.html", who, range=range_name, ranges=list(RANGES), data=data,
-                chart=Markup(chart.render(data.metrics.stats, range_name)))
+                chart=Markup(chart.render(data.metrics.stats, range_name)), schedules=await schedule_views(request))
 
 
 async def overview_fragment(request: web.Request) -> web.Response:
@@ -191,7 +197,7 @@ async def overview_fragment(request: web.Request) -> web.Response:
     range_name = _range(request)
     data = await _overview(request, range_name)
     return page(request, "_overview_live.html", who, range=range_name, data=data,
-                chart=Markup(chart.render(data.metrics.stats, range_name)))
+                chart=Markup(chart.render(data.metrics.stats, range_name)), schedules=await schedule_views(request))
 
 
 # -- job page -------------------------------------------------------------------------------------

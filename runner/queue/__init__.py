@@ -11,16 +11,18 @@ from runner.queue.jobs import JobQueries, Order
 from runner.queue.metrics import MetricQueries
 from runner.queue.outbox import Notification, OutboxQueries
 from runner.queue.pipelines import JobSummary, PipelineStats, PlannedJobRow, Settlement
+from runner.queue.schedules import Fired, ScheduleQueries, ScheduleRow
 from runner.queue.schema import MIGRATIONS
 
 __all__ = [
     "ArtifactFile", "ArtifactRecord", "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY",
-    "Delivery", "JobSummary", "NewDelivery", "Notification", "Order", "PipelineStats", "PlannedJobRow", "Queue",
-    "Settlement",
+    "Delivery", "Fired", "JobSummary", "NewDelivery", "Notification", "Order", "PipelineStats", "PlannedJobRow",
+    "Queue", "ScheduleRow", "Settlement",
 ]
 
 
-class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries, AgentQueries):
+class Queue(JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries, ScheduleQueries,
+            AgentQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

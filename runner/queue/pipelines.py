@@ -63,6 +63,7 @@ class PlannedJobRow:
     continue_on_error: bool = False
     fail_fast: bool = True
     max_parallel: int | None = None
+    skip: str | None = None  # why its filters rule it out: planned `skipped` with this reason
 
 
 @dataclass(frozen=True)
@@ -294,9 +295,14 @@ class PipelineQueries(QueueBase):
                     json.dumps(dict(spec.env)), json.dumps(dict(spec.meta)), now, pipeline_id, job.name, job.display,
                     json.dumps(list(job.needs)), job.condition, job.continue_on_error, job.fail_fast,
                     job.max_parallel, bool(job.needs))).lastrowid)
+                if job.skip is not None:
+                    conn.execute("UPDATE jobs SET state = 'skipped', blocked = 0, error = ?, finished_at = ? "
+                                 "WHERE id = ?", (job.skip, now, ids[-1]))
             conn.execute("UPDATE pipelines SET state = 'queued', sha = coalesce(?, sha), error = NULL WHERE id = ?",
                          (sha, pipeline_id))
-            return ids, self._settle(conn, pipeline_id)
+            settled = self._settle(conn, pipeline_id)
+            settled.skipped[:0] = [(i, job.skip) for i, job in zip(ids, jobs, strict=True) if job.skip is not None]
+            return ids, settled
 
     def plan_failed(self, pipeline_id: int, error: str, *, retry_in: float | None) -> PipelineState:
         """Planning met an infrastructure fault: plan again in `retry_in` seconds, or (None) end `error`."""

@@ -213,6 +213,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX notifications_pipeline ON notifications (pipeline_id);
     CREATE INDEX pipelines_branch ON pipelines (repo, ref, id);
     """,
+    # the cron schedules' next due times (runner/queue/schedules.py): each fires once, across ticks and restarts.
+    """
+    CREATE TABLE schedules (
+        name          TEXT PRIMARY KEY,       -- a [[schedules]] entry of forgeci.toml
+        fingerprint   TEXT NOT NULL,          -- its cron, time zone and target: a change computes next_due again
+        next_due      REAL,                   -- the next due time not fired yet; NULL: never due again
+        last_due      REAL,                   -- the due time (or, run by hand, the time) of its last pipeline
+        last_pipeline INTEGER,                -- not a reference: retention may prune the pipeline
+        updated_at    REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
     # agent tokens (forgeci agents token create|revoke): only a token's sha256 is kept
     """
     CREATE TABLE agent_tokens (

@@ -94,6 +94,7 @@ class FakeApi(FakePipelines):
         self.wait_reasons: dict[int, str] = {}  # queued job id -> why it waits, as the server would say
         self.pipelines_missing = False  # a server from before the pipelines API
         self.now = NOW
+        self.declared: dict[str, dict[str, Any]] = {}  # repo -> the inputs its pipeline declares (GET /inputs)
         router.route(host="forgeci.test").mock(side_effect=self.handle)
 
     # -- what the test does ---------------------------------------------------------------------------
@@ -182,6 +183,10 @@ class FakeApi(FakePipelines):
             return self.priority(body["id"], body["priority"])
         if method == "POST" and path == "/jobs/submit":
             return self.submit(body)
+        if method == "GET" and path == "/inputs":
+            known = query.get("repo", "") in self.declared
+            return httpx.Response(200, json={"known": known, "pipeline": 1 if known else None,
+                                             "inputs": self.declared.get(query.get("repo", ""), {})})
         if path == "/pipelines" or path.startswith("/pipelines/"):
             return self.handle_pipelines(method, path, query, body)
         if method == "GET" and path == "/metrics":
@@ -258,6 +263,10 @@ class FakeApi(FakePipelines):
     def submit(self, body: dict[str, Any]) -> httpx.Response:
         if "github.com/acme/" not in body["repo"] and not body["repo"].startswith("/"):
             return error(400, "invalid input", ["job spec: repo: not a repository this server may clone"])
+        missing = [key for key, spec in self.declared.get(body["repo"], {}).items()
+                   if spec.get("required") and key not in body.get("inputs", {})]
+        if missing:
+            return error(400, "invalid input", [f"inputs: inputs.{key}: required input missing" for key in missing])
         pipeline_id = len(self.pipelines) + 1
         if "unreachable" in body["repo"]:  # its fetch fails: the server goes on planning it in the background
             self.pipelines[pipeline_id] = {"id": pipeline_id, "state": "planning", "job_ids": [],

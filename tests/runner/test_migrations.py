@@ -107,6 +107,11 @@ def seed_notifications(conn: sqlite3.Connection) -> None:
                  " VALUES (7, 'ops-slack', 'slack', 'failure', 'pending', 1, 1200.0, 1150.0)")
 
 
+def seed_schedules(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO schedules (name, fingerprint, next_due, last_due, last_pipeline, updated_at)"
+                 " VALUES ('nightly', 'f1', 1300.0, 1200.0, 7, 1200.0)")
+
+
 def seed_agent_tokens(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO agent_tokens (name, token_hash, created_at, revoked_at) VALUES ('build-01', ?, 1150.0,"
                  " NULL)", ("2" * 64,))
@@ -118,7 +123,7 @@ def version_of(table: str) -> int:
 
 
 SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6,
-                          version_of("notifications"): seed_notifications,
+                          version_of("notifications"): seed_notifications, version_of("schedules"): seed_schedules,
                           version_of("agent_tokens"): seed_agent_tokens}
 
 
