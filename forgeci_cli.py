@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("check", "validate a forgeci.toml or .forgeci.toml", cmd_config_check, config_sub)
     c.add_argument("file", nargs="?")
     add_ops_commands(add)
+    from runner.agent.cli import add_agent_commands
+
+    add_agent_commands(add, positive_int)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.openapi_agents import agent_paths
 from runner.models import JobState, PipelineState, StepState
 
 STATES = [state.value for state in JobState]
@@ -345,6 +346,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     paths.update(badge_paths())
     paths.update(trigger_paths())
     paths.update(usage_paths())
+    paths.update(agent_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
                   "properties": {"error": {"type": "string"}, "detail": {}}},
@@ -416,7 +418,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "servers": [{"url": server_url}],
         "paths": paths,
         "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                           "agentToken": {"type": "http", "scheme": "bearer",
+                                                          "description": "an agent's token (forgeci agents token "
+                                                                         "create NAME)"}}},
     }
 
 

@@ -80,6 +80,10 @@ class ServerSettings:
     run_drafts: bool = option(BOOL, "build draft pull requests", True)
     artifact_link_lifetime: float = option(LINK_LIFETIME, "how long the signed artifact download links of a listing "
                                                           "(API, dashboard, CLI) work; 1m to 7d", 3600.0)
+    trusted_proxies: tuple[str, ...] = option(
+        string_list(nonempty_text, "array of addresses or networks"),
+        "reverse proxies (IPs or CIDRs) whose X-Forwarded-Proto says a request came over https (agents get "
+        "secrets only over https or loopback)", ())
 
     def __post_init__(self) -> None:
         # Derived rather than fixed so changing the port alone keeps status links right.
@@ -103,6 +107,7 @@ class QueueSettings:
 class RunnerSettings:
     """[runner]: the containers jobs run in."""
 
+    embedded: bool = option(BOOL, "run jobs in the server itself; false: only `forgeci agent`s run them", True)
     image: str = option(NONEMPTY, "default job image", "localhost/forgeci-job:latest")
     podman_user: str = option(NONEMPTY, "when started as root, Podman runs as this user (rootless)", "forgeci")
     podman_url: str = option(STRING, 'an existing Podman API socket; "" = forgeci starts its own', "")

@@ -1,7 +1,8 @@
 """Job control: every state change of a job — its queue transaction, its event and the worker's wake-up or stop.
 
-The HTTP API, the dashboard, the webhook intake and the embedded worker pool all call this one module (later, the
-agent API too), so each operation exists once. It knows no transport: plain async methods over values.
+The HTTP API, the dashboard, the webhook intake, the embedded worker pool and the agent API (bot/agent_api.py, for
+remote `forgeci agent`s) all call this one module, so each operation exists once. It knows no transport: plain async
+methods over values.
 """
 
 from __future__ import annotations

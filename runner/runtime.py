@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager
 from runner.control import JobControl
 from runner.engine import Engine
-from runner.errors import InstanceLocked
+from runner.errors import InstanceLocked, QueueError
 from runner.events import EventBus
 from runner.executor import Executor
 from runner.image_build import ImageBuilder
@@ -57,6 +58,7 @@ class Runtime:
     artifacts: ArtifactManager | None = None
     scheduler: Scheduler | None = None  # the [[schedules]]; it runs with the workers (the data dir's coordinator)
     _scheduling: asyncio.Task[None] | None = None
+    _expiry: asyncio.Task[None] | None = None
 
     @property
     def user(self) -> PodmanUser:
@@ -72,9 +74,16 @@ class Runtime:
         if self.pool is not None:
             return
         settings = self.settings
+        # Agents that kept running through our restart get one lease length to report before expiry.
+        await asyncio.to_thread(self.queue.extend_agent_leases, time.time() + settings.queue.lease_seconds)
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
                                lease_seconds=settings.queue.lease_seconds)
-        await self.pool.start()
+        if settings.runner.embedded:
+            await self.pool.start()
+        else:
+            await self.control.settle_all()
+        self._expiry = asyncio.create_task(expiry_loop(self.control, settings.queue.lease_seconds),
+                                           name="forgeci-lease-expiry")
         self._planning = asyncio.create_task(self.planner.run(), name="forgeci-planner")
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
         if self.scheduler is not None:
@@ -83,13 +92,23 @@ class Runtime:
     async def stop_workers(self, grace: float | None = None) -> None:
         """Stop claiming; running jobs get `grace` (default `runner.shutdown_grace`) to finish, then go back to
         the queue."""
-        for task in (self._maintenance, self._planning, self._scheduling):
+        for task in (self._maintenance, self._planning, self._scheduling, self._expiry):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._maintenance = self._planning = self._scheduling = None
+        self._maintenance = self._planning = self._scheduling = self._expiry = None
         if self.pool is not None:
             await self.pool.stop(self.settings.runner.shutdown_grace if grace is None else grace)
+
+
+async def expiry_loop(control: JobControl, lease_seconds: float) -> None:
+    """The coordinator's own lease expiry (agents' jobs too, and with `runner.embedded = false`)."""
+    while True:
+        try:
+            await control.expire_leases()
+        except QueueError as exc:
+            log.error("queue error while expiring leases: %s", exc)
+        await asyncio.sleep(max(0.5, min(5.0, lease_seconds / 3)))
 
 
 class DataDirLock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from runner.queue.agents import AgentQueries
 from runner.queue.artifacts import ArtifactFile, ArtifactQueries, ArtifactRecord
 from runner.queue.base import BUSY_TIMEOUT, CACHE_KIB
 from runner.queue.caches import CacheResultQueries
@@ -24,7 +25,7 @@ __all__ = [
 
 
 class Queue(QuotaQueries, JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries,
-            ScheduleQueries, CacheResultQueries, UsageQueries):
+            ScheduleQueries, CacheResultQueries, UsageQueries, AgentQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

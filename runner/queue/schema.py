@@ -275,6 +275,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX usage_ended ON usage (ended_at);
     """,
+    # agent tokens (forgeci agents token create|revoke): only a token's sha256 is kept
+    """
+    CREATE TABLE agent_tokens (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    """,
 )
 
 
