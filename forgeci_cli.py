@@ -284,6 +284,8 @@ def client_command(args: argparse.Namespace) -> int:
     from client import artifacts as client_artifacts
     from client import commands
     from client import pipeline_commands as pipelines
+    from client import schedules
+    from client import usage as client_usage
     from client.errors import TOKEN_ENV
 
     check_server(args.server)
@@ -291,8 +293,9 @@ def client_command(args: argparse.Namespace) -> int:
         check_target(args)
     token = os.environ.get(TOKEN_ENV) or None
     on_pipeline = getattr(args, "pipeline", None) is not None and args.command in ("cancel", "retry")
+    given = commands.parse_inputs(args.input) if args.command == "submit" else None
     work = {
-        "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow),
+        "submit": lambda c: commands.submit(c, args.repo, args.ref, args.sha, args.priority, args.follow, given),
         "jobs": lambda c: commands.jobs(c, args.status, args.repo, args.limit, args.json),
         "status": lambda c: commands.status(c, args.job, args.json),
         "logs": lambda c: commands.follow(c, args.job, follow=args.follow, service=args.service),
@@ -301,8 +304,10 @@ def client_command(args: argparse.Namespace) -> int:
                             else commands.retry(c, args.job, args.from_failed_step)),
         "pipelines": lambda c: pipelines.pipelines(c, args.status, args.repo, args.limit, args.json),
         "pipeline": lambda c: pipelines.pipeline(c, args.id, args.json),
+        "schedules": lambda c: schedules.schedules(c, args.run, args.json),
         "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download[0] if args.download else None,
                                                           (args.download or [])[1:]),
+        "usage": lambda c: client_usage.usage(c, args.by, args.month, args.csv),
     }[args.command]
     return commands.run(args.server, token, work)
 
@@ -366,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("check", "validate a forgeci.toml or .forgeci.toml", cmd_config_check, config_sub)
     c.add_argument("file", nargs="?")
     add_ops_commands(add)
+    from runner.agent.cli import add_agent_commands
+
+    add_agent_commands(add, positive_int)
     return parser
 
 
@@ -402,6 +410,8 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--ref", required=True, help="branch, tag or full ref")
     p.add_argument("--sha", help="exact commit (default: the ref's head)")
     p.add_argument("--priority", type=int, help="0..10, higher runs first")
+    p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
+                   help="an input of this manual run (repeatable); jobs see INPUT_<KEY>")
     p.add_argument("--follow", action="store_true",
                    help="print every job's log (prefixed with its name when there are several) until the pipeline "
                         "ends; exit 0 only if it succeeded")
@@ -443,10 +453,19 @@ def add_client_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true", help="the API's JSON")
     p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("schedules", "list the server's cron schedules (next due, last pipeline), or run one now", client_command)
+    p.add_argument("--run", metavar="NAME", help="run this schedule now")
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
     p = add("artifacts", "list a job's artifacts, or download them (sha256 checked)", client_command)
     p.add_argument("job", type=int)
     p.add_argument("--download", nargs="+", metavar=("DIR", "PATH"),
                    help="fetch the files into DIR: all of them, or only the PATHs (files, folders or globs)")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+    p = add("usage", "the usage report: minutes, jobs, stored bytes and costs, and each quota's use", client_command)
+    p.add_argument("--by", choices=("owner", "repo", "user"), default="repo")
+    p.add_argument("--month", help="a calendar month, UTC, like 2026-12 (default: this month so far)")
+    p.add_argument("--csv", action="store_true", help="CSV, one line per owner, repository or user")
     p.add_argument("--server", default=None, help=SERVER_HELP)
 
 

@@ -1,4 +1,7 @@
-"""Benchmark of cache save and restore against tar | zstd run in the same process run: `python bench/cache.py`."""
+"""Benchmark of cache save and restore against tar | zstd run in the same process run: `python bench/cache.py`.
+
+Also: a job of two cache entries where one key file changed against one combined entry that misses (restore +
+save time, goal <= GOAL_ENTRIES), and two entries restored in parallel against one after the other."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from dataclasses import dataclass  # noqa: E402
 from config.pipeline import pipeline_from_dict  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from runner.archive import Compressor  # noqa: E402
-from runner.cache import CacheManager, CachePlan, plan_cache  # noqa: E402
+from runner.cache import CacheManager, CachePlan, plan_cache, plan_caches  # noqa: E402
 from runner.errors import RunnerError  # noqa: E402
 from runner.models import JobSpec  # noqa: E402
 from runner.podman_user import PodmanUser  # noqa: E402
@@ -36,6 +39,7 @@ from runner.store import FileStore, ObjectStore, S3Location, S3Store  # noqa: E4
 GOAL_LOCAL = 1.3  # forgeci's save and restore time, each, at most this times tar | zstd's
 GOAL_S3 = 0.8  # forgeci's S3 restore throughput at least this times fget_object + zstd -d | tar -x
 GOAL_MEMORY_MB = 256  # peak RSS of a process saving a 2 GB tree
+GOAL_ENTRIES = 0.6  # two entries, one key changed: restore + save at most this times one combined entry's miss
 IMAGE = "localhost/forgeci-job:latest"
 PIPELINE = pipeline_from_dict({"cache": {"paths": ["node_modules"], "key_files": ["package-lock.json"]},
                                "steps": [{"run": "npm ci"}]}, "bench")
@@ -231,6 +235,107 @@ def save_child(tree: Path, store_dir: Path) -> None:
     print(peak_rss_mb(), took)
 
 
+# -- several entries ----------------------------------------------------------------------------------------
+
+SPEC = JobSpec(repo="https://git.example.test/acme/app.git", ref="main")
+TWO_ENTRIES = pipeline_from_dict({"cache": [
+    {"name": "node", "paths": ["node_modules"], "key_files": ["package-lock.json"]},
+    {"name": "pip", "paths": [".venv"], "key_files": ["requirements.txt"], "restore_keys": False}],
+    "steps": [{"run": "install"}]}, "bench")
+COMBINED = pipeline_from_dict({"cache": {"paths": ["node_modules", ".venv"],
+                                         "key_files": ["package-lock.json", "requirements.txt"]},
+                               "steps": [{"run": "install"}]}, "bench")
+
+
+def monorepo(root: Path, mb: int, files: int) -> None:
+    """A front end's node_modules and a back end's .venv of `mb` MB each, with their lockfiles."""
+    make_tree(root, mb, files, seed=3)
+    venv = root / "venv-src"
+    make_tree(venv, mb, files, seed=4)
+    (venv / "node_modules").rename(root / ".venv")
+    shutil.rmtree(venv)
+    (root / "requirements.txt").write_text("django==5.0\n")
+
+
+class EntriesRun:
+    """Jobs on a copy of one prepared index (both layouts' entries saved for the old requirements.txt), each in a
+    fresh workspace whose requirements.txt changed: what the cache does before and after the job's steps."""
+
+    def __init__(self, work: Path, tree: Path, store: ObjectStore, user: PodmanUser) -> None:
+        self.work, self.tree, self.store, self.user = work, tree, store, user
+        self.index = work / "entries-index.db"
+        with Queue(self.index) as queue:
+            manager = CacheManager(store, queue, user)
+            for pipeline in (TWO_ENTRIES, COMBINED):
+                for saved in manager.save_all(plan_caches(SPEC, pipeline, tree, IMAGE), tree, lambda _: None):
+                    if saved is None:
+                        raise SystemExit("the entries' save failed")
+        self.count = 0
+
+    def _fresh(self) -> tuple[Path, Path]:
+        self.count += 1
+        index = self.work / f"entries-{self.count}.db"
+        shutil.copyfile(self.index, index)
+        ws = self.work / f"entries-ws-{self.count}"
+        ws.mkdir()
+        (ws / "package-lock.json").write_text((self.tree / "package-lock.json").read_text())
+        (ws / "requirements.txt").write_text("django==5.1\n")  # the back end's dependencies changed
+        return index, ws
+
+    def job(self, pipeline: object, expect: list[str], parallel: int = 4) -> float:
+        """Seconds of the restore and the save of one job (the steps' work in between is not timed)."""
+        index, ws = self._fresh()
+        with Queue(index) as queue:
+            manager = CacheManager(self.store, queue, self.user, parallel=parallel)
+            plans = plan_caches(SPEC, pipeline, ws, IMAGE)  # type: ignore[arg-type]
+            started = time.perf_counter()
+            found = [r.outcome for r in manager.restore_all(plans, ws, lambda _: None)]
+            restore = time.perf_counter() - started
+            if found != expect:
+                raise SystemExit(f"expected {expect}, the restore was {found}")
+            if not (ws / ".venv").exists():  # the install step rebuilds what missed
+                shutil.copytree(self.tree / ".venv", ws / ".venv", symlinks=True)
+            os.sync()
+            started = time.perf_counter()
+            manager.save_all(plans, ws, lambda _: None)
+            return restore + time.perf_counter() - started
+
+    def restores(self, parallel: int) -> float:
+        """Seconds to restore both entries, both exact hits (requirements.txt as saved)."""
+        index, ws = self._fresh()
+        (ws / "requirements.txt").write_text((self.tree / "requirements.txt").read_text())
+        with Queue(index) as queue:
+            manager = CacheManager(self.store, queue, self.user, parallel=parallel)
+            plans = plan_caches(SPEC, TWO_ENTRIES, ws, IMAGE)
+            started = time.perf_counter()
+            found = [r.outcome for r in manager.restore_all(plans, ws, lambda _: None)]
+            took = time.perf_counter() - started
+        if found != ["hit", "hit"]:
+            raise SystemExit(f"expected two hits, got {found}")
+        return took
+
+
+def entries_bench(work: Path, mb: int, files: int, rounds: int, user: PodmanUser) -> bool:
+    """Two entries with one key changed against one combined entry that misses; parallel against serial restores."""
+    tree = work / "monorepo"
+    monorepo(tree, mb, files)
+    run = EntriesRun(work, tree, FileStore(work / "entries-store"), user)
+    print(f"\nseveral entries: node_modules and .venv of {mb} MB each; requirements.txt changed")
+    print(f"{'local store':<36} {'entries':>8} {'combined':>9} {'ratio':>7}   goal")
+    pair = measure(rounds, lambda: run.job(TWO_ENTRIES, ["hit", "miss"]),
+                   lambda: run.job(COMBINED, ["fallback"]))
+    ok = pair.ratio <= GOAL_ENTRIES
+    print(f"{'two entries vs one combined, miss':<36} {pair.ours:>7.2f}s {pair.base:>8.2f}s {pair.ratio:>6.2f}x   "
+          f"<= {GOAL_ENTRIES}x {'met' if ok else 'NOT met'} (restore + save: node hit, pip missed and saved; "
+          f"combined: the fallback restored, all saved again; rounds {' '.join(f'{r:.2f}' for r in pair.ratios)})")
+    parallel = measure(rounds, lambda: run.restores(4), lambda: run.restores(1))
+    verdict = "faster" if parallel.ratio < 1 else "not faster"
+    print(f"{'restore 2 hits: parallel vs serial':<36} {parallel.ours:>7.2f}s {parallel.base:>8.2f}s "
+          f"{parallel.ratio:>6.2f}x   (parallel is {verdict} here; rounds "
+          f"{' '.join(f'{r:.2f}' for r in parallel.ratios)})")
+    return ok
+
+
 # -- main ---------------------------------------------------------------------------------------------------
 
 
@@ -316,6 +421,9 @@ def main() -> int:
     parser.add_argument("--big-mb", type=int, default=2048, help="tree size for the peak-memory run; 0 skips it")
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) part")
     parser.add_argument("--dir", default="/var/tmp", help="where the scratch trees go (needs ~6 GB)")
+    parser.add_argument("--entries-mb", type=int, default=120,
+                        help="size of each of the two entries in the several-entries part (default 120); 0 skips it")
+    parser.add_argument("--only-entries", action="store_true", help="run only the several-entries part")
     parser.add_argument("--save-child", nargs=2, metavar=("TREE", "STORE"), help=argparse.SUPPRESS)
     parser.add_argument("--image-rounds", type=int, default=10,
                         help="rounds of the job-start-with-a-built-image part; 0 skips it")
@@ -333,6 +441,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="forgeci-bench-cache-", dir=args.dir))
     user = podman_user()
     results: list[bool] = []
+    if args.only_entries:
+        try:
+            met = entries_bench(work, args.entries_mb, args.files // 2, args.rounds, user)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0 if met else 1
     try:
         tree = work / "tree"
         started = time.perf_counter()
@@ -414,6 +528,8 @@ def main() -> int:
             results.append(ok)
             print(f"\npeak memory of a process saving a {args.big_mb / 1024:.1f} GB tree: {peak:.0f} MB "
                   f"(goal < {GOAL_MEMORY_MB} MB: {'met' if ok else 'NOT met'}; {args.big_mb / seconds:,.0f} MB/s)")
+        if args.entries_mb:
+            results.append(entries_bench(work, args.entries_mb, args.files // 2, args.rounds, user))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.image_rounds:

@@ -22,6 +22,10 @@ from bot.parse import check_keys as _check_keys
 from bot.parse import integral as _integral
 from bot.parse import query_id as _query_id
 from bot.pipelines_api import PIPELINE_ROUTES, with_wait_reasons
+from bot.inputs_api import INPUT_ROUTES
+from bot.schedules_api import SCHEDULE_ROUTES
+from config import inputs
+from bot.usage import USAGE_ROUTES
 from config.pipeline import pipeline_from_dict
 from runner.errors import JobNotFound
 from runner.events import Event, PipelineEvent
@@ -30,6 +34,7 @@ from runner.maintenance import prune
 from runner.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobSpec, valid_priority
 from runner.runtime import Runtime
 from runner.services import declared_services, pending_service_log, service_log, service_log_names
+from runner.usage_report import usage_prometheus
 
 __all__ = ["ROUTES", "job_id_of", "read_json", "setup_api", "spec_from_body"]
 
@@ -54,7 +59,7 @@ def _string_map(value: object, key: str) -> dict[str, str]:
 
 def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
     """A JobSpec from a /jobs/submit body; every problem is a ConfigError (400)."""
-    _check_keys(body, ("repo", "ref"), ("sha", "steps", "env", "priority"))
+    _check_keys(body, ("repo", "ref"), ("sha", "steps", "env", "priority", "inputs", "user"))
     pipeline = None
     if body.get("steps") is not None:
         pipeline = {"steps": body["steps"]}
@@ -63,8 +68,15 @@ def spec_from_body(body: Mapping[str, Any], default_priority: int) -> JobSpec:
     if not valid_priority(priority):
         raise _bad("priority", f"expected an integer {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority!r}")
     env = {} if body.get("env") is None else _string_map(body["env"], "env")
-    return JobSpec(repo=body["repo"], ref=body["ref"], sha=body.get("sha"), event="api", priority=priority,
-                   pipeline=pipeline, env=env)
+    given = inputs.given_inputs(body.get("inputs"))  # checked against the pipeline's [inputs] at planning
+    user = body.get("user")  # who asks (quotas' per_user_running, usage reports); one shared token: as good as that
+    if user is not None and not (isinstance(user, str) and 0 < len(user) <= 100):
+        raise _bad("user", f"expected a name of 1..100 characters, got {user!r}")
+    meta: dict[str, Any] = {inputs.META: inputs.to_meta(given)} if given else {}
+    if user:
+        meta["user"] = user
+    return JobSpec(repo=body["repo"], ref=body["ref"], sha=body.get("sha"), event="manual", priority=priority,
+                   pipeline=pipeline, env=env, meta=meta)
 
 
 # -- views --------------------------------------------------------------------------------------------
@@ -79,8 +91,9 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 async def submit(request: web.Request) -> web.Response:
-    """POST /jobs/submit {repo, ref, sha?, steps?, env?, priority?} -> 201 {id, pipeline, jobs}: a pipeline,
-    planned before the answer (`id` is its first job); 202 with no jobs when its fetch must be retried."""
+    """POST /jobs/submit {repo, ref, sha?, steps?, env?, priority?, inputs?} -> 201 {id, pipeline, jobs}: a
+    pipeline, planned before the answer (`id` is its first job); 202 with no jobs when its fetch must be retried;
+    400 naming the input when the pipeline's [inputs] refuse them."""
     spec = spec_from_body(await read_json(request), request.app[SETTINGS].queue.default_priority)
     submitted = await _runtime(request).control.submit_pipeline(spec)
     jobs = list(submitted.job_ids)
@@ -98,7 +111,8 @@ async def status(request: web.Request) -> web.Response:
     def read() -> dict[str, Any]:
         snapshot = queue.snapshot(job_id)
         [job] = with_wait_reasons(queue, [job_json(queue.get(job_id))])
-        return {**job, "snapshot": snapshot.to_dict() if snapshot else None}
+        caches = [result.to_dict() for result in queue.cache_results(job_id)]
+        return {**job, "caches": caches, "snapshot": snapshot.to_dict() if snapshot else None}
 
     return web.json_response(await asyncio.to_thread(read))
 
@@ -294,7 +308,8 @@ async def metrics(request: web.Request) -> web.Response:
     result = await request.app[METRICS].get(runtime.queue, range_name, runtime.hub.dropped_lines)
     notify_text, notifications = await notification_metrics(request.app)
     if prometheus:
-        return web.Response(body=(result.to_prometheus() + notify_text).encode(),
+        usage = await asyncio.to_thread(usage_prometheus, runtime.queue)  # minutes, bytes, quotas: not by range
+        return web.Response(body=(result.to_prometheus() + notify_text + usage).encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
     return web.json_response({**result.to_dict(), "notifications": notifications})
 
@@ -307,7 +322,8 @@ async def cache_stats(request: web.Request) -> web.Response:
     if not (limit_text.isascii() and limit_text.isdigit()) or len(limit_text) > 4 or not 1 <= int(limit_text) <= 1000:
         raise _bad("limit", f"expected an integer 1..1000, got {limit_text!r}")
     queue = _runtime(request).queue
-    week = (await request.app[METRICS].get(queue, "week")).stats  # hits among the jobs that tried a restore
+    week = (await request.app[METRICS].get(queue, "week")).stats  # hits among the cache entries restores tried
+    per_repo = request.app[SETTINGS].retention.cache_bytes_per_repo
 
     def read() -> dict[str, Any]:
         entries = queue.cache_entries(repo=query.get("repo"), limit=int(limit_text))
@@ -315,7 +331,7 @@ async def cache_stats(request: web.Request) -> web.Response:
         return {"entries": [entry.to_dict() for entry in entries], "count": totals["entries"],
                 "total_size": totals["bytes"], "hits": totals["hits"],
                 "hit_rate": week.cache_hits / week.cache_lookups if week.cache_lookups else None,
-                "hit_rate_range": "week"}
+                "hit_rate_range": "week", "repo_sizes": queue.repo_cache_bytes(), "repo_limit": per_repo}
 
     return web.json_response(await asyncio.to_thread(read))
 
@@ -350,6 +366,9 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     ("POST", "/jobs/priority", priority, "write"),
     ("GET", "/jobs", list_jobs, "read"),
     *PIPELINE_ROUTES,
+    *SCHEDULE_ROUTES,
+    *INPUT_ROUTES,
+    *USAGE_ROUTES,
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

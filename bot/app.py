@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from bot.agent_api import setup_agent_api
 from bot.api import setup_api
 from bot.artifacts import setup_artifacts
 from bot.dashboard import setup_dashboard
@@ -64,6 +65,7 @@ def create_app(
     app.cleanup_ctx.append(status_ctx)  # after the runtime: the reporter follows its events and reads its queue
     app.cleanup_ctx.append(notify_ctx)  # the notifications outbox (bot.notify), delivered from start-up on
     app.cleanup_ctx.append(workers_ctx)
+    setup_agent_api(app)  # /agent/v1/: remote runners (after the runtime: it follows its events)
     app.router.add_get("/healthz", healthz)
     setup_webhooks(app)
     setup_api(app)  # the JSON API and its access policy (bot.auth)

@@ -17,6 +17,7 @@ from runner.errors import (
     JobNotFound,
     PipelineNotFound,
     QueueError,
+    QuotaExceeded,
     StoreError,
 )
 
@@ -73,6 +74,8 @@ def _status_of(exc: Exception) -> tuple[int, str, Any]:
         return 404, "not found", str(exc)
     if isinstance(exc, InvalidTransition):
         return 409, "wrong state", str(exc)
+    if isinstance(exc, QuotaExceeded):
+        return 429, "quota exceeded", str(exc)
     if isinstance(exc, EngineError):
         return 503, "container engine unavailable", str(exc)
     if isinstance(exc, QueueError):  # the database is locked for too long, unreadable or full: try again later

@@ -69,6 +69,7 @@ class Metrics:
             "success_rate": self.success_rate, "avg_duration": stats.avg_duration,
             "p95_duration": stats.p95_duration, "cache_hit_rate": self.cache_hit_rate,
             "cache_hits": stats.cache_hits, "cache_lookups": stats.cache_lookups,
+            "cache_results": {result: stats.cache_results.get(result, 0) for result in ("hit", "fallback", "miss")},
             "queue_depth": self.queued, "running": self.running, "log_lines_dropped": self.log_lines_dropped,
             "bucket_seconds": stats.bucket_seconds, "buckets": [_bucket(b) for b in stats.buckets],
             "pipelines": {"total": self.pipelines.total, "by_state": dict(self.pipelines.states),
@@ -109,8 +110,11 @@ class Metrics:
               [(label, pipelines.avg_duration)])
         gauge("forgeci_pipeline_duration_p95_seconds", "95th percentile end-to-end pipeline duration in the range.",
               [(label, pipelines.p95_duration)])
-        gauge("forgeci_cache_hit_ratio", "Cache restores that hit, of those attempted in the range.",
-              [(label, self.cache_hit_rate)])
+        gauge("forgeci_cache_hit_ratio", "Cache entries restored as exact hits, of those attempted in the range "
+              "(a job of two entries makes two).", [(label, self.cache_hit_rate)])
+        gauge("forgeci_cache_restores", "Cache entries restored in the range, by result (hit, fallback, miss).",
+              [(f'{label},result="{result}"', stats.cache_results.get(result, 0))
+               for result in ("hit", "fallback", "miss")])
         out += ["# HELP forgeci_queue_depth Jobs waiting in the queue now.", "# TYPE forgeci_queue_depth gauge",
                 f"forgeci_queue_depth {self.queued}",
                 "# HELP forgeci_jobs_running Jobs running now.", "# TYPE forgeci_jobs_running gauge",

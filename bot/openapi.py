@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.openapi_agents import agent_paths
 from runner.models import JobState, PipelineState, StepState
 
 STATES = [state.value for state in JobState]
@@ -21,6 +22,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {400: "bad input", 401: "missing or wrong API token", 404: "no such job, pipeline or entry",
             409: "the job or pipeline is in the wrong state", 413: "request body too large", 415: "body is not JSON",
+            429: "a [[quotas]] rule refuses a new pipeline (max_queued, minutes_per_month): `detail` names it",
             503: "the queue database or the store is unavailable"}
     return {str(status): _json(_ERROR, text[status]) for status in statuses}
 
@@ -164,7 +166,7 @@ def _pipeline_paths() -> dict[str, Any]:
             {"201": _json({"$ref": "#/components/schemas/PipelineRetried"}, "the pipeline and the jobs queued"),
              "202": _json({"$ref": "#/components/schemas/PipelineRetried"},
                           "a new pipeline whose fetch failed: planning goes on in the background"),
-             **_errors(400, 401, 404, 409, 413, 415, 503)},
+             **_errors(400, 401, 404, 409, 413, 415, 429, 503)},
             security=_WRITE, operationId="retryPipeline", parameters=path_id,
             requestBody={"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"failed_only": {"type": "boolean"}},
@@ -186,7 +188,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                           "planned: its jobs; `id` is the first (a one-job pipeline's only) job"),
              "202": _json({"$ref": "#/components/schemas/Planning"},
                           "its fetch failed or took too long: planning goes on in the background"),
-             **_errors(400, 401, 413, 415, 503)},
+             **_errors(400, 401, 413, 415, 429, 503)},
             security=_WRITE, operationId="submitJob",
             requestBody=_body({
                 "repo": {"type": "string", "minLength": 1, "description": "clone URL or a path on the server"},
@@ -196,6 +198,11 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                           "minItems": 1, "description": "inline steps instead of the repository's .forgeci.toml"},
                 "env": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
                 "priority": {**_PRIORITY, "description": "0..10, higher runs first; default queue.default_priority"},
+                "inputs": {"type": ["object", "null"], "additionalProperties": {"type": "string"},
+                           "description": "a manual run's inputs, checked against the pipeline's [inputs]; jobs see "
+                                          "INPUT_<KEY>"},
+                "user": {"type": ["string", "null"], "minLength": 1, "maxLength": 100,
+                         "description": "who triggers it (quotas' per_user_running, usage by user); default `api`"},
             }, ["repo", "ref"]),
         )},
         "/jobs/status": {"get": _op(
@@ -234,7 +241,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "Run a finished job again as a new job",
             {"201": _json({"type": "object", "required": ["id", "retry_of"],
                            "properties": {"id": _JOB_ID, "retry_of": _JOB_ID}}, "the new job"),
-             **_errors(400, 401, 404, 409, 413, 415, 503)},
+             **_errors(400, 401, 404, 409, 413, 415, 429, 503)},
             security=_WRITE, operationId="retryJob",
             requestBody=_body({"id": _JOB_ID, "from_failed_step": {"type": "boolean"}}, ["id"]),
         )},
@@ -287,7 +294,11 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                "entries": {"type": "array", "items": {"$ref": "#/components/schemas/CacheEntry"}},
                                "count": {"type": "integer"}, "total_size": {"type": "integer"},
                                "hits": {"type": "integer"}, "hit_rate": number,
-                               "hit_rate_range": {"enum": ["week"]}}}, "the cache index"),
+                               "hit_rate_range": {"enum": ["week"]},
+                               "repo_sizes": {"type": "object", "additionalProperties": {"type": "integer"},
+                                              "description": "bytes of each repository's entries"},
+                               "repo_limit": {"type": "integer",
+                                              "description": "retention.cache_bytes_per_repo"}}}, "the cache index"),
              **_errors(400, 401, 503)},
             security=_READ, operationId="cacheStats",
             parameters=[_query("repo", {"type": "string"}, "only this repository's entries (its cache id)"),
@@ -329,7 +340,13 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                                      operationId="openapi")},
     }
     paths.update(artifact_paths())
+    from bot.openapi_reports import badge_paths, usage_paths  # they build on this module's helpers
+    from bot.openapi_triggers import trigger_paths
+
     paths.update(badge_paths())
+    paths.update(trigger_paths())
+    paths.update(usage_paths())
+    paths.update(agent_paths())
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error", "detail"],
                   "properties": {"error": {"type": "string"}, "detail": {}}},
@@ -348,7 +365,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "attempts": {"type": "integer"}, "runner_id": {"type": ["string", "null"]},
             "lease_expires": number, "cancel_requested": {"type": "boolean"}, "queued_at": {"type": "number"},
             "started_at": number, "finished_at": number, "duration": number,
-            "error": {"type": ["string", "null"]}, "cache_hit": {"type": ["boolean", "null"]},
+            "error": {"type": ["string", "null"]},
+            "cache_hit": {"type": ["boolean", "null"], "description": "every cache entry was an exact hit; null: no "
+                          "restore was attempted"},
+            "cache": {"enum": ["all", "some", "none", None], "description": "how many of its cache entries hit"},
+            "caches": {"type": "array", "items": {"$ref": "#/components/schemas/CacheResult"},
+                       "description": "`/jobs/status`: each cache entry of the latest attempt"},
             "steps": {"type": "array", "items": {"$ref": "#/components/schemas/StepRecord"}},
             "pipeline_id": {**_JOB_ID, "type": ["integer", "null"], "description": "null: a job of no pipeline"},
             "name": {"type": ["string", "null"], "description": "its job in the pipeline file (`test`)"},
@@ -358,6 +380,12 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "wait_reason": {"type": ["string", "null"], "description": "why a queued job is not running yet "
                             "(`/jobs?order=dispatch`, `/jobs/status`): its needs, its concurrency group, its "
                             "matrix's max_parallel, no free slot, or next in line; null for a job not queued"}}},
+        "CacheResult": {"type": "object", "required": ["name", "key", "result"], "properties": {
+            "name": {"type": "string"}, "key": {"type": "string"}, "result": {"enum": ["hit", "fallback", "miss"]},
+            "restored_key": {"type": ["string", "null"], "description": "what was restored: the key, or a fallback's"},
+            "size": {"type": "integer"}, "seconds": {"type": "number"},
+            "saved": {"enum": ["saved", "exists", "empty", "failed", None]}, "saved_size": {"type": ["integer", "null"]},
+            "save_seconds": number, "attempt": {"type": "integer"}}},
         "CacheEntry": {"type": "object", "required": ["key", "repo", "size"], "properties": {
             "key": {"type": "string"}, "repo": {"type": "string"}, "scope": {"type": "string"},
             "image": {"type": "string"}, "paths": {"type": "array", "items": {"type": "string"}},
@@ -371,7 +399,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                               "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}}},
             "by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
             "success_rate": number, "avg_duration": number, "p95_duration": number, "cache_hit_rate": number,
-            "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer"},
+            "cache_hits": {"type": "integer"}, "cache_lookups": {"type": "integer", "description": "cache entries "
+                                                                                   "whose restore was attempted"},
+            "cache_results": {"type": "object", "additionalProperties": {"type": "integer"},
+                              "description": "cache entries restored by result: hit, fallback, miss"},
             "queue_depth": {"type": "integer"}, "running": {"type": "integer"},
             "bucket_seconds": {"type": "number"}, "buckets": {"type": "array", "items": {"type": "object"}},
             "pipelines": {"$ref": "#/components/schemas/PipelineMetrics"}}},
@@ -387,7 +418,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         "servers": [{"url": server_url}],
         "paths": paths,
         "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                           "agentToken": {"type": "http", "scheme": "bearer",
+                                                          "description": "an agent's token (forgeci agents token "
+                                                                         "create NAME)"}}},
     }
 
 
@@ -440,18 +474,3 @@ def artifact_paths() -> dict[str, Any]:
             {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "the file's path in the artifact"}]),
     }
-
-
-
-def badge_paths() -> dict[str, Any]:
-    """The status badge (bot/notify/badge.py)."""
-    svg = {"description": "the badge", "headers": {"ETag": {"schema": {"type": "string"}},
-                                                 "Cache-Control": {"schema": {"type": "string"}}},
-           "content": {"image/svg+xml": {"schema": {"type": "string"}}}}
-    path = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": about}
-            for name, about in (("owner", "the repository's owner"), ("name", "the repository's name"))]
-    return {"/badge/{owner}/{name}.svg": {"get": _op(
-        "An SVG badge of the newest pipeline's state on a branch (passing, failing, running...)",
-        {"200": svg, "304": {"description": "not modified (If-None-Match)"}, **_errors(401, 404, 503)},
-        security=_READ, operationId="badge",
-        parameters=[*path, _query("branch", {"type": "string"}, "the branch (any branch when absent)")])}}

@@ -94,10 +94,12 @@ class Client:
     # -- jobs -----------------------------------------------------------------------------------------
 
     async def submit(self, repo: str, ref: str, *, sha: str | None = None, priority: int | None = None,
-                     steps: list[dict[str, Any]] | None = None, env: Mapping[str, str] | None = None) -> Submission:
+                     steps: list[dict[str, Any]] | None = None, env: Mapping[str, str] | None = None,
+                     inputs: Mapping[str, str] | None = None) -> Submission:
         """Submit a pipeline; its id and jobs (none yet when the server is still planning it)."""
         body: dict[str, Any] = {"repo": repo, "ref": ref}
-        for key, value in (("sha", sha), ("priority", priority), ("steps", steps), ("env", env)):
+        for key, value in (("sha", sha), ("priority", priority), ("steps", steps), ("env", env),
+                           ("inputs", None if inputs is None else dict(inputs))):
             if value is not None:
                 body[key] = value
         return _parse(Submission.from_dict, await self.request("POST", "/jobs/submit", body=body))

@@ -16,6 +16,7 @@ from client.output import ago as _ago
 from client.output import duration as _duration
 from client.output import table as _table
 from client.pipeline_commands import follow_pipeline
+from config.errors import ConfigError
 
 USAGE_STATUSES = frozenset({400, 404, 413, 415})  # the request was wrong, not the job: exit 2
 
@@ -69,12 +70,23 @@ async def follow(client: Client, job_id: int, *, follow: bool, out: TextIO | Non
     return EXIT_OK if state == "success" else EXIT_FAILED
 
 
+def parse_inputs(pairs: list[str]) -> dict[str, str]:
+    """`--input KEY=VALUE` options as the API's `inputs`; ConfigError (exit 2) for one without `=`."""
+    found: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expects KEY=VALUE, got {pair!r}", source="--input")
+        found[key] = value
+    return found
+
+
 async def submit(client: Client, repo: str, ref: str, sha: str | None, priority: int | None,
-                 follow_log: bool) -> int:
+                 follow_log: bool, inputs: dict[str, str] | None = None) -> int:
     """Submit a pipeline and say what it became; with `follow_log`, follow the whole pipeline (waiting while it is
     planned): every job's log as it runs, then how each job and the pipeline ended; exit 0 only if it succeeded."""
     info = sys.stderr if follow_log else sys.stdout  # --follow: stdout is the log alone
-    submitted = await client.submit(repo, ref, sha=sha, priority=priority)
+    submitted = await client.submit(repo, ref, sha=sha, priority=priority, inputs=inputs or None)
     if submitted.job is None:
         assert submitted.pipeline is not None  # Submission.from_dict refuses an answer with neither
         why = (await client.pipeline(submitted.pipeline)).error
@@ -117,7 +129,7 @@ async def jobs(client: Client, status: str | None, repo: str | None, limit: int,
 
 def describe(job: JobInfo) -> str:
     """A job as `forgeci status` prints it."""
-    cache = {None: "no restore", True: "hit", False: "miss"}[job.cache_hit]
+    cache = job.cache_text
     stopping = job.cancel_requested and job.state == "running"
     lines = [f"job {job.id}: {job.state}" + (" (cancel requested)" if stopping else ""),
              f"  repo      {job.repo}",

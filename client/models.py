@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,46 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
+class CacheInfo:
+    """One cache entry of a job's latest attempt (`/jobs/status` `caches`): its restore and its save."""
+
+    name: str
+    result: str  # hit | fallback | miss
+    key: str = ""
+    restored_key: str | None = None
+    size: int = 0
+    seconds: float = 0.0
+    saved: str | None = None  # None: not tried; saved | exists | empty | failed
+
+    @classmethod
+    def from_dict(cls, data: object) -> CacheInfo:
+        d = _object(data, "a cache result")
+        return cls(_str(d.get("name")), _str(d.get("result"), "miss"), _str(d.get("key")),
+                   _optional_str(d.get("restored_key")), _int(d.get("size")), _float(d.get("seconds")) or 0.0,
+                   _optional_str(d.get("saved")))
+
+    @property
+    def text(self) -> str:
+        """`node hit`, `pip fallback from KEY`, `go miss`."""
+        if self.result == "fallback" and self.restored_key:
+            return f"{self.name} fallback from {self.restored_key}"
+        return f"{self.name} {self.result}"
+
+
+CACHE_WORDS = {"all": "hit", "some": "some hit", "none": "miss", None: "no restore"}
+
+
+def cache_text(cache: str | None, caches: Sequence[CacheInfo]) -> str:
+    """`hit`, `miss`, `no restore`, or with several entries `some hit (node hit, pip miss)`."""
+    word = CACHE_WORDS.get(cache, "no restore")
+    if len(caches) > 1:
+        return f"{'all hit' if cache == 'all' else word} ({', '.join(c.text for c in caches)})"
+    if len(caches) == 1 and caches[0].result == "fallback":
+        return f"miss ({caches[0].text})"
+    return word
+
+
+@dataclass(frozen=True)
 class JobInfo:
     """A job as `/jobs` and `/jobs/status` return it (runner.models.Job.to_dict), plus live step progress.
 
@@ -71,7 +111,9 @@ class JobInfo:
     finished_at: float | None = None
     duration: float | None = None
     error: str | None = None
-    cache_hit: bool | None = None
+    cache_hit: bool | None = None  # every cache entry hit
+    cache: str | None = None  # all | some | none of its cache entries hit; None: no restore
+    caches: tuple[CacheInfo, ...] = ()  # each entry (from `/jobs/status`)
     cancel_requested: bool = False
     steps: tuple[StepInfo, ...] = ()
     snapshot: Mapping[str, Any] | None = None  # when the server reports one (workspace snapshots)
@@ -89,6 +131,10 @@ class JobInfo:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def cache_text(self) -> str:
+        return cache_text(self.cache, self.caches)
+
     @classmethod
     def from_dict(cls, data: object) -> JobInfo:
         d = _object(data, "a job")
@@ -98,6 +144,12 @@ class JobInfo:
         raw_steps = d.get("steps") or []
         steps = tuple(StepInfo.from_dict(s) for s in raw_steps) if isinstance(raw_steps, list) else ()
         cache_hit = d.get("cache_hit")
+        cache = d.get("cache") if d.get("cache") in ("all", "some", "none") else None
+        if cache is None and isinstance(cache_hit, bool):  # a server from before several caches per job
+            cache = "all" if cache_hit else "none"
+        raw_caches = d.get("caches")
+        caches = tuple(CacheInfo.from_dict(c) for c in raw_caches if isinstance(c, Mapping)) \
+            if isinstance(raw_caches, list) else ()
         snapshot = d.get("snapshot")
         sha = spec.get("sha")
         return cls(
@@ -107,7 +159,7 @@ class JobInfo:
             queued_at=_float(d.get("queued_at")) or 0.0, started_at=_float(d.get("started_at")),
             finished_at=_float(d.get("finished_at")), duration=_float(d.get("duration")),
             error=d.get("error") if isinstance(d.get("error"), str) else None,
-            cache_hit=cache_hit if isinstance(cache_hit, bool) else None,
+            cache_hit=cache_hit if isinstance(cache_hit, bool) else None, cache=cache, caches=caches,
             cancel_requested=d.get("cancel_requested") is True, steps=steps,
             snapshot=snapshot if isinstance(snapshot, Mapping) else None,
             pipeline_id=d["pipeline_id"] if _is_int(d.get("pipeline_id")) else None, name=_str(d.get("name")),
@@ -169,6 +221,10 @@ class PipelineJob:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def cache_text(self) -> str:
+        return cache_text(self.cache, self.caches)
 
     @classmethod
     def from_dict(cls, data: object) -> PipelineJob:

@@ -7,7 +7,7 @@ import difflib
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Final
 
 import tomli_w
@@ -15,11 +15,15 @@ import tomli_w
 from config.artifacts import (
     ARTIFACTS, ARTIFACTS_DOC, ARTIFACTS_FROM, ARTIFACTS_FROM_DOC, JOB_ARTIFACTS, ArtifactSpec, check_artifacts_from,
 )
+from config.caches import CACHE, Caches
+from config.caches import CacheSpec as CacheSpec  # re-exported: the pipeline model names it
 from config.errors import ConfigError
 from config.images import IMAGE, IMAGE_DOC, ImageBuild
+from config.inputs import INPUTS, INPUTS_DOC, InputSpec
 from config.matrix import ENTRIES, MATRIX, NAME, NAME_RULE, Value
 from config.plan import DEFAULT_JOB, MAX_NAME, check_jobs, expand_into
 from config.services import SERVICES, Service
+from config.triggers import EVENT_LIST, EVENTS_DOC, GLOBS, JOB_FILTER_DOC, PATHS_DOC, PATHS_IGNORE_DOC
 from config.schema import (
     BOOL,
     DURATION,
@@ -44,7 +48,6 @@ from config.schema import (
     nonempty_text,
     option,
     scalar,
-    section,
     string_list,
     toml_inline,
 )
@@ -54,17 +57,6 @@ CONDITIONS: Final = ("success", "failure", "always")  # a job's `if`
 # Every job keeps its workspace (issue 4): `forgeci debug` opens any job, and a failed one can be retried from
 # its failed step. Retention (`retention.snapshot_days`) bounds the space.
 DEFAULT_SNAPSHOT: Final = "always"
-
-
-def _workspace_path(value: object) -> str:
-    """A path inside the workspace: caches are restored into it, so nothing may point outside."""
-    found = nonempty_text(value)
-    if found.startswith(("/", "~")) or ".." in PurePosixPath(found).parts:
-        raise ValueError(f"expected a path inside the workspace (relative, without '..'), got {describe(found)}")
-    return found
-
-
-_WORKSPACE_PATHS = string_list(_workspace_path, "array of paths")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,17 +69,6 @@ class Step:
     timeout: float | None = option(DURATION, "limit for this step", None, shown="`runner.step_timeout`")
     continue_on_error: bool = option(BOOL, "a failure of this step does not fail the job", False)
     env: dict[str, str] = option(STRING_TABLE, "variables for this step, over the pipeline's `env`", factory=dict)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CacheSpec:
-    """The [cache] table: what to keep between jobs, and what keys it."""
-
-    paths: tuple[str, ...] = option(string_list(_workspace_path, "array of paths", nonempty=True),
-                                    "directories to cache, relative to the workspace")
-    key_files: tuple[str, ...] = option(_WORKSPACE_PATHS,
-                                        "files whose contents key the cache (with the image and paths)", ())
-    save: str = option(choice("success", "always"), "save after successful jobs only, or always", "success")
 
 
 def _steps(alternative: str) -> Kind:
@@ -120,8 +101,8 @@ def _steps(alternative: str) -> Kind:
 _STEPS = _steps(", or [jobs.NAME] tables")
 # A job's steps and cache have the top-level keys: the reference lists those once (nested=None).
 _JOB_STEPS = dataclasses.replace(_steps(""), label="array of tables, keys as `steps[]`", nested=None, nest="")
-_CACHE = section(CacheSpec)
-_JOB_CACHE = dataclasses.replace(_CACHE, label="table, keys as `cache`", nested=None, nest="")
+_CACHE = CACHE
+_JOB_CACHE = dataclasses.replace(_CACHE, label="table or array of tables, keys as `cache`", nested=None, nest="")
 _JOB_SERVICES = dataclasses.replace(SERVICES, label="table of tables, keys as `services`", nested=None, nest="")
 
 
@@ -164,11 +145,14 @@ class JobSpec:
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`timeout`")
     branches: tuple[str, ...] | None = option(_BRANCHES, "refs this job runs for; others end `skipped`", None,
                                               shown="`branches`")
+    events: tuple[str, ...] | None = option(EVENT_LIST, EVENTS_DOC + JOB_FILTER_DOC, None, shown="none")
+    paths: tuple[str, ...] | None = option(GLOBS, PATHS_DOC + JOB_FILTER_DOC, None, shown="none")
+    paths_ignore: tuple[str, ...] | None = option(GLOBS, PATHS_IGNORE_DOC + JOB_FILTER_DOC, None, shown="none")
     snapshot: str | None = option(_SNAPSHOT, "when to keep a workspace snapshot", None, shown="`snapshot`")
     secrets: tuple[str, ...] | None = option(_SECRETS, "secrets given to this job", None, shown="`secrets`")
     env: dict[str, str] = option(STRING_TABLE, "variables for every step of this job, over the top-level `env`",
                                  factory=dict)
-    cache: CacheSpec | None = option(_JOB_CACHE, "what to cache", None, shown="`cache`")
+    cache: Caches | None = option(_JOB_CACHE, "what to cache", None, shown="`cache`")
     services: dict[str, Service] = option(_JOB_SERVICES, "service containers of this job, over the top-level "
                                                          "`services` (by name)", factory=dict)
     artifacts: ArtifactSpec | None = option(JOB_ARTIFACTS, ARTIFACTS_DOC, None, shown="`artifacts`")
@@ -209,13 +193,16 @@ class Pipeline:
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`runner.job_timeout`")
     branches: tuple[str, ...] = option(_BRANCHES,
                                        "refs the pipeline runs for; others end `skipped`; empty = every ref", ())
+    events: tuple[str, ...] = option(EVENT_LIST, EVENTS_DOC + "; empty = every event", ())
+    paths: tuple[str, ...] = option(GLOBS, PATHS_DOC + "; empty = any change", ())
+    paths_ignore: tuple[str, ...] = option(GLOBS, PATHS_IGNORE_DOC, ())
     snapshot: str = option(_SNAPSHOT, "when to keep a workspace snapshot for `forgeci debug`",
                            DEFAULT_SNAPSHOT)
     secrets: tuple[str, ...] = option(_SECRETS,
                                       "names from the server's [secrets], given as env variables; "
                                       "never given to fork pull requests", ())
     env: dict[str, str] = option(STRING_TABLE, "variables for every step", factory=dict)
-    cache: CacheSpec | None = option(_CACHE, "what to cache", None, shown="absent: detected from lockfiles")
+    cache: Caches | None = option(_CACHE, "what to cache: one [cache] table, or several [[cache]] entries", None, shown="absent: detected from lockfiles")
     services: dict[str, Service] = option(
         SERVICES, "service containers beside every job, in one pod with it, reachable on 127.0.0.1 and by name",
         factory=dict, shown="no services")
@@ -227,6 +214,7 @@ class Pipeline:
                                      shown="required without `jobs`")
     jobs: dict[str, JobSpec] = option(_JOBS, "the jobs of a pipeline of many, by name", factory=dict,
                                       shown="required without `steps`")
+    inputs: dict[str, InputSpec] = option(INPUTS, INPUTS_DOC, factory=dict, shown="none")
 
     def applies_to(self, ref: str) -> bool:
         """Whether the `branches` filter lets `ref` run.
@@ -312,7 +300,10 @@ def _job_blocks(name: str, job: dict[str, Any]) -> list[str]:
     tables = {key: job.pop(key) for key in ("env", "cache") if key in job}
     services: dict[str, dict[str, Any]] = job.pop("services", {})
     blocks = [f"[jobs.{name}]\n" + "".join(f"{key_path('', k)} = {toml_inline(v)}\n" for k, v in job.items())]
-    blocks += [f"[jobs.{name}.{key}]\n" + tomli_w.dumps(table) for key, table in tables.items()]
+    for key, table in tables.items():  # [[jobs.NAME.cache]] entries, or one table
+        for entry in table if isinstance(table, list) else [table]:
+            brackets = ("[[", "]]") if isinstance(table, list) else ("[", "]")
+            blocks.append(f"{brackets[0]}jobs.{name}.{key}{brackets[1]}\n" + tomli_w.dumps(entry))
     blocks += [f"[jobs.{name}.services.{key_path('', service)}]\n"
                + "".join(f"{key_path('', k)} = {toml_inline(v)}\n" for k, v in table.items())
                for service, table in services.items()]

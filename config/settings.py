@@ -12,6 +12,8 @@ from pathlib import Path
 from config.artifacts import LINK_LIFETIME, SIZE
 from config.errors import ConfigError
 from config.notify import NOTIFY, NOTIFY_DOC, NotifyTarget
+from config.schedules import SCHEDULES, SCHEDULES_DOC, ScheduleSpec
+from config.quotas import QUOTAS, CostSettings, QuotaRule
 from config.schema import (
     BOOL,
     DURATION,
@@ -78,6 +80,10 @@ class ServerSettings:
     run_drafts: bool = option(BOOL, "build draft pull requests", True)
     artifact_link_lifetime: float = option(LINK_LIFETIME, "how long the signed artifact download links of a listing "
                                                           "(API, dashboard, CLI) work; 1m to 7d", 3600.0)
+    trusted_proxies: tuple[str, ...] = option(
+        string_list(nonempty_text, "array of addresses or networks"),
+        "reverse proxies (IPs or CIDRs) whose X-Forwarded-Proto says a request came over https (agents get "
+        "secrets only over https or loopback)", ())
 
     def __post_init__(self) -> None:
         # Derived rather than fixed so changing the port alone keeps status links right.
@@ -101,6 +107,7 @@ class QueueSettings:
 class RunnerSettings:
     """[runner]: the containers jobs run in."""
 
+    embedded: bool = option(BOOL, "run jobs in the server itself; false: only `forgeci agent`s run them", True)
     image: str = option(NONEMPTY, "default job image", "localhost/forgeci-job:latest")
     podman_user: str = option(NONEMPTY, "when started as root, Podman runs as this user (rootless)", "forgeci")
     podman_url: str = option(STRING, 'an existing Podman API socket; "" = forgeci starts its own', "")
@@ -159,6 +166,9 @@ class RetentionSettings:
                                             "a pipeline stays while it has unexpired artifacts", 7)
     image_days: int = option(integer(1), "remove job images forgeci built from a repository's Containerfile (and "
                                          "their exports in the store) after this many days without use", 14)
+    cache_bytes_per_repo: int = option(SIZE, "the most a repository's caches may hold; past it, the entries "
+                                             "restored least recently are evicted (never the one just saved)",
+                                       10 << 30)
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,11 @@ class Settings:
     gitea: GiteaSettings = option(section(GiteaSettings), GiteaSettings.__doc__ or "", factory=GiteaSettings)
     gitlab: GitLabSettings = option(section(GitLabSettings), GitLabSettings.__doc__ or "", factory=GitLabSettings)
     notify: tuple[NotifyTarget, ...] = option(NOTIFY, NOTIFY_DOC, (), shown="`[]`")
+    schedules: tuple[ScheduleSpec, ...] = option(SCHEDULES, SCHEDULES_DOC, ())
+    quotas: tuple[QuotaRule, ...] = option(
+        QUOTAS, "[[quotas]]: limits per owner/repository; the first rule whose `match` fits a repository applies", (),
+        shown="none")
+    costs: CostSettings = option(section(CostSettings), CostSettings.__doc__ or "", factory=CostSettings)
 
     @classmethod
     def default(cls) -> Settings:
@@ -306,13 +321,13 @@ def settings_reference() -> list[FieldDoc]:
 def reference_markdown() -> str:
     """The forgeci.toml part of the README's configuration reference: one table per section."""
     docs = settings_reference()
-    top = [d for d in docs if "." not in d.path and d.type not in ("table", "table of tables")]
+    tables = ("table", "table of tables", "array of tables")
+    top = [d for d in docs if "." not in d.path and d.type not in tables]
     parts = [markdown_table(top)]
     for d in docs:
-        if d.type in ("table", "table of tables", "array of tables"):
-            array = d.type == "array of tables"
-            inner = [c for c in docs if c.path.startswith(d.path + ("[]." if array else "."))]
+        if d.type in tables:
+            inner = [c for c in docs if c.path.startswith((d.path + ".", d.path + "[]."))]
             about = d.doc.split(": ", 1)[-1]
-            heading = f"[[{d.path}]]" if array else f"[{d.path}]"
+            heading = f"[[{d.path}]]" if d.type == "array of tables" else f"[{d.path}]"
             parts.append(f"#### `{heading}`\n\n{about[:1].upper()}{about[1:]}\n\n{markdown_table(inner)}")
     return "\n\n".join(parts)

@@ -1,7 +1,8 @@
 """Job control: every state change of a job — its queue transaction, its event and the worker's wake-up or stop.
 
-The HTTP API, the dashboard, the webhook intake and the embedded worker pool all call this one module (later, the
-agent API too), so each operation exists once. It knows no transport: plain async methods over values.
+The HTTP API, the dashboard, the webhook intake, the embedded worker pool and the agent API (bot/agent_api.py, for
+remote `forgeci agent`s) all call this one module, so each operation exists once. It knows no transport: plain async
+methods over values.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runner.committer import DeliveryCommitter
-from runner.errors import InvalidTransition, QueueError
+from runner.errors import InvalidTransition, QueueError, QuotaExceeded
 from runner.events import EventBus, JobEvent, PipelineEvent
 from runner.models import Job, JobSpec, JobState, Outcome, PipelineRecord, PipelineState, StepResult
 from runner.planner import PlanResult, Planner
 from runner.queue import Delivery, Queue, Settlement
+from runner.queue.usage import repo_slug
 from runner.retry import RESUMABLE, RESUME_FROM, RESUME_STEP, RETRY_OF
 
 PLAN_TIMEOUT = 60.0  # seconds POST /jobs/submit waits for its pipeline's plan (a fetch) before answering
@@ -93,7 +95,11 @@ class JobControl:
 
     async def submit_pipeline(self, spec: JobSpec, *, timeout: float = PLAN_TIMEOUT) -> Submitted:
         """A pipeline for `spec`, planned before this returns (bounded by `timeout`; an inline pipeline needs no
-        fetch). Its jobs are empty when planning must wait: the coordinator's planner goes on with it."""
+        fetch). Its jobs are empty when planning must wait: the coordinator's planner goes on with it. QuotaExceeded
+        (nothing recorded) when a [[quotas]] rule refuses it."""
+        refusal = await asyncio.to_thread(self.queue.quota_refusal, repo_slug(spec.repo))
+        if refusal is not None:
+            raise QuotaExceeded(refusal)
         pipeline_id = await asyncio.to_thread(self.queue.create_pipeline, spec)
         self.publish_pipeline(pipeline_id, PipelineState.planning)
         job_ids: tuple[int, ...] = ()
@@ -104,6 +110,8 @@ class JobControl:
             except TimeoutError:  # the plan goes on (it is shielded); the answer does not wait for it
                 result = None
             job_ids = tuple(result[0]) if result else ()
+            if (rejected := self.planner.rejected.pop(pipeline_id, None)) is not None:
+                raise rejected  # its inputs: the pipeline ended, and the caller hears why
         return Submitted(pipeline_id, job_ids)
 
     async def planned(self, record: PipelineRecord, result: PlanResult | None) -> None:
@@ -117,8 +125,10 @@ class JobControl:
             self.publish_pipeline(record.id, now.state, error=now.error, attempts=attempts)
             return
         job_ids, settled = result
+        ruled_out = {job_id for job_id, _ in settled.skipped}  # planned `skipped`: never queued
         for job_id in job_ids:
-            self.publish(job_id, JobState.queued, pipeline=record.id)
+            if job_id not in ruled_out:
+                self.publish(job_id, JobState.queued, pipeline=record.id)
         self.publish_pipeline(record.id, settled.state or PipelineState.queued, jobs=list(job_ids))
         self._apply([settled, *self.queue.take_settlements()])
         self._wake()
@@ -183,10 +193,15 @@ class JobControl:
         return state
 
     async def retry(self, job_id: int, *, from_failed_step: bool = False) -> int:
-        """A new job like a finished one (see retry_spec); returns its id."""
+        """A new job like a finished one (see retry_spec); returns its id. QuotaExceeded when a [[quotas]] rule
+        refuses new work of its repository (as it refuses a new pipeline)."""
 
         def enqueue() -> int:
-            return self.queue.enqueue(retry_spec(self.queue, job_id, from_failed_step=from_failed_step))
+            spec = retry_spec(self.queue, job_id, from_failed_step=from_failed_step)
+            refusal = self.queue.quota_refusal(repo_slug(spec.repo))
+            if refusal is not None:
+                raise QuotaExceeded(refusal)
+            return self.queue.enqueue(spec)
 
         new_id = await asyncio.to_thread(enqueue)
         self.publish(new_id, JobState.queued, retry_of=job_id)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from config.pipeline import Pipeline, Step
 from config.settings import SecretSpec, Settings
+from config.triggers import event_name
 from runner.logs import Masker
 from runner.models import Job, JobSpec
 from runner.outputs import IN_CONTAINER as OUTPUT_IN_CONTAINER
@@ -59,7 +60,8 @@ def forgeci_variables(job: Job, sha: str) -> dict[str, str]:
     """What every job sees whatever its pipeline says: `CI`, and forgeci's own description of the job."""
     spec = job.spec
     return {"CI": "true", "FORGECI": "true", "FORGECI_JOB_ID": str(job.id), "FORGECI_REPO": spec.repo,
-            "FORGECI_REF": spec.ref, "FORGECI_SHA": spec.sha or sha, "FORGECI_OUTPUT": OUTPUT_IN_CONTAINER}
+            "FORGECI_REF": spec.ref, "FORGECI_SHA": spec.sha or sha, "FORGECI_EVENT": event_name(spec.event),
+            "FORGECI_OUTPUT": OUTPUT_IN_CONTAINER}
 
 
 def job_environment(

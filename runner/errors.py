@@ -26,6 +26,10 @@ class InvalidTransition(QueueError):
     """The job is not in a state that allows the operation (the HTTP layer answers 409)."""
 
 
+class QuotaExceeded(RunnerError):
+    """A [[quotas]] rule refuses a new pipeline: max_queued reached or the month's minutes used up (HTTP 429)."""
+
+
 class EngineError(RunnerError):
     """The container engine failed (service down, API error): an infrastructure fault, retried by the queue."""
 

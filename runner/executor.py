@@ -17,7 +17,7 @@ from config.images import ImageBuild
 from config.pipeline import Pipeline, Step
 from config.settings import Settings
 from runner.artifacts import ArtifactManager
-from runner.cache import CacheManager, CachePlan, plan_cache
+from runner.cache import CacheManager, CachePlan, plan_caches
 from runner.engine import ContainerSpec, Engine, EngineError
 from runner.environment import Secrets, job_environment, step_environment
 from runner.errors import RunnerError
@@ -154,9 +154,9 @@ class Executor:
                 plan = await self._plan(attempt, checkout, resume, only_step, local_path)
             if isinstance(plan, Outcome):
                 return plan
-            if plan.cache is not None and self.cache is not None and resume is None:
-                await self._guarded("cache restore", joblog, self.cache.restore, plan.cache, checkout.workspace,
-                                    attempt.say, attempt.abort, job.id)
+            if plan.caches and self.cache is not None and resume is None:
+                await self._guarded("cache restore", joblog, self.cache.restore_all, plan.caches, checkout.workspace,
+                                    attempt.say, attempt.abort, job.id, job.attempts)
             if self.artifacts is not None and resume is None and (fetched := await asyncio.to_thread(  # needs' files
                     self.artifacts.restore, job, plan.pipeline, checkout.workspace, attempt.say, attempt.abort)):
                 return fetched
@@ -253,9 +253,10 @@ class Executor:
                                 checkout.snapshot, job.spec, joblog, attempt.cancel)
         if isinstance(image, Outcome):
             return image
-        cache = await self._cache_plan(job, pipeline, checkout.workspace, image, local_path, joblog)
-        env = job_environment(job, pipeline, checkout.sha, cache.env if cache else {}, self.secrets, joblog.system)
-        return Plan(pipeline, steps, image, cache, env, pipeline.timeout or self.settings.runner.job_timeout)
+        caches = await self._cache_plan(job, pipeline, checkout.workspace, image, local_path, joblog)
+        cache_env = {name: value for plan in caches for name, value in plan.env.items()}
+        env = job_environment(job, pipeline, checkout.sha, cache_env, self.secrets, joblog.system)
+        return Plan(pipeline, steps, image, caches, env, pipeline.timeout or self.settings.runner.job_timeout)
 
     async def _missing_image(self, pipeline: Pipeline) -> str | None:
         """Why the pipeline's own image cannot run, or None. An image the pipeline names and this runner lacks is
@@ -270,16 +271,17 @@ class Executor:
 
     async def _cache_plan(
         self, job: Job, pipeline: Pipeline, workspace: Path, image: str, local_path: Path | None, joblog: JobLog,
-    ) -> CachePlan | None:
-        """What the job caches; `forgeci run` keeps none (its data dir is thrown away after the run)."""
+    ) -> tuple[CachePlan, ...]:
+        """What the job caches, entry by entry; `forgeci run` keeps none (its data dir is thrown away after the run)."""
         if self.cache is None or local_path is not None:
-            return None
-        plan = await asyncio.to_thread(plan_cache, job.spec, pipeline, workspace, image)
-        if plan is None:
+            return ()
+        plans = await asyncio.to_thread(plan_caches, job.spec, pipeline, workspace, image)
+        if not plans:
             joblog.system("cache: no [cache] table and no lockfile at the repository root; nothing to cache")
-        elif plan.detected:
-            joblog.system(f"cache: detected from {', '.join(plan.key_files)}: {', '.join(plan.paths)}")
-        return plan
+        for plan in plans:
+            if plan.detected:
+                joblog.system(f"{plan.prefix} detected from {', '.join(plan.key_files)}: {', '.join(plan.paths)}")
+        return plans
 
     # -- steps phase ----------------------------------------------------------------------------------------
 
@@ -431,10 +433,11 @@ class Executor:
     async def _keep(self, attempt: Attempt, plan: Plan, workspace: Path, outcome: Outcome) -> None:
         """Cache save and snapshot, per the pipeline's policies; their failures are warnings, never the job's state."""
         job, joblog, state, say, abort = attempt.job, attempt.joblog, outcome.state, attempt.say, attempt.abort
-        if plan.cache is not None and self.cache is not None and (
-                state is JobState.success
-                or plan.cache.save == "always" and state in (JobState.failure, JobState.timeout)):
-            await self._guarded("cache save", joblog, self.cache.save, plan.cache, workspace, say, abort)
+        saving = tuple(entry for entry in plan.caches if state is JobState.success
+                       or entry.save == "always" and state in (JobState.failure, JobState.timeout))
+        if saving and self.cache is not None:
+            await self._guarded("cache save", joblog, self.cache.save_all, saving, workspace, say, abort, job.id,
+                                job.attempts)
         if self.snapshots is not None and should_snapshot(plan.pipeline.snapshot, state):
             failed = outcome.steps[-1] if state is not JobState.success and outcome.steps else None
             await self._guarded(

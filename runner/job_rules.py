@@ -22,7 +22,7 @@ class Plan:
     pipeline: Pipeline
     steps: tuple[Step, ...]  # the ones to run (`--step` keeps one)
     image: str
-    cache: CachePlan | None  # None: nothing to restore or save
+    caches: tuple[CachePlan, ...]  # the job's cache entries; none: nothing to restore or save
     env: Mapping[str, str]  # the job's environment; each step's env goes on top
     timeout: float  # seconds for the whole job
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from config import inputs
 from config.errors import ConfigError
 from config.pipeline import Pipeline, load_pipeline
 from config.plan import expand
@@ -167,10 +168,12 @@ async def _run_pipeline(runtime: Runtime, path: Path, plan: LocalPlan, printers:
     (as a server plans a submitted pipeline), and run them to the end; their artifacts end up in `keep`."""
     control, queue = runtime.control, runtime.queue
     spec = JobSpec(repo=str(path), ref=_git(path, "rev-parse", "--abbrev-ref", "HEAD") or "local",
-                   sha=_git(path, "rev-parse", "HEAD") or None, event="local")
+                   sha=_git(path, "rev-parse", "HEAD") or None, event="manual")
     pipeline_id = await asyncio.to_thread(queue.create_pipeline, spec)
     record = await asyncio.to_thread(queue.pipeline, pipeline_id)
-    rows = plan.selection.rows(planned_rows(record, plan.pipeline, spec.sha))
+    declared = plan.pipeline.inputs if plan.pipeline is not None else {}
+    defaults = inputs.resolve(declared, {}, manual=False)  # no --input here: the declared defaults
+    rows = plan.selection.rows(planned_rows(record, plan.pipeline, spec.sha, inputs=defaults))
     dispatcher = LocalDispatcher(control, runtime.executor, path, printers, step_job=plan.selection.step_job,
                                  step=plan.step)
     control.dispatcher = dispatcher

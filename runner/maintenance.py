@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from config.settings import Settings
+from runner.cache_lru import evict_all
 from runner.errors import JobNotFound, QueueError, RunnerError
 from runner.image_build import ImageBuilder
 from runner.podman_user import PodmanUser
 from runner.layout import DataLayout
 from runner.queue import Queue
+from runner.queue.usage import usage_cutoff
 from runner.store import FileStore, ObjectStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,8 @@ class PruneReport:
 
 
 def prune(parts: Parts, now: float | None = None) -> PruneReport:
-    """Delete snapshots older than retention.snapshot_days, caches unused for cache_days, artifacts past their expiry,
+    """Delete snapshots older than retention.snapshot_days, caches unused for cache_days (and, per repository, the
+    least recently used past cache_bytes_per_repo), artifacts past their expiry,
     and jobs (with logs) finished more than job_days ago, as of `now` (default: the current time). Blocks: call it in
     a thread.
 
@@ -115,6 +118,10 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
             caches += 1
             freed += entry.size
 
+    for entry in evict_all(parts.queue, parts.store, retention.cache_bytes_per_repo, errors):  # per-repo LRU
+        caches += 1
+        freed += entry.size
+
     artifacts, artifact_bytes = _prune_artifacts(parts, now, errors)
     freed += artifact_bytes
     job_ids: list[int] = _guard(errors, lambda: parts.queue.delete_finished_jobs(now - retention.job_days * DAY, now),
@@ -129,6 +136,9 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
 
     # The per-job metrics rows outlive their jobs so the dashboard's week view stays whole.
     _guard(errors, lambda: parts.queue.delete_metrics_before(now - max(retention.job_days, METRICS_DAYS) * DAY), 0)
+    _guard(errors, lambda: parts.queue.delete_cache_results_before(now - max(retention.job_days, METRICS_DAYS) * DAY),
+           0)
+    _guard(errors, lambda: parts.queue.prune_usage(usage_cutoff(now)), 0)  # usage: 13 whole months and this one
 
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
     images = _prune_images(parts, now, errors)

@@ -75,7 +75,7 @@ class JobSpec:
     repo: str  # clone URL or local path
     ref: str
     sha: str | None = None
-    event: str = "api"  # push, pull_request, tag, api, retry, ...
+    event: str = "manual"  # push, pull_request, tag, schedule, manual (older rows: api, local = manual)
     priority: int = DEFAULT_PRIORITY  # 0..10, higher runs first
     concurrency_group: str | None = None  # at most one running job per group
     fork: bool = False
@@ -187,7 +187,8 @@ class Job:
     started_at: float | None = None  # of the current (or last) attempt
     finished_at: float | None = None
     error: str | None = None
-    cache_hit: bool | None = None  # None: no cache restore was attempted (yet)
+    cache_hit: bool | None = None  # every cache entry hit; None: no cache restore was attempted (yet)
+    cache: str | None = None  # "all" | "some" | "none" of its entries hit (CACHE_SUMMARY); None: no restore
     steps: tuple[StepRecord, ...] = ()
     pipeline_id: int | None = None  # None: a job of no pipeline (submitted to the queue directly)
     name: str | None = None  # the pipeline's job key (`test`); every member of a matrix shares it
@@ -270,14 +271,37 @@ class RangeStats:
     states: Mapping[str, int]  # finished jobs per terminal state (every terminal state present)
     avg_duration: float | None
     p95_duration: float | None
-    cache_hits: int
-    cache_lookups: int  # jobs that attempted a cache restore
+    cache_hits: int  # cache entries restored as exact hits
+    cache_lookups: int  # cache entries whose restore was attempted (a job of two entries counts two)
     bucket_seconds: float
     buckets: tuple[BucketStats, ...]
+    cache_results: Mapping[str, int] = field(default_factory=dict)  # entries per result: hit, fallback, miss
 
     @property
     def total(self) -> int:
         return sum(self.states.values())
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """What one cache entry of a job's attempt did: its restore (hit, fallback from which key, miss), then its save."""
+
+    name: str
+    key: str  # the entry's own key
+    result: str  # "hit" | "fallback" | "miss"
+    restored_key: str | None = None  # the entry restored: the key itself for a hit, another one for a fallback
+    size: int = 0  # bytes of the restored archive
+    seconds: float = 0.0  # how long the restore took
+    saved: str | None = None  # None: no save tried; "saved" | "exists" | "empty" | "failed"
+    saved_size: int | None = None
+    save_seconds: float | None = None
+    attempt: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+CACHE_SUMMARY = {1: "all", 2: "some", 0: "none"}  # jobs.cache_hit: every entry hit, some did, none did
 
 
 @dataclass(frozen=True)

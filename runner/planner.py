@@ -21,7 +21,9 @@ from config.plan import DEFAULT_JOB, expand
 from runner.errors import InvalidTransition, QueueError, WorkspaceError
 from runner.job_rules import PIPELINE_FILE
 from runner.models import PipelineRecord
+from runner.plan_filters import changes_for, run_inputs, skip_reasons
 from runner.queue import PlannedJobRow, Queue, Settlement
+from runner.queue.usage import repo_slug
 from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
@@ -30,25 +32,29 @@ ONE_JOB = DEFAULT_JOB  # the job a file of top-level [[steps]] (or a file with e
 BACKOFF_BASE = 2.0  # seconds before the first re-plan after a fetch fault; doubles each time
 BACKOFF_CAP = 60.0
 IDLE = 30.0  # seconds between looks at the pipelines table when nothing woke the planner
+MAX_REJECTED = 100
 
 PlanResult = tuple[list[int], Settlement]  # the planned jobs' ids, and what writing them settled
 PlanListener = Callable[[PipelineRecord, "PlanResult | None"], Awaitable[None]]
 
 
-def planned_rows(record: PipelineRecord, pipeline: Pipeline | None, sha: str | None) -> list[PlannedJobRow]:
+def planned_rows(record: PipelineRecord, pipeline: Pipeline | None, sha: str | None,
+                 changed: tuple[str, ...] | None = None, inputs: dict[str, str] | None = None) -> list[PlannedJobRow]:
     """The jobs of a pipeline: each inherits the trigger's spec at the pinned sha, with its own one-job pipeline.
     `pipeline` None (a file with errors, or none): one job that reads the file after its checkout and fails
-    with the file's own messages."""
-    base = dataclasses.replace(record.spec, sha=sha or record.spec.sha)
+    with the file's own messages. Jobs the filters rule out (`changed`: the files the event changed) are
+    planned `skipped`; `inputs` (INPUT_<KEY>) join every job's environment."""
+    base = dataclasses.replace(record.spec, sha=sha or record.spec.sha, env={**record.spec.env, **(inputs or {})})
     if pipeline is None:
         return [PlannedJobRow(spec=dataclasses.replace(base, pipeline=None), name=ONE_JOB, display=ONE_JOB)]
     rows = []
-    for job in expand(pipeline):
+    planned = expand(pipeline)
+    for job, skip in zip(planned, skip_reasons(pipeline, planned, record.spec.event, changed), strict=True):
         meta = {**base.meta, "pipeline": str(record.id), "job": job.display}
         spec = dataclasses.replace(base, pipeline=pipeline_to_dict(job.pipeline), meta=meta)
         rows.append(PlannedJobRow(spec=spec, name=job.name, display=job.display, needs=tuple(job.needs),
                                   condition=job.condition, continue_on_error=job.continue_on_error,
-                                  fail_fast=job.fail_fast, max_parallel=job.max_parallel))
+                                  fail_fast=job.fail_fast, max_parallel=job.max_parallel, skip=skip))
     return rows
 
 
@@ -62,6 +68,7 @@ class Planner:
         self.on_planned: PlanListener | None = None  # told of every attempt, once (job control publishes it)
         self._wake = asyncio.Event()
         self._inflight: dict[int, asyncio.Future[PlanResult | None]] = {}  # submit and the loop may meet
+        self.rejected: dict[int, ConfigError] = {}  # pipelines ended for their inputs, until their submit asks
 
     def wake(self) -> None:
         self._wake.set()
@@ -83,6 +90,11 @@ class Planner:
         return result
 
     async def _attempt(self, record: PipelineRecord) -> PlanResult | None:
+        refusal = await asyncio.to_thread(self.queue.quota_refusal, repo_slug(record.repo), record.id)
+        if refusal is not None:  # a webhook's pipeline over a quota ends `error`, its commit status says why
+            log.info("pipeline %d refused: %s", record.id, refusal)
+            await asyncio.to_thread(self.queue.plan_failed, record.id, refusal, retry_in=None)
+            return None
         try:
             sha, pipeline = await self._read(record)
         except WorkspaceError as exc:
@@ -91,7 +103,15 @@ class Planner:
                 return None
             sha, pipeline = record.spec.sha, None  # a ref or commit that does not exist: its checkout says so
         try:
-            return await asyncio.to_thread(self.queue.write_plan, record.id, sha, planned_rows(record, pipeline, sha))
+            inputs = run_inputs(record.spec, pipeline)
+        except ConfigError as exc:  # a manual run's inputs: refused (POST /jobs/submit answers 400)
+            await self._rejected(record, exc)
+            return None
+        changed = None if pipeline is None else await changes_for(self.workspaces, record.spec, sha, pipeline,
+                                                                  record.id)
+        try:
+            rows = planned_rows(record, pipeline, sha, changed, inputs)
+            return await asyncio.to_thread(self.queue.write_plan, record.id, sha, rows)
         except InvalidTransition:  # cancelled or superseded while we fetched
             return None
 
@@ -105,6 +125,15 @@ class Planner:
         if text is None:
             return sha, None
         return sha, _parsed(lambda: parse_pipeline(text, PIPELINE_FILE))
+
+    async def _rejected(self, record: PipelineRecord, exc: ConfigError) -> None:
+        """End a pipeline whose inputs are wrong, keeping why for the submit that waits for it."""
+        first = exc.issues[0] if exc.issues else exc
+        more = f" (+{len(exc.issues) - 1} more)" if len(exc.issues) > 1 else ""
+        self.rejected[record.id] = exc
+        while len(self.rejected) > MAX_REJECTED:  # a submit that timed out never takes its own
+            self.rejected.pop(next(iter(self.rejected)))
+        await asyncio.to_thread(self.queue.plan_failed, record.id, f"invalid inputs: {first}{more}", retry_in=None)
 
     async def _deferred(self, record: PipelineRecord, error: str) -> None:
         attempts = record.plan_attempts + 1

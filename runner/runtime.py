@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager
 from runner.control import JobControl
 from runner.engine import Engine
-from runner.errors import InstanceLocked
+from runner.errors import InstanceLocked, QueueError
 from runner.events import EventBus
 from runner.executor import Executor
 from runner.image_build import ImageBuilder
@@ -28,6 +29,7 @@ from runner.podman import PodmanEngine
 from runner.podman_shared import SharedPodmanService, shared_service_dir
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
+from runner.scheduler import Scheduler
 from runner.snapshot import Snapshots
 from runner.store import ObjectStore, open_store
 from runner.worker import WorkerPool
@@ -56,6 +58,9 @@ class Runtime:
     _maintenance: asyncio.Task[None] | None = None
     _planning: asyncio.Task[None] | None = None
     artifacts: ArtifactManager | None = None
+    scheduler: Scheduler | None = None  # the [[schedules]]; it runs with the workers (the data dir's coordinator)
+    _scheduling: asyncio.Task[None] | None = None
+    _expiry: asyncio.Task[None] | None = None
 
     @property
     def user(self) -> PodmanUser:
@@ -71,30 +76,53 @@ class Runtime:
         if self.pool is not None:
             return
         settings = self.settings
+        # Agents that kept running through our restart get one lease length to report before expiry.
+        await asyncio.to_thread(self.queue.extend_agent_leases, time.time() + settings.queue.lease_seconds)
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
                                lease_seconds=settings.queue.lease_seconds)
-        await self.pool.start()  # its reap removes the containers of a crashed server's warm pool (job id 0)
-        if settings.runner.warm_pool > 0:
-            executor = self.executor
-            executor.warm = WarmPool(self.engine, self.layout.workspaces, settings.runner.warm_pool,
-                                     lambda folder: executor.container_spec(POOL_JOB_ID, settings.runner.image, folder))
-            await executor.warm.start()
+        if settings.runner.embedded:
+            await self.pool.start()  # its reap removes the containers of a crashed server's warm pool (job id 0)
+            if settings.runner.warm_pool > 0:
+                await self._start_warm_pool()
+        else:
+            await self.control.settle_all()
+        self._expiry = asyncio.create_task(expiry_loop(self.control, settings.queue.lease_seconds),
+                                           name="forgeci-lease-expiry")
         self._planning = asyncio.create_task(self.planner.run(), name="forgeci-planner")
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
+        if self.scheduler is not None:
+            self._scheduling = asyncio.create_task(self.scheduler.run(), name="forgeci-scheduler")
+
+    async def _start_warm_pool(self) -> None:
+        """`runner.warm_pool` containers of the default image, for the embedded workers (runner/warm_pool.py)."""
+        executor, runner = self.executor, self.settings.runner
+        executor.warm = WarmPool(self.engine, self.layout.workspaces, runner.warm_pool,
+                                 lambda folder: executor.container_spec(POOL_JOB_ID, runner.image, folder))
+        await executor.warm.start()
 
     async def stop_workers(self, grace: float | None = None) -> None:
         """Stop claiming; running jobs get `grace` (default `runner.shutdown_grace`) to finish, then go back to
         the queue."""
-        for task in (self._maintenance, self._planning):
+        for task in (self._maintenance, self._planning, self._scheduling, self._expiry):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._maintenance = self._planning = None
+        self._maintenance = self._planning = self._scheduling = self._expiry = None
         if self.pool is not None:
             await self.pool.stop(self.settings.runner.shutdown_grace if grace is None else grace)
         if self.executor.warm is not None:
             await self.executor.warm.close()
             self.executor.warm = None
+
+
+async def expiry_loop(control: JobControl, lease_seconds: float) -> None:
+    """The coordinator's own lease expiry (agents' jobs too, and with `runner.embedded = false`)."""
+    while True:
+        try:
+            await control.expire_leases()
+        except QueueError as exc:
+            log.error("queue error while expiring leases: %s", exc)
+        await asyncio.sleep(max(0.5, min(5.0, lease_seconds / 3)))
 
 
 class DataDirLock:
@@ -179,6 +207,7 @@ async def _assembled(
     settings: Settings, environ: Mapping[str, str], layout: DataLayout, engine: Engine,
 ) -> AsyncIterator[Runtime]:
     queue = Queue(layout.db, max_concurrent=settings.queue.max_concurrent, max_retries=settings.queue.max_retries)
+    queue.set_quotas(settings.quotas)  # read at claim time: a changed setting applies from the next start
     # No request to the store here: a store that is down must not stop forgeci (jobs run without caches).
     store = open_store(settings, environ)
     try:
@@ -187,7 +216,7 @@ async def _assembled(
         git_token = environ.get(settings.git.token_env) or None
         workspaces = Workspaces(layout.workspaces, layout.mirrors, engine.user, git_token,
                                 remove_tree=engine.remove_tree)
-        cache = CacheManager(store, queue, engine.user)
+        cache = CacheManager(store, queue, engine.user, repo_limit=settings.retention.cache_bytes_per_repo)
         snapshots = Snapshots(store, queue, engine.user)
         artifacts = ArtifactManager(store, queue, engine.user, max_size=settings.runner.max_artifact_size,
                                     default_days=settings.retention.artifact_days)
@@ -195,8 +224,9 @@ async def _assembled(
         executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots,
                             artifacts=artifacts, images=images)
         planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
-        yield Runtime(settings, layout, engine, queue, JobControl(queue, events, planner), hub, events, executor,
-                      store, cache, snapshots, planner, artifacts=artifacts)
+        control = JobControl(queue, events, planner)
+        yield Runtime(settings, layout, engine, queue, control, hub, events, executor, store, cache, snapshots,
+                      planner, artifacts=artifacts, scheduler=Scheduler(queue, control, settings))
     finally:
         store.close()
         queue.close()

@@ -191,6 +191,21 @@ class Workspaces:
         async with self._locked(mirror):
             return await self._update_mirror(mirror, remote, ref, sha, say)
 
+    async def fetch_history(self, repo: str, what: str, depth: int) -> str | None:
+        """Fetch `what` (a ref or a sha) into the repository's mirror with `depth` commits of its history (the
+        changed-files diff of planning needs older commits and merge bases); its full sha, None when git could not."""
+        remote = _Remote.parse(repo, self.git_token)
+        mirror = self._mirror_of(remote)
+        async with self._locked(mirror):
+            result = await self._fetch(mirror, remote, what, depth=depth)
+            return await self._commit(mirror, "FETCH_HEAD") if result.returncode == 0 else None
+
+    async def mirror_git(self, repo: str, *args: str) -> str | None:
+        """The output of a read-only git command in the repository's mirror, None when it fails."""
+        mirror = self._mirror_of(_Remote.parse(repo, self.git_token))
+        result = await self._run(["git", "-C", str(mirror), *args], timeout=self.local_timeout)
+        return result.stdout if result.returncode == 0 else None
+
     async def read_file(self, repo: str, sha: str, path: str) -> str | None:
         """The text of `path` at commit `sha` from the mirror (resolve() fetched it), no workspace needed;
         None when the commit has no such file."""

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Select, Sparkline, Static
 
 from client.errors import ClientError
 from client.models import STATES, TERMINAL, CacheEntry, JobInfo, ServerEvent
+from client.usage import quota_text, quotas
 from tui import format as fmt
 from tui.job_table import JOB_COLUMNS, JobTable
 from tui.messages import OpenJob, RequestFailed
@@ -314,6 +315,12 @@ class MetricsPanel(Panel, can_focus=True):
             ("running now    ", "dim"), f"{m.running}\n",
             ("by state       ", "dim"), states or fmt.NONE,
         )
+        try:  # a server without quotas (or from before them) shows none
+            rules = await quotas(self.client)
+        except ClientError:
+            rules = []
+        for rule in rules:
+            text.append_text(Text.assemble(("\nquota          ", "dim"), quota_text(rule)))
         self.query_one("#metrics-numbers", Static).update(text)
         self.query_one(Sparkline).data = list(m.durations)
         self.query_one("#sparkline-label", Static).update(

@@ -24,6 +24,7 @@ from tui import format as fmt
 from tui.artifacts import ArtifactList
 from tui.messages import CancelJob, ChangePriority, RequestFailed, RetryJob
 from tui.models import Services, apply_event, job_duration
+from tui.submit_inputs import InputsForm
 from tui.widgets import LogView, StatusBar
 
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 10.0
@@ -112,7 +113,8 @@ class JobScreen(Screen[None]):
         job = self.job
         if job is None:
             return
-        cache = {True: Text("hit", "green"), False: Text("miss", "yellow"), None: Text(fmt.NONE)}[job.cache_hit]
+        colour = {"all": "green", "some": "yellow", "none": "yellow"}.get(job.cache or "")
+        cache = Text(job.cache_text, colour) if colour else Text(fmt.NONE)
         if job.snapshot:
             snap = f"{job.snapshot.get('key', 'yes')} ({fmt.size(int(job.snapshot.get('size') or 0))})"
         else:
@@ -339,6 +341,7 @@ class SubmitScreen(ModalScreen[Submission | None]):
                 yield Label(label)
                 yield Input(placeholder=placeholder, compact=True, id=name)
                 yield Label("", classes="error", id=f"{name}-error")
+            yield InputsForm(self.client)  # its fields follow the repository and ref above
             yield Label("", classes="error", id="form-error")
             with Horizontal(classes="buttons"):
                 yield Button("Submit", variant="primary", id="ok")
@@ -357,12 +360,20 @@ class SubmitScreen(ModalScreen[Submission | None]):
             found["sha"] = "7 to 40 hexadecimal digits"
         if (problem := _priority_problem(self.value("priority"), required=False)) is not None:
             found["priority"] = problem
+        if (problem := self.query_one(InputsForm).problem()) is not None:
+            found["inputs"] = problem
         return found
 
     def show_problems(self, problems: dict[str, str], general: str = "") -> None:
         for name in self.FIELDS:
             self.query_one(f"#{name}-error", Label).update(problems.get(name, ""))
-        self.query_one("#form-error", Label).update(general)
+        left = self.query_one(InputsForm).show_problems(general.splitlines() if general else [],
+                                                         problems.get("inputs", ""))
+        self.query_one("#form-error", Label).update("\n".join(left))
+
+    @on(Input.Blurred, "#repo, #ref")
+    def _look(self) -> None:
+        self.query_one(InputsForm).look(self.value("repo"), self.value("ref"))
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#ok")
@@ -372,12 +383,13 @@ class SubmitScreen(ModalScreen[Submission | None]):
         if not problems:
             priority = self.value("priority")
             self._send(self.value("repo"), self.value("ref"), self.value("sha") or None,
-                       int(priority) if priority else None)
+                       int(priority) if priority else None, self.query_one(InputsForm).values())
 
     @work(exclusive=True, group="submit")
-    async def _send(self, repo: str, ref: str, sha: str | None, priority: int | None) -> None:
+    async def _send(self, repo: str, ref: str, sha: str | None, priority: int | None,
+                    inputs: dict[str, str]) -> None:
         try:
-            submitted = await self.client.submit(repo, ref, sha=sha, priority=priority)
+            submitted = await self.client.submit(repo, ref, sha=sha, priority=priority, inputs=inputs or None)
         except ClientError as exc:
             if exc.status == 400:
                 self.show_problems(*self._server_problems(exc.details))

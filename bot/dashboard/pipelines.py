@@ -11,7 +11,7 @@ from aiohttp import web
 from bot.dashboard import dag
 from bot.dashboard.views import checked_action, page, path_id, redirect, viewer
 from bot.keys import RUNTIME
-from runner.errors import InvalidTransition, PipelineNotFound
+from runner.errors import InvalidTransition, PipelineNotFound, QuotaExceeded
 from runner.models import JobState
 from runner.runtime import Runtime
 
@@ -83,6 +83,8 @@ async def retry_action(request: web.Request) -> web.Response:
         return _not_found(request, pipeline_id)
     except InvalidTransition as exc:
         return page(request, "error.html", checked, status=409, title="Cannot retry", message=str(exc))
+    except QuotaExceeded as exc:  # retry it once the quota allows
+        return page(request, "error.html", checked, status=429, title="Quota exceeded", message=str(exc))
     return redirect(f"/dashboard/pipelines/{submitted.pipeline_id}")
 
 

@@ -21,7 +21,7 @@ from bot.keys import AUTH, METRICS, RUNTIME
 from bot.metrics import RANGES, Metrics, parse_range
 from config.durations import format_duration
 from config.errors import ConfigError
-from runner.errors import InvalidTransition, JobNotFound
+from runner.errors import InvalidTransition, JobNotFound, QuotaExceeded
 from runner.logs import read_log
 from runner.services import service_log, service_log_names
 from runner.models import Job
@@ -178,12 +178,18 @@ def _range(request: web.Request) -> str:
         raise web.HTTPSeeOther("/dashboard") from None
 
 
+async def schedule_views(request: web.Request) -> list[dict[str, Any]]:
+    from bot.dashboard.schedules import schedule_views as views  # it builds on this module's helpers
+
+    return await views(request)
+
+
 async def overview(request: web.Request) -> web.Response:
     who = viewer(request)
     range_name = _range(request)
     data = await _overview(request, range_name)
     return page(request, "overview.html", who, range=range_name, ranges=list(RANGES), data=data,
-                chart=Markup(chart.render(data.metrics.stats, range_name)))
+                chart=Markup(chart.render(data.metrics.stats, range_name)), schedules=await schedule_views(request))
 
 
 async def overview_fragment(request: web.Request) -> web.Response:
@@ -191,7 +197,7 @@ async def overview_fragment(request: web.Request) -> web.Response:
     range_name = _range(request)
     data = await _overview(request, range_name)
     return page(request, "_overview_live.html", who, range=range_name, data=data,
-                chart=Markup(chart.render(data.metrics.stats, range_name)))
+                chart=Markup(chart.render(data.metrics.stats, range_name)), schedules=await schedule_views(request))
 
 
 # -- job page -------------------------------------------------------------------------------------
@@ -232,7 +238,8 @@ def _job_context(runtime: Runtime, job_id: int) -> dict[str, Any]:
     now = time.time()
     longest = max((s.duration if s.duration is not None else now - (s.started_at or now) for s in job.steps),
                   default=0.0)
-    return {"job": job, "longest": longest or 1.0, "now": now, "snapshot": runtime.queue.snapshot(job_id)}
+    return {"job": job, "longest": longest or 1.0, "now": now, "snapshot": runtime.queue.snapshot(job_id),
+            "caches": runtime.queue.cache_results(job_id)}
 
 
 async def job_page(request: web.Request) -> web.Response:
@@ -352,6 +359,8 @@ async def retry_action(request: web.Request) -> web.Response:
         return _not_found(request, job_id)
     except InvalidTransition as exc:
         return page(request, "error.html", checked, status=409, title="Cannot retry", message=str(exc))
+    except QuotaExceeded as exc:
+        return page(request, "error.html", checked, status=429, title="Quota exceeded", message=str(exc))
     return redirect(f"/dashboard/jobs/{new_id}")
 
 

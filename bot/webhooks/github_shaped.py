@@ -18,7 +18,8 @@ def plan_push(payload: Payload, delivery: str, plan: Plan, origin_of: OriginOf, 
         return  # before reading the repository: a deletion's job needs none of it
     plan.push(Push(
         origin=origin_of(payload, delivery), clone_url=payload.text("repository.clone_url"), ref=ref, sha=after,
-        pusher=pusher, message=message,
+        pusher=pusher, message=message, before=payload.optional_sha("before"),
+        default_branch=payload.optional_text("repository.default_branch", 255),
     ))
 
 

@@ -45,7 +45,8 @@ async def on_push(event: sansio.Event, *, plan: Plan) -> None:
     plan.push(Push(
         origin=_origin(payload, event.delivery_id), clone_url=payload.text("project.git_http_url"), ref=ref,
         sha=after, pusher=payload.optional_text("user_username", 100) or payload.optional_text("user_name", 100),
-        message=message,
+        message=message, before=payload.optional_sha("before"),
+        default_branch=payload.optional_text("project.default_branch", 255),
     ))
 
 

@@ -51,6 +51,12 @@ class Payload:
         value = self.get(path)
         return value[:limit].replace("\x00", "") if isinstance(value, str) else ""
 
+    def optional_sha(self, path: str) -> str:
+        """A full commit sha (lowercased), or "" when absent, not one, or all zeros (a ref that did not exist)."""
+        value = self.get(path)
+        found = value.lower() if isinstance(value, str) and _SHA.fullmatch(value.lower()) else ""
+        return "" if is_deletion(found) else found
+
     def sha(self, path: str) -> str:
         """A required full commit sha (40 or 64 hex digits, lowercased); all zeros is allowed (a deletion)."""
         value = self.get(path)
@@ -121,6 +127,8 @@ class Push:
     sha: str
     pusher: str
     message: str  # the head commit's
+    before: str = ""  # the sha the ref pointed at before the push; "" or zeros: a new ref (or the forge said none)
+    default_branch: str = ""  # the repository's, as the forge names it: a new branch's changes are against it
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,8 @@ def push_job(push: Push, settings: Settings) -> JobSpec:
     return JobSpec(
         repo=push.clone_url, ref=push.ref, sha=push.sha, event="tag" if tag else "push",
         priority=settings.queue.default_priority, concurrency_group=concurrency_group(push.origin, key),
-        meta=_meta(push.origin, pusher=push.pusher, sender=push.pusher, message=push.message),
+        meta=_meta(push.origin, pusher=push.pusher, sender=push.pusher, message=push.message, before=push.before,
+                   default_branch=push.default_branch),
     )
 
 

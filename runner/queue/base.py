@@ -76,6 +76,10 @@ class QueueBase:
         """Settle the pipeline of a job that just ended (runner.queue.pipelines); None here: no pipelines."""
         return None
 
+    def _quota_filter(self, conn: sqlite3.Connection) -> str | None:
+        """The queued jobs a claim skips for quotas (runner.queue.quotas); None here: no quotas."""
+        return None
+
     def _settled(self, settlement: Any) -> None:
         """Keep what a committed transaction's settling changed until job control takes it."""
         if settlement:

@@ -10,11 +10,12 @@ from typing import Any, Literal
 from config.errors import ConfigError, ConfigIssue
 from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.models import (
-    MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, StepState,
+    CACHE_SUMMARY, MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, StepState,
     valid_priority,
 )
 from runner.queue.base import QueueBase, decode_cursor, encode_cursor
 from runner.queue.pipelines import Settlement
+from runner.queue.usage import job_scope
 
 _JOB_COLUMNS = (
     "id, repo, ref, sha, event, priority, concurrency_group, fork, pr_number, base_ref, pipeline, env, meta,"
@@ -31,8 +32,8 @@ _ACTIVE = "state IN ('queued', 'running')"
 # ENQUEUE and CANCEL are public: deliveries.py runs them too, in a delivery's transaction.
 ENQUEUE = """
 INSERT INTO jobs (repo, ref, sha, event, priority, concurrency_group, fork, pr_number, base_ref,
-                  pipeline, env, meta, queued_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  pipeline, env, meta, queued_at, slug, user)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 # One statement picks and takes the job, so two claimers can never take the same one; BEGIN IMMEDIATE
@@ -54,6 +55,8 @@ WHERE id = (
                 SELECT count(*) FROM jobs AS s INDEXED BY jobs_active
                 WHERE s.{_ACTIVE} AND s.state = 'running' AND s.pipeline_id = q.pipeline_id AND s.name = q.name
                ) < q.max_parallel)
+          AND (:quota IS NULL OR coalesce(q.slug, '') NOT IN (SELECT value FROM json_each(:quota, '$.s')) AND
+               ifnull(q.slug, '') || char(31) || ifnull(q.user, '') NOT IN (SELECT value FROM json_each(:quota, '$.u')))
         ORDER BY q.priority DESC, q.seq, q.id
         LIMIT 1)
   AND (SELECT count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND state = 'running') < :max
@@ -83,8 +86,7 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled' WHEN attempts <= :max_re
                   WHERE q.{_ACTIVE} AND q.state = 'queued' AND q.priority = jobs.priority), 0) - 1,
     runner_id = CASE WHEN cancel_requested OR attempts > :max_retries THEN runner_id END,
     finished_at = CASE WHEN cancel_requested OR attempts > :max_retries THEN :now END,
-    lease_expires = NULL,
-    error = :error
+    lease_expires = NULL, error = :error
 WHERE id = :id AND state = 'running' AND (:runner IS NULL OR runner_id = :runner)
 RETURNING state
 """
@@ -174,7 +176,7 @@ class JobQueries(QueueBase):
                 ENQUEUE,
                 (spec.repo, spec.ref, spec.sha, spec.event, spec.priority, spec.concurrency_group, spec.fork,
                  spec.pr_number, spec.base_ref, pipeline, spec_json(spec.env, "env"), spec_json(spec.meta, "meta"),
-                 self._clock()),
+                 self._clock(), *job_scope(spec)),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
@@ -203,7 +205,8 @@ class JobQueries(QueueBase):
     def claim(self, runner_id: str, lease_seconds: float) -> Job | None:
         """Take the next runnable job (None if none, or max_concurrent jobs already run) under a lease."""
         with self._transaction() as conn:
-            params = {"runner": runner_id, "lease": lease_seconds, "now": self._clock(), "max": self.max_concurrent}
+            params = {"runner": runner_id, "lease": lease_seconds, "now": self._clock(), "max": self.max_concurrent,
+                      "quota": self._quota_filter(conn)}
             rows = conn.execute(_CLAIM, params).fetchall()
             if not rows:
                 return None
@@ -475,7 +478,8 @@ def _job(row: tuple[Any, ...], steps: tuple[StepRecord, ...] = ()) -> Job:
         id=job_id, spec=spec, state=JobState(state), attempts=attempts, runner_id=runner_id,
         lease_expires=lease_expires, cancel_requested=bool(cancel_requested), queued_at=queued_at,
         started_at=started_at, finished_at=finished_at, error=error,
-        cache_hit=None if cache_hit is None else bool(cache_hit), steps=steps, pipeline_id=pipeline_id,
+        cache_hit=None if cache_hit is None else cache_hit == 1, cache=CACHE_SUMMARY.get(cache_hit), steps=steps,
+        pipeline_id=pipeline_id,
         name=name, display=display, needs=tuple(json.loads(needs)) if needs != "[]" else (), waiting=bool(blocked),
     )
 

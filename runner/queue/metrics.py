@@ -18,6 +18,8 @@ SELECT CAST((finished_at - :since) / :width AS INTEGER),
        total(duration), max(duration), count(duration), sum(cache_hit = 1), count(cache_hit)
 FROM job_metrics WHERE {_IN_RANGE} GROUP BY 1
 """
+# The hit rate counts cache entries (runner/queue/caches.py), not jobs: a job of two entries makes two lookups.
+_CACHE_RESULTS = "SELECT result, count(*) FROM job_caches WHERE at >= :since AND at < :until GROUP BY result"
 _METRIC_P95 = f"""
 SELECT duration FROM job_metrics WHERE {_IN_RANGE} AND duration IS NOT NULL ORDER BY duration DESC
 LIMIT 1 OFFSET :offset
@@ -35,6 +37,7 @@ class MetricQueries(QueueBase):
         span = {"since": since, "until": until}
         with self._transaction("BEGIN") as conn:
             rows = conn.execute(_METRIC_BUCKETS, {**span, "width": width}).fetchall()
+            cache_results = {"hit": 0, "fallback": 0, "miss": 0} | dict(conn.execute(_CACHE_RESULTS, span).fetchall())
             timed = sum(row[-3] for row in rows)
             p95 = None
             if timed:
@@ -68,8 +71,8 @@ class MetricQueries(QueueBase):
                                       longest if known else None))
         return RangeStats(
             since=since, until=until, states=states, avg_duration=duration_sum / timed_total if timed_total else None,
-            p95_duration=p95, cache_hits=hits_total, cache_lookups=lookups_total, bucket_seconds=width,
-            buckets=tuple(slices),
+            p95_duration=p95, cache_hits=cache_results["hit"], cache_lookups=sum(cache_results.values()),
+            bucket_seconds=width, buckets=tuple(slices), cache_results=cache_results,
         )
 
     def delete_metrics_before(self, ts: float) -> int:

@@ -21,6 +21,7 @@ from runner.errors import InvalidTransition, PipelineNotFound
 from runner.models import JobSpec, JobState, PipelineRecord, PipelineState
 from runner.queue.base import QueueBase, decode_cursor, encode_cursor
 from runner.queue.outbox import record_end
+from runner.queue.usage import job_scope
 
 ACTIVE_JOB = ("queued", "running")
 FAILED = frozenset({"failure", "timeout", "error"})
@@ -30,8 +31,8 @@ _GET = f"SELECT {_PIPELINE_COLUMNS} FROM pipelines WHERE id = ?"
 # A pipeline's progress: its jobs' ids, states and queueing times (the jobs_pipeline index finds them).
 _PROGRESS = "SELECT id, state, queued_at, pipeline_id FROM jobs"
 _CREATE = """
-INSERT INTO pipelines (repo, ref, sha, event, spec, concurrency_group, created_at, plan_after)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO pipelines (repo, ref, sha, event, spec, concurrency_group, created_at, plan_after, slug, user)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _JOBS_OF = """
 SELECT id, name, display, state, error, needs, condition, continue_on_error, fail_fast, blocked, cascaded,
@@ -41,8 +42,8 @@ FROM jobs WHERE pipeline_id = ? ORDER BY id
 _INSERT_JOB = """
 INSERT INTO jobs (repo, ref, sha, event, priority, concurrency_group, fork, pr_number, base_ref, pipeline, env, meta,
                   queued_at, pipeline_id, name, display, needs, condition, continue_on_error, fail_fast, max_parallel,
-                  blocked)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  blocked, slug, user)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # Older unfinished pipelines of a group, superseded by a newer one (webhooks with queue.cancel_superseded).
 _SUPERSEDED = """
@@ -63,6 +64,7 @@ class PlannedJobRow:
     continue_on_error: bool = False
     fail_fast: bool = True
     max_parallel: int | None = None
+    skip: str | None = None  # why its filters rule it out: planned `skipped` with this reason
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class PipelineQueries(QueueBase):
 
     def _create_pipeline(self, conn: sqlite3.Connection, spec: JobSpec, now: float) -> int:
         cur = conn.execute(_CREATE, (spec.repo, spec.ref, spec.sha, spec.event, spec.to_json(), spec.concurrency_group,
-                                     now, now))
+                                     now, now, *job_scope(spec)))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -293,10 +295,15 @@ class PipelineQueries(QueueBase):
                     spec.pr_number, spec.base_ref, None if spec.pipeline is None else json.dumps(spec.pipeline),
                     json.dumps(dict(spec.env)), json.dumps(dict(spec.meta)), now, pipeline_id, job.name, job.display,
                     json.dumps(list(job.needs)), job.condition, job.continue_on_error, job.fail_fast,
-                    job.max_parallel, bool(job.needs))).lastrowid)
+                    job.max_parallel, bool(job.needs), *job_scope(spec))).lastrowid)
+                if job.skip is not None:
+                    conn.execute("UPDATE jobs SET state = 'skipped', blocked = 0, error = ?, finished_at = ? "
+                                 "WHERE id = ?", (job.skip, now, ids[-1]))
             conn.execute("UPDATE pipelines SET state = 'queued', sha = coalesce(?, sha), error = NULL WHERE id = ?",
                          (sha, pipeline_id))
-            return ids, self._settle(conn, pipeline_id)
+            settled = self._settle(conn, pipeline_id)
+            settled.skipped[:0] = [(i, job.skip) for i, job in zip(ids, jobs, strict=True) if job.skip is not None]
+            return ids, settled
 
     def plan_failed(self, pipeline_id: int, error: str, *, retry_in: float | None) -> PipelineState:
         """Planning met an infrastructure fault: plan again in `retry_in` seconds, or (None) end `error`."""

@@ -213,6 +213,77 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX notifications_pipeline ON notifications (pipeline_id);
     CREATE INDEX pipelines_branch ON pipelines (repo, ref, id);
     """,
+    # the cron schedules' next due times (runner/queue/schedules.py): each fires once, across ticks and restarts.
+    """
+    CREATE TABLE schedules (
+        name          TEXT PRIMARY KEY,       -- a [[schedules]] entry of forgeci.toml
+        fingerprint   TEXT NOT NULL,          -- its cron, time zone and target: a change computes next_due again
+        next_due      REAL,                   -- the next due time not fired yet; NULL: never due again
+        last_due      REAL,                   -- the due time (or, run by hand, the time) of its last pipeline
+        last_pipeline INTEGER,                -- not a reference: retention may prune the pipeline
+        updated_at    REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+    # Several caches per job (runner/queue/caches.py): one row per entry and attempt, written by its restore and
+    # completed by its save; kept apart from `jobs` (no reference) so the hit rate over entries outlives job
+    # retention as job_metrics does. jobs.cache_hit becomes the job's summary: 1 every entry hit, 2 some did,
+    # 0 none did (an older single-entry row reads the same: 1 hit, 0 miss). The older rows' results are copied
+    # in as one entry each, so the hit rate over entries counts them too.
+    """
+    CREATE TABLE job_caches (
+        job_id       INTEGER NOT NULL,
+        attempt      INTEGER NOT NULL,
+        name         TEXT    NOT NULL,               -- the entry's name (`cache` for a single unnamed one)
+        key          TEXT    NOT NULL,               -- the entry's own key ('' in rows copied from before)
+        result       TEXT    NOT NULL CHECK (result IN ('hit', 'fallback', 'miss')),
+        restored_key TEXT,                           -- what was restored: the key, or a fallback's
+        size         INTEGER NOT NULL DEFAULT 0,     -- bytes of the restored archive
+        seconds      REAL    NOT NULL DEFAULT 0,
+        saved        TEXT,                           -- NULL: no save tried; saved | exists | empty | failed
+        saved_size   INTEGER,
+        save_seconds REAL,
+        at           REAL    NOT NULL,               -- when it was restored (the hit rate's time)
+        PRIMARY KEY (job_id, attempt, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_caches_at ON job_caches (at);
+    INSERT OR IGNORE INTO job_caches (job_id, attempt, name, key, result, at)
+        SELECT job_id, 0, 'cache', '', CASE cache_hit WHEN 1 THEN 'hit' ELSE 'miss' END, finished_at
+        FROM job_metrics WHERE cache_hit IS NOT NULL;
+    CREATE INDEX cache_repo_lru ON cache_entries (repo, last_used);
+    """,
+    # quotas and usage (runner/queue/quotas.py, runner/queue/usage.py): the repository's `owner/repo` slug and
+    # the triggering user, written at enqueue (temporary triggers of each connection call the one slug parser,
+    # runner.repos); one usage row per attempt, kept 13 months (job_metrics: 8 days, last attempt only).
+    """
+    ALTER TABLE jobs ADD COLUMN slug TEXT;
+    ALTER TABLE jobs ADD COLUMN user TEXT;
+    ALTER TABLE pipelines ADD COLUMN slug TEXT;
+    ALTER TABLE pipelines ADD COLUMN user TEXT;
+    CREATE TABLE usage (
+        id          INTEGER PRIMARY KEY,
+        job_id      INTEGER NOT NULL,             -- not a reference: usage outlives the job's row
+        attempt     INTEGER NOT NULL,
+        pipeline_id INTEGER,
+        slug        TEXT    NOT NULL,
+        user        TEXT,
+        runner      TEXT,                          -- the runner (embedded worker or agent) that ran the attempt
+        state       TEXT    NOT NULL,              -- the job's state after the attempt; queued: retried
+        started_at  REAL    NOT NULL,
+        ended_at    REAL    NOT NULL,
+        seconds     REAL    NOT NULL,
+        infra_retry INTEGER NOT NULL DEFAULT 0     -- the attempt ended in an infrastructure fault and was retried
+    );
+    CREATE INDEX usage_ended ON usage (ended_at);
+    """,
+    # agent tokens (forgeci agents token create|revoke): only a token's sha256 is kept
+    """
+    CREATE TABLE agent_tokens (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    """,
 )
 
 

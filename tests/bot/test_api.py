@@ -47,7 +47,7 @@ async def test_submit_enqueues_with_defaults_and_returns_201_with_the_id(api_set
         job = runtime_of(client).queue.get(job_id)
         assert job.state is JobState.queued and (job.pipeline_id, job.name) == (pipeline_id, "ci")
         assert job.spec.priority == api_settings.queue.default_priority
-        assert (job.spec.repo, job.spec.ref, job.spec.sha, job.spec.event) == (REPO, "main", "a" * 40, "api")
+        assert (job.spec.repo, job.spec.ref, job.spec.sha, job.spec.event) == (REPO, "main", "a" * 40, "manual")
         assert job.spec.env == {"A": "1"}
         assert job.spec.pipeline == {"steps": [{"name": "t", "run": "make test"}]}
 

@@ -14,7 +14,7 @@ import pytest
 
 from bot.metrics import MetricsCache, collect
 from config.settings import Settings
-from runner.models import JobSpec, JobState
+from runner.models import CacheResult, JobSpec, JobState
 from runner.queue import Queue
 from tests.bot.api_helpers import api_client, api_settings, enqueue, finish, runtime_of
 
@@ -38,8 +38,8 @@ def run_job(queue: Queue, clock: Clock, *, start: float, steps: list[tuple[str, 
     job_id = queue.enqueue(JobSpec(repo="r", ref="main"))
     clock.t = start
     assert queue.claim("runner", 60) is not None
-    if cache_hit is not None:
-        queue.set_cache_hit(job_id, cache_hit)
+    if cache_hit is not None:  # one cache entry, hit or missed
+        queue.record_cache_restores(job_id, 1, [CacheResult("cache", "k", "hit" if cache_hit else "miss")])
     for index, (name, seconds, step_state) in enumerate(steps):
         queue.start_step(job_id, index, name)
         clock.t += seconds

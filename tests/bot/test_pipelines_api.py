@@ -77,7 +77,7 @@ async def test_pipelines_are_listed_newest_first_in_pages_and_filtered(api_setti
         assert (first["state"], first["job_ids"], first["jobs_total"], first["jobs_done"]) == (
             "success", [made[0]["id"]], 1, 1)
         assert first["duration"] == first["finished_at"] - queue.get(made[0]["id"]).queued_at >= 0
-        assert first["spec"]["repo"] == REPO and first["event"] == "api" and first["spec"]["event"] == "api"
+        assert first["spec"]["repo"] == REPO and first["event"] == "manual" and first["spec"]["event"] == "manual"
         running = page["pipelines"][0]
         assert (running["state"], running["jobs_done"], running["duration"]) == ("queued", 0, None)
 

@@ -64,7 +64,8 @@ async def test_gitea_push_becomes_a_pipeline(client: Client, forgejo: bool) -> N
     assert spec.concurrency_group == "gitea:gitea/webhooks:develop"
     assert spec.meta == {"forge": "gitea", "repository": "gitea/webhooks", "delivery": "g-1", "pusher": "gitea",
                          "sender": "gitea", "message": "Webhooks Yay!\n",
-                         "api_url": "https://gitea.example.test/api/v1"}
+                         "api_url": "https://gitea.example.test/api/v1",
+                         "before": "28e1879d029cb852e4844d9c718537df08844e03", "default_branch": "master"}
 
 
 async def test_gitea_tag_push_and_deletion(client: Client) -> None:
@@ -136,6 +137,7 @@ async def test_gitlab_push_becomes_a_pipeline(client: Client) -> None:
     assert spec.concurrency_group == "gitlab:mike/diaspora:master"
     assert spec.meta["message"] == "fixed readme" and spec.meta["pusher"] == "jsmith"
     assert spec.meta["project_id"] == "15" and spec.meta["api_url"] == "https://gitlab.example.test/api/v4"
+    assert spec.meta["before"] == "95790bf891e76fee5e1747ab589903a6a1f80f22" and spec.meta["default_branch"] == "master"
 
 
 async def test_gitlab_tag_push_and_branch_deletion(client: Client) -> None:

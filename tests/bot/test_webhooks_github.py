@@ -96,6 +96,7 @@ async def test_push_becomes_one_pipeline_at_after_and_its_job_inherits_it(client
     meta = {
         "forge": "github", "repository": REPO, "delivery": "d-push-1", "pusher": "Codertocat", "sender": "Codertocat",
         "message": payload["head_commit"]["message"], "installation_id": "1",
+        "default_branch": "master",  # a new branch (`before` all zeros): its changes are against the default branch
     }
     assert spec.meta == meta
     [job_id] = await plan_here(client, pipeline_id)

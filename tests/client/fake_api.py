@@ -89,11 +89,14 @@ class FakeApi(FakePipelines):
         self.token: str | None = None
         self.cache: list[dict[str, Any]] = []
         self.snapshots: dict[int, dict[str, Any]] = {}  # job id -> {key, size, created_at}
+        self.caches: dict[int, list[dict[str, Any]]] = {}  # job id -> its cache entries, as /jobs/status lists them
         self.cache_stats_missing = False
         self.pipelines: dict[int, dict[str, Any]] = {}  # pipeline id -> its record (fake_pipelines.py)
         self.wait_reasons: dict[int, str] = {}  # queued job id -> why it waits, as the server would say
         self.pipelines_missing = False  # a server from before the pipelines API
         self.now = NOW
+        self.declared: dict[str, dict[str, Any]] = {}  # repo -> the inputs its pipeline declares (GET /inputs)
+        self.quotas: list[dict[str, Any]] | None = None  # GET /quotas answers these; None: 404 (no such route)
         router.route(host="forgeci.test").mock(side_effect=self.handle)
 
     # -- what the test does ---------------------------------------------------------------------------
@@ -166,7 +169,8 @@ class FakeApi(FakePipelines):
             job = self.jobs.get(int(query.get("id", 0)))
             if job is None:
                 return error(404, "not found", "no such job")
-            return httpx.Response(200, json={**job.to_dict(), "snapshot": self.snapshots.get(job.id)})
+            return httpx.Response(200, json={**job.to_dict(), "snapshot": self.snapshots.get(job.id),
+                                             "caches": self.caches.get(job.id, [])})
         if method == "GET" and path == "/events":
             feed = Feed()
             feed.send(b"retry: 2000\n\n")
@@ -182,8 +186,14 @@ class FakeApi(FakePipelines):
             return self.priority(body["id"], body["priority"])
         if method == "POST" and path == "/jobs/submit":
             return self.submit(body)
+        if method == "GET" and path == "/inputs":
+            known = query.get("repo", "") in self.declared
+            return httpx.Response(200, json={"known": known, "pipeline": 1 if known else None,
+                                             "inputs": self.declared.get(query.get("repo", ""), {})})
         if path == "/pipelines" or path.startswith("/pipelines/"):
             return self.handle_pipelines(method, path, query, body)
+        if method == "GET" and path == "/quotas" and self.quotas is not None:
+            return httpx.Response(200, json={"quotas": self.quotas})
         if method == "GET" and path == "/metrics":
             return httpx.Response(200, json=metrics_body(query.get("range", "day"), len(self.jobs)))
         if method == "GET" and path == "/cache/stats" and not self.cache_stats_missing:
@@ -258,6 +268,10 @@ class FakeApi(FakePipelines):
     def submit(self, body: dict[str, Any]) -> httpx.Response:
         if "github.com/acme/" not in body["repo"] and not body["repo"].startswith("/"):
             return error(400, "invalid input", ["job spec: repo: not a repository this server may clone"])
+        missing = [key for key, spec in self.declared.get(body["repo"], {}).items()
+                   if spec.get("required") and key not in body.get("inputs", {})]
+        if missing:
+            return error(400, "invalid input", [f"inputs: inputs.{key}: required input missing" for key in missing])
         pipeline_id = len(self.pipelines) + 1
         if "unreachable" in body["repo"]:  # its fetch fails: the server goes on planning it in the background
             self.pipelines[pipeline_id] = {"id": pipeline_id, "state": "planning", "job_ids": [],

@@ -137,7 +137,8 @@ def test_the_form_of_the_file(text: str, expected: dict[str, str]) -> None:
         ("[jobs]\na = 1\n", "jobs.a", "expected a table, got 1"),
         (job("a", 'runs_on = "linux"\n'), "jobs.a.runs_on", (
             "unknown key (expected one of needs, if, matrix, matrix_exclude, matrix_include, fail_fast, max_parallel, "
-            "continue_on_error, image, timeout, branches, snapshot, secrets, env, cache, services, artifacts, "
+            "continue_on_error, image, timeout, branches, events, paths, paths_ignore, snapshot, secrets, env, cache, "
+            "services, artifacts, "
             "artifacts_from, steps)")),
         (job("a", 'iff = "always"\n'), "jobs.a.iff", "unknown key (did you mean 'if'?)"),
         (job("a", 'if = "sometimes"\n'), "jobs.a.if",

@@ -146,7 +146,9 @@ def test_unknown_top_level_key() -> None:
          "item 0: expected a path inside the workspace (relative, without '..'), got '/etc'"),
         ('[cache]\npaths = ["a/../../x"]\n' + MINIMAL, "cache.paths",
          "item 0: expected a path inside the workspace (relative, without '..'), got 'a/../../x'"),
-        ('cache = ["a"]\n' + MINIMAL, "cache", "expected a table, got an array"),
+        ('cache = ["a"]\n' + MINIMAL, "cache[0]", "expected a table, got 'a'"),
+        ('cache = 1\n' + MINIMAL, "cache", "expected a [cache] table or [[cache]] tables, got 1"),
+        ('cache = []\n' + MINIMAL, "cache", "expected a [cache] table or [[cache]] tables, got an empty array"),
     ],
 )
 def test_each_mistake_names_its_key_and_what_was_expected(text: str, path: str, message: str) -> None:

@@ -27,7 +27,8 @@ def missing_rows(section: str) -> list[str]:
     """Field paths with neither a `| \\`path\\` |` table row nor (for a table) a `[path]` heading."""
     lines = section.splitlines()
     return [d.path for d in all_fields()
-            if not any(line.startswith(f"| `{d.path}` |") or line == f"#### `[{d.path}]`" for line in lines)]
+            if not any(line.startswith(f"| `{d.path}` |") or line in (f"#### `[{d.path}]`", f"#### `[[{d.path}]]`")
+                       for line in lines)]
 
 
 def stale_lines(section: str) -> list[str]:

@@ -119,7 +119,7 @@ def test_default_values_are_design_values(home: Path) -> None:
     assert s.runner.ulimits == ("nofile=20000:20000", "nproc=4096:4096")
     assert (s.runner.step_timeout, s.runner.job_timeout, s.runner.shutdown_grace) == (300.0, 3600.0, 30.0)
     assert dataclasses.astuple(s.storage) == ("", "FORGECI_S3_ACCESS_KEY", "FORGECI_S3_SECRET_KEY", 3.0, 30.0)
-    assert dataclasses.astuple(s.retention) == (7, 30, 7, 7, 14)
+    assert dataclasses.astuple(s.retention) == (7, 30, 7, 7, 14, 10 << 30)
     assert s.runner.max_artifact_size == 1 << 30
     assert s.secrets == {}
     assert s.git.token_env == "FORGECI_GIT_TOKEN"

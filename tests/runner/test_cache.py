@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from config.pipeline import load_pipeline, pipeline_from_dict
-from runner.cache import CacheManager, CachePlan, Meter, plan_cache, rate, ref_scope, repo_id, scopes
+from runner.cache import (
+    CacheManager, CachePlan, Meter, plan_cache, plan_caches, rate, ref_scope, repo_id, scopes,
+)
 from runner.models import JobSpec, JobState
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
@@ -64,22 +66,32 @@ def test_scopes() -> None:
 
 def test_detection_points_package_manager_caches_into_the_workspace(tmp_path: Path) -> None:
     ws = workspace(tmp_path / "ws", {"package-lock.json": "{}", "requirements-dev.txt": "pytest\n", "go.sum": ""})
-    plan = plan_for(ws)
-    assert plan.detected and set(plan.key_files) == {"package-lock.json", "requirements-dev.txt", "go.sum"}
-    assert set(plan.paths) == {"node_modules", ".forgeci-cache/npm", ".venv", ".forgeci-cache/pip",
-                               ".forgeci-cache/go/mod", ".forgeci-cache/go/build"}
-    assert plan.env == {"npm_config_cache": "/workspace/.forgeci-cache/npm",
-                        "PIP_CACHE_DIR": "/workspace/.forgeci-cache/pip",
-                        "GOMODCACHE": "/workspace/.forgeci-cache/go/mod", "GOCACHE": "/workspace/.forgeci-cache/go/build"}
+    plans = plan_caches(spec(), pipeline_from_dict(STEPS, "t"), ws, IMAGE)
+    # One entry per toolchain, each keyed by its own lockfile: a changed go.sum leaves node_modules' key alone.
+    assert [(p.name, p.key_files, p.paths) for p in plans] == [
+        ("npm", ("package-lock.json",), (".forgeci-cache/npm", "node_modules")),
+        ("pip", ("requirements-dev.txt",), (".forgeci-cache/pip", ".venv")),
+        ("go", ("go.sum",), (".forgeci-cache/go/build", ".forgeci-cache/go/mod"))]
+    assert all(p.detected and p.named and p.prefix == f"cache {p.name}:" for p in plans)
+    assert len({p.key for p in plans}) == 3
+    assert {k: v for p in plans for k, v in p.env.items()} == {
+        "npm_config_cache": "/workspace/.forgeci-cache/npm", "PIP_CACHE_DIR": "/workspace/.forgeci-cache/pip",
+        "GOMODCACHE": "/workspace/.forgeci-cache/go/mod", "GOCACHE": "/workspace/.forgeci-cache/go/build"}
     for lock, path, var in (("yarn.lock", ".forgeci-cache/yarn", "YARN_CACHE_FOLDER"),
                             ("pnpm-lock.yaml", ".forgeci-cache/pnpm-store", "npm_config_store_dir"),
                             ("poetry.lock", ".venv", "PIP_CACHE_DIR"), ("uv.lock", ".forgeci-cache/uv", "UV_CACHE_DIR"),
                             ("Cargo.lock", "target", "CARGO_HOME"), ("bun.lockb", ".forgeci-cache/bun", "BUN_INSTALL_CACHE_DIR"),
                             ("bun.lock", "node_modules", "BUN_INSTALL_CACHE_DIR")):
         found = plan_for(workspace(tmp_path / lock, {lock: "x"}))
-        assert path in found.paths and var in found.env, lock
-    assert plan_cache(spec(), pipeline_from_dict(STEPS, "t"), workspace(tmp_path / "none", {"README": ""}),
-                      IMAGE) is None
+        assert path in found.paths and var in found.env and not found.named, lock
+    # Toolchains that share a path (both keep node_modules, both .venv) are one entry: its paths are its own.
+    both = plan_caches(spec(), pipeline_from_dict(STEPS, "t"),
+                       workspace(tmp_path / "both", {"package-lock.json": "{}", "yarn.lock": "", "uv.lock": "",
+                                                     "requirements.txt": ""}), IMAGE)
+    assert [(p.name, p.key_files) for p in both] == [("npm+yarn", ("package-lock.json", "yarn.lock")),
+                                                     ("pip+uv", ("requirements.txt", "uv.lock"))]
+    assert plan_caches(spec(), pipeline_from_dict(STEPS, "t"), workspace(tmp_path / "none", {"README": ""}),
+                       IMAGE) == ()
 
 
 def test_key_hashes_lockfiles_image_and_paths_never_the_commit(tmp_path: Path) -> None:

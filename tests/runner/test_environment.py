@@ -41,7 +41,7 @@ def test_forgeci_variables_prefer_the_submitted_sha() -> None:
     assert forgeci_variables(job(sha="b" * 40), SHA)["FORGECI_SHA"] == "b" * 40
     assert forgeci_variables(job(), SHA) == {
         "CI": "true", "FORGECI": "true", "FORGECI_JOB_ID": "7", "FORGECI_REPO": "https://github.com/acme/app.git",
-        "FORGECI_REF": "refs/heads/main", "FORGECI_SHA": SHA, "FORGECI_OUTPUT": "/workspace/.forgeci-output"}
+        "FORGECI_REF": "refs/heads/main", "FORGECI_SHA": SHA, "FORGECI_EVENT": "manual", "FORGECI_OUTPUT": "/workspace/.forgeci-output"}
 
 
 def test_secrets_go_only_where_their_rules_allow_and_the_log_says_why_not() -> None:

@@ -107,13 +107,36 @@ def seed_notifications(conn: sqlite3.Connection) -> None:
                  " VALUES (7, 'ops-slack', 'slack', 'failure', 'pending', 1, 1200.0, 1150.0)")
 
 
+def seed_schedules(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO schedules (name, fingerprint, next_due, last_due, last_pipeline, updated_at)"
+                 " VALUES ('nightly', 'f1', 1300.0, 1200.0, 7, 1200.0)")
+
+
+def seed_job_caches(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO job_caches (job_id, attempt, name, key, result, restored_key, size, seconds, saved,"
+                 " saved_size, save_seconds, at) VALUES (10, 1, 'node', 'acme/app/feature/abc', 'fallback',"
+                 " 'acme/app/main/abc', 1234, 0.5, 'saved', 999, 0.25, 1105.0)")
+
+
+def seed_usage(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO usage (job_id, attempt, pipeline_id, slug, user, runner, state, started_at, ended_at,"
+                 " seconds, infra_retry) VALUES (10, 1, 7, 'acme/app', 'ada', 'r1', 'success', 1101.0, 1110.0, 9.0, 0)")
+
+
+def seed_agent_tokens(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO agent_tokens (name, token_hash, created_at, revoked_at) VALUES ('build-01', ?, 1150.0,"
+                 " NULL)", ("2" * 64,))
+
+
 def version_of(table: str) -> int:
     """The schema version that creates `table` (migrations may be reordered when branches merge)."""
     return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if f"CREATE TABLE {table} " in script)
 
 
 SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6,
-                          version_of("notifications"): seed_notifications}
+                          version_of("notifications"): seed_notifications, version_of("schedules"): seed_schedules,
+                          version_of("job_caches"): seed_job_caches, version_of("usage"): seed_usage,
+                          version_of("agent_tokens"): seed_agent_tokens}
 
 
 def build(path: Path, version: int) -> None:

@@ -62,6 +62,17 @@ async def test_the_metrics_panel_shows_headline_numbers_and_a_sparkline(make_app
         await wait_until(pilot, lambda: len(api.calls("GET", "/metrics")) == 3, timeout=MetricsPanel.RELOAD_DELAY + 2)
 
 
+async def test_the_metrics_panel_shows_each_quota_s_use(make_app: Callable[..., ForgeciApp], api: FakeApi) -> None:
+    api.quotas = [{"match": "acme/*", "running": 3, "max_running": 4, "queued": 0, "max_queued": 0, "minutes": 412.5,
+                   "minutes_per_month": 3000, "per_user_running": 0, "users": {}}]
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        numbers = app.query_one("#metrics-numbers", Static)
+        await wait_until(pilot, lambda: "quota" in str(numbers.render()))
+        assert "quota          acme/*: running 3/4, minutes this month 412.5/3000" in str(numbers.render())
+
+
 async def test_the_cache_panel_lists_entries_and_deletes_after_confirmation(make_app: Callable[..., ForgeciApp],
                                                                             api: FakeApi) -> None:
     app = make_app()

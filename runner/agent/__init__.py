@@ -1,0 +1,1 @@
+"""Remote runners: `forgeci agent` claims jobs from a coordinator over HTTP leases (runner.agent.agent)."""

@@ -1,0 +1,108 @@
+"""The agent's HTTP client of the coordinator's /agent/v1/ API: JSON calls with its token, retried with backoff
+while the coordinator is away (restarting, or behind a partition); a refused lease and a refused token are final."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from runner.agent.wire import API, MAX_WAIT
+from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 10.0
+
+
+class AgentError(RunnerError):
+    """A call the coordinator answered with an error that a retry would not change."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LeaseLost(AgentError):
+    """409: the job is no longer this lease's (expired and requeued, or a newer attempt holds it)."""
+
+
+class TokenRefused(AgentError):
+    """401 or 403: a wrong or revoked token; the agent stops."""
+
+
+class Unreachable(RunnerError):
+    """The coordinator did not answer within the time the caller gave."""
+
+
+class AgentClient:
+    """One session to the coordinator; `call` retries connection faults and 5xx answers with backoff."""
+
+    def __init__(self, server: str, token: str, *, timeout: float = 20.0) -> None:
+        self.server = server.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"AgentClient({self.server!r})"  # never the token
+
+    async def __aenter__(self) -> AgentClient:
+        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self._token}",
+                                                       "User-Agent": "forgeci-agent"})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def once(self, path: str, body: Mapping[str, Any], *, timeout: float | None = None) -> tuple[int, Any]:
+        """One POST: (status, JSON body or None). Connection faults raise aiohttp.ClientError / TimeoutError."""
+        assert self._session is not None, "use the client as an async context manager"
+        url = f"{self.server}{API}{path}"
+        limit = aiohttp.ClientTimeout(total=timeout or self._timeout)
+        async with self._session.post(url, json=dict(body), timeout=limit) as response:
+            data = await response.json(content_type=None) if response.status != 204 else None
+            return response.status, data
+
+    async def call(self, path: str, body: Mapping[str, Any], *, give_up_after: float | None = None,
+                   timeout: float | None = None) -> tuple[int, Any]:
+        """POST until the coordinator answers something other than a fault; errors that a retry cannot change
+        raise (LeaseLost, TokenRefused, AgentError); Unreachable after `give_up_after` seconds (None: never)."""
+        delay = BACKOFF_MIN
+        loop = asyncio.get_running_loop()
+        deadline = None if give_up_after is None else loop.time() + give_up_after
+        while True:
+            try:
+                status, data = await self.once(path, body, timeout=timeout)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if status < 400:
+                    return status, data
+                detail = f"{status} {(data or {}).get('error')}: {(data or {}).get('detail')}" \
+                    if isinstance(data, dict) else str(status)
+                if status == 409:
+                    raise LeaseLost(status, detail)
+                if status in (401, 403):
+                    raise TokenRefused(status, detail)
+                if status < 500 and status != 429:
+                    raise AgentError(status, detail)
+                problem = detail
+            if deadline is not None and loop.time() + delay > deadline:
+                raise Unreachable(f"{self.server}: {problem}")
+            log.info("coordinator %s: %s; again in %.1fs", self.server, problem, delay)
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def claim(self, label: str, *, fresh: bool, running: list[str], wait: float = MAX_WAIT) -> Any:
+        """A job under a lease, or None after the long poll."""
+        status, data = await self.call("/claim", {"label": label, "wait": wait, "fresh": fresh, "running": running},
+                                       timeout=wait + 15)
+        return data if status == 200 else None
