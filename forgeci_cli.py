@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from client.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from client.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_now
 from config.errors import ConfigError, ForgeciError
 
 CONFIG_HELP = "settings file (default: $FORGECI_CONFIG, then ./forgeci.toml)"
@@ -491,20 +491,6 @@ def dispatch(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
-
-
-def exit_now(code: int) -> None:
-    """End `forgeci run` once everything is written, without the interpreter's teardown of the ~500 modules it
-    imported (0.1 s of a local run): its files are closed, its clean-up runs in a process of its own."""
-    import logging
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said
-            pass
-    os._exit(code)
 
 
 if __name__ == "__main__":
