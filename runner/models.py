@@ -354,6 +354,7 @@ class PipelineState(StrEnum):
     success = "success"
     failure = "failure"
     cancelled = "cancelled"
+    skipped = "skipped"  # every job ruled out by its filters (events, paths, paths_ignore): nothing ran
     error = "error"  # planning failed for good (the repository could not be fetched)
 
     @property

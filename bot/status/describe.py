@@ -21,7 +21,7 @@ AS_JOB_STATE: dict[PipelineState, JobState] = {
     PipelineState.planning: JobState.queued, PipelineState.queued: JobState.queued,
     PipelineState.running: JobState.running, PipelineState.success: JobState.success,
     PipelineState.failure: JobState.failure, PipelineState.cancelled: JobState.cancelled,
-    PipelineState.error: JobState.error,
+    PipelineState.error: JobState.error, PipelineState.skipped: JobState.skipped,  # forge state: success
 }
 FAILED_AS = {JobState.failure: "failed", JobState.timeout: "timed out", JobState.error: "errored"}
 NAMED_FAILURES = 3  # failed jobs a pipeline's description names; the rest are counted
@@ -74,6 +74,9 @@ def _pipeline_description(record: PipelineRecord, jobs: Sequence[JobSummary], da
     took = ""
     if record.finished_at is not None:
         took = f" in {format_duration(max(0.0, record.finished_at - (record.started_at or record.created_at)))}"
+    if state is PipelineState.skipped:
+        return "Skipped: " + next(((j.error or "").removeprefix("skipped: ") for j in jobs if j.error),
+                                  "every job was ruled out by its filters")
     if state is PipelineState.success:
         skipped = [j for j in jobs if j.state is JobState.skipped]
         if jobs and len(skipped) == len(jobs):

@@ -180,13 +180,16 @@ def needs_env(needs: Iterable[_Row], mangle: Any) -> dict[str, str]:
 
 def pipeline_state(rows: Sequence[_Row], cancel_requested: bool) -> PipelineState:
     """running while any job runs or waits; failure if a job without continue_on_error failed; cancelled if
-    cancelled; success otherwise (every job succeeded or was skipped)."""
+    cancelled; skipped if every job was planned skipped by its filters (none ran, none skipped because of a need);
+    success otherwise (every job succeeded or was skipped)."""
     if any(r.active for r in rows):
         return PipelineState.running if any(r.started or not r.active for r in rows) else PipelineState.queued
     if any(r.counts_as_failed for r in rows):
         return PipelineState.failure
     if cancel_requested or any(r.state == "cancelled" and not r.continue_on_error for r in rows):
         return PipelineState.cancelled
+    if all(r.state == "skipped" and not r.cascaded and not r.started for r in rows):
+        return PipelineState.skipped
     return PipelineState.success
 
 

@@ -158,7 +158,34 @@ async def test_unknown_changes_run_everything(client: Client, make_local_repo: M
     assert set(states(jobs).values()) == {str(JobState.success)}
 
 
+async def api_state(client: Client, pipeline_id: int) -> str:
+    response = await client.get(f"/pipelines/{pipeline_id}")
+    assert response.status == 200, await response.text()
+    return str((await response.json())["state"])
+
+
 async def test_a_pipeline_ruled_out_by_its_events_skips_every_job(client: Client, make_local_repo: MakeRepo) -> None:
     repo, first = make_local_repo({".forgeci.toml": 'events = ["pull_request"]\n' + FILTERED})
-    jobs = await ended(client, await push(client, repo, "refs/heads/main", ZEROS, first))
+    pipeline_id = await push(client, repo, "refs/heads/main", ZEROS, first)
+    jobs = await ended(client, pipeline_id)
     assert {job.error for job in jobs.values()} == {"skipped: the pipeline runs on pull_request events, not push"}
+    assert await api_state(client, pipeline_id) == "skipped"
+    response = await client.get("/pipelines", params={"status": "skipped"})
+    assert response.status == 200, await response.text()
+    assert [p["id"] for p in (await response.json())["pipelines"]] == [pipeline_id]
+
+
+async def test_a_pipeline_whose_jobs_are_all_ruled_out_ends_skipped(client: Client, make_local_repo: MakeRepo) -> None:
+    """Every job ruled out by its own filter: `skipped`; some ruled out and the others run: `success`."""
+    only_src = FILTERED.split("[jobs.all]")[0]
+    repo, first = make_local_repo({".forgeci.toml": only_src, "src/app.py": "v1\n"})
+    docs = commit(repo, {"docs/guide.md": "v2\n"})
+    pipeline_id = await push(client, repo, "refs/heads/main", first, docs)
+    assert states(await ended(client, pipeline_id)) == {"src": "skipped"}
+    assert await api_state(client, pipeline_id) == "skipped"
+
+    commit(repo, {".forgeci.toml": FILTERED})
+    docs = commit(repo, {"docs/guide.md": "v3\n"})
+    pipeline_id = await push(client, repo, "refs/heads/main", git(repo, "rev-parse", "HEAD~1"), docs)
+    assert states(await ended(client, pipeline_id)) == {"src": "skipped", "all": "success", "code": "skipped"}
+    assert await api_state(client, pipeline_id) == "success"

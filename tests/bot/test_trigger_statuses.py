@@ -33,3 +33,18 @@ async def test_a_skipped_job_and_a_skipped_pipeline_say_why(start: Callable[...,
     posts = await finished(client, fake_forge, pipeline_id)
     assert posts[CONTEXT][-1] == {**posts[CONTEXT][-1], "state": "success",
                                   "description": "Skipped: the pipeline runs on pull_request events, not push"}
+    response = await client.get(f"/pipelines/{pipeline_id}")
+    assert (await response.json())["state"] == "skipped"  # the forge has no skipped status: success says why
+
+
+async def test_a_pipeline_whose_jobs_are_all_ruled_out_posts_success(start: Callable[..., Any],
+                                                                    fake_forge: FakeForge,
+                                                                    make_local_repo: MakeRepo) -> None:
+    repo, first = make_local_repo({".forgeci.toml": FILTERED.split("[jobs.all]")[0], "src/app.py": "v1\n"})
+    docs = commit(repo, {"docs/guide.md": "v2\n"})
+    client = await start()
+    pipeline_id = await push_change(client, repo, "refs/heads/main", first, docs)
+    posts = await finished(client, fake_forge, pipeline_id)
+    assert (posts[CONTEXT][-1]["state"], posts[CONTEXT][-1]["description"]) == (
+        "success", "Skipped: no change under src/**")
+    assert (await (await client.get(f"/pipelines/{pipeline_id}")).json())["state"] == "skipped"
