@@ -168,7 +168,7 @@ class JobInfo:
         )
 
 
-PIPELINE_TERMINAL = frozenset({"success", "failure", "cancelled", "error"})
+PIPELINE_TERMINAL = frozenset({"success", "failure", "cancelled", "skipped", "error"})
 
 
 def _ids(value: object) -> tuple[int, ...]:

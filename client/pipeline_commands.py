@@ -114,7 +114,7 @@ async def retry(client: Client, pipeline_id: int, failed_only: bool) -> int:
 async def follow_pipeline(client: Client, pipeline_id: int, *, out: TextIO | None = None,
                           err: TextIO | None = None, announce: Announce | None = None, poll: float = POLL) -> int:
     """Print the log of every job of the pipeline as it runs (each line prefixed with `[display name]` when it has
-    several jobs, as `forgeci run` does), then how each job ended, and the pipeline; exit 0 only if it succeeded.
+    several jobs, as `forgeci run` does), then how each job ended, and the pipeline; exit 0 only if it succeeded (or its filters skipped every job).
 
     A pipeline still planning is waited for (`announce` says what it became once planned). A job is followed from
     its start (or its end, for one that never ran), so parallel jobs' lines interleave as they are written.
@@ -143,7 +143,7 @@ async def follow_pipeline(client: Client, pipeline_id: int, *, out: TextIO | Non
     if len(found.jobs) != 1:  # one job's end line said it all
         print(f"pipeline {pipeline_id}: {found.state} ({len(found.jobs)} jobs, {duration(found.duration)})"
               + (f": {found.error}" if found.error else ""), file=err)
-    return EXIT_OK if found.state == "success" else EXIT_FAILED
+    return EXIT_OK if found.state in ("success", "skipped") else EXIT_FAILED  # skipped: nothing failed
 
 
 async def _follow_job(client: Client, job_id: int, prefix: str, slots: asyncio.Semaphore, out: TextIO,

@@ -64,8 +64,9 @@ class PipelineCommands(App[None]):
             self.notify(f"pipeline #{pipeline.id} is {pipeline.state}: only a finished pipeline can be retried",
                         severity="warning")
             return
-        if failed_only and pipeline.state == "success":
-            self.notify(f"pipeline #{pipeline.id} succeeded: it has no failed jobs to retry", severity="warning")
+        if failed_only and pipeline.state in ("success", "skipped"):
+            what = "succeeded" if pipeline.state == "success" else "was skipped"
+            self.notify(f"pipeline #{pipeline.id} {what}: it has no failed jobs to retry", severity="warning")
             return
         self._retry_pipeline(pipeline.id, failed_only)
 

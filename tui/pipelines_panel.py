@@ -20,7 +20,8 @@ from tui.models import Services, pipeline_named
 from tui.panels import Panel
 from tui.widgets import RepoSelect
 
-PIPELINE_STATES = ("planning", "queued", "running", "success", "failure", "cancelled", "error")  # to filter by
+PIPELINE_STATES = ("planning", "queued", "running", "success", "failure", "cancelled", "skipped",  # to filter by
+                   "error")
 MAX_PIPELINES = 100  # rows the panel asks for; the summary says when there are more
 
 

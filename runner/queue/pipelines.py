@@ -114,7 +114,9 @@ class PipelineStats:
 
     @property
     def success_rate(self) -> float | None:
-        return self.states.get("success", 0) / self.total if self.total else None
+        """Of the pipelines that succeeded, failed or ended in error: skipped and cancelled ones decided nothing."""
+        decided = sum(self.states.get(state, 0) for state in ("success", "failure", "error"))
+        return self.states.get("success", 0) / decided if decided else None
 
 
 @dataclass
@@ -247,13 +249,13 @@ class PipelineQueries(QueueBase):
 
     def pipeline_stats(self, since: float, until: float) -> PipelineStats:
         """The pipelines finished in [since, until): per state, and their end-to-end durations (first job queued
-        to last job done)."""
+        to last job done; skipped pipelines, which ran nothing, left out)."""
         with self._transaction("BEGIN") as conn:
             rows = conn.execute(
                 "SELECT p.state, p.finished_at - (SELECT min(j.queued_at) FROM jobs j WHERE j.pipeline_id = p.id) "
                 "FROM pipelines p WHERE p.finished_at >= ? AND p.finished_at < ?", (since, until)).fetchall()
         states: dict[str, int] = defaultdict(int)
-        durations = sorted(d for _, d in rows if d is not None)
+        durations = sorted(d for s, d in rows if d is not None and s != "skipped")  # skipped: nothing ran
         for state, _ in rows:
             states[state] += 1
         p95 = durations[max(0, -(-len(durations) * 95 // 100) - 1)] if durations else None

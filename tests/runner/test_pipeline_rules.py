@@ -282,3 +282,28 @@ def test_pipeline_jobs_summarise_what_failed_the_pipeline(queue: Queue) -> None:
     summaries = {j.display: j for j in queue.pipeline_jobs(pid)}
     assert not summaries["lint"].counts_as_failed and summaries["test"].counts_as_failed
     assert summaries["test"].error == "it timeout" and summaries["lint"].continue_on_error
+
+
+def test_a_pipeline_whose_every_job_its_filters_ruled_out_ends_skipped(tmp_path: Path) -> None:
+    """Only jobs planned `skipped` by their filters make a skipped pipeline: one that ran, or one skipped because
+    of a need, leaves it success (or failure) as before. Skipped pipelines count in no success rate or duration."""
+    now = [1000.0]
+    with Queue(tmp_path / "q.db", max_concurrent=8, max_retries=0, clock=lambda: now[0]) as q:
+        ruled_out, _ = plan(q, job("a", skip="skipped: no change under src/**"), job("b", skip="skipped: x"))
+        assert q.pipeline(ruled_out).state is PipelineState.skipped and q.pipeline(ruled_out).finished_at == 1000.0
+        mixed, ids = plan(q, job("a", skip="skipped: no change under src/**"), job("b"))
+        assert claim_all(q) == {ids["b"]}
+        finish(q, ids["b"])
+        assert q.pipeline(mixed).state is PipelineState.success
+        cascaded, ids = plan(q, job("a", skip="skipped: x"), job("b", "a", condition="failure"))
+        assert state(q, ids["b"]) == "skipped" and q.pipeline(cascaded).state is PipelineState.success
+        failed, ids = plan(q, job("a"), job("b", "a"))
+        claim_all(q)
+        now[0] = 1010.0
+        finish(q, ids["a"], "failure")
+        assert q.pipeline(failed).state is PipelineState.failure
+        stats = q.pipeline_stats(0, 2000)
+        page, _ = q.list_pipelines(status="skipped")
+    assert [p.id for p in page] == [ruled_out]
+    assert stats.states == {"skipped": 1, "success": 2, "failure": 1} and stats.success_rate == 2 / 3
+    assert stats.avg_duration == 10 / 3  # the mixed and cascaded pipelines' 0 s and the failed one's 10 s
