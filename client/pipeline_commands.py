@@ -114,7 +114,8 @@ async def retry(client: Client, pipeline_id: int, failed_only: bool) -> int:
 async def follow_pipeline(client: Client, pipeline_id: int, *, out: TextIO | None = None,
                           err: TextIO | None = None, announce: Announce | None = None, poll: float = POLL) -> int:
     """Print the log of every job of the pipeline as it runs (each line prefixed with `[display name]` when it has
-    several jobs, as `forgeci run` does), then how each job ended, and the pipeline; exit 0 only if it succeeded (or its filters skipped every job).
+    several jobs, as `forgeci run` does), then how each job ended, and the pipeline; exit 0 only if it succeeded
+    (or its filters skipped every job).
 
     A pipeline still planning is waited for (`announce` says what it became once planned). A job is followed from
     its start (or its end, for one that never ran), so parallel jobs' lines interleave as they are written.

@@ -21,7 +21,8 @@ LABEL = "forgeci"
 # state -> (text, colour): the shields.io palette, so the badge sits well beside others.
 STATES = {
     "success": ("passing", "#4c1"), "failure": ("failing", "#e05d44"), "error": ("error", "#fe7d37"),
-    "cancelled": ("cancelled", "#9f9f9f"), "skipped": ("skipped", "#9f9f9f"), "running": ("running", "#dfb317"), "queued": ("queued", "#dfb317"),
+    "cancelled": ("cancelled", "#9f9f9f"), "skipped": ("skipped", "#9f9f9f"),
+    "running": ("running", "#dfb317"), "queued": ("queued", "#dfb317"),
     "planning": ("queued", "#dfb317"),
 }
 NONE = ("no pipelines", "#9f9f9f")

@@ -61,6 +61,10 @@ async def test_the_badge_follows_the_newest_pipeline_of_the_branch(settings: Set
         assert await badge("dev") == ("failing", "#e05d44")
         assert await badge(None) == ("failing", "#e05d44")  # no branch: the newest pipeline of any
         assert await badge("nope") == ("no pipelines", "#9f9f9f")
+        spec = JobSpec(repo=REPO, ref="refs/heads/main", event="push", sha="c" * 40)
+        skipped = queue.create_pipeline(spec)  # its filters ruled out its only job
+        queue.write_plan(skipped, "c" * 40, [PlannedJobRow(spec, "build", "build", skip="skipped: no change")])
+        assert await badge() == ("skipped", "#9f9f9f")
 
 
 async def test_an_unknown_repository_is_404_and_an_unchanged_badge_is_304(settings: Settings) -> None:

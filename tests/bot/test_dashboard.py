@@ -13,6 +13,7 @@ from bot.dashboard.views import MAX_LOG_LINES
 from bot.keys import AUTH
 from config.settings import Settings
 from runner.models import Job, JobSpec, JobState, PipelineState
+from runner.queue import PlannedJobRow
 from tests.bot.api_helpers import TOKEN, api_client, api_settings, enqueue, finish, runtime_of, write_log
 from tests.bot.dashboard_helpers import REPO, SHA, make_pipeline, run
 
@@ -360,3 +361,16 @@ async def test_a_pipeline_still_planning_or_never_planned_says_so(api_settings: 
         assert 'id="retry"' in html and 'id="retry-failed"' not in html
         overview = await (await client.get("/dashboard")).text()
         assert f'id="pl-{failed}"' in overview and "could not fetch the repository" in overview
+
+
+async def test_a_skipped_pipeline_shows_its_grey_badge_and_why(api_settings: Settings) -> None:
+    async with api_client(api_settings) as client:
+        queue = runtime_of(client).queue
+        spec = JobSpec(repo=REPO, ref="refs/heads/main", sha=SHA, event="push")
+        pipeline_id = queue.create_pipeline(spec)
+        queue.write_plan(pipeline_id, SHA, [PlannedJobRow(spec, "src", "src", skip="skipped: no change under src/**")])
+        html = await (await client.get(f"/dashboard/pipelines/{pipeline_id}")).text()
+        assert 'class="badge st-skipped">skipped<' in html and "no change under src/**" in html
+        assert 'id="retry-failed"' not in html and 'id="cancel-pipeline"' not in html
+        overview = await (await client.get("/dashboard")).text()
+        assert 'class="badge st-skipped">skipped<' in overview

@@ -126,3 +126,17 @@ def test_fan_out_attempts_retries_and_drops(queue: Queue, clock: Clock, tmp_path
     with sqlite3.connect(tmp_path / "queue.db") as conn:
         [(attempts,)] = conn.execute("SELECT attempts FROM notifications WHERE id = ?", (slack.id,)).fetchall()
     assert attempts == 2
+
+
+def test_a_skipped_pipeline_writes_nothing_and_is_no_fix(queue: Queue) -> None:
+    """Every job ruled out by its filters: the pipeline ends `skipped`, announces nothing (no outbox row, so no
+    target hears of it), and stands neither for a failure nor between a failure and the success that fixes it."""
+    failed = run(queue, JobState.failure)
+    spec = JobSpec(repo=REPO, ref="refs/heads/main", event="push", sha="c" * 40)
+    skipped = queue.create_pipeline(spec)
+    queue.write_plan(skipped, "c" * 40, [PlannedJobRow(spec, "build", "build", skip="skipped: no change under src/**")])
+    assert queue.pipeline(skipped).state == "skipped"
+    assert events(queue, skipped) == []
+    assert events(queue, failed) == [(None, "failure", "pending")]
+    fixed = run(queue, JobState.success)
+    assert events(queue, fixed) == [(None, "fixed", "pending")]
