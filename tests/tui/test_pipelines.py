@@ -70,6 +70,9 @@ async def test_the_state_filter_asks_the_server(make_app: MakeApp, piped: FakeAp
         app.query_one("#pipeline-state-filter", Select).value = "failure"
         await wait_until(pilot, lambda: list(table.pipelines) == [2], what="only the failed pipeline")
         assert piped.calls("GET", "/pipelines")[-1].url.params["status"] == "failure"
+        app.query_one("#pipeline-state-filter", Select).value = "skipped"  # every job ruled out by its filters
+        await wait_until(pilot, lambda: piped.calls("GET", "/pipelines")[-1].url.params.get("status") == "skipped",
+                         what="the skipped filter asked for")
         await pilot.press("x")
         await wait_until(pilot, lambda: table.row_count == 5)
 
