@@ -113,3 +113,16 @@ def test_submit_follow_prints_every_job_prefixed_and_exits_with_the_pipeline(
     assert code == 1, captured.err
     assert "[test (python=3.12)] 3.12 broke" in captured.out.splitlines()
     assert "[test (python=3.12)] job 6: failure" in captured.err and "pipeline 2: failure (3 jobs, " in captured.err
+
+
+def test_a_pipeline_its_filters_skip_follows_to_skipped_and_exits_0(
+        settings: Settings, make_repo: MakeRepo, capsys: pytest.CaptureFixture[str]) -> None:
+    repo, _ = make_repo({".forgeci.toml": 'events = ["push"]\n' + MATRIX})  # a submission is `manual`
+    with live_server(with_runner(settings), workers=True, engine=FakeEngine()) as server:
+        url = ["--server", server.url]
+        code = main(["submit", "--repo", str(repo), "--ref", "main", "--follow", *url])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert "pipeline 1: skipped (3 jobs, " in captured.err
+        assert main(["pipelines", "--status", "skipped", "--json", *url]) == 0
+        assert [p["state"] for p in json.loads(capsys.readouterr().out)] == ["skipped"]
