@@ -23,7 +23,7 @@ FRESH_FOR = {"hour": 2.0, "day": 5.0, "week": 15.0}
 DEFAULT_RANGE = "day"
 # Cancelled and skipped jobs are decisions, not outcomes: they count as jobs but not in the success rate.
 OUTCOMES = ("success", "failure", "timeout", "error")
-PIPELINE_OUTCOMES = ("success", "failure", "error")  # likewise: a cancelled pipeline was a decision, a skipped one ran nothing
+PIPELINE_OUTCOMES = ("success", "failure", "error")  # cancelled: a decision; skipped: nothing ran
 NO_PIPELINES = PipelineStats({}, None, None)
 Aggregates = tuple[RangeStats, PipelineStats]  # what MetricsCache keeps per range
 
