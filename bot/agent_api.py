@@ -289,7 +289,8 @@ async def index(request: web.Request) -> web.Response:
 
 
 # Index writes about one job: only for a job the calling agent runs now.
-JOB_WRITES = frozenset({"set_cache_hit", "put_snapshot", "delete_snapshot", "put_artifact", "forget_job_artifacts"})
+JOB_WRITES = frozenset({"set_cache_hit", "record_cache_restores", "record_cache_save", "put_snapshot",
+                        "delete_snapshot", "put_artifact", "forget_job_artifacts"})
 
 
 async def _own_job(request: web.Request, name: str, values: dict[str, Any]) -> None:

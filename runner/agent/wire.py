@@ -12,6 +12,7 @@ from typing import Any
 
 from runner.models import (
     CacheEntry,
+    CacheResult,
     Job,
     JobSpec,
     JobState,
@@ -105,6 +106,10 @@ INDEX_OPS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any], Callable[[Any]
     "touch_cache_entry": (("key",), lambda _: None, lambda _: None),
     "delete_cache_entry": (("key",), _maybe(CacheEntry.to_dict), cache_from_dict),
     "set_cache_hit": (("job_id", "hit"), lambda _: None, lambda _: None),
+    "record_cache_restores": (("job_id", "attempt", "results"), lambda _: None, lambda _: None),
+    "record_cache_save": (("job_id", "attempt", "name", "saved", "size", "seconds"), lambda _: None, lambda _: None),
+    "cache_entries_lru": (("repo",), lambda v: [e.to_dict() for e in v], lambda v: [cache_from_dict(e) for e in v]),
+    "repo_cache_bytes": ((), dict, dict),
     "put_snapshot": (("record",), _maybe(SnapshotRecord.to_dict), snapshot_from_dict),
     "snapshot": (("job_id",), _maybe(SnapshotRecord.to_dict), snapshot_from_dict),
     "delete_snapshot": (("job_id", "key"), bool, bool),
@@ -122,14 +127,15 @@ INDEX_OPS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any], Callable[[Any]
 ARG_DECODERS: dict[str, Callable[[Any], Any]] = {
     "entry": cache_from_dict, "record": lambda d: snapshot_from_dict(d) if "failed_step" in d else artifact_from_dict(d),
     "paths": tuple, "job_ids": lambda v: [int(i) for i in v],
+    "results": lambda v: [CacheResult(**r) for r in v],
 }
 
 
 def encode_arg(value: Any) -> Any:
-    if isinstance(value, (CacheEntry, SnapshotRecord)):
+    if isinstance(value, (CacheEntry, SnapshotRecord, CacheResult)):
         return value.to_dict()
     if isinstance(value, ArtifactRecord):
         return artifact_to_dict(value)
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, (tuple, list)):
+        return [encode_arg(item) for item in value]
     return value

@@ -69,7 +69,8 @@ def triggering_user(event: str, meta: Mapping[str, Any]) -> str:
     (`api` for a manual run: the API's default user)."""
     for key in ("user", "sender", "pusher"):
         if isinstance(meta.get(key), str) and meta[key]:
-            return str(meta[key])
+            # a forge's name may hold lone surrogates (JSON allows them; SQLite's UTF-8 does not)
+            return str(meta[key]).encode("utf-8", "replace").decode("utf-8")
     if meta.get("schedule"):
         return f"schedule:{meta['schedule']}"
     return "api" if event == "manual" else event

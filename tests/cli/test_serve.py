@@ -35,7 +35,8 @@ def test_serve_listens_answers_health_and_stops_cleanly(settings: Settings, shar
     port = free_port()
     config = shared_dir / "forgeci.toml"
     config.write_text(f'data_dir = "{settings.data_dir}"\n[server]\nport = {port}\n'
-                      f'[runner]\nimage = "{settings.runner.image}"\nnetwork = "none"\n')
+                      f'[runner]\nimage = "{settings.runner.image}"\nnetwork = "none"\n'
+                      'podman_service = "private"\n')  # its own service, stopped with it (shared: test_podman_shared)
     proc = serve(config)
     try:
         assert proc.stdout is not None

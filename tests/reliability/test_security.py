@@ -125,6 +125,11 @@ NOT_SECRETS = {
     "image_label(user, tag, HASH_LABEL) == digest": "an image's content hash",
     "'\\n' in credentials": "a search for a line break",
     "'\\r' in credentials": "a search for a line break",
+    "name in state.secrets.values": "a secret's name among the configured names (a mapping's keys)",
+    "args.token_command == 'create'": "the CLI's subcommand word",
+    "self.label(f'{REPOSITORY}:{digest}', HASH_LABEL) != digest": "a built image's content hash",
+    "conn.execute('UPDATE agent_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL', (self._clock(), "
+    "name)).rowcount == 1": "whether a token's name was revoked (a count)",
 }
 
 
