@@ -26,6 +26,7 @@ from bot.inputs_api import INPUT_ROUTES
 from bot.schedules_api import SCHEDULE_ROUTES
 from config import inputs
 from bot.usage import USAGE_ROUTES
+from bot.agents_api import AGENTS_ROUTES
 from config.pipeline import pipeline_from_dict
 from runner.errors import JobNotFound
 from runner.events import Event, PipelineEvent
@@ -369,6 +370,7 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     *SCHEDULE_ROUTES,
     *INPUT_ROUTES,
     *USAGE_ROUTES,
+    *AGENTS_ROUTES,
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

@@ -38,6 +38,7 @@ def default_label() -> str:
 def cmd_agent(args: argparse.Namespace) -> int:
     import logging
 
+    from config.labels import parse_labels
     from config.settings import load_settings
     from runner.agent.agent import Agent
     from runner.errors import InstanceLocked
@@ -50,13 +51,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     label = check_name(args.name or default_label(), "--name")
     logging.basicConfig(level=os.environ.get("FORGECI_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    agent = Agent(settings, args.server, token, label=label, max_concurrent=args.max_concurrent)
+    labels = parse_labels(args.labels or "")
+    agent = Agent(settings, args.server, token, label=label, max_concurrent=args.max_concurrent, labels=labels)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
-        print(f"forgeci agent {label} working for {args.server} (data in {settings.data_dir})", flush=True)
+        print(f"forgeci agent {label} working for {args.server} (data in {settings.data_dir}; labels: "
+              f"{', '.join(labels) or 'none'})", flush=True)
         return await agent.run()
 
     try:
@@ -105,6 +108,8 @@ def add_agent_commands(add: Callable[..., argparse.ArgumentParser], positive_int
     p.add_argument("--server", required=True, help="the coordinator's URL (https, or loopback, for secrets)")
     p.add_argument("--name", help="this agent's name in runner ids (default: the host name)")
     p.add_argument("--max-concurrent", type=positive_int, default=1, help="jobs at once (default 1)")
+    p.add_argument("--labels", metavar="L,L", help="this agent's labels, e.g. linux,big: it takes the jobs whose "
+                                                   "runs_on it has all of (and those without runs_on)")
     p.add_argument("--token-file", metavar="F", help=f"read the token from F (default: ${TOKEN_ENV})")
     agents = add("agents", "the agents of this server (run on the server host)")
     sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
