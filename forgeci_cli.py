@@ -267,6 +267,7 @@ def check_server(server: str) -> None:
 def client_command(args: argparse.Namespace) -> int:
     """submit, jobs, status, logs, cancel, retry, pipelines, pipeline, artifacts: calls to a server's HTTP API
     (client.commands, client.pipeline_commands, client.artifacts)."""
+    from client import agents as client_agents
     from client import artifacts as client_artifacts
     from client import commands
     from client import pipeline_commands as pipelines
@@ -294,6 +295,7 @@ def client_command(args: argparse.Namespace) -> int:
         "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download[0] if args.download else None,
                                                           (args.download or [])[1:]),
         "usage": lambda c: client_usage.usage(c, args.by, args.month, args.csv),
+        "agents": lambda c: client_agents.agents(c, args.json),
     }[args.command]
     return commands.run(args.server, token, work)
 
@@ -357,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ops_commands(add)
     from runner.agent.cli import add_agent_commands
 
-    add_agent_commands(add, positive_int)
+    add_agent_commands(add, positive_int, client_command, SERVER_HELP)
     return parser
 
 

@@ -113,7 +113,8 @@ async def status(request: web.Request) -> web.Response:
         snapshot = queue.snapshot(job_id)
         [job] = with_wait_reasons(queue, [job_json(queue.get(job_id))])
         caches = [result.to_dict() for result in queue.cache_results(job_id)]
-        return {**job, "caches": caches, "snapshot": snapshot.to_dict() if snapshot else None}
+        return {**job, "caches": caches, "snapshot": snapshot.to_dict() if snapshot else None,
+                "attempts_on": queue.attempt_runners(job_id)}
 
     return web.json_response(await asyncio.to_thread(read))
 

@@ -103,7 +103,8 @@ def cmd_agents_token(args: argparse.Namespace) -> int:
         queue.close()
 
 
-def add_agent_commands(add: Callable[..., argparse.ArgumentParser], positive_int: Callable[[str], int]) -> None:
+def add_agent_commands(add: Callable[..., argparse.ArgumentParser], positive_int: Callable[[str], int],
+                       list_agents: Callable[[argparse.Namespace], int], server_help: str) -> None:
     p = add("agent", "run the jobs of a coordinator on this machine (a remote runner)", cmd_agent)
     p.add_argument("--server", required=True, help="the coordinator's URL (https, or loopback, for secrets)")
     p.add_argument("--name", help="this agent's name in runner ids (default: the host name)")
@@ -111,8 +112,11 @@ def add_agent_commands(add: Callable[..., argparse.ArgumentParser], positive_int
     p.add_argument("--labels", metavar="L,L", help="this agent's labels, e.g. linux,big: it takes the jobs whose "
                                                    "runs_on it has all of (and those without runs_on)")
     p.add_argument("--token-file", metavar="F", help=f"read the token from F (default: ${TOKEN_ENV})")
-    agents = add("agents", "the agents of this server (run on the server host)")
-    sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
+    agents = add("agents", "the server's agents: their labels, version, address and running jobs (GET /agents); "
+                           "`token` manages their tokens (on the server host)", list_agents)
+    agents.add_argument("--json", action="store_true", help="the API's JSON")
+    agents.add_argument("--server", default=None, help=server_help)
+    sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", required=False)
     token = add("token", "agent tokens", within=sub)
     tsub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     p = add("create", "make a token for agent NAME and print it once (only its hash is kept)", cmd_agents_token, tsub)

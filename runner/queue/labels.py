@@ -32,6 +32,16 @@ _RUNNING_AGENT_JOBS = ("SELECT id, runner_id FROM jobs INDEXED BY jobs_active "
                        "WHERE state IN ('queued', 'running') AND state = 'running' AND runner_id LIKE 'agent:%'")
 
 
+def runner_name(runner_id: str | None) -> str:
+    """How views name a runner: `agent build-01:host-a`, `embedded on HOST`, or the id itself."""
+    agent = agent_of(runner_id)
+    if agent is not None:
+        return f"agent {agent}"
+    if runner_id and "/embedded" in runner_id:
+        return f"embedded on {runner_id.partition('/embedded')[0]}"
+    return runner_id or "–"
+
+
 def label_json(labels: Sequence[str]) -> str:
     return json.dumps(sorted(set(labels)))
 
@@ -75,9 +85,10 @@ class LabelQueries(QueueBase):
     """Wait reasons of labelled jobs, and the agent registry."""
 
     def wait_reasons(self, job_ids: Sequence[int]) -> dict[int, str]:
-        """As JobQueries.wait_reasons; a job with runs_on that would be next waits for a runner with its labels."""
+        """As JobQueries.wait_reasons; a job with runs_on held by nothing but the free slots or its turn waits for a
+        runner with its labels (which may be none at all: it waits, it is never failed)."""
         reasons: dict[int, str] = super().wait_reasons(job_ids)  # type: ignore[misc]
-        plain = [job_id for job_id, why in reasons.items() if why == "next in line"]
+        plain = [job_id for job_id, why in reasons.items() if why == "next in line" or why.startswith("no free slot")]
         if not plain:
             return reasons
         marks = ",".join("?" * len(plain))
@@ -106,6 +117,20 @@ class LabelQueries(QueueBase):
                           tuple(running.get(f"{name}:{instance}", ())), now - last <= ONLINE or
                           bool(running.get(f"{name}:{instance}")))
                 for name, instance, labels, version, address, max_concurrent, first, last in rows]
+
+    def attempt_runners(self, job_id: int) -> list[dict[str, Any]]:
+        """Which runner ran each attempt of a job (its usage rows, and the attempt running now), oldest first."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute("SELECT attempt, runner, state FROM usage WHERE job_id = ? ORDER BY attempt, id",
+                                (job_id,)).fetchall()
+            now = conn.execute("SELECT attempts, runner_id FROM jobs WHERE id = ? AND state = 'running'",
+                               (job_id,)).fetchone()
+        found = [{"attempt": attempt, "runner": runner, "agent": agent_of(runner), "on": runner_name(runner),
+                  "state": "retried" if state == "queued" else state} for attempt, runner, state in rows]
+        if now is not None and all(row["attempt"] != now[0] for row in found):
+            found.append({"attempt": now[0], "runner": now[1], "agent": agent_of(now[1]), "on": runner_name(now[1]),
+                          "state": "running"})
+        return found
 
     def forget_agent(self, name: str, instance: str) -> bool:
         with self._transaction() as conn:

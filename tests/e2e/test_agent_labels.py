@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from config.settings import Settings
@@ -150,3 +151,57 @@ async def test_the_embedded_runner_takes_only_what_its_labels_allow(
         got = {j.name: j for j in rt.queue.jobs_of_pipeline(pid)}
         assert got["any"].state is JobState.success and got["big"].state is JobState.queued
         assert rt.queue.wait_reasons([got["big"].id]) == {got["big"].id: "waiting for a runner with: big, linux"}
+
+
+@pytest.mark.slow
+async def test_the_dashboard_and_the_tui_show_both_agents_at_work(
+        base: Settings, tmp_path: Path, make_local_repo: MakeRepo) -> None:
+    from client.api import Client
+    from tests.bot.browser_helpers import chromium
+    from tests.tui.conftest import wait_until
+    from tui.agents_panel import AgentsPanel
+    from tui.app import ForgeciApp
+
+    repo, sha = make_local_repo({".forgeci.toml": PIPELINE})
+    small, big = FakeEngine(), FakeEngine()
+    for engine in (small, big):
+        engine.on("small", Script(lines=["small ran"], delay=15.0))
+        engine.on("big", Script(lines=["big ran"], delay=15.0))
+    async with coordinator(base) as server:
+        rt = runtime(server)
+        t_small, t_big = rt.queue.create_agent_token("small"), rt.queue.create_agent_token("big")
+        async with labelled(agent_settings(base, tmp_path, "a1"), server, t_small, "s1", ("linux", "small"), small), \
+                labelled(agent_settings(base, tmp_path, "a2"), server, t_big, "b1", ("big", "linux"), big):
+            submitted = await rt.control.submit_pipeline(JobSpec(repo=str(repo), ref="main", sha=sha))
+
+            def jobs() -> dict:
+                return {job.name: job for job in rt.queue.jobs_of_pipeline(submitted.pipeline_id)}
+            await wait_for(lambda: len(jobs()) == 3 and all(jobs()[n].state is JobState.running
+                                                             for n in ("small", "big")))
+            got = jobs()
+            url = str(server.make_url("")).rstrip("/")
+            async with chromium() as browser:
+                page = await browser.new_page()
+                await page.goto(f"{url}/dashboard")
+                await page.wait_for("document.querySelectorAll('#agents tr[data-agent]').length === 2")
+                row = "document.querySelector('#agents tr[data-agent=\"big:b1\"]')"
+                assert await page.evaluate(f"{row}.querySelector('.labels').textContent.trim()") == "big linux"
+                assert await page.evaluate(f"{row}.querySelector('.running a').textContent") == f"#{got['big'].id}"
+                assert await page.evaluate(f"{row}.querySelector('.pill').textContent") == "online"
+                waits = await page.evaluate("[...document.querySelectorAll('td.wait')].map(t => t.textContent)")
+                assert waits == ["waiting for a runner with: gpu"], waits  # the Queued list names the label
+                await page.screenshot("dashboard-agents")
+                await page.goto(f"{url}/dashboard/jobs/{got['big'].id}")
+                on = await page.evaluate("document.querySelector('#attempts-on').textContent")
+                assert "agent big:b1" in on and "running" in on, on
+            app = ForgeciApp(Client(url))
+            async with app.run_test(size=(140, 30)) as pilot:
+                await pilot.press("6")
+                table = app.query_one(AgentsPanel).table
+                await wait_until(pilot, lambda: table.row_count == 2, timeout=30)
+                row = [str(cell) for cell in table.get_row("big:b1")]
+                assert row[:4] == ["big:b1", "online", "big,linux", f"{got['big'].id} (1/1)"], row
+                small_row = [str(cell) for cell in table.get_row("small:s1")]
+                assert small_row[2] == "linux,small" and small_row[3].startswith(str(got["small"].id)), small_row
+                summary = str(app.query_one("#agents-summary").render())
+                assert "2 agents, 2 online" in summary and "embedded runner off" in summary, summary
