@@ -245,12 +245,30 @@ def cmd_service_install(args: argparse.Namespace) -> int:
         environment[key] = value
     opts = UnitOptions(config=config, data_dir=settings.data_dir.absolute(), user=args.user,
                        env_file=Path(args.env_file).absolute(), environment=environment,
-                       shutdown_grace=settings.runner.shutdown_grace, server=args.server or "")
+                       shutdown_grace=settings.runner.shutdown_grace, server=args.server or "",
+                       agent_args=agent_unit_args(args))
     paths = install_units(opts, Path(args.dir), agent=args.agent)
     for path in paths:
         print(f"wrote {path}")
     print(next_steps(paths, opts, Path(args.dir)))
     return EXIT_OK
+
+
+def agent_unit_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """service install --agent's --labels, --name and --max-concurrent, checked, for the unit's command line."""
+    from config.labels import parse_labels
+    from runner.queue.agents import check_name
+
+    out: list[str] = []
+    if args.labels:
+        out += ["--labels", ",".join(parse_labels(args.labels))]
+    if args.name:
+        out += ["--name", check_name(args.name, "--name")]
+    if args.max_concurrent:
+        out += ["--max-concurrent", str(args.max_concurrent)]
+    if out and not args.agent:
+        raise ConfigError("--labels, --name and --max-concurrent are options of the agent's unit: add --agent")
+    return tuple(out)
 
 
 def subcommands() -> set[str]:
@@ -381,6 +399,9 @@ def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("install", "write the systemd unit of forgeci serve (or --agent)", cmd_service_install, service_sub)
     p.add_argument("--agent", action="store_true", help="the unit of `forgeci agent` instead")
     p.add_argument("--server", help="the agent's server URL")
+    p.add_argument("--labels", metavar="L,L", help="the agent's labels (forgeci agent --labels)")
+    p.add_argument("--name", help="the agent's name (forgeci agent --name; default: the host name)")
+    p.add_argument("--max-concurrent", type=positive_int, default=None, help="the agent's jobs at once")
     p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where to write it (default: {DEFAULT_DIR})")
     p.add_argument("--user", default="root", help="the account it runs as (default: root, which runs Podman as "
                                                   "runner.podman_user)")

@@ -75,6 +75,7 @@ class UnitOptions:
     environment: Mapping[str, str] = field(default_factory=dict)
     shutdown_grace: float = 30.0
     server: str = ""  # the agent's server URL
+    agent_args: tuple[str, ...] = ()  # more `forgeci agent` options: --labels L,L, --name N, --max-concurrent N
 
     def command(self) -> tuple[str, ...]:
         return self.executable or default_executable()
@@ -157,7 +158,7 @@ def agent_unit(opts: UnitOptions) -> str:
     """forgeci-agent.service: a runner on another host, claiming jobs from `opts.server`."""
     if not opts.server.startswith(("http://", "https://")):
         raise ConfigError(f"the agent needs --server URL (http:// or https://), got {opts.server!r}")
-    argv = [*opts.command(), "agent", "--server", opts.server, "--config", str(opts.config)]
+    argv = [*opts.command(), "agent", "--server", opts.server, "--config", str(opts.config), *opts.agent_args]
     return _service(opts, f"forgeci agent (runs jobs of {opts.server})", argv, ["network-online.target"])
 
 
