@@ -64,6 +64,18 @@ async def labelled(settings: Settings, server: TestServer, token: str, label: st
         await asyncio.wait_for(task, 60)
 
 
+def cli_output(argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    from forgeci_cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return out.getvalue()
+
+
 async def get_json(server: TestServer, path: str) -> dict:
     async with aiohttp.ClientSession() as http, http.get(str(server.make_url(path))) as r:
         assert r.status == 200, await r.text()
@@ -97,6 +109,12 @@ async def test_labels_route_jobs_and_a_job_no_agent_can_take_waits(
             assert by_name["big"]["labels"] == ["big", "linux"] and by_name["small"]["labels"] == ["linux", "small"]
             assert by_name["big"]["online"] and by_name["big"]["version"]
             assert by_name["big"]["address"] == "127.0.0.1"
+            # `forgeci agents` prints the same, over the API.
+            out = await asyncio.to_thread(cli_output, ["agents", "--server", str(server.make_url("")).rstrip("/")])
+            lines = {line.split()[0]: line for line in out.splitlines() if line.startswith(("big:", "small:"))}
+            assert set(lines) == {"big:b1", "small:s1"}, out
+            assert "big,linux" in lines["big:b1"] and f"{jobs()['big'].id} (1/1)" in lines["big:b1"], out
+            assert "embedded runner: off" in out, out
             assert by_name["big"]["running_jobs"] == [jobs()["big"].id], listed
             assert by_name["small"]["running_jobs"] == [jobs()["small"].id], listed
             await wait_for(lambda: all(jobs()[n].state.is_terminal for n in ("small", "big")))
