@@ -223,3 +223,9 @@ async def test_the_dashboard_and_the_tui_show_both_agents_at_work(
                 assert small_row[2] == "linux,small" and small_row[3].startswith(str(got["small"].id)), small_row
                 summary = str(app.query_one("#agents-summary").render())
                 assert "2 agents, 2 online" in summary and "embedded runner off" in summary, summary
+                # The job screen names the agent that runs the attempt.
+                app.open_job(got["big"].id)
+                def head() -> str:
+                    found = app.screen.query("#job-head")
+                    return str(found.first().render()) if found else ""
+                await wait_until(pilot, lambda: "ran on #1 agent big:b1" in head(), timeout=30)
