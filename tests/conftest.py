@@ -18,6 +18,9 @@ from runner.podman_user import PodmanUser
 from runner.runtime import Runtime, open_runtime
 from tests.fake_engine import FAKE_IMAGE, FakeEngine
 
+# Fixture projects (forgeci init's starters) carry their own tests: they are data here, not this suite.
+collect_ignore_glob = ["fixtures/*"]
+
 JOB_IMAGE = "localhost/forgeci-job:latest"
 POSTGRES_IMAGE = "localhost/forgeci-postgres:15"
 REDIS_IMAGE = "localhost/forgeci-redis:7"
