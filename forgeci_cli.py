@@ -243,7 +243,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_service_install(args: argparse.Namespace) -> int:
     """Write the systemd unit of `forgeci serve` (or, with --agent, `forgeci agent`)."""
     from config.settings import Settings, load_settings
-    from runner.service_units import DEFAULT_CONFIG, UnitOptions, install_units, next_steps
+    from runner.service_units import DEFAULT_CONFIG, UnitOptions, install_units, next_steps, unit_args
 
     if args.agent and "agent" not in subcommands():
         raise ConfigError("this forgeci has no `forgeci agent` command yet: no agent unit to write")
@@ -259,30 +259,12 @@ def cmd_service_install(args: argparse.Namespace) -> int:
         environment[key] = value
     opts = UnitOptions(config=config, data_dir=settings.data_dir.absolute(), user=args.user,
                        env_file=Path(args.env_file).absolute(), environment=environment,
-                       shutdown_grace=settings.runner.shutdown_grace, server=args.server or "",
-                       agent_args=agent_unit_args(args))
+                       shutdown_grace=settings.runner.shutdown_grace, server=args.server or "", agent_args=unit_args(args))
     paths = install_units(opts, Path(args.dir), agent=args.agent)
     for path in paths:
         print(f"wrote {path}")
     print(next_steps(paths, opts, Path(args.dir)))
     return EXIT_OK
-
-
-def agent_unit_args(args: argparse.Namespace) -> tuple[str, ...]:
-    """service install --agent's --labels, --name and --max-concurrent, checked, for the unit's command line."""
-    from config.labels import parse_labels
-    from runner.queue.agents import check_name
-
-    out: list[str] = []
-    if args.labels:
-        out += ["--labels", ",".join(parse_labels(args.labels))]
-    if args.name:
-        out += ["--name", check_name(args.name, "--name")]
-    if args.max_concurrent:
-        out += ["--max-concurrent", str(args.max_concurrent)]
-    if out and not args.agent:
-        raise ConfigError("--labels, --name and --max-concurrent are options of the agent's unit: add --agent")
-    return tuple(out)
 
 
 def subcommands() -> set[str]:
@@ -399,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Running it on a server: doctor, db backup|restore|migrate, service install."""
-    from runner.service_units import DEFAULT_DIR, DEFAULT_ENV_FILE
+    from runner.service_units import DEFAULT_DIR, DEFAULT_ENV_FILE, add_unit_options
 
     p = add("doctor", "check this host: Podman, its user, storage, the job image, data dir, store, forges", cmd_doctor)
     p.add_argument("--env-file", metavar="FILE", help="read variables from the service's environment file too")
@@ -415,9 +397,7 @@ def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("install", "write the systemd unit of forgeci serve (or --agent)", cmd_service_install, service_sub)
     p.add_argument("--agent", action="store_true", help="the unit of `forgeci agent` instead")
     p.add_argument("--server", help="the agent's server URL")
-    p.add_argument("--labels", metavar="L,L", help="the agent's labels (forgeci agent --labels)")
-    p.add_argument("--name", help="the agent's name (forgeci agent --name; default: the host name)")
-    p.add_argument("--max-concurrent", type=positive_int, default=None, help="the agent's jobs at once")
+    add_unit_options(p, positive_int)
     p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where to write it (default: {DEFAULT_DIR})")
     p.add_argument("--user", default="root", help="the account it runs as (default: root, which runs Podman as "
                                                   "runner.podman_user)")
