@@ -215,8 +215,9 @@ class JobControl:
 
     # -- what runners report ----------------------------------------------------------------------------------
 
-    async def claim(self, runner_id: str, lease_seconds: float, labels: Sequence[str] = ()) -> Job | None:
-        """The next runnable job under a lease for `runner_id` (one whose runs_on `labels` has), or None."""
+    async def claim(self, runner_id: str, lease_seconds: float, labels: Sequence[str] | None = ()) -> Job | None:
+        """The next runnable job under a lease for `runner_id` (one whose runs_on `labels` has; None: any job),
+        or None."""
         job = await asyncio.to_thread(self.queue.claim, runner_id, lease_seconds, labels)
         if job is not None:
             self.publish(job.id, JobState.running, attempts=job.attempts, runner=runner_id)

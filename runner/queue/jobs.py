@@ -202,7 +202,7 @@ class JobQueries(QueueBase):
 
     # -- runners -------------------------------------------------------------------------------------
 
-    def claim(self, runner_id: str, lease_seconds: float, labels: Sequence[str] = ()) -> Job | None:
+    def claim(self, runner_id: str, lease_seconds: float, labels: Sequence[str] | None = ()) -> Job | None:
         """The next runnable job whose runs_on `labels` has all of (None if none, or max_concurrent run), leased."""
         with self._transaction() as conn:
             params = {"runner": runner_id, "lease": lease_seconds, "now": self._clock(), "max": self.max_concurrent,

@@ -2,6 +2,7 @@
 
 The claim query (jobs.py's _CLAIM) takes LABEL_FILTER with `:labels`, the claiming runner's labels as a JSON
 array: a job whose runs_on has a label the runner lacks is skipped, so it waits for a runner that has them all.
+NULL labels take any job: `forgeci run` runs a pipeline on this machine whatever runners its jobs ask for.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from runner.queue.agents import AGENT_PREFIX
 from runner.queue.base import QueueBase
 
-LABEL_FILTER = ("(q.runs_on IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(q.runs_on) "
+LABEL_FILTER = ("(:labels IS NULL OR q.runs_on IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(q.runs_on) "
                 "WHERE value NOT IN (SELECT value FROM json_each(:labels))))")
 ONLINE = 90.0  # seconds: an agent whose last claim is older than this is shown offline (claims poll every 30 s)
 WAITING_FOR = "waiting for a runner with: "
@@ -42,8 +43,9 @@ def runner_name(runner_id: str | None) -> str:
     return runner_id or "–"
 
 
-def label_json(labels: Sequence[str]) -> str:
-    return json.dumps(sorted(set(labels)))
+def label_json(labels: Sequence[str] | None) -> str | None:
+    """A claimer's labels for LABEL_FILTER; None: it takes any job whatever its runs_on (`forgeci run`)."""
+    return None if labels is None else json.dumps(sorted(set(labels)))
 
 
 def agent_of(runner_id: str | None) -> str | None:
