@@ -243,7 +243,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_service_install(args: argparse.Namespace) -> int:
     """Write the systemd unit of `forgeci serve` (or, with --agent, `forgeci agent`)."""
     from config.settings import Settings, load_settings
-    from runner.service_units import DEFAULT_CONFIG, UnitOptions, install_units, next_steps
+    from runner.service_units import DEFAULT_CONFIG, UnitOptions, install_units, next_steps, unit_args
 
     if args.agent and "agent" not in subcommands():
         raise ConfigError("this forgeci has no `forgeci agent` command yet: no agent unit to write")
@@ -259,7 +259,7 @@ def cmd_service_install(args: argparse.Namespace) -> int:
         environment[key] = value
     opts = UnitOptions(config=config, data_dir=settings.data_dir.absolute(), user=args.user,
                        env_file=Path(args.env_file).absolute(), environment=environment,
-                       shutdown_grace=settings.runner.shutdown_grace, server=args.server or "")
+                       shutdown_grace=settings.runner.shutdown_grace, server=args.server or "", agent_args=unit_args(args))
     paths = install_units(opts, Path(args.dir), agent=args.agent)
     for path in paths:
         print(f"wrote {path}")
@@ -281,6 +281,7 @@ def check_server(server: str) -> None:
 def client_command(args: argparse.Namespace) -> int:
     """submit, jobs, status, logs, cancel, retry, pipelines, pipeline, artifacts: calls to a server's HTTP API
     (client.commands, client.pipeline_commands, client.artifacts)."""
+    from client import agents as client_agents
     from client import artifacts as client_artifacts
     from client import commands
     from client import pipeline_commands as pipelines
@@ -308,6 +309,7 @@ def client_command(args: argparse.Namespace) -> int:
         "artifacts": lambda c: client_artifacts.artifacts(c, args.job, args.download[0] if args.download else None,
                                                           (args.download or [])[1:]),
         "usage": lambda c: client_usage.usage(c, args.by, args.month, args.csv),
+        "agents": lambda c: client_agents.agents(c, args.json),
     }[args.command]
     return commands.run(args.server, token, work)
 
@@ -373,13 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_ops_commands(add)
     from runner.agent.cli import add_agent_commands
 
-    add_agent_commands(add, positive_int)
+    add_agent_commands(add, positive_int, client_command, SERVER_HELP)
     return parser
 
 
 def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Running it on a server: doctor, db backup|restore|migrate, service install."""
-    from runner.service_units import DEFAULT_DIR, DEFAULT_ENV_FILE
+    from runner.service_units import DEFAULT_DIR, DEFAULT_ENV_FILE, add_unit_options
 
     p = add("doctor", "check this host: Podman, its user, storage, the job image, data dir, store, forges", cmd_doctor)
     p.add_argument("--env-file", metavar="FILE", help="read variables from the service's environment file too")
@@ -395,6 +397,7 @@ def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("install", "write the systemd unit of forgeci serve (or --agent)", cmd_service_install, service_sub)
     p.add_argument("--agent", action="store_true", help="the unit of `forgeci agent` instead")
     p.add_argument("--server", help="the agent's server URL")
+    add_unit_options(p, positive_int)
     p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where to write it (default: {DEFAULT_DIR})")
     p.add_argument("--user", default="root", help="the account it runs as (default: root, which runs Podman as "
                                                   "runner.podman_user)")

@@ -24,6 +24,8 @@ from bot.agent_transport import Network, Transport, parse_proxies
 from bot.errors import HTTPError
 from bot.keys import ENVIRON, RUNTIME, SETTINGS
 from bot.parse import MAX_ID, check_keys, read_json
+from config.errors import ConfigError
+from config.labels import parse_labels
 from config.services import SERVICE_NAME, SERVICE_NAME_RULE
 from runner.agent.wire import (
     API,
@@ -111,8 +113,9 @@ async def claim(request: web.Request) -> web.Response:
     """Long poll (up to 30 s) for a job; 200 with its lease and all it needs, or 204."""
     name = await agent_name(request)
     body = await read_json(request, optional=True)
-    check_keys(body, (), ("label", "wait", "fresh", "running"))
+    check_keys(body, (), ("label", "wait", "fresh", "running", "labels", "version", "max_concurrent"))
     label = check_name(str(body.get("label") or "agent"), "agent label")
+    labels = await _register(request, name, label, body)
     wait = body.get("wait", MAX_WAIT)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not math.isfinite(wait) or wait < 0:
         raise HTTPError(400, "bad wait", "wait: seconds, a number >= 0")
@@ -126,7 +129,7 @@ async def claim(request: web.Request) -> web.Response:
     deadline = time.monotonic() + min(float(wait), MAX_WAIT)
     while request.transport is not None and not request.transport.is_closing():  # the agent still waits
         runner_id = lease_runner_id(name, label, random.token_hex(8))
-        job = await runtime.control.claim(runner_id, state.lease_seconds)
+        job = await runtime.control.claim(runner_id, state.lease_seconds, labels)
         if job is not None:
             await runtime.control.begin_attempt(job.id)
             return web.json_response(_handout(request, state, job, runner_id))
@@ -137,6 +140,26 @@ async def claim(request: web.Request) -> web.Response:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.wake.wait(), min(POLL, left))
     return web.Response(status=204)  # nobody to answer
+
+
+async def _register(request: web.Request, name: str, label: str, body: dict[str, Any]) -> tuple[str, ...]:
+    """The claim's labels, checked; the agent's entry in the registry (GET /agents) brought up to date."""
+    raw = body.get("labels") or []
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise HTTPError(400, "bad labels", "labels: an array of runner labels")
+    try:
+        labels = parse_labels(raw, "labels")
+    except ConfigError as exc:
+        raise HTTPError(400, "bad labels", str(exc)) from None
+    version = body.get("version")
+    if version is not None and (not isinstance(version, str) or len(version) > 64):
+        raise HTTPError(400, "bad version", "version: a string of at most 64 characters")
+    slots = body.get("max_concurrent")
+    if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 1024):
+        raise HTTPError(400, "bad max_concurrent", "max_concurrent: an integer 1..1024")
+    await asyncio.to_thread(_runtime(request).queue.agent_seen, name, label, labels=labels, version=version,
+                            address=transport_of(request).peer, max_concurrent=slots)
+    return labels
 
 
 def _handout(request: web.Request, state: AgentState, job: Job, runner_id: str) -> dict[str, Any]:

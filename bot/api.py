@@ -26,6 +26,7 @@ from bot.inputs_api import INPUT_ROUTES
 from bot.schedules_api import SCHEDULE_ROUTES
 from config import inputs
 from bot.usage import USAGE_ROUTES
+from bot.agents_api import AGENTS_ROUTES
 from config.pipeline import pipeline_from_dict
 from runner.errors import JobNotFound
 from runner.events import Event, PipelineEvent
@@ -112,7 +113,8 @@ async def status(request: web.Request) -> web.Response:
         snapshot = queue.snapshot(job_id)
         [job] = with_wait_reasons(queue, [job_json(queue.get(job_id))])
         caches = [result.to_dict() for result in queue.cache_results(job_id)]
-        return {**job, "caches": caches, "snapshot": snapshot.to_dict() if snapshot else None}
+        return {**job, "caches": caches, "snapshot": snapshot.to_dict() if snapshot else None,
+                "attempts_on": queue.attempt_runners(job_id)}
 
     return web.json_response(await asyncio.to_thread(read))
 
@@ -369,6 +371,7 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     *SCHEDULE_ROUTES,
     *INPUT_ROUTES,
     *USAGE_ROUTES,
+    *AGENTS_ROUTES,
     ("GET", "/events", events, "read"),
     ("GET", "/metrics", metrics, "read"),
     ("GET", "/cache/stats", cache_stats, "read"),

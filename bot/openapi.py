@@ -379,7 +379,13 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "waiting": {"type": "boolean", "description": "queued, but its needs are not all done"},
             "wait_reason": {"type": ["string", "null"], "description": "why a queued job is not running yet "
                             "(`/jobs?order=dispatch`, `/jobs/status`): its needs, its concurrency group, its "
-                            "matrix's max_parallel, no free slot, or next in line; null for a job not queued"}}},
+                            "matrix's max_parallel, a quota, the runner labels it waits for (`waiting for a runner "
+                            "with: big`), no free slot, or next in line; null for a job not queued"},
+            "attempts_on": {"type": "array", "description": "`/jobs/status`: the runner of each attempt",
+                            "items": {"type": "object", "properties": {
+                                "attempt": {"type": "integer"}, "runner": {"type": ["string", "null"]},
+                                "agent": {"type": ["string", "null"], "description": "NAME:INSTANCE of an agent"},
+                                "on": {"type": "string"}, "state": {"type": "string"}}}}}},
         "CacheResult": {"type": "object", "required": ["name", "key", "result"], "properties": {
             "name": {"type": "string"}, "key": {"type": "string"}, "result": {"enum": ["hit", "fallback", "miss"]},
             "restored_key": {"type": ["string", "null"], "description": "what was restored: the key, or a fallback's"},

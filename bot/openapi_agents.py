@@ -55,7 +55,12 @@ def agent_paths() -> dict[str, Any]:
                          "wait": {"type": "number", "minimum": 0, "maximum": 30},
                          "fresh": {"type": "boolean", "description": "the agent (re)started: requeue the jobs it "
                                                                      "held before, except `running`"},
-                         "running": {"type": "array", "items": _LEASE}}, []),
+                         "running": {"type": "array", "items": _LEASE},
+                         "labels": {"type": "array", "items": {"type": "string"},
+                                    "description": "this agent's labels: it is handed only jobs whose runs_on it "
+                                                   "has all of"},
+                         "version": {"type": "string", "maxLength": 64},
+                         "max_concurrent": {"type": "integer", "minimum": 1}}, []),
                   _json(handout, "a job, its lease and everything it needs"), job=False)
     claim["post"]["responses"]["204"] = {"description": "no job within the wait"}
     return {

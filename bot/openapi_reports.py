@@ -21,7 +21,7 @@ def badge_paths() -> dict[str, Any]:
         security=_READ, operationId="badge",
         parameters=[*path, _query("branch", {"type": "string"}, "the branch (any branch when absent)")])}}
 def usage_paths() -> dict[str, Any]:
-    """The usage report and the quotas' use (bot/usage.py)."""
+    """The usage report and the quotas' use (bot/usage.py), and the agents (bot/agents_api.py)."""
     count = {"type": "integer"}
     row = {"type": "object", "required": ["key", "pipelines", "jobs", "minutes", "retry_minutes", "bytes"],
            "properties": {"key": {"type": "string"}, "pipelines": count, "jobs": count, "succeeded": count,
@@ -33,6 +33,13 @@ def usage_paths() -> dict[str, Any]:
         "minutes": {"type": "number"}, "minutes_per_month": count, "per_user_running": count,
         "users": {"type": "object", "additionalProperties": count}}}
     day = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+    str_ = {"type": "string"}
+    agent = {"type": "object", "required": ["id", "name", "labels", "last_seen", "online", "running_jobs"],
+             "properties": {"id": str_, "name": str_, "instance": str_, "labels": {"type": "array", "items": str_},
+                            "version": {"type": ["string", "null"]}, "address": {"type": ["string", "null"]},
+                            "max_concurrent": {"type": ["integer", "null"]}, "first_seen": {"type": "number"},
+                            "last_seen": {"type": "number"}, "online": {"type": "boolean"},
+                            "running_jobs": {"type": "array", "items": count}}}
     return {
         "/usage": {"get": _op(
             "Usage per owner, repository or user: pipelines, jobs, success rate, minutes, stored bytes, costs",
@@ -54,6 +61,16 @@ def usage_paths() -> dict[str, Any]:
                         _query("month", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
                                "a calendar month instead of from/to"),
                         _query("format", {"enum": ["json", "csv"]}, "json (default) or csv")],
+        )},
+        "/agents": {"get": _op(
+            "The remote runners (agents) that claimed jobs, with their labels and running jobs, and the embedded "
+            "runner's labels",
+            {"200": _json({"type": "object", "required": ["agents", "embedded"], "properties": {
+                "agents": {"type": "array", "items": agent},
+                "embedded": {"type": "object", "properties": {"enabled": {"type": "boolean"},
+                                                              "labels": {"type": "array", "items": str_}}}}},
+                "the agents"), **_errors(400, 401, 503)},
+            security=_READ, operationId="agents",
         )},
         "/quotas": {"get": _op(
             "Each [[quotas]] rule's limits and its use now (0 = no limit)",

@@ -20,6 +20,7 @@ from config.caches import CacheSpec as CacheSpec  # re-exported: the pipeline mo
 from config.errors import ConfigError
 from config.images import IMAGE, IMAGE_DOC, ImageBuild
 from config.inputs import INPUTS, INPUTS_DOC, InputSpec
+from config.labels import LABELS, RUNS_ON_DOC
 from config.matrix import ENTRIES, MATRIX, NAME, NAME_RULE, Value
 from config.plan import DEFAULT_JOB, MAX_NAME, check_jobs, expand_into
 from config.services import SERVICES, Service
@@ -143,6 +144,7 @@ class JobSpec:
                                            "run as if it had succeeded", False)
     image: str | ImageBuild | None = option(IMAGE, IMAGE_DOC, None, shown="`image`")
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`timeout`")
+    runs_on: tuple[str, ...] | None = option(LABELS, RUNS_ON_DOC, None, shown="`runs_on`")
     branches: tuple[str, ...] | None = option(_BRANCHES, "refs this job runs for; others end `skipped`", None,
                                               shown="`branches`")
     events: tuple[str, ...] | None = option(EVENT_LIST, EVENTS_DOC + JOB_FILTER_DOC, None, shown="none")
@@ -191,6 +193,7 @@ class Pipeline:
                               "written as top-level [[steps]]", None, shown=f'`"{DEFAULT_JOB}"`')
     image: str | ImageBuild | None = option(IMAGE, IMAGE_DOC, None, shown="`runner.image`")
     timeout: float | None = option(DURATION, "limit for the whole job", None, shown="`runner.job_timeout`")
+    runs_on: tuple[str, ...] = option(LABELS, RUNS_ON_DOC + "; with [jobs], every job's default", ())
     branches: tuple[str, ...] = option(_BRANCHES,
                                        "refs the pipeline runs for; others end `skipped`; empty = every ref", ())
     events: tuple[str, ...] = option(EVENT_LIST, EVENTS_DOC + "; empty = every event", ())

@@ -227,6 +227,7 @@ def _member_pipeline(top: Pipeline, name: str, spec: JobSpec, values: Values, di
         services=_member_services(top, name, spec, values, display, issues),
         image=None if image is None else substitute_image(image, sub, f"jobs.{name}.image" if spec.image else "image"),
         timeout=spec.timeout if spec.timeout is not None else top.timeout,
+        runs_on=tuple(sorted(set(spec.runs_on if spec.runs_on is not None else top.runs_on))),
         branches=spec.branches if spec.branches is not None else top.branches,
         snapshot=spec.snapshot if spec.snapshot is not None else top.snapshot,
         secrets=spec.secrets if spec.secrets is not None else top.secrets,

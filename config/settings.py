@@ -11,6 +11,7 @@ from pathlib import Path
 
 from config.artifacts import LINK_LIFETIME, SIZE
 from config.errors import ConfigError
+from config.labels import LABELS
 from config.notify import NOTIFY, NOTIFY_DOC, NotifyTarget
 from config.schedules import SCHEDULES, SCHEDULES_DOC, ScheduleSpec
 from config.quotas import QUOTAS, CostSettings, QuotaRule
@@ -108,6 +109,8 @@ class RunnerSettings:
     """[runner]: the containers jobs run in."""
 
     embedded: bool = option(BOOL, "run jobs in the server itself; false: only `forgeci agent`s run them", True)
+    labels: tuple[str, ...] = option(LABELS, "labels of the embedded runner: it takes the jobs whose `runs_on` "
+                                             "it has all of (and those without `runs_on`)", ())
     image: str = option(NONEMPTY, "default job image", "localhost/forgeci-job:latest")
     podman_user: str = option(NONEMPTY, "when started as root, Podman runs as this user (rootless)", "forgeci")
     podman_url: str = option(STRING, 'an existing Podman API socket; "" = forgeci starts its own', "")

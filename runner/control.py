@@ -215,9 +215,10 @@ class JobControl:
 
     # -- what runners report ----------------------------------------------------------------------------------
 
-    async def claim(self, runner_id: str, lease_seconds: float) -> Job | None:
-        """The next runnable job under a lease for `runner_id`, or None."""
-        job = await asyncio.to_thread(self.queue.claim, runner_id, lease_seconds)
+    async def claim(self, runner_id: str, lease_seconds: float, labels: Sequence[str] | None = ()) -> Job | None:
+        """The next runnable job under a lease for `runner_id` (one whose runs_on `labels` has; None: any job),
+        or None."""
+        job = await asyncio.to_thread(self.queue.claim, runner_id, lease_seconds, labels)
         if job is not None:
             self.publish(job.id, JobState.running, attempts=job.attempts, runner=runner_id)
             self._apply(self.queue.take_settlements())  # its pipeline started

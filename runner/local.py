@@ -127,7 +127,7 @@ class LocalDispatcher:
         try:
             while True:
                 self._wake.clear()
-                while (job := await self.control.claim(LOCAL_RUNNER, LEASE)) is not None:
+                while (job := await self.control.claim(LOCAL_RUNNER, LEASE, None)) is not None:
                     cancel = asyncio.Event()
                     self._running[job.id] = (asyncio.create_task(self._run(job, cancel)), cancel)
                 if not self._running:

@@ -79,7 +79,7 @@ class Runtime:
         # Agents that kept running through our restart get one lease length to report before expiry.
         await asyncio.to_thread(self.queue.extend_agent_leases, time.time() + settings.queue.lease_seconds)
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
-                               lease_seconds=settings.queue.lease_seconds)
+                               lease_seconds=settings.queue.lease_seconds, labels=settings.runner.labels)
         if settings.runner.embedded:
             await self.pool.start()  # its reap removes the containers of a crashed server's warm pool (job id 0)
             if settings.runner.warm_pool > 0:

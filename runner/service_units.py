@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,7 @@ class UnitOptions:
     environment: Mapping[str, str] = field(default_factory=dict)
     shutdown_grace: float = 30.0
     server: str = ""  # the agent's server URL
+    agent_args: tuple[str, ...] = ()  # more `forgeci agent` options: --labels L,L, --name N, --max-concurrent N
 
     def command(self) -> tuple[str, ...]:
         return self.executable or default_executable()
@@ -157,7 +159,7 @@ def agent_unit(opts: UnitOptions) -> str:
     """forgeci-agent.service: a runner on another host, claiming jobs from `opts.server`."""
     if not opts.server.startswith(("http://", "https://")):
         raise ConfigError(f"the agent needs --server URL (http:// or https://), got {opts.server!r}")
-    argv = [*opts.command(), "agent", "--server", opts.server, "--config", str(opts.config)]
+    argv = [*opts.command(), "agent", "--server", opts.server, "--config", str(opts.config), *opts.agent_args]
     return _service(opts, f"forgeci agent (runs jobs of {opts.server})", argv, ["network-online.target"])
 
 
@@ -210,3 +212,27 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value[1:-1]
         found[key] = value
     return found
+
+
+def add_unit_options(p: argparse.ArgumentParser, positive_int: Callable[[str], int]) -> None:
+    """`service install --agent`'s options that the agent's command line carries."""
+    p.add_argument("--labels", metavar="L,L", help="the agent's labels (forgeci agent --labels)")
+    p.add_argument("--name", help="the agent's name (forgeci agent --name; default: the host name)")
+    p.add_argument("--max-concurrent", type=positive_int, default=None, help="the agent's jobs at once")
+
+
+def unit_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """service install --agent's --labels, --name and --max-concurrent, checked, for the unit's command line."""
+    from config.labels import parse_labels
+    from runner.queue.agents import check_name
+
+    out: list[str] = []
+    if args.labels:
+        out += ["--labels", ",".join(parse_labels(args.labels))]
+    if args.name:
+        out += ["--name", check_name(args.name, "--name")]
+    if args.max_concurrent:
+        out += ["--max-concurrent", str(args.max_concurrent)]
+    if out and not args.agent:
+        raise ConfigError("--labels, --name and --max-concurrent are options of the agent's unit: add --agent")
+    return tuple(out)

@@ -36,13 +36,14 @@ class WorkerPool:
 
     def __init__(
         self, control: JobControl, executor: Executor, *, max_concurrent: int, lease_seconds: float,
-        runner_id: str | None = None,
+        runner_id: str | None = None, labels: tuple[str, ...] = (),
     ) -> None:
         self.control = control
         self.executor = executor
         self.max_concurrent = max_concurrent
         self.lease_seconds = lease_seconds
         self.runner_id = runner_id or default_runner_id()
+        self.labels = labels  # runner.labels: it takes the jobs whose runs_on it has all of
         self._wake = asyncio.Event()
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -118,7 +119,7 @@ class WorkerPool:
             try:
                 await self.control.expire_leases()
                 while len(self._running) < self.max_concurrent and not self._stopping and await self._engine_ready():
-                    job = await self.control.claim(self.runner_id, self.lease_seconds)
+                    job = await self.control.claim(self.runner_id, self.lease_seconds, self.labels)
                     if job is None:
                         break
                     self._launch(job)

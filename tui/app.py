@@ -20,6 +20,7 @@ from client.models import JobInfo, PipelineServerEvent, ServerEvent, Submission
 from tui.job_table import JobTable
 from tui.messages import CancelJob, ChangePriority, OpenJob, RequestFailed, RetryJob
 from tui.models import Services
+from tui.agents_panel import AgentsPanel
 from tui.panels import CachePanel, JobsPanel, MetricsPanel, Panel, QueuePanel
 from tui.pipeline_actions import PipelineCommands
 from tui.pipeline_screen import PipelineScreen
@@ -72,6 +73,7 @@ class ForgeciApp(PipelineCommands):
         Binding("3", "tab('metrics')", "Metrics", show=False),
         Binding("4", "tab('cache')", "Cache", show=False),
         Binding("5", "tab('pipelines')", "Pipelines", show=False),
+        Binding("6", "tab('agents')", "Agents", show=False),
         Binding("ctrl+r", "resync", "Reload everything", show=False),
     ]
 
@@ -99,6 +101,8 @@ class ForgeciApp(PipelineCommands):
                 yield CachePanel(self.services)
             with TabPane("5 Pipelines", id="pipelines"):
                 yield PipelinesPanel(self.services)
+            with TabPane("6 Agents", id="agents"):
+                yield AgentsPanel(self.services)
         yield Footer()
 
     def on_mount(self) -> None:

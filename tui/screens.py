@@ -31,6 +31,18 @@ RECONNECT_MIN, RECONNECT_MAX = 1.0, 10.0
 SHA = re.compile(r"[0-9a-fA-F]{7,40}")
 
 
+def attempts_text(attempts: object) -> str:
+    """`#1 agent big:b1 (retried), #2 embedded on host-a`: the runner of each attempt (`/jobs/status`)."""
+    if not isinstance(attempts, list):
+        return ""
+    parts = []
+    for item in attempts:
+        if isinstance(item, dict) and isinstance(item.get("attempt"), int):
+            state = item.get("state")
+            parts.append(f"#{item['attempt']} {item.get('on') or '?'}" + (" (retried)" if state == "retried" else ""))
+    return ", ".join(parts)
+
+
 class JobScreen(Screen[None]):
     """One job: what it is, its steps, its cache and snapshot, and its log following the tail."""
 
@@ -127,6 +139,9 @@ class JobScreen(Screen[None]):
             ("priority ", "dim"), str(job.priority), ("  attempt ", "dim"), str(job.attempts),
             ("  cache ", "dim"), cache, ("  snapshot ", "dim"), snap,
         )
+        ran_on = attempts_text(job.raw.get("attempts_on"))
+        if ran_on:
+            head.append_text(Text.assemble("\n", ("ran on ", "dim"), ran_on))
         if job.error:
             head.append(f"\n{job.error}", "red")
         self.query_one("#job-head", Static).update(head)

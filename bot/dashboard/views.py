@@ -184,12 +184,19 @@ async def schedule_views(request: web.Request) -> list[dict[str, Any]]:
     return await views(request)
 
 
+async def agent_views(request: web.Request) -> dict[str, Any] | None:
+    from bot.dashboard.agents import agent_views as views  # the Agents card (GET /agents's document)
+
+    return await views(request)
+
+
 async def overview(request: web.Request) -> web.Response:
     who = viewer(request)
     range_name = _range(request)
     data = await _overview(request, range_name)
     return page(request, "overview.html", who, range=range_name, ranges=list(RANGES), data=data,
-                chart=Markup(chart.render(data.metrics.stats, range_name)), schedules=await schedule_views(request))
+                chart=Markup(chart.render(data.metrics.stats, range_name)), schedules=await schedule_views(request),
+                agents=await agent_views(request))
 
 
 async def overview_fragment(request: web.Request) -> web.Response:
@@ -197,7 +204,8 @@ async def overview_fragment(request: web.Request) -> web.Response:
     range_name = _range(request)
     data = await _overview(request, range_name)
     return page(request, "_overview_live.html", who, range=range_name, data=data,
-                chart=Markup(chart.render(data.metrics.stats, range_name)), schedules=await schedule_views(request))
+                chart=Markup(chart.render(data.metrics.stats, range_name)), schedules=await schedule_views(request),
+                agents=await agent_views(request))
 
 
 # -- job page -------------------------------------------------------------------------------------
@@ -239,7 +247,7 @@ def _job_context(runtime: Runtime, job_id: int) -> dict[str, Any]:
     longest = max((s.duration if s.duration is not None else now - (s.started_at or now) for s in job.steps),
                   default=0.0)
     return {"job": job, "longest": longest or 1.0, "now": now, "snapshot": runtime.queue.snapshot(job_id),
-            "caches": runtime.queue.cache_results(job_id)}
+            "caches": runtime.queue.cache_results(job_id), "attempts_on": runtime.queue.attempt_runners(job_id)}
 
 
 async def job_page(request: web.Request) -> web.Response:

@@ -63,10 +63,12 @@ class Agent:
     """Claims jobs from one coordinator and runs them here."""
 
     def __init__(self, settings: Settings, server: str, token: str, *, label: str, max_concurrent: int = 1,
-                 environ: Mapping[str, str] = os.environ, engine: Engine | None = None) -> None:
+                 environ: Mapping[str, str] = os.environ, engine: Engine | None = None,
+                 labels: tuple[str, ...] = ()) -> None:
         check_store(settings)
         self.settings = settings
         self.label = label
+        self.labels = labels  # --labels: it is handed only jobs whose runs_on it has all of
         self.max_concurrent = max_concurrent
         self.environ = environ
         self.client = AgentClient(server, token)
@@ -161,7 +163,8 @@ class Agent:
                 await self._slot.wait()
                 continue
             claiming = asyncio.ensure_future(self.client.claim(
-                self.label, fresh=fresh, running=[lease for _, _, lease in self._running.values()]))
+                self.label, fresh=fresh, running=[lease for _, _, lease in self._running.values()],
+                labels=self.labels, max_concurrent=self.max_concurrent))
             stopped = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({claiming, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()

@@ -38,6 +38,7 @@ def default_label() -> str:
 def cmd_agent(args: argparse.Namespace) -> int:
     import logging
 
+    from config.labels import parse_labels
     from config.settings import load_settings
     from runner.agent.agent import Agent
     from runner.errors import InstanceLocked
@@ -50,13 +51,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     label = check_name(args.name or default_label(), "--name")
     logging.basicConfig(level=os.environ.get("FORGECI_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    agent = Agent(settings, args.server, token, label=label, max_concurrent=args.max_concurrent)
+    labels = parse_labels(args.labels or "")
+    agent = Agent(settings, args.server, token, label=label, max_concurrent=args.max_concurrent, labels=labels)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
-        print(f"forgeci agent {label} working for {args.server} (data in {settings.data_dir})", flush=True)
+        print(f"forgeci agent {label} working for {args.server} (data in {settings.data_dir}; labels: "
+              f"{', '.join(labels) or 'none'})", flush=True)
         return await agent.run()
 
     try:
@@ -100,14 +103,20 @@ def cmd_agents_token(args: argparse.Namespace) -> int:
         queue.close()
 
 
-def add_agent_commands(add: Callable[..., argparse.ArgumentParser], positive_int: Callable[[str], int]) -> None:
+def add_agent_commands(add: Callable[..., argparse.ArgumentParser], positive_int: Callable[[str], int],
+                       list_agents: Callable[[argparse.Namespace], int], server_help: str) -> None:
     p = add("agent", "run the jobs of a coordinator on this machine (a remote runner)", cmd_agent)
     p.add_argument("--server", required=True, help="the coordinator's URL (https, or loopback, for secrets)")
     p.add_argument("--name", help="this agent's name in runner ids (default: the host name)")
     p.add_argument("--max-concurrent", type=positive_int, default=1, help="jobs at once (default 1)")
+    p.add_argument("--labels", metavar="L,L", help="this agent's labels, e.g. linux,big: it takes the jobs whose "
+                                                   "runs_on it has all of (and those without runs_on)")
     p.add_argument("--token-file", metavar="F", help=f"read the token from F (default: ${TOKEN_ENV})")
-    agents = add("agents", "the agents of this server (run on the server host)")
-    sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
+    agents = add("agents", "the server's agents: their labels, version, address and running jobs (GET /agents); "
+                           "`token` manages their tokens (on the server host)", list_agents)
+    agents.add_argument("--json", action="store_true", help="the API's JSON")
+    agents.add_argument("--server", default=None, help=server_help)
+    sub = agents.add_subparsers(dest="agents_command", metavar="ACTION", required=False)
     token = add("token", "agent tokens", within=sub)
     tsub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     p = add("create", "make a token for agent NAME and print it once (only its hash is kept)", cmd_agents_token, tsub)

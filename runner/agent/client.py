@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 
-from runner.agent.wire import API, MAX_WAIT
+from runner.agent.wire import API, MAX_WAIT, VERSION
 from runner.errors import RunnerError
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,10 @@ class AgentClient:
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, BACKOFF_MAX)
 
-    async def claim(self, label: str, *, fresh: bool, running: list[str], wait: float = MAX_WAIT) -> Any:
-        """A job under a lease, or None after the long poll."""
-        status, data = await self.call("/claim", {"label": label, "wait": wait, "fresh": fresh, "running": running},
-                                       timeout=wait + 15)
+    async def claim(self, label: str, *, fresh: bool, running: list[str], wait: float = MAX_WAIT,
+                    labels: Sequence[str] = (), max_concurrent: int = 1) -> Any:
+        """A job under a lease (one whose runs_on `labels` has all of), or None after the long poll."""
+        body = {"label": label, "wait": wait, "fresh": fresh, "running": running, "labels": list(labels),
+                "version": VERSION, "max_concurrent": max_concurrent}
+        status, data = await self.call("/claim", body, timeout=wait + 15)
         return data if status == 200 else None

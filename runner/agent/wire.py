@@ -25,6 +25,7 @@ from runner.queue.artifacts import ArtifactFile, ArtifactRecord
 
 API = "/agent/v1"
 MAX_WAIT = 30.0  # seconds a claim long-polls at most
+VERSION = "0.1.0"  # this forgeci's, as an agent reports it (pyproject.toml's version)
 MAX_BATCH = 1000  # log lines in one call
 
 

@@ -9,6 +9,7 @@ from runner.queue.caches import CacheResultQueries
 from runner.queue.deliveries import DELIVERY_MEMORY, PRUNE_EVERY, Delivery, DeliveryQueries, NewDelivery
 from runner.queue.index import IndexQueries
 from runner.queue.jobs import JobQueries, Order
+from runner.queue.labels import AgentInfo, LabelQueries
 from runner.queue.metrics import MetricQueries
 from runner.queue.outbox import Notification, OutboxQueries
 from runner.queue.pipelines import JobSummary, PipelineStats, PlannedJobRow, Settlement
@@ -18,14 +19,14 @@ from runner.queue.schema import MIGRATIONS
 from runner.queue.usage import UsageQueries, UsageRow
 
 __all__ = [
-    "ArtifactFile", "ArtifactRecord", "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS", "PRUNE_EVERY",
-    "Delivery", "Fired", "JobSummary", "NewDelivery", "Notification", "Order", "PipelineStats", "PlannedJobRow",
+    "AgentInfo", "ArtifactFile", "ArtifactRecord", "BUSY_TIMEOUT", "CACHE_KIB", "DELIVERY_MEMORY", "MIGRATIONS",
+    "PRUNE_EVERY", "Delivery", "Fired", "JobSummary", "NewDelivery", "Notification", "Order", "PipelineStats", "PlannedJobRow",
     "Queue", "QuotaUse", "ScheduleRow", "Settlement", "UsageRow",
 ]
 
 
-class Queue(QuotaQueries, JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries, OutboxQueries,
-            ScheduleQueries, CacheResultQueries, UsageQueries, AgentQueries):
+class Queue(LabelQueries, QuotaQueries, JobQueries, DeliveryQueries, IndexQueries, MetricQueries, ArtifactQueries,
+            OutboxQueries, ScheduleQueries, CacheResultQueries, UsageQueries, AgentQueries):
     """The job queue on one SQLite file; safe to share between threads, and between processes via the file.
 
     One object on one connection (runner.queue.base): each base class holds the SQL and the methods of its

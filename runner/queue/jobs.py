@@ -14,6 +14,7 @@ from runner.models import (
     valid_priority,
 )
 from runner.queue.base import QueueBase, decode_cursor, encode_cursor
+from runner.queue.labels import LABEL_FILTER, label_json
 from runner.queue.pipelines import Settlement
 from runner.queue.usage import job_scope
 
@@ -57,6 +58,7 @@ WHERE id = (
                ) < q.max_parallel)
           AND (:quota IS NULL OR coalesce(q.slug, '') NOT IN (SELECT value FROM json_each(:quota, '$.s')) AND
                ifnull(q.slug, '') || char(31) || ifnull(q.user, '') NOT IN (SELECT value FROM json_each(:quota, '$.u')))
+          AND {LABEL_FILTER}
         ORDER BY q.priority DESC, q.seq, q.id
         LIMIT 1)
   AND (SELECT count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND state = 'running') < :max
@@ -64,7 +66,6 @@ RETURNING {_JOB_COLUMNS}
 """
 
 _PIPELINE_STARTED = "UPDATE pipelines SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'"
-
 _HEARTBEAT = """
 UPDATE jobs SET lease_expires = :now + :lease
 WHERE id = :id AND state = 'running' AND runner_id = :runner
@@ -147,7 +148,6 @@ DELETE FROM pipelines WHERE state NOT IN ('planning', 'queued', 'running') AND f
   AND NOT EXISTS (SELECT 1 FROM artifacts WHERE artifacts.pipeline_id = pipelines.id AND artifacts.object IS NOT NULL
                   AND artifacts.expires_at > ?)
 """
-
 _ACTIVE_COUNTS = f"SELECT state, count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} GROUP BY state"
 
 Order = Literal["newest", "dispatch"]
@@ -202,11 +202,11 @@ class JobQueries(QueueBase):
 
     # -- runners -------------------------------------------------------------------------------------
 
-    def claim(self, runner_id: str, lease_seconds: float) -> Job | None:
-        """Take the next runnable job (None if none, or max_concurrent jobs already run) under a lease."""
+    def claim(self, runner_id: str, lease_seconds: float, labels: Sequence[str] | None = ()) -> Job | None:
+        """The next runnable job whose runs_on `labels` has all of (None if none, or max_concurrent run), leased."""
         with self._transaction() as conn:
             params = {"runner": runner_id, "lease": lease_seconds, "now": self._clock(), "max": self.max_concurrent,
-                      "quota": self._quota_filter(conn)}
+                      "quota": self._quota_filter(conn), "labels": label_json(labels)}
             rows = conn.execute(_CLAIM, params).fetchall()
             if not rows:
                 return None

@@ -284,6 +284,27 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at REAL
     );
     """,
+    # runner labels and the agent registry: a job's runs_on (copied from its pipeline JSON by a trigger, so every
+    # way a job is written has it), and every agent as its last claim described it (GET /agents)
+    """
+    ALTER TABLE jobs ADD COLUMN runs_on TEXT;  -- JSON array of labels, NULL = any runner
+    CREATE TRIGGER jobs_runs_on AFTER INSERT ON jobs
+    WHEN NEW.pipeline IS NOT NULL AND json_array_length(NEW.pipeline, '$.runs_on') > 0
+    BEGIN
+        UPDATE jobs SET runs_on = json_extract(NEW.pipeline, '$.runs_on') WHERE id = NEW.id;
+    END;
+    CREATE TABLE agents (
+        name           TEXT NOT NULL,               -- its token's name
+        instance       TEXT NOT NULL,               -- its --name (the label in its lease ids)
+        labels         TEXT NOT NULL DEFAULT '[]',  -- JSON array
+        version        TEXT,
+        address        TEXT,
+        max_concurrent INTEGER,
+        first_seen     REAL NOT NULL,
+        last_seen      REAL NOT NULL,
+        PRIMARY KEY (name, instance)
+    );
+    """,
 )
 
 

@@ -203,3 +203,17 @@ def test_serve_started_exactly_as_the_unit_says_answers_healthz(
         code = proc.wait(timeout=float(service["TimeoutStopSec"][0].rstrip("s")))
     assert code == 0, output.read_text()[-3000:]
     assert time.monotonic() - started < 30
+
+
+def test_the_agent_unit_carries_its_labels_name_and_slots(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    run = [sys.executable, "-m", "forgeci_cli", "--config", str(config), "service", "install", "--dir",
+           str(tmp_path / "units"), "--agent", "--server", "https://ci.example.test"]
+    result = subprocess.run([*run, "--labels", "linux, big", "--name", "build-01", "--max-concurrent", "2"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    start = service_section((tmp_path / "units" / "forgeci-agent.service").read_text())["ExecStart"][0]
+    assert start.endswith("--labels big,linux --name build-01 --max-concurrent 2"), start
+    bad = subprocess.run([*run, "--labels", "a b"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "'a b' is not a runner label" in bad.stderr, bad.stderr

@@ -135,11 +135,16 @@ def test_the_form_of_the_file(text: str, expected: dict[str, str]) -> None:
         ("[jobs.a]\n", "jobs.a.steps", "missing required key (array of tables, keys as `steps[]`)"),
         ("[jobs.a]\nsteps = []\n", "jobs.a.steps", "expected at least one [[jobs.a.steps]] table, got an empty array"),
         ("[jobs]\na = 1\n", "jobs.a", "expected a table, got 1"),
-        (job("a", 'runs_on = "linux"\n'), "jobs.a.runs_on", (
+        (job("a", 'runs_in = "linux"\n'), "jobs.a.runs_in", "unknown key (did you mean 'runs_on'?)"),
+        (job("a", 'runs-on = ["linux"]\n'), "jobs.a.runs-on", "unknown key (did you mean 'runs_on'?)"),
+        (job("a", 'runs_on = "linux"\n'), "jobs.a.runs_on", "expected an array of strings, got 'linux'"),
+        (job("a", 'runs_on = ["a b"]\n'), "jobs.a.runs_on", "item 0: expected a runner label (letters, digits, '.', "
+                                                           "'_' and '-', starting with a letter or digit, at most 64), "
+                                                           "got 'a b'"),
+        (job("a", 'fancy = 1\n'), "jobs.a.fancy", (
             "unknown key (expected one of needs, if, matrix, matrix_exclude, matrix_include, fail_fast, max_parallel, "
-            "continue_on_error, image, timeout, branches, events, paths, paths_ignore, snapshot, secrets, env, cache, "
-            "services, artifacts, "
-            "artifacts_from, steps)")),
+            "continue_on_error, image, timeout, runs_on, branches, events, paths, paths_ignore, snapshot, secrets, env, "
+            "cache, services, artifacts, artifacts_from, steps)")),
         (job("a", 'iff = "always"\n'), "jobs.a.iff", "unknown key (did you mean 'if'?)"),
         (job("a", 'if = "sometimes"\n'), "jobs.a.if",
          "expected one of 'success', 'failure', 'always', got 'sometimes'"),
