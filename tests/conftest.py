@@ -17,6 +17,7 @@ from runner.images import BUSYBOX_IMAGE, build_busybox_image, image_exists
 from runner.podman_user import PodmanUser
 from runner.runtime import Runtime, open_runtime
 from tests.fake_engine import FAKE_IMAGE, FakeEngine
+from tests.postgres import pg_cluster, pg_url  # noqa: F401 - fixtures of the PostgreSQL queue backend tests
 
 JOB_IMAGE = "localhost/forgeci-job:latest"
 POSTGRES_IMAGE = "localhost/forgeci-postgres:15"

@@ -7,8 +7,31 @@ from collections.abc import Iterator
 
 from runner.errors import QueueError
 
-# Schema migrations, applied in order; PRAGMA user_version counts the applied ones. Never edit a released
-# entry: append a new script (ALTER TABLE ... ADD COLUMN, CREATE TABLE ...) so existing data is kept.
+
+
+class Migration(str):
+    """A migration whose PostgreSQL DDL is not the mechanical translation of its SQLite text (runner.queue.dialect):
+    the string is the SQLite script, unchanged; `postgres` is the same version written for PostgreSQL."""
+
+    postgres: str
+
+    def __new__(cls, sqlite: str, *, postgres: str) -> Migration:
+        migration = super().__new__(cls, sqlite)
+        migration.postgres = postgres
+        return migration
+
+
+def postgres_script(migration: str) -> str:
+    """A migration as PostgreSQL runs it: its side-by-side text, else its SQLite text translated."""
+    from runner.queue.dialect import postgres_ddl
+
+    return migration.postgres if isinstance(migration, Migration) else postgres_ddl(migration)
+
+
+# Schema migrations, applied in order; PRAGMA user_version counts the applied ones (on PostgreSQL the row of
+# forgeci_schema). Never edit a released entry: append a new script (ALTER TABLE ... ADD COLUMN, CREATE TABLE ...)
+# so existing data is kept. A plain string serves both backends (translated for PostgreSQL); where they differ
+# (triggers, SQLite-only functions), a Migration keeps both texts side by side.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE jobs (
@@ -101,7 +124,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 4: one metrics row per finished job (bot.metrics). A trigger writes it, so every path that ends a job
     # (complete, retries used up, a queued job cancelled) records one in the same transaction; kept in time
     # order apart from `jobs`, so a range query reads a small slice of a small table, and outlives job retention.
-    """
+    Migration("""
     CREATE TABLE job_metrics (
         finished_at REAL    NOT NULL,
         job_id      INTEGER NOT NULL,
@@ -121,7 +144,33 @@ MIGRATIONS: tuple[str, ...] = (
                NEW.cache_hit
         FROM (SELECT name, started_at, finished_at FROM steps WHERE job_id = NEW.id ORDER BY idx);
     END;
-    """,
+    """, postgres="""
+    CREATE TABLE job_metrics (
+        finished_at DOUBLE PRECISION NOT NULL,
+        job_id      BIGINT NOT NULL,
+        state       TEXT   NOT NULL,
+        duration    DOUBLE PRECISION,
+        steps       BIGINT NOT NULL,
+        step_times  TEXT   NOT NULL DEFAULT '[]',
+        cache_hit   BIGINT,
+        PRIMARY KEY (finished_at, job_id)
+    );
+    CREATE FUNCTION job_metrics_on_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO job_metrics (finished_at, job_id, state, duration, steps, step_times, cache_hit)
+        SELECT coalesce(NEW.finished_at, extract(epoch FROM clock_timestamp())), NEW.id, NEW.state,
+               NEW.finished_at - NEW.started_at, count(*),
+               coalesce(json_agg(json_build_array(name, finished_at - started_at) ORDER BY idx)::text, '[]'),
+               NEW.cache_hit
+        FROM steps WHERE job_id = NEW.id
+        ON CONFLICT (finished_at, job_id) DO UPDATE SET state = EXCLUDED.state, duration = EXCLUDED.duration,
+            steps = EXCLUDED.steps, step_times = EXCLUDED.step_times, cache_hit = EXCLUDED.cache_hit;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER job_metrics_on_finish AFTER UPDATE OF state ON jobs FOR EACH ROW
+        WHEN (NEW.state NOT IN ('queued', 'running') AND OLD.state IN ('queued', 'running'))
+        EXECUTE FUNCTION job_metrics_on_finish();
+    """),
     # 5: pipelines of many jobs (runner/queue/pipelines.py). A job of a pipeline carries its name, its member
     # display name, its needs and `if`; it waits `blocked` (queued, not claimable) until its needs are done.
     # Jobs without a pipeline (older rows, tests) behave as before.

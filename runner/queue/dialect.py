@@ -1,0 +1,150 @@
+"""The queue's SQL dialects: its statements are written once, for SQLite, and translated here for PostgreSQL.
+
+What translates mechanically does so (`postgres()` for statements, `postgres_ddl()` for migration scripts):
+placeholders (`?` -> `%s`, `:name` -> `%(name)s`, a literal `%` -> `%%`), `INSERT OR IGNORE` -> `ON CONFLICT DO
+NOTHING`, `INSERT OR REPLACE` -> an upsert on the table's key (KEYS), `INDEXED BY` hints (dropped: PostgreSQL's
+planner has statistics), `ifnull`/`char`/two-argument `max`/`min`, the reserved word `user` as a column (quoted),
+and column types. What does not (triggers, `json_each`, `json_patch`, temporary triggers calling Python) is written
+for PostgreSQL beside the SQLite text: per migration in schema.py (`Migration.postgres`), per statement where the
+query lives.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+# The conflict target of the tables written with INSERT OR REPLACE (SQLite replaces on any unique key; these
+# tables have one key each, apart from agent_tokens' token_hash, which is random and so never collides).
+KEYS: dict[str, tuple[str, ...]] = {
+    "agent_tokens": ("name",),
+    "job_caches": ("job_id", "attempt", "name"),
+    "snapshots": ("job_id",),
+    "job_metrics": ("finished_at", "job_id"),
+}
+
+_TOKEN = re.compile(
+    r"""(?P<str>'(?:[^']|'')*')|(?P<ident>"(?:[^"]|"")*")|(?P<comment>--[^\n]*)"""
+    r"""|(?P<cast>::)|(?P<qmark>\?)|(?P<named>:[A-Za-z_]\w*)|(?P<pct>%)|(?P<word>[A-Za-z_]\w*)|(?P<other>.)""",
+    re.S,
+)
+_REPLACE = re.compile(r"\bINSERT\s+OR\s+REPLACE\s+INTO\s+(\w+)\s*\(([^)]*)\)", re.I)
+_IGNORE = re.compile(r"\bINSERT\s+OR\s+IGNORE\s+INTO\b", re.I)
+_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
+_RENAMED = {"ifnull": "coalesce", "char": "chr"}
+_GREATEST = {"max": "greatest", "min": "least"}
+
+
+@lru_cache(maxsize=1024)
+def postgres(sql: str) -> str:
+    """One SQLite statement (with placeholders) as PostgreSQL runs it through psycopg."""
+    return _translate(sql, placeholders=True, ddl=False)
+
+
+def postgres_ddl(script: str) -> str:
+    """A migration script's statements as PostgreSQL DDL (no placeholders: psycopg leaves `%` alone then)."""
+    from runner.queue.schema import _statements as statements
+
+    return "\n".join(_translate(statement, placeholders=False, ddl=True) for statement in statements(script))
+
+
+def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
+    conflict = ""
+    if match := _REPLACE.search(sql):
+        table, columns = match.group(1), [c.strip() for c in match.group(2).split(",")]
+        if table not in KEYS:
+            raise ValueError(f"INSERT OR REPLACE INTO {table}: name its key in runner.queue.dialect.KEYS")
+        updates = ", ".join(f"{_column(c)} = EXCLUDED.{_column(c)}" for c in columns if c not in KEYS[table])
+        conflict = f" ON CONFLICT ({', '.join(map(_column, KEYS[table]))}) " + \
+            (f"DO UPDATE SET {updates}" if updates else "DO NOTHING")
+        sql = sql[:match.start()] + f"INSERT INTO {table} ({match.group(2)})" + sql[match.end():]
+    elif _IGNORE.search(sql):
+        conflict = " ON CONFLICT DO NOTHING"
+        sql = _IGNORE.sub("INSERT INTO", sql, count=1)
+    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(sql)]
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        kind, text = tokens[i]
+        low = text.lower()
+        if kind == "qmark" and placeholders:
+            text = "%s"
+        elif kind == "named" and placeholders:
+            text = f"%({text[1:]})s"
+        elif kind == "pct" and placeholders:
+            text = "%%"
+        elif kind == "word" and low == "indexed" and _word(tokens, i + 1) == "by":
+            i = _skip_word(tokens, _skip_word(tokens, i + 1) + 1)  # INDEXED BY name
+            continue
+        elif kind == "word" and low == "returning" and conflict:
+            out.append(conflict.strip() + " ")
+            conflict = ""
+        elif kind == "word" and low == "user":
+            text = '"user"'
+        elif kind == "word" and low in _RENAMED and _next_char(tokens, i + 1) == "(":
+            text = _RENAMED[low]
+        elif kind == "word" and low in _GREATEST and _arguments(tokens, i + 1) > 1:
+            text = _GREATEST[low]
+        elif kind == "word" and ddl and text.upper() in _TYPES:
+            text = _ddl_type(tokens, i, text.upper())
+        elif kind == "word" and ddl and low == "without" and _word(tokens, i + 1) == "rowid":
+            i = _skip_word(tokens, i + 1) + 1
+            continue
+        out.append(text)
+        i += 1
+    result = "".join(out).rstrip()
+    if conflict:
+        result = result.rstrip(";").rstrip() + conflict + (";" if result.endswith(";") else "")
+    return result
+
+
+def _column(name: str) -> str:
+    return '"user"' if name.lower() == "user" else name
+
+
+def _ddl_type(tokens: list[tuple[str | None, str]], i: int, upper: str) -> str:
+    """INTEGER PRIMARY KEY is SQLite's rowid alias: an identity column (explicit values allowed, never reused)."""
+    if upper == "INTEGER" and _word(tokens, i + 1) == "primary" and _word(tokens, _skip_word(tokens, i + 1) + 1) \
+            == "key":
+        return "BIGINT GENERATED BY DEFAULT AS IDENTITY"
+    return _TYPES[upper]
+
+
+def _skip_word(tokens: list[tuple[str | None, str]], i: int) -> int:
+    """The index of the next word token at or after i (whitespace and comments skipped)."""
+    while i < len(tokens) and tokens[i][0] != "word":
+        i += 1
+    return i
+
+
+def _word(tokens: list[tuple[str | None, str]], i: int) -> str | None:
+    while i < len(tokens) and (tokens[i][0] == "comment" or tokens[i][1].isspace()):
+        i += 1
+    return tokens[i][1].lower() if i < len(tokens) and tokens[i][0] == "word" else None
+
+
+def _next_char(tokens: list[tuple[str | None, str]], i: int) -> str | None:
+    while i < len(tokens) and tokens[i][1].isspace():
+        i += 1
+    return tokens[i][1] if i < len(tokens) else None
+
+
+def _arguments(tokens: list[tuple[str | None, str]], i: int) -> int:
+    """How many arguments the call starting at tokens[i] ('(') has; 0 when it is not a call."""
+    while i < len(tokens) and tokens[i][1].isspace():
+        i += 1
+    if i >= len(tokens) or tokens[i][1] != "(":
+        return 0
+    depth, count = 0, 1
+    for kind, text in tokens[i:]:
+        if kind != "other":
+            continue
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+            if depth == 0:
+                return count
+        elif text == "," and depth == 1:
+            count += 1
+    return count
