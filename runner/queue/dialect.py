@@ -32,6 +32,12 @@ _REPLACE = re.compile(r"\bINSERT\s+OR\s+REPLACE\s+INTO\s+(\w+)\s*\(([^)]*)\)", r
 _IGNORE = re.compile(r"\bINSERT\s+OR\s+IGNORE\s+INTO\b", re.I)
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
 _RENAMED = {"ifnull": "coalesce", "char": "chr"}
+# The columns SQLite uses as booleans (0/1 in INTEGER): bare in a condition, PostgreSQL needs `<> 0`.
+FLAGS = frozenset({"blocked", "cancel_requested", "fork", "cascaded", "fail_fast", "continue_on_error",
+                   "infra_retry"})
+_CONDITION_BEFORE = frozenset({"not", "and", "or", "when", "where", "("})
+_CONDITION_AFTER = frozenset({"and", "or", "then", ")", None, "order", "group", "limit", "returning"})
+_NOT_OPERAND = frozenset({"null", "not", "true", "false", "distinct"})
 _GREATEST = {"max": "greatest", "min": "least"}
 
 
@@ -71,16 +77,28 @@ def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
             text = "%s"
         elif kind == "named" and placeholders:
             text = f"%({text[1:]})s"
-        elif kind == "pct" and placeholders:
-            text = "%%"
+        elif kind in ("pct", "str", "ident") and placeholders:
+            text = text.replace("%", "%%")  # psycopg reads every % as a placeholder's, inside literals too
         elif kind == "word" and low == "indexed" and _word(tokens, i + 1) == "by":
-            i = _skip_word(tokens, _skip_word(tokens, i + 1) + 1)  # INDEXED BY name
+            i = _skip_word(tokens, _skip_word(tokens, i + 1) + 1) + 1  # INDEXED BY name
             continue
         elif kind == "word" and low == "returning" and conflict:
             out.append(conflict.strip() + " ")
             conflict = ""
         elif kind == "word" and low == "user":
             text = '"user"'
+        elif kind == "word" and low == "is" and _word(tokens, i + 1) not in _NOT_OPERAND:
+            text = "IS NOT DISTINCT FROM"  # SQLite's IS compares any values, NULL-safe
+        elif kind == "word" and low == "not" and _prev_significant(out) == "is" \
+                and _word(tokens, i + 1) not in _NOT_OPERAND:
+            out[_last_significant(out)] = "IS"
+            text = "DISTINCT FROM"
+        elif kind == "word" and low in FLAGS and _is_condition(tokens, i, out):
+            text = f"({_flag_name(out, text)} <> 0)"
+        elif kind == "word" and low == "json_each" and _next_char(tokens, i + 1) == "(":
+            text, i = _json_each(tokens, i + 1, placeholders)
+            out.append(text)
+            continue
         elif kind == "word" and low in _RENAMED and _next_char(tokens, i + 1) == "(":
             text = _RENAMED[low]
         elif kind == "word" and low in _GREATEST and _arguments(tokens, i + 1) > 1:
@@ -148,3 +166,72 @@ def _arguments(tokens: list[tuple[str | None, str]], i: int) -> int:
         elif text == "," and depth == 1:
             count += 1
     return count
+
+
+def _significant(out: list[str]) -> list[int]:
+    return [k for k, text in enumerate(out) if not text.isspace()]
+
+
+def _last_significant(out: list[str]) -> int:
+    return _significant(out)[-1]
+
+
+def _prev_significant(out: list[str]) -> str | None:
+    found = _significant(out)
+    return out[found[-1]].lower() if found else None
+
+
+def _flag_name(out: list[str], text: str) -> str:
+    """A qualified flag (`q.blocked`): the qualifier already went out; take it back into the parentheses."""
+    found = _significant(out)
+    if len(found) >= 2 and out[found[-1]] == "." and out[found[-2]][:1].isalpha():
+        qualifier = out[found[-2]]
+        del out[found[-2]:]
+        return f"{qualifier}.{text}"
+    return text
+
+
+def _is_condition(tokens: list[tuple[str | None, str]], i: int, out: list[str]) -> bool:
+    found = _significant(out)
+    before = out[found[-1]].lower() if found else None
+    if before == "." and len(found) >= 3:
+        before = out[found[-3]].lower()
+    j = i + 1
+    while j < len(tokens) and (tokens[j][1].isspace() or tokens[j][0] == "comment"):
+        j += 1
+    after = tokens[j][1].lower() if j < len(tokens) else None
+    return before in _CONDITION_BEFORE and after in _CONDITION_AFTER
+
+
+def _json_each(tokens: list[tuple[str | None, str]], i: int, placeholders: bool) -> tuple[str, int]:
+    """json_each(X) / json_each(X, '$.key') -> the elements of X's array (as text, in a column named value)."""
+    args, end = _argument_spans(tokens, i)
+    first = _translate("".join(t for _, t in tokens[args[0][0]:args[0][1]]), placeholders=placeholders, ddl=False)
+    if len(args) == 1:
+        return f"json_array_elements_text(({first})::json)", end
+    path = "".join(t for _, t in tokens[args[1][0]:args[1][1]]).strip()
+    if not re.fullmatch(r"'\$\.\w+'", path):
+        raise ValueError(f"json_each path {path}: only '$.key' translates")
+    return f"json_array_elements_text(({first})::json -> '{path[3:-1]}')", end
+
+
+def _argument_spans(tokens: list[tuple[str | None, str]], i: int) -> tuple[list[tuple[int, int]], int]:
+    """The token ranges of the arguments of the call whose '(' is at or after i, and the index after its ')'."""
+    while tokens[i][1] != "(":
+        i += 1
+    depth, start, spans = 0, i + 1, []
+    for j in range(i, len(tokens)):
+        kind, text = tokens[j]
+        if kind != "other":
+            continue
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+            if depth == 0:
+                spans.append((start, j))
+                return spans, j + 1
+        elif text == "," and depth == 1:
+            spans.append((start, j))
+            start = j + 1
+    raise ValueError("unbalanced parentheses")

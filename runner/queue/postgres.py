@@ -59,12 +59,20 @@ class PostgresCursor:
 class PostgresConnection:
     """One pooled connection inside one transaction, running SQLite-dialect statements."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], overrides: Mapping[str, tuple[str, ...]] | None = None) -> None:
         self.raw = conn
+        self._overrides = overrides or {}
 
     def execute(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PostgresCursor:
-        translated, returns_id = _statement(statement)
-        cursor = self.raw.cursor()
+        # Client-side binding, as sqlite3 does: a NULL parameter needs no type, the same SQL serves both.
+        cursor = psycopg.ClientCursor(self.raw)
+        if (override := self._overrides.get(statement)) is not None:
+            *before, translated = override  # statements of its own first (a lock), then the statement itself
+            for prelude in before:
+                cursor.execute(prelude, _params(params))
+            returns_id = False
+        else:
+            translated, returns_id = _statement(statement)
         cursor.execute(translated, _params(params))
         lastrowid = None
         if returns_id:
@@ -74,7 +82,7 @@ class PostgresConnection:
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any] | Mapping[str, Any]]) -> None:
         translated = postgres(statement)
-        with self.raw.cursor() as cursor:
+        with psycopg.ClientCursor(self.raw) as cursor:
             cursor.executemany(translated, [_params(row) for row in rows])
 
     def notify(self, channel: str = WAKE_CHANNEL, payload: str = "") -> None:
@@ -129,12 +137,15 @@ class PostgresDatabase:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[PostgresConnection]:
+    def transaction(self, now: float | None = None,
+                    overrides: Mapping[str, tuple[str, ...]] | None = None) -> Iterator[PostgresConnection]:
         """One READ COMMITTED transaction: claims lock the rows they take (FOR UPDATE SKIP LOCKED), as SQLite's
         BEGIN IMMEDIATE serializes them; a failure rolls back and surfaces as QueueError."""
         try:
             with self._pool.connection() as conn, conn.transaction():
-                yield PostgresConnection(conn)
+                if now is not None:  # the queue's clock, for triggers (forgeci_usage): SQLite calls it in Python
+                    conn.execute("SELECT set_config('forgeci.now', %s, true)", (repr(float(now)),))
+                yield PostgresConnection(conn, overrides)
         except psycopg.Error as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: {_first_line(exc)}") from exc
         except PoolTimeout as exc:

@@ -13,19 +13,23 @@ class Migration(str):
     """A migration whose PostgreSQL DDL is not the mechanical translation of its SQLite text (runner.queue.dialect):
     the string is the SQLite script, unchanged; `postgres` is the same version written for PostgreSQL."""
 
-    postgres: str
+    postgres: str | None
+    postgres_after: str
 
-    def __new__(cls, sqlite: str, *, postgres: str) -> Migration:
+    def __new__(cls, sqlite: str, *, postgres: str | None = None, postgres_after: str = "") -> Migration:
         migration = super().__new__(cls, sqlite)
-        migration.postgres = postgres
+        migration.postgres, migration.postgres_after = postgres, postgres_after
         return migration
 
 
 def postgres_script(migration: str) -> str:
-    """A migration as PostgreSQL runs it: its side-by-side text, else its SQLite text translated."""
+    """A migration as PostgreSQL runs it: its own text, else its SQLite text translated (and `postgres_after`:
+    what only PostgreSQL needs, such as the triggers SQLite installs per connection)."""
     from runner.queue.dialect import postgres_ddl
 
-    return migration.postgres if isinstance(migration, Migration) else postgres_ddl(migration)
+    if isinstance(migration, Migration):
+        return migration.postgres or postgres_ddl(migration) + "\n" + migration.postgres_after
+    return postgres_ddl(migration)
 
 
 # Schema migrations, applied in order; PRAGMA user_version counts the applied ones (on PostgreSQL the row of
@@ -303,7 +307,7 @@ MIGRATIONS: tuple[str, ...] = (
     # quotas and usage (runner/queue/quotas.py, runner/queue/usage.py): the repository's `owner/repo` slug and
     # the triggering user, written at enqueue (temporary triggers of each connection call the one slug parser,
     # runner.repos); one usage row per attempt, kept 13 months (job_metrics: 8 days, last attempt only).
-    """
+    Migration("""
     ALTER TABLE jobs ADD COLUMN slug TEXT;
     ALTER TABLE jobs ADD COLUMN user TEXT;
     ALTER TABLE pipelines ADD COLUMN slug TEXT;
@@ -323,7 +327,22 @@ MIGRATIONS: tuple[str, ...] = (
         infra_retry INTEGER NOT NULL DEFAULT 0     -- the attempt ended in an infrastructure fault and was retried
     );
     CREATE INDEX usage_ended ON usage (ended_at);
-    """,
+    """, postgres_after="""
+    -- runner/queue/usage.py's temporary trigger, for good; its clock is the transaction's forgeci.now.
+    CREATE FUNCTION forgeci_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE e DOUBLE PRECISION := coalesce(NEW.finished_at, nullif(current_setting('forgeci.now', true), '')::float8,
+                                           extract(epoch FROM clock_timestamp()));
+    BEGIN
+        INSERT INTO usage (job_id, attempt, pipeline_id, slug, "user", runner, state, started_at, ended_at, seconds,
+                           infra_retry)
+        VALUES (NEW.id, OLD.attempts, NEW.pipeline_id, coalesce(NEW.slug, ''), NEW."user", OLD.runner_id, NEW.state,
+                OLD.started_at, e, greatest(0, e - OLD.started_at), (NEW.state = 'queued')::int);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER forgeci_usage AFTER UPDATE OF state ON jobs FOR EACH ROW
+        WHEN (OLD.state = 'running' AND NEW.state <> 'running' AND OLD.started_at IS NOT NULL)
+        EXECUTE FUNCTION forgeci_usage();
+    """),
     # agent tokens (forgeci agents token create|revoke): only a token's sha256 is kept
     """
     CREATE TABLE agent_tokens (
