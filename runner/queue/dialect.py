@@ -93,10 +93,17 @@ def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
                 and _word(tokens, i + 1) not in _NOT_OPERAND:
             out[_last_significant(out)] = "IS"
             text = "DISTINCT FROM"
+        elif kind == "word" and low in FLAGS and _prev_significant(out) in ("set", ",") \
+                and (end := _assigned_condition(tokens, i)):
+            value = _translate("".join(t for _, t in tokens[end[0]:end[1]]), placeholders=placeholders, ddl=False)
+            out.append(f"{text} = ({value})::int")  # `flag = a != b`: SQLite stores the comparison's 0/1
+            i = end[1]
+            continue
         elif kind == "word" and low in FLAGS and _is_condition(tokens, i, out):
             text = f"({_flag_name(out, text)} <> 0)"
-        elif kind == "word" and low == "json_each" and _next_char(tokens, i + 1) == "(":
-            text, i = _json_each(tokens, i + 1, placeholders)
+        elif kind == "word" and low in ("json_each", "json_patch") and _next_char(tokens, i + 1) == "(":
+            text, i = (_json_each if low == "json_each" else _json_patch)(tokens, i + 1, placeholders)
+            _cast_ids(out)
             out.append(text)
             continue
         elif kind == "word" and low in _RENAMED and _next_char(tokens, i + 1) == "(":
@@ -215,6 +222,21 @@ def _json_each(tokens: list[tuple[str | None, str]], i: int, placeholders: bool)
     return f"json_array_elements_text(({first})::json -> '{path[3:-1]}')", end
 
 
+def _cast_ids(out: list[str]) -> None:
+    """`x_id IN (SELECT value FROM json_each(...))`: the elements come as text; ids compare as numbers."""
+    found = _significant(out)
+    if len(found) >= 6 and [out[k].lower() for k in found[-5:]] == ["in", "(", "select", "value", "from"] \
+            and (out[found[-6]].lower() == "id" or out[found[-6]].lower().endswith("_id")):
+        out[found[-2]] = "value::bigint"
+
+
+def _json_patch(tokens: list[tuple[str | None, str]], i: int, placeholders: bool) -> tuple[str, int]:
+    """json_patch(A, B) on the flat objects the queue patches (a job's env): B's keys over A's (jsonb ||)."""
+    args, end = _argument_spans(tokens, i)
+    a, b = (_translate("".join(t for _, t in tokens[x:y]), placeholders=placeholders, ddl=False) for x, y in args)
+    return f"(({a})::jsonb || ({b})::jsonb)::text", end
+
+
 def _argument_spans(tokens: list[tuple[str | None, str]], i: int) -> tuple[list[tuple[int, int]], int]:
     """The token ranges of the arguments of the call whose '(' is at or after i, and the index after its ')'."""
     while tokens[i][1] != "(":
@@ -235,3 +257,29 @@ def _argument_spans(tokens: list[tuple[str | None, str]], i: int) -> tuple[list[
             spans.append((start, j))
             start = j + 1
     raise ValueError("unbalanced parentheses")
+
+
+def _assigned_condition(tokens: list[tuple[str | None, str]], i: int) -> tuple[int, int] | None:
+    """For `flag = <expr>` in a SET list: the token range of <expr> when it is a comparison, else None."""
+    j = i + 1
+    while j < len(tokens) and tokens[j][1].isspace():
+        j += 1
+    if j >= len(tokens) or tokens[j][1] != "=":
+        return None
+    start = j + 1
+    depth, compares = 0, False
+    for k in range(start, len(tokens)):
+        kind, text = tokens[k]
+        if kind == "other" and text == "(":
+            depth += 1
+        elif kind == "other" and text == ")":
+            depth -= 1
+            if depth < 0:
+                return (start, k) if compares else None
+        elif depth == 0 and (kind == "other" and text == "," or kind == "word" and text.lower() in
+                             ("where", "returning", "from")):
+            return (start, k) if compares else None
+        elif depth == 0 and (kind == "other" and text in "<>!" or kind == "word" and text.lower() in
+                             ("is", "in", "like", "and", "or", "not")):
+            compares = True
+    return (start, len(tokens)) if compares else None
