@@ -81,6 +81,8 @@ def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
             text = text.replace("%", "%%")  # psycopg reads every % as a placeholder's, inside literals too
         elif kind == "word" and low == "indexed" and _word(tokens, i + 1) == "by":
             i = _skip_word(tokens, _skip_word(tokens, i + 1) + 1) + 1  # INDEXED BY name
+            while out and out[-1] in (" ", "\t"):
+                out.pop()
             continue
         elif kind == "word" and low == "returning" and conflict:
             out.append(conflict.strip() + " ")
