@@ -29,6 +29,7 @@ _TOKEN = re.compile(
     re.S,
 )
 _REPLACE = re.compile(r"\bINSERT\s+OR\s+REPLACE\s+INTO\s+(\w+)\s*\(([^)]*)\)", re.I)
+_NULL_ID = re.compile(r"\bINSERT\s+INTO\s+(\w+)\s*\(\s*id\s*,([^)]*)\)\s*VALUES\s*\(\s*NULL\s*,", re.I)
 _IGNORE = re.compile(r"\bINSERT\s+OR\s+IGNORE\s+INTO\b", re.I)
 _TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
 _RENAMED = {"ifnull": "coalesce", "char": "chr"}
@@ -56,6 +57,7 @@ def postgres_ddl(script: str) -> str:
 
 def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
     conflict = ""
+    sql = _NULL_ID.sub(r"INSERT INTO \1 (\2) VALUES (", sql)  # SQLite numbers a NULL id; PostgreSQL's default does
     if match := _REPLACE.search(sql):
         table, columns = match.group(1), [c.strip() for c in match.group(2).split(",")]
         if table not in KEYS:
@@ -103,6 +105,10 @@ def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
             continue
         elif kind == "word" and low in FLAGS and _is_condition(tokens, i, out):
             text = f"({_flag_name(out, text)} <> 0)"
+        elif kind == "word" and low in ("sum", "total") and _next_char(tokens, i + 1) == "(":
+            text, i = _sum(tokens, i + 1, placeholders, low)
+            out.append(text)
+            continue
         elif kind == "word" and low in ("json_each", "json_patch") and _next_char(tokens, i + 1) == "(":
             text, i = (_json_each if low == "json_each" else _json_patch)(tokens, i + 1, placeholders)
             _cast_ids(out)
@@ -222,6 +228,17 @@ def _json_each(tokens: list[tuple[str | None, str]], i: int, placeholders: bool)
     if not re.fullmatch(r"'\$\.\w+'", path):
         raise ValueError(f"json_each path {path}: only '$.key' translates")
     return f"json_array_elements_text(({first})::json -> '{path[3:-1]}')", end
+
+
+def _sum(tokens: list[tuple[str | None, str]], i: int, placeholders: bool, name: str) -> tuple[str, int]:
+    """sum(a = b) counts in SQLite (a comparison is 0/1); total(x) is a float sum that is 0.0 over no rows."""
+    args, end = _argument_spans(tokens, i)
+    inner = "".join(t for _, t in tokens[args[0][0]:args[0][1]])
+    value = _translate(inner, placeholders=placeholders, ddl=False)
+    if any(kind == "other" and text in "=<>!" or kind == "word" and text.lower() in ("is", "in", "like")
+           for kind, text in tokens[args[0][0]:args[0][1]]):
+        value = f"({value})::int"
+    return (f"coalesce(sum({value}), 0.0)" if name == "total" else f"sum({value})"), end
 
 
 def _cast_ids(out: list[str]) -> None:

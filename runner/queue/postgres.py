@@ -203,7 +203,16 @@ class Listener:
         self._conn.close()
 
 
+class _NumberLoader(psycopg.adapt.Loader):
+    """numeric (what sum() over BIGINT gives) as sqlite3 answers: an int when whole, else a float."""
+
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_loader("numeric", _NumberLoader)
     conn.execute("SET synchronous_commit = on")  # see the module's doc: a 202 means committed
     conn.commit()
 

@@ -51,6 +51,9 @@ SPEC = JobSpec(repo="https://git.example.test/acme/app.git", ref="refs/heads/mai
     ("SELECT 1 WHERE a NOT IN (SELECT value FROM json_each(:q, '$.s'))",
      "SELECT 1 WHERE a NOT IN (SELECT value FROM json_array_elements_text((%(q)s)::json -> 's'))"),
     ("UPDATE jobs SET env = json_patch(env, ?)", "UPDATE jobs SET env = ((env)::jsonb || ( %s)::jsonb)::text"),
+    ("SELECT sum(state = 'success'), total(duration), sum(size) FROM t",
+     "SELECT sum((state = 'success')::int), coalesce(sum(duration), 0.0), sum(size) FROM t"),
+    ("INSERT INTO artifacts (id, job_id) VALUES (NULL, ?)", "INSERT INTO artifacts ( job_id) VALUES ( %s)"),
 ])
 def test_statements_translate_to_postgresql(sqlite: str, expected: str) -> None:
     assert postgres(sqlite) == expected
@@ -137,9 +140,11 @@ def test_the_metrics_and_usage_triggers_write_their_rows_on_postgresql(pg_url: s
 # -- durability, wake-ups, reconnecting -----------------------------------------------------------------
 
 
-def test_every_connection_commits_synchronously(pg_url: str) -> None:
+def test_every_connection_commits_synchronously_and_sums_read_as_numbers(pg_url: str) -> None:
     with PostgresDatabase(pg_url) as db, db.transaction() as conn:
         assert conn.raw.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        assert conn.execute("SELECT sum(x), sum(y) FROM (VALUES (2::bigint, 0.5::float8), (3, 1)) AS t (x, y)"
+                            ).fetchone() == (5, 1.5)
 
 
 def test_a_notify_wakes_a_listener_when_its_transaction_commits_and_never_for_a_rollback(pg_url: str) -> None:
