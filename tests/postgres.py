@@ -47,7 +47,8 @@ class Cluster:
             raise RuntimeError(f"{' '.join(argv[:2])} failed ({result.returncode}): {result.stderr or result.stdout}")
         return result
 
-    def start(self) -> None:
+    def start(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
         self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
                   "-E", "UTF8", "--locale=C", "--no-sync")
         self._start()
@@ -55,7 +56,8 @@ class Cluster:
     def _start(self) -> None:
         # No TCP; fsync off: a throwaway cluster trades durability for speed (forgeci's own connections still set
         # synchronous_commit, which the tests check).
-        options = f"-k {self.socket} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        options = (f"-k {self.socket} -c listen_addresses='' -c fsync={'on' if getattr(self, 'fsync', False) else 'off'}"
+                   " -c max_connections=200")
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
                   "-t", "60", "-o", options, "start")
 
