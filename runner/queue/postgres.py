@@ -7,8 +7,7 @@ default is lower): COMMIT returns only when the WAL is flushed (and, with a sync
 202 to a webhook means its jobs survive a crash of PostgreSQL or of its machine. Concurrent committers share one
 WAL flush (group commit), so this costs little under load; `off` would lose acknowledged work on a crash.
 
-Not yet the whole backend: the query mixins (runner.queue.jobs ...) still run on QueueBase's sqlite3 connection,
-and `forgeci serve` refuses `[queue] url` until they run here too.
+runner.queue.postgres_queue.PostgresQueue runs the whole Queue on it; `forgeci serve` does not open it yet.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ WAKE_CHANNEL = "forgeci_queue"  # NOTIFY on it when a job becomes claimable; LIS
 # The tables whose rows SQLite numbers itself (INTEGER PRIMARY KEY id): an INSERT into one returns its id.
 IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications", "usage"})
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.I)
+_WRITES_JOBS = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+jobs\b", re.I)
 _SCHEMA_LOCK = 0x666F7267  # pg_advisory_xact_lock key: one migrator at a time across coordinators
 
 
@@ -62,9 +62,11 @@ class PostgresConnection:
     def __init__(self, conn: psycopg.Connection[Any], overrides: Mapping[str, tuple[str, ...]] | None = None) -> None:
         self.raw = conn
         self._overrides = overrides or {}
+        self.wrote_jobs = False  # an INSERT or UPDATE of jobs ran: claimers elsewhere may have work (or a slot)
 
     def execute(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PostgresCursor:
         # Client-side binding, as sqlite3 does: a NULL parameter needs no type, the same SQL serves both.
+        self.wrote_jobs = self.wrote_jobs or bool(_WRITES_JOBS.match(statement))
         cursor = psycopg.ClientCursor(self.raw)
         if (override := self._overrides.get(statement)) is not None:
             *before, translated = override  # statements of its own first (a lock), then the statement itself

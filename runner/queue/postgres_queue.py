@@ -2,8 +2,9 @@
 
 Statements run translated (runner.queue.dialect); the few whose PostgreSQL form is not a translation are in
 OVERRIDES, keyed by the SQLite statement itself, so a changed statement can never pick up a stale twin. Work in
-progress (issue 26): `forgeci serve` does not open it yet, and tests/runner/test_queue_contract.py runs the parts
-listed there on both backends.
+progress (issue 26): `forgeci serve` does not open it yet; the contract suite, the state machine and the
+multi-process tests run on both backends. A transaction that wrote `jobs` NOTIFYs WAKE_CHANNEL at its commit; the
+worker pool still wakes in-process only (several coordinators LISTENing is the next step).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class PostgresQueue(Queue):
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[PostgresConnection]:  # type: ignore[override]
         with self._db.transaction(now=self._clock(), overrides=OVERRIDES) as conn:
             yield conn
+            if conn.wrote_jobs:  # delivered at commit to every LISTENer (no dispatcher listens yet)
+                conn.notify(WAKE_CHANNEL)
 
     def _migrate(self) -> None:
         """PostgresDatabase migrated at connect; the usage trigger is part of the PostgreSQL schema."""

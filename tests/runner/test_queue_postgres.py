@@ -162,6 +162,19 @@ def test_a_notify_wakes_a_listener_when_its_transaction_commits_and_never_for_a_
             listener.close()
 
 
+def test_a_transaction_that_writes_jobs_wakes_the_listeners_of_every_queue_object(pg_url: str) -> None:
+    with PostgresQueue(pg_url) as producer, PostgresQueue(pg_url) as consumer:
+        listener = consumer.listener()
+        try:
+            assert producer.active_counts() is not None and not listener.wait(0.2)  # reads wake no one
+            job_id = producer.enqueue(SPEC)
+            assert listener.wait(10)
+            assert consumer.claim("r1", 60).id == job_id
+            assert listener.wait(10)  # the claim changed jobs too (a slot is taken; others learn it the same way)
+        finally:
+            listener.close()
+
+
 def test_the_queue_reconnects_after_postgresql_restarts_and_keeps_every_job(pg_cluster: Cluster,
                                                                           pg_url: str) -> None:
     with PostgresQueue(pg_url) as q:
