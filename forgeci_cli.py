@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from client.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from client.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_now
 from config.errors import ConfigError, ForgeciError
 
 CONFIG_HELP = "settings file (default: $FORGECI_CONFIG, then ./forgeci.toml)"
@@ -119,21 +119,35 @@ def is_loopback(host: str) -> bool:
 
 def cmd_run(args: argparse.Namespace) -> int:
     return run_checkout(args.config, Path(args.path), step=args.step, jobs=args.job, with_needs=args.with_needs,
-                        parallel=args.parallel)
+                        parallel=args.parallel, timings=args.timings)
 
 
 def run_checkout(config: str | None, path: Path, *, step: str | None = None, jobs: Sequence[str] = (),
-                 with_needs: bool = False, parallel: int | None = None) -> int:
-    """`forgeci run` (and `forgeci init --run`): the checkout's pipeline on this machine's engine."""
+                 with_needs: bool = False, parallel: int | None = None, timings: bool = False) -> int:
+    """`forgeci run` (and `forgeci init --run`): the checkout's pipeline on this machine's engine; `timings`:
+    print every phase's time after the summary (`--timings`)."""
     import asyncio
+    import time
 
+    from runner.timings import Timings, process_age
+
+    timed = Timings(since_process_start=True) if timings else None
+    if timed is not None:
+        timed.add("start-up (python, forgeci_cli)", process_age())
+    mark = time.monotonic()
     from config.settings import load_settings
     from runner.local import run_local
 
+    if timed is not None:
+        timed.add("imports (runner)", time.monotonic() - mark)
+        mark = time.monotonic()
     settings = load_settings(config)
+    if timed is not None:
+        timed.add("settings", time.monotonic() - mark)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory")
-    run = asyncio.run(run_local(settings, path, step=step, jobs=jobs, with_needs=with_needs, parallel=parallel))
+    run = asyncio.run(run_local(settings, path, step=step, jobs=jobs, with_needs=with_needs, parallel=parallel,
+                                timings=timed))
     return EXIT_OK if run.succeeded else EXIT_FAILED
 
 
@@ -336,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", metavar="NAME", help="run only this step of the one selected job")
     p.add_argument("--parallel", metavar="N", type=positive_int, default=None,
                    help="run at most N jobs at once (default: queue.max_concurrent)")
+    p.add_argument("--timings", action="store_true",
+                   help="print how long each phase took (start-up, Podman service, container, steps, clean-up)")
     add_client_commands(add)
     p = add("debug", "a shell (or CMD) inside the job's snapshot, on the server host", cmd_debug)
     p.add_argument("job", type=int)
@@ -460,8 +476,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "server", None) is None:
         args.server = default_server()
+    code = dispatch(args)
+    if argv is None and args.command == "run":  # the command itself, not a call from Python (tests)
+        exit_now(code)
+    return code
+
+
+def dispatch(args: argparse.Namespace) -> int:
     try:
-        return args.func(args)
+        return int(args.func(args))
     except ConfigError as exc:
         print(f"forgeci: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -148,14 +148,13 @@ def forgeci_app(data_dir: Path) -> web.Application:
     return create_app(settings, {"FORGECI_GITHUB_WEBHOOK_SECRET": SECRET}, workers=False)
 
 
-def stored_jobs(queue: Queue) -> int:
-    """How many jobs the deliveries made (queued or superseded), counted page by page as the API lists them."""
-    jobs, cursor = queue.list_jobs(limit=1000)
-    total = len(jobs)
-    while cursor is not None:
-        jobs, cursor = queue.list_jobs(limit=1000, cursor=cursor)
-        total += len(jobs)
-    return total
+def stored_deliveries(queue: Queue) -> int:
+    """How many deliveries were committed, each with its pipeline (a push makes a pipeline, whose jobs planning
+    adds later from the repository's file; counting jobs, as this once did, counted none)."""
+    with queue._transaction("BEGIN") as conn:  # noqa: SLF001 - a benchmark's read of the table
+        (delivered,) = conn.execute("SELECT count(*) FROM deliveries").fetchone()
+        (pipelines,) = conn.execute("SELECT count(*) FROM pipelines").fetchone()
+    return min(int(delivered), int(pipelines))
 
 
 @asynccontextmanager
@@ -204,7 +203,7 @@ async def measure(args: argparse.Namespace) -> int:
                     runs[name].append(round_runs)
             from bot.keys import RUNTIME
 
-            committed = stored_jobs(app[RUNTIME].queue)
+            committed = stored_deliveries(app[RUNTIME].queue)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -227,7 +226,7 @@ async def measure(args: argparse.Namespace) -> int:
     print(f"ratio forgeci/bare: {ratio:.2f}x median of rounds {', '.join(f'{r:.2f}' for r in ratios)} "
           f"(goal >= {GOAL_RATIO}x)")
     print(f"p99 at {args.rate:g}/s: {p99:.1f} ms worst of rounds (goal < {GOAL_P99_MS:.0f} ms); "
-          f"answers {codes}; jobs committed {committed}/{sent}")
+          f"answers {codes}; deliveries committed with their pipelines {committed}/{sent}")
     correct = committed == sent and set(codes) == {"202"}
     met = ratio >= GOAL_RATIO and p99 < GOAL_P99_MS
     print(f"goals -> {'met' if met else 'NOT met'}" + ("" if correct else "; DELIVERIES LOST OR REFUSED"))

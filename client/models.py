@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,16 @@ class CacheInfo:
 CACHE_WORDS = {"all": "hit", "some": "some hit", "none": "miss", None: "no restore"}
 
 
+def cache_text(cache: str | None, caches: Sequence[CacheInfo]) -> str:
+    """`hit`, `miss`, `no restore`, or with several entries `some hit (node hit, pip miss)`."""
+    word = CACHE_WORDS.get(cache, "no restore")
+    if len(caches) > 1:
+        return f"{'all hit' if cache == 'all' else word} ({', '.join(c.text for c in caches)})"
+    if len(caches) == 1 and caches[0].result == "fallback":
+        return f"miss ({caches[0].text})"
+    return word
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """A job as `/jobs` and `/jobs/status` return it (runner.models.Job.to_dict), plus live step progress.
@@ -123,13 +133,7 @@ class JobInfo:
 
     @property
     def cache_text(self) -> str:
-        """`hit`, `miss`, `no restore`, or with several entries `some hit (node hit, pip miss)`."""
-        word = CACHE_WORDS.get(self.cache, "no restore")
-        if len(self.caches) > 1:
-            return f"{'all hit' if self.cache == 'all' else word} ({', '.join(c.text for c in self.caches)})"
-        if len(self.caches) == 1 and self.caches[0].result == "fallback":
-            return f"miss ({self.caches[0].text})"
-        return word
+        return cache_text(self.cache, self.caches)
 
     @classmethod
     def from_dict(cls, data: object) -> JobInfo:
@@ -220,13 +224,7 @@ class PipelineJob:
 
     @property
     def cache_text(self) -> str:
-        """`hit`, `miss`, `no restore`, or with several entries `some hit (node hit, pip miss)`."""
-        word = CACHE_WORDS.get(self.cache, "no restore")
-        if len(self.caches) > 1:
-            return f"{'all hit' if self.cache == 'all' else word} ({', '.join(c.text for c in self.caches)})"
-        if len(self.caches) == 1 and self.caches[0].result == "fallback":
-            return f"miss ({self.caches[0].text})"
-        return word
+        return cache_text(self.cache, self.caches)
 
     @classmethod
     def from_dict(cls, data: object) -> PipelineJob:

@@ -16,14 +16,11 @@ from config.durations import to_duration_string
 from config.schema import (
     DURATION,
     ENV_VAR,
-    INVALID,
     STRING,
     Issues,
-    Kind,
+    array_of_tables,
     choice,
-    decode,
     describe,
-    encode,
     integer,
     matching,
     nonempty_text,
@@ -128,28 +125,7 @@ def _check(target: NotifyTarget, where: str, issues: Issues) -> None:
                 issues.add(f"{where}.smtp", f"expected a port 1..65535, got {describe(target.smtp)}")
 
 
-def _convert(value: object, path: str, issues: Issues) -> object:
-    if not isinstance(value, (list, tuple)):
-        issues.add(path, f"expected [[{path}]] tables, got {describe(value)}")
-        return INVALID
-    before = issues.count
-    targets: list[NotifyTarget] = []
-    names: dict[str, int] = {}
-    for i, raw in enumerate(value):
-        where = f"{path}[{i}]"
-        target = decode(NotifyTarget, raw, where, issues)
-        if target is INVALID:
-            continue
-        _check(target, where, issues)
-        label = target.label(i)
-        if label in names:
-            issues.add(f"{where}.name", f"duplicate name {describe(label)} (also {path}[{names[label]}])")
-        names.setdefault(label, i)
-        targets.append(target)
-    return tuple(targets) if issues.count == before else INVALID
-
-
-NOTIFY: Final = Kind("array of tables", _convert, lambda targets: [encode(t) for t in targets], NotifyTarget, "[].")
+NOTIFY: Final = array_of_tables(NotifyTarget, check=_check, name=lambda target, i: target.label(i))
 NOTIFY_DOC: Final = ("[[notify]]: announce finished pipelines on Slack, Discord, a signed webhook or by e-mail "
                      "(README, Notifications and badges)")
 

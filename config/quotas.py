@@ -8,13 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from config.schema import (
-    INVALID,
     NONEMPTY,
-    Issues,
-    Kind,
-    decode,
+    array_of_tables,
     describe,
-    encode,
     integer,
     nonempty_text,
     option,
@@ -72,16 +68,7 @@ class CostSettings:
         return bool(self.per_minute or self.per_gb_month)
 
 
-def _rules(value: object, path: str, issues: Issues) -> object:
-    if not isinstance(value, (list, tuple)):
-        issues.add(path, f"expected an array of tables ([[{path}]]), got {describe(value)}")
-        return INVALID
-    before = issues.count
-    rules = tuple(decode(QuotaRule, item, f"{path}[{i}]", issues) for i, item in enumerate(value))
-    return rules if issues.count == before else INVALID
-
-
-QUOTAS = Kind("array of tables", _rules, lambda rules: [encode(r) for r in rules], QuotaRule, "[].")
+QUOTAS = array_of_tables(QuotaRule)
 
 
 def rule_for(rules: Sequence[QuotaRule], slug: str) -> int | None:

@@ -14,7 +14,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from config.schema import (
-    INVALID, NONEMPTY, STRING_TABLE, Issues, Kind, decode, describe, encode, integer, nonempty_text, option, scalar,
+    NONEMPTY,
+    STRING_TABLE,
+    array_of_tables,
+    describe,
+    integer,
+    nonempty_text,
+    option,
+    scalar,
 )
 
 NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # in URLs (/schedules/{name}/run) and group names
@@ -78,29 +85,7 @@ class ScheduleSpec:
             return None
 
 
-def _convert(value: object, path: str, issues: Issues) -> object:
-    if not isinstance(value, (list, tuple)):
-        issues.add(path, f"expected [[{path}]] tables, got {describe(value)}")
-        return INVALID
-    if len(value) > MAX_SCHEDULES:
-        issues.add(path, f"at most {MAX_SCHEDULES} schedules, got {len(value)}")
-        return INVALID
-    before = issues.count
-    found: list[ScheduleSpec] = []
-    first: dict[str, int] = {}
-    for i, item in enumerate(value):
-        spec = decode(ScheduleSpec, item, f"{path}[{i}]", issues)
-        if spec is INVALID:
-            continue
-        if spec.name in first:
-            issues.add(f"{path}[{i}].name", f"duplicate schedule name {describe(spec.name)} "
-                                            f"(also {path}[{first[spec.name]}])")
-        first.setdefault(spec.name, i)
-        found.append(spec)
-    return tuple(found) if issues.count == before else INVALID
-
-
-SCHEDULES: Final = Kind("array of tables", _convert, lambda found: [encode(s) for s in found], ScheduleSpec, "[].")
+SCHEDULES: Final = array_of_tables(ScheduleSpec, name=lambda spec, i: spec.name, limit=MAX_SCHEDULES)
 SCHEDULES_DOC: Final = ("[[schedules]]: cron schedules, each a pipeline of a repository's ref when due (event "
                         "`schedule`, its own concurrency group)")
 

@@ -269,6 +269,39 @@ def table_of(cls: type) -> Kind:
     return Kind("table of tables", convert, lambda obj: {k: encode(v) for k, v in obj.items()}, cls, ".<NAME>.")
 
 
+def array_of_tables(cls: type, *, check: Callable[[Any, str, Issues], None] | None = None,
+                    name: Callable[[Any, int], str] | None = None, limit: int | None = None) -> Kind:
+    """A Kind for `[[key]]` tables decoded into dataclass `cls`, each checked by `check(item, path, issues)`;
+    with `name(item, index)`, names must be unique; at most `limit` tables."""
+
+    def convert(value: object, path: str, issues: Issues) -> object:
+        if not isinstance(value, (list, tuple)):
+            issues.add(path, f"expected [[{path}]] tables, got {describe(value)}")
+            return INVALID
+        if limit is not None and len(value) > limit:
+            issues.add(path, f"at most {limit} [[{path}]] tables, got {len(value)}")
+            return INVALID
+        before = issues.count
+        found: list[Any] = []
+        first: dict[str, int] = {}
+        for i, raw in enumerate(value):
+            where = f"{path}[{i}]"
+            item = decode(cls, raw, where, issues)
+            if item is INVALID:
+                continue
+            if check is not None:
+                check(item, where, issues)
+            if name is not None:
+                label = name(item, i)
+                if label in first:
+                    issues.add(f"{where}.name", f"duplicate name {describe(label)} (also {path}[{first[label]}])")
+                first.setdefault(label, i)
+            found.append(item)
+        return tuple(found) if issues.count == before else INVALID
+
+    return Kind("array of tables", convert, lambda items: [encode(item) for item in items], cls, "[].")
+
+
 def decode(cls: type, obj: object, path: str, issues: Issues) -> Any:
     """Check table `obj` against dataclass `cls`, report every issue, and build `cls` (or INVALID)."""
     where = path or "(top level)"

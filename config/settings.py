@@ -136,6 +136,15 @@ class RunnerSettings:
     image: str = option(NONEMPTY, "default job image", "localhost/forgeci-job:latest")
     podman_user: str = option(NONEMPTY, "when started as root, Podman runs as this user (rootless)", "forgeci")
     podman_url: str = option(STRING, 'an existing Podman API socket; "" = forgeci starts its own', "")
+    podman_service: str = option(choice("shared", "private"),
+                                 '"shared": one `podman system service` per Podman user that outlives a run (it '
+                                 'stops after `podman_idle` unused); "private": one per forgeci process, stopped '
+                                 'with it', "shared")
+    podman_idle: float = option(DURATION, "how long the shared Podman service stays up after its last request", 600.0)
+    warm_pool: int = option(integer(0), "containers of the default image `forgeci serve` starts ahead of demand, "
+                                        "one job each (jobs of another image or with services start their own)", 0)
+    podman_service_dir: str = option(OPTIONAL_PATH, 'folder of the shared service\'s socket, lock and pid file; "" '
+                                                    '= `forgeci` in the Podman user\'s runtime dir', "")
     network: str = option(choice("slirp4netns", "pasta", "none"), "container network", "slirp4netns")
     memory: str = option(scalar("size", matching(_MEMORY, "a size like 512m or 4g")),
                          "memory limit per job container", "4g")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from config.durations import format_duration
 from config.errors import ConfigError
@@ -40,6 +38,10 @@ from runner.job_rules import (
 from runner.retry import Resume, resume_workspace
 from runner.services import Box, JobPod, Limits, Solo
 from runner.snapshot import Snapshots, should_snapshot
+from runner.timings import phase
+from runner.reporter import NullReporter, StepReporter, checked_out_sha
+from runner.verdicts import step_verdict, summary
+from runner.warm_pool import WarmPool, adopt
 from runner.workspace import WorkspaceError, Workspaces
 
 __all__ = ["Executor", "NullReporter", "Outcome", "StepReporter", "StepResult", "checked_out_sha"]
@@ -49,37 +51,6 @@ log = logging.getLogger(__name__)
 TIMEOUT_GRACE = 1.0  # a step over its limit gets SIGTERM, then SIGKILL this much later
 CANCEL_GRACE = 10.0  # a cancelled step gets SIGTERM, then SIGKILL this much later
 KILL_WAIT = 1.0  # after SIGKILL, wait this long before removing the whole container
-
-
-class StepReporter(Protocol):
-    """Where step progress goes: the queue's step rows and the event bus (worker), or a terminal (`forgeci run`)."""
-
-    def checked_out(self, job: Job, sha: str) -> None:
-        """The workspace holds commit `sha` (for a job submitted without one: its ref's tip, now pinned)."""
-
-    def step_started(self, job: Job, index: int, name: str, total: int) -> None: ...
-
-    def step_finished(self, job: Job, result: StepResult, total: int) -> None: ...
-
-
-class NullReporter:
-    def checked_out(self, job: Job, sha: str) -> None:
-        pass
-
-    def step_started(self, job: Job, index: int, name: str, total: int) -> None:
-        pass
-
-    def step_finished(self, job: Job, result: StepResult, total: int) -> None:
-        pass
-
-
-def checked_out_sha(workspace: Path) -> str:
-    """The detached HEAD of a prepared workspace ('' when it is not a git checkout)."""
-    try:
-        head = (workspace / ".git" / "HEAD").read_text().strip()
-    except OSError:
-        return ""
-    return head if re.fullmatch(r"[0-9a-f]{40,64}", head) else ""
 
 
 @dataclass(frozen=True)
@@ -101,25 +72,6 @@ class Checkout:
     workspace: Path
     sha: str  # '' for a working tree that is not a git checkout
     snapshot: SnapshotRecord | None = None
-
-
-def step_verdict(result: StepResult, step: Step, deadline: float) -> tuple[JobState, str] | None:
-    """The job's end a step's end makes (state, error), or None when the job goes on to the next step."""
-    if result.state is StepState.cancelled:
-        return JobState.cancelled, f"cancelled during step {step.name}"
-    if result.state is StepState.timeout:
-        limit = "the job's" if time.monotonic() >= deadline - 0.05 else "its"
-        return JobState.timeout, f"step {step.name} exceeded {limit} time limit"
-    if result.state is StepState.failure and not step.continue_on_error:
-        return JobState.failure, f"step {step.name} failed (exit {result.exit_code})"
-    return None
-
-
-def summary(outcome: Outcome) -> str:
-    """The job's last log line before the keep phase: its state, how many steps, how long they took."""
-    total = sum(r.duration for r in outcome.steps)
-    count = len(outcome.steps)
-    return f"job {outcome.state} after {count} step{'s' if count != 1 else ''} in {format_duration(total)}"
 
 
 class Executor:
@@ -144,6 +96,10 @@ class Executor:
                                                           lookup=engine.image_id)
         self._limits_apply: bool | None = None
         self._strays: list[Box] = []  # containers and pods whose removal failed (the engine was down): removed later
+        # `forgeci run`: job containers to remove after the summary (their workspaces go with the scratch data dir)
+        self.deferred: list[str] | None = None
+        self.warm: WarmPool | None = None  # `runner.warm_pool`: started containers of the default image
+        self._slots: dict[int, Path] = {}  # job id -> the warm-pool slot folder its tree was moved into
 
     async def remove_strays(self) -> None:
         """Remove what an engine fault left behind (its jobs have ended or gone back to the queue)."""
@@ -190,10 +146,12 @@ class Executor:
             return Outcome(JobState.failure, str(exc))
         box: Box | None = None
         try:
-            checkout = await self._checkout(attempt, resume, local_path)
+            with phase("workspace"):
+                checkout = await self._checkout(attempt, resume, local_path)
             if isinstance(checkout, Outcome):
                 return checkout
-            plan = await self._plan(attempt, checkout, resume, only_step, local_path)
+            with phase("plan (pipeline file)"):
+                plan = await self._plan(attempt, checkout, resume, only_step, local_path)
             if isinstance(plan, Outcome):
                 return plan
             if plan.caches and self.cache is not None and resume is None:
@@ -204,13 +162,16 @@ class Executor:
                 return fetched
             deadline = time.monotonic() + plan.timeout
             box = self._box(attempt, plan)
+            checkout = await self._warm(attempt.job.id, box, plan, checkout)
             ended = await self._start_container(attempt, box, plan, checkout.workspace, deadline)
             if ended is not None:  # a service did not start or get ready: no step runs
                 return ended
-            outcome = await self._run_steps(attempt, plan, box.container_id, resume, deadline)
+            with phase("steps"):
+                outcome = await self._run_steps(attempt, plan, box.container_id, resume, deadline)
             outcome = self._with_outputs(attempt, checkout.workspace, outcome)
             joblog.system(summary(outcome))
-            if (local_path is None or self.artifacts is not None) and await self._release(box, joblog):
+            kept = local_path is None or (self.artifacts is not None and plan.pipeline.artifacts is not None)
+            if kept and await self._release(box, joblog):
                 box = None
                 if self.artifacts is not None and plan.pipeline.artifacts is not None:  # before the snapshot
                     await self._guarded("artifacts", joblog, self.artifacts.upload, job, plan.pipeline,
@@ -331,21 +292,41 @@ class Executor:
         return JobPod(self.engine, self.layout, attempt.job.id, attempt.job.attempts, plan.pipeline.services,
                       attempt.joblog, self.secrets.masker())
 
+    async def container_spec(self, job_id: int, image: str, workspace: Path) -> ContainerSpec:
+        """A job container's spec from the runner settings (the warm pool makes its containers from it too)."""
+        runner = self.settings.runner
+        if self._limits_apply is None:
+            with phase("podman info (do limits apply?)"):
+                self._limits_apply = await self.engine.cgroup_limits_apply()
+            if not self._limits_apply:
+                log.warning("rootless Podman on a cgroup-v1 host ignores memory and pids limits; "
+                            "forgeci still enforces step and job timeouts")
+        return ContainerSpec(
+            job_id=job_id, image=image, workspace=workspace,
+            env={"CI": "true"}, network=runner.network, memory=runner.memory, pids_limit=runner.pids_limit,
+            ulimits=runner.ulimits, ca_bundle=runner.ca_bundle, limits=self._limits_apply,
+        )
+
+    async def _warm(self, job_id: int, box: Box, plan: Plan, checkout: Checkout) -> Checkout:
+        """A warm-pool container for a job of the default image without services (runner/warm_pool.py)."""
+        if self.warm is None or not isinstance(box, Solo) or plan.image != self.settings.runner.image:
+            return checkout
+        slot = await self.warm.take()
+        if slot is None:
+            return checkout
+        box.container_id = slot.container_id
+        self._slots[job_id] = slot.workspace
+        await asyncio.to_thread(adopt, checkout.workspace, slot.workspace)
+        return dataclasses.replace(checkout, workspace=slot.workspace)
+
     async def _start_container(
         self, attempt: Attempt, box: Box, plan: Plan, workspace: Path, deadline: float,
     ) -> Outcome | None:
         """Start the box's containers (a pod's services ready first); an Outcome when its services end the job."""
         runner = self.settings.runner
-        if self._limits_apply is None:
-            self._limits_apply = await self.engine.cgroup_limits_apply()
-            if not self._limits_apply:
-                log.warning("rootless Podman on a cgroup-v1 host ignores memory and pids limits; "
-                            "forgeci still enforces step and job timeouts")
-        spec = ContainerSpec(
-            job_id=attempt.job.id, image=plan.image, workspace=workspace,
-            env={"CI": "true"}, network=runner.network, memory=runner.memory, pids_limit=runner.pids_limit,
-            ulimits=runner.ulimits, ca_bundle=runner.ca_bundle, limits=self._limits_apply,
-        )
+        if isinstance(box, Solo) and box.container_id:  # a warm-pool container, started ahead of the job
+            return None
+        spec = await self.container_spec(attempt.job.id, plan.image, workspace)
         if isinstance(box, JobPod):
             limits = Limits(runner.network, runner.memory, runner.pids_limit, tuple(runner.ulimits), self._limits_apply)
             return await box.start(spec, limits) or await box.wait_ready(deadline, attempt.cancel)
@@ -478,6 +459,10 @@ class Executor:
     async def _clean_up(self, job_id: int, box: Box | None) -> None:
         """The container or pod (when the keep phase did not remove it) and the workspace, whatever state they are
         in: a half-made checkout (a full disk, a failed fetch) or a half-restored snapshot goes too."""
+        if self.deferred is not None and (box is None or isinstance(box, Solo)):
+            if box is not None and box.container_id:
+                self.deferred.append(box.container_id)
+            return
         if box is not None:
             try:
                 await box.remove()
@@ -486,6 +471,10 @@ class Executor:
                             job_id, exc)
                 self._strays.append(box)
         try:
-            await self.workspaces.remove(job_id)
+            with phase("workspace removal"):
+                await self.workspaces.remove(job_id)  # a warm-pool job's: the link to its slot folder
+                slot = self._slots.pop(job_id, None)
+                if slot is not None:
+                    await self.engine.remove_tree(slot)
         except RunnerError as exc:
             log.warning("job %d: could not remove its workspace: %s", job_id, exc)

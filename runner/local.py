@@ -33,6 +33,7 @@ from runner.models import Job, JobSpec, JobState, PipelineState
 from runner.planner import ONE_JOB, PIPELINE_FILE, planned_rows
 from runner.image_build import ImageBuilder
 from runner.runtime import Runtime, open_runtime
+from runner.timings import Timings, phase
 
 __all__ = ["LOCAL_RUNNER", "LocalJob", "LocalPlan", "LocalRun", "SelectionError", "local_plan", "run_local"]
 
@@ -198,17 +199,21 @@ async def _run_pipeline(runtime: Runtime, path: Path, plan: LocalPlan, printers:
 async def run_local(
     settings: Settings, path: Path, *, step: str | None = None, jobs: Sequence[str] = (), with_needs: bool = False,
     parallel: int | None = None, environ: Mapping[str, str] = os.environ, out: TextIO | None = None,
-    engine: Engine | None = None,
+    engine: Engine | None = None, timings: Timings | None = None,
 ) -> LocalRun:
     """Run the pipeline of the checkout at `path`, its working tree as it is (each job on its own copy, in its own
     container), up to `parallel` (default `queue.max_concurrent`) jobs at once; the jobs never enter a server's
     queue. `jobs`, `with_needs` and `step` select (local_select.select); SelectionError before anything starts.
     `engine` defaults to rootless Podman (tests pass a fake). A folder that is not the top of a git checkout is a
-    ConfigError, before anything starts."""
+    ConfigError, before anything starts. `timings` (--timings) gets every phase's time and is printed after the
+    summary."""
+    if timings is not None:
+        timings.activate()
     path = checkout_top(path.resolve())
     if parallel is not None and parallel < 1:
         raise SelectionError(f"--parallel must be at least 1, got {parallel}")
-    plan = local_plan(path, jobs, with_needs=with_needs, step=step)
+    with phase("plan (selection)"):
+        plan = local_plan(path, jobs, with_needs=with_needs, step=step)
     # A private data dir: a `forgeci serve` on the same machine must neither claim nor reap these jobs.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=settings.data_dir))
@@ -219,19 +224,37 @@ async def run_local(
                                 storage=dataclasses.replace(settings.storage, url=""))
     terminal = Terminal(out or sys.stdout)  # looked up now: tests and callers may have replaced sys.stdout
     started = time.monotonic()
+    deferred: list[str] | None = None
+    remove_detached: Callable[..., None] | None = None
     try:
-        async with open_runtime(local, environ, workers=False, engine=engine) as runtime:
+        with phase("runtime (queue, store, engine)"):
+            opened = open_runtime(local, environ, workers=False, engine=engine)
+            runtime = await opened.__aenter__()
+        try:
             # Repository images: use records in the real data dir (its maintenance prunes them), no store export.
             runtime.executor.images = ImageBuilder.for_settings(local.runner, runtime.user, settings.data_dir,
                                                                 lookup=runtime.engine.image_id)
+            # The real engine removes the containers and the scratch data dir after we exit (off the critical path).
+            remove_detached = getattr(runtime.engine, "remove_detached", None)
+            if remove_detached is not None:
+                runtime.executor.deferred = deferred = []
             run = await _run_pipeline(runtime, path, plan, Printers(terminal, prefixed=not plan.one_job),
                                       settings.data_dir / LAST_RUN)
+        finally:
+            with phase("runtime teardown"):
+                await opened.__aexit__(*sys.exc_info())
     finally:
-        await asyncio.to_thread(shutil.rmtree, scratch, True)
+        with phase("scratch data dir removal"):
+            if remove_detached is not None and deferred is not None:
+                remove_detached(deferred, [scratch / "workspaces"], [scratch])
+            else:
+                await asyncio.to_thread(shutil.rmtree, scratch, True)
     if run.one_job:
         one_job_summary(terminal, run.jobs[0])
     else:
         pipeline_summary(terminal, run.state, run.jobs, time.monotonic() - started)
     if run.artifacts is not None:
         terminal.write(f"artifacts of this run: {run.artifacts}\n")
+    if timings is not None:
+        timings.report(terminal.out)
     return run

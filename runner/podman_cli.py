@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -74,3 +75,22 @@ def remove_tree_as(user: PodmanUser, path: Path, timeout: float = 300.0) -> None
         log.debug("podman unshare rm %s: %s", path, exc)
     if os.path.lexists(path):
         shutil.rmtree(path)
+
+
+def remove_detached(user: PodmanUser, containers: Sequence[str], user_trees: Sequence[Path],
+                    own_trees: Sequence[Path]) -> None:
+    """Remove `containers`, then the folders they wrote into (as the Podman user, in its namespace), then
+    `own_trees` (as us), in a process of its own that outlives ours: `forgeci run` exits as soon as it has printed
+    its summary, and nothing is left behind."""
+    quiet = " >/dev/null 2>&1"
+    script = []
+    if containers:
+        script.append(shlex.join(user.command(["podman", "rm", "-f", "-t", "0", "--", *containers])) + quiet)
+    script += [shlex.join(user.command(["podman", "unshare", "rm", "-rf", "--", str(t)])) + quiet for t in user_trees]
+    script += [shlex.join(["rm", "-rf", "--", str(t)]) + quiet for t in own_trees]
+    if not script:
+        return
+    user.ensure_runtime_dir()
+    subprocess.Popen(["sh", "-c", "; ".join(script)], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+                     env=None if user.switch else {**os.environ, **user.env()})

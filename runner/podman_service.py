@@ -17,7 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class PodmanService:
-    """`podman system service` on a private socket, run as the Podman user; restarted when it dies."""
+    """`podman system service` on a private socket, run as the Podman user; restarted when it dies
+    (`runner.podman_service = "private"`; the shared one is runner/podman_shared.py)."""
+
+    shared = False
+    started_it = True
 
     def __init__(self, user: PodmanUser, state_dir: Path) -> None:
         self.user = user
@@ -56,14 +60,7 @@ class PodmanService:
         raise EngineError(f"podman system service did not answer on {self.socket_path} within {timeout:.0f}s")
 
     def _answers(self) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(1)
-                sock.connect(str(self.socket_path))
-                sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-                return sock.recv(12).startswith(b"HTTP/1.")
-        except OSError:
-            return False
+        return answers(self.socket_path, 1.0)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None and self._answers()
@@ -79,7 +76,7 @@ class PodmanService:
 
     def stop(self, grace: float = 5.0) -> None:
         if self._proc is not None:
-            _kill_group(self._proc.pid, grace, self._proc)
+            kill_group(self._proc.pid, grace, self._proc)
             self._proc = None
         self.pid_file.unlink(missing_ok=True)
 
@@ -92,10 +89,22 @@ class PodmanService:
             return
         if str(self.socket_path).encode() in cmdline:
             log.info("stopping a Podman service left by an earlier run (pid %d)", pid)
-            _kill_group(pid, 5.0)
+            kill_group(pid, 5.0)
 
 
-def _kill_group(pid: int, grace: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def answers(socket_path: Path, timeout: float) -> bool:
+    """Whether a Podman API service answers a ping on `socket_path`."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(socket_path))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return sock.recv(12).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+def kill_group(pid: int, grace: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -26,12 +26,14 @@ from runner.logs import LogHub
 from runner.maintenance import maintenance_loop
 from runner.planner import Planner
 from runner.podman import PodmanEngine
+from runner.podman_shared import SharedPodmanService, shared_service_dir
 from runner.podman_user import PodmanUser
 from runner.queue import Queue
 from runner.scheduler import Scheduler
 from runner.snapshot import Snapshots
 from runner.store import ObjectStore, open_store
 from runner.worker import WorkerPool
+from runner.warm_pool import POOL_JOB_ID, WarmPool
 from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,9 @@ class Runtime:
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
                                lease_seconds=settings.queue.lease_seconds)
         if settings.runner.embedded:
-            await self.pool.start()
+            await self.pool.start()  # its reap removes the containers of a crashed server's warm pool (job id 0)
+            if settings.runner.warm_pool > 0:
+                await self._start_warm_pool()
         else:
             await self.control.settle_all()
         self._expiry = asyncio.create_task(expiry_loop(self.control, settings.queue.lease_seconds),
@@ -88,6 +92,13 @@ class Runtime:
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
         if self.scheduler is not None:
             self._scheduling = asyncio.create_task(self.scheduler.run(), name="forgeci-scheduler")
+
+    async def _start_warm_pool(self) -> None:
+        """`runner.warm_pool` containers of the default image, for the embedded workers (runner/warm_pool.py)."""
+        executor, runner = self.executor, self.settings.runner
+        executor.warm = WarmPool(self.engine, self.layout.workspaces, runner.warm_pool,
+                                 lambda folder: executor.container_spec(POOL_JOB_ID, runner.image, folder))
+        await executor.warm.start()
 
     async def stop_workers(self, grace: float | None = None) -> None:
         """Stop claiming; running jobs get `grace` (default `runner.shutdown_grace`) to finish, then go back to
@@ -99,6 +110,9 @@ class Runtime:
         self._maintenance = self._planning = self._scheduling = self._expiry = None
         if self.pool is not None:
             await self.pool.stop(self.settings.runner.shutdown_grace if grace is None else grace)
+        if self.executor.warm is not None:
+            await self.executor.warm.close()
+            self.executor.warm = None
 
 
 async def expiry_loop(control: JobControl, lease_seconds: float) -> None:
@@ -143,8 +157,14 @@ class DataDirLock:
 
 def default_engine(settings: Settings, layout: DataLayout) -> Engine:
     """Rootless Podman as `runner.podman_user`: our own service in the data dir, unless `podman_url` names one."""
-    user = PodmanUser.resolve(settings.runner.podman_user)
-    return PodmanEngine(user, instance=str(layout.root), url=settings.runner.podman_url, state_dir=layout.podman)
+    runner = settings.runner
+    user = PodmanUser.resolve(runner.podman_user)
+    service = None
+    if runner.podman_service == "shared" and not runner.podman_url:
+        folder = Path(runner.podman_service_dir) if runner.podman_service_dir else shared_service_dir(user)
+        service = SharedPodmanService(user, folder, runner.podman_idle)
+    return PodmanEngine(user, instance=str(layout.root), url=runner.podman_url, state_dir=layout.podman,
+                        service=service)
 
 
 @asynccontextmanager

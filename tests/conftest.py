@@ -19,6 +19,9 @@ from runner.runtime import Runtime, open_runtime
 from tests.fake_engine import FAKE_IMAGE, FakeEngine
 from tests.postgres import pg_cluster, pg_url  # noqa: F401 - fixtures of the PostgreSQL queue backend tests
 
+# Fixture projects (forgeci init's starters) carry their own tests: they are data here, not this suite.
+collect_ignore_glob = ["fixtures/*"]
+
 JOB_IMAGE = "localhost/forgeci-job:latest"
 POSTGRES_IMAGE = "localhost/forgeci-postgres:15"
 REDIS_IMAGE = "localhost/forgeci-redis:7"

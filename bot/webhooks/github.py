@@ -11,7 +11,9 @@ from gidgethub import BadRequest, ValidationFailure, routing, sansio
 from bot.errors import HTTPError
 from bot.keys import SETTINGS
 from bot.webhooks.github_shaped import plan_pull_request, plan_push
-from bot.webhooks.intake import FORM, JSON, delivery_id, dispatch, header, off_loop, read_body, secret_for, webhook_view
+from bot.webhooks.intake import (
+    FORM, JSON, check_hmac, decode, delivery_id, dispatch, header, off_loop, read_body, secret_for, webhook_view,
+)
 from bot.webhooks.jobs import Origin, Payload, Plan
 
 FORGE = "github"
@@ -58,6 +60,19 @@ router = routing.Router(pings, pushes, pulls)
 
 
 def _parse(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.Event:
+    """The HMAC-SHA256 check and the JSON (or form) decoding, then gidgethub's Event. A content type with
+    parameters other than a UTF-8 charset goes through gidgethub's own from_http (its email-module content-type
+    parsing cost a third of a delivery's time; the bytes checked and the errors are the same)."""
+    content_type = headers.get("Content-Type", "")
+    kind, _, params = content_type.partition(";")
+    if kind.strip().lower() in (JSON, FORM) and params.strip().lower().replace('"', "") in ("", "charset=utf-8"):
+        check_hmac(secret, body, headers.get("X-Hub-Signature-256", ""), "X-Hub-Signature-256")
+        return sansio.Event(decode(body, kind.strip().lower()), event=headers.get("X-GitHub-Event", ""),
+                            delivery_id=headers.get("X-GitHub-Delivery", ""))
+    return _parse_slowly(headers, body, secret)
+
+
+def _parse_slowly(headers: Mapping[str, str], body: bytes, secret: str) -> sansio.Event:
     """gidgethub's verification and decoding, with its errors turned into ours (401, 400)."""
     try:
         return sansio.Event.from_http(headers, body, secret=secret)

@@ -51,7 +51,7 @@ def test_a_bad_schedule_is_reported_with_its_key_path(text: str, message: str) -
 
 def test_duplicate_names_are_refused() -> None:
     twice = GOOD + GOOD.replace('"0 3 * * *"', '"0 4 * * *"')
-    with pytest.raises(ConfigError, match=r"schedules\[1\]\.name: duplicate schedule name 'nightly' "
+    with pytest.raises(ConfigError, match=r"schedules\[1\]\.name: duplicate name 'nightly' "
                                           r"\(also schedules\[0\]\)"):
         parse_settings(twice, "forgeci.toml")
 

@@ -68,7 +68,9 @@ def test_podman_service_killed_mid_job_and_a_missing_image(
     missing_sha = git(repo, "rev-parse", "HEAD")
     data_dir, port = shared_dir / "data", free_port()
     db = data_dir / "queue.db"
-    config = write_config(shared_dir / "forgeci.toml", data_dir, port, busybox_image, queue={"max_retries": 1})
+    # A private Podman service: killing the shared one would disturb every other forgeci on this machine.
+    config = write_config(shared_dir / "forgeci.toml", data_dir, port, busybox_image, queue={"max_retries": 1},
+                          runner={"podman_service": "private"})
     server = ServeProcess(config, port, shared_dir / "serve.log")
     killed, missing = report("Engine: the Podman service killed (SIGKILL) in the middle of a job's step"), \
         report(f"Engine: a pipeline whose image is missing ({MISSING_IMAGE})")

@@ -51,8 +51,9 @@ def test_sigterm_then_kill_9_under_webhook_load(make_repo: MakeRepo, shared_dir:
     data_dir = shared_dir / "data"
     db = data_dir / "queue.db"
     port = free_port()
+    # A private Podman service, whose fate after a kill -9 this checks (the shared one outlives any server).
     config = write_config(shared_dir / "forgeci.toml", data_dir, port, busybox_image,
-                          queue={"max_retries": MAX_RETRIES})
+                          queue={"max_retries": MAX_RETRIES}, runner={"podman_service": "private"})
     server = ServeProcess(config, port, shared_dir / "serve.log")
     ledger = Ledger()
     load = WebhookLoad(server.url, lambda i: push_payload(str(repo), f"refs/heads/load-{i}", work_sha), ledger,

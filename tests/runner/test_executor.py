@@ -253,7 +253,13 @@ async def test_startup_reaps_leftovers_and_requeues_orphans(settings: Settings, 
         assert not ws.exists()
 
 
-async def test_podman_service_is_restarted_after_it_dies(runtime: Runtime, make_repo: MakeRepo) -> None:
+async def test_podman_service_is_restarted_after_it_dies(settings: Settings, make_repo: MakeRepo) -> None:
+    # A private service: killing the shared one would disturb every other run on this machine.
+    async with open_runtime(with_runner(settings, podman_service="private"), {}) as runtime:
+        await _service_restarted(runtime, make_repo)
+
+
+async def _service_restarted(runtime: Runtime, make_repo: MakeRepo) -> None:
     assert runtime.engine.service is not None
     old = runtime.engine.service.pid_file.read_text()
     os.killpg(int(old), 9)
@@ -287,7 +293,7 @@ async def test_a_missing_pipeline_image_fails_the_job_and_a_missing_default_imag
 
 async def test_nothing_is_left_after_jobs(settings: Settings, make_repo: MakeRepo, podman_user: PodmanUser) -> None:
     repo, _ = make_repo({".forgeci.toml": pipeline("echo hi > /workspace/out")})
-    async with open_runtime(settings, {}) as rt:
+    async with open_runtime(with_runner(settings, podman_service="private"), {}) as rt:  # it stops with us
         job = await wait_terminal(rt, submit(rt, repo))
         assert job.state is JobState.success
         service = rt.engine.service
