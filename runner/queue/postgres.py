@@ -139,12 +139,14 @@ class PostgresDatabase:
         self.close()
 
     @contextmanager
-    def transaction(self, now: float | None = None,
-                    overrides: Mapping[str, tuple[str, ...]] | None = None) -> Iterator[PostgresConnection]:
-        """One READ COMMITTED transaction: claims lock the rows they take (FOR UPDATE SKIP LOCKED), as SQLite's
-        BEGIN IMMEDIATE serializes them; a failure rolls back and surfaces as QueueError."""
+    def transaction(self, now: float | None = None, overrides: Mapping[str, tuple[str, ...]] | None = None,
+                    snapshot: bool = False) -> Iterator[PostgresConnection]:
+        """One READ COMMITTED transaction (writers; the claim serializes itself), or with `snapshot` a REPEATABLE
+        READ one (the readers of SQLite's plain BEGIN); a failure rolls back and surfaces as QueueError."""
         try:
             with self._pool.connection() as conn, conn.transaction():
+                if snapshot:  # SQLite's plain BEGIN: every read of the transaction sees one state of the database
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 if now is not None:  # the queue's clock, for triggers (forgeci_usage): SQLite calls it in Python
                     conn.execute("SELECT set_config('forgeci.now', %s, true)", (repr(float(now)),))
                 yield PostgresConnection(conn, overrides)

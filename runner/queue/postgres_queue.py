@@ -54,7 +54,7 @@ class PostgresQueue(Queue):
 
     @contextmanager
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[PostgresConnection]:  # type: ignore[override]
-        with self._db.transaction(now=self._clock(), overrides=OVERRIDES) as conn:
+        with self._db.transaction(now=self._clock(), overrides=OVERRIDES, snapshot=begin == "BEGIN") as conn:
             yield conn
             if conn.wrote_jobs:  # delivered at commit to every LISTENer (no dispatcher listens yet)
                 conn.notify(WAKE_CHANNEL)
