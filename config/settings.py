@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from config.artifacts import LINK_LIFETIME, SIZE
 from config.errors import ConfigError
@@ -93,6 +94,25 @@ class ServerSettings:
             object.__setattr__(self, "public_url", f"http://{host}:{self.port}")
 
 
+def _queue_url(value: object) -> str:
+    """`[queue] url`: "" or postgresql://user@host[:port]/db[?options]; a password in it is refused, unechoed."""
+    text = as_text(value, "a url")
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("expected a postgresql://user@host/db url") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"expected a postgresql://user@host/db url, got the scheme {parts.scheme!r}")
+    if parts.password is not None:
+        raise ValueError("the url must not hold a password: put it in the variable queue.password_env names")
+    if not parts.username or not parts.path.strip("/"):
+        raise ValueError("expected a postgresql://user@host/db url naming the user and the database")
+    return text
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     """[queue]: scheduling of jobs."""
@@ -102,6 +122,11 @@ class QueueSettings:
     max_retries: int = option(integer(0), "automatic retries of infrastructure faults", 3)
     lease_seconds: int = option(integer(1), "seconds a runner's claim on a job lasts unless renewed", 60)
     cancel_superseded: bool = option(BOOL, "a newer push to a branch or pull request cancels its older jobs", True)
+    url: str = option(scalar("queue url", _queue_url),
+                      '"" = SQLite in data_dir; `postgresql://user@host/db` = PostgreSQL (its backend is not complete '
+                      "yet: `forgeci serve` refuses it)", "")
+    password_env: str = option(ENV_VAR, "env variable with the PostgreSQL password (never put it in the url)",
+                               "FORGECI_QUEUE_PASSWORD")
 
 
 @dataclass(frozen=True)

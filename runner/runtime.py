@@ -178,6 +178,10 @@ async def open_runtime(
     dir's lock first — before the Podman service, whose start stops any service a crashed run left — and raises
     InstanceLocked when another process holds it.
     """
+    if settings.queue.url:
+        # runner/queue/postgres.py has the connection, the dialect and the migrations, not yet the queries: refuse
+        # rather than run half a queue (issue 26).
+        raise QueueError("queue.url: the PostgreSQL queue backend is not complete yet; set url = \"\" (SQLite)")
     layout = DataLayout(settings.data_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(layout.root) if (workers if exclusive is None else exclusive) else None

@@ -7,8 +7,35 @@ from collections.abc import Iterator
 
 from runner.errors import QueueError
 
-# Schema migrations, applied in order; PRAGMA user_version counts the applied ones. Never edit a released
-# entry: append a new script (ALTER TABLE ... ADD COLUMN, CREATE TABLE ...) so existing data is kept.
+
+
+class Migration(str):
+    """A migration whose PostgreSQL DDL is not the mechanical translation of its SQLite text (runner.queue.dialect):
+    the string is the SQLite script, unchanged; `postgres` is the same version written for PostgreSQL."""
+
+    postgres: str | None
+    postgres_after: str
+
+    def __new__(cls, sqlite: str, *, postgres: str | None = None, postgres_after: str = "") -> Migration:
+        migration = super().__new__(cls, sqlite)
+        migration.postgres, migration.postgres_after = postgres, postgres_after
+        return migration
+
+
+def postgres_script(migration: str) -> str:
+    """A migration as PostgreSQL runs it: its own text, else its SQLite text translated (and `postgres_after`:
+    what only PostgreSQL needs, such as the triggers SQLite installs per connection)."""
+    from runner.queue.dialect import postgres_ddl
+
+    if isinstance(migration, Migration):
+        return migration.postgres or postgres_ddl(migration) + "\n" + migration.postgres_after
+    return postgres_ddl(migration)
+
+
+# Schema migrations, applied in order; PRAGMA user_version counts the applied ones (on PostgreSQL the row of
+# forgeci_schema). Never edit a released entry: append a new script (ALTER TABLE ... ADD COLUMN, CREATE TABLE ...)
+# so existing data is kept. A plain string serves both backends (translated for PostgreSQL); where they differ
+# (triggers, SQLite-only functions), a Migration keeps both texts side by side.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE jobs (
@@ -101,7 +128,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 4: one metrics row per finished job (bot.metrics). A trigger writes it, so every path that ends a job
     # (complete, retries used up, a queued job cancelled) records one in the same transaction; kept in time
     # order apart from `jobs`, so a range query reads a small slice of a small table, and outlives job retention.
-    """
+    Migration("""
     CREATE TABLE job_metrics (
         finished_at REAL    NOT NULL,
         job_id      INTEGER NOT NULL,
@@ -121,7 +148,33 @@ MIGRATIONS: tuple[str, ...] = (
                NEW.cache_hit
         FROM (SELECT name, started_at, finished_at FROM steps WHERE job_id = NEW.id ORDER BY idx);
     END;
-    """,
+    """, postgres="""
+    CREATE TABLE job_metrics (
+        finished_at DOUBLE PRECISION NOT NULL,
+        job_id      BIGINT NOT NULL,
+        state       TEXT   NOT NULL,
+        duration    DOUBLE PRECISION,
+        steps       BIGINT NOT NULL,
+        step_times  TEXT   NOT NULL DEFAULT '[]',
+        cache_hit   BIGINT,
+        PRIMARY KEY (finished_at, job_id)
+    );
+    CREATE FUNCTION job_metrics_on_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO job_metrics (finished_at, job_id, state, duration, steps, step_times, cache_hit)
+        SELECT coalesce(NEW.finished_at, extract(epoch FROM clock_timestamp())), NEW.id, NEW.state,
+               NEW.finished_at - NEW.started_at, count(*),
+               coalesce(json_agg(json_build_array(name, finished_at - started_at) ORDER BY idx)::text, '[]'),
+               NEW.cache_hit
+        FROM steps WHERE job_id = NEW.id
+        ON CONFLICT (finished_at, job_id) DO UPDATE SET state = EXCLUDED.state, duration = EXCLUDED.duration,
+            steps = EXCLUDED.steps, step_times = EXCLUDED.step_times, cache_hit = EXCLUDED.cache_hit;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER job_metrics_on_finish AFTER UPDATE OF state ON jobs FOR EACH ROW
+        WHEN (NEW.state NOT IN ('queued', 'running') AND OLD.state IN ('queued', 'running'))
+        EXECUTE FUNCTION job_metrics_on_finish();
+    """),
     # 5: pipelines of many jobs (runner/queue/pipelines.py). A job of a pipeline carries its name, its member
     # display name, its needs and `if`; it waits `blocked` (queued, not claimable) until its needs are done.
     # Jobs without a pipeline (older rows, tests) behave as before.
@@ -254,7 +307,7 @@ MIGRATIONS: tuple[str, ...] = (
     # quotas and usage (runner/queue/quotas.py, runner/queue/usage.py): the repository's `owner/repo` slug and
     # the triggering user, written at enqueue (temporary triggers of each connection call the one slug parser,
     # runner.repos); one usage row per attempt, kept 13 months (job_metrics: 8 days, last attempt only).
-    """
+    Migration("""
     ALTER TABLE jobs ADD COLUMN slug TEXT;
     ALTER TABLE jobs ADD COLUMN user TEXT;
     ALTER TABLE pipelines ADD COLUMN slug TEXT;
@@ -274,7 +327,22 @@ MIGRATIONS: tuple[str, ...] = (
         infra_retry INTEGER NOT NULL DEFAULT 0     -- the attempt ended in an infrastructure fault and was retried
     );
     CREATE INDEX usage_ended ON usage (ended_at);
-    """,
+    """, postgres_after="""
+    -- runner/queue/usage.py's temporary trigger, for good; its clock is the transaction's forgeci.now.
+    CREATE FUNCTION forgeci_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE e DOUBLE PRECISION := coalesce(NEW.finished_at, nullif(current_setting('forgeci.now', true), '')::float8,
+                                           extract(epoch FROM clock_timestamp()));
+    BEGIN
+        INSERT INTO usage (job_id, attempt, pipeline_id, slug, "user", runner, state, started_at, ended_at, seconds,
+                           infra_retry)
+        VALUES (NEW.id, OLD.attempts, NEW.pipeline_id, coalesce(NEW.slug, ''), NEW."user", OLD.runner_id, NEW.state,
+                OLD.started_at, e, greatest(0, e - OLD.started_at), (NEW.state = 'queued')::int);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER forgeci_usage AFTER UPDATE OF state ON jobs FOR EACH ROW
+        WHEN (OLD.state = 'running' AND NEW.state <> 'running' AND OLD.started_at IS NOT NULL)
+        EXECUTE FUNCTION forgeci_usage();
+    """),
     # agent tokens (forgeci agents token create|revoke): only a token's sha256 is kept
     """
     CREATE TABLE agent_tokens (

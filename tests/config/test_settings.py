@@ -112,7 +112,7 @@ def test_default_values_are_design_values(home: Path) -> None:
     assert (s.server.host, s.server.port, s.server.public_url) == ("127.0.0.1", 8080, "http://127.0.0.1:8080")
     assert (s.server.api_token_env, s.server.protect_reads) == ("FORGECI_API_TOKEN", False)
     assert (s.server.status_context, s.server.run_drafts) == ("forgeci/ci", True)
-    assert dataclasses.astuple(s.queue) == (2, 5, 3, 60, True)
+    assert dataclasses.astuple(s.queue) == (2, 5, 3, 60, True, "", "FORGECI_QUEUE_PASSWORD")
     assert s.runner.image == "localhost/forgeci-job:latest"
     assert (s.runner.podman_user, s.runner.podman_url, s.runner.network) == ("forgeci", "", "slirp4netns")
     assert (s.runner.memory, s.runner.pids_limit) == ("4g", 4096)

@@ -45,16 +45,36 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "queue.db"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The tests of a queue (`q`, `wide`) run on both backends (runner.queue.postgres_queue on a throwaway
+    cluster, tests/postgres.py); those that open the SQLite file themselves run on SQLite."""
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["sqlite", "postgres"])
+
+
 @pytest.fixture
-def q(db: Path, clock: FakeClock) -> Queue:
-    with Queue(db, max_concurrent=2, max_retries=3, clock=clock) as queue:
+def backend() -> str:
+    return "sqlite"
+
+
+def open_queue(backend: str, db: Path, request: pytest.FixtureRequest, **options: object) -> Queue:
+    if backend == "postgres":
+        from runner.queue.postgres_queue import PostgresQueue
+
+        return PostgresQueue(request.getfixturevalue("pg_url"), **options)  # type: ignore[arg-type]
+    return Queue(db, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def q(backend: str, db: Path, clock: FakeClock, request: pytest.FixtureRequest) -> Queue:
+    with open_queue(backend, db, request, max_concurrent=2, max_retries=3, clock=clock) as queue:
         yield queue
 
 
 @pytest.fixture
-def wide(db: Path, clock: FakeClock) -> Queue:
+def wide(backend: str, db: Path, clock: FakeClock, request: pytest.FixtureRequest) -> Queue:
     """A queue whose concurrency limit never gets in the way of ordering tests."""
-    with Queue(db, max_concurrent=1000, max_retries=3, clock=clock) as queue:
+    with open_queue(backend, db, request, max_concurrent=1000, max_retries=3, clock=clock) as queue:
         yield queue
 
 
@@ -207,8 +227,10 @@ def test_set_priority_only_for_a_queued_job(q: Queue) -> None:
 # -- concurrency limits ------------------------------------------------------------------------------
 
 
-def test_max_concurrent_counts_every_running_job_in_the_database(db: Path, clock: FakeClock) -> None:
-    with Queue(db, max_concurrent=2, clock=clock) as one, Queue(db, max_concurrent=2, clock=clock) as two:
+def test_max_concurrent_counts_every_running_job_in_the_database(backend: str, db: Path, clock: FakeClock,
+                                                                 request: pytest.FixtureRequest) -> None:
+    with open_queue(backend, db, request, max_concurrent=2, clock=clock) as one, \
+            open_queue(backend, db, request, max_concurrent=2, clock=clock) as two:
         ids = [one.enqueue(spec()) for _ in range(3)]
         assert one.claim("r1", 60) is not None
         assert two.claim("r2", 60) is not None
@@ -544,7 +566,8 @@ def test_retention_deletes_only_old_finished_jobs_and_their_steps(q: Queue, cloc
     assert q.delete_finished_jobs(clock.now - 50) == [old]
     with pytest.raises(JobNotFound):
         q.get(old)
-    assert q._conn.execute("SELECT count(*) FROM steps").fetchone()[0] == 0
+    with q._transaction() as conn:
+        assert conn.execute("SELECT count(*) FROM steps").fetchone()[0] == 0
     assert {j.id for j in q.list_jobs()[0]} == {recent, still_queued}
 
 
@@ -593,8 +616,8 @@ def test_a_database_from_a_newer_forgeci_is_refused(db: Path) -> None:
 # -- threads -----------------------------------------------------------------------------------------
 
 
-def test_threads_sharing_one_queue_claim_each_job_once(db: Path) -> None:
-    with Queue(db, max_concurrent=1000) as shared:
+def test_threads_sharing_one_queue_claim_each_job_once(backend: str, db: Path, request: pytest.FixtureRequest) -> None:
+    with open_queue(backend, db, request, max_concurrent=1000) as shared:
         ids = {shared.enqueue(spec(priority=i % 11)) for i in range(200)}
         claimed: list[Job] = []
         lock = threading.Lock()

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from runner.errors import InvalidTransition
 from runner.models import TERMINAL, JobSpec, JobState
 from runner.queue import NewDelivery, Queue
+from runner.queue.postgres_queue import PostgresQueue
 
 MAX_CONCURRENT = 3
 MAX_RETRIES = 2
@@ -232,7 +233,31 @@ class QueueMachine(RuleBasedStateMachine):
         assert [j.id for j in queued] == [j.id for j in expected]
 
 
-QueueMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=150, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+QueueMachine.TestCase.settings = SETTINGS
 TestQueueMachine = QueueMachine.TestCase
+
+
+class PostgresQueueMachine(QueueMachine):
+    """The same machine on the PostgreSQL backend: one database per test, emptied for every example."""
+
+    url = ""
+
+    def __init__(self) -> None:
+        RuleBasedStateMachine.__init__(self)
+        self.dir = tempfile.mkdtemp(prefix="forgeci-queue-")
+        self.clock = Clock()
+        self.queue = PostgresQueue(self.url, max_concurrent=MAX_CONCURRENT, max_retries=MAX_RETRIES, clock=self.clock,
+                                   pool_size=2)
+        with self.queue._transaction() as conn:
+            tables = [row[0] for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'forgeci_schema'")]
+            conn.raw.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        self.model = {}
+        self.final = {}
+        self.deliveries = 0
+
+
+def test_the_state_machine_on_postgresql(pg_url: str) -> None:
+    PostgresQueueMachine.url = pg_url
+    run_state_machine_as_test(PostgresQueueMachine, settings=SETTINGS)

@@ -1,4 +1,5 @@
-"""Four processes claim and complete jobs from one database file at once; nothing is lost or run twice."""
+"""Four processes claim and complete jobs from one database at once; nothing is lost or run twice. On both
+backends: one SQLite file, or one PostgreSQL database (as several coordinators would share it)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from runner.models import Job, JobSpec, JobState
 from runner.queue import Queue
+from runner.queue.postgres_queue import PostgresQueue
 
 PROCESSES = 4
 Claim = tuple[int, int, float, float]  # job id, attempts, claimed at, completed at
+
+
+def open_queue(target: str | Path, **options: Any) -> Queue:
+    if str(target).startswith("postgresql://"):
+        return PostgresQueue(str(target), pool_size=2, **options)
+    return Queue(target, **options)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where the queue is: a SQLite file, or a fresh database of the throwaway cluster (tests/postgres.py)."""
+    return request.getfixturevalue("pg_url") if request.param == "postgres" else tmp_path / "queue.db"
 
 
 def _claim_until_empty(path: str, runner: str, max_concurrent: int, hold: float, start: Any, results: Any) -> None:
     """A runner process: claim, hold the job a moment, complete it; report every claim and what it saw."""
     claims: list[Claim] = []
     most_running_seen = 0
-    with Queue(path, max_concurrent=max_concurrent) as queue:
+    with open_queue(path, max_concurrent=max_concurrent) as queue:
         start.wait()
         while True:
             job = queue.claim(runner, 60)
@@ -37,7 +53,7 @@ def _claim_until_empty(path: str, runner: str, max_concurrent: int, hold: float,
     results.put((runner, claims, most_running_seen))
 
 
-def _run_runners(path: Path, max_concurrent: int, hold: float) -> dict[str, tuple[list[Claim], int]]:
+def _run_runners(path: str | Path, max_concurrent: int, hold: float) -> dict[str, tuple[list[Claim], int]]:
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(PROCESSES)  # released together once all have opened the queue, so claims really race
     results = ctx.Queue()
@@ -66,16 +82,16 @@ def all_jobs(queue: Queue) -> list[Job]:
     return jobs
 
 
-def test_every_job_is_claimed_exactly_once_across_processes(tmp_path: Path) -> None:
-    path = tmp_path / "queue.db"
-    with Queue(path) as queue:
+def test_every_job_is_claimed_exactly_once_across_processes(target: str | Path) -> None:
+    path = target
+    with open_queue(path) as queue:
         ids = [queue.enqueue(JobSpec(repo="/srv/repo", ref="main", priority=n % 11)) for n in range(2000)]
     reports = _run_runners(path, max_concurrent=1000, hold=0)
     claimed = [(job_id, attempts) for claims, _ in reports.values() for job_id, attempts, *_ in claims]
     assert sorted(job_id for job_id, _ in claimed) == ids  # none lost, none twice
     assert {attempts for _, attempts in claimed} == {1}
     assert all(claims for claims, _ in reports.values())  # every process took part
-    with Queue(path) as queue:
+    with open_queue(path) as queue:
         stored = all_jobs(queue)
     assert [job.id for job in reversed(stored)] == ids and {job.state for job in stored} == {JobState.success}
     holders = {job.id: job.runner_id for job in stored}
@@ -83,9 +99,9 @@ def test_every_job_is_claimed_exactly_once_across_processes(tmp_path: Path) -> N
     assert all(by_runner[job_id] == runner for job_id, runner in holders.items())
 
 
-def test_max_concurrent_holds_across_processes(tmp_path: Path) -> None:
-    path = tmp_path / "queue.db"
-    with Queue(path) as queue:
+def test_max_concurrent_holds_across_processes(target: str | Path) -> None:
+    path = target
+    with open_queue(path) as queue:
         ids = [queue.enqueue(JobSpec(repo="/srv/repo", ref="main")) for _ in range(40)]
     reports = _run_runners(path, max_concurrent=2, hold=0.02)
     claims = [claim for claims, _ in reports.values() for claim in claims]

@@ -1,0 +1,114 @@
+"""A throwaway PostgreSQL cluster for the tests: initdb in a temporary folder, a unix socket in it, pg_ctl stop.
+
+Started once per test session (a few seconds) and only by tests that ask for it; each test gets a database of
+its own (`pg_url`). As root the cluster runs as the unprivileged `forgeci` user (PostgreSQL refuses root). With no
+PostgreSQL binaries the fixture fails naming scripts/setup, which installs Debian's `postgresql`.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SETUP = "PostgreSQL server binaries not found (initdb, pg_ctl): run scripts/setup, which installs Debian's postgresql"
+USER = os.environ.get("FORGECI_PODMAN_USER", "forgeci")
+
+
+def pg_bin_dir() -> Path | None:
+    """Debian keeps initdb and pg_ctl out of PATH, in /usr/lib/postgresql/VERSION/bin (the newest wins)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).parent if on_path and shutil.which("pg_ctl") else None
+
+
+class Cluster:
+    """One running cluster; `url(db)` is a libpq url over its socket."""
+
+    def __init__(self, root: Path, bin_dir: Path, user: str) -> None:
+        self.root, self.bin_dir, self.user = root, bin_dir, user
+        self.data, self.socket = root / "data", root
+        self._names = itertools.count(1)
+
+    def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        prefix = ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
+        result = subprocess.run([*prefix, *argv], capture_output=True, text=True, cwd="/", timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:2])} failed ({result.returncode}): {result.stderr or result.stdout}")
+        return result
+
+    def start(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
+                  "-E", "UTF8", "--locale=C", "--no-sync")
+        self._start()
+
+    def _start(self) -> None:
+        # No TCP; fsync off: a throwaway cluster trades durability for speed (forgeci's own connections still set
+        # synchronous_commit, which the tests check).
+        options = (f"-k {self.socket} -c listen_addresses='' -c fsync={'on' if getattr(self, 'fsync', False) else 'off'}"
+                   " -c max_connections=200")
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
+                  "-t", "60", "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        """Stop (fast: open connections are cut) and start again; the server's output goes to the log, so no
+        pipe of ours stays open in it."""
+        self.stop("fast")
+        self._start()
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@/{database}?host={self.socket}"
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = f"t{os.getpid()}_{next(self._names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    bin_dir = pg_bin_dir()
+    if bin_dir is None:
+        pytest.fail(SETUP, pytrace=False)
+    user = USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            pytest.fail(f"user {user} missing (PostgreSQL does not run as root): run scripts/setup", pytrace=False)
+    root = Path(tempfile.mkdtemp(prefix="forgeci-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, user, user)
+    cluster = Cluster(root, bin_dir, user)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        try:
+            cluster.stop("immediate")
+        except RuntimeError:
+            pass  # never started (the failure is the test's), or already stopped
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """A fresh, empty database of the session's cluster."""
+    return pg_cluster.new_database()

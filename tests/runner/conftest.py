@@ -1,0 +1,52 @@
+"""The runner tests that also run with the queue on PostgreSQL.
+
+The modules below open their queue through `Queue(path)` (their own import) or the runtime (runner.runtime's);
+their tests that are not marked slow run a second time, `[postgres]`, with that name bound to a factory opening
+runner.queue.postgres_queue.PostgresQueue on a fresh database of the throwaway cluster (tests/postgres.py), one per
+path, so reopening a path reopens its database. The contract suite, the state machine and the multi-process tests
+parametrize themselves (test_queue_contract.py ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+ON_POSTGRES = frozenset({
+    "tests.runner.test_pipelines", "tests.runner.test_quotas", "tests.runner.test_scheduler",
+    "tests.runner.test_retry", "tests.runner.test_control", "tests.runner.test_artifacts", "tests.runner.test_cache",
+})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ in ON_POSTGRES and metafunc.definition.get_closest_marker("slow") is None:
+        metafunc.fixturenames.append("queue_backend")
+        metafunc.parametrize("queue_backend", ["sqlite", "postgres"])
+
+
+@pytest.fixture
+def queue_backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture(autouse=True)
+def _queue_on_postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if "queue_backend" not in request.fixturenames or request.getfixturevalue("queue_backend") != "postgres":
+        return
+    import runner.runtime
+    from runner.queue.postgres_queue import PostgresQueue
+
+    cluster = request.getfixturevalue("pg_cluster")
+    urls: dict[str, str] = {}
+
+    def open_queue(path: object = None, **options: Any) -> PostgresQueue:
+        if str(path) not in urls:
+            urls[str(path)] = cluster.new_database()
+        return PostgresQueue(urls[str(path)], **options)
+
+    factory: Callable[..., PostgresQueue] = open_queue
+    monkeypatch.setattr(runner.runtime, "Queue", factory)
+    if hasattr(request.module, "Queue"):
+        monkeypatch.setattr(request.module, "Queue", factory)
