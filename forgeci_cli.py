@@ -85,8 +85,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from runner.errors import InstanceLocked
 
     settings = load_settings(args.config)
-    if settings.queue.url:  # runner.runtime refuses it too; here it is a usage error before anything starts
-        raise ConfigError('queue.url: the PostgreSQL queue backend is not complete yet; set url = "" (SQLite)')
     host, port = settings.server.host, settings.server.port
     if not is_loopback(host) and not env_value(settings.server.api_token_env, os.environ):
         raise ConfigError(

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.errors import ConfigError
 from config.settings import Settings
 from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager
@@ -179,9 +180,9 @@ async def open_runtime(
     InstanceLocked when another process holds it.
     """
     if settings.queue.url:
-        # runner/queue/postgres.py has the connection, the dialect and the migrations, not yet the queries: refuse
-        # rather than run half a queue (issue 26).
-        raise QueueError("queue.url: the PostgreSQL queue backend is not complete yet; set url = \"\" (SQLite)")
+        # The queue runs on PostgreSQL (runner/queue/postgres_queue.py), but the server's other users of the queue
+        # file (backup, maintenance, snapshots, restore) and the LISTEN wake-ups do not yet (issue 26): refuse.
+        raise ConfigError("queue.url: the PostgreSQL queue backend is not complete yet; set url = \"\" (SQLite)")
     layout = DataLayout(settings.data_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(layout.root) if (workers if exclusive is None else exclusive) else None
