@@ -354,7 +354,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # runner labels and the agent registry: a job's runs_on (copied from its pipeline JSON by a trigger, so every
     # way a job is written has it), and every agent as its last claim described it (GET /agents)
-    """
+    Migration("""
     ALTER TABLE jobs ADD COLUMN runs_on TEXT;  -- JSON array of labels, NULL = any runner
     CREATE TRIGGER jobs_runs_on AFTER INSERT ON jobs
     WHEN NEW.pipeline IS NOT NULL AND json_array_length(NEW.pipeline, '$.runs_on') > 0
@@ -372,7 +372,29 @@ MIGRATIONS: tuple[str, ...] = (
         last_seen      REAL NOT NULL,
         PRIMARY KEY (name, instance)
     );
-    """,
+    """, postgres="""
+    ALTER TABLE jobs ADD COLUMN runs_on TEXT;
+    CREATE FUNCTION forgeci_runs_on() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.pipeline IS NOT NULL AND jsonb_typeof(NEW.pipeline::jsonb -> 'runs_on') = 'array'
+           AND jsonb_array_length(NEW.pipeline::jsonb -> 'runs_on') > 0 THEN
+            NEW.runs_on := (NEW.pipeline::jsonb -> 'runs_on')::text;
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER jobs_runs_on BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION forgeci_runs_on();
+    CREATE TABLE agents (
+        name           TEXT NOT NULL,
+        instance       TEXT NOT NULL,
+        labels         TEXT NOT NULL DEFAULT '[]',
+        version        TEXT,
+        address        TEXT,
+        max_concurrent BIGINT,
+        first_seen     DOUBLE PRECISION NOT NULL,
+        last_seen      DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (name, instance)
+    );
+    """),
 )
 
 

@@ -213,6 +213,6 @@ async def test_the_server_refuses_a_postgresql_queue_until_the_backend_is_comple
 
     settings = dataclasses.replace(fake_settings, queue=dataclasses.replace(
         fake_settings.queue, url="postgresql://ci@db.example/forgeci"))
-    with pytest.raises(QueueError, match="not complete yet"):
+    with pytest.raises(ConfigError, match="not complete yet"):
         async with open_runtime(settings, workers=False):
             pass
