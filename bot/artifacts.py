@@ -239,7 +239,8 @@ ROUTES: tuple[tuple[str, str, Handler, Access], ...] = (
     ("GET", "/artifacts/dl/{id}/archive.tar.zst", download_archive, "public"),
     ("GET", "/artifacts/dl/{id}/archive.tar", download_tar, "public"),
     ("GET", "/artifacts/dl/{id}/archive.zip", download_zip, "public"),
-    ("GET", "/artifacts/dl/{id}/files/{path:.+}", download_file, "public"),
+    # [\s\S], not `.`: a file whose name holds a newline has a link that reaches it too.
+    ("GET", r"/artifacts/dl/{id}/files/{path:[\s\S]+}", download_file, "public"),
 )
 
 

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
 import zstandard
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from bot.artifact_links import KEY_FILE, LinkSigner, archive_path, file_path, load_key
 from bot.artifacts import SIGNER, byte_range
@@ -33,6 +35,7 @@ from runner.models import JobSpec, JobState
 from tests.bot.api_helpers import TOKEN, api_client, runtime_of, with_server
 from tests.conftest import repo_maker
 from tests.fake_engine import FakeEngine, Script
+from tests.reliability.proxy import FaultProxy
 from tests.runner.test_pipelines import by_display, finished
 from tests.runner.test_store import MotoServer, moto_server
 
@@ -401,3 +404,33 @@ class _BytesStore:
     @contextmanager
     def get_stream(self, key: str) -> Iterator[io.BytesIO]:
         yield io.BytesIO(self.data)
+
+
+# The hostile zip link schemathesis sent (seed 1234): its id decodes to a newline among other characters.
+HOSTILE_ZIP = ("/artifacts/dl/%7F%C3%99%F3%83%98%83.%F2%B0%A2%B3%0AD%F4%84%8A%86%F1%81%8C%AB%F0%B9%92%94%F1%A4%B9%8A%C2"
+               "%B48%C3%B4%F0%AA%8B%89%F1%81%B7%A9%C2%94%F0%B5%B5%8B%F3%84%88%B2%C3%B4%F3%88%8E%AA/archive.zip"
+               "?sig=X%C3%8C%C2%8D%C2%83%C2%B4%F2%87%9D%A4%C3%8A%22&expires=2")
+
+
+async def test_a_path_with_a_newline_is_a_json_answer_directly_and_through_the_fault_proxy(built: Built) -> None:
+    """tests/reliability/test_hostile_api.py fuzzes the server through FaultProxy: a path with %0A once missed the
+    proxy's own `.*` route and came back as its text/plain 404, which schemathesis blamed on the API."""
+    signer: LinkSigner = built.client.server.app[SIGNER]
+    upstream = str(built.client.make_url("")).rstrip("/")
+    proxy = FaultProxy(upstream)
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for base in (upstream, proxy.endpoint):
+                async with session.get(URL(base + HOSTILE_ZIP, encoded=True)) as response:
+                    assert response.status == 403 and response.content_type == "application/json", base
+                    assert (await response.json())["error"] == "forbidden"
+                # A validly signed file link whose path holds a newline reaches the handler (no such file), not a
+                # router miss.
+                link = signer.link(file_path(built.artifact["id"], "dist/line\nbreak.txt"), int(time.time()) + 60)
+                async with session.get(URL(base + link, encoded=True)) as response:
+                    assert response.status == 404 and response.content_type == "application/json", base
+                    assert "has no file 'dist/line\\nbreak.txt'" in (await response.json())["detail"]
+    finally:
+        await proxy.close()
+    assert [seen.status for seen in proxy.seen] == [403, 404]

@@ -55,7 +55,9 @@ class FaultProxy:
     async def start(self, port: int = 0) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=120))
         app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # [\s\S], not `.`: a path whose decoded form holds a newline (%0A) is forwarded too, not answered by this
+        # proxy's own router with a text/plain 404 that the client would take for the upstream's.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
