@@ -69,11 +69,11 @@ def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
     elif _IGNORE.search(sql):
         conflict = " ON CONFLICT DO NOTHING"
         sql = _IGNORE.sub("INSERT INTO", sql, count=1)
-    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(sql)]
+    lexemes = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(sql)]
     out: list[str] = []
     i = 0
-    while i < len(tokens):
-        kind, text = tokens[i]
+    while i < len(lexemes):
+        kind, text = lexemes[i]
         low = text.lower()
         if kind == "qmark" and placeholders:
             text = "%s"
@@ -81,8 +81,8 @@ def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
             text = f"%({text[1:]})s"
         elif kind in ("pct", "str", "ident") and placeholders:
             text = text.replace("%", "%%")  # psycopg reads every % as a placeholder's, inside literals too
-        elif kind == "word" and low == "indexed" and _word(tokens, i + 1) == "by":
-            i = _skip_word(tokens, _skip_word(tokens, i + 1) + 1) + 1  # INDEXED BY name
+        elif kind == "word" and low == "indexed" and _word(lexemes, i + 1) == "by":
+            i = _skip_word(lexemes, _skip_word(lexemes, i + 1) + 1) + 1  # INDEXED BY name
             while out and out[-1] in (" ", "\t"):
                 out.pop()
             continue
@@ -91,37 +91,37 @@ def _translate(sql: str, *, placeholders: bool, ddl: bool) -> str:
             conflict = ""
         elif kind == "word" and low == "user":
             text = '"user"'
-        elif kind == "word" and low == "is" and _word(tokens, i + 1) not in _NOT_OPERAND:
+        elif kind == "word" and low == "is" and _word(lexemes, i + 1) not in _NOT_OPERAND:
             text = "IS NOT DISTINCT FROM"  # SQLite's IS compares any values, NULL-safe
         elif kind == "word" and low == "not" and _prev_significant(out) == "is" \
-                and _word(tokens, i + 1) not in _NOT_OPERAND:
+                and _word(lexemes, i + 1) not in _NOT_OPERAND:
             out[_last_significant(out)] = "IS"
             text = "DISTINCT FROM"
         elif kind == "word" and low in FLAGS and _prev_significant(out) in ("set", ",") \
-                and (end := _assigned_condition(tokens, i)):
-            value = _translate("".join(t for _, t in tokens[end[0]:end[1]]), placeholders=placeholders, ddl=False)
+                and (end := _assigned_condition(lexemes, i)):
+            value = _translate("".join(t for _, t in lexemes[end[0]:end[1]]), placeholders=placeholders, ddl=False)
             out.append(f"{text} = ({value})::int")  # `flag = a != b`: SQLite stores the comparison's 0/1
             i = end[1]
             continue
-        elif kind == "word" and low in FLAGS and _is_condition(tokens, i, out):
+        elif kind == "word" and low in FLAGS and _is_condition(lexemes, i, out):
             text = f"({_flag_name(out, text)} <> 0)"
-        elif kind == "word" and low in ("sum", "total") and _next_char(tokens, i + 1) == "(":
-            text, i = _sum(tokens, i + 1, placeholders, low)
+        elif kind == "word" and low in ("sum", "total") and _next_char(lexemes, i + 1) == "(":
+            text, i = _sum(lexemes, i + 1, placeholders, low)
             out.append(text)
             continue
-        elif kind == "word" and low in ("json_each", "json_patch") and _next_char(tokens, i + 1) == "(":
-            text, i = (_json_each if low == "json_each" else _json_patch)(tokens, i + 1, placeholders)
+        elif kind == "word" and low in ("json_each", "json_patch") and _next_char(lexemes, i + 1) == "(":
+            text, i = (_json_each if low == "json_each" else _json_patch)(lexemes, i + 1, placeholders)
             _cast_ids(out)
             out.append(text)
             continue
-        elif kind == "word" and low in _RENAMED and _next_char(tokens, i + 1) == "(":
+        elif kind == "word" and low in _RENAMED and _next_char(lexemes, i + 1) == "(":
             text = _RENAMED[low]
-        elif kind == "word" and low in _GREATEST and _arguments(tokens, i + 1) > 1:
+        elif kind == "word" and low in _GREATEST and _arguments(lexemes, i + 1) > 1:
             text = _GREATEST[low]
         elif kind == "word" and ddl and text.upper() in _TYPES:
-            text = _ddl_type(tokens, i, text.upper())
-        elif kind == "word" and ddl and low == "without" and _word(tokens, i + 1) == "rowid":
-            i = _skip_word(tokens, i + 1) + 1
+            text = _ddl_type(lexemes, i, text.upper())
+        elif kind == "word" and ddl and low == "without" and _word(lexemes, i + 1) == "rowid":
+            i = _skip_word(lexemes, i + 1) + 1
             continue
         out.append(text)
         i += 1
@@ -135,41 +135,41 @@ def _column(name: str) -> str:
     return '"user"' if name.lower() == "user" else name
 
 
-def _ddl_type(tokens: list[tuple[str | None, str]], i: int, upper: str) -> str:
+def _ddl_type(lexemes: list[tuple[str | None, str]], i: int, upper: str) -> str:
     """INTEGER PRIMARY KEY is SQLite's rowid alias: an identity column (explicit values allowed, never reused)."""
-    if upper == "INTEGER" and _word(tokens, i + 1) == "primary" and _word(tokens, _skip_word(tokens, i + 1) + 1) \
+    if upper == "INTEGER" and _word(lexemes, i + 1) == "primary" and _word(lexemes, _skip_word(lexemes, i + 1) + 1) \
             == "key":
         return "BIGINT GENERATED BY DEFAULT AS IDENTITY"
     return _TYPES[upper]
 
 
-def _skip_word(tokens: list[tuple[str | None, str]], i: int) -> int:
+def _skip_word(lexemes: list[tuple[str | None, str]], i: int) -> int:
     """The index of the next word token at or after i (whitespace and comments skipped)."""
-    while i < len(tokens) and tokens[i][0] != "word":
+    while i < len(lexemes) and lexemes[i][0] != "word":
         i += 1
     return i
 
 
-def _word(tokens: list[tuple[str | None, str]], i: int) -> str | None:
-    while i < len(tokens) and (tokens[i][0] == "comment" or tokens[i][1].isspace()):
+def _word(lexemes: list[tuple[str | None, str]], i: int) -> str | None:
+    while i < len(lexemes) and (lexemes[i][0] == "comment" or lexemes[i][1].isspace()):
         i += 1
-    return tokens[i][1].lower() if i < len(tokens) and tokens[i][0] == "word" else None
+    return lexemes[i][1].lower() if i < len(lexemes) and lexemes[i][0] == "word" else None
 
 
-def _next_char(tokens: list[tuple[str | None, str]], i: int) -> str | None:
-    while i < len(tokens) and tokens[i][1].isspace():
+def _next_char(lexemes: list[tuple[str | None, str]], i: int) -> str | None:
+    while i < len(lexemes) and lexemes[i][1].isspace():
         i += 1
-    return tokens[i][1] if i < len(tokens) else None
+    return lexemes[i][1] if i < len(lexemes) else None
 
 
-def _arguments(tokens: list[tuple[str | None, str]], i: int) -> int:
-    """How many arguments the call starting at tokens[i] ('(') has; 0 when it is not a call."""
-    while i < len(tokens) and tokens[i][1].isspace():
+def _arguments(lexemes: list[tuple[str | None, str]], i: int) -> int:
+    """How many arguments the call starting at lexemes[i] ('(') has; 0 when it is not a call."""
+    while i < len(lexemes) and lexemes[i][1].isspace():
         i += 1
-    if i >= len(tokens) or tokens[i][1] != "(":
+    if i >= len(lexemes) or lexemes[i][1] != "(":
         return 0
     depth, count = 0, 1
-    for kind, text in tokens[i:]:
+    for kind, text in lexemes[i:]:
         if kind != "other":
             continue
         if text == "(":
@@ -206,37 +206,37 @@ def _flag_name(out: list[str], text: str) -> str:
     return text
 
 
-def _is_condition(tokens: list[tuple[str | None, str]], i: int, out: list[str]) -> bool:
+def _is_condition(lexemes: list[tuple[str | None, str]], i: int, out: list[str]) -> bool:
     found = _significant(out)
     before = out[found[-1]].lower() if found else None
     if before == "." and len(found) >= 3:
         before = out[found[-3]].lower()
     j = i + 1
-    while j < len(tokens) and (tokens[j][1].isspace() or tokens[j][0] == "comment"):
+    while j < len(lexemes) and (lexemes[j][1].isspace() or lexemes[j][0] == "comment"):
         j += 1
-    after = tokens[j][1].lower() if j < len(tokens) else None
+    after = lexemes[j][1].lower() if j < len(lexemes) else None
     return before in _CONDITION_BEFORE and after in _CONDITION_AFTER
 
 
-def _json_each(tokens: list[tuple[str | None, str]], i: int, placeholders: bool) -> tuple[str, int]:
+def _json_each(lexemes: list[tuple[str | None, str]], i: int, placeholders: bool) -> tuple[str, int]:
     """json_each(X) / json_each(X, '$.key') -> the elements of X's array (as text, in a column named value)."""
-    args, end = _argument_spans(tokens, i)
-    first = _translate("".join(t for _, t in tokens[args[0][0]:args[0][1]]), placeholders=placeholders, ddl=False)
+    args, end = _argument_spans(lexemes, i)
+    first = _translate("".join(t for _, t in lexemes[args[0][0]:args[0][1]]), placeholders=placeholders, ddl=False)
     if len(args) == 1:
         return f"json_array_elements_text(({first})::json)", end
-    path = "".join(t for _, t in tokens[args[1][0]:args[1][1]]).strip()
+    path = "".join(t for _, t in lexemes[args[1][0]:args[1][1]]).strip()
     if not re.fullmatch(r"'\$\.\w+'", path):
         raise ValueError(f"json_each path {path}: only '$.key' translates")
     return f"json_array_elements_text(({first})::json -> '{path[3:-1]}')", end
 
 
-def _sum(tokens: list[tuple[str | None, str]], i: int, placeholders: bool, name: str) -> tuple[str, int]:
+def _sum(lexemes: list[tuple[str | None, str]], i: int, placeholders: bool, name: str) -> tuple[str, int]:
     """sum(a = b) counts in SQLite (a comparison is 0/1); total(x) is a float sum that is 0.0 over no rows."""
-    args, end = _argument_spans(tokens, i)
-    inner = "".join(t for _, t in tokens[args[0][0]:args[0][1]])
+    args, end = _argument_spans(lexemes, i)
+    inner = "".join(t for _, t in lexemes[args[0][0]:args[0][1]])
     value = _translate(inner, placeholders=placeholders, ddl=False)
     if any(kind == "other" and text in "=<>!" or kind == "word" and text.lower() in ("is", "in", "like")
-           for kind, text in tokens[args[0][0]:args[0][1]]):
+           for kind, text in lexemes[args[0][0]:args[0][1]]):
         value = f"({value})::int"
     return (f"coalesce(sum({value}), 0.0)" if name == "total" else f"sum({value})"), end
 
@@ -249,20 +249,20 @@ def _cast_ids(out: list[str]) -> None:
         out[found[-2]] = "value::bigint"
 
 
-def _json_patch(tokens: list[tuple[str | None, str]], i: int, placeholders: bool) -> tuple[str, int]:
+def _json_patch(lexemes: list[tuple[str | None, str]], i: int, placeholders: bool) -> tuple[str, int]:
     """json_patch(A, B) on the flat objects the queue patches (a job's env): B's keys over A's (jsonb ||)."""
-    args, end = _argument_spans(tokens, i)
-    a, b = (_translate("".join(t for _, t in tokens[x:y]), placeholders=placeholders, ddl=False) for x, y in args)
+    args, end = _argument_spans(lexemes, i)
+    a, b = (_translate("".join(t for _, t in lexemes[x:y]), placeholders=placeholders, ddl=False) for x, y in args)
     return f"(({a})::jsonb || ({b})::jsonb)::text", end
 
 
-def _argument_spans(tokens: list[tuple[str | None, str]], i: int) -> tuple[list[tuple[int, int]], int]:
+def _argument_spans(lexemes: list[tuple[str | None, str]], i: int) -> tuple[list[tuple[int, int]], int]:
     """The token ranges of the arguments of the call whose '(' is at or after i, and the index after its ')'."""
-    while tokens[i][1] != "(":
+    while lexemes[i][1] != "(":
         i += 1
     depth, start, spans = 0, i + 1, []
-    for j in range(i, len(tokens)):
-        kind, text = tokens[j]
+    for j in range(i, len(lexemes)):
+        kind, text = lexemes[j]
         if kind != "other":
             continue
         if text == "(":
@@ -278,17 +278,17 @@ def _argument_spans(tokens: list[tuple[str | None, str]], i: int) -> tuple[list[
     raise ValueError("unbalanced parentheses")
 
 
-def _assigned_condition(tokens: list[tuple[str | None, str]], i: int) -> tuple[int, int] | None:
+def _assigned_condition(lexemes: list[tuple[str | None, str]], i: int) -> tuple[int, int] | None:
     """For `flag = <expr>` in a SET list: the token range of <expr> when it is a comparison, else None."""
     j = i + 1
-    while j < len(tokens) and tokens[j][1].isspace():
+    while j < len(lexemes) and lexemes[j][1].isspace():
         j += 1
-    if j >= len(tokens) or tokens[j][1] != "=":
+    if j >= len(lexemes) or lexemes[j][1] != "=":
         return None
     start = j + 1
     depth, compares = 0, False
-    for k in range(start, len(tokens)):
-        kind, text = tokens[k]
+    for k in range(start, len(lexemes)):
+        kind, text = lexemes[k]
         if kind == "other" and text == "(":
             depth += 1
         elif kind == "other" and text == ")":
@@ -301,4 +301,4 @@ def _assigned_condition(tokens: list[tuple[str | None, str]], i: int) -> tuple[i
         elif depth == 0 and (kind == "other" and text in "<>!" or kind == "word" and text.lower() in
                              ("is", "in", "like", "and", "or", "not")):
             compares = True
-    return (start, len(tokens)) if compares else None
+    return (start, len(lexemes)) if compares else None
