@@ -283,6 +283,16 @@ class PipelineInfo:
                    d.get("cancel_requested") is True, jobs, d)
 
 
+def _page(data: object, noun: str, key: str) -> tuple[list[object], str | None]:
+    """A list page of the API: its items under `key`, and the next page's cursor (None on the last)."""
+    d = _object(data, f"a {noun} list")
+    items = d.get(key)
+    if not isinstance(items, list):
+        raise BadResponse(f"a {noun} list without `{key}`")
+    cursor = d.get("next_cursor")
+    return items, cursor if isinstance(cursor, str) else None
+
+
 @dataclass(frozen=True)
 class PipelinePage:
     """One page of `/pipelines` and the cursor of the next, None on the last."""
@@ -292,12 +302,8 @@ class PipelinePage:
 
     @classmethod
     def from_dict(cls, data: object) -> PipelinePage:
-        d = _object(data, "a pipeline list")
-        pipelines = d.get("pipelines")
-        if not isinstance(pipelines, list):
-            raise BadResponse("a pipeline list without `pipelines`")
-        cursor = d.get("next_cursor")
-        return cls(tuple(PipelineInfo.from_dict(p) for p in pipelines), cursor if isinstance(cursor, str) else None)
+        items, cursor = _page(data, "pipeline", "pipelines")
+        return cls(tuple(PipelineInfo.from_dict(p) for p in items), cursor)
 
 
 @dataclass(frozen=True)
@@ -309,12 +315,8 @@ class JobPage:
 
     @classmethod
     def from_dict(cls, data: object) -> JobPage:
-        d = _object(data, "a job list")
-        jobs = d.get("jobs")
-        if not isinstance(jobs, list):
-            raise BadResponse("a job list without `jobs`")
-        cursor = d.get("next_cursor")
-        return cls(tuple(JobInfo.from_dict(j) for j in jobs), cursor if isinstance(cursor, str) else None)
+        items, cursor = _page(data, "job", "jobs")
+        return cls(tuple(JobInfo.from_dict(j) for j in items), cursor)
 
 
 @dataclass(frozen=True, slots=True)
