@@ -213,9 +213,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    """backup FILE (online, verified), restore FILE (into a stopped instance), migrate (a stopped instance)."""
+    """backup FILE (online, verified), restore FILE (into a stopped instance), migrate [--to URL] (a stopped one)."""
     from config.settings import load_settings
-    from runner import backup
+    from runner import backup, db_migrate
     from runner.layout import DataLayout
 
     layout = DataLayout(load_settings(args.config).data_dir)
@@ -231,12 +231,8 @@ def cmd_db(args: argparse.Namespace) -> int:
             print(f"the database it replaced: {done.previous}")
         if done.moved_logs:
             print(f"logs of jobs newer than the backup: {done.moved_logs}")
-    else:
-        result = backup.migrate_database(layout)
-        if result.copy is None:
-            print(f"{layout.db}: schema version {result.after}, up to date")
-        else:
-            print(f"{layout.db}: schema version {result.before} -> {result.after}; the database as it was: {result.copy}")
+    else:  # migrate: this forgeci's schema, or --to a copy into PostgreSQL
+        return db_migrate.command(args)
     return EXIT_OK
 
 
@@ -391,7 +387,9 @@ def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("file")
     p = add("restore", "put a backup FILE in place as the queue database (the server must be stopped)", cmd_db, db_sub)
     p.add_argument("file")
-    add("migrate", "bring the queue database to this forgeci's schema, keeping a copy (server stopped)", cmd_db, db_sub)
+    p = add("migrate", "bring the queue database to this forgeci's schema, keeping a copy (server stopped)", cmd_db, db_sub)
+    p.add_argument("--to", metavar="URL", help="instead, copy it into an empty PostgreSQL database (postgresql://user@"
+                                               "host/db; the password from the variable queue.password_env names)")
     service_sub = add("service", "systemd units").add_subparsers(dest="service_command", metavar="ACTION",
                                                                  required=True)
     p = add("install", "write the systemd unit of forgeci serve (or --agent)", cmd_service_install, service_sub)
