@@ -394,7 +394,7 @@ def add_ops_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                                                                  required=True)
     p = add("install", "write the systemd unit of forgeci serve (or --agent)", cmd_service_install, service_sub)
     p.add_argument("--agent", action="store_true", help="the unit of `forgeci agent` instead")
-    p.add_argument("--server", help="the agent's server URL")
+    p.add_argument("--server", action="append", help="the agent's server URL (repeat it for each coordinator)")
     add_unit_options(p, positive_int)
     p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"where to write it (default: {DEFAULT_DIR})")
     p.add_argument("--user", default="root", help="the account it runs as (default: root, which runs Podman as "

@@ -75,7 +75,7 @@ class UnitOptions:
     env_file: Path = DEFAULT_ENV_FILE
     environment: Mapping[str, str] = field(default_factory=dict)
     shutdown_grace: float = 30.0
-    server: str = ""  # the agent's server URL
+    server: str | Sequence[str] = ""  # the agent's server URL (several: coordinators of one queue, tried in turn)
     agent_args: tuple[str, ...] = ()  # more `forgeci agent` options: --labels L,L, --name N, --max-concurrent N
 
     def command(self) -> tuple[str, ...]:
@@ -156,11 +156,15 @@ def serve_unit(opts: UnitOptions) -> str:
 
 
 def agent_unit(opts: UnitOptions) -> str:
-    """forgeci-agent.service: a runner on another host, claiming jobs from `opts.server`."""
-    if not opts.server.startswith(("http://", "https://")):
-        raise ConfigError(f"the agent needs --server URL (http:// or https://), got {opts.server!r}")
-    argv = [*opts.command(), "agent", "--server", opts.server, "--config", str(opts.config), *opts.agent_args]
-    return _service(opts, f"forgeci agent (runs jobs of {opts.server})", argv, ["network-online.target"])
+    """forgeci-agent.service: a runner on another host, claiming jobs from `opts.server` (or the first of its
+    servers that answers)."""
+    servers = [opts.server] if isinstance(opts.server, str) else list(opts.server)
+    for server in servers or [""]:
+        if not server.startswith(("http://", "https://")):
+            raise ConfigError(f"the agent needs --server URL (http:// or https://), got {server!r}")
+    argv = [*opts.command(), "agent", *(word for server in servers for word in ("--server", server)),
+            "--config", str(opts.config), *opts.agent_args]
+    return _service(opts, f"forgeci agent (runs jobs of {', '.join(servers)})", argv, ["network-online.target"])
 
 
 def install_units(opts: UnitOptions, directory: Path = DEFAULT_DIR, *, agent: bool = False) -> list[Path]:

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from config.errors import ConfigError
@@ -60,9 +60,10 @@ def job_secrets(data: Mapping[str, Any], git_token: str) -> Secrets:
 
 
 class Agent:
-    """Claims jobs from one coordinator and runs them here."""
+    """Claims jobs from a coordinator (one of `servers`, tried in turn: runner.agent.client) and runs them here."""
 
-    def __init__(self, settings: Settings, server: str, token: str, *, label: str, max_concurrent: int = 1,
+    def __init__(self, settings: Settings, servers: str | Sequence[str], token: str, *, label: str,
+                 max_concurrent: int = 1,
                  environ: Mapping[str, str] = os.environ, engine: Engine | None = None,
                  labels: tuple[str, ...] = ()) -> None:
         check_store(settings)
@@ -71,7 +72,7 @@ class Agent:
         self.labels = labels  # --labels: it is handed only jobs whose runs_on it has all of
         self.max_concurrent = max_concurrent
         self.environ = environ
-        self.client = AgentClient(server, token)
+        self.client = AgentClient(servers, token)
         self.layout = DataLayout(settings.data_dir)
         self._engine = engine
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event, str]] = {}

@@ -44,21 +44,23 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from runner.errors import InstanceLocked
     from runner.queue.agents import check_name
 
-    if not args.server.startswith(("http://", "https://")):
-        raise ConfigError(f"--server must be an http:// or https:// URL, got {args.server!r}")
+    servers = [args.server] if isinstance(args.server, str) else list(args.server)
+    for server in servers:
+        if not server.startswith(("http://", "https://")):
+            raise ConfigError(f"--server must be an http:// or https:// URL, got {server!r}")
     settings = load_settings(args.config)
     token = read_token(args.token_file)
     label = check_name(args.name or default_label(), "--name")
     logging.basicConfig(level=os.environ.get("FORGECI_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     labels = parse_labels(args.labels or "")
-    agent = Agent(settings, args.server, token, label=label, max_concurrent=args.max_concurrent, labels=labels)
+    agent = Agent(settings, servers, token, label=label, max_concurrent=args.max_concurrent, labels=labels)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
-        print(f"forgeci agent {label} working for {args.server} (data in {settings.data_dir}; labels: "
+        print(f"forgeci agent {label} working for {', '.join(servers)} (data in {settings.data_dir}; labels: "
               f"{', '.join(labels) or 'none'})", flush=True)
         return await agent.run()
 
@@ -106,7 +108,9 @@ def cmd_agents_token(args: argparse.Namespace) -> int:
 def add_agent_commands(add: Callable[..., argparse.ArgumentParser], positive_int: Callable[[str], int],
                        list_agents: Callable[[argparse.Namespace], int], server_help: str) -> None:
     p = add("agent", "run the jobs of a coordinator on this machine (a remote runner)", cmd_agent)
-    p.add_argument("--server", required=True, help="the coordinator's URL (https, or loopback, for secrets)")
+    p.add_argument("--server", required=True, action="append", help="the coordinator's URL (https, or loopback, "
+                   "for secrets); repeat it for each coordinator of a shared queue: tried in turn, the agent stays "
+                   "with the one that answers")
     p.add_argument("--name", help="this agent's name in runner ids (default: the host name)")
     p.add_argument("--max-concurrent", type=positive_int, default=1, help="jobs at once (default 1)")
     p.add_argument("--labels", metavar="L,L", help="this agent's labels, e.g. linux,big: it takes the jobs whose "

@@ -56,6 +56,9 @@ def test_the_agent_refuses_a_missing_token_a_file_store_and_a_bad_url(tmp_path: 
     assert filestore.stderr.count("\n") == 1
     url = forgeci(s3, "agent", "--server", "ftp://x", env={"FORGECI_AGENT_TOKEN": "t"})
     assert url.returncode == 2 and "--server must be an http:// or https:// URL" in url.stderr
+    second = forgeci(s3, "agent", "--server", "http://127.0.0.1:8080", "--server", "ci-b:8080",
+                     env={"FORGECI_AGENT_TOKEN": "t"})  # every one of several is checked
+    assert second.returncode == 2 and "got 'ci-b:8080'" in second.stderr, second.stderr
     absent = tmp_path / "nope.token"
     nofile = forgeci(s3, "agent", "--server", "http://127.0.0.1:8080", "--token-file", str(absent))
     assert nofile.returncode == 2 and "--token-file" in nofile.stderr

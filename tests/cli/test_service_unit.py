@@ -217,3 +217,12 @@ def test_the_agent_unit_carries_its_labels_name_and_slots(tmp_path: Path) -> Non
     assert start.endswith("--labels big,linux --name build-01 --max-concurrent 2"), start
     bad = subprocess.run([*run, "--labels", "a b"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and "'a b' is not a runner label" in bad.stderr, bad.stderr
+    # Several coordinators: each --server goes on the agent's command line, in order.
+    two = subprocess.run([*run, "--server", "https://ci-b.example.test"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    assert two.returncode == 0, two.stderr
+    start = words(service_section((tmp_path / "units" / "forgeci-agent.service").read_text())["ExecStart"][0])
+    at = start.index("agent")
+    assert start[at:at + 5] == ["agent", "--server", "https://ci.example.test", "--server", "https://ci-b.example.test"]
+    wrong = subprocess.run([*run, "--server", "ci-c:8080"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert wrong.returncode == 2 and "got 'ci-c:8080'" in wrong.stderr, wrong.stderr

@@ -1,0 +1,153 @@
+"""An agent with several server URLs (`forgeci agent --server A --server B`): a stopped or failing first URL falls
+over to the next, a coordinator lost mid-job moves the job's reports (heartbeats, log lines, steps, result) to the
+next without a requeue, and the agent then stays with the URL that works. The fake engine runs the jobs; the
+coordinator is a real aiohttp server on a SQLite queue, reached through fault proxies (tests/reliability/proxy.py)
+that stand for coordinators which can die, since the one queue is what several coordinators share."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from config.settings import Settings
+from runner.agent.agent import Agent
+from runner.agent.client import AgentClient, Unreachable
+from runner.logs import read_log
+from runner.models import JobSpec, JobState
+from tests.e2e.test_agents_fake import (
+    S3_ENV,
+    MakeRepo,
+    agent_settings,
+    coordinator,
+    runtime,
+    shared,
+    wait_for,
+)
+from tests.fake_engine import FakeEngine, Script
+from tests.reliability.proxy import FaultProxy
+from tests.runner.test_store import MotoServer, moto_server
+
+__all__ = ["moto_server"]
+
+TICKS = 30
+
+
+@pytest.fixture
+def base(fake_settings: Settings, moto_server: MotoServer) -> Settings:
+    # A short lease: heartbeats every second, so several of them must find their way after the failover.
+    return shared(fake_settings, moto_server, f"f{int(time.time() * 1000)}", lease_seconds=3)
+
+
+def closed_port() -> str:
+    """A loopback URL nothing listens on (a stopped coordinator): connections are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def proxy(server: TestServer, mode: str = "pass") -> AsyncIterator[FaultProxy]:
+    one = FaultProxy(str(server.make_url("")).rstrip("/"), mode=mode)  # type: ignore[arg-type]
+    await one.start()
+    try:
+        yield one
+    finally:
+        await one.close()
+
+
+@asynccontextmanager
+async def running(agent: Agent) -> AsyncIterator[Agent]:
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 60)
+
+
+def ticking(engine: FakeEngine) -> None:
+    engine.on("tick", Script(lines=[f"tick {i}" for i in range(TICKS)], interval=0.1))
+
+
+def agent_paths(fault: FaultProxy, since: int = 0) -> list[str]:
+    return [seen.path for seen in fault.seen[since:]]
+
+
+async def test_a_stopped_and_a_failing_first_server_fall_over_to_the_next(
+        base: Settings, tmp_path: Path, make_local_repo: MakeRepo) -> None:
+    repo, sha = make_local_repo({".forgeci.toml": '[[steps]]\nname = "s"\nrun = "tick"\n'})
+    engine = FakeEngine()
+    ticking(engine)
+    async with coordinator(base) as server, proxy(server, "error") as failing:
+        rt = runtime(server)
+        token = rt.queue.create_agent_token("solo")
+        direct = str(server.make_url("")).rstrip("/")
+        one = Agent(agent_settings(base, tmp_path, "a1"), [closed_port(), failing.endpoint, direct], token,
+                    label="a1", environ=S3_ENV, engine=engine)
+        async with running(one):
+            job_id = await rt.control.submit(JobSpec(repo=str(repo), ref="main", sha=sha))
+            await wait_for(lambda: rt.queue.get(job_id).state.is_terminal)
+            assert one.client.server == direct  # and it stays there
+        job = rt.queue.get(job_id)
+        assert (job.state, job.attempts) == (JobState.success, 1), job.error
+        assert any(path.endswith("/agent/v1/claim") for path in agent_paths(failing))  # it was asked, answered 500
+        assert failing.count("error") == len(failing.seen)
+        texts = [line.text for line in read_log(rt.layout.log_file(job_id))]
+        assert [t for t in texts if t.startswith("tick ")] == [f"tick {i}" for i in range(TICKS)]
+
+
+async def test_a_coordinator_lost_mid_job_hands_its_reports_to_the_next_and_the_agent_stays_there(
+        base: Settings, tmp_path: Path, make_local_repo: MakeRepo) -> None:
+    repo, sha = make_local_repo({".forgeci.toml": '[[steps]]\nname = "s"\nrun = "tick"\n'})
+    engine = FakeEngine()
+    ticking(engine)
+    async with coordinator(base) as server, proxy(server) as first, proxy(server) as second:
+        rt = runtime(server)
+        token = rt.queue.create_agent_token("solo")
+        one = Agent(agent_settings(base, tmp_path, "a1"), [first.endpoint, second.endpoint], token, label="a1",
+                    environ=S3_ENV, engine=engine)
+        async with running(one):
+            job_id = await rt.control.submit(JobSpec(repo=str(repo), ref="main", sha=sha))
+            log = rt.layout.log_file(job_id)
+            await wait_for(lambda: any(line.text == "tick 5" for line in read_log(log)))
+            assert second.seen == []  # sticky: while the first answers, nothing goes to the second
+            port = first.port
+            await first.down()  # mid-job: the claim, the heartbeats and the first log batches went through it
+            await wait_for(lambda: rt.queue.get(job_id).state.is_terminal)
+            job = rt.queue.get(job_id)
+            assert (job.state, job.attempts) == (JobState.success, 1), job.error  # no requeue, no lost lease
+            reported = agent_paths(second)
+            for call in ("heartbeat", "log", "result"):
+                assert f"/agent/v1/jobs/{job_id}/{call}" in reported, reported
+            lines = list(read_log(log))
+            assert [line.n for line in lines] == list(range(1, len(lines) + 1))  # no gap, no line twice
+            assert [ln.text for ln in lines if ln.text.startswith("tick ")] == [f"tick {i}" for i in range(TICKS)]
+            # The first is back; the agent stays with the second, which works.
+            await first.start(port)
+            seen_before = len(first.seen)
+            again = await rt.control.submit(JobSpec(repo=str(repo), ref="main", sha=sha))
+            await wait_for(lambda: rt.queue.get(again).state.is_terminal)
+            assert rt.queue.get(again).state is JobState.success
+            assert agent_paths(first, seen_before) == []
+            assert f"/agent/v1/jobs/{again}/result" in agent_paths(second)
+
+
+async def test_every_server_down_backs_off_and_names_each_of_them() -> None:
+    servers = [closed_port(), closed_port()]
+    async with AgentClient(servers, "fca_not-in-any-message") as client:
+        started = time.monotonic()
+        with pytest.raises(Unreachable) as gone:
+            await client.call("/claim", {}, give_up_after=1.0, timeout=1.0)
+        assert time.monotonic() - started < 10
+    message = str(gone.value)
+    assert all(f"{server}: ClientConnectorError" in message for server in servers), message
+    assert "fca_" not in repr(client) + message and all(server in repr(client) for server in servers)
