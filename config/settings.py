@@ -101,9 +101,13 @@ def _queue_url(value: object) -> str:
         return ""
     try:
         parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
         raise ValueError("expected a postgresql://user@host/db url") from None
+    # libpq's multi-host form (host1:5432,host2:5432, for a failover pair) is one netloc: each port is checked.
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        port = "" if host.endswith("]") else host.rpartition(":")[2] if ":" in host else ""
+        if port and not port.isdigit():
+            raise ValueError("expected a postgresql://user@host/db url (a port is a number)")
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError(f"expected a postgresql://user@host/db url, got the scheme {parts.scheme!r}")
     if parts.password is not None:

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from config.settings import load_settings
+from config.settings import env_value, load_settings
 from runner.errors import InstanceLocked
 from runner.layout import DataLayout
 
@@ -27,7 +27,7 @@ def command(args: argparse.Namespace) -> int:
     from runner.queue.migrate_pg import MigrateRefused, check_url, copy_to_postgres
     from runner.runtime import DataDirLock
 
-    password = os.environ.get(settings.queue.password_env) or None  # never printed, never in the url
+    password = env_value(settings.queue.password_env, os.environ)  # never printed, never in the url
     lock = DataDirLock(layout.root)
     try:
         check_url(args.to)

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from runner.errors import QueueError, RunnerError
 from runner.queue.base import BUSY_TIMEOUT
@@ -51,25 +50,21 @@ class CopyReport:
         width = max([len("table"), *(len(t.table) for t in self.tables)])
         lines = [f"{'table':<{width}}  {'sqlite':>9}  {'postgresql':>10}"]
         lines += [f"{t.table:<{width}}  {t.sqlite:>9}  {t.postgres:>10}" + ("" if t.sqlite == t.postgres else "  !")
-                  for t in self.tables]
+                  for t in sorted(self.tables, key=lambda t: t.table)]
         return "\n".join(lines)
 
 
 def check_url(url: str) -> str:
-    """A postgresql:// url naming its database; a password in it is refused (it would end up in shell history
-    and process lists): it comes from the variable queue.password_env names."""
+    """A postgresql:// url as `[queue] url` takes it (libpq's multi-host form too); a password in it is refused
+    (it would end up in shell history and process lists): it comes from the variable queue.password_env names."""
+    from config.settings import _queue_url  # the one check of the setting's url
+
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise MigrateRefused("--to: expected a postgresql://user@host/db url") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise MigrateRefused(f"--to: expected a postgresql://user@host/db url, got the scheme {parts.scheme!r}")
-    if parts.password is not None:
-        raise MigrateRefused("--to: the url must not hold a password: put it in the variable queue.password_env names")
-    if not parts.path.strip("/"):
-        raise MigrateRefused("--to: the url names no database (postgresql://user@host/DB)")
-    return url
+        if _queue_url(url):
+            return url
+    except ValueError as exc:
+        raise MigrateRefused(f"--to: {exc}") from None
+    raise MigrateRefused("--to: expected a postgresql://user@host/db url")
 
 
 def copy_to_postgres(db: Path, url: str, password: str | None = None) -> CopyReport:

@@ -315,3 +315,17 @@ def test_bad_timeouts_and_grace_are_reported() -> None:
     issues = issue_map(exc)
     assert issues["storage.read_timeout"].startswith("expected a duration")
     assert issues["storage.conect_timeout"] == "unknown key (did you mean 'connect_timeout'?)"
+
+
+def test_queue_url_takes_libpq_multi_host_failover_urls_and_refuses_bad_ports() -> None:
+    # A primary and its standby (Patroni, pg_auto_failover): libpq tries them in turn and keeps the writable one.
+    failover = "postgresql://forgeci@pg1:5432,pg2:5433/forgeci?target_session_attrs=read-write"
+    assert parse_settings(f'[queue]\nurl = "{failover}"\n', "f").queue.url == failover
+    socket = "postgresql://forgeci@/forgeci?host=/run/postgresql"
+    assert parse_settings(f'[queue]\nurl = "{socket}"\n', "f").queue.url == socket
+    for bad, says in [("postgresql://forgeci@pg1:5432,pg2:x/forgeci", "a port is a number"),
+                      ("postgresql://forgeci:pw@pg1,pg2/forgeci", "must not hold a password"),
+                      ("mysql://forgeci@db/forgeci", "got the scheme 'mysql'")]:
+        with pytest.raises(ConfigError) as exc:
+            parse_settings(f'[queue]\nurl = "{bad}"\n', "f")
+        assert says in issue_map(exc)["queue.url"] and ":pw@" not in str(exc.value)

@@ -142,6 +142,19 @@ def test_the_migrated_queue_shows_the_same_pipelines_jobs_and_index(migrated: tu
         assert after.get(3).state is JobState.success
 
 
+def test_a_libpq_multi_host_url_reaches_the_writable_host(tmp_path: Path, pg_url: str) -> None:
+    """The README's failover form: hosts in turn, the first that accepts writes (target_session_attrs)."""
+    db = full_database(tmp_path / "queue.db")
+    dead = tmp_path / "no-server-here"
+    dead.mkdir()
+    base, _, socket = pg_url.partition("?host=")
+    url = f"{base}?host={dead},{socket}&target_session_attrs=read-write"
+    report = copy_to_postgres(db, url)
+    assert all(t.sqlite == t.postgres for t in report.tables)
+    with PostgresQueue(url) as queue:
+        assert queue.pipeline(7).job_ids == (10, 11, 900)
+
+
 def test_a_target_with_rows_is_refused_and_left_as_it_was(tmp_path: Path, pg_url: str) -> None:
     db = full_database(tmp_path / "queue.db")
     with PostgresQueue(pg_url) as queue:
@@ -208,7 +221,8 @@ def test_the_command_copies_prints_the_counts_and_never_the_password(tmp_path: P
 @pytest.mark.parametrize(("url", "message"), [
     ("mysql://ci@db/forgeci", "expected a postgresql://user@host/db url, got the scheme 'mysql'"),
     ("postgresql://ci:hunter2@db/forgeci", "must not hold a password"),
-    ("postgresql://ci@db", "names no database"),
+    ("postgresql://ci@db", "naming the user and the database"),
+    ("postgresql://ci@db:5432,db2:x/forgeci", "a port is a number"),
 ])
 def test_the_command_refuses_a_url_that_is_not_postgresql(tmp_path: Path, url: str, message: str) -> None:
     config, _ = settings_file(tmp_path)
