@@ -199,9 +199,11 @@ class Agent:
         assert self.executor is not None
         job = job_from_dict(data["job"])
         lease = data["lease"]
-        channel = JobChannel(self.client, job, str(lease["id"]), float(lease["seconds"]), cancel)
+        base = int(data.get("log_base") or 0)
+        channel = JobChannel(self.client, job, str(lease["id"]), float(lease["seconds"]), cancel,
+                             local_log=self.layout.log_file(job.id), log_base=base)
         try:
-            self._start_log(job.id, int(data.get("log_base") or 0))
+            self._start_log(job.id, base)
             executor = copy.copy(self.executor)  # this job's secrets; the rest is shared
             executor.secrets = job_secrets(data.get("secrets") or {}, self.executor.secrets.git_token)
             try:

@@ -3,6 +3,10 @@
 Everything the executor reports goes into an outbox that one sender delivers in order, retrying while the
 coordinator is away; log lines carry their numbers, so a batch sent again is not duplicated. The result goes
 last, once the outbox is empty. A refused lease (409) stops the job: a newer attempt owns it.
+
+An agent with several coordinators (runner.agent.client) may move to one whose file of the job's log ends before
+the lines it sends next (the earlier ones went to the coordinator it left): that one answers 422 "log gap", and the
+channel sends it the missing lines of this attempt from the agent's own copy of the log, then goes on.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ BATCH_BYTES = 512 * 1024  # of line text in one log call (the API takes bodies u
 class JobChannel:
     """The StepReporter (and the executor's on_line) of a job an agent runs, and its lease keeper."""
 
-    def __init__(self, client: AgentClient, job: Job, lease: str, lease_seconds: float, cancel: asyncio.Event) -> None:
+    def __init__(self, client: AgentClient, job: Job, lease: str, lease_seconds: float, cancel: asyncio.Event,
+                 local_log: Path | None = None, log_base: int = 0) -> None:
         self.client = client
+        self.local_log = local_log  # this attempt's lines as the executor wrote them here (after log_base)
+        self.log_base = log_base  # the lines up to it are the coordinator's (earlier attempts, its own notes)
+        self._caught_up: set[int] = set()  # the batches (by first line) a catch-up was tried for
         self.job = job
         self.lease = lease
         self.lease_seconds = lease_seconds
@@ -161,8 +169,38 @@ class JobChannel:
             except (LeaseLost, TokenRefused) as exc:
                 self._lose(str(exc))
             except AgentError as exc:  # a report the coordinator refuses for good: drop it, go on
+                if kind == "line" and exc.status == 422 and await self._catch_up(int(item["n"])):
+                    continue  # the coordinator has the lines before the batch now: send it again
                 log.error("job %d: %s refused: %s", self.job.id, kind, exc)
                 self._outbox.popleft()
+
+    async def _catch_up(self, first: int) -> bool:
+        """Send a coordinator whose log of the job ends before line `first` the lines it lacks, from this agent's
+        copy of the attempt's log; False when that copy does not reach back to them (lines up to log_base are the
+        other coordinator's alone) or one catch-up for this batch was tried already."""
+        if self.local_log is None or first in self._caught_up:
+            return False
+        self._caught_up.add(first)
+        url = f"/jobs/{self.job.id}/log"
+        try:
+            _, data = await self.client.call(url, {"lease": self.lease, "lines": []})  # answers its last line
+            last = int(data["last"])
+            missing = [line for line in read_log(self.local_log, max(last, self.log_base)) if line.n < first]
+            if last < self.log_base or [line.n for line in missing] != list(range(last + 1, first)):
+                return False
+            log.info("job %d: the coordinator's log ends at line %d: sending lines %d-%d again", self.job.id, last,
+                     last + 1, first - 1)
+            for start in range(0, len(missing), MAX_BATCH):
+                await self.client.call(url, {"lease": self.lease, "lines": [
+                    {"n": line.n, "t": line.t, "s": line.step, "o": line.stream, "x": line.text}
+                    for line in missing[start:start + MAX_BATCH]]})
+            return True
+        except (LeaseLost, TokenRefused) as exc:
+            self._lose(str(exc))
+            return True  # the send loop ends: the job is no longer ours
+        except (AgentError, KeyError, TypeError, ValueError) as exc:
+            log.warning("job %d: catching the coordinator's log up failed: %s", self.job.id, exc)
+            return False
 
     async def _beat(self) -> None:
         """Every third of the lease (at least every 5 s: the answer carries a cancel): extend it; a cancel the
