@@ -180,6 +180,18 @@ def test_a_failed_copy_keeps_nothing(tmp_path: Path, pg_url: str) -> None:
     assert all(t.sqlite == t.postgres > 0 for t in again.tables)
 
 
+def test_rows_whose_parent_is_gone_are_named_before_anything_is_written(tmp_path: Path, pg_url: str) -> None:
+    db = full_database(tmp_path / "queue.db")
+    conn = sqlite3.connect(db)  # foreign keys off, as a database written by hand (or an old bug) may be
+    conn.execute("INSERT INTO steps (job_id, idx, name, state) VALUES (777, 0, 'lost', 'success')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(MigrateRefused, match=r"1 row\(s\) reference rows that do not exist \(steps -> jobs\)"):
+        copy_to_postgres(db, pg_url)
+    with psycopg.connect(pg_url) as pg:
+        assert pg.execute("SELECT to_regclass('jobs')").fetchone() == (None,)  # not even the schema
+
+
 def test_an_older_schema_is_refused_with_what_to_do(tmp_path: Path, pg_url: str) -> None:
     db = tmp_path / "queue.db"
     build(db, 5)
