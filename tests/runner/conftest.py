@@ -1,6 +1,6 @@
 """The runner tests that also run with the queue on PostgreSQL.
 
-The modules below open their queue through `Queue(path)` (their own import) or the runtime (runner.runtime's);
+The modules below open their queue through `Queue(path)` (their own import) or the runtime (runner.backend's);
 their tests that are not marked slow run a second time, `[postgres]`, with that name bound to a factory opening
 runner.queue.postgres_queue.PostgresQueue on a fresh database of the throwaway cluster (tests/postgres.py), one per
 path, so reopening a path reopens its database. The contract suite, the state machine and the multi-process tests
@@ -35,7 +35,7 @@ def queue_backend() -> str:
 def _queue_on_postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if "queue_backend" not in request.fixturenames or request.getfixturevalue("queue_backend") != "postgres":
         return
-    import runner.runtime
+    import runner.backend
     from runner.queue.postgres_queue import PostgresQueue
 
     cluster = request.getfixturevalue("pg_cluster")
@@ -47,6 +47,6 @@ def _queue_on_postgres(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         return PostgresQueue(urls[str(path)], **options)
 
     factory: Callable[..., PostgresQueue] = open_queue
-    monkeypatch.setattr(runner.runtime, "Queue", factory)
+    monkeypatch.setattr(runner.backend, "Queue", factory)
     if hasattr(request.module, "Queue"):
         monkeypatch.setattr(request.module, "Queue", factory)
