@@ -69,14 +69,13 @@ def refuse_on_postgres(settings: Settings, what: str) -> None:
             f"with pg_restore (or your database's backup tooling: base backups, WAL archiving)")
 
 
-def check_postgres(settings: Settings, environ: Mapping[str, str] = os.environ) -> tuple[str, str, str]:
-    """(level, detail, fix) of the doctor's queue check on PostgreSQL: reachable, schema version known. Read-only:
-    it never migrates (`forgeci serve` and `forgeci db migrate` do)."""
+def postgres_schema(settings: Settings, environ: Mapping[str, str] = os.environ) -> tuple[int, str]:
+    """(schema version, the server's default synchronous_commit) of the PostgreSQL queue, read-only: 0 before
+    forgeci made its tables. QueueError naming the database (never a password) when it cannot be read."""
     import psycopg
 
     from runner.queue.postgres import _display, conninfo
 
-    name = _display(settings.queue.url)
     try:
         with psycopg.connect(conninfo(settings.queue.url, queue_password(settings, environ)), autocommit=True,
                              connect_timeout=CONNECT_TIMEOUT) as conn:
@@ -85,10 +84,25 @@ def check_postgres(settings: Settings, environ: Mapping[str, str] = os.environ) 
             setting = conn.execute("SHOW synchronous_commit").fetchone()
     except psycopg.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return ("fail", f"{name}: {first}", f"check queue.url, that PostgreSQL runs and accepts this user, and "
-                                            f"${settings.queue.password_env}")
-    version, known = (int(found[0]) if found else 0), len(MIGRATIONS)
-    default = f" (server default synchronous_commit = {setting[0]}; forgeci's sessions set on)" if setting else ""
+        raise QueueError(f"PostgreSQL queue {_display(settings.queue.url)}: {first}") from exc
+    return (int(found[0]) if found else 0), (str(setting[0]) if setting else "?")
+
+
+def check_postgres(settings: Settings, environ: Mapping[str, str] = os.environ) -> tuple[str, str, str]:
+    """(level, detail, fix) of the doctor's queue check on PostgreSQL: reachable, schema version known. Read-only:
+    it never migrates (`forgeci serve` and `forgeci db migrate` do)."""
+    from runner.queue.postgres import _display
+
+    name = _display(settings.queue.url)
+    try:
+        version, setting = postgres_schema(settings, environ)
+    except QueueError as exc:
+        return ("fail", str(exc), f"check queue.url, that PostgreSQL runs and accepts this user, and "
+                                  f"${settings.queue.password_env}")
+    known = len(MIGRATIONS)
+    default = f" (server default synchronous_commit = {setting}; forgeci's sessions set on)"
+    if version == 0:
+        return ("ok", f"{name}: reachable, no forgeci tables yet (forgeci serve creates them){default}", "")
     if version > known:
         return ("fail", f"{name}: schema version {version}, newer than this forgeci ({known})",
                 "run the forgeci that wrote it")
