@@ -17,11 +17,18 @@ import pytest
 ON_POSTGRES = frozenset({
     "tests.runner.test_pipelines", "tests.runner.test_quotas", "tests.runner.test_scheduler",
     "tests.runner.test_retry", "tests.runner.test_control", "tests.runner.test_artifacts", "tests.runner.test_cache",
+    "tests.runner.test_outbox", "tests.runner.test_labels", "tests.runner.test_cache_entries",
+    "tests.runner.test_snapshot", "tests.runner.test_maintenance",
 })
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.module.__name__ in ON_POSTGRES and metafunc.definition.get_closest_marker("slow") is None:
+    on_both_backends(metafunc, ON_POSTGRES)
+
+
+def on_both_backends(metafunc: pytest.Metafunc, modules: frozenset[str]) -> None:
+    """Parametrize the tests of `modules` that are not slow over `queue_backend` (tests/bot/conftest.py too)."""
+    if metafunc.module.__name__ in modules and metafunc.definition.get_closest_marker("slow") is None:
         metafunc.fixturenames.append("queue_backend")
         metafunc.parametrize("queue_backend", ["sqlite", "postgres"])
 
