@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -302,7 +301,7 @@ class JobControl:
         one meanwhile, and its job must not be run twice for the database's outage."""
         try:
             if self._outage:
-                renewed = await asyncio.to_thread(self.queue.extend_leases, time.time() + self.lease_seconds)
+                renewed = await asyncio.to_thread(self.queue.extend_leases, self.lease_seconds)
                 self._outage = False
                 log.info("the queue answers again: %d running job(s) got a fresh lease", renewed)
             expired = await asyncio.to_thread(self.queue.expire_leases)

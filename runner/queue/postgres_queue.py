@@ -60,6 +60,12 @@ class PostgresQueue(Queue):
             if conn.wrote_jobs:  # delivered at commit to every LISTENer (runner.wakeups)
                 conn.notify(WAKE_CHANNEL)
 
+    def _lock_pipeline(self, conn: PostgresConnection, pipeline_id: int) -> None:  # type: ignore[override]
+        """READ COMMITTED: two jobs of a pipeline ending at once would each see the other still running and leave
+        the pipeline `running` for good. The row lock makes the second settle wait, and its next statement sees
+        the first one's commit."""
+        conn.raw.execute("SELECT 1 FROM pipelines WHERE id = %s FOR UPDATE", (pipeline_id,))
+
     def _migrate(self) -> None:
         """PostgresDatabase migrated at connect; the usage trigger is part of the PostgreSQL schema."""
 

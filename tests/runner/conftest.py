@@ -18,7 +18,8 @@ ON_POSTGRES = frozenset({
     "tests.runner.test_pipelines", "tests.runner.test_quotas", "tests.runner.test_scheduler",
     "tests.runner.test_retry", "tests.runner.test_control", "tests.runner.test_artifacts", "tests.runner.test_cache",
     "tests.runner.test_outbox", "tests.runner.test_labels", "tests.runner.test_cache_entries",
-    "tests.runner.test_snapshot", "tests.runner.test_maintenance",
+    "tests.runner.test_snapshot", "tests.runner.test_maintenance", "tests.runner.test_outage",
+    "tests.runner.test_pipeline_races",
 })
 
 
@@ -27,9 +28,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def on_both_backends(metafunc: pytest.Metafunc, modules: frozenset[str]) -> None:
-    """Parametrize the tests of `modules` that are not slow over `queue_backend` (tests/bot/conftest.py too)."""
+    """Parametrize the tests of `modules` that are not slow over `queue_backend` (tests/bot/conftest.py too).
+    `queue_backend` is in every test's closure through the autouse fixture below, which is what makes the
+    parameter reach it (a name only appended to `metafunc.fixturenames` is pruned again, and the test ran on
+    SQLite twice)."""
     if metafunc.module.__name__ in modules and metafunc.definition.get_closest_marker("slow") is None:
-        metafunc.fixturenames.append("queue_backend")
         metafunc.parametrize("queue_backend", ["sqlite", "postgres"])
 
 
@@ -39,8 +42,8 @@ def queue_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _queue_on_postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    if "queue_backend" not in request.fixturenames or request.getfixturevalue("queue_backend") != "postgres":
+def _queue_on_postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, queue_backend: str) -> None:
+    if queue_backend != "postgres":
         return
     import runner.backend
     from runner.queue.postgres_queue import PostgresQueue
