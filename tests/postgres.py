@@ -15,8 +15,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +92,16 @@ class Cluster:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.url(name)
+
+
+def raw_sql(queue: Any, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """A statement (SQLite's dialect) on the queue's own database, whichever backend it is on: what a test reads
+    or changes behind the queue's back (a table's rows, a trigger)."""
+    database = getattr(queue, "_db", None)
+    if database is not None:  # PostgresQueue: translated like the queue's own statements
+        with database.transaction() as conn:
+            return conn.execute(statement, params).fetchall()
+    return queue._conn.execute(statement, params).fetchall()
 
 
 @pytest.fixture(scope="session")

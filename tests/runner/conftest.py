@@ -32,7 +32,9 @@ def on_both_backends(metafunc: pytest.Metafunc, modules: frozenset[str]) -> None
     `queue_backend` is in every test's closure through the autouse fixture below, which is what makes the
     parameter reach it (a name only appended to `metafunc.fixturenames` is pruned again, and the test ran on
     SQLite twice)."""
-    if metafunc.module.__name__ in modules and metafunc.definition.get_closest_marker("slow") is None:
+    definition = metafunc.definition
+    if (metafunc.module.__name__ in modules and definition.get_closest_marker("slow") is None
+            and definition.get_closest_marker("sqlite_file") is None):
         metafunc.parametrize("queue_backend", ["sqlite", "postgres"])
 
 
