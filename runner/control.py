@@ -257,7 +257,8 @@ class JobControl:
         """Called on the loop by the executor as a step starts (a short write, like the log's; on PostgreSQL
         queued behind the job's earlier step writes, off the loop)."""
         if self._steps is not None:
-            self._steps.add(job.id, lambda: self.queue.start_step(job.id, index, name), f"job {job.id}: step {index}")
+            self._steps.add(job.id, lambda: self.queue.start_step(job.id, index, name),
+                            f"job {job.id}: step {index}")
         else:
             self.queue.start_step(job.id, index, name)
         self.publish(job.id, JobState.running, "step", index=index, name=name, total=total)
@@ -265,7 +266,8 @@ class JobControl:
     def step_finished(self, job: Job, result: StepResult, total: int) -> None:
         if self._steps is not None:
             self._steps.add(job.id, lambda: self.queue.finish_step(job.id, result.index, result.state,
-                                                                   result.exit_code), f"job {job.id}: step {result.index}")
+                                                                   result.exit_code),
+                            f"job {job.id}: step {result.index}")
         else:
             self.queue.finish_step(job.id, result.index, result.state, result.exit_code)
         self.publish(job.id, JobState.running, "step_done", index=result.index, name=result.name, total=total,
