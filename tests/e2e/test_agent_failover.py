@@ -1,12 +1,14 @@
 """An agent with several server URLs (`forgeci agent --server A --server B`): a stopped or failing first URL falls
 over to the next, a coordinator lost mid-job moves the job's reports (heartbeats, log lines, steps, result) to the
 next without a requeue, and the agent then stays with the URL that works. The fake engine runs the jobs; the
-coordinator is a real aiohttp server on a SQLite queue, reached through fault proxies (tests/reliability/proxy.py)
-that stand for coordinators which can die, since the one queue is what several coordinators share."""
+coordinators are real aiohttp servers: one on a SQLite queue reached through fault proxies (tests/reliability/
+proxy.py) that stand for coordinators which can die, and two with data dirs of their own on one PostgreSQL queue,
+the first shut down mid-job."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 import time
@@ -151,3 +153,42 @@ async def test_every_server_down_backs_off_and_names_each_of_them() -> None:
     message = str(gone.value)
     assert all(f"{server}: ClientConnectorError" in message for server in servers), message
     assert "fca_" not in repr(client) + message and all(server in repr(client) for server in servers)
+
+
+async def test_two_coordinators_on_one_postgresql_queue_an_agent_moves_to_the_second_when_the_first_stops(
+        base: Settings, tmp_path: Path, make_local_repo: MakeRepo, pg_url: str) -> None:
+    """Two coordinators (data dirs of their own) on one PostgreSQL queue; the agent lists both. The first is shut
+    down mid-job: the job's reports go to the second, which records its result (no requeue, one attempt)."""
+    repo, sha = make_local_repo({".forgeci.toml": '[[steps]]\nname = "s"\nrun = "tick"\n'})
+    engine = FakeEngine()
+    ticking(engine)
+    on_pg = dataclasses.replace(base, queue=dataclasses.replace(base.queue, url=pg_url))
+    async with contextlib.AsyncExitStack() as stack:
+        second = await stack.enter_async_context(coordinator(dataclasses.replace(on_pg, data_dir=tmp_path / "b")))
+        first_cm = coordinator(dataclasses.replace(on_pg, data_dir=tmp_path / "a"))
+        first = await first_cm.__aenter__()
+        first_open = True
+        try:
+            token = runtime(first).queue.create_agent_token("solo")  # a row of the shared queue: both know it
+            urls = [str(server.make_url("")).rstrip("/") for server in (first, second)]
+            one = Agent(agent_settings(base, tmp_path, "a1"), urls, token, label="a1", environ=S3_ENV,
+                        engine=engine)
+            async with running(one):
+                job_id = await runtime(first).control.submit(JobSpec(repo=str(repo), ref="main", sha=sha))
+                await wait_for(lambda: any(line.text == "tick 5"
+                                           for line in read_log(runtime(first).layout.log_file(job_id))))
+                first_open = False
+                await first_cm.__aexit__(None, None, None)  # coordinator A goes away mid-job
+                queue = runtime(second).queue  # the same rows, through the other coordinator
+                await wait_for(lambda: queue.get(job_id).state.is_terminal)
+                job = queue.get(job_id)
+                assert (job.state, job.attempts) == (JobState.success, 1), job.error
+                assert one.client.server == urls[1]
+                # The second coordinator's copy of the log is whole: the lines the first had, sent again by the
+                # agent from its own copy, then the rest.
+                lines = list(read_log(runtime(second).layout.log_file(job_id)))
+                assert [line.n for line in lines] == list(range(1, len(lines) + 1))
+                assert [ln.text for ln in lines if ln.text.startswith("tick ")] == [f"tick {i}" for i in range(TICKS)]
+        finally:
+            if first_open:
+                await first_cm.__aexit__(None, None, None)

@@ -268,3 +268,53 @@ def test_the_command_refuses_an_old_schema_and_an_unreachable_server(tmp_path: P
     result = migrate_cli(config, "--to", nowhere)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
 
+
+
+def write_job_log(data: Path, job_id: int, texts: list[str]) -> None:
+    from runner.layout import DataLayout
+    from runner.logs import LogLine
+
+    path = DataLayout(data).log_file(job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(LogLine(n, 1001.0 + n, "test", "stdout", text).to_json() + "\n"
+                            for n, text in enumerate(texts, start=1)))
+
+
+async def served(settings: Any, paths: list[str]) -> dict[str, Any]:
+    """What the whole app (create_app: the runtime forgeci serve runs, no workers) answers for `paths`."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.app import create_app
+    from tests.fake_engine import FakeEngine
+
+    answers: dict[str, Any] = {}
+    app = create_app(settings, {}, workers=False, engine=FakeEngine())
+    async with TestClient(TestServer(app)) as client:
+        for path in paths:
+            async with client.get(path) as response:
+                assert response.status == 200, (path, await response.text())
+                answers[path] = await (response.text() if "/logs" in path else response.json())
+    return answers
+
+
+async def test_the_served_api_on_the_migrated_database_shows_the_same_pipelines_jobs_and_logs(
+        tmp_path: Path, pg_url: str, fake_settings: Any) -> None:
+    import dataclasses
+
+    data = fake_settings.data_dir
+    data.mkdir(parents=True)
+    db = full_database(data / "queue.db")
+    write_job_log(data, 10, ["building", "it's built: ünïcödé"])
+    write_job_log(data, 1, ["installed", "tests passed"])
+    paths = ["/pipelines", "/pipelines/7", "/pipelines/4000", "/jobs?limit=100", "/jobs?order=dispatch",
+             "/jobs/status?id=1", "/jobs/status?id=10", "/jobs/status?id=900", "/agents", "/schedules",
+             "/jobs/logs?id=10&follow=false", "/jobs/logs?id=1&follow=false"]
+    before = await served(fake_settings, paths)
+    report = copy_to_postgres(db, pg_url)
+    assert all(t.sqlite == t.postgres for t in report.tables)
+    on_postgres = dataclasses.replace(fake_settings, queue=dataclasses.replace(fake_settings.queue, url=pg_url))
+    after = await served(on_postgres, paths)
+    for path in paths:
+        assert after[path] == before[path], path
+    assert "tests passed" in after["/jobs/logs?id=1&follow=false"]
+    assert [p["id"] for p in after["/pipelines"]["pipelines"]] == [4000, 7]
