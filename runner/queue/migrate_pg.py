@@ -110,7 +110,8 @@ def _open_source(db: Path) -> sqlite3.Connection:
         raise MigrateRefused(f"{db}: not a readable SQLite database: {exc}") from exc
     if version != len(MIGRATIONS):
         conn.close()
-        how = ("start `forgeci serve` once (or run `forgeci db migrate`) to bring it to this version first"
+        how = ("start `forgeci serve` once (or run `forgeci db migrate`) with [queue] url = \"\" to bring it to "
+               "this version first"
                if version < len(MIGRATIONS) else "it was written by a newer forgeci: migrate with that version")
         raise MigrateRefused(f"{db} has schema version {version}, this forgeci's is {len(MIGRATIONS)}: {how}")
     conn.execute("BEGIN")  # one snapshot for the whole copy (and its counts)
