@@ -8,13 +8,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Self
 
 from config.errors import ConfigError, ConfigIssue
 from runner.errors import QueueError
 from runner.queue.schema import migrate
+from runner.queue.walflush import FLUSH_EVERY, FLUSHER
 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's transaction before giving up
 CACHE_KIB = 64 * 1024  # page cache per connection; SQLite allocates it as pages are read, not up front
@@ -38,6 +38,7 @@ class QueueBase:
         self.max_retries = max_retries  # automatic retries: max_retries + 1 attempts in all
         self._clock = clock
         self._settlements: list[Any] = []  # what settling pipelines changed, for job control (take_settlements)
+        self._writes = 0  # write transactions since the WAL was last flushed early (runner.queue.walflush)
         # One connection behind a lock: sqlite3 connections are not safe for concurrent use, and the
         # queue's transactions are short enough that a second connection per thread would buy nothing.
         self._lock = threading.Lock()
@@ -90,27 +91,61 @@ class QueueBase:
         taken, self._settlements = self._settlements, []
         return taken
 
-    @contextmanager
-    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> _Transaction:
         """One transaction. IMMEDIATE takes the write lock up front, so a writer waits its turn (busy_timeout)
         instead of failing to upgrade a read lock; plain BEGIN gives readers one consistent snapshot."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute(begin)
+        return _Transaction(self, begin)
+
+    def _migrate(self) -> None:
+        with self._transaction() as conn:
+            migrate(conn, self.path)
+
+
+class _Transaction:
+    """QueueBase._transaction's context: a class, not a generator, since every queue call pays for it."""
+
+    __slots__ = ("_begin", "_queue")
+
+    def __init__(self, queue: QueueBase, begin: str) -> None:
+        self._queue, self._begin = queue, begin
+
+    def __enter__(self) -> sqlite3.Connection:
+        queue = self._queue
+        queue._lock.acquire()
+        try:
+            queue._conn.execute(self._begin)
+        except BaseException as exc:
+            queue._lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise QueueError(f"queue database {queue.path}: {exc}") from exc
+            raise
+        return queue._conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        queue = self._queue
+        conn = queue._conn
+        try:
+            if kind is None:
                 try:
-                    yield conn
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
-                raise QueueError(f"queue database {self.path}: {exc}") from exc
-
-    def _migrate(self) -> None:
-        with self._transaction() as conn:
-            migrate(conn, self.path)
+                if self._begin != "BEGIN":
+                    queue._writes += 1
+                    if queue._writes >= FLUSH_EVERY:
+                        queue._writes = 0
+                        FLUSHER.request(queue.path + "-wal")
+                return
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise QueueError(f"queue database {queue.path}: {error}") from error
+        finally:
+            queue._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise QueueError(f"queue database {queue.path}: {exc}") from exc
 
 
 def encode_cursor(order: str, key: list[int]) -> str:

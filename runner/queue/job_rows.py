@@ -15,6 +15,7 @@ JOB_COLUMNS = (
 )
 
 COL = {name.strip(): i for i, name in enumerate(JOB_COLUMNS.split(","))}  # position in a job row
+_STATES = {state.value: state for state in JobState}  # JobState(value) without the enum call
 
 
 def job_of(row: tuple[Any, ...], steps: tuple[StepRecord, ...] = ()) -> Job:
@@ -26,8 +27,8 @@ def job_of(row: tuple[Any, ...], steps: tuple[StepRecord, ...] = ()) -> Job:
         pr_number=pr_number, base_ref=base_ref, pipeline=None if pipeline is None else json.loads(pipeline),
         env=json.loads(env) if env != "{}" else {}, meta=json.loads(meta) if meta != "{}" else {},
     )
-    return Job(
-        id=job_id, spec=spec, state=JobState(state), attempts=attempts, runner_id=runner_id,
+    return Job._stored(
+        id=job_id, spec=spec, state=_STATES[state], attempts=attempts, runner_id=runner_id,
         lease_expires=lease_expires, cancel_requested=bool(cancel_requested), queued_at=queued_at,
         started_at=started_at, finished_at=finished_at, error=error,
         cache_hit=None if cache_hit is None else cache_hit == 1, cache=CACHE_SUMMARY.get(cache_hit), steps=steps,
