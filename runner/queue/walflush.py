@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 
-FLUSH_EVERY = 32  # write transactions between two early flushes of a WAL file
+FLUSH_EVERY = 16  # write transactions between two early flushes of a WAL file
 
 
 class WalFlusher:
