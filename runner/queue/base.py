@@ -14,7 +14,6 @@ from typing import Any, Self
 from config.errors import ConfigError, ConfigIssue
 from runner.errors import QueueError
 from runner.queue.schema import migrate
-from runner.queue.walflush import FLUSH_EVERY, FLUSHER
 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's transaction before giving up
 CACHE_KIB = 64 * 1024  # page cache per connection; SQLite allocates it as pages are read, not up front
@@ -38,7 +37,6 @@ class QueueBase:
         self.max_retries = max_retries  # automatic retries: max_retries + 1 attempts in all
         self._clock = clock
         self._settlements: list[Any] = []  # what settling pipelines changed, for job control (take_settlements)
-        self._writes = 0  # write transactions since the WAL was last flushed early (runner.queue.walflush)
         # One connection behind a lock: sqlite3 connections are not safe for concurrent use, and the
         # queue's transactions are short enough that a second connection per thread would buy nothing.
         self._lock = threading.Lock()
@@ -132,11 +130,6 @@ class _Transaction:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                if self._begin != "BEGIN":
-                    queue._writes += 1
-                    if queue._writes >= FLUSH_EVERY:
-                        queue._writes = 0
-                        FLUSHER.request(queue.path + "-wal")
                 return
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
