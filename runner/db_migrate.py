@@ -40,7 +40,7 @@ def command(args: argparse.Namespace) -> int:
             raise MigrateRefused(f"no data dir at {layout.root} (is this the server's host and settings file?)") \
                 from None
         try:
-            report = copy_to_postgres(layout.db, args.to, password)
+            report = copy_to_postgres(layout.db, args.to, password, logs=layout.logs)
         finally:
             lock.release()
     except MigrateRefused as exc:
@@ -49,6 +49,9 @@ def command(args: argparse.Namespace) -> int:
     print(report.table_text())
     print(f"copied {report.rows} rows of {len(report.tables)} tables from {layout.db} into {report.target}; "
           f"the counts match")
+    if report.logs is not None:
+        print(f"and {report.logs[0]} job logs ({report.logs[1]} lines) from {layout.logs} into the table the "
+              f"coordinators read logs from; the files stay")
     print(f"next: set [queue] url = \"{report.target}\" (the password in ${settings.queue.password_env}) and start "
           f"forgeci serve; the job logs stay files in {layout.logs} and the store stays {settings.store_url}")
     return EXIT_OK

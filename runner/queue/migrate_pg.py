@@ -10,6 +10,7 @@ the next INSERT would collide), and the counts compared per table before the com
 
 from __future__ import annotations
 
+import dataclasses
 import graphlib
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -22,6 +23,10 @@ from runner.queue.base import BUSY_TIMEOUT
 from runner.queue.schema import MIGRATIONS
 
 CONNECT_TIMEOUT = 10  # seconds
+# The log relay's table (several coordinators read job logs from the database): when the schema has it, the job
+# logs of the data dir go there too, so every coordinator shows them, not only the one whose data dir has the files.
+LOG_TABLE, LOG_COLUMNS = "log_chunks", ("job_id", "first_n", "last_n", "lines")
+CHUNK_LINES = 1000
 BATCH = 5000  # source rows fetched at a time: memory stays flat whatever the history's size
 
 
@@ -41,6 +46,7 @@ class CopyReport:
     target: str  # the url without a password
     tables: tuple[TableCount, ...]
     next_ids: dict[str, int]  # identity table -> the id its next INSERT gets
+    logs: tuple[int, int] | None = None  # (job logs, lines) put into LOG_TABLE; None: the schema has no such table
 
     @property
     def rows(self) -> int:
@@ -67,16 +73,17 @@ def check_url(url: str) -> str:
     raise MigrateRefused("--to: expected a postgresql://user@host/db url")
 
 
-def copy_to_postgres(db: Path, url: str, password: str | None = None) -> CopyReport:
+def copy_to_postgres(db: Path, url: str, password: str | None = None, logs: Path | None = None) -> CopyReport:
     """Copy every table of the queue database `db` (a stopped instance's: the caller holds its data dir's lock)
-    into the empty PostgreSQL database `url`; the counts per table, equal, or MigrateRefused and nothing kept."""
+    into the empty PostgreSQL database `url`; the counts per table, equal, or MigrateRefused and nothing kept.
+    `logs`: the data dir's job logs, for LOG_TABLE when the schema has it."""
     check_url(url)
     source = _open_source(db)
     try:
         tables = source_tables(source)
         target = _open_target(url, password)
         try:
-            return _copy(source, target, tables)
+            return _copy(source, target, tables, logs)
         finally:
             target.close()
     finally:
@@ -143,7 +150,7 @@ def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in conn.execute(f"PRAGMA table_info({_quote(table)})")]
 
 
-def _copy(source: sqlite3.Connection, target: Any, tables: list[str]) -> CopyReport:
+def _copy(source: sqlite3.Connection, target: Any, tables: list[str], logs: Path | None) -> CopyReport:
     import psycopg
     from psycopg import sql
 
@@ -170,11 +177,35 @@ def _copy(source: sqlite3.Connection, target: Any, tables: list[str]) -> CopyRep
             report = CopyReport(target.name, counts, next_ids)
             if any(t.sqlite != t.postgres for t in counts):
                 raise MigrateRefused(f"the counts differ, nothing was kept:\n{report.table_text()}")
+            if logs is not None and set(LOG_COLUMNS) <= set(types.get(LOG_TABLE, ())) and not _count(raw, LOG_TABLE):
+                report = dataclasses.replace(report, logs=_import_logs(raw, logs))
             return report
     except QueueError as exc:  # a PostgreSQL error the transaction reported (rolled back)
         raise MigrateRefused(f"copying into {target.name} failed, nothing was kept: {exc}") from exc
     except psycopg.Error as exc:
         raise MigrateRefused(f"copying into {target.name} failed, nothing was kept: {exc}") from exc
+
+
+def _import_logs(raw: Any, folder: Path) -> tuple[int, int]:
+    """Each job's log file (`N.log`, of a job the queue holds) into LOG_TABLE, in chunks of consecutive lines as
+    the relay writes them (JSON Lines, the file's own form); (logs, lines) imported."""
+    from psycopg import sql
+
+    from runner.logs import read_log
+
+    files = lines = 0
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(LOG_TABLE), sql.SQL(", ").join(map(sql.Identifier, LOG_COLUMNS)))
+    job_ids = [row[0] for row in raw.execute("SELECT id FROM jobs ORDER BY id").fetchall()]  # not during the COPY
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for job_id in job_ids:
+            found = list(read_log(folder / f"{job_id}.log"))
+            for start in range(0, len(found), CHUNK_LINES):
+                chunk = found[start:start + CHUNK_LINES]
+                copy.write_row([job_id, chunk[0].n, chunk[-1].n, "".join(line.to_json() + "\n" for line in chunk)])
+            files += bool(found)
+            lines += len(found)
+    return files, lines
 
 
 def _target_columns(raw: Any) -> dict[str, dict[str, tuple[str, bool]]]:
