@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,9 @@ class Cluster:
             raise RuntimeError(f"{' '.join(argv[:2])} failed ({result.returncode}): {result.stderr or result.stdout}")
         return result
 
-    def start(self, *, fsync: bool = False) -> None:
-        self.fsync = fsync
+    def start(self, *, fsync: bool = False, settings: dict[str, str] | None = None) -> None:
+        """initdb and start; `settings`: more server settings (-c name=value)."""
+        self.fsync, self.settings = fsync, dict(settings or {})
         self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
                   "-E", "UTF8", "--locale=C", "--no-sync")
         self._start()
@@ -57,7 +59,7 @@ class Cluster:
         # No TCP; fsync off: a throwaway cluster trades durability for speed (forgeci's own connections still set
         # synchronous_commit, which the tests check).
         options = (f"-k {self.socket} -c listen_addresses='' -c fsync={'on' if getattr(self, 'fsync', False) else 'off'}"
-                   " -c max_connections=200")
+                   " -c max_connections=200" + "".join(f" -c {k}={v}" for k, v in getattr(self, "settings", {}).items()))
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
                   "-t", "60", "-o", options, "start")
 
@@ -68,6 +70,12 @@ class Cluster:
         """Stop (fast: open connections are cut) and start again; the server's output goes to the log, so no
         pipe of ours stays open in it."""
         self.stop("fast")
+        self._start()
+
+    def crash(self) -> None:
+        """PostgreSQL's crash: `pg_ctl stop -m immediate` kills every server process at once (what was only in
+        shared memory, such as WAL not yet written, is gone; the next start replays the WAL), then start again."""
+        self.stop("immediate")
         self._start()
 
     def url(self, database: str = "postgres") -> str:
@@ -84,6 +92,13 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@contextmanager
+def throwaway_cluster(**settings: str) -> Iterator[Cluster]:
+    """A cluster of its own (the session's pg_cluster, or one a test crashes), stopped and deleted after."""
     bin_dir = pg_bin_dir()
     if bin_dir is None:
         pytest.fail(SETUP, pytrace=False)
@@ -98,7 +113,7 @@ def pg_cluster() -> Iterator[Cluster]:
         shutil.chown(root, user, user)
     cluster = Cluster(root, bin_dir, user)
     try:
-        cluster.start()
+        cluster.start(settings=settings)
         yield cluster
     finally:
         try:
