@@ -18,7 +18,7 @@ from config.errors import ConfigError
 from config.quotas import QuotaRule
 from config.settings import Settings, parse_settings
 from runner.errors import InvalidTransition, QueueError
-from runner.models import JobSpec, JobState, StepState
+from runner.models import Job, JobSpec, JobState, StepState
 from runner.queue import MIGRATIONS, Queue
 from runner.queue.dialect import postgres, postgres_ddl
 from runner.queue.postgres import PostgresDatabase
@@ -207,14 +207,13 @@ def test_claimers_racing_for_a_full_quota_never_run_more_than_it_allows(pg_url: 
             q.set_quotas([QuotaRule("acme/*", max_running=1)])
         for _ in range(10):
             queues[0].enqueue(SPEC)
+        def claim(q: PostgresQueue, barrier: threading.Barrier, claimed: list[Job | None]) -> None:
+            barrier.wait()
+            claimed.append(q.claim("r1", 60))
+
         for _ in range(10):
             barrier, claimed = threading.Barrier(len(queues)), []
-
-            def claim(q: PostgresQueue) -> None:
-                barrier.wait()
-                claimed.append(q.claim("r1", 60))
-
-            threads = [threading.Thread(target=claim, args=(q,)) for q in queues]
+            threads = [threading.Thread(target=claim, args=(q, barrier, claimed)) for q in queues]
             for thread in threads:
                 thread.start()
             for thread in threads:
