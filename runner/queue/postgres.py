@@ -5,7 +5,8 @@ and answers like sqlite3 (`execute(...).fetchone()`, `rowcount`, `lastrowid`), s
 SQL between the backends. Durability: every connection runs with `synchronous_commit = on` (also when the server's
 default is lower): COMMIT returns only when the WAL is flushed (and, with a synchronous standby, on it too), so a
 202 to a webhook means its jobs survive a crash of PostgreSQL or of its machine. Concurrent committers share one
-WAL flush (group commit), so this costs little under load; `off` would lose acknowledged work on a crash.
+WAL flush (group commit), so this costs little under load; `off` would lose acknowledged work on a crash. The
+exceptions, argued where they are: a claim (runner.queue.postgres_queue) and the NOTIFYs after a commit.
 
 runner.queue.postgres_queue.PostgresQueue runs the whole Queue on it; `forgeci serve` does not open it yet.
 """

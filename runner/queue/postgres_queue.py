@@ -32,28 +32,29 @@ from runner.queue.postgres import WAKE_CHANNEL, Listener, PostgresConnection, Po
 # priority change) holds instead of waiting for it, and the claim sees every claim committed before it (READ
 # COMMITTED: each statement's snapshot is taken after the lock).
 #
-# The lock is held until the claim commits, so claimers queue behind each other's COMMIT; with synchronous_commit =
-# on that includes a WAL flush per claim, and claims could never share one (group commit). A claim alone commits with
-# synchronous_commit = off: PostgreSQL keeps it crash-consistent (it is in the WAL before any later commit, and any
-# synchronous commit flushes the WAL up to itself, so the job's first durable write — a heartbeat, a step, its end —
-# makes its claim durable too); only a crash of PostgreSQL (or of its machine) within 3 x wal_writer_delay (600 ms
-# by default) of an acknowledged claim, before the job wrote anything, loses it. The job is then queued again, as if its lease had
-# expired at once: its runner's next heartbeat answers False and stops it (its end is refused, the job not being its),
-# and it runs again — the at-least-once a lost lease gives already. Everything else (an enqueue: a webhook's 202, a
-# job's end, a cancel) commits synchronously.
+# The lock is held until the claim commits, so claimers queue behind each other's COMMIT. Three things keep that
+# short (bench/queue_postgres.py measures them):
+# - Without quotas to count first, a claim is one message — BEGIN, the lock, the claim, NOTIFY, COMMIT — so the lock
+#   is held for the server's work alone, never across a round trip (nor a wait for this process's GIL). The
+#   pipeline's start (jobs.py's _PIPELINE_STARTED) rides in it as a second data-modifying CTE; the last column says
+#   whether it started the pipeline. With quotas, JobQueries.claim runs as on SQLite, the lock taken in its BEGIN.
+# - The claim is a prepared statement (planned once per connection; the generic plan, forced for it alone — its
+#   parameters choose no other plan — costs 0.02 ms to bind against 0.4 ms to plan), as is the completion, which
+#   returns the pipeline JobQueries.complete reads in a second statement.
+# - A claim alone commits with synchronous_commit = off, so it waits for no WAL flush. PostgreSQL keeps it
+#   crash-consistent: it is in the WAL before any later commit, and every synchronous commit flushes the WAL up to
+#   itself, so the job's first durable write — a heartbeat, a step, its end — or anyone else's makes the claim
+#   durable too. Only a crash of PostgreSQL or its machine (or a failover) within 3 x wal_writer_delay (600 ms by
+#   default) of an acknowledged claim, before any synchronous commit, loses it: the job is queued again as it was
+#   (attempts unchanged), as if its lease had expired at once; its runner's next heartbeat answers False and stops
+#   it, its end is refused (the job is not its), and the job runs again — the at-least-once a lost lease already
+#   gives (test_queue_postgres.py crashes a cluster to show it). Everything else — an enqueue (a webhook's 202), a
+#   job's end, a cancel — commits synchronously.
 CLAIM_LOCK = 0x666F7263
 CLAIM_PRELUDE = ("SET LOCAL synchronous_commit = off", f"SELECT pg_advisory_xact_lock({CLAIM_LOCK})")
-
-
+_GENERIC = "SET LOCAL plan_cache_mode = force_generic_plan"
 _PG_CLAIM = postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1)
 OVERRIDES: dict[str, str] = {_jobs._CLAIM: _PG_CLAIM}
-# Without quotas to count first, a claim is one message — BEGIN, the lock, this statement, NOTIFY, COMMIT — so the
-# lock is held for the server's work alone, never across a round trip (nor a wait for this process's GIL). The
-# pipeline's start (jobs.py's _PIPELINE_STARTED) rides in it as a second data-modifying CTE; the last column says
-# whether it started the pipeline.
-# It is a prepared statement (planned once per connection, the generic plan forced for it alone: its parameters
-# choose no other plan), as is the completion; both return what their JobQueries twins read in a second statement.
-_GENERIC = "SET LOCAL plan_cache_mode = force_generic_plan"
 _CLAIM_AND_START = f"""
 WITH claimed AS ({_PG_CLAIM}),
      started AS (UPDATE pipelines SET state = 'running', started_at = %(now)s
@@ -61,7 +62,7 @@ WITH claimed AS ({_PG_CLAIM}),
 SELECT claimed.*, (SELECT count(*) FROM started) FROM claimed
 """
 _COMPLETE_RETURNING = postgres(_jobs._COMPLETE).rstrip() + "\nRETURNING pipeline_id"  # _settle_job's read
-PREPARED: dict[str, str] = {}
+PREPARED: dict[str, str] = {}  # name -> PREPARE, run once per pooled connection (PostgresDatabase)
 
 
 def _prepared(name: str, statement: str, types: dict[str, str]) -> str:
