@@ -74,13 +74,15 @@ class PostgresConnection:
     shares the message of its statement."""
 
     def __init__(self, conn: psycopg.Connection[Any], overrides: Mapping[str, str] | None = None,
-                 begin: str = "BEGIN", now: float | None = None) -> None:
+                 begin: str = "BEGIN", now: float | None = None, prelude: Sequence[str] = ()) -> None:
         self._raw = conn
         self._overrides = overrides or _NO_OVERRIDES
         # BEGIN, and the queue's clock for triggers (forgeci_usage; SQLite calls it in Python), sent with the first
         # statement; "" once sent. The clock is a parameter: the message's text stays the same, psycopg's cache of
         # converted queries serves it.
-        self._pending = begin if now is None else f"{begin}; SELECT set_config('forgeci.now', {{now}}, true)"
+        # The prelude's expressions share one SELECT with the clock: one statement, one result, whatever their number.
+        exprs = [*prelude, *(["set_config('forgeci.now', {now}, true)"] if now is not None else [])]
+        self._pending = f"{begin}; SELECT {', '.join(exprs)}" if exprs else begin
         self._now = repr(float(now)) if now is not None else None
         self._notifies: list[tuple[str, str]] = []
         self.committed = False  # by a statement's message (execute(commit=True))
@@ -156,8 +158,8 @@ class PostgresConnection:
             return
         parts = ["COMMIT"] if self.began else []
         if self._notifies:
-            parts += ["BEGIN", "SET LOCAL synchronous_commit = off",
-                      *["SELECT pg_notify(%s, %s)"] * len(self._notifies), "COMMIT"]
+            notifies = ", ".join(["pg_notify(%s, %s)"] * len(self._notifies))
+            parts += ["BEGIN", f"SELECT set_config('synchronous_commit', 'off', true), {notifies}", "COMMIT"]
         self._pending, self.committed = "", True
         if not parts:
             return
@@ -248,15 +250,16 @@ class PostgresDatabase:
                     prepare: Sequence[str] = ()) -> Iterator[PostgresConnection]:
         """One READ COMMITTED transaction (writers; the claim serializes itself), or with `snapshot` a REPEATABLE
         READ one (the readers of SQLite's plain BEGIN); a failure rolls back and surfaces as QueueError.
-        `prelude`: statements (no placeholders, no `%`) run first, in the message of BEGIN (the claim's lock);
+        `prelude`: SQL expressions (no placeholders, no `%`, no braces) evaluated in the message of BEGIN, in one
+        SELECT with the clock (the claim's lock; set_config(..., true) for a setting of this transaction alone);
         `prepare`: the names of the prepared statements it EXECUTEs."""
         # SQLite's plain BEGIN: every read of the transaction sees one state of the database.
-        begin = "; ".join(["BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN", *prelude])
+        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN"
         try:
             with self._pool.connection() as raw:
                 if prepare:
                     self._prepare(raw, prepare)
-                conn = PostgresConnection(raw, overrides, begin, now)
+                conn = PostgresConnection(raw, overrides, begin, now, prelude)
                 try:
                     yield conn
                 except BaseException:

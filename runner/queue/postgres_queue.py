@@ -51,8 +51,8 @@ from runner.queue.postgres import WAKE_CHANNEL, Listener, PostgresConnection, Po
 #   gives (test_queue_postgres.py crashes a cluster to show it). Everything else — an enqueue (a webhook's 202), a
 #   job's end, a cancel — commits synchronously.
 CLAIM_LOCK = 0x666F7263
-CLAIM_PRELUDE = ("SET LOCAL synchronous_commit = off", f"SELECT pg_advisory_xact_lock({CLAIM_LOCK})")
-_GENERIC = "SET LOCAL plan_cache_mode = force_generic_plan"
+CLAIM_PRELUDE = ("set_config('synchronous_commit', 'off', true)", f"pg_advisory_xact_lock({CLAIM_LOCK})")
+_GENERIC = "set_config('plan_cache_mode', 'force_generic_plan', true)"
 _PG_CLAIM = postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1)
 OVERRIDES: dict[str, str] = {_jobs._CLAIM: _PG_CLAIM}
 _CLAIM_AND_START = f"""
