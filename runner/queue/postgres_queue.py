@@ -1,10 +1,9 @@
 """The queue on PostgreSQL: the same Queue (every query mixin), its transactions on a PostgresDatabase.
 
 Statements run translated (runner.queue.dialect); the few whose PostgreSQL form is not a translation are in
-OVERRIDES, keyed by the SQLite statement itself, so a changed statement can never pick up a stale twin. Work in
-progress (issue 26): `forgeci serve` does not open it yet; the contract suite, the state machine and the
-multi-process tests run on both backends. A transaction that wrote `jobs` NOTIFYs WAKE_CHANNEL at its commit; the
-worker pool still wakes in-process only (several coordinators LISTENing is the next step).
+OVERRIDES, keyed by the SQLite statement itself, so a changed statement can never pick up a stale twin. `forgeci serve`
+opens it for `[queue] url` (runner.backend). A transaction that wrote `jobs` NOTIFYs WAKE_CHANNEL at its commit;
+the server's LISTEN thread (runner.wakeups) wakes its workers at another process's commits.
 """
 
 from __future__ import annotations
@@ -35,9 +34,9 @@ from runner.queue.postgres import WAKE_CHANNEL, Listener, PostgresConnection, Po
 # The lock is held until the claim commits, so claimers queue behind each other's COMMIT. Three things keep that
 # short (bench/queue_postgres.py measures them):
 # - Without quotas to count first, a claim is one message — BEGIN, the lock, the claim, NOTIFY, COMMIT — so the lock
-#   is held for the server's work alone, never across a round trip (nor a wait for this process's GIL). The
-#   pipeline's start (jobs.py's _PIPELINE_STARTED) rides in it as a second data-modifying CTE; the last column says
-#   whether it started the pipeline. With quotas, JobQueries.claim runs as on SQLite, the lock taken in its BEGIN.
+#   is held for the server's work alone, never across a round trip (nor a wait for this process's GIL): the pick,
+#   the take and the pipeline's start are one statement (_CLAIM_AND_START). With quotas, JobQueries.claim runs as
+#   on SQLite, the lock taken in its BEGIN.
 # - The claim is a prepared statement (planned once per connection; the generic plan, forced for it alone — its
 #   parameters choose no other plan — costs 0.02 ms to bind against 0.4 ms to plan), as is the completion, which
 #   returns the pipeline JobQueries.complete reads in a second statement.
@@ -55,11 +54,17 @@ CLAIM_PRELUDE = ("set_config('synchronous_commit', 'off', true)", f"pg_advisory_
 _GENERIC = "set_config('plan_cache_mode', 'force_generic_plan', true)"
 _PG_CLAIM = postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1)
 OVERRIDES: dict[str, str] = {_jobs._CLAIM: _PG_CLAIM}
+# JobQueries.claim's pick (_CLAIM, its row locked), take (_TAKE, by the picked id) and the pipeline's start
+# (_PIPELINE_STARTED) as one statement of data-modifying CTEs; the last column says whether it started the pipeline.
+_TAKE_PICKED = postgres(_jobs._TAKE).replace("%(id)s", "(SELECT id FROM picked)", 1).rstrip()
+assert "(SELECT id FROM picked)" in _TAKE_PICKED, "jobs._TAKE no longer takes the job by :id"
 _CLAIM_AND_START = f"""
-WITH claimed AS ({_PG_CLAIM}),
+WITH picked AS ({_PG_CLAIM}),
+     taken AS ({_TAKE_PICKED}
+               RETURNING {_jobs._JOB_COLUMNS}),
      started AS (UPDATE pipelines SET state = 'running', started_at = %(now)s
-                 WHERE id = (SELECT pipeline_id FROM claimed) AND state = 'queued' RETURNING id)
-SELECT claimed.*, (SELECT count(*) FROM started) FROM claimed
+                 WHERE id = (SELECT pipeline_id FROM taken) AND state = 'queued' RETURNING id)
+SELECT taken.*, (SELECT count(*) FROM started) FROM taken
 """
 _COMPLETE_RETURNING = postgres(_jobs._COMPLETE).rstrip() + "\nRETURNING pipeline_id"  # _settle_job's read
 PREPARED: dict[str, str] = {}  # name -> PREPARE, run once per pooled connection (PostgresDatabase)
@@ -83,6 +88,8 @@ _EXECUTE_COMPLETE = _prepared("forgeci_complete", _COMPLETE_RETURNING, {
 
 class PostgresQueue(Queue):
     """Queue on a PostgreSQL database (`url`: libpq url; `password` from queue.password_env)."""
+
+    remote = True  # over the network: JobControl writes step rows off the event loop (runner.persist)
 
     def __init__(  # noqa: PLR0913 - QueueBase's arguments, plus the url's password
         self, url: str, *, password: str | None = None, max_concurrent: int = 2, max_retries: int = 3,
@@ -156,8 +163,14 @@ class PostgresQueue(Queue):
                                   prelude=(*prelude, _GENERIC) if generic else prelude,
                                   prepare=tuple(PREPARED)) as conn:
             yield conn
-            if conn.wrote_jobs and not conn.committed:  # delivered at commit to every LISTENer (no dispatcher listens yet)
+            if conn.wrote_jobs and not conn.committed:  # delivered at commit to every LISTENer (runner.wakeups)
                 conn.notify(WAKE_CHANNEL)
+
+    def _lock_pipeline(self, conn: PostgresConnection, pipeline_id: int) -> None:  # type: ignore[override]
+        """READ COMMITTED: two jobs of a pipeline ending at once would each see the other still running and leave
+        the pipeline `running` for good. The row lock makes the second settle wait, and its next statement sees
+        the first one's commit."""
+        conn.raw.execute("SELECT 1 FROM pipelines WHERE id = %s FOR UPDATE", (pipeline_id,))
 
     def _migrate(self) -> None:
         """PostgresDatabase migrated at connect; the usage trigger is part of the PostgreSQL schema."""
