@@ -68,10 +68,10 @@ class PostgresConnection:
     """One pooled connection inside one transaction, running SQLite-dialect statements.
 
     Round trips are what a transaction costs (the claim's lock is held through them), so the connection is in
-    autocommit mode and sends the transaction's own statements itself, riding on others: its BEGIN (and the
-    clock) with the first statement, its NOTIFYs with the COMMIT. Statements run as one simple-protocol message
-    with client-side binding, as sqlite3 binds: a NULL parameter needs no type, and a prelude (the claim's lock)
-    shares the message of its statement."""
+    autocommit mode and sends the transaction's own statements itself, riding on others: its BEGIN (with the
+    clock and the prelude: the claim's lock, settings of this transaction) with the first statement, its NOTIFYs
+    with the COMMIT. A statement and what rides with it go as one simple-protocol message, with client-side
+    binding, as sqlite3 binds: a NULL parameter needs no type."""
 
     def __init__(self, conn: psycopg.Connection[Any], overrides: Mapping[str, str] | None = None,
                  begin: str = "BEGIN", now: float | None = None, prelude: Sequence[str] = ()) -> None:
@@ -79,8 +79,7 @@ class PostgresConnection:
         self._overrides = overrides or _NO_OVERRIDES
         # BEGIN, and the queue's clock for triggers (forgeci_usage; SQLite calls it in Python), sent with the first
         # statement; "" once sent. The clock is a parameter: the message's text stays the same, psycopg's cache of
-        # converted queries serves it.
-        # The prelude's expressions share one SELECT with the clock: one statement, one result, whatever their number.
+        # converted queries serves it. The prelude's expressions share one SELECT with it: one more result at most.
         exprs = [*prelude, *(["set_config('forgeci.now', {now}, true)"] if now is not None else [])]
         self._pending = f"{begin}; SELECT {', '.join(exprs)}" if exprs else begin
         self._now = repr(float(now)) if now is not None else None
