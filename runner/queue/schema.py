@@ -395,6 +395,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, instance)
     );
     """),
+    # PostgreSQL only: SQLite ends every index with the rowid, so jobs_active gives the claim's whole order
+    # (priority DESC, seq, id); PostgreSQL's index needs the id spelt out, or each claim sorts every queued job.
+    Migration("", postgres="""
+    DROP INDEX jobs_active;
+    CREATE INDEX jobs_active ON jobs (state DESC, priority DESC, seq, id) WHERE state IN ('queued', 'running');
+    """),
 )
 
 
