@@ -62,6 +62,12 @@ class PostgresQueue(Queue):
     def _migrate(self) -> None:
         """PostgresDatabase migrated at connect; the usage trigger is part of the PostgreSQL schema."""
 
+    @property
+    def conninfo(self) -> str:
+        """The database's libpq connection string (with the password): for the connections of the cluster's locks
+        and LISTENers (runner/queue/leader.py, runner/cluster_*.py)."""
+        return self._db.conninfo
+
     def listener(self) -> Listener:
         """A connection LISTENing for claimable work (wake_claimers)."""
         return self._db.listener(WAKE_CHANNEL)
