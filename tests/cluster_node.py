@@ -38,7 +38,9 @@ async def coordinate(url: str, data_dir: str, lease: float) -> None:
     from runner.queue.postgres_queue import PostgresQueue
     from tests.fake_engine import FAKE_IMAGE, FakeEngine, Script
 
-    runner.runtime.Queue = lambda path, **options: PostgresQueue(url, **options)  # type: ignore[assignment,misc]
+    # The claim's max_concurrent counts the whole database's running jobs: not one coordinator's slots.
+    runner.runtime.Queue = lambda path, **options: PostgresQueue(  # type: ignore[assignment,misc]
+        url, **{**options, "max_concurrent": 1000})
     base = Settings.default()
     settings = dataclasses.replace(
         base, data_dir=Path(data_dir),
