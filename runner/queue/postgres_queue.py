@@ -17,6 +17,7 @@ from typing import Any
 
 from runner.queue import Queue
 from runner.queue import jobs as _jobs
+from runner.queue import pipelines as _pipelines
 from runner.queue.dialect import postgres
 from runner.queue.postgres import WAKE_CHANNEL, Listener, PostgresConnection, PostgresDatabase
 
@@ -32,6 +33,8 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
         postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1),
     ),
 }
+# Several coordinators plan the shared `planning` pipelines: the check before writing a plan locks the row.
+OVERRIDES[_pipelines.PLAN_STATE] = (postgres(_pipelines.PLAN_STATE) + " FOR UPDATE",)
 
 
 class PostgresQueue(Queue):

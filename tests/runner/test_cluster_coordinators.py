@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -209,5 +210,40 @@ async def test_schedules_fire_once_per_due_time_while_the_coordinator_holding_th
     finally:
         for singletons in nodes:
             await singletons.stop()
+        for queue in queues:
+            queue.close()
+
+
+def test_two_coordinators_planning_one_pipeline_at_once_write_its_jobs_once(pg_url: str) -> None:
+    """Every coordinator runs a planner over the shared `planning` pipelines: the second plan of a pipeline must be
+    refused, not add its jobs again (on SQLite BEGIN IMMEDIATE serializes them; on PostgreSQL the row lock)."""
+    from runner.errors import InvalidTransition
+    from runner.queue import PlannedJobRow
+
+    spec = JobSpec(repo="https://git.example.test/acme/app.git", ref="main", pipeline=PIPELINE)
+    queues = [PostgresQueue(pg_url), PostgresQueue(pg_url)]
+    try:
+        for _ in range(20):
+            pipeline_id = queues[0].create_pipeline(spec)
+            barrier = threading.Barrier(2)
+            outcomes: list[str] = []
+
+            def plan(queue: PostgresQueue) -> None:
+                rows = [PlannedJobRow(spec, "build", "build"), PlannedJobRow(spec, "test", "test")]
+                barrier.wait()
+                try:
+                    queue.write_plan(pipeline_id, "b" * 40, rows)
+                    outcomes.append("planned")
+                except InvalidTransition:
+                    outcomes.append("refused")
+
+            threads = [threading.Thread(target=plan, args=(queue,)) for queue in queues]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert sorted(outcomes) == ["planned", "refused"]
+            assert len(queues[0].pipeline(pipeline_id).job_ids) == 2
+    finally:
         for queue in queues:
             queue.close()
