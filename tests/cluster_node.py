@@ -38,14 +38,12 @@ async def coordinate(url: str, data_dir: str, lease: float) -> None:
     from runner.queue.postgres_queue import PostgresQueue
     from tests.fake_engine import FAKE_IMAGE, FakeEngine, Script
 
-    # The claim's max_concurrent counts the whole database's running jobs: not one coordinator's slots.
-    runner.runtime.Queue = lambda path, **options: PostgresQueue(  # type: ignore[assignment,misc]
-        url, **{**options, "max_concurrent": 1000})
+    runner.runtime.Queue = lambda path, **options: PostgresQueue(url, **options)  # type: ignore[assignment,misc]
     base = Settings.default()
     settings = dataclasses.replace(
         base, data_dir=Path(data_dir),
         runner=dataclasses.replace(base.runner, image=FAKE_IMAGE, network="none", ca_bundle=""),
-        queue=dataclasses.replace(base.queue, lease_seconds=lease, max_concurrent=4))
+        queue=dataclasses.replace(base.queue, lease_seconds=lease, max_concurrent=8))
     engine = FakeEngine()
     engine.default = Script(lines=["working"], delay=float(os.environ.get("STEP_DELAY", "0.05")))
     async with runner.runtime.open_runtime(settings, {}, workers=True, engine=engine):

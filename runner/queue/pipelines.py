@@ -55,6 +55,11 @@ WHERE state IN ('planning', 'queued', 'running') AND concurrency_group = ? AND i
 # write_plan's check that the pipeline still plans; on PostgreSQL it locks the row (postgres_queue.OVERRIDES), so
 # two coordinators' planners planning one pipeline at once write its jobs once (SQLite: BEGIN IMMEDIATE).
 PLAN_STATE = "SELECT state, cancel_requested FROM pipelines WHERE id = ?"
+# _settle reads the pipeline's jobs, then derives its state. On PostgreSQL (READ COMMITTED) two jobs of a pipeline
+# ending at once on two runners would each read the other still running, and the pipeline (and the jobs that need
+# both) would wait for ever; its twin locks the pipeline's row first, so the second settlement reads the first's
+# committed result. SQLite's BEGIN IMMEDIATE already serializes them (here a primary-key lookup).
+SETTLE_LOCK = "SELECT id FROM pipelines WHERE id = ?"
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,7 @@ class PipelineQueries(QueueBase):
         """Unblock, skip (cascading) and fail-fast the jobs of a pipeline; then derive its state."""
         now = self._clock()
         settled = Settlement(pipeline_id)
+        conn.execute(SETTLE_LOCK, (pipeline_id,))  # PostgreSQL: one settlement of a pipeline at a time
         rows = [_Row.of(r) for r in conn.execute(_JOBS_OF, (pipeline_id,)).fetchall()]
         by_name: Mapping[str, list[_Row]] = _group(rows)
         for members in by_name.values():  # fail fast: a failed member cancels its unfinished siblings

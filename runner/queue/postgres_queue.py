@@ -35,6 +35,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 # Several coordinators plan the shared `planning` pipelines: the check before writing a plan locks the row.
 OVERRIDES[_pipelines.PLAN_STATE] = (postgres(_pipelines.PLAN_STATE) + " FOR UPDATE",)
+OVERRIDES[_pipelines.SETTLE_LOCK] = (postgres(_pipelines.SETTLE_LOCK) + " FOR UPDATE",)
 
 
 class PostgresQueue(Queue):

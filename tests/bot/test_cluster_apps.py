@@ -33,7 +33,6 @@ __all__ = ["fake_forge"]  # a fixture
 Client = TestClient[web.Request, web.Application]
 MakeRepo = Callable[..., tuple[Path, str]]
 CONTEXT = "forgeci/ci"
-CLUSTER_SLOTS = 1000
 # Job a runs on coordinator a, job b on coordinator b (their runner.labels): every pipeline's changes come from both.
 TWO_JOBS = ('[jobs.a]\nruns_on = ["node-a"]\nsteps = [{ name = "a", run = "step-a" }]\n'
             '[jobs.b]\nneeds = ["a"]\nruns_on = ["node-b"]\nsteps = [{ name = "b", run = "step-b" }]\n')
@@ -48,16 +47,10 @@ backoff = 0.2
 '''
 
 
-def cluster_queue(url: str, **options: Any) -> PostgresQueue:
-    """The queue of one coordinator of several: the claim's `max_concurrent` counts the running jobs of the whole
-    database, so it is not each coordinator's number of slots (each pool has its own, agents theirs)."""
-    return PostgresQueue(url, **{**options, "max_concurrent": CLUSTER_SLOTS})
-
-
 @pytest.fixture
 def on_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every runtime opened in the test opens its queue on one PostgreSQL database (what `queue.url` will do)."""
-    monkeypatch.setattr(runner.runtime, "Queue", lambda path, **options: cluster_queue(pg_url, **options))
+    monkeypatch.setattr(runner.runtime, "Queue", lambda path, **options: PostgresQueue(pg_url, **options))
     return pg_url
 
 
@@ -75,7 +68,7 @@ async def coordinators(settings: Settings, on_postgres: str, fake_forge: FakeFor
             github=dataclasses.replace(settings.github, api_url=fake_forge.url),
             server=dataclasses.replace(settings.server, public_url=PUBLIC_URL),
             runner=dataclasses.replace(settings.runner, labels=(label or f"node-{name}",)),
-            queue=dataclasses.replace(settings.queue, max_concurrent=2, lease_seconds=3.0, cancel_superseded=False))
+            queue=dataclasses.replace(settings.queue, max_concurrent=4, lease_seconds=3.0, cancel_superseded=False))
         env = {**ENV, "FORGECI_GITHUB_TOKEN": "ghp-test-token", "FORGECI_HOOK_URL": f"{receiver.url}/hook",
                "FORGECI_HOOK_SECRET": HOOK_SECRET}
         fake = engine or FakeEngine()

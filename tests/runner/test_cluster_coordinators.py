@@ -47,14 +47,14 @@ MakeRepo = Callable[..., tuple[Path, str]]
 
 
 def cluster_queue(url: str, **options: Any) -> PostgresQueue:
-    """One coordinator's queue: the claim's max_concurrent counts the whole database's running jobs, so it is not
-    one coordinator's slots (each pool has its own)."""
-    return PostgresQueue(url, **{**options, "max_concurrent": 1000})
+    """One coordinator's queue. `queue.max_concurrent` is the cluster's cap (the claim counts every running job of
+    the database, the agents' too, as the README says); each embedded pool may take up to it."""
+    return PostgresQueue(url, **{"max_concurrent": 8, **options})
 
 
 def coordinator_settings(settings: Settings, data_dir: Path) -> Settings:
     return dataclasses.replace(settings, data_dir=data_dir,
-                               queue=dataclasses.replace(settings.queue, lease_seconds=LEASE, max_concurrent=4))
+                               queue=dataclasses.replace(settings.queue, lease_seconds=LEASE, max_concurrent=8))
 
 
 def enqueue_all(url: str, repo: Path, count: int) -> list[int]:
@@ -244,6 +244,42 @@ def test_two_coordinators_planning_one_pipeline_at_once_write_its_jobs_once(pg_u
                 thread.join(30)
             assert sorted(outcomes) == ["planned", "refused"]
             assert len(queues[0].pipeline(pipeline_id).job_ids) == 2
+    finally:
+        for queue in queues:
+            queue.close()
+
+
+def test_two_jobs_of_a_pipeline_ending_at_once_on_two_coordinators_settle_it(pg_url: str) -> None:
+    """Jobs a and b end at the same instant on two coordinators; c needs both: it must become claimable and the
+    pipeline must go on (each settlement read the other's job still running, before the pipeline's row lock)."""
+    from runner.queue import PlannedJobRow
+
+    spec = JobSpec(repo="https://git.example.test/acme/app.git", ref="main", pipeline=PIPELINE)
+    queues = [cluster_queue(pg_url), cluster_queue(pg_url)]
+    try:
+        for _ in range(20):
+            pipeline_id = queues[0].create_pipeline(spec)
+            queues[0].write_plan(pipeline_id, "b" * 40, [
+                PlannedJobRow(spec, "a", "a"), PlannedJobRow(spec, "b", "b"),
+                PlannedJobRow(spec, "c", "c", needs=("a", "b"))])
+            claimed = [queues[0].claim("node-a", 60), queues[1].claim("node-b", 60)]
+            barrier = threading.Barrier(2)
+
+            def end(queue: PostgresQueue, job_id: int, runner_id: str) -> None:
+                barrier.wait()
+                queue.complete(job_id, "success", runner_id=runner_id)
+
+            threads = [threading.Thread(target=end, args=(queue, job.id, runner_id)) for queue, job, runner_id
+                       in zip(queues, claimed, ("node-a", "node-b"), strict=True) if job is not None]
+            assert len(threads) == 2
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            last = queues[0].claim("node-a", 60)
+            assert last is not None and last.name == "c"
+            queues[0].complete(last.id, "success", runner_id="node-a")
+            assert queues[0].pipeline(pipeline_id).state.value == "success"
     finally:
         for queue in queues:
             queue.close()
