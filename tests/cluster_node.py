@@ -33,20 +33,18 @@ async def hold(url: str, name: str, lease: float) -> None:
 
 
 async def coordinate(url: str, data_dir: str, lease: float) -> None:
-    import runner.runtime
     from config.settings import Settings
-    from runner.queue.postgres_queue import PostgresQueue
+    from runner.runtime import open_runtime
     from tests.fake_engine import FAKE_IMAGE, FakeEngine, Script
 
-    runner.runtime.Queue = lambda path, **options: PostgresQueue(url, **options)  # type: ignore[assignment,misc]
     base = Settings.default()
     settings = dataclasses.replace(
         base, data_dir=Path(data_dir),
         runner=dataclasses.replace(base.runner, image=FAKE_IMAGE, network="none", ca_bundle=""),
-        queue=dataclasses.replace(base.queue, lease_seconds=lease, max_concurrent=8))
+        queue=dataclasses.replace(base.queue, url=url, lease_seconds=lease, max_concurrent=8))
     engine = FakeEngine()
     engine.default = Script(lines=["working"], delay=float(os.environ.get("STEP_DELAY", "0.05")))
-    async with runner.runtime.open_runtime(settings, {}, workers=True, engine=engine):
+    async with open_runtime(settings, {}, workers=True, engine=engine):
         say("READY", os.getpid())
         await asyncio.Event().wait()
 

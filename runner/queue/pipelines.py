@@ -52,16 +52,6 @@ WHERE state IN ('planning', 'queued', 'running') AND concurrency_group = ? AND i
 """
 
 
-# write_plan's check that the pipeline still plans; on PostgreSQL it locks the row (postgres_queue.OVERRIDES), so
-# two coordinators' planners planning one pipeline at once write its jobs once (SQLite: BEGIN IMMEDIATE).
-PLAN_STATE = "SELECT state, cancel_requested FROM pipelines WHERE id = ?"
-# _settle reads the pipeline's jobs, then derives its state. On PostgreSQL (READ COMMITTED) two jobs of a pipeline
-# ending at once on two runners would each read the other still running, and the pipeline (and the jobs that need
-# both) would wait for ever; its twin locks the pipeline's row first, so the second settlement reads the first's
-# committed result. SQLite's BEGIN IMMEDIATE already serializes them (here a primary-key lookup).
-SETTLE_LOCK = "SELECT id FROM pipelines WHERE id = ?"
-
-
 @dataclass(frozen=True)
 class PlannedJobRow:
     """One job of a plan, as the planner hands it to the queue: its spec and its place in the pipeline."""
@@ -296,7 +286,10 @@ class PipelineQueries(QueueBase):
         """The planned jobs of a pipeline that is still planning, in one transaction; InvalidTransition when it
         is not (cancelled or superseded meanwhile). Jobs without needs are claimable at once."""
         with self._transaction() as conn:
-            row = conn.execute(PLAN_STATE, (pipeline_id,)).fetchone()
+            # Every coordinator's planner plans the shared `planning` pipelines: on PostgreSQL the row lock makes a
+            # second plan of the same pipeline read the first one's commit and be refused (not add its jobs again).
+            self._lock_pipeline(conn, pipeline_id)
+            row = conn.execute("SELECT state, cancel_requested FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()
             if row is None:
                 raise PipelineNotFound(pipeline_id)
             if row[0] != "planning":
@@ -401,6 +394,10 @@ class PipelineQueries(QueueBase):
                                               "AND state != 'planning'").fetchall()]
             return [s for pid in ids if (s := self._settle(conn, pid))]
 
+    def _lock_pipeline(self, conn: sqlite3.Connection, pipeline_id: int) -> None:
+        """Settling reads every job of the pipeline: two writers ending two of its jobs at once must not each miss
+        the other's end. SQLite's BEGIN IMMEDIATE serializes writers already; PostgresQueue locks the row."""
+
     def _settle_job(self, conn: sqlite3.Connection, job_id: int) -> Settlement | None:
         """Settle the pipeline of job `job_id` (None for a job of no pipeline), in the caller's transaction."""
         row = conn.execute("SELECT pipeline_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -410,9 +407,9 @@ class PipelineQueries(QueueBase):
 
     def _settle(self, conn: sqlite3.Connection, pipeline_id: int) -> Settlement:
         """Unblock, skip (cascading) and fail-fast the jobs of a pipeline; then derive its state."""
+        self._lock_pipeline(conn, pipeline_id)
         now = self._clock()
         settled = Settlement(pipeline_id)
-        conn.execute(SETTLE_LOCK, (pipeline_id,))  # PostgreSQL: one settlement of a pipeline at a time
         rows = [_Row.of(r) for r in conn.execute(_JOBS_OF, (pipeline_id,)).fetchall()]
         by_name: Mapping[str, list[_Row]] = _group(rows)
         for members in by_name.values():  # fail fast: a failed member cancels its unfinished siblings

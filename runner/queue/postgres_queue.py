@@ -1,10 +1,9 @@
 """The queue on PostgreSQL: the same Queue (every query mixin), its transactions on a PostgresDatabase.
 
 Statements run translated (runner.queue.dialect); the few whose PostgreSQL form is not a translation are in
-OVERRIDES, keyed by the SQLite statement itself, so a changed statement can never pick up a stale twin. Work in
-progress (issue 26): `forgeci serve` does not open it yet; the contract suite, the state machine and the
-multi-process tests run on both backends. A transaction that wrote `jobs` NOTIFYs WAKE_CHANNEL at its commit; the
-worker pool still wakes in-process only (several coordinators LISTENing is the next step).
+OVERRIDES, keyed by the SQLite statement itself, so a changed statement can never pick up a stale twin. `forgeci serve`
+opens it for `[queue] url` (runner.backend). A transaction that wrote `jobs` NOTIFYs WAKE_CHANNEL at its commit;
+the server's LISTEN thread (runner.wakeups) wakes its workers at another process's commits.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 
 from runner.queue import Queue
 from runner.queue import jobs as _jobs
-from runner.queue import pipelines as _pipelines
 from runner.queue.dialect import postgres
 from runner.queue.postgres import WAKE_CHANNEL, Listener, PostgresConnection, PostgresDatabase
 
@@ -33,13 +31,12 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
         postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1),
     ),
 }
-# Several coordinators plan the shared `planning` pipelines: the check before writing a plan locks the row.
-OVERRIDES[_pipelines.PLAN_STATE] = (postgres(_pipelines.PLAN_STATE) + " FOR UPDATE",)
-OVERRIDES[_pipelines.SETTLE_LOCK] = (postgres(_pipelines.SETTLE_LOCK) + " FOR UPDATE",)
 
 
 class PostgresQueue(Queue):
     """Queue on a PostgreSQL database (`url`: libpq url; `password` from queue.password_env)."""
+
+    remote = True  # over the network: JobControl writes step rows off the event loop (runner.persist)
 
     def __init__(  # noqa: PLR0913 - QueueBase's arguments, plus the url's password
         self, url: str, *, password: str | None = None, max_concurrent: int = 2, max_retries: int = 3,
@@ -60,8 +57,14 @@ class PostgresQueue(Queue):
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[PostgresConnection]:  # type: ignore[override]
         with self._db.transaction(now=self._clock(), overrides=OVERRIDES, snapshot=begin == "BEGIN") as conn:
             yield conn
-            if conn.wrote_jobs:  # delivered at commit to every LISTENer (no dispatcher listens yet)
+            if conn.wrote_jobs:  # delivered at commit to every LISTENer (runner.wakeups)
                 conn.notify(WAKE_CHANNEL)
+
+    def _lock_pipeline(self, conn: PostgresConnection, pipeline_id: int) -> None:  # type: ignore[override]
+        """READ COMMITTED: two jobs of a pipeline ending at once would each see the other still running and leave
+        the pipeline `running` for good. The row lock makes the second settle wait, and its next statement sees
+        the first one's commit."""
+        conn.raw.execute("SELECT 1 FROM pipelines WHERE id = %s FOR UPDATE", (pipeline_id,))
 
     def _migrate(self) -> None:
         """PostgresDatabase migrated at connect; the usage trigger is part of the PostgreSQL schema."""

@@ -17,12 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-import runner.runtime
 from bot.keys import RUNTIME
 from config.settings import Settings, parse_settings
 from runner.cluster import NOTIFY, STATUS
 from runner.models import JobSpec
-from runner.queue.postgres_queue import PostgresQueue
 from tests.bot.api_helpers import parse_sse
 from tests.bot.notify_helpers import HOOK_SECRET, Receiver
 from tests.bot.webhook_helpers import ENV, PUBLIC_URL, FakeForge, fake_forge, fixture_json, github_headers, open_client
@@ -48,14 +46,7 @@ backoff = 0.2
 
 
 @pytest.fixture
-def on_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every runtime opened in the test opens its queue on one PostgreSQL database (what `queue.url` will do)."""
-    monkeypatch.setattr(runner.runtime, "Queue", lambda path, **options: PostgresQueue(pg_url, **options))
-    return pg_url
-
-
-@pytest.fixture
-async def coordinators(settings: Settings, on_postgres: str, fake_forge: FakeForge, tmp_path: Path
+async def coordinators(settings: Settings, pg_url: str, fake_forge: FakeForge, tmp_path: Path
                        ) -> AsyncIterator[Callable[..., Any]]:
     clients: list[Client] = []
     receiver = await Receiver().start()
@@ -68,7 +59,7 @@ async def coordinators(settings: Settings, on_postgres: str, fake_forge: FakeFor
             github=dataclasses.replace(settings.github, api_url=fake_forge.url),
             server=dataclasses.replace(settings.server, public_url=PUBLIC_URL),
             runner=dataclasses.replace(settings.runner, labels=(label or f"node-{name}",)),
-            queue=dataclasses.replace(settings.queue, max_concurrent=4, lease_seconds=3.0, cancel_superseded=False))
+            queue=dataclasses.replace(settings.queue, url=pg_url, max_concurrent=4, lease_seconds=3.0, cancel_superseded=False))
         env = {**ENV, "FORGECI_GITHUB_TOKEN": "ghp-test-token", "FORGECI_HOOK_URL": f"{receiver.url}/hook",
                "FORGECI_HOOK_SECRET": HOOK_SECRET}
         fake = engine or FakeEngine()

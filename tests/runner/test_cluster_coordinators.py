@@ -24,7 +24,6 @@ from typing import Any
 import psycopg
 import pytest
 
-import runner.runtime
 from config.schedules import ScheduleSpec
 from config.settings import Settings
 from runner.control import JobControl
@@ -47,14 +46,14 @@ MakeRepo = Callable[..., tuple[Path, str]]
 
 
 def cluster_queue(url: str, **options: Any) -> PostgresQueue:
-    """One coordinator's queue. `queue.max_concurrent` is the cluster's cap (the claim counts every running job of
-    the database, the agents' too, as the README says); each embedded pool may take up to it."""
     return PostgresQueue(url, **{"max_concurrent": 8, **options})
 
 
-def coordinator_settings(settings: Settings, data_dir: Path) -> Settings:
-    return dataclasses.replace(settings, data_dir=data_dir,
-                               queue=dataclasses.replace(settings.queue, lease_seconds=LEASE, max_concurrent=8))
+def coordinator_settings(settings: Settings, data_dir: Path, url: str) -> Settings:
+    """One coordinator: its own data dir, the shared PostgreSQL queue. `queue.max_concurrent` is the cluster's cap
+    (the claim counts every running job of the database, the agents' too, as the README says)."""
+    return dataclasses.replace(settings, data_dir=data_dir, queue=dataclasses.replace(
+        settings.queue, url=url, lease_seconds=LEASE, max_concurrent=8))
 
 
 def enqueue_all(url: str, repo: Path, count: int) -> list[int]:
@@ -93,15 +92,13 @@ def check_each_ended_once(url: str, job_ids: list[int]) -> dict[int, list[tuple[
 
 @pytest.mark.slow
 async def test_two_coordinators_run_1000_jobs_each_to_exactly_one_end(
-        pg_url: str, fake_settings: Settings, tmp_path: Path, make_local_repo: MakeRepo,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner.runtime, "Queue", lambda path, **options: cluster_queue(pg_url, **options))
+        pg_url: str, fake_settings: Settings, tmp_path: Path, make_local_repo: MakeRepo) -> None:
     repo, _ = make_local_repo({"README": "x\n"})
     engines = [FakeEngine(), FakeEngine()]
     for engine in engines:
         engine.default = Script(lines=["working"])
-    async with open_runtime(coordinator_settings(fake_settings, tmp_path / "a"), {}, engine=engines[0]) as a, \
-            open_runtime(coordinator_settings(fake_settings, tmp_path / "b"), {}, engine=engines[1]) as b:
+    async with open_runtime(coordinator_settings(fake_settings, tmp_path / "a", pg_url), {}, engine=engines[0]) as a, \
+            open_runtime(coordinator_settings(fake_settings, tmp_path / "b", pg_url), {}, engine=engines[1]) as b:
         job_ids = await asyncio.to_thread(enqueue_all, pg_url, repo, JOBS)
         a.pool.wake()
         b.pool.wake()
