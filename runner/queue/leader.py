@@ -72,8 +72,7 @@ class Leadership:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 conn = await psycopg.AsyncConnection.connect(self.conninfo, **connect_options(self.lease))
-                # The server ends a session idle for a lease: a holder that stops beating loses the lock then.
-                await conn.execute(f"SET idle_session_timeout = {int(self.lease * 1000)}")
+                await self._set_timeout(conn)
                 await conn.execute("SET application_name = 'forgeci lock " + self.name.replace("'", "") + "'")
                 while not await self._try(conn):
                     await asyncio.sleep(self.beat)
@@ -88,6 +87,15 @@ class Leadership:
                 if conn is not None:
                     await _close(conn)
             await asyncio.sleep(self.beat)
+
+    async def _set_timeout(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The server ends a session idle for a lease: a holder that stops beating loses the lock then. PostgreSQL
+        before 14 lacks the setting: the lock still moves when a holder dies, but a hung one keeps it."""
+        try:
+            await conn.execute(f"SET idle_session_timeout = {int(self.lease * 1000)}")
+        except psycopg.errors.UndefinedObject:
+            log.warning("%s: this PostgreSQL has no idle_session_timeout (version 14+): a hung coordinator keeps "
+                        "the cluster lock until its connection breaks", self.name)
 
     async def _try(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         cursor = await asyncio.wait_for(conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)), self.beat)
