@@ -395,6 +395,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, instance)
     );
     """),
+    # PostgreSQL only: SQLite ends every index with the rowid, so jobs_active gives the claim's whole order
+    # (priority DESC, seq, id); PostgreSQL's index needs the id spelt out, or each claim sorts every queued job.
+    Migration("", postgres="""
+    DROP INDEX jobs_active;
+    CREATE INDEX jobs_active ON jobs (state DESC, priority DESC, seq, id) WHERE state IN ('queued', 'running');
+    """),
     # several coordinators on one PostgreSQL (runner/queue/cluster.py): the commit statuses' feed and the log
     # lines every coordinator can read. On PostgreSQL triggers write a status_changes row (and NOTIFY) for every
     # job and pipeline state change, so the one coordinator that posts statuses reads them from the database in
