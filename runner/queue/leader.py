@@ -8,13 +8,17 @@ is tried for again.
 
 How fast another coordinator takes over (the bound, with `lease` = `queue.lease_seconds`):
 - the holder dies (kill -9, OOM): its socket closes, PostgreSQL ends the session and releases the lock at once;
-  another coordinator takes it at its next try, within lease / 3.
+  another coordinator takes it at its next try (within lease / 3) and starts the task one heartbeat interval
+  later (lease / 3): within 2/3 of a lease.
 - the holder hangs (SIGSTOP, a stuck event loop) or its host or network goes away: it stops sending heartbeats
   (every lease / 3), and the session's `idle_session_timeout = lease` makes PostgreSQL end it lease seconds after
-  the last one; another takes it within lease + lease / 3. The TCP keepalives and `tcp_user_timeout` below make
+  the last one; another runs it within lease + 2/3 lease. The TCP keepalives and `tcp_user_timeout` below make
   the holder's own side notice a dead network within about a lease too.
 - the holder's side: a heartbeat that fails or takes longer than lease / 3 cancels its task, so a cut-off holder
-  stops at most 2/3 of a lease after its last good heartbeat, before the server lets anyone else in.
+  stops at most 2/3 of a lease after its last good heartbeat, before the server lets anyone else in; a session
+  ended under a live holder (pg_terminate_backend, a restarted server) is noticed at its next heartbeat, and the
+  new holder waits that interval before it starts. Only a holder frozen past its lease (SIGSTOP) may, when it
+  wakes, run one step of its task before its failed heartbeat stops it.
 Every singleton's writes are also safe on their own (a schedule's due time is claimed with its pipeline in one
 transaction, an outbox row is pushed on before it is sent): the lock keeps the work in one place, the
 transactions keep a late step of a holder that was just cut off from doing harm twice.
@@ -36,6 +40,7 @@ import psycopg
 log = logging.getLogger(__name__)
 
 LOCK_SPACE = 0x666F  # high 16 bits of every singleton's lock key ("fo"): apart from the queue's own advisory locks
+GRACE = 0.1  # seconds past a heartbeat interval a new holder waits before it starts the task (see _lead)
 RESTART = 1.0  # seconds before a singleton's task that failed is started again (while the lock is still held)
 
 Task = Callable[[], Awaitable[Any]]
@@ -104,6 +109,11 @@ class Leadership:
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Run the task while heartbeats on the lock's connection succeed; cancel it as soon as one fails."""
+        # A holder whose session ended under it (terminated, or its connection cut while it lives) notices at its
+        # next heartbeat, at most one interval away: wait that long (checking our own connection), so the two never
+        # run at once.
+        await asyncio.sleep(self.beat + GRACE)
+        await asyncio.wait_for(conn.execute("SELECT 1"), self.beat)
         self.terms += 1
         self.held.set()
         log.info("%s: this coordinator holds the cluster lock; running it here", self.name)

@@ -164,7 +164,7 @@ async def test_kill_9_of_the_holding_process_moves_the_lock_within_a_lease(
     os.kill(leader, signal.SIGKILL)
     await until(lambda: len(lines.leaders()) == 2, 4 * LEASE, "the other process takes the lock")
     took = next(t for t, pid, word in lines.seen if word == "LEADER" and pid != leader) - killed_at
-    print(f"take-over after kill -9 of the holder: {took:.2f}s (lease {LEASE}s, bound lease/3 = {LEASE / 3:.2f}s)")
+    print(f"take-over after kill -9 of the holder: {took:.2f}s (lease {LEASE}s, bound 2/3 lease = {LEASE * 2 / 3:.2f}s)")
 
 
 async def test_a_hung_holder_loses_the_lock_and_stops_when_it_wakes(
@@ -178,7 +178,7 @@ async def test_a_hung_holder_loses_the_lock_and_stops_when_it_wakes(
     os.kill(leader, signal.SIGSTOP)  # alive, socket open, but silent: only the idle_session_timeout ends it
     await until(lambda: len(lines.leaders()) == 2, 6 * LEASE, "the other process takes the lock")
     took = next(t for t, pid, word in lines.seen if word == "LEADER" and pid != leader) - stopped_at
-    print(f"take-over from a SIGSTOPped holder: {took:.2f}s (bound lease + lease/3 = {LEASE * 4 / 3:.2f}s)")
+    print(f"take-over from a SIGSTOPped holder: {took:.2f}s (bound 5/3 lease = {LEASE * 5 / 3:.2f}s)")
     os.kill(leader, signal.SIGCONT)
     await until(lambda: any(pid == leader and word == "STOPPED" for _, pid, word in lines.seen), 4 * LEASE,
                 "the woken holder stops its task")
