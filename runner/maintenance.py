@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 METRICS_DAYS = 8  # the dashboard's longest range is a week
 DAY = 86400.0
 INTERVAL = 3600.0  # the hourly task
+STATUS_FEED_HOURS = 1  # the commit statuses' feed of state changes (PostgreSQL) is posted within seconds
 FIRST_RUN = 60.0  # after a start: a server restarted often must still prune
 ORPHAN_AGE = DAY  # an unindexed object younger than this may be an upload whose index row is being written
 PREFIXES = ("caches/", "snapshots/", "artifacts/")  # what forgeci writes to the store; anything else is not ours
@@ -142,6 +143,7 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
     _guard(errors, lambda: parts.queue.prune_usage(usage_cutoff(now)), 0)  # usage: 13 whole months and this one
 
     _guard(errors, parts.queue.prune_log_chunks, 0)  # a cluster's copies of the logs of jobs just deleted
+    _guard(errors, lambda: parts.queue.prune_status_changes(now - STATUS_FEED_HOURS * 3600), 0)
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
     images = _prune_images(parts, now, errors)
     return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors),

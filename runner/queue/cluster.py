@@ -54,6 +54,12 @@ class ClusterQueries(QueueBase):
                              (now, *chunk))
             conn.execute("DELETE FROM status_changes WHERE done_at < ?", (prune_before,))
 
+    def prune_status_changes(self, before: float) -> int:
+        """Forget changes made before `before`, offered or not (maintenance: with no forge to post to, or no
+        coordinator posting, nothing marks them)."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM status_changes WHERE at < ?", (before,)).rowcount
+
     def add_log_chunk(self, job_id: int, lines: Sequence[LogLine]) -> None:
         """Store consecutive lines of a job's log, and wake the followers of the job on every coordinator. A batch
         sent again after an unanswered commit, with more lines, replaces the shorter chunk it starts like."""

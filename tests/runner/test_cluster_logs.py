@@ -148,3 +148,17 @@ async def test_the_status_feed_yields_every_state_change_of_either_coordinator_o
         await until(lambda: len(replay) == len(want), 10, "the replay")
         assert replay == want
         task.cancel()
+
+
+async def test_maintenance_prunes_the_status_feed_and_the_log_chunks_of_deleted_jobs(pg_url: str,
+                                                                                     tmp_path: Path) -> None:
+    async with node(pg_url, tmp_path / "a") as a:
+        job_id = a.queue.enqueue(SPEC)
+        a.queue.add_log_chunk(job_id, [LogLine(1, 1.0, "", "system", "hello")])
+        a.queue.add_log_chunk(999_999, [LogLine(1, 1.0, "", "system", "its job is gone")])
+        assert a.queue.status_changes()  # the enqueue's, never offered (no coordinator posts here)
+        assert a.queue.prune_status_changes(time.time() - 3600) == 0
+        assert a.queue.prune_status_changes(time.time() + 1) >= 1
+        assert a.queue.status_changes() == []
+        assert a.queue.prune_log_chunks() == 1
+        assert [line.text for line in a.queue.log_lines(job_id)] == ["hello"]
