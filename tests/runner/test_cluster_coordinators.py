@@ -195,6 +195,10 @@ async def test_schedules_fire_once_per_due_time_while_the_coordinator_holding_th
                 pid = holder_pid(pg_url, "schedules")
                 with psycopg.connect(pg_url, autocommit=True) as conn:
                     conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                deadline = time.monotonic() + 20
+                while sum(s.leaderships["schedules"].terms for s in nodes) < 2:  # a new term runs it
+                    assert time.monotonic() < deadline, "nobody took the schedules over"
+                    await asyncio.sleep(0.02)
             deadline = time.monotonic() + 20
             while len(queues[0].list_pipelines()[0]) < minute:
                 assert time.monotonic() < deadline, f"due time {minute} not fired"
