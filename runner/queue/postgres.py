@@ -304,6 +304,10 @@ class PostgresDatabase:
                 raw.execute(postgres_script(script).encode())  # bytes: a DDL script, no placeholders
                 raw.execute("UPDATE forgeci_schema SET version = %s", (number,))
 
+    @property
+    def conninfo(self) -> str:
+        return self._conninfo
+
     def listener(self, channel: str = WAKE_CHANNEL) -> Listener:
         return Listener(self._conninfo, channel)
 

@@ -19,6 +19,7 @@ from typing import Any
 from runner.models import Job, JobState, PipelineState, StepRecord
 from runner.queue import Queue
 from runner.queue import jobs as _jobs
+from runner.queue import pipelines as _pipelines
 from runner.queue.dialect import postgres
 from runner.queue.labels import label_json
 from runner.queue.pipelines import Settlement
@@ -54,6 +55,7 @@ CLAIM_PRELUDE = ("set_config('synchronous_commit', 'off', true)", f"pg_advisory_
 _GENERIC = "set_config('plan_cache_mode', 'force_generic_plan', true)"
 _PG_CLAIM = postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1)
 OVERRIDES: dict[str, str] = {_jobs._CLAIM: _PG_CLAIM}
+OVERRIDES[_pipelines.PLAN_STATE] = postgres(_pipelines.PLAN_STATE) + " FOR UPDATE"  # see pipelines.PLAN_STATE
 # JobQueries.claim's pick (_CLAIM, its row locked), take (_TAKE, by the picked id) and the pipeline's start
 # (_PIPELINE_STARTED) as one statement of data-modifying CTEs; the last column says whether it started the pipeline.
 _TAKE_PICKED = postgres(_jobs._TAKE).replace("%(id)s", "(SELECT id FROM picked)", 1).rstrip()
@@ -174,6 +176,12 @@ class PostgresQueue(Queue):
 
     def _migrate(self) -> None:
         """PostgresDatabase migrated at connect; the usage trigger is part of the PostgreSQL schema."""
+
+    @property
+    def conninfo(self) -> str:
+        """The database's libpq connection string (with the password): for the connections of the cluster's locks
+        and LISTENers (runner/queue/leader.py, runner/cluster_*.py)."""
+        return self._db.conninfo
 
     def listener(self) -> Listener:
         """A connection LISTENing for claimable work (wake_claimers)."""
