@@ -177,7 +177,7 @@ def _copy(source: sqlite3.Connection, target: Any, tables: list[str], logs: Path
             report = CopyReport(target.name, counts, next_ids)
             if any(t.sqlite != t.postgres for t in counts):
                 raise MigrateRefused(f"the counts differ, nothing was kept:\n{report.table_text()}")
-            if logs is not None and set(LOG_COLUMNS) <= set(types.get(LOG_TABLE, ())) and not _count(raw, LOG_TABLE):
+            if logs is not None and set(LOG_COLUMNS) <= set(types.get(LOG_TABLE, ())):
                 report = dataclasses.replace(report, logs=_import_logs(raw, logs))
             return report
     except QueueError as exc:  # a PostgreSQL error the transaction reported (rolled back)
@@ -187,8 +187,9 @@ def _copy(source: sqlite3.Connection, target: Any, tables: list[str], logs: Path
 
 
 def _import_logs(raw: Any, folder: Path) -> tuple[int, int]:
-    """Each job's log file (`N.log`, of a job the queue holds) into LOG_TABLE, in chunks of consecutive lines as
-    the relay writes them (JSON Lines, the file's own form); (logs, lines) imported."""
+    """Each job's log file (`N.log`, of a job the queue holds and whose log the table does not have yet) into
+    LOG_TABLE, in chunks of consecutive lines as the relay writes them (JSON Lines, the file's own form); (logs,
+    lines) imported."""
     from psycopg import sql
 
     from runner.logs import read_log
@@ -196,7 +197,9 @@ def _import_logs(raw: Any, folder: Path) -> tuple[int, int]:
     files = lines = 0
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(LOG_TABLE), sql.SQL(", ").join(map(sql.Identifier, LOG_COLUMNS)))
-    job_ids = [row[0] for row in raw.execute("SELECT id FROM jobs ORDER BY id").fetchall()]  # not during the COPY
+    job_ids = [row[0] for row in raw.execute(  # read before the COPY, which holds the connection
+        sql.SQL("SELECT id FROM jobs WHERE id NOT IN (SELECT job_id FROM {}) ORDER BY id").format(
+            sql.Identifier(LOG_TABLE))).fetchall()]
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
         for job_id in job_ids:
             found = list(read_log(folder / f"{job_id}.log"))

@@ -143,6 +143,35 @@ async def test_a_coordinator_lost_mid_job_hands_its_reports_to_the_next_and_the_
             assert f"/agent/v1/jobs/{again}/result" in agent_paths(second)
 
 
+async def test_a_coordinator_whose_log_ends_before_the_next_batch_gets_the_missing_lines_from_the_agent(
+        base: Settings, tmp_path: Path, make_local_repo: MakeRepo) -> None:
+    """What an agent meets when it moves to a coordinator that lacks the job's earlier lines (another one received
+    them and did not pass them on, as a coordinator killed before its lines reached the database): that one
+    answers 422 "log gap"; the agent sends the attempt's missing lines from its own copy, then the batch. Here the
+    coordinator's file of the job is emptied mid-job, which leaves it in that state."""
+    from bot.agent_api import AGENTS
+
+    repo, sha = make_local_repo({".forgeci.toml": '[[steps]]\nname = "s"\nrun = "tick"\n'})
+    engine = FakeEngine()
+    ticking(engine)
+    async with coordinator(base) as server:
+        rt = runtime(server)
+        token = rt.queue.create_agent_token("solo")
+        one = Agent(agent_settings(base, tmp_path, "a1"), str(server.make_url("")), token, label="a1",
+                    environ=S3_ENV, engine=engine)
+        async with running(one):
+            job_id = await rt.control.submit(JobSpec(repo=str(repo), ref="main", sha=sha))
+            log = rt.layout.log_file(job_id)
+            await wait_for(lambda: any(line.text == "tick 5" for line in read_log(log)))
+            log.write_text("")  # the coordinator's log of the job ends at line 0 now
+            server.app[AGENTS].logs._last.pop(job_id, None)
+            await wait_for(lambda: rt.queue.get(job_id).state.is_terminal)
+        assert rt.queue.get(job_id).state is JobState.success
+        lines = list(read_log(log))
+        assert [line.n for line in lines] == list(range(1, len(lines) + 1))
+        assert [ln.text for ln in lines if ln.text.startswith("tick ")] == [f"tick {i}" for i in range(TICKS)]
+
+
 async def test_every_server_down_backs_off_and_names_each_of_them() -> None:
     servers = [closed_port(), closed_port()]
     async with AgentClient(servers, "fca_not-in-any-message") as client:
@@ -184,9 +213,10 @@ async def test_two_coordinators_on_one_postgresql_queue_an_agent_moves_to_the_se
                 job = queue.get(job_id)
                 assert (job.state, job.attempts) == (JobState.success, 1), job.error
                 assert one.client.server == urls[1]
-                # The second coordinator's copy of the log is whole: the lines the first had, sent again by the
-                # agent from its own copy, then the rest.
-                lines = list(read_log(runtime(second).layout.log_file(job_id)))
+                # The log as the second coordinator serves it is whole and in order: the lines that went through
+                # the first one and the rest (on PostgreSQL the coordinators read logs from the database).
+                rt = runtime(second)
+                lines = rt.hub.read(job_id, rt.layout.log_file(job_id))
                 assert [line.n for line in lines] == list(range(1, len(lines) + 1))
                 assert [ln.text for ln in lines if ln.text.startswith("tick ")] == [f"tick {i}" for i in range(TICKS)]
         finally:
