@@ -353,7 +353,7 @@ def setup_agent_api(app: web.Application) -> None:
         logs = app[AGENTS].logs
 
         async def follow() -> None:
-            async for event in runtime.events.subscribe():
+            async for event in runtime.events.subscribe(only=JobEvent):  # pipeline events would wake it for nothing
                 if not isinstance(event, JobEvent):
                     continue
                 if event.state == "queued":  # enqueued, requeued, or its needs are done ("ready")

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from config.errors import ConfigError, ConfigIssue
 
 MIN_PRIORITY = 0
@@ -142,6 +144,21 @@ class JobSpec:
         return cls(**data)
 
     def to_json(self) -> str:
+        """The spec as JSON (sorted keys, compact), made once per spec: a webhook's delivery checks it before its
+        transaction and stores it in it. A spec with an inline pipeline (the caller's dict) is encoded anew."""
+        text: str | None = self.__dict__.get("_json")
+        if text is None:
+            text = self._dumps()
+            if self.pipeline is None:
+                self.__dict__["_json"] = text  # not a field: equality, repr and to_dict do not see it
+        return text
+
+    def _dumps(self) -> str:
+        if self.pipeline is None:
+            try:  # orjson: a fifth of json.dumps's time; the same JSON but for non-ASCII text, kept as UTF-8
+                return orjson.dumps({f: self.__dict__[f] for f in _SPEC_FIELDS}, option=orjson.OPT_SORT_KEYS).decode()
+            except TypeError:
+                pass  # lone surrogates (JSON allows them in a forge's text): json escapes them
         try:
             return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
         except (TypeError, ValueError) as exc:  # only the free-form pipeline can hold non-JSON values
@@ -154,6 +171,9 @@ class JobSpec:
         except ValueError as exc:
             raise ConfigError(ConfigIssue("job spec", "", f"invalid JSON: {exc}")) from exc
         return cls.from_dict(data)
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
 
 
 @dataclass(frozen=True)
