@@ -70,6 +70,33 @@ def _is_str_map(value: object) -> bool:
     return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
+def _plainly_valid(values: dict[str, Any]) -> bool:
+    """A spec as webhooks and the API make them, vouched for in one quick pass: ASCII text, exact types. False
+    says nothing (non-ASCII text, a subclass, a bad value): JobSpec._check then looks at every field."""
+    for key in ("repo", "ref", "event"):
+        text = values[key]
+        if type(text) is not str or not text or not text.isascii():
+            return False
+    for key in ("sha", "concurrency_group", "base_ref"):
+        text = values[key]
+        if text is not None and (type(text) is not str or not text.isascii()):
+            return False
+    priority, pr_number, pipeline = values["priority"], values["pr_number"], values["pipeline"]
+    return (type(priority) is int and MIN_PRIORITY <= priority <= MAX_PRIORITY and type(values["fork"]) is bool
+            and (pr_number is None or type(pr_number) is int and 0 <= pr_number < 2**63)
+            and (pipeline is None or type(pipeline) is dict)
+            and _is_plain_str_map(values["env"]) and _is_plain_str_map(values["meta"]))
+
+
+def _is_plain_str_map(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not str:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What gets enqueued: everything decided at enqueue time from the event and the server settings."""
@@ -88,6 +115,14 @@ class JobSpec:
     meta: Mapping[str, str] = field(default_factory=dict)  # pusher, commit message, delivery id, forge, ...
 
     def __post_init__(self) -> None:
+        values = self.__dict__
+        if not _plainly_valid(values):
+            self._check()
+        # A private copy: a caller mutating its dict later must not change an enqueued spec.
+        values["env"], values["meta"] = dict(values["env"]), dict(values["meta"])
+
+    def _check(self) -> None:
+        """Every field checked, ConfigError naming each bad one (a spec _plainly_valid did not vouch for)."""
         issues: list[ConfigIssue] = []
 
         def bad(key: str, expected: str) -> None:
@@ -112,10 +147,7 @@ class JobSpec:
         if self.pipeline is not None and not isinstance(self.pipeline, dict):
             bad("pipeline", "a table or null")
         for key in ("env", "meta"):
-            if _is_str_map(getattr(self, key)):
-                # A private copy: a caller mutating its dict later must not change an enqueued spec.
-                object.__setattr__(self, key, dict(getattr(self, key)))
-            else:
+            if not _is_str_map(getattr(self, key)):
                 bad(key, "a table of strings")
         if issues:
             raise ConfigError(issues)

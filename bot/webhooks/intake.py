@@ -169,7 +169,8 @@ async def commit(request: web.Request, forge: str, delivery: str, event: str, pl
         body["superseded_pipelines"] = list(result.superseded)
     if result.cancelled or result.stopping:
         body["superseded"] = sorted(result.cancelled + result.stopping)
-    return web.json_response(body, status=202)
+    # Ids and the checked (ASCII) delivery id only: orjson, a tenth of json.dumps's time, cannot fail here.
+    return web.Response(body=orjson.dumps(body), status=202, content_type=JSON, charset="utf-8")
 
 
 def ignored(event: str) -> web.Response:
