@@ -87,12 +87,11 @@ class OutboxQueries(QueueBase):
         with self._transaction() as conn:
             now = self._clock()
             for notification_id, targets in ends:
-                row = conn.execute("SELECT pipeline_id, event FROM notifications WHERE id = ? AND state = 'pending' "
-                                   "AND target IS NULL", (notification_id,)).fetchone()
+                row = conn.execute("UPDATE notifications SET state = 'fanned', done_at = ? WHERE id = ? "
+                                   "AND state = 'pending' AND target IS NULL RETURNING pipeline_id, event",
+                                   (now, notification_id)).fetchone()
                 if row is None:
                     continue
-                conn.execute("UPDATE notifications SET state = 'fanned', done_at = ? WHERE id = ?",
-                             (now, notification_id))
                 for name, kind in targets:
                     new_id = conn.execute(
                         "INSERT INTO notifications (pipeline_id, target, kind, event, next_at, created_at) "
