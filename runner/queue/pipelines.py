@@ -334,28 +334,26 @@ class PipelineQueries(QueueBase):
             return self._cancel_pipeline(conn, pipeline_id)
 
     def _cancel_pipeline(self, conn: sqlite3.Connection, pipeline_id: int, reason: str | None = None) -> Settlement:
-        """Cancel an unfinished pipeline (the callers check it is), in the caller's transaction."""
         now = self._clock()
-        # The reason stays with the pipeline and its cancelled jobs: their pages and commit statuses say why. One
-        # still planning ends here, in the same statement (its state comes back `cancelled`): it has no jobs yet,
-        # since planning writes them and leaves `planning` in one transaction (write_plan).
-        (state,) = conn.execute(
-            "UPDATE pipelines SET cancel_requested = 1, error = coalesce(?, error), "
-            "finished_at = CASE state WHEN 'planning' THEN ? ELSE finished_at END, "
-            "state = CASE state WHEN 'planning' THEN 'cancelled' ELSE state END WHERE id = ? RETURNING state",
-            (reason, now, pipeline_id)).fetchone()
         settled = Settlement(pipeline_id, reason=reason)
-        if state == "cancelled":
+        # The reason stays with the pipeline and its cancelled jobs: their pages and commit statuses say why.
+        if conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()[0] == "planning":
+            # No jobs yet (planning writes them and leaves `planning` in one transaction, write_plan): it ends
+            # here, in one statement (a webhook superseding its branch's last push does this every time).
+            conn.execute("UPDATE pipelines SET cancel_requested = 1, error = coalesce(?, error), state = 'cancelled', "
+                         "finished_at = ? WHERE id = ?", (reason, now, pipeline_id))
             settled.state = PipelineState.cancelled
             record_end(conn, pipeline_id, "cancelled", now)
             return settled
-        for job_id, job_state in conn.execute(
+        conn.execute("UPDATE pipelines SET cancel_requested = 1, error = coalesce(?, error) WHERE id = ?",
+                     (reason, pipeline_id))
+        for job_id, state in conn.execute(
                 "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END, "
                 "finished_at = CASE state WHEN 'queued' THEN ? ELSE finished_at END, cancel_requested = 1, "
                 "error = CASE state WHEN 'queued' THEN coalesce(?, error) ELSE error END, "
                 "blocked = 0 WHERE pipeline_id = ? AND state IN ('queued', 'running') RETURNING id, state",
                 (now, reason, pipeline_id)).fetchall():
-            (settled.cancelled if job_state == "cancelled" else settled.stopping).append(job_id)
+            (settled.cancelled if state == "cancelled" else settled.stopping).append(job_id)
         more = self._settle(conn, pipeline_id)
         settled.state = more.state
         return settled
