@@ -215,10 +215,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     """backup FILE (online, verified), restore FILE (into a stopped instance), migrate (a stopped instance)."""
     from config.settings import load_settings
-    from runner import backup
+    from runner import backup, db_postgres
     from runner.layout import DataLayout
 
-    layout = DataLayout(load_settings(args.config).data_dir)
+    settings = load_settings(args.config)
+    if settings.queue.url:  # no queue file: backups are pg_dump's; migrate applies the schema (runner/db_postgres.py)
+        return db_postgres.db_command(args.db_command, settings)
+    layout = DataLayout(settings.data_dir)
     if args.db_command == "backup":
         info = backup.backup_database(layout.db, Path(args.file))
         print(f"backed up {layout.db} to {info.path} and verified it: {info.summary()}")
@@ -281,12 +284,9 @@ def check_server(server: str) -> None:
 def client_command(args: argparse.Namespace) -> int:
     """submit, jobs, status, logs, cancel, retry, pipelines, pipeline, artifacts: calls to a server's HTTP API
     (client.commands, client.pipeline_commands, client.artifacts)."""
-    from client import agents as client_agents
-    from client import artifacts as client_artifacts
-    from client import commands
+    from client import agents as client_agents, artifacts as client_artifacts, usage as client_usage
+    from client import commands, schedules
     from client import pipeline_commands as pipelines
-    from client import schedules
-    from client import usage as client_usage
     from client.errors import TOKEN_ENV
 
     check_server(args.server)

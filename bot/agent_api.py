@@ -351,6 +351,7 @@ def setup_agent_api(app: web.Application) -> None:
                                  float(app[SETTINGS].queue.lease_seconds), wake)
 
         logs = app[AGENTS].logs
+        runtime.wake_hooks.append(wake.set)  # PostgreSQL: work another process committed (runner.backend)
 
         async def follow() -> None:
             async for event in runtime.events.subscribe(only=JobEvent):  # pipeline events would wake it for nothing

@@ -123,8 +123,8 @@ class QueueSettings:
     lease_seconds: int = option(integer(1), "seconds a runner's claim on a job lasts unless renewed", 60)
     cancel_superseded: bool = option(BOOL, "a newer push to a branch or pull request cancels its older jobs", True)
     url: str = option(scalar("queue url", _queue_url),
-                      '"" = SQLite in data_dir; `postgresql://user@host/db` = PostgreSQL (its backend is not complete '
-                      "yet: `forgeci serve` refuses it)", "")
+                      '"" = SQLite in data_dir; `postgresql://user@host/db` = PostgreSQL (see "PostgreSQL queue"; '
+                      "backups there are pg_dump's)", "")
     password_env: str = option(ENV_VAR, "env variable with the PostgreSQL password (never put it in the url)",
                                "FORGECI_QUEUE_PASSWORD")
 

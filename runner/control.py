@@ -18,6 +18,7 @@ from runner.committer import DeliveryCommitter
 from runner.errors import InvalidTransition, QueueError, QuotaExceeded
 from runner.events import EventBus, JobEvent, PipelineEvent
 from runner.models import Job, JobSpec, JobState, Outcome, PipelineRecord, PipelineState, StepResult
+from runner.persist import StepWrites, is_fault, persist
 from runner.planner import PlanResult, Planner
 from runner.queue import Delivery, Queue, Settlement
 from runner.queue.usage import repo_slug
@@ -75,8 +76,13 @@ def retry_spec(queue: Queue, job_id: int, *, from_failed_step: bool = False) -> 
 class JobControl:
     """The one place jobs change state. Queue work runs in threads (SQLite may wait for another writer)."""
 
-    def __init__(self, queue: Queue, events: EventBus, planner: Planner | None = None) -> None:
+    def __init__(self, queue: Queue, events: EventBus, planner: Planner | None = None, *,
+                 lease_seconds: float = 60.0) -> None:
         self.queue = queue
+        self.lease_seconds = lease_seconds
+        # A networked queue (PostgreSQL) writes step rows off the loop (runner.persist); SQLite's are local writes.
+        self._steps = StepWrites() if getattr(queue, "remote", False) else None
+        self._outage = False  # the database failed a lease write: every lease gets renewed before the next expiry
         self.events = events
         self.planner = planner  # None: pipelines wait `planning` for a coordinator that has one
         if planner is not None:
@@ -226,7 +232,11 @@ class JobControl:
 
     async def heartbeat(self, job_id: int, runner_id: str, lease_seconds: float) -> bool:
         """Extend the lease; False means the job is no longer this runner's and it must stop it."""
-        return await asyncio.to_thread(self.queue.heartbeat, job_id, runner_id, lease_seconds)
+        try:
+            return await asyncio.to_thread(self.queue.heartbeat, job_id, runner_id, lease_seconds)
+        except QueueError as exc:
+            self._outage = self._outage or is_fault(exc)
+            raise
 
     async def cancel_requested(self, job_id: int) -> bool:
         return await asyncio.to_thread(self.queue.is_cancel_requested, job_id)
@@ -237,30 +247,46 @@ class JobControl:
 
     def checked_out(self, job: Job, sha: str) -> None:
         """A job submitted without a sha records the commit it runs, so every view (and a retry) shows it."""
-        if self.queue.set_sha(job.id, sha):
-            self.publish(job.id, JobState.running, "sha", sha=sha)
+        if self._steps is not None:
+            self._steps.add(job.id, lambda: self.queue.set_sha(job.id, sha), f"job {job.id}: its sha")
+        elif not self.queue.set_sha(job.id, sha):
+            return
+        self.publish(job.id, JobState.running, "sha", sha=sha)
 
     def step_started(self, job: Job, index: int, name: str, total: int) -> None:
-        """Called on the loop by the executor as a step starts (a short write, like the log's)."""
-        self.queue.start_step(job.id, index, name)
+        """Called on the loop by the executor as a step starts (a short write, like the log's; on PostgreSQL
+        queued behind the job's earlier step writes, off the loop)."""
+        if self._steps is not None:
+            self._steps.add(job.id, lambda: self.queue.start_step(job.id, index, name),
+                            f"job {job.id}: step {index}")
+        else:
+            self.queue.start_step(job.id, index, name)
         self.publish(job.id, JobState.running, "step", index=index, name=name, total=total)
 
     def step_finished(self, job: Job, result: StepResult, total: int) -> None:
-        self.queue.finish_step(job.id, result.index, result.state, result.exit_code)
+        if self._steps is not None:
+            self._steps.add(job.id, lambda: self.queue.finish_step(job.id, result.index, result.state,
+                                                                   result.exit_code),
+                            f"job {job.id}: step {result.index}")
+        else:
+            self.queue.finish_step(job.id, result.index, result.state, result.exit_code)
         self.publish(job.id, JobState.running, "step_done", index=result.index, name=result.name, total=total,
                      step_state=str(result.state), duration=result.duration)
 
     async def record(self, job: Job, outcome: Outcome, runner_id: str, *, requeue: str | None = None) -> JobState | None:
         """Record how an attempt ended. Infrastructure faults (and `requeue`, the reason a runner gives back a job
         it stopped for its own sake) go back to the queue while retries remain. None when the lease was lost:
-        another runner, or the expiry, owns the job now."""
+        another runner, or the expiry, owns the job now. A fault of the database (PostgreSQL restarting) is retried
+        until it answers (runner.persist): the end of a job is never dropped while its runner holds it."""
+        if self._steps is not None:
+            await self._steps.flush(job.id)
         try:
             if outcome.infra or requeue is not None:
                 reason = requeue or outcome.error or "infrastructure error"
-                state = await asyncio.to_thread(self.queue.fail_infra, job.id, reason, runner_id)
+                state = await persist(lambda: self.queue.fail_infra(job.id, reason, runner_id), f"job {job.id}'s end")
             else:
-                await asyncio.to_thread(self.queue.complete, job.id, outcome.state, outcome.error, runner_id,
-                                        outcome.outputs)
+                await persist(lambda: self.queue.complete(job.id, outcome.state, outcome.error, runner_id,
+                                                          outcome.outputs), f"job {job.id}'s end")
                 state = outcome.state
         except QueueError as exc:
             log.warning("job %d: outcome %s not recorded: %s", job.id, outcome.state, exc)
@@ -272,8 +298,18 @@ class JobControl:
         return state
 
     async def expire_leases(self) -> list[int]:
-        """Requeue (or end `error`) every running job whose runner stopped renewing its lease."""
-        expired = await asyncio.to_thread(self.queue.expire_leases)
+        """Requeue (or end `error`) every running job whose runner stopped renewing its lease. After the database
+        was away (a failed heartbeat or expiry) every running job first gets a lease from now: no runner could renew
+        one meanwhile, and its job must not be run twice for the database's outage."""
+        try:
+            if self._outage:
+                renewed = await asyncio.to_thread(self.queue.extend_leases, self.lease_seconds)
+                self._outage = False
+                log.info("the queue answers again: %d running job(s) got a fresh lease", renewed)
+            expired = await asyncio.to_thread(self.queue.expire_leases)
+        except QueueError as exc:
+            self._outage = self._outage or is_fault(exc)
+            raise
         for job_id in expired:
             self.publish(job_id, (await asyncio.to_thread(self.queue.get, job_id)).state, error="lease expired")
         self._apply(self.queue.take_settlements())

@@ -351,6 +351,11 @@ def check_database(ctx: Context) -> list[Check]:
     from runner.backup import schema_version_of
     from runner.queue import MIGRATIONS
 
+    if ctx.settings.queue.url:
+        from runner.backend import check_postgres
+
+        level, detail, fix = check_postgres(ctx.settings, ctx.environ)
+        return [{"ok": ok, "warn": warn, "fail": fail}[level]("queue database", detail, *([fix] if fix else []))]
     db = DataLayout(ctx.settings.data_dir).db
     if not db.exists():
         return [ok("queue database", f"{db} not created yet (forgeci serve creates it)")]

@@ -217,7 +217,8 @@ async def run_local(
     # A private data dir: a `forgeci serve` on the same machine must neither claim nor reap these jobs.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=settings.data_dir))
-    queue = dataclasses.replace(settings.queue, max_concurrent=parallel or settings.queue.max_concurrent)
+    # ... and a private SQLite queue in it, whatever queue.url names (a server's PostgreSQL is for its jobs).
+    queue = dataclasses.replace(settings.queue, max_concurrent=parallel or settings.queue.max_concurrent, url="")
     # Artifacts pass between the jobs through the scratch store (never the working tree, which the next job would
     # copy), whatever store the settings name.
     local = dataclasses.replace(settings, data_dir=scratch, queue=queue,

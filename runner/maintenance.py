@@ -18,6 +18,7 @@ from runner.errors import JobNotFound, QueueError, RunnerError
 from runner.image_build import ImageBuilder
 from runner.podman_user import PodmanUser
 from runner.layout import DataLayout
+from runner.backend import open_queue
 from runner.queue import Queue
 from runner.queue.usage import usage_cutoff
 from runner.store import FileStore, ObjectStore, StoreError, open_store
@@ -253,11 +254,10 @@ async def maintenance_loop(parts: Parts, interval: float = INTERVAL, first_run: 
 
 @contextlib.contextmanager
 def open_parts(settings: Settings, environ: Mapping[str, str] = os.environ) -> Iterator[MaintenanceParts]:
-    """The queue and store of a data dir, without Podman (`forgeci maintenance` on the server host)."""
+    """The queue and store of a data dir, without Podman (`forgeci maintenance` on the server host). On PostgreSQL
+    the same retention deletes run there; its space comes back through autovacuum (forgeci runs no VACUUM)."""
     layout = DataLayout(settings.data_dir)
-    if not layout.db.exists():
-        raise QueueError(f"no forgeci queue at {layout.db} (is this the server's host and settings file?)")
-    queue = Queue(layout.db)
+    queue = open_queue(settings, environ, create=False)
     store = open_store(settings, environ)
     try:
         user = PodmanUser.resolve(settings.runner.podman_user)

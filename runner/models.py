@@ -248,6 +248,13 @@ class Job:
     needs: tuple[str, ...] = ()  # names of the jobs it waits for
     waiting: bool = False  # queued, but its needs are not all done yet
 
+    @classmethod
+    def _stored(cls, **values: Any) -> Job:
+        """A job read back from the queue, every field given, without the frozen dataclass's per-field setattr."""
+        job = object.__new__(cls)
+        job.__dict__.update(values)
+        return job
+
     @property
     def duration(self) -> float | None:
         """Seconds from the last attempt's start to its end; None until both are known."""

@@ -7,12 +7,11 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.errors import ConfigError
 from config.settings import Settings
 from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager
@@ -29,12 +28,14 @@ from runner.planner import Planner
 from runner.podman import PodmanEngine
 from runner.podman_shared import SharedPodmanService, shared_service_dir
 from runner.podman_user import PodmanUser
+from runner.backend import listen_wakeups, open_queue
 from runner.queue import Queue
 from runner.scheduler import Scheduler
 from runner.snapshot import Snapshots
 from runner.store import ObjectStore, open_store
 from runner.worker import WorkerPool
 from runner.warm_pool import POOL_JOB_ID, WarmPool
+from runner.wakeups import ListenWakeups
 from runner.workspace import Workspaces
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class Runtime:
     scheduler: Scheduler | None = None  # the [[schedules]]; it runs with the workers (the data dir's coordinator)
     _scheduling: asyncio.Task[None] | None = None
     _expiry: asyncio.Task[None] | None = None
+    _listening: ListenWakeups | None = None
+    # Called on the loop whenever the queue may have claimable work from another process (PostgreSQL's NOTIFY):
+    # the embedded pool's wake, and whoever else waits for work (the agent API's long polls).
+    wake_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def user(self) -> PodmanUser:
@@ -81,6 +86,7 @@ class Runtime:
         await asyncio.to_thread(self.queue.extend_agent_leases, time.time() + settings.queue.lease_seconds)
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
                                lease_seconds=settings.queue.lease_seconds, labels=settings.runner.labels)
+        self.wake_hooks.append(self.pool.wake)
         if settings.runner.embedded:
             await self.pool.start()  # its reap removes the containers of a crashed server's warm pool (job id 0)
             if settings.runner.warm_pool > 0:
@@ -93,6 +99,19 @@ class Runtime:
         self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
         if self.scheduler is not None:
             self._scheduling = asyncio.create_task(self.scheduler.run(), name="forgeci-scheduler")
+        self._start_listening()
+
+    def _start_listening(self) -> None:
+        """PostgreSQL: a LISTEN thread runs the wake hooks at other processes' commits (runner.backend)."""
+        loop = asyncio.get_running_loop()
+
+        def woken() -> None:
+            for hook in list(self.wake_hooks):
+                hook()
+
+        self._listening = listen_wakeups(self.queue, lambda: loop.call_soon_threadsafe(woken))
+        if self._listening is not None:
+            self._listening.start()
 
     async def _start_warm_pool(self) -> None:
         """`runner.warm_pool` containers of the default image, for the embedded workers (runner/warm_pool.py)."""
@@ -109,6 +128,9 @@ class Runtime:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._maintenance = self._planning = self._scheduling = self._expiry = None
+        if self._listening is not None:
+            await asyncio.to_thread(self._listening.stop)
+            self._listening = None
         if self.pool is not None:
             await self.pool.stop(self.settings.runner.shutdown_grace if grace is None else grace)
         if self.executor.warm is not None:
@@ -179,10 +201,6 @@ async def open_runtime(
     dir's lock first — before the Podman service, whose start stops any service a crashed run left — and raises
     InstanceLocked when another process holds it.
     """
-    if settings.queue.url:
-        # The queue runs on PostgreSQL (runner/queue/postgres_queue.py), but the server's other users of the queue
-        # file (backup, maintenance, snapshots, restore) and the LISTEN wake-ups do not yet (issue 26): refuse.
-        raise ConfigError("queue.url: the PostgreSQL queue backend is not complete yet; set url = \"\" (SQLite)")
     layout = DataLayout(settings.data_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(layout.root) if (workers if exclusive is None else exclusive) else None
@@ -211,7 +229,7 @@ async def open_runtime(
 async def _assembled(
     settings: Settings, environ: Mapping[str, str], layout: DataLayout, engine: Engine,
 ) -> AsyncIterator[Runtime]:
-    queue = Queue(layout.db, max_concurrent=settings.queue.max_concurrent, max_retries=settings.queue.max_retries)
+    queue = await asyncio.to_thread(open_queue, settings, environ)  # SQLite, or PostgreSQL with `queue.url`
     queue.set_quotas(settings.quotas)  # read at claim time: a changed setting applies from the next start
     # No request to the store here: a store that is down must not stop forgeci (jobs run without caches).
     store = open_store(settings, environ)
@@ -229,7 +247,7 @@ async def _assembled(
         executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots,
                             artifacts=artifacts, images=images)
         planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
-        control = JobControl(queue, events, planner)
+        control = JobControl(queue, events, planner, lease_seconds=settings.queue.lease_seconds)
         yield Runtime(settings, layout, engine, queue, control, hub, events, executor, store, cache, snapshots,
                       planner, artifacts=artifacts, scheduler=Scheduler(queue, control, settings))
     finally:

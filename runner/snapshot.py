@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from config.settings import Settings
+from runner.backend import open_queue
 from runner.archive import ArchiveAborted, ArchiveError, ArchiveWriter, Compressor, extract
 from runner.cache import Meter, Metered, Say, rate
 from runner.errors import QueueError, RunnerError
@@ -130,9 +131,9 @@ def debug_job(
     (its output on our stdout). Returns the container's exit code. Everything it changes is thrown away."""
     user = PodmanUser.resolve(settings.runner.podman_user)
     layout = DataLayout(settings.data_dir)
-    if not layout.db.exists():
+    if not settings.queue.url and not layout.db.exists():
         raise RunnerError(f"no forgeci data in {settings.data_dir} (is this the server's host and settings file?)")
-    with Queue(layout.db) as queue:
+    with open_queue(settings, environ) as queue:
         record = queue.snapshot(job_id)
         if record is None:
             try:

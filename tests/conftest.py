@@ -17,7 +17,7 @@ from runner.images import BUSYBOX_IMAGE, build_busybox_image, image_exists
 from runner.podman_user import PodmanUser
 from runner.runtime import Runtime, open_runtime
 from tests.fake_engine import FAKE_IMAGE, FakeEngine
-from tests.postgres import pg_cluster, pg_url  # noqa: F401 - fixtures of the PostgreSQL queue backend tests
+from tests.postgres import own_pg_cluster, pg_cluster, pg_url  # noqa: F401 - PostgreSQL fixtures
 
 # Fixture projects (forgeci init's starters) carry their own tests: they are data here, not this suite.
 collect_ignore_glob = ["fixtures/*"]

@@ -7,6 +7,7 @@ PostgreSQL binaries the fixture fails naming scripts/setup, which installs Debia
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -14,8 +15,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +72,16 @@ class Cluster:
         self.stop("fast")
         self._start()
 
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """PostgreSQL away for the body of the `with` (a fast stop: every connection is cut), then started again
+        on the same data and socket, as a restarted server or a failover would be."""
+        self.stop("fast")
+        try:
+            yield
+        finally:
+            self._start()
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@/{database}?host={self.socket}"
 
@@ -82,8 +94,23 @@ class Cluster:
         return self.url(name)
 
 
+def raw_sql(queue: Any, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """A statement (SQLite's dialect) on the queue's own database, whichever backend it is on: what a test reads
+    or changes behind the queue's back (a table's rows, a trigger)."""
+    database = getattr(queue, "_db", None)
+    if database is not None:  # PostgresQueue: translated like the queue's own statements
+        with database.transaction() as conn:
+            return conn.execute(statement, params).fetchall()
+    return queue._conn.execute(statement, params).fetchall()
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
+    yield from start_cluster()
+
+
+def start_cluster() -> Iterator[Cluster]:
+    """A cluster of its own in a temporary folder (the session's `pg_cluster`, or `own_pg_cluster`)."""
     bin_dir = pg_bin_dir()
     if bin_dir is None:
         pytest.fail(SETUP, pytrace=False)
@@ -106,6 +133,13 @@ def pg_cluster() -> Iterator[Cluster]:
         except RuntimeError:
             pass  # never started (the failure is the test's), or already stopped
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pg_cluster() -> Iterator[Cluster]:
+    """A cluster for one test that stops or restarts it (`cluster.stopped()`, `cluster.restart()`), so the
+    session's cluster, which the other tests share, never goes away under them."""
+    yield from start_cluster()
 
 
 @pytest.fixture

@@ -72,15 +72,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_agents_token(args: argparse.Namespace) -> int:
     from config.settings import load_settings
     from runner.errors import QueueError
+    from runner.backend import open_queue
     from runner.layout import DataLayout
-    from runner.queue import Queue
     from runner.queue.agents import AGENT_PREFIX, check_name
 
     name = check_name(args.name)
     settings = load_settings(args.config)
     layout = DataLayout(settings.data_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
-    queue = Queue(layout.db, max_concurrent=settings.queue.max_concurrent, max_retries=settings.queue.max_retries)
+    queue = open_queue(settings)  # the coordinator's: its data dir's SQLite file, or queue.url
     try:
         if args.token_command == "create":
             token = queue.create_agent_token(name)

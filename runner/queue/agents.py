@@ -87,6 +87,13 @@ class AgentQueries(QueueBase):
                 "UPDATE jobs SET lease_expires = MAX(COALESCE(lease_expires, 0), ?) "
                 "WHERE state = 'running' AND runner_id LIKE 'agent:%'", (until,)).rowcount
 
+    def extend_leases(self, seconds: float) -> int:
+        """Give every running job a lease of at least `seconds` from now (after an outage of the database, when no
+        runner could renew its lease)."""
+        with self._transaction() as conn:
+            return conn.execute("UPDATE jobs SET lease_expires = MAX(COALESCE(lease_expires, 0), ?) "
+                                "WHERE state = 'running'", (self._clock() + seconds,)).rowcount
+
     def agent_job_ids(self, prefix: str) -> list[tuple[int, str]]:
         """(job id, runner id) of the running jobs whose runner id starts with `prefix` (an agent's)."""
         with self._transaction("BEGIN") as conn:

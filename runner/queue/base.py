@@ -8,8 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Self
 
 from config.errors import ConfigError, ConfigIssue
@@ -90,27 +89,56 @@ class QueueBase:
         taken, self._settlements = self._settlements, []
         return taken
 
-    @contextmanager
-    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> _Transaction:
         """One transaction. IMMEDIATE takes the write lock up front, so a writer waits its turn (busy_timeout)
         instead of failing to upgrade a read lock; plain BEGIN gives readers one consistent snapshot."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute(begin)
+        return _Transaction(self, begin)
+
+    def _migrate(self) -> None:
+        with self._transaction() as conn:
+            migrate(conn, self.path)
+
+
+class _Transaction:
+    """QueueBase._transaction's context: a class, not a generator, since every queue call pays for it."""
+
+    __slots__ = ("_begin", "_queue")
+
+    def __init__(self, queue: QueueBase, begin: str) -> None:
+        self._queue, self._begin = queue, begin
+
+    def __enter__(self) -> sqlite3.Connection:
+        queue = self._queue
+        queue._lock.acquire()
+        try:
+            queue._conn.execute(self._begin)
+        except BaseException as exc:
+            queue._lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise QueueError(f"queue database {queue.path}: {exc}") from exc
+            raise
+        return queue._conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        queue = self._queue
+        conn = queue._conn
+        try:
+            if kind is None:
                 try:
-                    yield conn
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
-                raise QueueError(f"queue database {self.path}: {exc}") from exc
-
-    def _migrate(self) -> None:
-        with self._transaction() as conn:
-            migrate(conn, self.path)
+                return
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise QueueError(f"queue database {queue.path}: {error}") from error
+        finally:
+            queue._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise QueueError(f"queue database {queue.path}: {exc}") from exc
 
 
 def encode_cursor(order: str, key: list[int]) -> str:

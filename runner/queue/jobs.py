@@ -7,24 +7,28 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from config.errors import ConfigError, ConfigIssue
 from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.models import (
-    CACHE_SUMMARY, MAX_PRIORITY, MIN_PRIORITY, STEP_ENDS, Job, JobSpec, JobState, PipelineState, StepRecord, StepState,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    STEP_ENDS,
+    Job,
+    JobSpec,
+    JobState,
+    PipelineState,
+    StepRecord,
+    StepState,
     valid_priority,
 )
 from runner.queue.base import QueueBase, decode_cursor, encode_cursor
+from runner.queue.job_rows import COL as _COL
+from runner.queue.job_rows import JOB_COLUMNS as _JOB_COLUMNS
+from runner.queue.job_rows import bad_request as _bad
+from runner.queue.job_rows import job_of as _job
+from runner.queue.job_rows import spec_json
 from runner.queue.labels import LABEL_FILTER, label_json
 from runner.queue.pipelines import Settlement
 from runner.queue.usage import job_scope
-
-_JOB_COLUMNS = (
-    "id, repo, ref, sha, event, priority, concurrency_group, fork, pr_number, base_ref, pipeline, env, meta,"
-    " state, attempts, runner_id, lease_expires, cancel_requested, queued_at, started_at, finished_at, error,"
-    " cache_hit, seq, pipeline_id, name, display, needs, blocked"
-)
-
-_COL = {name.strip(): i for i, name in enumerate(_JOB_COLUMNS.split(","))}  # position in a job row
 
 # SQLite uses a partial index only for a query that repeats the index's WHERE term, hence this in
 # every query on queued or running jobs. INDEXED BY: the planner has no statistics to prefer it on.
@@ -37,21 +41,25 @@ INSERT INTO jobs (repo, ref, sha, event, priority, concurrency_group, fork, pr_n
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
-# One statement picks and takes the job, so two claimers can never take the same one; BEGIN IMMEDIATE
-# around it makes the max_concurrent count and the group check see every other process's claims.
+# The claim picks the job (the row as the runner gets it) and takes it by id, in one BEGIN IMMEDIATE transaction: no
+# other claimer runs between the two, and it makes the max_concurrent count and the group check see every other
+# process's claims (PostgreSQL locks the picked row: postgres_queue.py). A SELECT rather than UPDATE .. RETURNING:
+# RETURNING and an IN list searched through the index each build a temporary b-tree, which cost more than the claim.
 _CLAIM = f"""
-UPDATE jobs
-SET state = 'running', attempts = attempts + 1, runner_id = :runner, lease_expires = :now + :lease, started_at = :now
+SELECT {_JOB_COLUMNS} FROM jobs
 WHERE id = (
         SELECT q.id FROM jobs AS q INDEXED BY jobs_active
         WHERE q.{_ACTIVE} AND q.state = 'queued' AND NOT q.blocked
-          -- A concurrency group runs one thing at a time: a job of no pipeline, or one pipeline (all of
-          -- whose jobs may run together); the group's pipelines go in order.
+          -- A concurrency group runs one thing at a time: a job of no pipeline, or one pipeline (all of whose jobs
+          -- may run together); the group's pipelines go in order. Running jobs first: they are few.
           AND (q.concurrency_group IS NULL OR NOT EXISTS (
                 SELECT 1 FROM jobs AS r INDEXED BY jobs_active
-                WHERE r.{_ACTIVE} AND r.concurrency_group = q.concurrency_group
-                  AND (r.state = 'running' AND (q.pipeline_id IS NULL OR r.pipeline_id IS NOT q.pipeline_id)
-                       OR r.pipeline_id < q.pipeline_id)))
+                WHERE r.{_ACTIVE} AND r.state = 'running' AND r.concurrency_group = q.concurrency_group
+                  AND (q.pipeline_id IS NULL OR r.pipeline_id IS NOT q.pipeline_id))
+              AND (q.pipeline_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM jobs AS r INDEXED BY jobs_active
+                WHERE r.{_ACTIVE} AND r.state = 'queued' AND r.concurrency_group = q.concurrency_group
+                  AND r.pipeline_id < q.pipeline_id)))
           AND (q.max_parallel IS NULL OR (
                 SELECT count(*) FROM jobs AS s INDEXED BY jobs_active
                 WHERE s.{_ACTIVE} AND s.state = 'running' AND s.pipeline_id = q.pipeline_id AND s.name = q.name
@@ -62,8 +70,13 @@ WHERE id = (
         ORDER BY q.priority DESC, q.seq, q.id
         LIMIT 1)
   AND (SELECT count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} AND state = 'running') < :max
-RETURNING {_JOB_COLUMNS}
 """
+_TAKE = """
+UPDATE jobs SET state = 'running', attempts = attempts + 1, runner_id = :runner, lease_expires = :now + :lease,
+                started_at = :now
+WHERE id = :id AND state = 'queued'
+"""
+_TAKEN = (_COL["state"], _COL["attempts"], _COL["runner_id"], _COL["lease_expires"], _COL["started_at"])
 
 _PIPELINE_STARTED = "UPDATE pipelines SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'"
 _HEARTBEAT = """
@@ -205,18 +218,23 @@ class JobQueries(QueueBase):
     def claim(self, runner_id: str, lease_seconds: float, labels: Sequence[str] | None = ()) -> Job | None:
         """The next runnable job whose runs_on `labels` has all of (None if none, or max_concurrent run), leased."""
         with self._transaction() as conn:
-            params = {"runner": runner_id, "lease": lease_seconds, "now": self._clock(), "max": self.max_concurrent,
+            now = self._clock()
+            params = {"runner": runner_id, "lease": lease_seconds, "now": now, "max": self.max_concurrent,
                       "quota": self._quota_filter(conn), "labels": label_json(labels)}
-            rows = conn.execute(_CLAIM, params).fetchall()
-            if not rows:
+            picked = conn.execute(_CLAIM, params).fetchone()
+            if picked is None:
                 return None
+            conn.execute(_TAKE, {"id": picked[0], "runner": runner_id, "lease": lease_seconds, "now": now})
+            row = list(picked)  # the row as _TAKE left it
+            for i, value in zip(_TAKEN, ("running", row[_COL["attempts"]] + 1, runner_id, now + lease_seconds, now)):
+                row[i] = value
             # A retried job still holds the steps of its previous attempt until the runner resets them.
-            steps = self._steps(conn, rows[0][0]) if rows[0][_COL["attempts"]] > 1 else ()
-            pipeline_id = rows[0][_COL["pipeline_id"]]
-            started = pipeline_id is not None and conn.execute(_PIPELINE_STARTED, (params["now"], pipeline_id)).rowcount
+            steps = self._steps(conn, row[0]) if row[_COL["attempts"]] > 1 else ()
+            pipeline_id = row[_COL["pipeline_id"]]
+            started = pipeline_id is not None and conn.execute(_PIPELINE_STARTED, (now, pipeline_id)).rowcount
         if started:
             self._settled(Settlement(pipeline_id, state=PipelineState.running))
-        return _job(rows[0], steps)
+        return _job(row, steps)
 
     def heartbeat(self, job_id: int, runner_id: str, lease_seconds: float) -> bool:
         """Extend the lease; False means the job is no longer this runner's to run, and it must stop."""
@@ -463,38 +481,4 @@ class JobQueries(QueueBase):
                        None if started is None or finished is None else finished - started)
             for idx, name, state, code, started, finished in conn.execute(_STEPS, (job_id,)).fetchall()
         )
-
-
-def _job(row: tuple[Any, ...], steps: tuple[StepRecord, ...] = ()) -> Job:
-    (job_id, repo, ref, sha, event, priority, group, fork, pr_number, base_ref, pipeline, env, meta,
-     state, attempts, runner_id, lease_expires, cancel_requested, queued_at, started_at, finished_at, error,
-     cache_hit, _seq, pipeline_id, name, display, needs, blocked) = row
-    spec = JobSpec._stored(
-        repo=repo, ref=ref, sha=sha, event=event, priority=priority, concurrency_group=group, fork=bool(fork),
-        pr_number=pr_number, base_ref=base_ref, pipeline=None if pipeline is None else json.loads(pipeline),
-        env=json.loads(env) if env != "{}" else {}, meta=json.loads(meta) if meta != "{}" else {},
-    )
-    return Job(
-        id=job_id, spec=spec, state=JobState(state), attempts=attempts, runner_id=runner_id,
-        lease_expires=lease_expires, cancel_requested=bool(cancel_requested), queued_at=queued_at,
-        started_at=started_at, finished_at=finished_at, error=error,
-        cache_hit=None if cache_hit is None else cache_hit == 1, cache=CACHE_SUMMARY.get(cache_hit), steps=steps,
-        pipeline_id=pipeline_id,
-        name=name, display=display, needs=tuple(json.loads(needs)) if needs != "[]" else (), waiting=bool(blocked),
-    )
-
-
-def spec_json(value: Any, key: str) -> str:
-    """A spec's JSON column (pipeline, env, meta); a value JSON cannot hold is the submitter's ConfigError."""
-    if not value:
-        return "{}"
-    try:
-        return json.dumps(value)  # default arguments: json's cached encoder, twice as fast as a new one
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(ConfigIssue("job spec", key, f"not JSON-serialisable: {exc}")) from exc
-
-
-def _bad(key: str, expected: str, got: object) -> ConfigError:
-    return ConfigError(ConfigIssue("request", key, f"expected {expected}, got {got!r}"))
-
 

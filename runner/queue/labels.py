@@ -45,7 +45,9 @@ def runner_name(runner_id: str | None) -> str:
 
 def label_json(labels: Sequence[str] | None) -> str | None:
     """A claimer's labels for LABEL_FILTER; None: it takes any job whatever its runs_on (`forgeci run`)."""
-    return None if labels is None else json.dumps(sorted(set(labels)))
+    if labels is None:
+        return None
+    return json.dumps(sorted(set(labels))) if labels else "[]"  # no labels: every claim of an embedded worker
 
 
 def agent_of(runner_id: str | None) -> str | None:

@@ -394,6 +394,10 @@ class PipelineQueries(QueueBase):
                                               "AND state != 'planning'").fetchall()]
             return [s for pid in ids if (s := self._settle(conn, pid))]
 
+    def _lock_pipeline(self, conn: sqlite3.Connection, pipeline_id: int) -> None:
+        """Settling reads every job of the pipeline: two writers ending two of its jobs at once must not each miss
+        the other's end. SQLite's BEGIN IMMEDIATE serializes writers already; PostgresQueue locks the row."""
+
     def _settle_job(self, conn: sqlite3.Connection, job_id: int) -> Settlement | None:
         """Settle the pipeline of job `job_id` (None for a job of no pipeline), in the caller's transaction."""
         row = conn.execute("SELECT pipeline_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -403,6 +407,7 @@ class PipelineQueries(QueueBase):
 
     def _settle(self, conn: sqlite3.Connection, pipeline_id: int) -> Settlement:
         """Unblock, skip (cascading) and fail-fast the jobs of a pipeline; then derive its state."""
+        self._lock_pipeline(conn, pipeline_id)
         now = self._clock()
         settled = Settlement(pipeline_id)
         rows = [_Row.of(r) for r in conn.execute(_JOBS_OF, (pipeline_id,)).fetchall()]

@@ -7,7 +7,7 @@ default is lower): COMMIT returns only when the WAL is flushed (and, with a sync
 202 to a webhook means its jobs survive a crash of PostgreSQL or of its machine. Concurrent committers share one
 WAL flush (group commit), so this costs little under load; `off` would lose acknowledged work on a crash.
 
-runner.queue.postgres_queue.PostgresQueue runs the whole Queue on it; `forgeci serve` does not open it yet.
+runner.queue.postgres_queue.PostgresQueue runs the whole Queue on it; runner.backend opens it for `[queue] url`.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class Listener:
     """A connection of its own LISTENing on a channel: `wait(timeout)` is True when a NOTIFY came."""
 
     def __init__(self, info: str, channel: str) -> None:
-        self._conn = psycopg.connect(info, autocommit=True)
+        self._conn = psycopg.connect(info, autocommit=True, connect_timeout=10)  # a host that is away: fail, retry
         self._conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
 
     def wait(self, timeout: float) -> bool:

@@ -1,10 +1,9 @@
 """The queue on PostgreSQL: the same Queue (every query mixin), its transactions on a PostgresDatabase.
 
 Statements run translated (runner.queue.dialect); the few whose PostgreSQL form is not a translation are in
-OVERRIDES, keyed by the SQLite statement itself, so a changed statement can never pick up a stale twin. Work in
-progress (issue 26): `forgeci serve` does not open it yet; the contract suite, the state machine and the
-multi-process tests run on both backends. A transaction that wrote `jobs` NOTIFYs WAKE_CHANNEL at its commit; the
-worker pool still wakes in-process only (several coordinators LISTENing is the next step).
+OVERRIDES, keyed by the SQLite statement itself, so a changed statement can never pick up a stale twin. `forgeci serve`
+opens it for `[queue] url` (runner.backend). A transaction that wrote `jobs` NOTIFYs WAKE_CHANNEL at its commit;
+the server's LISTEN thread (runner.wakeups) wakes its workers at another process's commits.
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
 class PostgresQueue(Queue):
     """Queue on a PostgreSQL database (`url`: libpq url; `password` from queue.password_env)."""
 
+    remote = True  # over the network: JobControl writes step rows off the event loop (runner.persist)
+
     def __init__(  # noqa: PLR0913 - QueueBase's arguments, plus the url's password
         self, url: str, *, password: str | None = None, max_concurrent: int = 2, max_retries: int = 3,
         clock: Callable[[], float] = time.time, pool_size: int = 8,
@@ -56,8 +57,14 @@ class PostgresQueue(Queue):
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[PostgresConnection]:  # type: ignore[override]
         with self._db.transaction(now=self._clock(), overrides=OVERRIDES, snapshot=begin == "BEGIN") as conn:
             yield conn
-            if conn.wrote_jobs:  # delivered at commit to every LISTENer (no dispatcher listens yet)
+            if conn.wrote_jobs:  # delivered at commit to every LISTENer (runner.wakeups)
                 conn.notify(WAKE_CHANNEL)
+
+    def _lock_pipeline(self, conn: PostgresConnection, pipeline_id: int) -> None:  # type: ignore[override]
+        """READ COMMITTED: two jobs of a pipeline ending at once would each see the other still running and leave
+        the pipeline `running` for good. The row lock makes the second settle wait, and its next statement sees
+        the first one's commit."""
+        conn.raw.execute("SELECT 1 FROM pipelines WHERE id = %s FOR UPDATE", (pipeline_id,))
 
     def _migrate(self) -> None:
         """PostgresDatabase migrated at connect; the usage trigger is part of the PostgreSQL schema."""

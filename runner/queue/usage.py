@@ -68,9 +68,9 @@ def triggering_user(event: str, meta: Mapping[str, Any]) -> str:
     """Who triggered a job: the API's `user`, the forge's sender (or pusher), `schedule:<name>`, else the event
     (`api` for a manual run: the API's default user)."""
     for key in ("user", "sender", "pusher"):
-        if isinstance(meta.get(key), str) and meta[key]:
+        if isinstance(value := meta.get(key), str) and value:
             # a forge's name may hold lone surrogates (JSON allows them; SQLite's UTF-8 does not)
-            return str(meta[key]).encode("utf-8", "replace").decode("utf-8")
+            return str(value) if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
     if meta.get("schedule"):
         return f"schedule:{meta['schedule']}"
     return "api" if event == "manual" else event

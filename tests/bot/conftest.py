@@ -7,6 +7,18 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings
+from tests.runner.conftest import _queue_on_postgres, on_both_backends, queue_backend
+
+__all__ = ["_queue_on_postgres", "queue_backend"]  # fixtures (tests/runner/conftest.py)
+
+# Their tests run on SQLite and, a second time, on PostgreSQL (as tests/runner/conftest.py's ON_POSTGRES do).
+ON_POSTGRES = frozenset({
+    "tests.bot.test_webhook_deliveries", "tests.bot.test_metrics", "tests.bot.test_usage_api",
+})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    on_both_backends(metafunc, ON_POSTGRES)
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from config.settings import Settings
 from runner.models import CacheResult, JobSpec, JobState
 from runner.queue import Queue
 from tests.bot.api_helpers import api_client, api_settings, enqueue, finish, runtime_of
+from tests.postgres import raw_sql
 
 __all__ = ["api_settings"]
 
@@ -58,13 +57,12 @@ def test_every_finished_job_gets_a_metrics_row_with_total_and_step_durations(tmp
         cancelled = queue.enqueue(JobSpec(repo="r", ref="main"))
         queue.cancel(cancelled)  # never started
         stats = queue.range_stats(NOW - 10, NOW + 200)
+        # The aggregates are all the queue reads back; what the trigger stores per job is checked in the table.
+        rows = raw_sql(queue, "SELECT job_id, state, duration, finished_at, steps, step_times, cache_hit"
+                              " FROM job_metrics ORDER BY finished_at DESC")
     assert {state: n for state, n in stats.states.items() if n} == {"failure": 1, "cancelled": 1}
     assert stats.avg_duration == pytest.approx(9.5)  # the cancelled job never started: it has no duration
     assert (stats.cache_hits, stats.cache_lookups) == (1, 1)
-    # The aggregates are all the queue reads back; what the trigger stores per job is checked in the table.
-    with closing(sqlite3.connect(tmp_path / "q.db")) as db:
-        rows = db.execute("SELECT job_id, state, duration, finished_at, steps, step_times, cache_hit"
-                          " FROM job_metrics ORDER BY finished_at DESC").fetchall()
     assert [row[:2] for row in rows] == [(cancelled, "cancelled"), (job_id, "failure")]
     _, _, duration, finished_at, steps, step_times, cache_hit = rows[1]
     assert duration == pytest.approx(9.5) and finished_at == pytest.approx(NOW + 9.5) and (steps, cache_hit) == (2, 1)

@@ -292,6 +292,7 @@ def test_the_hourly_maintenance_applies_the_limit(tmp_path: Path) -> None:
         assert sorted(e.key for e in queue.cache_entries()) == ["r/main/b", "r/main/c"]  # `a`, least recent, went
 
 
+@pytest.mark.sqlite_file  # a database file an older forgeci left (built from its migrations)
 def test_older_rows_read_the_same_and_count_in_the_hit_rate(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     before = next(i for i, script in enumerate(schema.MIGRATIONS) if "CREATE TABLE job_caches" in script)

@@ -373,3 +373,16 @@ async def test_on_a_terminal_each_jobs_prefix_has_a_colour_of_its_own(
     out = Tty()
     await run_local(fake_settings, repo, environ={}, out=out, engine=fake_engine)
     assert "\033[" not in out.getvalue()
+
+
+async def test_a_servers_postgresql_queue_is_not_used_by_forgeci_run(
+        fake_settings: Settings, fake_engine: FakeEngine, make_local_repo: MakeRepo) -> None:
+    import dataclasses
+
+    repo, _ = make_local_repo({".forgeci.toml": TWO_STEPS})
+    # A settings file shared with `forgeci serve` on PostgreSQL: the run stays on a private SQLite queue (this
+    # database does not exist: any connection to it would fail the run).
+    on_postgres = dataclasses.replace(fake_settings, queue=dataclasses.replace(
+        fake_settings.queue, url="postgresql://ci@/forgeci?host=/nonexistent-socket-dir"))
+    result, _ = await run(on_postgres, fake_engine, repo)
+    assert result.state is PipelineState.success and states(result) == {"a": JobState.success, "b": JobState.success}

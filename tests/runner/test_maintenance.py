@@ -18,6 +18,7 @@ from runner.maintenance import DAY, MaintenanceParts, prune
 from runner.models import CacheEntry, JobSpec, JobState, SnapshotRecord
 from runner.queue import Queue
 from runner.store import FileStore, S3Location, S3Store
+from tests.postgres import raw_sql
 from tests.runner.test_store import free_port
 
 NOW = 1_800_000_000.0
@@ -88,11 +89,11 @@ def test_prune_removes_what_retention_says_and_keeps_the_rest(world: tuple[Maint
     put(parts, "elsewhere/not-ours", 5, age_days=100)
 
     metrics = "SELECT count(*) FROM job_metrics"
-    assert parts.queue._conn.execute(metrics).fetchone() == (3,)
+    assert raw_sql(parts.queue, metrics) == [(3,)]
 
     report = prune(parts, now=NOW)
 
-    assert parts.queue._conn.execute(metrics).fetchone() == (1,)  # the 3-day-old job's; 20 and 30 days went
+    assert raw_sql(parts.queue, metrics) == [(1,)]  # the 3-day-old job's; 20 and 30 days went
     assert (report.snapshots, report.caches, report.jobs, report.logs, report.orphans) == (1, 1, 1, 1, 1)
     assert report.freed_bytes == old_snap.size + stale.size + 1000 and report.errors == ()
     assert parts.queue.snapshot(old_job) is None and parts.queue.snapshot(recent_job) == new_snap
@@ -128,6 +129,7 @@ def test_a_store_that_is_down_does_not_stop_job_pruning(world: tuple[Maintenance
     assert prune(parts, now=NOW).snapshots == 1
 
 
+@pytest.mark.sqlite_file  # the command on a data dir's queue.db (on PostgreSQL: tests/cli/test_db_postgres.py)
 def test_forgeci_maintenance_command(tmp_path: Path) -> None:
     data = tmp_path / "data"
     layout = DataLayout(data)

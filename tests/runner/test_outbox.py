@@ -3,13 +3,13 @@ the same repository and branch, and fan-out, attempts, retries and drops keep ea
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from runner.models import JobSpec, JobState
 from runner.queue import PlannedJobRow, Queue
+from tests.postgres import raw_sql
 
 REPO = "https://github.com/acme/app.git"
 
@@ -82,18 +82,33 @@ def test_planning_that_fails_for_good_and_a_cancel_while_planning_are_ends_too(q
     assert events(queue, stopped) == [(None, "cancelled", "pending")]
 
 
+def refuse_outbox_rows(queue: Queue, refuse: bool = True) -> None:
+    """A trigger that fails every insert into the outbox (a full disk, say), in each backend's own terms."""
+    if getattr(queue, "_db", None) is None:
+        queue._conn.execute("CREATE TRIGGER no_outbox BEFORE INSERT ON notifications "
+                            "BEGIN SELECT RAISE(ABORT, 'outbox full'); END" if refuse else "DROP TRIGGER no_outbox")
+        return
+    with queue._db.transaction() as conn:  # type: ignore[attr-defined]
+        if refuse:
+            conn.raw.execute("CREATE FUNCTION no_outbox() RETURNS trigger LANGUAGE plpgsql AS "
+                             "$$ BEGIN RAISE EXCEPTION 'outbox full'; END $$")
+            conn.raw.execute("CREATE TRIGGER no_outbox BEFORE INSERT ON notifications "
+                             "FOR EACH ROW EXECUTE FUNCTION no_outbox()")
+        else:
+            conn.raw.execute("DROP TRIGGER no_outbox ON notifications")
+
+
 def test_a_pipeline_end_rolls_back_with_its_outbox_row(queue: Queue, tmp_path: Path) -> None:
     spec = JobSpec(repo=REPO, ref="refs/heads/main", event="push", sha="b" * 40)
     pipeline_id = queue.create_pipeline(spec)
     queue.write_plan(pipeline_id, "b" * 40, [PlannedJobRow(spec, "build", "build")])
     job = queue.claim("r", 60)
     assert job is not None
-    queue._conn.execute("CREATE TRIGGER no_outbox BEFORE INSERT ON notifications "
-                        "BEGIN SELECT RAISE(ABORT, 'outbox full'); END")
+    refuse_outbox_rows(queue)
     with pytest.raises(Exception, match="outbox full"):
         queue.complete(job.id, JobState.failure, runner_id="r")
     assert queue.pipeline(pipeline_id).state.value == "running" and queue.get(job.id).state is JobState.running
-    queue._conn.execute("DROP TRIGGER no_outbox")
+    refuse_outbox_rows(queue, False)
     queue.complete(job.id, JobState.failure, runner_id="r")
     assert events(queue, pipeline_id) == [(None, "failure", "pending")]
 
@@ -123,8 +138,7 @@ def test_fan_out_attempts_retries_and_drops(queue: Queue, clock: Clock, tmp_path
     queue.close()
     with Queue(tmp_path / "queue.db") as reopened:  # what a restart finds
         assert [state for _, state in reopened.notifications_of(pipeline_id)] == ["fanned", "delivered", "dropped"]
-    with sqlite3.connect(tmp_path / "queue.db") as conn:
-        [(attempts,)] = conn.execute("SELECT attempts FROM notifications WHERE id = ?", (slack.id,)).fetchall()
+        [(attempts,)] = raw_sql(reopened, "SELECT attempts FROM notifications WHERE id = ?", (slack.id,))
     assert attempts == 2
 
 

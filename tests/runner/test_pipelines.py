@@ -66,8 +66,9 @@ def overlap(engine: FakeEngine, one: int, other: int) -> bool:
 async def test_a_diamond_runs_its_middle_in_parallel_and_its_last_job_after_both(
         fake_settings: Settings, fake_engine: FakeEngine, make_local_repo: MakeRepo) -> None:
     repo, sha = make_local_repo({".forgeci.toml": DIAMOND})
-    fake_engine.on("step-b", Script(delay=0.3))
-    fake_engine.on("step-c", Script(delay=0.3))
+    # Long enough that c's checkout and claim fit in b's step on a loaded machine (PostgreSQL's round trips too).
+    fake_engine.on("step-b", Script(delay=1.0))
+    fake_engine.on("step-c", Script(delay=1.0))
     async with open_runtime(with_queue(fake_settings, max_concurrent=4), {}, engine=fake_engine) as rt:
         submitted = await rt.control.submit_pipeline(JobSpec(repo=str(repo), ref="main"))
         assert len(submitted.job_ids) == 4

@@ -20,7 +20,6 @@ from runner.queue import MIGRATIONS, Queue
 from runner.queue.dialect import postgres, postgres_ddl
 from runner.queue.postgres import PostgresDatabase
 from runner.queue.postgres_queue import PostgresQueue
-from runner.runtime import open_runtime
 from tests.postgres import Cluster
 
 SPEC = JobSpec(repo="https://git.example.test/acme/app.git", ref="refs/heads/main")
@@ -206,13 +205,3 @@ def test_queue_url_settings() -> None:
     assert "password_env" in str(refused.value) and "hunter2" not in str(refused.value)
     with pytest.raises(ConfigError, match="postgresql://"):
         parse_settings('[queue]\nurl = "mysql://ci@db/forgeci"\n', "t")
-
-
-async def test_the_server_refuses_a_postgresql_queue_until_the_backend_is_complete(fake_settings: Settings) -> None:
-    import dataclasses
-
-    settings = dataclasses.replace(fake_settings, queue=dataclasses.replace(
-        fake_settings.queue, url="postgresql://ci@db.example/forgeci"))
-    with pytest.raises(ConfigError, match="not complete yet"):
-        async with open_runtime(settings, workers=False):
-            pass
