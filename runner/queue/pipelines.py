@@ -337,6 +337,7 @@ class PipelineQueries(QueueBase):
         now = self._clock()
         settled = Settlement(pipeline_id, reason=reason)
         # The reason stays with the pipeline and its cancelled jobs: their pages and commit statuses say why.
+        self._lock_pipeline(conn, pipeline_id)  # PostgreSQL: the state read below stays true until the commit
         if conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()[0] == "planning":
             # No jobs yet (planning writes them and leaves `planning` in one transaction, write_plan): it ends
             # here, in one statement (a webhook superseding its branch's last push does this every time).
