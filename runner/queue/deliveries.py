@@ -47,6 +47,9 @@ class Delivery:
     stopping: tuple[int, ...] = ()  # superseded running jobs, flagged for their runner to stop
     job_ids: tuple[int, ...] = ()  # a redelivery: the jobs its pipelines have by now (or, before pipelines, made)
     superseded: tuple[int, ...] = ()  # pipelines it cancelled
+    # Of cancelled and stopping, the jobs of no pipeline: no pipeline's settlement speaks for them.
+    loose_cancelled: tuple[int, ...] = ()
+    loose_stopping: tuple[int, ...] = ()
 
 
 class DeliveryQueries(PipelineQueries):
@@ -86,6 +89,7 @@ class DeliveryQueries(PipelineQueries):
         cancelled: list[int] = []
         stopping: list[int] = []
         superseded: list[int] = []
+        loose: dict[str, list[int]] = {JobState.cancelled: [], JobState.running: []}
         for spec, pipeline_id in zip(delivery.specs, pipeline_ids):
             if delivery.supersede and spec.concurrency_group is not None:
                 for settled in self.supersede(conn, spec.concurrency_group, pipeline_id):
@@ -96,7 +100,9 @@ class DeliveryQueries(PipelineQueries):
                 if loose:  # jobs of no pipeline in the group go too
                     params = {"group": spec.concurrency_group, "before": 2**62, "now": now}
                     for old_id, state in conn.execute(_CANCEL_LOOSE, params).fetchall():
-                        (cancelled if state == JobState.cancelled else stopping).append(old_id)
+                        loose[JobState.cancelled if state == JobState.cancelled else JobState.running].append(old_id)
         conn.execute(_RECORD_DELIVERY, (delivery.forge, delivery.delivery_id, json.dumps(pipeline_ids), now))
-        return Delivery(tuple(pipeline_ids), False, tuple(sorted(cancelled)), tuple(sorted(stopping)),
-                        superseded=tuple(superseded))
+        loose_cancelled, loose_stopping = loose[JobState.cancelled], loose[JobState.running]
+        return Delivery(tuple(pipeline_ids), False, tuple(sorted(cancelled + loose_cancelled)),
+                        tuple(sorted(stopping + loose_stopping)), superseded=tuple(superseded),
+                        loose_cancelled=tuple(sorted(loose_cancelled)), loose_stopping=tuple(sorted(loose_stopping)))
