@@ -1,4 +1,5 @@
-"""Benchmark of runner.queue against bare SQLite transactions on the same file system: `python bench/queue.py`."""
+"""Benchmark of runner.queue against bare SQLite transactions on the same file system: `python bench/queue.py`;
+then its PostgreSQL column, the PostgreSQL queue against bare psycopg (bench/queue_postgres.py), in the same run."""
 
 from __future__ import annotations
 
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3, help="the median round is reported")
+    parser.add_argument("--postgres-jobs", type=int, default=2000, help="jobs of the PostgreSQL column; 0 skips it")
     args = parser.parse_args(argv)
     n = args.jobs
 
@@ -153,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     cycles = rows[2][2]
     met = all(q / b >= GOAL_RATIO for _, _, q, b in rows) and cycles >= GOAL_CYCLES
     print(f"\ngoal: >= {GOAL_RATIO}x bare and >= {GOAL_CYCLES:,} cycles/s -> {'met' if met else 'NOT met'}")
+    if args.postgres_jobs:
+        from bench import queue_postgres  # psycopg and a throwaway cluster: only when asked for
+
+        rates = queue_postgres.measure(args.postgres_jobs, args.rounds)
+        print("\n" + (queue_postgres.report(rates) if rates else "PostgreSQL: not measured (no PostgreSQL binaries: "
+                                                                 "run scripts/setup)"))
     return 0  # a report, not a gate: timings on a shared machine are too noisy to fail a build on
 
 

@@ -45,6 +45,8 @@ class AgentLogs:
             last = 0
             for line in read_log(self._path(job_id)):
                 last = line.n
+            if self.hub is not None:  # several coordinators: the agent may have sent earlier lines to another one
+                last = max(last, self.hub.last_number(job_id))
             self._last[job_id] = last
         return self._last[job_id]
 

@@ -202,7 +202,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     async def produce(send: sse.Send) -> None:
         last = after
         if follow == "false":  # the lines written so far, then the state the job is in now
-            for line in await asyncio.to_thread(lambda: list(read_log(path, after))):
+            for line in await asyncio.to_thread(runtime.hub.read, job_id, path, after):
                 last = line.n
                 send(line_event(line))
             state = await asyncio.to_thread(queue.state_of, job_id)
@@ -219,7 +219,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
                 state = None
             if state is None or state.is_terminal:
                 # A later attempt may have written after this follow ended (its writer finished): the file has it.
-                for line in await asyncio.to_thread(lambda after=last: list(read_log(path, after))):
+                for line in await asyncio.to_thread(runtime.hub.read, job_id, path, last):
                     last = line.n
                     send(line_event(line))
                 send(sse.encode({"id": job_id, "state": state, "last": last}, event="end"))

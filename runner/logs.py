@@ -231,6 +231,8 @@ class JobLog:
         self._file = path.open("a+b")
         size = self._file.seek(0, os.SEEK_END)
         self._n = _last_number(self._file, size)
+        if hub is not None:  # several coordinators: an earlier attempt may have run (and logged) on another one
+            self._n = max(self._n, hub.last_number(job_id))
         if size:
             self._file.seek(size - 1)
             if self._file.read(1) != b"\n":
@@ -383,6 +385,15 @@ class LogHub:
     def count_dropped(self, lines: int) -> None:
         """A job's log dropped `lines` lines over its limit (JobLog calls it)."""
         self.dropped_lines += lines
+
+    def last_number(self, job_id: int) -> int:
+        """The last line number of the job's log that this hub knows beyond its file (a cluster's database: see
+        runner/cluster_logs.py); 0 here, where the file is the whole log."""
+        return 0
+
+    def read(self, job_id: int, path: Path, after: int = 0) -> list[LogLine]:
+        """The job's lines with n > after, as written so far (blocks: call it in a thread)."""
+        return list(read_log(path, after))
 
     def begin(self, job_id: int) -> None:
         """A writer is producing the job's log (JobLog calls it when opened)."""

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 METRICS_DAYS = 8  # the dashboard's longest range is a week
 DAY = 86400.0
 INTERVAL = 3600.0  # the hourly task
+STATUS_FEED_HOURS = 1  # the commit statuses' feed of state changes (PostgreSQL) is posted within seconds
 FIRST_RUN = 60.0  # after a start: a server restarted often must still prune
 ORPHAN_AGE = DAY  # an unindexed object younger than this may be an upload whose index row is being written
 PREFIXES = ("caches/", "snapshots/", "artifacts/")  # what forgeci writes to the store; anything else is not ours
@@ -141,6 +142,8 @@ def prune(parts: Parts, now: float | None = None) -> PruneReport:
            0)
     _guard(errors, lambda: parts.queue.prune_usage(usage_cutoff(now)), 0)  # usage: 13 whole months and this one
 
+    _guard(errors, parts.queue.prune_log_chunks, 0)  # a cluster's copies of the logs of jobs just deleted
+    _guard(errors, lambda: parts.queue.prune_status_changes(now - STATUS_FEED_HOURS * 3600), 0)
     orphans, orphan_bytes = _prune_orphans(parts, now, errors)
     images = _prune_images(parts, now, errors)
     return PruneReport(snapshots, caches, len(job_ids), logs, orphans, freed + orphan_bytes, tuple(errors),
@@ -235,14 +238,27 @@ def _guard(errors: list[str], call: Any, default: Any) -> Any:
         return default
 
 
-async def maintenance_loop(parts: Parts, interval: float = INTERVAL, first_run: float = FIRST_RUN) -> None:
-    """The hourly task of `forgeci serve`: prune, log what went, never die."""
+def prune_local(parts: Parts, now: float | None = None) -> PruneReport:
+    """What only this coordinator's data dir holds: log files of jobs that are gone, images it built. On
+    PostgreSQL every coordinator runs it; `prune` (the queue, the store and the holder's own files) runs on the one
+    that holds the maintenance singleton."""
+    now = time.time() if now is None else now
+    errors: list[str] = []
+    logs = _prune_orphaned_logs(parts, now - (parts.settings.retention.job_days + 1) * DAY, errors)
+    images = _prune_images(parts, now, errors)
+    return PruneReport(logs=logs, errors=tuple(errors), images=images)
+
+
+async def maintenance_loop(parts: Parts, interval: float = INTERVAL, first_run: float = FIRST_RUN,
+                           work: Any = None) -> None:
+    """The hourly task of `forgeci serve`: prune (or `work`), log what went, never die."""
     delay = first_run
+    work = work or prune
     while True:
         await asyncio.sleep(delay)
         delay = interval
         try:
-            report = await asyncio.to_thread(prune, parts)
+            report = await asyncio.to_thread(work, parts)
         except Exception:  # a bug must not end the loop: the next round may work
             log.exception("maintenance failed")
             continue

@@ -15,15 +15,16 @@ from pathlib import Path
 from config.settings import Settings
 from runner.artifacts import ArtifactManager
 from runner.cache import CacheManager
+from runner.cluster import LEASE_EXPIRY, MAINTENANCE, SCHEDULES, Cluster, open_cluster, runner_id, runner_prefix
 from runner.control import JobControl
 from runner.engine import Engine
-from runner.errors import InstanceLocked, QueueError
 from runner.events import EventBus
+from runner.errors import InstanceLocked, QueueError
 from runner.executor import Executor
 from runner.image_build import ImageBuilder
 from runner.layout import DataLayout
 from runner.logs import LogHub
-from runner.maintenance import maintenance_loop
+from runner.maintenance import maintenance_loop, prune_local
 from runner.planner import Planner
 from runner.podman import PodmanEngine
 from runner.podman_shared import SharedPodmanService, shared_service_dir
@@ -63,6 +64,7 @@ class Runtime:
     scheduler: Scheduler | None = None  # the [[schedules]]; it runs with the workers (the data dir's coordinator)
     _scheduling: asyncio.Task[None] | None = None
     _expiry: asyncio.Task[None] | None = None
+    cluster: Cluster | None = None  # the singletons; on PostgreSQL also the log hub and bus other coordinators share
     _listening: ListenWakeups | None = None
     # Called on the loop whenever the queue may have claimable work from another process (PostgreSQL's NOTIFY):
     # the embedded pool's wake, and whoever else waits for work (the agent API's long polls).
@@ -82,10 +84,15 @@ class Runtime:
         if self.pool is not None:
             return
         settings = self.settings
-        # Agents that kept running through our restart get one lease length to report before expiry.
-        await asyncio.to_thread(self.queue.extend_agent_leases, time.time() + settings.queue.lease_seconds)
+        assert self.cluster is not None
+        shared, lease = self.cluster.shared, settings.queue.lease_seconds
+        if not shared:  # on PostgreSQL the lease expiry's holder does it as it takes over (expiry_loop)
+            # Agents that kept running through our restart get one lease length to report before expiry.
+            await asyncio.to_thread(self.queue.extend_agent_leases, time.time() + lease)
+        prefix = runner_prefix(self.queue, self.layout.root)
         self.pool = WorkerPool(self.control, self.executor, max_concurrent=settings.queue.max_concurrent,
-                               lease_seconds=settings.queue.lease_seconds, labels=settings.runner.labels)
+                               lease_seconds=lease, labels=settings.runner.labels, runner_id=runner_id(prefix),
+                               orphan_prefix=prefix, expire_leases=not shared)
         self.wake_hooks.append(self.pool.wake)
         if settings.runner.embedded:
             await self.pool.start()  # its reap removes the containers of a crashed server's warm pool (job id 0)
@@ -93,12 +100,15 @@ class Runtime:
                 await self._start_warm_pool()
         else:
             await self.control.settle_all()
-        self._expiry = asyncio.create_task(expiry_loop(self.control, settings.queue.lease_seconds),
-                                           name="forgeci-lease-expiry")
-        self._planning = asyncio.create_task(self.planner.run(), name="forgeci-planner")
-        self._maintenance = asyncio.create_task(maintenance_loop(self), name="forgeci-maintenance")
+        # The cluster's singletons: here, or on whichever coordinator holds their lock (runner/queue/leader.py).
+        singletons = self.cluster.singletons
+        singletons.start(LEASE_EXPIRY, lambda: expiry_loop(self.control, lease, extend_first=shared))
+        singletons.start(MAINTENANCE, lambda: maintenance_loop(self))
         if self.scheduler is not None:
-            self._scheduling = asyncio.create_task(self.scheduler.run(), name="forgeci-scheduler")
+            singletons.start(SCHEDULES, self.scheduler.run)
+        self._planning = asyncio.create_task(self.planner.run(), name="forgeci-planner")
+        if shared:  # this data dir's own files (orphaned logs, built images): every coordinator prunes its own
+            self._maintenance = asyncio.create_task(maintenance_loop(self, work=prune_local), name="forgeci-local")
         self._start_listening()
 
     def _start_listening(self) -> None:
@@ -128,6 +138,8 @@ class Runtime:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._maintenance = self._planning = self._scheduling = self._expiry = None
+        if self.cluster is not None:
+            await self.cluster.singletons.stop((LEASE_EXPIRY, MAINTENANCE, SCHEDULES))
         if self._listening is not None:
             await asyncio.to_thread(self._listening.stop)
             self._listening = None
@@ -138,8 +150,12 @@ class Runtime:
             self.executor.warm = None
 
 
-async def expiry_loop(control: JobControl, lease_seconds: float) -> None:
-    """The coordinator's own lease expiry (agents' jobs too, and with `runner.embedded = false`)."""
+async def expiry_loop(control: JobControl, lease_seconds: float, *, extend_first: bool = False) -> None:
+    """The lease expiry (agents' jobs too, and with `runner.embedded = false`): a cluster singleton. With
+    `extend_first` (a coordinator taking it over on PostgreSQL), agents first get one lease to report: the one
+    they talked to may be the coordinator that just died."""
+    if extend_first:
+        await asyncio.to_thread(control.queue.extend_agent_leases, time.time() + lease_seconds)
     while True:
         try:
             await control.expire_leases()
@@ -234,22 +250,27 @@ async def _assembled(
     # No request to the store here: a store that is down must not stop forgeci (jobs run without caches).
     store = open_store(settings, environ)
     try:
-        hub = LogHub()
-        events = EventBus()
-        git_token = environ.get(settings.git.token_env) or None
-        workspaces = Workspaces(layout.workspaces, layout.mirrors, engine.user, git_token,
-                                remove_tree=engine.remove_tree)
-        cache = CacheManager(store, queue, engine.user, repo_limit=settings.retention.cache_bytes_per_repo)
-        snapshots = Snapshots(store, queue, engine.user)
-        artifacts = ArtifactManager(store, queue, engine.user, max_size=settings.runner.max_artifact_size,
-                                    default_days=settings.retention.artifact_days)
-        images = ImageBuilder.for_settings(settings.runner, engine.user, layout.root, store, engine.image_id)
-        executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots,
-                            artifacts=artifacts, images=images)
-        planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
-        control = JobControl(queue, events, planner, lease_seconds=settings.queue.lease_seconds)
-        yield Runtime(settings, layout, engine, queue, control, hub, events, executor, store, cache, snapshots,
-                      planner, artifacts=artifacts, scheduler=Scheduler(queue, control, settings))
+        async with open_cluster(queue, settings.queue.lease_seconds) as cluster:
+            yield _runtime(settings, environ, layout, engine, queue, store, cluster)
     finally:
         store.close()
         queue.close()
+
+
+def _runtime(settings: Settings, environ: Mapping[str, str], layout: DataLayout, engine: Engine,  # noqa: PLR0913
+             queue: Queue, store: ObjectStore, cluster: Cluster) -> Runtime:
+    hub, events = cluster.hub, cluster.events
+    git_token = environ.get(settings.git.token_env) or None
+    workspaces = Workspaces(layout.workspaces, layout.mirrors, engine.user, git_token,
+                            remove_tree=engine.remove_tree)
+    cache = CacheManager(store, queue, engine.user, repo_limit=settings.retention.cache_bytes_per_repo)
+    snapshots = Snapshots(store, queue, engine.user)
+    artifacts = ArtifactManager(store, queue, engine.user, max_size=settings.runner.max_artifact_size,
+                                default_days=settings.retention.artifact_days)
+    images = ImageBuilder.for_settings(settings.runner, engine.user, layout.root, store, engine.image_id)
+    executor = Executor(settings, engine, workspaces, layout, hub, environ, cache=cache, snapshots=snapshots,
+                        artifacts=artifacts, images=images)
+    planner = Planner(queue, workspaces, max_retries=settings.queue.max_retries)
+    control = JobControl(queue, events, planner, lease_seconds=settings.queue.lease_seconds)
+    return Runtime(settings, layout, engine, queue, control, hub, events, executor, store, cache, snapshots,
+                   planner, artifacts=artifacts, scheduler=Scheduler(queue, control, settings), cluster=cluster)

@@ -36,7 +36,8 @@ class WorkerPool:
 
     def __init__(
         self, control: JobControl, executor: Executor, *, max_concurrent: int, lease_seconds: float,
-        runner_id: str | None = None, labels: tuple[str, ...] = (),
+        runner_id: str | None = None, labels: tuple[str, ...] = (), orphan_prefix: str | None = None,
+        expire_leases: bool = True,
     ) -> None:
         self.control = control
         self.executor = executor
@@ -44,6 +45,11 @@ class WorkerPool:
         self.lease_seconds = lease_seconds
         self.runner_id = runner_id or default_runner_id()
         self.labels = labels  # runner.labels: it takes the jobs whose runs_on it has all of
+        # Whose running jobs a start-up requeues at once: this host's embedded runners (SQLite), this data dir's
+        # (PostgreSQL: other coordinators on the host run their own; runner.cluster.runner_prefix).
+        self.orphan_prefix = orphan_prefix or embedded_prefix()
+        # False on PostgreSQL: the lease-expiry singleton expires leases, on one coordinator of the cluster.
+        self.expire_leases = expire_leases
         self._wake = asyncio.Event()
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -94,7 +100,7 @@ class WorkerPool:
     async def reap(self) -> None:
         """After a crash: requeue the jobs this host's embedded runners left running (only the holder of the data
         dir's lock runs embedded workers on its queue), remove containers and workspaces nobody runs."""
-        prefix = embedded_prefix()
+        prefix = self.orphan_prefix
         await self.control.requeue_orphans(
             lambda runner_id: runner_id == prefix or runner_id.startswith(prefix + "/"), "runner restarted",
             keep=frozenset(self._running))
@@ -117,7 +123,8 @@ class WorkerPool:
         while not self._stopping:
             self._wake.clear()
             try:
-                await self.control.expire_leases()
+                if self.expire_leases:
+                    await self.control.expire_leases()
                 while len(self._running) < self.max_concurrent and not self._stopping and await self._engine_ready():
                     job = await self.control.claim(self.runner_id, self.lease_seconds, self.labels)
                     if job is None:

@@ -49,8 +49,9 @@ class Cluster:
             raise RuntimeError(f"{' '.join(argv[:2])} failed ({result.returncode}): {result.stderr or result.stdout}")
         return result
 
-    def start(self, *, fsync: bool = False) -> None:
-        self.fsync = fsync
+    def start(self, *, fsync: bool = False, settings: dict[str, str] | None = None) -> None:
+        """initdb and start; `settings`: more server settings (-c name=value)."""
+        self.fsync, self.settings = fsync, dict(settings or {})
         self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
                   "-E", "UTF8", "--locale=C", "--no-sync")
         self._start()
@@ -59,7 +60,7 @@ class Cluster:
         # No TCP; fsync off: a throwaway cluster trades durability for speed (forgeci's own connections still set
         # synchronous_commit, which the tests check).
         options = (f"-k {self.socket} -c listen_addresses='' -c fsync={'on' if getattr(self, 'fsync', False) else 'off'}"
-                   " -c max_connections=200")
+                   " -c max_connections=200" + "".join(f" -c {k}={v}" for k, v in getattr(self, "settings", {}).items()))
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w",
                   "-t", "60", "-o", options, "start")
 
@@ -70,6 +71,12 @@ class Cluster:
         """Stop (fast: open connections are cut) and start again; the server's output goes to the log, so no
         pipe of ours stays open in it."""
         self.stop("fast")
+        self._start()
+
+    def crash(self) -> None:
+        """PostgreSQL's crash: `pg_ctl stop -m immediate` kills every server process at once (what was only in
+        shared memory, such as WAL not yet written, is gone; the next start replays the WAL), then start again."""
+        self.stop("immediate")
         self._start()
 
     @contextlib.contextmanager
@@ -109,8 +116,9 @@ def pg_cluster() -> Iterator[Cluster]:
     yield from start_cluster()
 
 
-def start_cluster() -> Iterator[Cluster]:
-    """A cluster of its own in a temporary folder (the session's `pg_cluster`, or `own_pg_cluster`)."""
+def start_cluster(**settings: str) -> Iterator[Cluster]:
+    """A cluster of its own in a temporary folder (the session's `pg_cluster`, `own_pg_cluster`, or a
+    `throwaway_cluster`); `settings`: server settings (-c name=value)."""
     bin_dir = pg_bin_dir()
     if bin_dir is None:
         pytest.fail(SETUP, pytrace=False)
@@ -125,7 +133,7 @@ def start_cluster() -> Iterator[Cluster]:
         shutil.chown(root, user, user)
     cluster = Cluster(root, bin_dir, user)
     try:
-        cluster.start()
+        cluster.start(settings=settings)
         yield cluster
     finally:
         try:
@@ -133,6 +141,9 @@ def start_cluster() -> Iterator[Cluster]:
         except RuntimeError:
             pass  # never started (the failure is the test's), or already stopped
         shutil.rmtree(root, ignore_errors=True)
+
+
+throwaway_cluster = contextlib.contextmanager(start_cluster)  # `with throwaway_cluster(name=value) as cluster:`
 
 
 @pytest.fixture

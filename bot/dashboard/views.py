@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from bot.metrics import RANGES, Metrics, parse_range
 from config.durations import format_duration
 from config.errors import ConfigError
 from runner.errors import InvalidTransition, JobNotFound, QuotaExceeded
-from runner.logs import read_log
+from runner.logs import LogLine, read_log
 from runner.services import service_log, service_log_names
 from runner.models import Job
 from runner.runtime import Runtime
@@ -218,11 +218,12 @@ class LogView:
     last: int  # the last line's number: the live stream resumes after it
 
 
-def _log_view(path: Path) -> LogView:
+def _log_view(path: Path, source: Iterable[LogLine] | None = None) -> LogView:
+    """The page's view of a log: its file, or `source` (the hub's lines: a cluster's database)."""
     lines: list[tuple[int, str, str, Markup]] = []
     total = 0
     tail: list[Any] = []
-    for line in read_log(path):
+    for line in read_log(path) if source is None else source:
         total += 1
         tail.append(line)
         if len(tail) > MAX_LOG_LINES:
@@ -258,7 +259,9 @@ async def job_page(request: web.Request) -> web.Response:
         context = await asyncio.to_thread(_job_context, runtime, job_id)
     except JobNotFound:
         return _not_found(request, job_id)
-    log = await asyncio.to_thread(_log_view, runtime.layout.log_file(job_id))
+    path = runtime.layout.log_file(job_id)
+    shared = runtime.cluster is not None and runtime.cluster.shared  # the log is in the database, not (all) here
+    log = await asyncio.to_thread(lambda: _log_view(path, runtime.hub.read(job_id, path) if shared else None))
     services = await asyncio.to_thread(_service_views, runtime, job_id)
     return page(request, "job.html", who, log=log, services=services, artifacts=await job_artifacts(request, job_id),
                 **context)

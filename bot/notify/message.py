@@ -99,11 +99,13 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_LINE else text[:MAX_LINE] + "…"
 
 
-def _log_tail(layout: DataLayout, job_id: int, step: str | None, count: int, mask: Masker) -> tuple[str, ...]:
+def _log_tail(queue: Queue, layout: DataLayout, job_id: int, step: str | None, count: int,
+              mask: Masker) -> tuple[str, ...]:
     if count <= 0:
         return ()
     tail: deque[str] = deque(maxlen=count)
-    for line in read_log(layout.log_file(job_id)):
+    # Several coordinators: the job may have run on another one, whose lines are in the database (log_chunks).
+    for line in queue.log_lines(job_id) or read_log(layout.log_file(job_id)):
         # A step's own output; forgeci's line about how it ended says what the message already says.
         if step is None or line.step == step and line.stream != "system":
             tail.append(_clip(mask.mask(line.text)))
@@ -119,7 +121,7 @@ def _failed_job(queue: Queue, layout: DataLayout, job_id: int, lines: int, mask:
     return FailedJob(
         job.id, job.display or job.name or f"job {job.id}", job.state.value, step.name if step else None,
         step.exit_code if step else None, mask.mask(job.error) if job.error else None,
-        _log_tail(layout, job.id, step.name if step else None, lines, mask), f"{base}/dashboard/jobs/{job.id}")
+        _log_tail(queue, layout, job.id, step.name if step else None, lines, mask), f"{base}/dashboard/jobs/{job.id}")
 
 
 def build_message(queue: Queue, layout: DataLayout, pipeline: PipelineRecord, event: str, *, public_url: str,

@@ -11,21 +11,38 @@ from bot.auth import guard
 from bot.keys import AUTH, ENVIRON, RUNTIME, SETTINGS
 from bot.notify.badge import badge
 from bot.notify.delivery import Notifier, prometheus
+from runner.cluster import NOTIFY
 
 NOTIFIER = web.AppKey("notifier", Notifier)
 BADGE_ROUTE = "/badge/{owner}/{name:[^/]+}.svg"
 
 
 async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx entry: deliver the outbox from startup (what a previous run left too) to shutdown."""
+    """cleanup_ctx entry: deliver the outbox from startup (what a previous run left too) to shutdown; with several
+    coordinators on PostgreSQL, on the one holding the `notify` singleton (each message is sent by one process)."""
     runtime = app[RUNTIME]
     notifier = Notifier(runtime.queue, runtime.layout, runtime.events, app[SETTINGS], app[ENVIRON])
     app[NOTIFIER] = notifier
-    await notifier.start()
+    if runtime.cluster is None or not runtime.cluster.shared:  # SQLite: the one coordinator delivers
+        await notifier.start()
+        try:
+            yield
+        finally:
+            await notifier.stop()
+        return
+
+    async def deliver() -> None:
+        await notifier.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await notifier.stop()
+
+    runtime.cluster.singletons.start(NOTIFY, deliver)
     try:
         yield
     finally:
-        await notifier.stop()
+        await runtime.cluster.singletons.stop((NOTIFY,))
 
 
 def setup_notify(app: web.Application) -> None:

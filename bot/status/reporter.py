@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from bot.errors import StatusError
@@ -88,10 +88,13 @@ class StatusReporter:
     def __init__(
         self, queue: Queue, events: EventBus, posters: Mapping[str, Poster], *, context: str, public_url: str,
         retry_base: float = RETRY_BASE, retry_cap: float = RETRY_CAP, max_attempts: int = MAX_ATTEMPTS,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, feed: Callable[[], AsyncIterator[Event]] | None = None,
     ) -> None:
         self.queue = queue
         self.events = events
+        # Where the events come from: this process's bus (SQLite: one coordinator), or the database's feed of
+        # state changes (bot/status/feed.py: several coordinators on PostgreSQL, one of them posting).
+        self.feed = feed
         self.posters = dict(posters)
         self.context = context
         self.public_url = public_url
@@ -112,7 +115,7 @@ class StatusReporter:
             return  # no forge to post to: not even a subscriber
         before = self.events.subscriber_count
         self._consumer = asyncio.create_task(self._consume(), name="forgeci-status-reporter")
-        for _ in range(100):  # the subscription registers at the generator's first step, a loop turn away
+        for _ in range(0 if self.feed is not None else 100):  # the subscription registers at the generator's first step, a loop turn away
             if self.events.subscriber_count != before or self._consumer.done():
                 break
             await asyncio.sleep(0)
@@ -137,7 +140,7 @@ class StatusReporter:
     # -- events -> updates ------------------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        async for event in self.events.subscribe():
+        async for event in (self.feed() if self.feed is not None else self.events.subscribe()):
             try:
                 if isinstance(event, PipelineEvent):
                     await self._on_pipeline_event(event)

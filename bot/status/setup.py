@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -11,12 +12,14 @@ from aiohttp import web
 
 from bot.keys import ENVIRON, RUNTIME, SETTINGS, STATUS
 from bot.status.base import Poster
+from bot.status.feed import DatabaseFeed
 from bot.status.gitea import GiteaStatuses
 from bot.status.github import AppCredentials, GitHubStatuses
 from bot.status.gitlab import GitLabStatuses
 from bot.status.reporter import StatusReporter
 from config.errors import ConfigError
 from config.settings import Settings, env_value
+from runner.cluster import STATUS as STATUS_SINGLETON
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,34 @@ async def status_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx entry: the reporter follows the runtime's events from startup to shutdown."""
     settings = app[SETTINGS]
     runtime = app[RUNTIME]
+    cluster = runtime.cluster
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False) as client:
+        # Several coordinators (PostgreSQL): the one holding the `status` singleton posts, from the database's feed
+        # of state changes (bot/status/feed.py), so a context is never posted out of order by two processes.
+        feed = (DatabaseFeed(runtime.queue, cluster.listener, takeover=4 * settings.queue.lease_seconds)
+                if cluster is not None and cluster.listener is not None else None)
         reporter = StatusReporter(
             runtime.queue, runtime.events, build_posters(settings, app[ENVIRON], client),
-            context=settings.server.status_context, public_url=settings.server.public_url,
+            context=settings.server.status_context, public_url=settings.server.public_url, feed=feed,
         )
         app[STATUS] = reporter
-        await reporter.start()
+        if cluster is None or feed is None:
+            await reporter.start()  # SQLite: subscribed to this process's events before the workers start
+            try:
+                yield
+            finally:
+                await reporter.stop()
+            return
+
+        async def post() -> None:
+            await reporter.start()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await reporter.stop()
+
+        cluster.singletons.start(STATUS_SINGLETON, post)
         try:
             yield
         finally:
-            await reporter.stop()
+            await cluster.singletons.stop((STATUS_SINGLETON,))

@@ -52,6 +52,12 @@ WHERE state IN ('planning', 'queued', 'running') AND concurrency_group = ? AND i
 """
 
 
+
+# write_plan's check that the pipeline still plans. Every coordinator's planner plans the shared `planning`
+# pipelines: on PostgreSQL its twin locks the row (postgres_queue.OVERRIDES), so a second plan of the same pipeline
+# waits, reads the first one's commit and is refused instead of adding its jobs again (SQLite: BEGIN IMMEDIATE).
+PLAN_STATE = "SELECT state, cancel_requested FROM pipelines WHERE id = ?"
+
 @dataclass(frozen=True)
 class PlannedJobRow:
     """One job of a plan, as the planner hands it to the queue: its spec and its place in the pipeline."""
@@ -286,7 +292,7 @@ class PipelineQueries(QueueBase):
         """The planned jobs of a pipeline that is still planning, in one transaction; InvalidTransition when it
         is not (cancelled or superseded meanwhile). Jobs without needs are claimable at once."""
         with self._transaction() as conn:
-            row = conn.execute("SELECT state, cancel_requested FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()
+            row = conn.execute(PLAN_STATE, (pipeline_id,)).fetchone()
             if row is None:
                 raise PipelineNotFound(pipeline_id)
             if row[0] != "planning":

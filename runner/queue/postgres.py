@@ -5,20 +5,25 @@ and answers like sqlite3 (`execute(...).fetchone()`, `rowcount`, `lastrowid`), s
 SQL between the backends. Durability: every connection runs with `synchronous_commit = on` (also when the server's
 default is lower): COMMIT returns only when the WAL is flushed (and, with a synchronous standby, on it too), so a
 202 to a webhook means its jobs survive a crash of PostgreSQL or of its machine. Concurrent committers share one
-WAL flush (group commit), so this costs little under load; `off` would lose acknowledged work on a crash.
+WAL flush (group commit), so this costs little under load; `off` would lose acknowledged work on a crash. The
+exceptions, argued where they are: a claim (runner.queue.postgres_queue) and the NOTIFYs after a commit.
 
 runner.queue.postgres_queue.PostgresQueue runs the whole Queue on it; runner.backend opens it for `[queue] url`.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import select
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -27,6 +32,7 @@ from runner.errors import QueueError
 from runner.queue.dialect import postgres
 from runner.queue.schema import MIGRATIONS, postgres_script
 
+log = logging.getLogger(__name__)
 WAKE_CHANNEL = "forgeci_queue"  # NOTIFY on it when a job becomes claimable; LISTENers (runners) wake at commit
 # The tables whose rows SQLite numbers itself (INTEGER PRIMARY KEY id): an INSERT into one returns its id.
 IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications", "usage"})
@@ -45,37 +51,87 @@ class PostgresCursor:
 
     def __init__(self, cursor: psycopg.Cursor[Any], lastrowid: int | None = None) -> None:
         self._cursor, self.lastrowid, self.rowcount = cursor, lastrowid, cursor.rowcount
+        # Rows or none (an UPDATE without RETURNING): the result's status says so without building `description`.
+        self._rows = cursor.pgresult is not None and cursor.pgresult.status == pq.ExecStatus.TUPLES_OK
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        return self._cursor.fetchone() if self._cursor.description else None
+        return self._cursor.fetchone() if self._rows else None
 
     def fetchall(self) -> list[tuple[Any, ...]]:
-        return self._cursor.fetchall() if self._cursor.description else []
+        return self._cursor.fetchall() if self._rows else []
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return iter(self.fetchall())
 
 
 class PostgresConnection:
-    """One pooled connection inside one transaction, running SQLite-dialect statements."""
+    """One pooled connection inside one transaction, running SQLite-dialect statements.
 
-    def __init__(self, conn: psycopg.Connection[Any], overrides: Mapping[str, tuple[str, ...]] | None = None) -> None:
-        self.raw = conn
-        self._overrides = overrides or {}
+    Round trips are what a transaction costs (the claim's lock is held through them), so the connection is in
+    autocommit mode and sends the transaction's own statements itself, riding on others: its BEGIN (with the
+    clock and the prelude: the claim's lock, settings of this transaction) with the first statement, its NOTIFYs
+    with the COMMIT. A statement and what rides with it go as one simple-protocol message, with client-side
+    binding, as sqlite3 binds: a NULL parameter needs no type."""
+
+    def __init__(self, conn: psycopg.Connection[Any], overrides: Mapping[str, str] | None = None,
+                 begin: str = "BEGIN", now: float | None = None, prelude: Sequence[str] = ()) -> None:
+        self._raw = conn
+        self._overrides = overrides or _NO_OVERRIDES
+        # BEGIN, and the queue's clock for triggers (forgeci_usage; SQLite calls it in Python), sent with the first
+        # statement; "" once sent. The clock is a parameter: the message's text stays the same, psycopg's cache of
+        # converted queries serves it. The prelude's expressions share one SELECT with it: one more result at most.
+        exprs = [*prelude, *(["set_config('forgeci.now', {now}, true)"] if now is not None else [])]
+        self._pending = f"{begin}; SELECT {', '.join(exprs)}" if exprs else begin
+        self._now = repr(float(now)) if now is not None else None
+        self._notifies: list[tuple[str, str]] = []
+        self.committed = False  # by a statement's message (execute(commit=True))
         self.wrote_jobs = False  # an INSERT or UPDATE of jobs ran: claimers elsewhere may have work (or a slot)
 
-    def execute(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> PostgresCursor:
-        # Client-side binding, as sqlite3 does: a NULL parameter needs no type, the same SQL serves both.
-        self.wrote_jobs = self.wrote_jobs or bool(_WRITES_JOBS.match(statement))
-        cursor = psycopg.ClientCursor(self.raw)
-        if (override := self._overrides.get(statement)) is not None:
-            *before, translated = override  # statements of its own first (a lock), then the statement itself
-            for prelude in before:
-                cursor.execute(prelude, _params(params))
-            returns_id = False
-        else:
-            translated, returns_id = _statement(statement)
-        cursor.execute(translated, _params(params))
+    @property
+    def began(self) -> bool:
+        return not self._pending
+
+    @property
+    def raw(self) -> psycopg.Connection[Any]:
+        """The psycopg connection, inside the transaction (its BEGIN sent)."""
+        if self._pending:
+            self._raw.cursor().execute(self._pending.format(now="%s"), [self._now] if self._now else None)
+            self._pending = ""
+        return self._raw
+
+    def execute(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = (), *,
+                commit: bool = False) -> PostgresCursor:
+        """Run one statement; with `commit`, the transaction's NOTIFYs and COMMIT go in its message too (nothing
+        may run after it in this transaction): the claim's lock is then held for no round trip of ours."""
+        translated, returns_id, writes_jobs = _statement(statement, self._overrides)
+        self.wrote_jobs = self.wrote_jobs or writes_jobs
+        cursor = psycopg.ClientCursor(self._raw)
+        bound = _params(params)
+        before = 0  # results ahead of the statement's own, in its message
+        if self._pending:  # one message: BEGIN, the clock, the statement
+            if self._now is not None:
+                named = isinstance(bound, dict)
+                bound = {**bound, _NOW: self._now} if named else [self._now, *bound]  # type: ignore[dict-item]
+                translated = self._pending.format(now=f"%({_NOW})s" if named else "%s") + "; " + translated
+            else:
+                translated = f"{self._pending}; {translated}"
+            before, self._pending = self._pending.count(";") + 1, ""
+        if commit:
+            if self.wrote_jobs and not self._notifies:
+                self._notifies.append((WAKE_CHANNEL, ""))
+            if isinstance(bound, dict):
+                names = [f"{_NOW}_n{i}" for i in range(2 * len(self._notifies))]
+                bound.update(zip(names, (v for pair in self._notifies for v in pair), strict=True))
+                marks = [f"%({name})s" for name in names]
+            else:
+                bound += [v for pair in self._notifies for v in pair]
+                marks = ["%s"] * (2 * len(self._notifies))
+            translated += "".join(f"; SELECT pg_notify({a}, {b})" for a, b in zip(marks[::2], marks[1::2]))
+            translated += "; COMMIT"
+            self._notifies, self.committed = [], True
+        cursor.execute(translated, bound)
+        for _ in range(before):
+            cursor.nextset()
         lastrowid = None
         if returns_id:
             row = cursor.fetchone()
@@ -89,19 +145,63 @@ class PostgresConnection:
 
     def notify(self, channel: str = WAKE_CHANNEL, payload: str = "") -> None:
         """Wake the channel's listeners when this transaction commits (never for a rolled-back one)."""
-        self.raw.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        self._notifies.append((channel, payload))
+
+    def commit(self) -> None:
+        """COMMIT, then the NOTIFYs in a transaction of their own, in the same message. A NOTIFY takes a
+        cluster-wide lock from its transaction's commit until that commit returns (async.c), so a notifying
+        transaction that flushes the WAL serializes every other notifier behind its flush: committed apart, with
+        synchronous_commit = off (a lost wake-up delays claimers to their next poll), commits share their flushes
+        again. The NOTIFYs go only if the COMMIT succeeded: the rest of a message is skipped after an error."""
+        if self.committed:
+            return
+        parts = ["COMMIT"] if self.began else []
+        if self._notifies:
+            notifies = ", ".join(["pg_notify(%s, %s)"] * len(self._notifies))
+            parts += ["BEGIN", f"SELECT set_config('synchronous_commit', 'off', true), {notifies}", "COMMIT"]
+        self._pending, self.committed = "", True
+        if not parts:
+            return
+        try:
+            psycopg.ClientCursor(self._raw).execute("; ".join(parts), [v for pair in self._notifies for v in pair])
+        except psycopg.Error:
+            if not (self.began and self._raw.info.transaction_status == pq.TransactionStatus.INERROR):
+                raise
+            # The transaction committed; only its wake-up failed (a full NOTIFY queue): claimers still poll.
+            log.warning("PostgreSQL queue: a wake-up NOTIFY failed after its transaction committed")
+            self._raw.execute("ROLLBACK")
+
+    def rollback(self) -> None:
+        if self.began and not self.committed and not self._raw.broken:
+            self._raw.execute("ROLLBACK")
 
 
-def _statement(statement: str) -> tuple[str, bool]:
-    """The translated statement; an INSERT into an identity table without RETURNING returns its id."""
-    translated = postgres(statement)
-    match = _INSERT.match(statement)
-    if match and match.group(1) in IDENTITY_TABLES and not re.search(r"\bRETURNING\b", statement, re.I):
-        return translated.rstrip().rstrip(";") + " RETURNING id", True
-    return translated, False
+_NO_OVERRIDES: Mapping[str, str] = {}
+_NOW = "forgeci_now"  # the clock's name among a named statement's parameters
+_STATEMENTS: dict[tuple[str, str | None], tuple[str, bool, bool]] = {}  # translated once per statement text
 
 
-def _params(params: Sequence[Any] | Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+def _statement(statement: str, overrides: Mapping[str, str]) -> tuple[str, bool, bool]:
+    """(what PostgreSQL runs, whether it returns the new row's id, whether it writes jobs) of a statement: its
+    override (one statement), or its translation; an INSERT into an identity table without RETURNING returns its id."""
+    override = overrides.get(statement)
+    if (found := _STATEMENTS.get((statement, override))) is None:
+        writes_jobs = bool(_WRITES_JOBS.match(statement))
+        if override is not None:
+            found = (override, False, writes_jobs)
+        else:
+            translated, match = postgres(statement), _INSERT.match(statement)
+            returns_id = bool(match and match.group(1) in IDENTITY_TABLES
+                              and not re.search(r"\bRETURNING\b", statement, re.I))
+            if returns_id:
+                translated = translated.rstrip().rstrip(";") + " RETURNING id"
+            found = (translated, returns_id, writes_jobs)
+        if len(_STATEMENTS) < 4096:  # the queue's statements are a few hundred; built ones (IN lists) vary
+            _STATEMENTS[statement, override] = found
+    return found
+
+
+def _params(params: Sequence[Any] | Mapping[str, Any]) -> list[Any] | dict[str, Any]:
     """sqlite3 stores booleans as 0/1 in INTEGER columns; PostgreSQL's BIGINT refuses a boolean parameter."""
     if isinstance(params, Mapping):
         return {key: int(value) if isinstance(value, bool) else value for key, value in params.items()}
@@ -112,12 +212,17 @@ class PostgresDatabase:
     """The pool of one queue database. `transaction()` is the PostgreSQL counterpart of QueueBase._transaction."""
 
     def __init__(self, url: str, password: str | None = None, *, min_size: int = 1, max_size: int = 8,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, prepared: Mapping[str, str] | None = None) -> None:
         self._conninfo = conninfo(url, password)
+        # name -> PREPARE statement: server-side plans a transaction can EXECUTE (planned once per connection),
+        # prepared on a connection before the first transaction that asks for them.
+        self._prepared = dict(prepared or {})
+        self._ready: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = weakref.WeakKeyDictionary()
+        self._ready_lock = threading.Lock()
         self.name = _display(url)
         # check: a connection that broke while idle in the pool (a restarted server) is replaced, not handed out.
         self._pool = ConnectionPool(self._conninfo, min_size=min_size, max_size=max_size, timeout=timeout,
-                                    open=False, configure=_configure, check=ConnectionPool.check_connection)
+                                    open=False, configure=_configure, check=_check, kwargs={"autocommit": True})
         try:
             self._pool.open(wait=True, timeout=timeout)
         except PoolTimeout as exc:
@@ -139,21 +244,39 @@ class PostgresDatabase:
         self.close()
 
     @contextmanager
-    def transaction(self, now: float | None = None, overrides: Mapping[str, tuple[str, ...]] | None = None,
-                    snapshot: bool = False) -> Iterator[PostgresConnection]:
+    def transaction(self, now: float | None = None, overrides: Mapping[str, str] | None = None,
+                    snapshot: bool = False, prelude: Sequence[str] = (),
+                    prepare: Sequence[str] = ()) -> Iterator[PostgresConnection]:
         """One READ COMMITTED transaction (writers; the claim serializes itself), or with `snapshot` a REPEATABLE
-        READ one (the readers of SQLite's plain BEGIN); a failure rolls back and surfaces as QueueError."""
+        READ one (the readers of SQLite's plain BEGIN); a failure rolls back and surfaces as QueueError.
+        `prelude`: SQL expressions (no placeholders, no `%`, no braces) evaluated in the message of BEGIN, in one
+        SELECT with the clock (the claim's lock; set_config(..., true) for a setting of this transaction alone);
+        `prepare`: the names of the prepared statements it EXECUTEs."""
+        # SQLite's plain BEGIN: every read of the transaction sees one state of the database.
+        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN"
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                if snapshot:  # SQLite's plain BEGIN: every read of the transaction sees one state of the database
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                if now is not None:  # the queue's clock, for triggers (forgeci_usage): SQLite calls it in Python
-                    conn.execute("SELECT set_config('forgeci.now', %s, true)", (repr(float(now)),))
-                yield PostgresConnection(conn, overrides)
+            with self._pool.connection() as raw:
+                if prepare:
+                    self._prepare(raw, prepare)
+                conn = PostgresConnection(raw, overrides, begin, now, prelude)
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
         except psycopg.Error as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: {_first_line(exc)}") from exc
         except PoolTimeout as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: no connection ({exc})") from exc
+
+    def _prepare(self, raw: psycopg.Connection[Any], names: Sequence[str]) -> None:
+        with self._ready_lock:
+            ready = self._ready.setdefault(raw, set())
+        for name in names:
+            if name not in ready:  # outside any transaction: a PREPARE outlives a rollback, so it runs once
+                raw.execute(self._prepared[name])
+                ready.add(name)
 
     def version(self) -> int:
         with self.transaction() as conn:
@@ -180,6 +303,10 @@ class PostgresDatabase:
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 raw.execute(postgres_script(script).encode())  # bytes: a DDL script, no placeholders
                 raw.execute("UPDATE forgeci_schema SET version = %s", (number,))
+
+    @property
+    def conninfo(self) -> str:
+        return self._conninfo
 
     def listener(self, channel: str = WAKE_CHANNEL) -> Listener:
         return Listener(self._conninfo, channel)
@@ -218,7 +345,14 @@ class _NumberLoader(psycopg.adapt.Loader):
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("numeric", _NumberLoader)
     conn.execute("SET synchronous_commit = on")  # see the module's doc: a 202 means committed
-    conn.commit()
+
+
+def _check(conn: psycopg.Connection[Any]) -> None:
+    """Before a pooled connection is handed out: ping it only if something arrived while it was idle — a server
+    that shuts down or restarts sends its FATAL and closes the socket — instead of a round trip per transaction.
+    A server that vanished without a word is found by the transaction's first statement, as by a ping."""
+    if conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+        ConnectionPool.check_connection(conn)
 
 
 def _display(url: str) -> str:

@@ -8,29 +8,84 @@ the server's LISTEN thread (runner.wakeups) wakes its workers at another process
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from runner.models import Job, JobState, PipelineState, StepRecord
 from runner.queue import Queue
 from runner.queue import jobs as _jobs
+from runner.queue import pipelines as _pipelines
 from runner.queue.dialect import postgres
+from runner.queue.labels import label_json
+from runner.queue.pipelines import Settlement
 from runner.queue.postgres import WAKE_CHANNEL, Listener, PostgresConnection, PostgresDatabase
 
-# Claims: SQLite's BEGIN IMMEDIATE serializes them, so max_concurrent and the concurrency groups (counts over
-# other rows, which no row lock guards) hold. On PostgreSQL a transaction-level advisory lock does the same for
-# claimers only; FOR UPDATE SKIP LOCKED on the picked row lets a claim pass a job another writer (a cancel, a
+# Claims: SQLite's BEGIN IMMEDIATE serializes them, so max_concurrent, the concurrency groups and the quotas
+# (counts over other rows, which no row lock guards) hold. On PostgreSQL a transaction-level advisory lock does the
+# same for claimers only, taken in the message of the claim transaction's BEGIN, before any of its reads (the quota
+# filter's counts too); FOR UPDATE SKIP LOCKED on the picked row lets a claim pass a job another writer (a cancel, a
 # priority change) holds instead of waiting for it, and the claim sees every claim committed before it (READ
 # COMMITTED: each statement's snapshot is taken after the lock).
+#
+# The lock is held until the claim commits, so claimers queue behind each other's COMMIT. Three things keep that
+# short (bench/queue_postgres.py measures them):
+# - Without quotas to count first, a claim is one message — BEGIN, the lock, the claim, NOTIFY, COMMIT — so the lock
+#   is held for the server's work alone, never across a round trip (nor a wait for this process's GIL): the pick,
+#   the take and the pipeline's start are one statement (_CLAIM_AND_START). With quotas, JobQueries.claim runs as
+#   on SQLite, the lock taken in its BEGIN.
+# - The claim is a prepared statement (planned once per connection; the generic plan, forced for it alone — its
+#   parameters choose no other plan — costs 0.02 ms to bind against 0.4 ms to plan), as is the completion, which
+#   returns the pipeline JobQueries.complete reads in a second statement.
+# - A claim alone commits with synchronous_commit = off, so it waits for no WAL flush. PostgreSQL keeps it
+#   crash-consistent: it is in the WAL before any later commit, and every synchronous commit flushes the WAL up to
+#   itself, so the job's first durable write — a heartbeat, a step, its end — or anyone else's makes the claim
+#   durable too. Only a crash of PostgreSQL or its machine (or a failover) within 3 x wal_writer_delay (600 ms by
+#   default) of an acknowledged claim, before any synchronous commit, loses it: the job is queued again as it was
+#   (attempts unchanged), as if its lease had expired at once; its runner's next heartbeat answers False and stops
+#   it, its end is refused (the job is not its), and the job runs again — the at-least-once a lost lease already
+#   gives (test_queue_postgres.py crashes a cluster to show it). Everything else — an enqueue (a webhook's 202), a
+#   job's end, a cancel — commits synchronously.
 CLAIM_LOCK = 0x666F7263
-OVERRIDES: dict[str, tuple[str, ...]] = {
-    _jobs._CLAIM: (
-        f"SELECT pg_advisory_xact_lock({CLAIM_LOCK})",
-        postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1),
-    ),
-}
+CLAIM_PRELUDE = ("set_config('synchronous_commit', 'off', true)", f"pg_advisory_xact_lock({CLAIM_LOCK})")
+_GENERIC = "set_config('plan_cache_mode', 'force_generic_plan', true)"
+_PG_CLAIM = postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1)
+OVERRIDES: dict[str, str] = {_jobs._CLAIM: _PG_CLAIM}
+OVERRIDES[_pipelines.PLAN_STATE] = postgres(_pipelines.PLAN_STATE) + " FOR UPDATE"  # see pipelines.PLAN_STATE
+# JobQueries.claim's pick (_CLAIM, its row locked), take (_TAKE, by the picked id) and the pipeline's start
+# (_PIPELINE_STARTED) as one statement of data-modifying CTEs; the last column says whether it started the pipeline.
+_TAKE_PICKED = postgres(_jobs._TAKE).replace("%(id)s", "(SELECT id FROM picked)", 1).rstrip()
+assert "(SELECT id FROM picked)" in _TAKE_PICKED, "jobs._TAKE no longer takes the job by :id"
+_CLAIM_AND_START = f"""
+WITH picked AS ({_PG_CLAIM}),
+     taken AS ({_TAKE_PICKED}
+               RETURNING {_jobs._JOB_COLUMNS}),
+     started AS (UPDATE pipelines SET state = 'running', started_at = %(now)s
+                 WHERE id = (SELECT pipeline_id FROM taken) AND state = 'queued' RETURNING id)
+SELECT taken.*, (SELECT count(*) FROM started) FROM taken
+"""
+_COMPLETE_RETURNING = postgres(_jobs._COMPLETE).rstrip() + "\nRETURNING pipeline_id"  # _settle_job's read
+PREPARED: dict[str, str] = {}  # name -> PREPARE, run once per pooled connection (PostgresDatabase)
+
+
+def _prepared(name: str, statement: str, types: dict[str, str]) -> str:
+    """Register `statement` (placeholders %(name)s, typed by `types` in order) as a prepared statement; the
+    EXECUTE that runs it (an override of itself: already PostgreSQL)."""
+    numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${list(types).index(m.group(1)) + 1}", statement)
+    PREPARED[name] = f"PREPARE {name} ({', '.join(types.values())}) AS {numbered.replace('%%', '%')}"
+    execute = f"EXECUTE {name} ({', '.join(f'%({key})s' for key in types)})"
+    OVERRIDES[execute] = execute
+    return execute
+
+
+_EXECUTE_CLAIM = _prepared("forgeci_claim", _CLAIM_AND_START, {
+    "runner": "text", "now": "float8", "lease": "float8", "max": "bigint", "quota": "text", "labels": "text"})
+_EXECUTE_COMPLETE = _prepared("forgeci_complete", _COMPLETE_RETURNING, {
+    "state": "text", "error": "text", "now": "float8", "outputs": "text", "id": "bigint", "runner": "text"})
 
 
 class PostgresQueue(Queue):
@@ -47,17 +102,70 @@ class PostgresQueue(Queue):
         self.max_concurrent, self.max_retries, self._clock = max_concurrent, max_retries, clock
         self._settlements: list[Any] = []
         self._lock = threading.Lock()  # guards nothing of the database (the pool does); kept for QueueBase's users
-        self._db = PostgresDatabase(url, password, max_size=pool_size)  # migrates
+        self._claiming = threading.local()  # this thread's transaction is a claim's: it takes CLAIM_PRELUDE
+        self._db = PostgresDatabase(url, password, max_size=pool_size, prepared=PREPARED)  # migrates
         self.path = self._db.name
 
     def close(self) -> None:
         self._db.close()
 
+    def claim(self, runner_id: str, lease_seconds: float, labels: Sequence[str] | None = ()) -> Job | None:
+        """JobQueries.claim, in one message when no quota limits running jobs (see _CLAIM_AND_START)."""
+        if any(rule.max_running or rule.per_user_running for rule in self.quota_rules):
+            self._claiming.on = True  # JobQueries.claim runs one transaction: that one is the claim's
+            try:
+                return super().claim(runner_id, lease_seconds, labels)
+            finally:
+                self._claiming.on = False
+        now = self._clock()
+        params = {"runner": runner_id, "lease": lease_seconds, "now": now, "max": self.max_concurrent,
+                  "quota": None, "labels": label_json(labels)}
+        with self._db.transaction(now=now, overrides=OVERRIDES, prelude=(*CLAIM_PRELUDE, _GENERIC),
+                                  prepare=tuple(PREPARED)) as conn:
+            conn.notify(WAKE_CHANNEL)  # a claim changes jobs (a slot is taken): other claimers learn it as usual
+            rows = conn.execute(_EXECUTE_CLAIM, params, commit=True).fetchall()
+        if not rows:
+            return None
+        row, started = rows[0][:-1], rows[0][-1]
+        # A retried job still holds the steps of its previous attempt until the runner resets them; only its
+        # runner (this caller) writes them now, so reading them after the commit reads what the claim would have.
+        steps: tuple[StepRecord, ...] = ()
+        if row[_jobs._COL["attempts"]] > 1:
+            with self._transaction("BEGIN") as conn:
+                steps = self._steps(conn, row[0])
+        if started:
+            self._settled(Settlement(row[_jobs._COL["pipeline_id"]], state=PipelineState.running))
+        return _jobs._job(row, steps)
+
+    def complete(
+        self, job_id: int, state: JobState | str, error: str | None = None, runner_id: str | None = None,
+        outputs: Mapping[str, str] | None = None,
+    ) -> None:
+        """JobQueries.complete, its read of the job's pipeline in the UPDATE's RETURNING (one round trip less)."""
+        state = JobState(state)
+        if not state.is_terminal:
+            raise ValueError(f"complete() needs a terminal state, not {state}")
+        with self._transaction(generic=True) as conn:
+            params = {"id": job_id, "state": state, "error": error, "runner": runner_id, "now": self._clock(),
+                      "outputs": None if outputs is None else json.dumps(dict(outputs))}
+            rows = conn.execute(_EXECUTE_COMPLETE, params).fetchall()
+            if not rows:
+                raise self._refuse(conn, job_id, f"complete as {state}", runner_id)
+            conn.wrote_jobs = True
+            settled = None if rows[0][0] is None else self._settle(conn, rows[0][0])
+        self._settled(settled)
+
     @contextmanager
-    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[PostgresConnection]:  # type: ignore[override]
-        with self._db.transaction(now=self._clock(), overrides=OVERRIDES, snapshot=begin == "BEGIN") as conn:
+    def _transaction(  # type: ignore[override]
+        self, begin: str = "BEGIN IMMEDIATE", *, generic: bool = False,
+    ) -> Iterator[PostgresConnection]:
+        prelude = CLAIM_PRELUDE if getattr(self._claiming, "on", False) else ()
+        self._claiming.on = False  # the claim's one transaction; any other (none today) is as usual
+        with self._db.transaction(now=self._clock(), overrides=OVERRIDES, snapshot=begin == "BEGIN",
+                                  prelude=(*prelude, _GENERIC) if generic else prelude,
+                                  prepare=tuple(PREPARED)) as conn:
             yield conn
-            if conn.wrote_jobs:  # delivered at commit to every LISTENer (runner.wakeups)
+            if conn.wrote_jobs and not conn.committed:  # delivered at commit to every LISTENer (runner.wakeups)
                 conn.notify(WAKE_CHANNEL)
 
     def _lock_pipeline(self, conn: PostgresConnection, pipeline_id: int) -> None:  # type: ignore[override]
@@ -68,6 +176,12 @@ class PostgresQueue(Queue):
 
     def _migrate(self) -> None:
         """PostgresDatabase migrated at connect; the usage trigger is part of the PostgreSQL schema."""
+
+    @property
+    def conninfo(self) -> str:
+        """The database's libpq connection string (with the password): for the connections of the cluster's locks
+        and LISTENers (runner/queue/leader.py, runner/cluster_*.py)."""
+        return self._db.conninfo
 
     def listener(self) -> Listener:
         """A connection LISTENing for claimable work (wake_claimers)."""

@@ -41,7 +41,9 @@ class ScheduleQueries(PipelineQueries):
         with self._transaction() as conn:
             names = [name for name, _, _ in wanted]
             marks = ",".join("?" * len(names))
-            conn.execute(f"DELETE FROM schedules WHERE name NOT IN ({marks})", names)
+            # `NOT IN ()` is SQLite's, not PostgreSQL's: no schedules wanted means none kept
+            conn.execute(f"DELETE FROM schedules WHERE name NOT IN ({marks})" if names else "DELETE FROM schedules",
+                         names)
             for name, fingerprint, first_due in wanted:
                 conn.execute(
                     "INSERT INTO schedules (name, fingerprint, next_due, updated_at) VALUES (?, ?, ?, ?) "

@@ -395,6 +395,58 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, instance)
     );
     """),
+    # PostgreSQL only: SQLite ends every index with the rowid, so jobs_active gives the claim's whole order
+    # (priority DESC, seq, id); PostgreSQL's index needs the id spelt out, or each claim sorts every queued job.
+    Migration("", postgres="""
+    DROP INDEX jobs_active;
+    CREATE INDEX jobs_active ON jobs (state DESC, priority DESC, seq, id) WHERE state IN ('queued', 'running');
+    """),
+    # several coordinators on one PostgreSQL (runner/queue/cluster.py): the commit statuses' feed and the log
+    # lines every coordinator can read. On PostgreSQL triggers write a status_changes row (and NOTIFY) for every
+    # job and pipeline state change, so the one coordinator that posts statuses reads them from the database in
+    # commit order, whichever coordinator made the change; SQLite (one coordinator) posts from its own events and
+    # leaves both tables empty. log_chunks: a job's log lines in batches, as JSON Lines like its log file.
+    Migration("""
+    CREATE TABLE status_changes (
+        id          INTEGER PRIMARY KEY,
+        job_id      INTEGER,                -- a job's state change; NULL: a pipeline's
+        pipeline_id INTEGER,                -- not references: a pruned job's change is simply skipped
+        state       TEXT    NOT NULL,
+        at          REAL    NOT NULL,
+        done_at     REAL                    -- offered to the status reporter (kept a while for a takeover)
+    );
+    CREATE INDEX status_changes_due ON status_changes (id) WHERE done_at IS NULL;
+    CREATE TABLE log_chunks (
+        job_id  INTEGER NOT NULL,
+        first_n INTEGER NOT NULL,
+        last_n  INTEGER NOT NULL,
+        lines   TEXT    NOT NULL,
+        PRIMARY KEY (job_id, first_n)
+    ) WITHOUT ROWID;
+    """, postgres_after="""
+    CREATE FUNCTION forgeci_status_job() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO status_changes (job_id, pipeline_id, state, at)
+        VALUES (NEW.id, NEW.pipeline_id, NEW.state, extract(epoch FROM clock_timestamp()));
+        PERFORM pg_notify('forgeci_status', '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER forgeci_status_job_new AFTER INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION forgeci_status_job();
+    CREATE TRIGGER forgeci_status_job AFTER UPDATE OF state, attempts ON jobs FOR EACH ROW
+        WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.attempts IS DISTINCT FROM NEW.attempts)
+        EXECUTE FUNCTION forgeci_status_job();
+    CREATE FUNCTION forgeci_status_pipeline() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO status_changes (pipeline_id, state, at)
+        VALUES (NEW.id, NEW.state, extract(epoch FROM clock_timestamp()));
+        PERFORM pg_notify('forgeci_status', '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER forgeci_status_pipeline_new AFTER INSERT ON pipelines FOR EACH ROW
+        EXECUTE FUNCTION forgeci_status_pipeline();
+    CREATE TRIGGER forgeci_status_pipeline AFTER UPDATE OF state ON pipelines FOR EACH ROW
+        WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION forgeci_status_pipeline();
+    """),
 )
 
 

@@ -15,6 +15,7 @@ from runner.errors import InstanceLocked, InvalidTransition, JobNotFound
 from runner.events import JobEvent
 from runner.models import Job, JobSpec, JobState
 from runner.runtime import Runtime, open_runtime
+from runner.cluster import runner_prefix
 from runner.worker import default_runner_id, embedded_prefix
 from tests.fake_engine import FakeEngine, Script
 
@@ -158,8 +159,10 @@ async def test_the_coordinator_requeues_its_hosts_orphans_at_once_and_leaves_oth
     async with open_runtime(fake_settings, {}, workers=False, engine=fake_engine) as rt:
         # A crash: jobs claimed by an embedded runner of this host (an older id, and one of another process),
         # and one claimed by a remote agent, which keeps it under its lease.
+        # On PostgreSQL the prefix names the data dir too: another coordinator on this host keeps its jobs.
+        prefix = runner_prefix(rt.queue, rt.layout.root)
         ids = [rt.queue.enqueue(spec(repo=str(repo))) for _ in range(3)]
-        for runner_id in (embedded_prefix(), f"{embedded_prefix()}/1.2", "agent-elsewhere"):
+        for runner_id in (prefix, f"{prefix}/1.2", "agent-elsewhere"):
             assert rt.queue.claim(runner_id, 600) is not None
     fake_engine.on("make", Script(lines=["again"]))
     started = time.monotonic()

@@ -133,6 +133,23 @@ def seed_agents(conn: sqlite3.Connection) -> None:
                  " VALUES ('build-01', 'host-a', '[\"big\",\"linux\"]', '0.1.0', '10.0.0.5', 2, 1150.0, 1160.0)")
 
 
+def seed_cluster(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO status_changes (job_id, pipeline_id, state, at, done_at) VALUES (10, 7, 'success', 1110.0,"
+                 " NULL)")
+    conn.execute("INSERT INTO log_chunks (job_id, first_n, last_n, lines) VALUES (10, 1, 1, ?)",
+                 ('{"n":1,"t":1101.0,"s":"","o":"system","x":"hello"}\n',))
+
+
+def seed_nothing(conn: sqlite3.Connection) -> None:
+    """A version that changes PostgreSQL alone (the claim order's index): SQLite has nothing new to fill."""
+
+
+def version_of_postgres(text: str) -> int:
+    """The schema version whose PostgreSQL twin holds `text` (and whose SQLite script is empty)."""
+    return next(n for n, script in enumerate(schema.MIGRATIONS, start=1)
+                if not script.strip() and text in (getattr(script, "postgres", None) or ""))
+
+
 def version_of(table: str) -> int:
     """The schema version that creates `table` (migrations may be reordered when branches merge)."""
     return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if f"CREATE TABLE {table} " in script)
@@ -141,7 +158,9 @@ def version_of(table: str) -> int:
 SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6,
                           version_of("notifications"): seed_notifications, version_of("schedules"): seed_schedules,
                           version_of("job_caches"): seed_job_caches, version_of("usage"): seed_usage,
-                          version_of("agent_tokens"): seed_agent_tokens, version_of("agents"): seed_agents}
+                          version_of("agent_tokens"): seed_agent_tokens, version_of("agents"): seed_agents,
+                          version_of_postgres("jobs_active ON jobs (state DESC, priority DESC, seq, id)"): seed_nothing,
+                          version_of("status_changes"): seed_cluster}
 
 
 def build(path: Path, version: int) -> None:

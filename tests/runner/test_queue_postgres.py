@@ -7,21 +7,25 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
 
 from config.errors import ConfigError
+from config.quotas import QuotaRule
 from config.settings import Settings, parse_settings
-from runner.errors import QueueError
-from runner.models import JobSpec, JobState, StepState
+from runner.errors import InvalidTransition, QueueError
+from runner.models import Job, JobSpec, JobState, StepState
 from runner.queue import MIGRATIONS, Queue
 from runner.queue.dialect import postgres, postgres_ddl
 from runner.queue.postgres import PostgresDatabase
 from runner.queue.postgres_queue import PostgresQueue
-from tests.postgres import Cluster
+from tests.postgres import Cluster, throwaway_cluster
 
+T = TypeVar("T")
 SPEC = JobSpec(repo="https://git.example.test/acme/app.git", ref="refs/heads/main")
 
 
@@ -191,6 +195,75 @@ def test_the_queue_reconnects_after_postgresql_restarts_and_keeps_every_job(pg_c
                     raise
                 time.sleep(0.2)
         assert [q.get(i).state for i in ids] == [JobState.success, JobState.queued, JobState.queued]
+
+
+def test_claimers_racing_for_a_full_quota_never_run_more_than_it_allows(pg_url: str) -> None:
+    # The quota filter counts running jobs before the claim picks one: the claim lock must already be held then
+    # (it is taken with the claim transaction's BEGIN), or two claimers both count 0 and both claim.
+    queues = [PostgresQueue(pg_url, max_concurrent=100) for _ in range(6)]
+    try:
+        for q in queues:
+            q.set_quotas([QuotaRule("acme/*", max_running=1)])
+        for _ in range(10):
+            queues[0].enqueue(SPEC)
+        def claim(q: PostgresQueue, barrier: threading.Barrier, claimed: list[Job | None]) -> None:
+            barrier.wait()
+            claimed.append(q.claim("r1", 60))
+
+        for _ in range(10):
+            barrier, claimed = threading.Barrier(len(queues)), []
+            threads = [threading.Thread(target=claim, args=(q, barrier, claimed)) for q in queues]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            running = [job for job in claimed if job is not None]
+            assert len(running) == 1, f"{len(running)} jobs of a max_running = 1 quota claimed at once"
+            queues[0].complete(running[0].id, JobState.success, runner_id="r1")
+    finally:
+        for q in queues:
+            q.close()
+
+
+def _until_reconnected(action: Callable[[], T]) -> T:
+    """Run `action` once the queue reaches the restarted server (a pooled connection that broke fails once)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return action()
+        except QueueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_claim_lost_in_a_crash_queues_its_job_again_and_a_completion_is_never_lost() -> None:
+    # Claims commit with synchronous_commit = off (postgres_queue.py): a crash before the WAL writer flushes one
+    # loses it. A WAL writer that sleeps 10 s (and no autovacuum, whose commits would flush) keeps it unflushed.
+    with throwaway_cluster(wal_writer_delay="10s", autovacuum="off") as cluster:
+        url = cluster.new_database()
+        with PostgresQueue(url, max_concurrent=4) as q:
+            done, lost = q.enqueue(SPEC), q.enqueue(SPEC)
+            assert q.claim("r1", 60).id == done
+            q.complete(done, JobState.success, runner_id="r1")  # synchronous: flushes its claim's WAL too
+            assert q.claim("r1", 60).id == lost
+            with psycopg.connect(url, autocommit=True) as conn:
+                unflushed = conn.execute("SELECT pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()").fetchone()
+            assert unflushed == (True,), "the claim's commit should still be in the WAL buffers"
+            cluster.crash()
+            ended = _until_reconnected(lambda: q.get(done))
+            assert (ended.state, ended.attempts, ended.runner_id) == (JobState.success, 1, "r1")
+            again = q.get(lost)
+            assert (again.state, again.attempts, again.runner_id) == (JobState.queued, 0, None)
+            # Its runner learns it at its next heartbeat and stops; its end is refused; the job runs again.
+            assert q.heartbeat(lost, "r1", 60) is False
+            with pytest.raises(InvalidTransition):
+                q.complete(lost, JobState.success, runner_id="r1")
+            rerun = q.claim("r2", 60)
+            assert (rerun.id, rerun.attempts) == (lost, 1)
+            q.complete(lost, JobState.success, runner_id="r2")
+            cluster.crash()
+            assert _until_reconnected(lambda: q.get(lost)).state == JobState.success
 
 
 # -- settings ------------------------------------------------------------------------------------------
