@@ -354,7 +354,7 @@ def setup_agent_api(app: web.Application) -> None:
         runtime.wake_hooks.append(wake.set)  # PostgreSQL: work another process committed (runner.backend)
 
         async def follow() -> None:
-            async for event in runtime.events.subscribe():
+            async for event in runtime.events.subscribe(only=JobEvent):  # pipeline events would wake it for nothing
                 if not isinstance(event, JobEvent):
                     continue
                 if event.state == "queued":  # enqueued, requeued, or its needs are done ("ready")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator, Mapping
 
@@ -35,6 +36,15 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if engine_ok else 503)
 
 
+async def frozen_heap_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx entry: what start-up made (modules, settings, the runtime) lives as long as the server, so it
+    goes to the collector's permanent generation; a full collection no longer walks it (under webhook load one
+    took about 0.1 s every few thousand deliveries). Thawed at shutdown, so an app in a test process leaks nothing."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 def create_app(
     settings: Settings, environ: Mapping[str, str] | None = None, *, workers: bool = True,
     engine: Engine | None = None,
@@ -65,6 +75,7 @@ def create_app(
     app.cleanup_ctx.append(status_ctx)  # after the runtime: the reporter follows its events and reads its queue
     app.cleanup_ctx.append(notify_ctx)  # the notifications outbox (bot.notify), delivered from start-up on
     app.cleanup_ctx.append(workers_ctx)
+    app.cleanup_ctx.append(frozen_heap_ctx)  # last: once everything above has started
     setup_agent_api(app)  # /agent/v1/: remote runners (after the runtime: it follows its events)
     app.router.add_get("/healthz", healthz)
     setup_webhooks(app)

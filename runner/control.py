@@ -173,16 +173,14 @@ class JobControl:
             return result
         for pipeline_id in result.pipeline_ids:
             self.publish_pipeline(pipeline_id, PipelineState.planning)
-        settlements = self.queue.take_settlements()
-        self._apply(settlements)  # the superseded pipelines and their jobs, with the reason
-        done = {job_id for settled in settlements for job_id in (*settled.cancelled, *settled.stopping)}
+        # The superseded pipelines and their jobs, with the reason: each settlement is taken once, by whichever
+        # caller comes first (another delivery's, maybe of the next batch; all are committed already).
+        self._apply(self.queue.take_settlements())
         newest = result.pipeline_ids[-1] if result.pipeline_ids else None
-        for job_id in result.cancelled:  # jobs of no pipeline, from before pipelines (the others are done)
-            if job_id not in done:
-                self.publish(job_id, JobState.cancelled, error=f"superseded by pipeline {newest}")
-        for job_id in result.stopping:
-            if job_id not in done:
-                self._stop(job_id)
+        for job_id in result.loose_cancelled:  # jobs of no pipeline: no settlement says it for them
+            self.publish(job_id, JobState.cancelled, error=f"superseded by pipeline {newest}")
+        for job_id in result.loose_stopping:
+            self._stop(job_id)
         if self.planner is not None:
             self.planner.wake()
         return result

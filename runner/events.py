@@ -24,24 +24,28 @@ class EventBus:
     """Fan-out to subscribers with bounded queues; a subscriber that cannot keep up loses the oldest events."""
 
     def __init__(self, maxsize: int = 1000) -> None:
-        self._subscribers: set[asyncio.Queue[Event]] = set()
+        # Each subscriber's queue, with the event types it wants (None: all).
+        self._subscribers: dict[asyncio.Queue[Event], type | tuple[type, ...] | None] = {}
         self._maxsize = maxsize
 
     def publish(self, event: Event) -> None:
         """Call from the event loop thread."""
-        for queue in self._subscribers:
+        for queue, wanted in self._subscribers.items():
+            if wanted is not None and not isinstance(event, wanted):
+                continue  # no wake-up of a task that would drop it (a webhook publishes two pipeline events)
             if queue.full():
                 queue.get_nowait()  # a live list wants the newest state; an old one is superseded anyway
             queue.put_nowait(event)
 
-    async def subscribe(self) -> AsyncIterator[Event]:
+    async def subscribe(self, only: type | tuple[type, ...] | None = None) -> AsyncIterator[Event]:
+        """Every event from now on, or `only` those of that type (or types)."""
         queue: asyncio.Queue[Event] = asyncio.Queue(self._maxsize)
-        self._subscribers.add(queue)
+        self._subscribers[queue] = only
         try:
             while True:
                 yield await queue.get()
         finally:
-            self._subscribers.discard(queue)
+            self._subscribers.pop(queue, None)
 
     @property
     def subscriber_count(self) -> int:

@@ -105,33 +105,49 @@ class Notifier:
                 pass
 
     async def _round(self) -> None:
-        for row in await asyncio.to_thread(self.queue.due_notifications, BATCH):
-            if row.id in self._inflight:
-                continue
-            try:
-                rows = await asyncio.to_thread(self._fan_out, row) if row.target is None else [row]
-            except Exception:  # one bad row never holds up the others: it is looked at again in a minute
-                log.exception("notifications: cannot fan out outbox row %d", row.id)
-                await asyncio.to_thread(self.queue.notification_failed, row.id, "fan-out failed", SWEEP_AGAIN)
-                continue
-            for item in rows:
-                if item.id not in self._inflight and len(self._inflight) < PARALLEL * 4:
-                    task = asyncio.create_task(self._deliver(item), name=f"notify-{item.id}")
-                    self._inflight[item.id] = task
-                    task.add_done_callback(lambda _, key=item.id: self._inflight.pop(key, None))
+        rows = [row for row in await asyncio.to_thread(self.queue.due_notifications, BATCH)
+                if row.id not in self._inflight]
+        ends = [row for row in rows if row.target is None]
+        made = await self._fan_out(ends) if ends else []
+        for item in [*(row for row in rows if row.target is not None), *made]:
+            if item.id not in self._inflight and len(self._inflight) < PARALLEL * 4:
+                task = asyncio.create_task(self._deliver(item), name=f"notify-{item.id}")
+                self._inflight[item.id] = task
+                task.add_done_callback(lambda _, key=item.id: self._inflight.pop(key, None))
 
-    def _fan_out(self, row: Notification) -> list[Notification]:
+    async def _fan_out(self, ends: list[Notification]) -> list[Notification]:
+        """The round's pipeline ends fanned out in one thread hop and one transaction (a burst of superseded
+        pipelines: one commit, not one per row); if that fails, each alone, so one bad row never holds up the
+        others (it is looked at again in a minute)."""
+        try:
+            return await asyncio.to_thread(self._fan_out_all, ends)
+        except Exception:
+            if len(ends) == 1:
+                log.exception("notifications: cannot fan out outbox row %d", ends[0].id)
+                await asyncio.to_thread(self.queue.notification_failed, ends[0].id, "fan-out failed", SWEEP_AGAIN)
+                return []
+        made = []
+        for row in ends:
+            made += await self._fan_out([row])
+        return made
+
+    def _fan_out_all(self, ends: list[Notification]) -> list[Notification]:
+        return self.queue.fan_out_many([(row.id, self._wanted(row)) for row in ends])
+
+    def _wanted(self, row: Notification) -> list[tuple[str, str]]:
+        """The (target, kind) pairs that want a pipeline's end; none without targets (and no pipeline read)."""
+        if not self.targets:
+            return []
         try:
             pipeline = self.queue.pipeline(row.pipeline_id)
         except PipelineNotFound:
-            return self.queue.fan_out(row.id, [])
+            return []
         try:
             slug = parse_repo(pipeline.repo).slug
         except ValueError:
             slug = pipeline.repo
         branch = branch_of(pipeline.ref)
-        wanted = [(name, t.kind) for name, t in self.targets.items() if t.wants(row.event, slug, branch)]
-        return self.queue.fan_out(row.id, wanted)
+        return [(name, t.kind) for name, t in self.targets.items() if t.wants(row.event, slug, branch)]
 
     async def _deliver(self, row: Notification) -> None:
         async with self._slots:

@@ -72,5 +72,5 @@ async def receive(request: web.Request) -> web.Response:
         check_hmac(secret, body, signature, "X-Gitea-Signature")
         return decode(body, request.content_type)
 
-    event = sansio.Event(await off_loop(body, verify_and_decode), event=name, delivery_id=delivery)
-    return await dispatch(request, router, event, FORGE, delivery, name)
+    return await dispatch(request, router, sansio.Event(await off_loop(body, verify_and_decode), event=name,
+                                                        delivery_id=delivery), FORGE, delivery, name)

@@ -110,5 +110,5 @@ async def receive(request: web.Request) -> web.Response:
         raise HTTPError(401, "invalid signature", "missing X-Hub-Signature-256 header")
     if not header(request, "X-Hub-Signature-256").isascii():  # gidgethub's compare_digest raises on other text
         raise HTTPError(401, "invalid signature", "X-Hub-Signature-256 does not match the body")
-    event = await off_loop(body, lambda: _parse(request.headers, body, secret))
-    return await dispatch(request, router, event, FORGE, delivery, name)
+    return await dispatch(request, router, await off_loop(body, lambda: _parse(request.headers, body, secret)),
+                          FORGE, delivery, name)

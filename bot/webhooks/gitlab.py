@@ -90,5 +90,5 @@ async def receive(request: web.Request) -> web.Response:
     # Idempotency-Key stays the same across GitLab's retries; older versions only send the event UUID.
     sent = header(request, "Idempotency-Key", "X-Gitlab-Event-UUID")
     delivery = delivery_id(sent, "Idempotency-Key") if sent else "body-" + hashlib.sha256(body).hexdigest()[:32]
-    event = sansio.Event(await off_loop(body, lambda: decode(body, JSON)), event=name, delivery_id=delivery)
-    return await dispatch(request, router, event, FORGE, delivery, name)
+    return await dispatch(request, router, sansio.Event(await off_loop(body, lambda: decode(body, JSON)), event=name,
+                                                        delivery_id=delivery), FORGE, delivery, name)

@@ -14,6 +14,7 @@ from runner.models import JobSpec
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _ZEROS = re.compile(r"0+")
 MAX_TEXT = 2000  # a commit message or title kept in a job's meta; the rest is in the forge
+_PATHS: dict[str, tuple[str, ...]] = {}  # the adapters' dotted paths (literals in their code), split once
 
 
 class Payload:
@@ -27,8 +28,11 @@ class Payload:
 
     def get(self, path: str) -> Any:
         """The value at `path` (`a.b.c`), or None when any part is absent or null."""
+        parts = _PATHS.get(path)
+        if parts is None:
+            parts = _PATHS[path] = tuple(path.split("."))
         value: Any = self.data
-        for part in path.split("."):
+        for part in parts:
             if not isinstance(value, dict):
                 return None
             value = value.get(part)

@@ -85,8 +85,15 @@ class QueueBase:
             self._settlements.append(settlement)
 
     def take_settlements(self) -> list[Any]:
-        """What settling pipelines changed since the last call (job control publishes and acts on it)."""
-        taken, self._settlements = self._settlements, []
+        """What settling pipelines changed since the last call (job control publishes and acts on it). A worker
+        thread may append meanwhile (the webhook committer's next batch while the loop answers the last): the
+        list is emptied item by item, never swapped, so an append during the take is taken now or next time."""
+        pending, taken = self._settlements, []
+        while pending:
+            try:
+                taken.append(pending.pop(0))
+            except IndexError:  # another taker emptied it meanwhile
+                break
         return taken
 
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> _Transaction:

@@ -341,10 +341,19 @@ class PipelineQueries(QueueBase):
 
     def _cancel_pipeline(self, conn: sqlite3.Connection, pipeline_id: int, reason: str | None = None) -> Settlement:
         now = self._clock()
+        settled = Settlement(pipeline_id, reason=reason)
         # The reason stays with the pipeline and its cancelled jobs: their pages and commit statuses say why.
+        self._lock_pipeline(conn, pipeline_id)  # PostgreSQL: the state read below stays true until the commit
+        if conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()[0] == "planning":
+            # No jobs yet (planning writes them and leaves `planning` in one transaction, write_plan): it ends
+            # here, in one statement (a webhook superseding its branch's last push does this every time).
+            conn.execute("UPDATE pipelines SET cancel_requested = 1, error = coalesce(?, error), state = 'cancelled', "
+                         "finished_at = ? WHERE id = ?", (reason, now, pipeline_id))
+            settled.state = PipelineState.cancelled
+            record_end(conn, pipeline_id, "cancelled", now)
+            return settled
         conn.execute("UPDATE pipelines SET cancel_requested = 1, error = coalesce(?, error) WHERE id = ?",
                      (reason, pipeline_id))
-        settled = Settlement(pipeline_id, reason=reason)
         for job_id, state in conn.execute(
                 "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END, "
                 "finished_at = CASE state WHEN 'queued' THEN ? ELSE finished_at END, cancel_requested = 1, "
@@ -352,11 +361,6 @@ class PipelineQueries(QueueBase):
                 "blocked = 0 WHERE pipeline_id = ? AND state IN ('queued', 'running') RETURNING id, state",
                 (now, reason, pipeline_id)).fetchall():
             (settled.cancelled if state == "cancelled" else settled.stopping).append(job_id)
-        if conn.execute("SELECT state FROM pipelines WHERE id = ?", (pipeline_id,)).fetchone()[0] == "planning":
-            conn.execute("UPDATE pipelines SET state = 'cancelled', finished_at = ? WHERE id = ?", (now, pipeline_id))
-            settled.state = PipelineState.cancelled
-            record_end(conn, pipeline_id, "cancelled", now)
-            return settled
         more = self._settle(conn, pipeline_id)
         settled.state = more.state
         return settled
