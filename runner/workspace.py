@@ -359,6 +359,8 @@ class Workspaces:
         try:
             await self._remove_tree(path)
         except OSError as exc:
+            if not os.path.lexists(path):  # removed meanwhile (a cancelled job's own clean-up racing a reap): done
+                return
             raise WorkspaceError(f"cannot remove {path}: {exc}", infra=True) from None
 
     async def _run(
