@@ -8,6 +8,11 @@ the reporter already understands, and marks them offered. The reporter reads eac
 state before it posts and posts one commit's context one update at a time, newest only: since only one process
 posts, a context is never posted out of order, whichever coordinator made the changes.
 
+Steps are not state changes: "Running step 2/3: build" comes from the step events of the cluster's event bus
+(runner/cluster_events.py, every coordinator's events through NOTIFY), yielded between batches of changes. They
+are hints: one lost leaves the coarser "Running", and one for a job that has moved on is dropped by the reporter,
+which posts only what matches the job's current state.
+
 A coordinator that takes the singleton over first offers again what was offered in the last TAKEOVER seconds (the
 previous holder may have died with those posts queued or retrying); a status posted twice is harmless.
 """
@@ -19,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from runner.cluster_events import ClusterListener
-from runner.events import Event, JobEvent, PipelineEvent
+from runner.events import Event, EventBus, JobEvent, PipelineEvent
 from runner.queue import Queue, StatusChange
 from runner.queue.cluster import STATUS_CHANNEL
 
@@ -38,14 +43,25 @@ def event_of(change: StatusChange) -> Event:
 class DatabaseFeed:
     """Call it for an iterator of events (the reporter's `feed`); it runs until cancelled."""
 
-    def __init__(self, queue: Queue, listener: ClusterListener, *, takeover: float = 60.0,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.queue, self.takeover, self.clock = queue, takeover, clock
+    def __init__(self, queue: Queue, listener: ClusterListener, *, events: EventBus | None = None,
+                 takeover: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        self.queue, self.events, self.takeover, self.clock = queue, events, takeover, clock
         self._wake = asyncio.Event()
+        self._steps: list[JobEvent] = []  # step events since the last batch, oldest first
         listener.on(STATUS_CHANNEL, lambda _: self._wake.set())
         listener.on_reconnect(self._wake.set)
 
     async def __call__(self) -> AsyncIterator[Event]:
+        follower = asyncio.create_task(self._follow_steps()) if self.events is not None else None
+        try:
+            async for event in self._changes():
+                yield event
+        finally:
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+
+    async def _changes(self) -> AsyncIterator[Event]:
         for change in await asyncio.to_thread(self.queue.recent_status_changes, self.clock() - self.takeover):
             yield event_of(change)
         while True:
@@ -55,9 +71,19 @@ class DatabaseFeed:
                 yield event_of(change)  # the reporter has handled it when the next one is asked for
             if changes:
                 await asyncio.to_thread(self.queue.status_changes_done, [c.id for c in changes], self.clock() - KEEP)
+            steps, self._steps = self._steps, []
+            for step in steps:
+                yield step
             if len(changes) == BATCH:
                 continue
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL)
             except TimeoutError:
                 pass
+
+    async def _follow_steps(self) -> None:
+        assert self.events is not None
+        async for event in self.events.subscribe(JobEvent):
+            if isinstance(event, JobEvent) and event.kind == "step" and len(self._steps) < BATCH:
+                self._steps.append(event)
+                self._wake.set()

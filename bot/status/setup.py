@@ -58,7 +58,8 @@ async def status_ctx(app: web.Application) -> AsyncIterator[None]:
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False) as client:
         # Several coordinators (PostgreSQL): the one holding the `status` singleton posts, from the database's feed
         # of state changes (bot/status/feed.py), so a context is never posted out of order by two processes.
-        feed = (DatabaseFeed(runtime.queue, cluster.listener, takeover=4 * settings.queue.lease_seconds)
+        feed = (DatabaseFeed(runtime.queue, cluster.listener, events=runtime.events,
+                             takeover=4 * settings.queue.lease_seconds)
                 if cluster is not None and cluster.listener is not None else None)
         reporter = StatusReporter(
             runtime.queue, runtime.events, build_posters(settings, app[ENVIRON], client),

@@ -150,6 +150,32 @@ async def test_the_status_feed_yields_every_state_change_of_either_coordinator_o
         task.cancel()
 
 
+async def test_the_status_feed_passes_on_the_step_events_of_either_coordinator(pg_url: str, tmp_path: Path) -> None:
+    """"Running step 2/3: build" on PostgreSQL: the steps come from the cluster's events, between the changes."""
+    async with node(pg_url, tmp_path / "a") as a, node(pg_url, tmp_path / "b") as b:
+        assert a.cluster.listener is not None
+        feed = DatabaseFeed(a.queue, a.cluster.listener, events=a.cluster.events, takeover=60.0)
+        seen: list[tuple[int, str, str]] = []
+
+        async def read() -> None:
+            async for event in feed():
+                assert isinstance(event, JobEvent)
+                seen.append((event.job_id, event.kind, event.data.get("name", event.state)))
+
+        reader = asyncio.create_task(read())
+        job = b.queue.enqueue(SPEC)
+        assert b.queue.claim("b", 60).id == job  # type: ignore[union-attr]
+        await until(lambda: len(seen) == 2, 10, "queued and running")
+        b.cluster.events.publish(JobEvent(job, "running", "step", {"index": 1, "name": "build", "total": 3}))
+        await until(lambda: len(seen) == 3, 10, "the step event of the other coordinator")
+        b.queue.complete(job, JobState.success, runner_id="b")
+        await until(lambda: len(seen) == 4, 10, "the end")
+        assert seen == [(job, "state", "queued"), (job, "state", "running"), (job, "step", "build"),
+                        (job, "state", "success")]
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
 async def test_maintenance_prunes_the_status_feed_and_the_log_chunks_of_deleted_jobs(pg_url: str,
                                                                                      tmp_path: Path) -> None:
     async with node(pg_url, tmp_path / "a") as a:
