@@ -43,8 +43,14 @@ class Cluster:
         self._names = itertools.count(1)
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        prefix = ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
-        result = subprocess.run([*prefix, *argv], capture_output=True, text=True, cwd="/", timeout=120)
+        # As root, the user switch is subprocess's own (setuid in the child), not runuser: scripts/test hides
+        # runuser from tests/bot and tests/client so that they cannot reach Podman, and PostgreSQL needs no Podman.
+        switch: dict[str, object] = {}
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(self.user)
+            switch = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
+                      "env": {**os.environ, "HOME": entry.pw_dir, "USER": self.user, "LOGNAME": self.user}}
+        result = subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=120, **switch)  # type: ignore[call-overload]
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:2])} failed ({result.returncode}): {result.stderr or result.stdout}")
         return result
