@@ -9,10 +9,11 @@ runs here. On PostgreSQL: one LISTEN connection (runner/cluster_events.py), log 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,3 +88,31 @@ async def open_cluster(queue: Queue, lease: float = 15.0) -> AsyncIterator[Clust
         await hub.stop()
         await events.stop()
         await listener.stop()
+
+
+@asynccontextmanager
+async def singleton_service(cluster: Cluster | None, name: str, start: Callable[[], Awaitable[None]],
+                            stop: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """A service of the app (the notifier, the status reporter) for the context's lifetime: started here before
+    the context is entered when this coordinator is alone (SQLite: it misses nothing the workers do), else run
+    under the cluster singleton `name`, on whichever coordinator holds its lock for as long as it does."""
+    if cluster is None or not cluster.shared:
+        await start()
+        try:
+            yield
+        finally:
+            await stop()
+        return
+
+    async def hold() -> None:
+        await start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await stop()
+
+    cluster.singletons.start(name, hold)
+    try:
+        yield
+    finally:
+        await cluster.singletons.stop((name,))

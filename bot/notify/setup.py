@@ -11,7 +11,7 @@ from bot.auth import guard
 from bot.keys import AUTH, ENVIRON, RUNTIME, SETTINGS
 from bot.notify.badge import badge
 from bot.notify.delivery import Notifier, prometheus
-from runner.cluster import NOTIFY
+from runner.cluster import NOTIFY, singleton_service
 
 NOTIFIER = web.AppKey("notifier", Notifier)
 BADGE_ROUTE = "/badge/{owner}/{name:[^/]+}.svg"
@@ -23,26 +23,8 @@ async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     notifier = Notifier(runtime.queue, runtime.layout, runtime.events, app[SETTINGS], app[ENVIRON])
     app[NOTIFIER] = notifier
-    if runtime.cluster is None or not runtime.cluster.shared:  # SQLite: the one coordinator delivers
-        await notifier.start()
-        try:
-            yield
-        finally:
-            await notifier.stop()
-        return
-
-    async def deliver() -> None:
-        await notifier.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await notifier.stop()
-
-    runtime.cluster.singletons.start(NOTIFY, deliver)
-    try:
+    async with singleton_service(runtime.cluster, NOTIFY, notifier.start, notifier.stop):
         yield
-    finally:
-        await runtime.cluster.singletons.stop((NOTIFY,))
 
 
 def setup_notify(app: web.Application) -> None:

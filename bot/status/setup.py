@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from bot.status.reporter import StatusReporter
 from config.errors import ConfigError
 from config.settings import Settings, env_value
 from runner.cluster import STATUS as STATUS_SINGLETON
+from runner.cluster import singleton_service
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +66,6 @@ async def status_ctx(app: web.Application) -> AsyncIterator[None]:
             context=settings.server.status_context, public_url=settings.server.public_url, feed=feed,
         )
         app[STATUS] = reporter
-        if cluster is None or feed is None:
-            await reporter.start()  # SQLite: subscribed to this process's events before the workers start
-            try:
-                yield
-            finally:
-                await reporter.stop()
-            return
-
-        async def post() -> None:
-            await reporter.start()
-            try:
-                await asyncio.Event().wait()
-            finally:
-                await reporter.stop()
-
-        cluster.singletons.start(STATUS_SINGLETON, post)
-        try:
+        # SQLite: started (subscribed to this process's events) before the workers start.
+        async with singleton_service(cluster, STATUS_SINGLETON, reporter.start, reporter.stop):
             yield
-        finally:
-            await cluster.singletons.stop((STATUS_SINGLETON,))

@@ -23,7 +23,7 @@ from runner.cluster import NOTIFY, STATUS
 from runner.models import JobSpec
 from tests.bot.api_helpers import parse_sse
 from tests.bot.notify_helpers import HOOK_SECRET, Receiver
-from tests.bot.webhook_helpers import ENV, PUBLIC_URL, FakeForge, fake_forge, fixture_json, github_headers, open_client
+from tests.bot.webhook_helpers import ENV, PUBLIC_URL, FakeForge, fake_forge, open_client, push_repo
 from tests.fake_engine import FakeEngine, Script
 
 __all__ = ["fake_forge"]  # a fixture
@@ -75,14 +75,6 @@ async def coordinators(settings: Settings, pg_url: str, fake_forge: FakeForge, t
     await receiver.stop()
 
 
-async def push(client: Client, repo: Path, sha: str) -> int:
-    payload = fixture_json("push.with-new-branch.json")
-    payload["repository"]["clone_url"] = str(repo)
-    payload.update(ref="refs/heads/main", after=sha)
-    body = json.dumps(payload).encode()
-    response = await client.post("/webhooks/github", data=body, headers=github_headers("push", body))
-    assert response.status == 202, await response.text()
-    return int((await response.json())["pipelines"][0])
 
 
 async def until(predicate: Callable[[], Any], timeout: float, what: Callable[[], str] | str) -> None:
@@ -113,7 +105,7 @@ async def run_pipelines(clients: list[Client], forge: FakeForge, receiver: Recei
     made: dict[int, str] = {}
     for i in range(count):
         repo, sha = make_repo({".forgeci.toml": TWO_JOBS, "id": f"{tag}-{i}\n"})
-        made[await push(clients[i % len(clients)], repo, sha)] = sha
+        made[await push_repo(clients[i % len(clients)], repo, sha)] = sha
     queue = clients[0].app[RUNTIME].queue
 
     def done() -> bool:

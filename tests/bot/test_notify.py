@@ -25,7 +25,7 @@ from runner.queue import Queue
 from tests.bot.notify_helpers import (
     HOOK_SECRET, SMTP_PASSWORD, SMTP_USER, Mail, Receiver, smtp_server, text_parts,
 )
-from tests.bot.webhook_helpers import ENV, PUBLIC_URL, fixture_json, github_headers, open_client
+from tests.bot.webhook_helpers import ENV, PUBLIC_URL, open_client, push_repo
 from tests.fake_engine import FakeEngine, Script
 
 Client = TestClient[web.Request, web.Application]
@@ -107,14 +107,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.stop()
 
 
-async def push(client: Client, repo: Path, sha: str) -> int:
-    payload = fixture_json("push.with-new-branch.json")
-    payload["repository"]["clone_url"] = str(repo)
-    payload.update(ref="refs/heads/main", after=sha)
-    body = json.dumps(payload).encode()
-    response = await client.post("/webhooks/github", data=body, headers=github_headers("push", body))
-    assert response.status == 202, await response.text()
-    return int((await response.json())["pipelines"][0])
 
 
 async def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -137,7 +129,7 @@ def settled(queue: Queue, pipeline_id: int) -> bool:
 
 
 async def run_pipeline(client: Client, repo: Path, sha: str, timeout: float = 60) -> int:
-    pipeline_id = await push(client, repo, sha)
+    pipeline_id = await push_repo(client, repo, sha)
     await wait_until(lambda: settled(client.app[RUNTIME].queue, pipeline_id), timeout, f"pipeline {pipeline_id}")
     return pipeline_id
 
@@ -286,7 +278,7 @@ async def test_an_endpoint_down_for_30_seconds_gets_the_message_once_when_it_is_
     client = await open_client(with_notify(settings, toml), environ(receiver), workers=True, engine=fake_engine)
     queue = client.app[RUNTIME].queue
     try:
-        pipeline_id = await push(client, repo, sha)
+        pipeline_id = await push_repo(client, repo, sha)
         await wait_until(lambda: queue.pipeline(pipeline_id).state.is_terminal, 60, "the pipeline's end")
         down_since = time.monotonic()
 
@@ -321,10 +313,10 @@ async def test_a_hanging_endpoint_blocks_neither_the_runner_nor_the_api(
     client = await open_client(with_notify(settings, toml), environ(receiver), workers=True, engine=fake_engine)
     queue = client.app[RUNTIME].queue
     try:
-        first = await push(client, repo, sha)
+        first = await push_repo(client, repo, sha)
         await wait_until(lambda: receiver.hanging, 60,
                          "the first message under way")
-        second = await push(client, repo, sha)  # the runner goes on while the endpoint hangs
+        second = await push_repo(client, repo, sha)  # the runner goes on while the endpoint hangs
         await wait_until(lambda: queue.pipeline(second).state.is_terminal, 60, "the second pipeline's end")
         assert (await client.get("/healthz")).status == 200
         assert (await client.get(f"/pipelines/{first}")).status == 200

@@ -63,6 +63,18 @@ def github_headers(event: str, body: bytes, *, delivery: str | None = None, secr
             "X-Hub-Signature-256": sign(body, secret), "Content-Type": content_type}
 
 
+async def push_repo(client: TestClient, repo: Path, sha: str) -> int:
+    """The real push fixture (a new branch `main`) pointed at a local repository; the pipeline it made."""
+    payload = fixture_json("push.with-new-branch.json")
+    payload["repository"]["clone_url"] = str(repo)
+    payload.update(ref="refs/heads/main", after=sha)
+    body = json.dumps(payload).encode()
+    response = await client.post("/webhooks/github", data=body, headers=github_headers("push", body))
+    assert response.status == 202, await response.text()
+    [pipeline_id] = (await response.json())["pipelines"]
+    return int(pipeline_id)
+
+
 def gitea_headers(event: str, body: bytes, *, delivery: str | None = None, secret: str = GITEA_SECRET,
                   forgejo: bool = False) -> dict[str, str]:
     prefix = "X-Forgejo" if forgejo else "X-Gitea"

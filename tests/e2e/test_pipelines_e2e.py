@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from bot.keys import RUNTIME
 from config.settings import Settings
 from runner.models import Job, JobState, PipelineState
 from tests.bot.api_helpers import podman_engine
-from tests.bot.webhook_helpers import ENV, fixture_json, github_headers, open_client
+from tests.bot.webhook_helpers import ENV, open_client, push_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
@@ -44,15 +43,6 @@ steps = [{{ name = "d", run = "{last}" }}]
 '''
 
 
-async def push(client: Client, repo: Path, sha: str) -> int:
-    payload = fixture_json("push.with-new-branch.json")
-    payload["repository"]["clone_url"] = str(repo)
-    payload.update(ref="refs/heads/main", after=sha)
-    body = json.dumps(payload).encode()
-    response = await client.post("/webhooks/github", data=body, headers=github_headers("push", body))
-    assert response.status == 202, await response.text()
-    [pipeline_id] = (await response.json())["pipelines"]
-    return int(pipeline_id)
 
 
 async def jobs_when(client: Client, pipeline_id: int, done: Callable[[list[Job]], bool], timeout: float = 120
@@ -86,7 +76,7 @@ async def test_a_pushed_diamond_runs_its_middle_at_once_and_a_failure_skips_the_
     repo, sha = make_repo({".forgeci.toml": diamond()})
     client = await open_client(wide(settings), ENV, workers=True, engine=podman_engine(settings))
     try:
-        pipeline_id = await push(client, repo, sha)
+        pipeline_id = await push_repo(client, repo, sha)
         jobs = await jobs_when(client, pipeline_id, finished)
         queue = client.app[RUNTIME].queue
         assert queue.pipeline(pipeline_id).state is PipelineState.success
@@ -96,7 +86,7 @@ async def test_a_pushed_diamond_runs_its_middle_at_once_and_a_failure_skips_the_
         assert d0 >= max(b1, c1)
 
         repo2, sha2 = make_repo({".forgeci.toml": diamond(middle="exit 3")})
-        failing = await push(client, repo2, sha2)
+        failing = await push_repo(client, repo2, sha2)
         jobs = await jobs_when(client, failing, finished)
         assert jobs["b"].state is JobState.failure and jobs["d"].state is JobState.skipped
         assert queue.pipeline(failing).state is PipelineState.failure
@@ -109,12 +99,12 @@ async def test_an_always_job_runs_after_a_failure_and_a_cancel_stops_the_middle_
     repo, sha = make_repo({".forgeci.toml": diamond(middle="exit 1", last="echo cleanup", last_if="always")})
     client = await open_client(wide(settings), ENV, workers=True, engine=podman_engine(settings))
     try:
-        pipeline_id = await push(client, repo, sha)
+        pipeline_id = await push_repo(client, repo, sha)
         jobs = await jobs_when(client, pipeline_id, finished)
         assert jobs["b"].state is JobState.failure and jobs["d"].state is JobState.success
 
         repo2, sha2 = make_repo({".forgeci.toml": diamond(middle="sleep 60", last_if="always")})
-        slow = await push(client, repo2, sha2)
+        slow = await push_repo(client, repo2, sha2)
         await jobs_when(client, slow, lambda jobs: sum(j.state is JobState.running and bool(j.steps)
                                                        for j in jobs) == 2)
         control = client.app[RUNTIME].control
