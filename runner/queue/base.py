@@ -77,13 +77,11 @@ class QueueBase:
         with self._lock:
             self._conn.close()
 
-    def _committed_write(self) -> None:
-        """A write transaction committed: every CHECKPOINT_EVERY of them, wake the checkpointer."""
-        self._writes += 1
-        if self._writes >= CHECKPOINT_EVERY:
-            self._writes = 0
-            if self._checkpointer is not None:
-                self._checkpointer.wake()
+    def _wake_checkpointer(self) -> None:
+        """CHECKPOINT_EVERY write transactions have committed since the last wake-up (_Transaction counts them)."""
+        self._writes = 0
+        if self._checkpointer is not None:
+            self._checkpointer.wake()
 
     def __enter__(self) -> Self:
         return self
@@ -157,8 +155,10 @@ class _Transaction:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                if self._begin != "BEGIN":
-                    queue._committed_write()
+                if self._begin != "BEGIN":  # a write transaction: every CHECKPOINT_EVERY, wake the checkpointer
+                    queue._writes += 1
+                    if queue._writes >= CHECKPOINT_EVERY:
+                        queue._wake_checkpointer()
                 return
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
