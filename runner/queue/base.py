@@ -22,6 +22,7 @@ BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's transacti
 CACHE_KIB = 64 * 1024  # page cache per connection; SQLite allocates it as pages are read, not up front
 CHECKPOINT_EVERY = 100  # write transactions between two wake-ups of the checkpointer (a few hundred WAL pages)
 WAL_RESTART_FRAMES = 4_000  # WAL frames (16 MiB of pages) past which the checkpointer makes the WAL start over
+MAX_ROUNDS_BEHIND = 10  # wake-ups without a checkpoint after which the committing connection checkpoints itself
 IDLE_CHECKPOINT = 1.0  # seconds without a wake-up after which the checkpointer copies the few writes since
 AUTOCHECKPOINT = 1_000  # SQLite's default wal_autocheckpoint, for a connection without its checkpointer
 
@@ -78,10 +79,21 @@ class QueueBase:
             self._conn.close()
 
     def _wake_checkpointer(self) -> None:
-        """CHECKPOINT_EVERY write transactions have committed since the last wake-up (_Transaction counts them)."""
+        """CHECKPOINT_EVERY write transactions have committed since the last wake-up (_Transaction counts them, in
+        the transaction's lock). A thread that has not checkpointed for MAX_ROUNDS_BEHIND wake-ups (starved of CPU,
+        stuck) is not waited for: this connection checkpoints, as SQLite would have long before."""
         self._writes = 0
-        if self._checkpointer is not None:
-            self._checkpointer.wake()
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            return
+        checkpointer.rounds_behind += 1
+        if checkpointer.rounds_behind > MAX_ROUNDS_BEHIND:
+            checkpointer.rounds_behind = 0
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # the transaction committed: its caller must not see this as its failure
+                log.warning("checkpointing %s: %s", self.path, exc)
+        checkpointer.wake()
 
     def __enter__(self) -> Self:
         return self
@@ -181,12 +193,17 @@ class _Checkpointer:
     moves it into the database file.
 
     A PASSIVE checkpoint does not start the WAL over: the next writer does, when the WAL was wholly copied as its
-    transaction began. Under a steady stream of writes it never is (the writer appends while the checkpoint runs)
-    and the WAL would grow without end, so once it passes WAL_RESTART_FRAMES the thread checkpoints again holding
-    the queue's lock: this process's writers wait for the copy of the frames written meanwhile (a few ms, every few
-    thousand frames), and the next write starts the WAL over. Its readers share the queue's connection and lock;
-    another process's reader of an old snapshot only defers that to a later round. A second before the next
-    wake-up, the thread copies what was written since the last one, so a quiet server's WAL starts over too.
+    transaction began. Under a steady stream of writes it never is (the writers append while the checkpoint runs)
+    and the WAL would grow without end, so once it passes WAL_RESTART_FRAMES the thread runs a RESTART checkpoint,
+    which holds every writer back (this process's on the queue's lock, other processes' in SQLite's busy handler)
+    while it copies the frames written meanwhile (a few ms, every few thousand frames) and the readers of the WAL
+    finish; the next write starts the WAL over. A reader of an old snapshot (another process: this one's readers
+    share the queue's connection) holds the WAL until it ends, as it would hold SQLite's own checkpoint. A second
+    without a wake-up, the thread copies what was written since the last one, so a quiet server's WAL starts
+    over too.
+
+    The thread is woken, never waited for: one that falls MAX_ROUNDS_BEHIND wake-ups behind (starved of CPU) has
+    the committing connection checkpoint in its place, so the WAL stays bounded whatever the thread's lot.
 
     Several processes on one file each run one: SQLite runs one checkpoint at a time, and a PASSIVE one that finds
     another running returns at once. Closing the queue checkpoints once more (a short-lived CLI leaves its writes
@@ -194,11 +211,16 @@ class _Checkpointer:
     so in the log and the queue's connection checkpoints for itself again, as SQLite does by default.
     """
 
+    # Seconds a RESTART waits for another process's write transaction or reader (its busy timeout; a PASSIVE
+    # checkpoint waits for nothing): then it gives up until the next round, rather than hold the writers longer.
+    RESTART_WAIT = 0.01
+
     def __init__(self, queue: QueueBase) -> None:
         self._queue = queue
         self._wake = threading.Event()
         self._stopping = False
-        self._conn = sqlite3.connect(queue.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+        self.rounds_behind = 0  # wake-ups since its last checkpoint (QueueBase._wake_checkpointer)
+        self._conn = sqlite3.connect(queue.path, timeout=self.RESTART_WAIT, isolation_level=None,
                                      check_same_thread=False)
         queue._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._thread = threading.Thread(target=self._run, name=f"checkpoint {queue.path}", daemon=True)
@@ -222,6 +244,7 @@ class _Checkpointer:
                 if woken or self._queue._writes:  # or a quiet moment after a few writes: the WAL starts over
                     self._queue._writes = 0
                     self.checkpoint()
+                    self.rounds_behind = 0
                 if self._stopping:
                     return
         except Exception:
@@ -232,11 +255,14 @@ class _Checkpointer:
     def checkpoint(self) -> tuple[int, int, int]:
         """(busy, WAL frames, frames copied): PRAGMA wal_checkpoint's row of the last checkpoint run."""
         found: tuple[int, int, int] = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if found[1] > WAL_RESTART_FRAMES:
-            # The queue's lock holds this process's writers back while the checkpoint copies the few frames
-            # written during the last one (a few ms): with the WAL wholly copied, the next write starts it over.
+        busy, frames, copied = found
+        if not busy and frames > WAL_RESTART_FRAMES and copied == frames:
+            # RESTART copies the frames written during the PASSIVE one, holding every writer back (this process's
+            # on the queue's lock, so they do not sleep in SQLite's busy handler), and waits for the readers of
+            # the WAL to finish: the next write starts the WAL over. Tried only when nothing held the PASSIVE one
+            # back (a reader of an old snapshot would hold this one too), and for at most RESTART_WAIT.
             with self._queue._lock:
-                found = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                found = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         return found
 
     def _fall_back(self) -> None:
