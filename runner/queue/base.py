@@ -202,8 +202,10 @@ class _Checkpointer:
     without a wake-up, the thread copies what was written since the last one, so a quiet server's WAL starts
     over too.
 
-    The thread is woken, never waited for: one that falls MAX_ROUNDS_BEHIND wake-ups behind (starved of CPU) has
-    the committing connection checkpoint in its place, so the WAL stays bounded whatever the thread's lot.
+    The thread is woken, never waited for: while a checkpoint runs the WAL grows by what the writers append (a few
+    hundred frames; more while the disk is slow to fsync), and the RESTART holding them back catches that up. A
+    thread that falls MAX_ROUNDS_BEHIND wake-ups behind without checkpointing at all (no CPU for it) has the
+    committing connection checkpoint in its place, as SQLite would have.
 
     Several processes on one file each run one: SQLite runs one checkpoint at a time, and a PASSIVE one that finds
     another running returns at once. Closing the queue checkpoints once more (a short-lived CLI leaves its writes
@@ -230,7 +232,8 @@ class _Checkpointer:
         self._wake.set()
 
     def stop(self) -> None:
-        """Checkpoint what the WAL holds (a short-lived process leaves no WAL behind) and end the thread."""
+        """Checkpoint what the WAL holds (a short-lived process leaves its writes in the database file), end the
+        thread and close its connection."""
         self._stopping = True
         self._wake.set()
         self._thread.join()

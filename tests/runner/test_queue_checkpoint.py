@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.models import JobSpec
-from runner.queue import Queue
-from runner.queue import base
+from runner.queue import Queue, base
 
 SPEC = JobSpec(repo="https://git.example.test/acme/app.git", ref="refs/heads/main", meta={"pusher": "ada"})
 FRAME = 4096 + 24  # a WAL frame: the page and its header
