@@ -447,48 +447,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER forgeci_status_pipeline AFTER UPDATE OF state ON pipelines FOR EACH ROW
         WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION forgeci_status_pipeline();
     """),
-    # usage as one b-tree in end order (WITHOUT ROWID, keyed by end time, job and attempt; an attempt ends once) in
-    # place of a rowid table and its usage_ended index: a completion writes one page fewer (bench/queue.py). The
-    # rows are copied in; the surrogate id goes (nothing referenced it; end order is the key's own order).
+    # usage as one b-tree in end order (WITHOUT ROWID, keyed by end, job and attempt: an attempt ends once), not a
+    # rowid table and its usage_ended index: a completion writes a page fewer. Rows kept; the unused surrogate id goes.
     Migration("""
-    CREATE TABLE usage_by_end (
-        job_id      INTEGER NOT NULL,
-        attempt     INTEGER NOT NULL,
-        pipeline_id INTEGER,
-        slug        TEXT    NOT NULL,
-        user        TEXT,
-        runner      TEXT,
-        state       TEXT    NOT NULL,
-        started_at  REAL    NOT NULL,
-        ended_at    REAL    NOT NULL,
-        seconds     REAL    NOT NULL,
-        infra_retry INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (ended_at, job_id, attempt)
-    ) WITHOUT ROWID;
-    INSERT OR IGNORE INTO usage_by_end (job_id, attempt, pipeline_id, slug, user, runner, state, started_at, ended_at,
-                                        seconds, infra_retry)
-        SELECT job_id, attempt, pipeline_id, slug, user, runner, state, started_at, ended_at, seconds, infra_retry
-        FROM usage ORDER BY id;
+    CREATE TABLE usage_by_end (job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, pipeline_id INTEGER,
+        slug TEXT NOT NULL, user TEXT, runner TEXT, state TEXT NOT NULL, started_at REAL NOT NULL,
+        ended_at REAL NOT NULL, seconds REAL NOT NULL, infra_retry INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (ended_at, job_id, attempt)) WITHOUT ROWID;
+    INSERT OR IGNORE INTO usage_by_end SELECT job_id, attempt, pipeline_id, slug, user, runner, state, started_at,
+        ended_at, seconds, infra_retry FROM usage ORDER BY id;
     DROP TABLE usage;
     ALTER TABLE usage_by_end RENAME TO usage;
     """, postgres="""
-    DELETE FROM usage AS later USING usage AS earlier
-        WHERE later.ended_at = earlier.ended_at AND later.job_id = earlier.job_id AND later.attempt = earlier.attempt
-          AND later.id > earlier.id;
+    DELETE FROM usage AS a USING usage AS b
+        WHERE (a.ended_at, a.job_id, a.attempt) = (b.ended_at, b.job_id, b.attempt) AND a.id > b.id;
     DROP INDEX usage_ended;
     ALTER TABLE usage DROP COLUMN id;
     ALTER TABLE usage ADD PRIMARY KEY (ended_at, job_id, attempt);
-    CREATE OR REPLACE FUNCTION forgeci_usage() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE e DOUBLE PRECISION := coalesce(NEW.finished_at, nullif(current_setting('forgeci.now', true), '')::float8,
-                                           extract(epoch FROM clock_timestamp()));
-    BEGIN
-        INSERT INTO usage (job_id, attempt, pipeline_id, slug, "user", runner, state, started_at, ended_at, seconds,
-                           infra_retry)
-        VALUES (NEW.id, OLD.attempts, NEW.pipeline_id, coalesce(NEW.slug, ''), NEW."user", OLD.runner_id, NEW.state,
-                OLD.started_at, e, greatest(0, e - OLD.started_at), (NEW.state = 'queued')::int)
-        ON CONFLICT (ended_at, job_id, attempt) DO NOTHING;
-        RETURN NULL;
-    END $$;
     """),
 )
 

@@ -28,7 +28,7 @@ RETENTION_MONTHS = 13  # usage rows are kept at least this many calendar months
 
 _TRIGGERS = (
     # Every attempt that ends (completed, requeued, ended by retries used up or a lease expiry) is one row.
-    # OR IGNORE: an attempt ends once, so its key (end, job, attempt) is new; were it not, the first row stands.
+    # OR IGNORE: an attempt ends once, so its key (end, job, attempt) is new; were it not, the first row would stand.
     """CREATE TEMP TRIGGER IF NOT EXISTS forgeci_usage AFTER UPDATE OF state ON main.jobs
     WHEN OLD.state = 'running' AND NEW.state != 'running' AND OLD.started_at IS NOT NULL
     BEGIN
