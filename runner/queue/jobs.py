@@ -169,10 +169,6 @@ Order = Literal["newest", "dispatch"]
 _ENDS = {state.value: state for state in JobState if state.is_terminal}  # a str enum: its members find theirs
 
 
-def _not_an_end(state: JobState | str) -> JobState:
-    raise ValueError(f"complete() needs a terminal state, not {JobState(state)}")
-
-
 class JobQueries(QueueBase):
     """Producers, runners and readers of jobs; every state change is one guarded statement in one transaction."""
 
@@ -263,7 +259,10 @@ class JobQueries(QueueBase):
     ) -> None:
         """Finish a job in a terminal state; with runner_id, only if it is still that runner's running job.
         `outputs` are what its steps wrote to $FORGECI_OUTPUT (its dependants see them)."""
-        state = _ENDS.get(state) or _not_an_end(state)
+        end = _ENDS.get(state) if isinstance(state, str) else None  # complete's hot path: no enum call
+        if end is None:
+            raise ValueError(f"complete() needs a terminal state, not {JobState(state)}")
+        state = end
         with self._transaction() as conn:
             params = {"id": job_id, "state": state, "error": error, "runner": runner_id, "now": self._clock(),
                       "outputs": None if outputs is None else json.dumps(dict(outputs))}

@@ -1,7 +1,7 @@
 """The SQLite queue's WAL checkpointer (runner/queue/base.py's _Checkpointer): commits never checkpoint, yet the WAL
-stays bounded under a steady stream of writes, with several connections on one file and readers of old snapshots;
-a quiet queue and a closed one leave their writes in the database file; a checkpointer that fails hands the work
-back to SQLite's own autocheckpoint."""
+stays bounded under a steady stream of writes, and starts over once two connections on one file pause or a reader
+of an old snapshot ends; a quiet queue and a closed one leave their writes in the database file; a checkpointer
+that fails hands the work back to SQLite's own autocheckpoint."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_the_wal_stays_bounded_under_a_steady_stream_of_writes(tmp_path: Path) -
 def test_two_connections_writing_at_once_each_checkpoint_and_the_wal_starts_over(tmp_path: Path,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """As two processes on one file: while both write, a checkpoint of one copies what the other wrote too; once
-    the writes pause (here: a second with no wake-up), the WAL is copied and the next write starts it over."""
+    the writes pause (here: 50 ms without a wake-up), the WAL is copied and the next write starts it over."""
     monkeypatch.setattr(base, "IDLE_CHECKPOINT", 0.05)
     db = tmp_path / "queue.db"
     with Queue(db) as one, Queue(db) as two:
