@@ -222,9 +222,10 @@ def test_a_database_of_each_earlier_version_migrates_without_losing_a_row(tmp_pa
         new_columns, new_rows = after[table]
         dropped = DROPPED.get(table, set())
         kept_columns = [c for c in columns if c not in dropped]
-        assert new_columns[:len(kept_columns)] == kept_columns, f"{table}: columns reordered or dropped"
+        assert set(kept_columns) <= set(new_columns), f"{table}: columns dropped"
         rows = sorted((tuple(v for c, v in zip(columns, row, strict=True) if c not in dropped) for row in rows), key=repr)
-        kept = sorted((row[:len(kept_columns)] for row in new_rows), key=repr)
+        at = [new_columns.index(c) for c in kept_columns]  # by name: a rebuilt table may order its columns anew
+        kept = sorted((tuple(row[i] for i in at) for row in new_rows), key=repr)
         assert kept == rows, f"{table}: rows changed by the migration from version {version}"
 
 
