@@ -35,7 +35,7 @@ from runner.queue.schema import MIGRATIONS, postgres_script
 log = logging.getLogger(__name__)
 WAKE_CHANNEL = "forgeci_queue"  # NOTIFY on it when a job becomes claimable; LISTENers (runners) wake at commit
 # The tables whose rows SQLite numbers itself (INTEGER PRIMARY KEY id): an INSERT into one returns its id.
-IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications", "usage"})
+IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications"})
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.I)
 _WRITES_JOBS = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+jobs\b", re.I)
 _SCHEMA_LOCK = 0x666F7267  # pg_advisory_xact_lock key: one migrator at a time across coordinators

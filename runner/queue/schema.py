@@ -449,7 +449,7 @@ MIGRATIONS: tuple[str, ...] = (
     """),
     # usage as one b-tree in end order (WITHOUT ROWID), not a rowid table and its usage_ended index: a completion
     # writes a page fewer. Key: end, job, attempt, and `seq` for a second end of one attempt number at one instant (a
-    # retried pipeline numbers its jobs' attempts afresh). The rows are kept. PostgreSQL keeps its id and index. seq
+    # retried pipeline numbers its jobs' attempts afresh). Rows kept. PostgreSQL drops id too and keeps its index. seq
     # is not the last column: SQLite 3.40's integrity_check misreads a WITHOUT ROWID table ending in a key column.
     Migration("""
     CREATE TABLE usage_by_end (job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL DEFAULT 0,
@@ -462,7 +462,7 @@ MIGRATIONS: tuple[str, ...] = (
         pipeline_id, slug, user, runner, state, started_at, ended_at, seconds, infra_retry FROM usage AS u;
     DROP TABLE usage;
     ALTER TABLE usage_by_end RENAME TO usage;
-    """, postgres="ALTER TABLE usage ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;"),
+    """, postgres="ALTER TABLE usage ADD COLUMN seq BIGINT NOT NULL DEFAULT 0; ALTER TABLE usage DROP COLUMN id;"),
 )
 
 
