@@ -1,5 +1,6 @@
-"""Where bench/queue.py's full cycle goes: the queue's calls, its SQL alone, its SQL without triggers, and bare
-SQLite, each with and without the inline WAL checkpoint: `python bench/queue_parts.py`.
+"""Where bench/queue.py's full cycle goes: the queue's calls (with its checkpointer thread, and with SQLite's inline
+autocheckpoint instead), its SQL alone, its SQL without triggers, and bare SQLite with and without the inline WAL
+checkpoint: `python bench/queue_parts.py`.
 
 Wall time and the thread's CPU time per cycle (median of interleaved rounds). CPU time is the steadier figure on
 a shared machine: the wall time adds the waits for the disk (the checkpoint's fsync) and for the CPU.
@@ -23,14 +24,18 @@ from bench.queue import bare_connection, specs, transaction  # noqa: E402
 from runner.models import JobState  # noqa: E402
 from runner.queue import Queue  # noqa: E402
 from runner.queue import jobs as sql  # noqa: E402
+from runner.queue.base import AUTOCHECKPOINT, CHECKPOINT_EVERY  # noqa: E402
 
 META = '{"pusher": "ada", "message": "Fix the flaky test", "delivery": "d-1", "forge": "github"}'
 
 
-def calls(path: Path, n: int, checkpoint: bool = True) -> None:
+def calls(path: Path, n: int, thread: bool = True) -> None:
+    """The three calls; without `thread`, the queue's connection checkpoints inline as SQLite does by default."""
     with Queue(path, max_concurrent=4) as queue:
-        if not checkpoint:
-            queue._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        if not thread and queue._checkpointer is not None:
+            queue._checkpointer.stop()
+            queue._checkpointer = None
+            queue._conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}")
         for spec in specs(n):
             queue.enqueue(spec)
             job = queue.claim("bench", 60)
@@ -62,6 +67,10 @@ def statements(path: Path, n: int, triggers: bool = True) -> None:
                                          "now": now, "outputs": None})
             conn.execute("SELECT pipeline_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
             conn.execute("COMMIT")
+            for _ in range(3):  # the three commits, counted as _Transaction counts them for the checkpointer
+                queue._writes += 1
+                if queue._writes >= CHECKPOINT_EVERY:
+                    queue._wake_checkpointer()
 
 
 def bare(path: Path, n: int, checkpoint: bool = True) -> None:
@@ -78,7 +87,7 @@ def bare(path: Path, n: int, checkpoint: bool = True) -> None:
 
 CASES: dict[str, Callable[[Path, int], None]] = {
     "queue calls": calls,
-    "queue calls, no checkpoint": lambda path, n: calls(path, n, checkpoint=False),
+    "queue calls, inline checkpoint": lambda path, n: calls(path, n, thread=False),
     "their SQL alone": statements,
     "their SQL, no triggers": lambda path, n: statements(path, n, triggers=False),
     "bare": bare,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -15,8 +16,15 @@ from config.errors import ConfigError, ConfigIssue
 from runner.errors import QueueError
 from runner.queue.schema import migrate
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's transaction before giving up
 CACHE_KIB = 64 * 1024  # page cache per connection; SQLite allocates it as pages are read, not up front
+CHECKPOINT_EVERY = 100  # write transactions between two wake-ups of the checkpointer (a few hundred WAL pages)
+WAL_RESTART_FRAMES = 4_000  # WAL frames (16 MiB of pages) past which the checkpointer makes the WAL start over
+MAX_ROUNDS_BEHIND = 10  # wake-ups without a checkpoint after which the committing connection checkpoints itself
+IDLE_CHECKPOINT = 1.0  # seconds without a wake-up after which the checkpointer copies the few writes since
+AUTOCHECKPOINT = 1_000  # SQLite's default wal_autocheckpoint, for a connection without its checkpointer
 
 
 class QueueBase:
@@ -37,6 +45,8 @@ class QueueBase:
         self.max_retries = max_retries  # automatic retries: max_retries + 1 attempts in all
         self._clock = clock
         self._settlements: list[Any] = []  # what settling pipelines changed, for job control (take_settlements)
+        self._writes = 0  # write transactions since the checkpointer was last woken
+        self._checkpointer: _Checkpointer | None = None
         # One connection behind a lock: sqlite3 connections are not safe for concurrent use, and the
         # queue's transactions are short enough that a second connection per thread would buy nothing.
         self._lock = threading.Lock()
@@ -57,13 +67,33 @@ class QueueBase:
             raise QueueError(f"cannot open the queue database {self.path}: {exc}") from exc
         try:
             self._migrate()
+            self._checkpointer = _Checkpointer(self)
         except BaseException:
             self._conn.close()
             raise
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             self._conn.close()
+
+    def _wake_checkpointer(self) -> None:
+        """CHECKPOINT_EVERY write transactions have committed since the last wake-up (_Transaction counts them, in
+        the transaction's lock). A thread that has not checkpointed for MAX_ROUNDS_BEHIND wake-ups (starved of CPU,
+        stuck) is not waited for: this connection checkpoints, as SQLite would have long before."""
+        self._writes = 0
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            return
+        checkpointer.rounds_behind += 1
+        if checkpointer.rounds_behind > MAX_ROUNDS_BEHIND:
+            checkpointer.rounds_behind = 0
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # the transaction committed: its caller must not see this as its failure
+                log.warning("checkpointing %s: %s", self.path, exc)
+        checkpointer.wake()
 
     def __enter__(self) -> Self:
         return self
@@ -137,6 +167,10 @@ class _Transaction:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
+                if self._begin != "BEGIN":  # a write transaction: every CHECKPOINT_EVERY, wake the checkpointer
+                    queue._writes += 1
+                    if queue._writes >= CHECKPOINT_EVERY:
+                        queue._wake_checkpointer()
                 return
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -146,6 +180,106 @@ class _Transaction:
             queue._lock.release()
         if isinstance(exc, sqlite3.Error):
             raise QueueError(f"queue database {queue.path}: {exc}") from exc
+
+
+class _Checkpointer:
+    """Checkpoints the queue's WAL on a thread and a connection of its own, so that no commit waits for it.
+
+    SQLite's automatic checkpoint runs in the connection that commits past wal_autocheckpoint pages: that commit
+    (a webhook's 202, a claim) then copies the WAL into the database and fsyncs both files, several milliseconds.
+    Here the queue's connection does not checkpoint (wal_autocheckpoint = 0); its commits wake this thread every
+    CHECKPOINT_EVERY write transactions, and the thread runs a PASSIVE checkpoint, which never blocks a writer or a
+    reader. Durability is unchanged: a commit is in the WAL either way (synchronous = NORMAL), a checkpoint only
+    moves it into the database file.
+
+    A PASSIVE checkpoint does not start the WAL over: the next writer does, when the WAL was wholly copied as its
+    transaction began. Under a steady stream of writes it never is (the writers append while the checkpoint runs)
+    and the WAL would grow without end, so once it passes WAL_RESTART_FRAMES the thread runs a RESTART checkpoint,
+    which holds every writer back (this process's on the queue's lock, other processes' in SQLite's busy handler)
+    while it copies the frames written meanwhile (a few ms, every few thousand frames) and the readers of the WAL
+    finish; the next write starts the WAL over. A reader of an old snapshot (another process: this one's readers
+    share the queue's connection) holds the WAL until it ends, as it would hold SQLite's own checkpoint. A second
+    without a wake-up, the thread copies what was written since the last one, so a quiet server's WAL starts
+    over too.
+
+    The thread is woken, never waited for: while a checkpoint runs the WAL grows by what the writers append (a few
+    hundred frames; more while the disk is slow to fsync), and the RESTART holding them back catches that up. A
+    thread that falls MAX_ROUNDS_BEHIND wake-ups behind without checkpointing at all (no CPU for it) has the
+    committing connection checkpoint in its place, as SQLite would have.
+
+    Several processes on one file each run one: SQLite runs one checkpoint at a time, and a PASSIVE one that finds
+    another running returns at once. Closing the queue checkpoints once more (a short-lived CLI leaves its writes
+    in the database file; the last connection to close deletes the WAL, as always). If the thread fails, it says
+    so in the log and the queue's connection checkpoints for itself again, as SQLite does by default.
+    """
+
+    # Seconds a RESTART waits for another process's write transaction or reader (its busy timeout; a PASSIVE
+    # checkpoint waits for nothing): then it gives up until the next round, rather than hold the writers longer.
+    RESTART_WAIT = 0.01
+
+    def __init__(self, queue: QueueBase) -> None:
+        self._queue = queue
+        self._wake = threading.Event()
+        self._stopping = False
+        self.rounds_behind = 0  # wake-ups since its last checkpoint (QueueBase._wake_checkpointer)
+        self._conn = sqlite3.connect(queue.path, timeout=self.RESTART_WAIT, isolation_level=None,
+                                     check_same_thread=False)
+        queue._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._thread = threading.Thread(target=self._run, name=f"checkpoint {queue.path}", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Checkpoint what the WAL holds (a short-lived process leaves its writes in the database file), end the
+        thread and close its connection."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                woken = self._wake.wait(IDLE_CHECKPOINT)
+                self._wake.clear()
+                if woken or self._queue._writes:  # or a quiet moment after a few writes: the WAL starts over
+                    self._queue._writes = 0
+                    self.checkpoint()
+                    self.rounds_behind = 0
+                if self._stopping:
+                    return
+        except Exception:
+            log.exception("the WAL checkpointer of %s failed; the queue's connection checkpoints for itself again",
+                          self._queue.path)
+            self._fall_back()
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """(busy, WAL frames, frames copied): PRAGMA wal_checkpoint's row of the last checkpoint run."""
+        found: tuple[int, int, int] = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        busy, frames, copied = found
+        if not busy and frames > WAL_RESTART_FRAMES and copied == frames:
+            # RESTART copies the frames written during the PASSIVE one, holding every writer back (this process's
+            # on the queue's lock, so they do not sleep in SQLite's busy handler), and waits for the readers of
+            # the WAL to finish: the next write starts the WAL over. Tried only when nothing held the PASSIVE one
+            # back (a reader of an old snapshot would hold this one too), and for at most RESTART_WAIT.
+            with self._queue._lock:
+                found = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        return found
+
+    def _fall_back(self) -> None:
+        queue = self._queue
+        with queue._lock:
+            queue._checkpointer = None
+            try:
+                queue._conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}")
+            except sqlite3.Error:  # the queue was closed meanwhile
+                pass
+        try:
+            self._conn.close()
+        except sqlite3.Error:
+            pass
 
 
 def encode_cursor(order: str, key: list[int]) -> str:

@@ -76,7 +76,9 @@ UPDATE jobs SET state = 'running', attempts = attempts + 1, runner_id = :runner,
                 started_at = :now
 WHERE id = :id AND state = 'queued'
 """
-_TAKEN = (_COL["state"], _COL["attempts"], _COL["runner_id"], _COL["lease_expires"], _COL["started_at"])
+# What _TAKE changes, by position in the row: claim returns the row as _TAKE left it without reading it again.
+_STATE, _STARTED = _COL["state"], _COL["started_at"]
+assert (_COL["attempts"], _COL["runner_id"], _COL["lease_expires"]) == (_STATE + 1, _STATE + 2, _STATE + 3)
 
 _PIPELINE_STARTED = "UPDATE pipelines SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'"
 _HEARTBEAT = """
@@ -164,6 +166,7 @@ DELETE FROM pipelines WHERE state NOT IN ('planning', 'queued', 'running') AND f
 _ACTIVE_COUNTS = f"SELECT state, count(*) FROM jobs INDEXED BY jobs_active WHERE {_ACTIVE} GROUP BY state"
 
 Order = Literal["newest", "dispatch"]
+_ENDS = {state.value: state for state in JobState if state.is_terminal}  # a str enum: its members find theirs
 
 
 class JobQueries(QueueBase):
@@ -224,12 +227,13 @@ class JobQueries(QueueBase):
             picked = conn.execute(_CLAIM, params).fetchone()
             if picked is None:
                 return None
-            conn.execute(_TAKE, {"id": picked[0], "runner": runner_id, "lease": lease_seconds, "now": now})
-            row = list(picked)  # the row as _TAKE left it
-            for i, value in zip(_TAKEN, ("running", row[_COL["attempts"]] + 1, runner_id, now + lease_seconds, now)):
-                row[i] = value
+            params["id"] = picked[0]  # _TAKE's other names are the claim's (sqlite3 ignores the keys it does not use)
+            conn.execute(_TAKE, params)
+            attempts = picked[_STATE + 1] + 1
+            row = (*picked[:_STATE], "running", attempts, runner_id, now + lease_seconds, *picked[_STATE + 4:_STARTED],
+                   now, *picked[_STARTED + 1:])
             # A retried job still holds the steps of its previous attempt until the runner resets them.
-            steps = self._steps(conn, row[0]) if row[_COL["attempts"]] > 1 else ()
+            steps = self._steps(conn, row[0]) if attempts > 1 else ()
             pipeline_id = row[_COL["pipeline_id"]]
             started = pipeline_id is not None and conn.execute(_PIPELINE_STARTED, (now, pipeline_id)).rowcount
         if started:
@@ -255,9 +259,10 @@ class JobQueries(QueueBase):
     ) -> None:
         """Finish a job in a terminal state; with runner_id, only if it is still that runner's running job.
         `outputs` are what its steps wrote to $FORGECI_OUTPUT (its dependants see them)."""
-        state = JobState(state)
-        if not state.is_terminal:
-            raise ValueError(f"complete() needs a terminal state, not {state}")
+        end = _ENDS.get(state) if isinstance(state, str) else None  # complete's hot path: no enum call
+        if end is None:
+            raise ValueError(f"complete() needs a terminal state, not {JobState(state)}")
+        state = end
         with self._transaction() as conn:
             params = {"id": job_id, "state": state, "error": error, "runner": runner_id, "now": self._clock(),
                       "outputs": None if outputs is None else json.dumps(dict(outputs))}

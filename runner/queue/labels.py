@@ -125,7 +125,7 @@ class LabelQueries(QueueBase):
     def attempt_runners(self, job_id: int) -> list[dict[str, Any]]:
         """Which runner ran each attempt of a job (its usage rows, and the attempt running now), oldest first."""
         with self._transaction("BEGIN") as conn:
-            rows = conn.execute("SELECT attempt, runner, state FROM usage WHERE job_id = ? ORDER BY attempt, id",
+            rows = conn.execute("SELECT attempt, runner, state FROM usage WHERE job_id = ? ORDER BY attempt, ended_at",
                                 (job_id,)).fetchall()
             now = conn.execute("SELECT attempts, runner_id FROM jobs WHERE id = ? AND state = 'running'",
                                (job_id,)).fetchone()

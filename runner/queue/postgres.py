@@ -35,7 +35,7 @@ from runner.queue.schema import MIGRATIONS, postgres_script
 log = logging.getLogger(__name__)
 WAKE_CHANNEL = "forgeci_queue"  # NOTIFY on it when a job becomes claimable; LISTENers (runners) wake at commit
 # The tables whose rows SQLite numbers itself (INTEGER PRIMARY KEY id): an INSERT into one returns its id.
-IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications", "usage"})
+IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications"})
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.I)
 _WRITES_JOBS = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+jobs\b", re.I)
 _SCHEMA_LOCK = 0x666F7267  # pg_advisory_xact_lock key: one migrator at a time across coordinators
@@ -222,7 +222,11 @@ class PostgresDatabase:
         self.name = _display(url)
         # check: a connection that broke while idle in the pool (a restarted server) is replaced, not handed out.
         self._pool = ConnectionPool(self._conninfo, min_size=min_size, max_size=max_size, timeout=timeout,
-                                    open=False, configure=_configure, check=_check, kwargs={"autocommit": True})
+                                    open=False, configure=_configure, check=_check,
+                                    # psycopg's own automatic PREPAREs off: after a ROLLBACK psycopg drops every
+                                    # prepared statement of the session (DEALLOCATE ALL) once it holds one of its
+                                    # own, and with them the queue's (_prepare), which it believes still there.
+                                    kwargs={"autocommit": True, "prepare_threshold": None})
         try:
             self._pool.open(wait=True, timeout=timeout)
         except PoolTimeout as exc:

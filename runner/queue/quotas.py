@@ -110,8 +110,8 @@ class QuotaQueries(QueueBase):
         """The claim's quota filter (`:quota` in jobs.py's _CLAIM), in its transaction: JSON {"s": [slug, ...],
         "u": ["slug\\x1fuser", ...]} of the queued jobs it must skip (their rule's max_running, or their user's
         per_user_running, is reached), or None: nothing to skip, the claim is as without quotas."""
-        if not any(rule.max_running or rule.per_user_running for rule in self.quota_rules):
-            return None
+        if not self.quota_rules or not any(rule.max_running or rule.per_user_running for rule in self.quota_rules):
+            return None  # (no rules at all is every claim of a server without quotas: the cheapest test first)
         full, full_users = self._full(conn)
         if not full and not full_users:
             return None

@@ -28,13 +28,17 @@ RETENTION_MONTHS = 13  # usage rows are kept at least this many calendar months
 
 _TRIGGERS = (
     # Every attempt that ends (completed, requeued, ended by retries used up or a lease expiry) is one row.
+    # seq: 0, unless this job's attempt of this number already ended at this instant (a retried pipeline numbers its
+    # jobs' attempts afresh; a test's clock stands still): a seek in the key, never a lost row.
     """CREATE TEMP TRIGGER IF NOT EXISTS forgeci_usage AFTER UPDATE OF state ON main.jobs
     WHEN OLD.state = 'running' AND NEW.state != 'running' AND OLD.started_at IS NOT NULL
     BEGIN
         INSERT INTO usage (job_id, attempt, pipeline_id, slug, user, runner, state, started_at, ended_at, seconds,
-                           infra_retry)
+                           infra_retry, seq)
         SELECT NEW.id, OLD.attempts, NEW.pipeline_id, coalesce(NEW.slug, forgeci_slug(NEW.repo), ''), NEW.user,
-               OLD.runner_id, NEW.state, OLD.started_at, e, max(0, e - OLD.started_at), NEW.state = 'queued'
+               OLD.runner_id, NEW.state, OLD.started_at, e, max(0, e - OLD.started_at), NEW.state = 'queued',
+               (SELECT count(*) FROM main.usage AS u WHERE u.ended_at = e AND u.job_id = NEW.id
+                                                      AND u.attempt = OLD.attempts)
         FROM (SELECT coalesce(NEW.finished_at, forgeci_now()) AS e);
     END""",
 )
@@ -144,7 +148,7 @@ class UsageQueries(QueueBase):
         with self._transaction("BEGIN") as conn:
             return conn.execute(
                 "SELECT job_id, attempt, pipeline_id, slug, user, runner, state, started_at, ended_at, seconds, "
-                "infra_retry FROM usage WHERE ended_at >= ? AND ended_at < ? ORDER BY ended_at, id",
+                "infra_retry FROM usage WHERE ended_at >= ? AND ended_at < ? ORDER BY ended_at, job_id, attempt, seq",
                 (since, until)).fetchall()
 
     def usage_report(self, by: By, since: float, until: float) -> list[UsageRow]:

@@ -70,7 +70,7 @@ def history(url: str) -> tuple[dict[int, list[str]], dict[int, list[tuple[float,
             states.setdefault(job_id, []).append(state)
         attempts: dict[int, list[tuple[float, float, str, str]]] = {}
         for job_id, started, ended, state, runner_id in conn.execute(
-                "SELECT job_id, started_at, ended_at, state, runner FROM usage ORDER BY id"):
+                "SELECT job_id, started_at, ended_at, state, runner FROM usage ORDER BY ended_at, job_id, attempt, seq"):
             attempts.setdefault(job_id, []).append((started, ended, state, runner_id or ""))
     return states, attempts
 

@@ -140,6 +140,21 @@ def test_the_metrics_and_usage_triggers_write_their_rows_on_postgresql(pg_url: s
     assert usage == [(job_id, "success", 5.0, 0)]
 
 
+def test_the_prepared_claim_survives_a_rollback_after_statements_run_many_times(pg_url: str) -> None:
+    """psycopg prepares a statement of its own after a few runs and then drops every prepared statement of the
+    session at each ROLLBACK (DEALLOCATE ALL): the queue's prepared claim with them, while the pool believed it
+    still there. A refused completion rolls back; the next claim on the connection must still work."""
+    with PostgresQueue(pg_url, pool_size=1) as q:
+        job_id = q.enqueue(SPEC)
+        with q._db.transaction() as conn:
+            for _ in range(10):  # as _lock_pipeline or the migrations run theirs, with server-side binding
+                conn.raw.execute("SELECT 1 FROM jobs WHERE id = %s", (job_id,))
+        with pytest.raises(InvalidTransition):
+            q.complete(job_id, JobState.success, runner_id="r1")  # queued, not r1's: refused, rolled back
+        claimed = q.claim("r1", 60)
+        assert claimed is not None and claimed.id == job_id
+
+
 # -- durability, wake-ups, reconnecting -----------------------------------------------------------------
 
 

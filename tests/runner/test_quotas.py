@@ -123,6 +123,23 @@ def test_every_attempt_is_one_usage_row_and_retried_ones_are_flagged(tmp_path: P
         assert queue.prune_usage(DEC + 100) == 1 and len(queue.usage_rows(0, 1e12)) == 1
 
 
+def test_an_attempt_number_that_ends_twice_at_one_instant_keeps_both_usage_rows(tmp_path: Path) -> None:
+    """A retried pipeline numbers its jobs' attempts afresh (retry_failed: attempts = 0), and a clock may stand
+    still: usage's key (end, job, attempt) then repeats, and `seq` keeps the second row rather than refuse it."""
+    with Queue(tmp_path / "q.db", clock=Clock(DEC)) as queue:
+        job = queue.enqueue(JobSpec(repo="https://h/acme/app.git", ref="main", meta={"user": "ada"}))
+        queue.claim("agent-1", 60)
+        queue.complete(job, JobState.failure, runner_id="agent-1")
+        with queue._transaction() as conn:  # as PipelineQueries.retry_failed requeues a failed job
+            conn.execute("UPDATE jobs SET state = 'queued', attempts = 0, runner_id = NULL, finished_at = NULL, "
+                         "error = NULL WHERE id = ?", (job,))
+        queue.claim("agent-2", 60)
+        queue.complete(job, JobState.success, runner_id="agent-2")
+        rows = queue.usage_rows(0, 1e12)
+        assert [(r[0], r[1], r[5], r[6], r[8]) for r in rows] == [
+            (job, 1, "agent-1", "failure", DEC), (job, 1, "agent-2", "success", DEC)]
+
+
 def test_a_month_s_minutes_and_max_queued_refuse_and_the_next_month_accepts(tmp_path: Path) -> None:
     clock = Clock(DEC)
     with Queue(tmp_path / "q.db", clock=clock) as queue:
