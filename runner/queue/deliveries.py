@@ -12,7 +12,11 @@ from runner.queue.jobs import CANCEL
 from runner.queue.pipelines import PipelineQueries, Settlement
 
 _SUPERSEDED = "concurrency_group = :group AND id < :before AND NOT cancel_requested"
-_DELIVERY_PIPELINES = "SELECT coalesce(pipeline_ids, '[]'), job_ids FROM deliveries WHERE forge = ? AND delivery_id = ?"
+# The batch's deliveries of one forge seen before, in one statement: a CROSS JOIN, which SQLite runs in the order
+# written (the ids, then a primary key seek each; a plain JOIN scans the table), and not `delivery_id IN (SELECT
+# value FROM json_each(?))`, whose PostgreSQL translation would compare the ids as numbers.
+_SEEN_DELIVERIES = ("SELECT d.delivery_id, coalesce(d.pipeline_ids, '[]'), d.job_ids FROM json_each(?) AS w "
+                    "CROSS JOIN deliveries AS d WHERE d.forge = ? AND d.delivery_id = w.value")
 _RECORD_DELIVERY = "INSERT INTO deliveries (forge, delivery_id, pipeline_ids, received_at) VALUES (?, ?, ?, ?)"
 _JOBS_OF = "SELECT id FROM jobs WHERE pipeline_id IN (SELECT value FROM json_each(?)) ORDER BY id"
 _PRUNE_DELIVERIES = "DELETE FROM deliveries WHERE received_at < ?"
@@ -70,26 +74,54 @@ class DeliveryQueries(PipelineQueries):
         with self._transaction() as conn:
             now = self._clock()
             loose = conn.execute(_LOOSE_JOBS).fetchone() is not None
+            seen = self._seen(conn, deliveries)
+            made: dict[tuple[str, str], Delivery] = {}  # this batch's: a second copy in it is a redelivery
+            rows = []
             for delivery in deliveries:
-                results.append(self._record_delivery(conn, delivery, now, settlements, loose))
+                key = (delivery.forge, delivery.delivery_id)
+                if key in made:
+                    results.append(Delivery(made[key].pipeline_ids, redelivery=True))  # no jobs yet: not planned
+                elif key in seen:
+                    results.append(self._redelivery(conn, *seen[key]))
+                else:
+                    made[key] = result = self._record_delivery(conn, delivery, now, settlements, loose)
+                    rows.append((delivery.forge, delivery.delivery_id, json.dumps(list(result.pipeline_ids)), now))
+                    results.append(result)
+            if rows:
+                conn.executemany(_RECORD_DELIVERY, rows)
             if any(r.pipeline_ids and r.pipeline_ids[0] % PRUNE_EVERY == 0 for r in results if not r.redelivery):
                 conn.execute(_PRUNE_DELIVERIES, (now - DELIVERY_MEMORY,))  # now and then keeps the table small
         for settled in settlements:  # kept only once the transaction committed
             self._settled(settled)
         return results
 
+    @staticmethod
+    def _seen(conn: sqlite3.Connection, deliveries: Sequence[NewDelivery]) -> dict[tuple[str, str], tuple[str, str]]:
+        """(forge, delivery id) -> (pipeline ids, job ids) as JSON, of the deliveries recorded before: one
+        statement per forge in the batch (one, but for a server that several forges deliver to at once)."""
+        by_forge: dict[str, list[str]] = {}
+        for delivery in deliveries:
+            by_forge.setdefault(delivery.forge, []).append(delivery.delivery_id)
+        return {(forge, delivery_id): (pipelines, jobs)
+                for forge, ids in by_forge.items()
+                for delivery_id, pipelines, jobs in conn.execute(_SEEN_DELIVERIES, (json.dumps(ids), forge))}
+
+    @staticmethod
+    def _redelivery(conn: sqlite3.Connection, pipeline_ids: str, job_ids: str) -> Delivery:
+        """What a delivery seen before made: its pipelines and the jobs they have by now (before pipelines, the
+        jobs it made)."""
+        pipelines = tuple(json.loads(pipeline_ids))
+        jobs = [r[0] for r in conn.execute(_JOBS_OF, (pipeline_ids,))] if pipelines else json.loads(job_ids)
+        return Delivery(pipelines, redelivery=True, job_ids=tuple(jobs))
+
     def _record_delivery(self, conn: sqlite3.Connection, delivery: NewDelivery, now: float,
                          settlements: list[Settlement], loose: bool) -> Delivery:
-        seen = conn.execute(_DELIVERY_PIPELINES, (delivery.forge, delivery.delivery_id)).fetchone()
-        if seen is not None:
-            pipelines = tuple(json.loads(seen[0]))
-            jobs = [r[0] for r in conn.execute(_JOBS_OF, (seen[0],))] if pipelines else json.loads(seen[1])
-            return Delivery(pipelines, redelivery=True, job_ids=tuple(jobs))
+        """A new delivery's pipelines, and the older ones they supersede (its own row: enqueue_deliveries)."""
         pipeline_ids = [self._create_pipeline(conn, spec, now) for spec in delivery.specs]
         cancelled: list[int] = []
         stopping: list[int] = []
         superseded: list[int] = []
-        loose: dict[str, list[int]] = {JobState.cancelled: [], JobState.running: []}
+        loose_ended: dict[str, list[int]] = {JobState.cancelled: [], JobState.running: []}
         for spec, pipeline_id in zip(delivery.specs, pipeline_ids):
             if delivery.supersede and spec.concurrency_group is not None:
                 for settled in self.supersede(conn, spec.concurrency_group, pipeline_id):
@@ -100,9 +132,9 @@ class DeliveryQueries(PipelineQueries):
                 if loose:  # jobs of no pipeline in the group go too
                     params = {"group": spec.concurrency_group, "before": 2**62, "now": now}
                     for old_id, state in conn.execute(_CANCEL_LOOSE, params).fetchall():
-                        loose[JobState.cancelled if state == JobState.cancelled else JobState.running].append(old_id)
-        conn.execute(_RECORD_DELIVERY, (delivery.forge, delivery.delivery_id, json.dumps(pipeline_ids), now))
-        loose_cancelled, loose_stopping = loose[JobState.cancelled], loose[JobState.running]
+                        ended = JobState.cancelled if state == JobState.cancelled else JobState.running
+                        loose_ended[ended].append(old_id)
+        loose_cancelled, loose_stopping = loose_ended[JobState.cancelled], loose_ended[JobState.running]
         return Delivery(tuple(pipeline_ids), False, tuple(sorted(cancelled + loose_cancelled)),
                         tuple(sorted(stopping + loose_stopping)), superseded=tuple(superseded),
                         loose_cancelled=tuple(sorted(loose_cancelled)), loose_stopping=tuple(sorted(loose_stopping)))

@@ -45,10 +45,13 @@ INSERT INTO jobs (repo, ref, sha, event, priority, concurrency_group, fork, pr_n
                   blocked, slug, user)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+# The WHERE of the pipelines_unfinished index, spelt as it is: SQLite uses a partial index for a query whose WHERE
+# has the index's own (comparisons, not an IN list, which SQLite tests through a temporary b-tree: schema.py).
+UNFINISHED = "(state = 'planning' OR state = 'queued' OR state = 'running')"
 # Older unfinished pipelines of a group, superseded by a newer one (webhooks with queue.cancel_superseded).
-_SUPERSEDED = """
+_SUPERSEDED = f"""
 SELECT id FROM pipelines INDEXED BY pipelines_unfinished
-WHERE state IN ('planning', 'queued', 'running') AND concurrency_group = ? AND id < ? AND NOT cancel_requested
+WHERE {UNFINISHED} AND concurrency_group = ? AND id < ? AND NOT cancel_requested
 """
 
 
@@ -277,14 +280,14 @@ class PipelineQueries(QueueBase):
         """Pipelines waiting to be planned whose (back-off) time has come, oldest first."""
         with self._transaction("BEGIN") as conn:
             rows = conn.execute(f"SELECT {_PIPELINE_COLUMNS} FROM pipelines INDEXED BY pipelines_unfinished "
-                                f"WHERE state IN ('planning', 'queued', 'running') AND state = 'planning' "
+                                f"WHERE {UNFINISHED} AND state = 'planning' "
                                 f"AND plan_after <= ? ORDER BY id LIMIT ?", (self._clock(), limit)).fetchall()
         return [_pipeline(row) for row in rows]
 
     def next_plan_at(self) -> float | None:
         with self._transaction("BEGIN") as conn:
             row = conn.execute("SELECT min(plan_after) FROM pipelines INDEXED BY pipelines_unfinished "
-                               "WHERE state IN ('planning', 'queued', 'running') AND state = 'planning'").fetchone()
+                               f"WHERE {UNFINISHED} AND state = 'planning'").fetchone()
         return row[0]
 
     def write_plan(self, pipeline_id: int, sha: str | None, jobs: Sequence[PlannedJobRow]) -> tuple[list[int],
@@ -397,8 +400,7 @@ class PipelineQueries(QueueBase):
         its own transaction, so this finds work only if the database was changed by hand or by an old forgeci)."""
         with self._transaction() as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM pipelines INDEXED BY pipelines_unfinished "
-                                              "WHERE state IN ('planning', 'queued', 'running') "
-                                              "AND state != 'planning'").fetchall()]
+                                              f"WHERE {UNFINISHED} AND state != 'planning'").fetchall()]
             return [s for pid in ids if (s := self._settle(conn, pid))]
 
     def _lock_pipeline(self, conn: sqlite3.Connection, pipeline_id: int) -> None:
