@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from runner.models import JobSpec, JobState
 from runner.queue.jobs import CANCEL
+from runner.queue.outbox import record_cancelled
 from runner.queue.pipelines import PipelineQueries, Settlement
 
 _SUPERSEDED = "concurrency_group = :group AND id < :before AND NOT cancel_requested"
@@ -17,7 +18,8 @@ _SUPERSEDED = "concurrency_group = :group AND id < :before AND NOT cancel_reques
 # value FROM json_each(?))`, whose PostgreSQL translation would compare the ids as numbers.
 _SEEN_DELIVERIES = ("SELECT d.delivery_id, coalesce(d.pipeline_ids, '[]'), d.job_ids FROM json_each(?) AS w "
                     "CROSS JOIN deliveries AS d WHERE d.forge = ? AND d.delivery_id = w.value")
-_RECORD_DELIVERY = "INSERT INTO deliveries (forge, delivery_id, pipeline_ids, received_at) VALUES (?, ?, ?, ?)"
+_RECORD_DELIVERY = "INSERT INTO deliveries (forge, delivery_id, pipeline_ids, received_at) VALUES "  # rows added
+RECORD_MANY = 500  # delivery rows per INSERT (4 parameters each)
 _JOBS_OF = "SELECT id FROM jobs WHERE pipeline_id IN (SELECT value FROM json_each(?)) ORDER BY id"
 _PRUNE_DELIVERIES = "DELETE FROM deliveries WHERE received_at < ?"
 # Unfinished jobs of no pipeline (queued before pipelines existed, or a job's retry): rare, and looking for them in a
@@ -75,21 +77,23 @@ class DeliveryQueries(PipelineQueries):
             now = self._clock()
             loose = conn.execute(_LOOSE_JOBS).fetchone() is not None
             seen = self._seen(conn, deliveries)
-            made: dict[tuple[str, str], Delivery] = {}  # this batch's: a second copy in it is a redelivery
-            rows = []
+            fresh: dict[tuple[str, str], NewDelivery] = {}
+            for delivery in deliveries:
+                fresh.setdefault((delivery.forge, delivery.delivery_id), delivery)
+            for key in seen:
+                fresh.pop(key, None)
+            made = dict(zip(fresh, self._record_deliveries(conn, list(fresh.values()), now, settlements, loose)))
+            answered: set[tuple[str, str]] = set()
             for delivery in deliveries:
                 key = (delivery.forge, delivery.delivery_id)
-                if key in made:
-                    results.append(Delivery(made[key].pipeline_ids, redelivery=True))  # no jobs yet: not planned
-                elif key in seen:
+                if key in seen:
                     results.append(self._redelivery(conn, *seen[key]))
+                elif key in answered:  # a second copy in the same batch: its pipelines have no jobs yet
+                    results.append(Delivery(made[key].pipeline_ids, redelivery=True))
                 else:
-                    made[key] = result = self._record_delivery(conn, delivery, now, settlements, loose)
-                    rows.append((delivery.forge, delivery.delivery_id, json.dumps(list(result.pipeline_ids)), now))
-                    results.append(result)
-            if rows:
-                conn.executemany(_RECORD_DELIVERY, rows)
-            if any(r.pipeline_ids and r.pipeline_ids[0] % PRUNE_EVERY == 0 for r in results if not r.redelivery):
+                    answered.add(key)
+                    results.append(made[key])
+            if any(r.pipeline_ids and r.pipeline_ids[0] % PRUNE_EVERY == 0 for r in made.values()):
                 conn.execute(_PRUNE_DELIVERIES, (now - DELIVERY_MEMORY,))  # now and then keeps the table small
         for settled in settlements:  # kept only once the transaction committed
             self._settled(settled)
@@ -114,17 +118,30 @@ class DeliveryQueries(PipelineQueries):
         jobs = [r[0] for r in conn.execute(_JOBS_OF, (pipeline_ids,))] if pipelines else json.loads(job_ids)
         return Delivery(pipelines, redelivery=True, job_ids=tuple(jobs))
 
-    def _record_delivery(self, conn: sqlite3.Connection, delivery: NewDelivery, now: float,
-                         settlements: list[Settlement], loose: bool) -> Delivery:
-        """A new delivery's pipelines, and the older ones they supersede (its own row: enqueue_deliveries)."""
-        pipeline_ids = [self._create_pipeline(conn, spec, now) for spec in delivery.specs]
-        cancelled: list[int] = []
-        stopping: list[int] = []
-        superseded: list[int] = []
-        loose_ended: dict[str, list[int]] = {JobState.cancelled: [], JobState.running: []}
-        for spec, pipeline_id in zip(delivery.specs, pipeline_ids):
-            if delivery.supersede and spec.concurrency_group is not None:
-                for settled in self.supersede(conn, spec.concurrency_group, pipeline_id):
+    def _record_deliveries(self, conn: sqlite3.Connection, deliveries: Sequence[NewDelivery], now: float,
+                           settlements: list[Settlement], loose: bool) -> list[Delivery]:
+        """New deliveries (each once), their pipelines and the older ones these supersede, in a few statements
+        for the whole batch: on the commit thread each statement gives the GIL up and waits to get it back from
+        the event loop, busy with the next requests, so statements per batch count more than their work."""
+        ids = iter(self._create_pipelines(conn, [spec for delivery in deliveries for spec in delivery.specs], now))
+        pipeline_ids = [[next(ids) for _ in delivery.specs] for delivery in deliveries]
+        newer: dict[str, list[int]] = {}  # group -> its superseding new pipelines, ascending
+        for delivery, made in zip(deliveries, pipeline_ids):
+            for spec, pipeline_id in zip(delivery.specs, made):
+                if delivery.supersede and spec.concurrency_group is not None:
+                    newer.setdefault(spec.concurrency_group, []).append(pipeline_id)
+        planning_ended: list[int] = []  # superseded pipelines that were planning: their outbox rows in one statement
+        settled_by = self.cancel_superseded(conn, self.superseded(conn, newer), now, planning_ended)
+        results = []
+        for delivery, made in zip(deliveries, pipeline_ids):
+            cancelled: list[int] = []
+            stopping: list[int] = []
+            superseded: list[int] = []
+            loose_ended: dict[str, list[int]] = {JobState.cancelled: [], JobState.running: []}
+            for spec, pipeline_id in zip(delivery.specs, made):
+                if not delivery.supersede or spec.concurrency_group is None:
+                    continue
+                for settled in settled_by.get(pipeline_id, ()):
                     superseded.append(settled.pipeline_id)
                     cancelled += settled.cancelled
                     stopping += settled.stopping
@@ -132,9 +149,17 @@ class DeliveryQueries(PipelineQueries):
                 if loose:  # jobs of no pipeline in the group go too
                     params = {"group": spec.concurrency_group, "before": 2**62, "now": now}
                     for old_id, state in conn.execute(_CANCEL_LOOSE, params).fetchall():
-                        ended = JobState.cancelled if state == JobState.cancelled else JobState.running
-                        loose_ended[ended].append(old_id)
-        loose_cancelled, loose_stopping = loose_ended[JobState.cancelled], loose_ended[JobState.running]
-        return Delivery(tuple(pipeline_ids), False, tuple(sorted(cancelled + loose_cancelled)),
-                        tuple(sorted(stopping + loose_stopping)), superseded=tuple(superseded),
-                        loose_cancelled=tuple(sorted(loose_cancelled)), loose_stopping=tuple(sorted(loose_stopping)))
+                        how = JobState.cancelled if state == JobState.cancelled else JobState.running
+                        loose_ended[how].append(old_id)
+            loose_cancelled, loose_stopping = loose_ended[JobState.cancelled], loose_ended[JobState.running]
+            results.append(Delivery(
+                tuple(made), False, tuple(sorted(cancelled + loose_cancelled)), tuple(sorted(stopping + loose_stopping)),
+                superseded=tuple(superseded), loose_cancelled=tuple(sorted(loose_cancelled)),
+                loose_stopping=tuple(sorted(loose_stopping))))
+        record_cancelled(conn, planning_ended, now)
+        rows = [(d.forge, d.delivery_id, json.dumps(made), now) for d, made in zip(deliveries, pipeline_ids)]
+        for start in range(0, len(rows), RECORD_MANY):
+            chunk = rows[start:start + RECORD_MANY]
+            conn.execute(_RECORD_DELIVERY + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
+                         [value for row in chunk for value in row])
+        return results

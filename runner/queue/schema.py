@@ -447,15 +447,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER forgeci_status_pipeline AFTER UPDATE OF state ON pipelines FOR EACH ROW
         WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION forgeci_status_pipeline();
     """),
-    # pipelines_unfinished's WHERE as comparisons (runner.queue.pipelines.UNFINISHED, which its queries spell the
-    # same way so that SQLite sees the index applies): SQLite tests an IN list of three or more constants through
-    # a temporary b-tree built by each statement that tests it, and every insert into pipelines and every change
-    # of a pipeline's state tests the index's WHERE (9 us of a webhook delivery's 110 in the queue).
-    """
-    DROP INDEX pipelines_unfinished;
-    CREATE INDEX pipelines_unfinished ON pipelines (concurrency_group, id)
-        WHERE (state = 'planning' OR state = 'queued' OR state = 'running');
-    """,
 )
 
 

@@ -141,19 +141,13 @@ def seed_cluster(conn: sqlite3.Connection) -> None:
 
 
 def seed_nothing(conn: sqlite3.Connection) -> None:
-    """A version that changes an index alone (the claim order's, on PostgreSQL; pipelines_unfinished's WHERE):
-    no new table to fill."""
+    """A version that changes PostgreSQL alone (the claim order's index): SQLite has nothing new to fill."""
 
 
 def version_of_postgres(text: str) -> int:
     """The schema version whose PostgreSQL twin holds `text` (and whose SQLite script is empty)."""
     return next(n for n, script in enumerate(schema.MIGRATIONS, start=1)
                 if not script.strip() and text in (getattr(script, "postgres", None) or ""))
-
-
-def version_of_script(text: str) -> int:
-    """The schema version whose SQLite script holds `text`."""
-    return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if text in script)
 
 
 def version_of(table: str) -> int:
@@ -166,8 +160,7 @@ SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: see
                           version_of("job_caches"): seed_job_caches, version_of("usage"): seed_usage,
                           version_of("agent_tokens"): seed_agent_tokens, version_of("agents"): seed_agents,
                           version_of_postgres("jobs_active ON jobs (state DESC, priority DESC, seq, id)"): seed_nothing,
-                          version_of("status_changes"): seed_cluster,
-                          version_of_script("WHERE (state = 'planning' OR"): seed_nothing}
+                          version_of("status_changes"): seed_cluster}
 
 
 def build(path: Path, version: int) -> None:
