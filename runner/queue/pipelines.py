@@ -35,7 +35,8 @@ _CREATE = """
 INSERT INTO pipelines (repo, ref, sha, event, spec, concurrency_group, created_at, plan_after, slug, user)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-_CREATE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_CREATE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # _CREATE's row: _create_pipelines repeats it
+assert _CREATE.rstrip().endswith(_CREATE_ROW), "_create_pipelines builds its INSERT from _CREATE's last row"
 CREATE_MANY = 200  # pipelines per INSERT of _create_pipelines (10 parameters each; SQLite allows 32,766)
 _JOBS_OF = """
 SELECT id, name, display, state, error, needs, condition, continue_on_error, fail_fast, blocked, cascaded,
