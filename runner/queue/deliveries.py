@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from runner.models import JobSpec, JobState
+from runner.models import JobSpec, JobState, PipelineState
 from runner.queue.jobs import CANCEL
 from runner.queue.outbox import record_cancelled
-from runner.queue.pipelines import PipelineQueries, Settlement
+from runner.queue.pipelines import _CREATE, PipelineQueries, Settlement
+from runner.queue.usage import job_scope
 
 _SUPERSEDED = "concurrency_group = :group AND id < :before AND NOT cancel_requested"
 # The batch's deliveries of one forge seen before, in one statement: a CROSS JOIN, which SQLite runs in the order
@@ -27,6 +29,25 @@ _PRUNE_DELIVERIES = "DELETE FROM deliveries WHERE received_at < ?"
 _LOOSE_JOBS = ("SELECT 1 FROM jobs INDEXED BY jobs_active WHERE state IN ('queued', 'running') "
                "AND pipeline_id IS NULL LIMIT 1")
 _CANCEL_LOOSE = CANCEL.format(where=_SUPERSEDED + " AND pipeline_id IS NULL")
+_CREATE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # _CREATE's row: _create_pipelines repeats it
+assert _CREATE.rstrip().endswith(_CREATE_ROW), "_create_pipelines builds its INSERT from _CREATE's last row"
+CREATE_MANY = 200  # pipelines per INSERT of _create_pipelines (10 parameters each; SQLite allows 32,766)
+# The unfinished pipelines of some groups older than an id, that newer ones supersede (webhooks with
+# queue.cancel_superseded); the groups as a JSON array.
+_SUPERSEDED_PIPELINES = """
+SELECT id, concurrency_group FROM pipelines INDEXED BY pipelines_unfinished
+WHERE state IN ('planning', 'queued', 'running') AND concurrency_group IN (SELECT value FROM json_each(?))
+      AND id < ? AND NOT cancel_requested
+"""
+# Superseded pipelines still planning (a push superseding its branch's last one, nearly always): a burst's in one
+# statement, each with its reason (the CASE, built per batch), as _cancel_pipeline cancels one; the others (their
+# jobs queued or running) go through it.
+_CANCEL_PLANNING = """
+UPDATE pipelines SET cancel_requested = 1, error = CASE id {reasons} ELSE error END, state = 'cancelled',
+                     finished_at = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND state = 'planning' RETURNING id
+"""
+CANCEL_MANY = 200  # superseded pipelines per statement of cancel_superseded
 # Forges redeliver for a few days (GitHub: 3); a delivery older than this is answered as a new one.
 DELIVERY_MEMORY = 7 * 86400.0
 PRUNE_EVERY = 64  # deliveries between two prunings of the deliveries table
@@ -163,3 +184,55 @@ class DeliveryQueries(PipelineQueries):
             conn.execute(_RECORD_DELIVERY + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
                          [value for row in chunk for value in row])
         return results
+
+    def _create_pipelines(self, conn: sqlite3.Connection, specs: Sequence[JobSpec], now: float) -> list[int]:
+        """The ids of new pipelines, in the order of `specs`, made by one INSERT for up to CREATE_MANY of them
+        (a webhook burst: each statement costs the commit thread the GIL back from the busy event loop)."""
+        ids: list[int] = []
+        for start in range(0, len(specs), CREATE_MANY):
+            chunk = specs[start:start + CREATE_MANY]
+            params = [value for spec in chunk for value in (
+                spec.repo, spec.ref, spec.sha, spec.event, spec.to_json(), spec.concurrency_group, now, now,
+                *job_scope(spec))]
+            statement = (_CREATE.rstrip().removesuffix(_CREATE_ROW) + ", ".join([_CREATE_ROW] * len(chunk))
+                         + " RETURNING id")
+            # RETURNING's order is not promised; the ids are: both databases number one INSERT's rows in the
+            # order of its VALUES (SQLite the largest id plus one, PostgreSQL its sequence, which other writers
+            # may interleave with but never reorder).
+            ids += sorted(row[0] for row in conn.execute(statement, params))
+        return ids
+
+    def superseded(self, conn: sqlite3.Connection, newer: Mapping[str, Sequence[int]]) -> dict[int, list[int]]:
+        """Which unfinished pipelines the new ones of `newer` (group -> their ids, ascending) supersede, found in
+        one statement: new pipeline -> the ones it cancels, oldest first. Each older pipeline goes to the first new
+        one after it in its group, as if each new one had cancelled its group's older ones in turn."""
+        if not newer:
+            return {}
+        newest = max(max(ids) for ids in newer.values())
+        found = conn.execute(_SUPERSEDED_PIPELINES, (json.dumps(list(newer)), newest))
+        cancels: dict[int, list[int]] = {}
+        for pipeline_id, group in sorted(found.fetchall()):
+            ids = newer[group]
+            after = bisect.bisect_right(ids, pipeline_id)
+            if after < len(ids):
+                cancels.setdefault(ids[after], []).append(pipeline_id)
+        return cancels
+
+    def cancel_superseded(self, conn: sqlite3.Connection, cancels: Mapping[int, Sequence[int]], now: float,
+                          planning_ended: list[int]) -> dict[int, list[Settlement]]:
+        """Cancel the pipelines that new ones supersede (`cancels`: new pipeline -> the older ones, as superseded
+        finds them), in the caller's transaction: new pipeline -> their settlements. The ones still planning go in
+        one statement and are added to `planning_ended`, for the caller to write their outbox rows in one more
+        (record_cancelled) where _cancel_pipeline writes each one's."""
+        reason_of = {older: f"superseded by pipeline {newer}" for newer, olders in cancels.items() for older in olders}
+        ids = list(reason_of)
+        planning: set[int] = set()
+        for start in range(0, len(ids), CANCEL_MANY):
+            chunk = ids[start:start + CANCEL_MANY]
+            statement = _CANCEL_PLANNING.format(reasons=" ".join(["WHEN ? THEN ?"] * len(chunk)))
+            params = [value for pipeline_id in chunk for value in (pipeline_id, reason_of[pipeline_id])]
+            planning.update(row[0] for row in conn.execute(statement, [*params, now, json.dumps(chunk)]))
+        planning_ended += sorted(planning)
+        return {newer: [Settlement(older, PipelineState.cancelled, reason=reason_of[older]) if older in planning
+                        else self._cancel_pipeline(conn, older, reason_of[older]) for older in olders]
+                for newer, olders in cancels.items()}

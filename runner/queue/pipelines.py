@@ -8,7 +8,6 @@ matrix member with fail_fast cancels its siblings, and the pipeline's own state 
 
 from __future__ import annotations
 
-import bisect
 import json
 import sqlite3
 from collections import defaultdict
@@ -35,9 +34,6 @@ _CREATE = """
 INSERT INTO pipelines (repo, ref, sha, event, spec, concurrency_group, created_at, plan_after, slug, user)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-_CREATE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # _CREATE's row: _create_pipelines repeats it
-assert _CREATE.rstrip().endswith(_CREATE_ROW), "_create_pipelines builds its INSERT from _CREATE's last row"
-CREATE_MANY = 200  # pipelines per INSERT of _create_pipelines (10 parameters each; SQLite allows 32,766)
 _JOBS_OF = """
 SELECT id, name, display, state, error, needs, condition, continue_on_error, fail_fast, blocked, cascaded,
        cancel_requested, outputs, started_at
@@ -49,22 +45,6 @@ INSERT INTO jobs (repo, ref, sha, event, priority, concurrency_group, fork, pr_n
                   blocked, slug, user)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-# The unfinished pipelines of some groups older than an id, that newer ones supersede (webhooks with
-# queue.cancel_superseded); the groups as a JSON array.
-_SUPERSEDED = """
-SELECT id, concurrency_group FROM pipelines INDEXED BY pipelines_unfinished
-WHERE state IN ('planning', 'queued', 'running') AND concurrency_group IN (SELECT value FROM json_each(?))
-      AND id < ? AND NOT cancel_requested
-"""
-# Superseded pipelines still planning (a push superseding its branch's last one, nearly always): a burst's in one
-# statement, each with its reason (the CASE, built per batch), as _cancel_pipeline cancels one; the others (their
-# jobs queued or running) go through it.
-_CANCEL_PLANNING = """
-UPDATE pipelines SET cancel_requested = 1, error = CASE id {reasons} ELSE error END, state = 'cancelled',
-                     finished_at = ?
-WHERE id IN (SELECT value FROM json_each(?)) AND state = 'planning' RETURNING id
-"""
-CANCEL_MANY = 200  # superseded pipelines per statement of cancel_superseded
 
 
 # write_plan's check that the pipeline still plans. Every coordinator's planner plans the shared `planning`
@@ -227,23 +207,6 @@ class PipelineQueries(QueueBase):
                                      now, now, *job_scope(spec)))
         assert cur.lastrowid is not None
         return cur.lastrowid
-
-    def _create_pipelines(self, conn: sqlite3.Connection, specs: Sequence[JobSpec], now: float) -> list[int]:
-        """The ids of new pipelines, in the order of `specs`, made by one INSERT for up to CREATE_MANY of them
-        (a webhook burst: each statement costs the commit thread the GIL back from the busy event loop)."""
-        ids: list[int] = []
-        for start in range(0, len(specs), CREATE_MANY):
-            chunk = specs[start:start + CREATE_MANY]
-            params = [value for spec in chunk for value in (
-                spec.repo, spec.ref, spec.sha, spec.event, spec.to_json(), spec.concurrency_group, now, now,
-                *job_scope(spec))]
-            statement = (_CREATE.rstrip().removesuffix(_CREATE_ROW) + ", ".join([_CREATE_ROW] * len(chunk))
-                         + " RETURNING id")
-            # RETURNING's order is not promised; the ids are: both databases number one INSERT's rows in the
-            # order of its VALUES (SQLite the largest id plus one, PostgreSQL its sequence, which other writers
-            # may interleave with but never reorder).
-            ids += sorted(row[0] for row in conn.execute(statement, params))
-        return ids
 
     def pipeline(self, pipeline_id: int) -> PipelineRecord:
         with self._transaction("BEGIN") as conn:
@@ -417,40 +380,6 @@ class PipelineQueries(QueueBase):
             conn.execute("UPDATE pipelines SET state = 'queued', cancel_requested = 0, finished_at = NULL "
                          "WHERE id = ?", (pipeline_id,))
             return sorted(again), self._settle(conn, pipeline_id)
-
-    def superseded(self, conn: sqlite3.Connection, newer: Mapping[str, Sequence[int]]) -> dict[int, list[int]]:
-        """Which unfinished pipelines the new ones of `newer` (group -> their ids, ascending) supersede, found in
-        one statement: new pipeline -> the ones it cancels, oldest first. Each older pipeline goes to the first new
-        one after it in its group, as if each new one had cancelled its group's older ones in turn."""
-        if not newer:
-            return {}
-        found = conn.execute(_SUPERSEDED, (json.dumps(list(newer)), max(max(ids) for ids in newer.values())))
-        cancels: dict[int, list[int]] = {}
-        for pipeline_id, group in sorted(found.fetchall()):
-            ids = newer[group]
-            after = bisect.bisect_right(ids, pipeline_id)
-            if after < len(ids):
-                cancels.setdefault(ids[after], []).append(pipeline_id)
-        return cancels
-
-    def cancel_superseded(self, conn: sqlite3.Connection, cancels: Mapping[int, Sequence[int]], now: float,
-                          planning_ended: list[int]) -> dict[int, list[Settlement]]:
-        """Cancel the pipelines that new ones supersede (`cancels`: new pipeline -> the older ones, as superseded
-        finds them), in the caller's transaction: new pipeline -> their settlements. The ones still planning go in
-        one statement and are added to `planning_ended`, for the caller to write their outbox rows in one more
-        (record_cancelled) where _cancel_pipeline writes each one's."""
-        reason_of = {older: f"superseded by pipeline {newer}" for newer, olders in cancels.items() for older in olders}
-        ids = list(reason_of)
-        planning: set[int] = set()
-        for start in range(0, len(ids), CANCEL_MANY):
-            chunk = ids[start:start + CANCEL_MANY]
-            statement = _CANCEL_PLANNING.format(reasons=" ".join(["WHEN ? THEN ?"] * len(chunk)))
-            params = [value for pipeline_id in chunk for value in (pipeline_id, reason_of[pipeline_id])]
-            planning.update(row[0] for row in conn.execute(statement, [*params, now, json.dumps(chunk)]))
-        planning_ended += sorted(planning)
-        return {newer: [Settlement(older, PipelineState.cancelled, reason=reason_of[older]) if older in planning
-                        else self._cancel_pipeline(conn, older, reason_of[older]) for older in olders]
-                for newer, olders in cancels.items()}
 
     def settle_all(self) -> list[Settlement]:
         """Settle every unfinished pipeline: after a crash between a job's end and nothing (every path settles in
