@@ -174,9 +174,9 @@ class DeliveryQueries(PipelineQueries):
                         loose_ended[how].append(old_id)
             loose_cancelled, loose_stopping = loose_ended[JobState.cancelled], loose_ended[JobState.running]
             results.append(Delivery(
-                tuple(made), False, tuple(sorted(cancelled + loose_cancelled)), tuple(sorted(stopping + loose_stopping)),
-                superseded=tuple(superseded), loose_cancelled=tuple(sorted(loose_cancelled)),
-                loose_stopping=tuple(sorted(loose_stopping))))
+                tuple(made), False, tuple(sorted(cancelled + loose_cancelled)),
+                tuple(sorted(stopping + loose_stopping)), superseded=tuple(superseded),
+                loose_cancelled=tuple(sorted(loose_cancelled)), loose_stopping=tuple(sorted(loose_stopping))))
         record_cancelled(conn, planning_ended, now)
         rows = [(d.forge, d.delivery_id, json.dumps(made), now) for d, made in zip(deliveries, pipeline_ids)]
         for start in range(0, len(rows), RECORD_MANY):
