@@ -45,12 +45,6 @@ INSERT INTO jobs (repo, ref, sha, event, priority, concurrency_group, fork, pr_n
                   blocked, slug, user)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-# Older unfinished pipelines of a group, superseded by a newer one (webhooks with queue.cancel_superseded).
-_SUPERSEDED = """
-SELECT id FROM pipelines INDEXED BY pipelines_unfinished
-WHERE state IN ('planning', 'queued', 'running') AND concurrency_group = ? AND id < ? AND NOT cancel_requested
-"""
-
 
 
 # write_plan's check that the pipeline still plans. Every coordinator's planner plans the shared `planning`
@@ -386,11 +380,6 @@ class PipelineQueries(QueueBase):
             conn.execute("UPDATE pipelines SET state = 'queued', cancel_requested = 0, finished_at = NULL "
                          "WHERE id = ?", (pipeline_id,))
             return sorted(again), self._settle(conn, pipeline_id)
-
-    def supersede(self, conn: sqlite3.Connection, group: str, newer: int) -> list[Settlement]:
-        """Cancel the older unfinished pipelines of `group` (in the caller's transaction)."""
-        return [self._cancel_pipeline(conn, pid, f"superseded by pipeline {newer}")
-                for (pid,) in conn.execute(_SUPERSEDED, (group, newer)).fetchall()]
 
     def settle_all(self) -> list[Settlement]:
         """Settle every unfinished pipeline: after a crash between a job's end and nothing (every path settles in
