@@ -29,6 +29,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runner.errors import QueueError
+from runner.queue.cluster import STATUS_CHANNEL
 from runner.queue.dialect import postgres
 from runner.queue.schema import MIGRATIONS, postgres_script
 
@@ -38,6 +39,12 @@ WAKE_CHANNEL = "forgeci_queue"  # NOTIFY on it when a job becomes claimable; LIS
 IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications", "usage"})
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.I)
 _WRITES_JOBS = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+jobs\b", re.I)
+_WRITES_STATES = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+(jobs|pipelines)\b", re.I)
+# The status triggers (runner/queue/schema.py) set this session setting on a state change; the connection that
+# committed the change NOTIFYs STATUS_CHANNEL after its COMMIT and clears it (see PostgresConnection.commit).
+STATUS_FLAG = "forgeci.status_changed"
+_STATUS_NOTIFY = (f"SELECT pg_notify('{STATUS_CHANNEL}', ''), set_config('{STATUS_FLAG}', '', false) "
+                  f"WHERE current_setting('{STATUS_FLAG}', true) = 'y'")
 _SCHEMA_LOCK = 0x666F7267  # pg_advisory_xact_lock key: one migrator at a time across coordinators
 
 
@@ -86,6 +93,7 @@ class PostgresConnection:
         self._notifies: list[tuple[str, str]] = []
         self.committed = False  # by a statement's message (execute(commit=True))
         self.wrote_jobs = False  # an INSERT or UPDATE of jobs ran: claimers elsewhere may have work (or a slot)
+        self.wrote_states = False  # one of jobs or pipelines: a status trigger may have flagged the session
 
     @property
     def began(self) -> bool:
@@ -103,8 +111,9 @@ class PostgresConnection:
                 commit: bool = False) -> PostgresCursor:
         """Run one statement; with `commit`, the transaction's NOTIFYs and COMMIT go in its message too (nothing
         may run after it in this transaction): the claim's lock is then held for no round trip of ours."""
-        translated, returns_id, writes_jobs = _statement(statement, self._overrides)
+        translated, returns_id, writes_jobs, writes_states = _statement(statement, self._overrides)
         self.wrote_jobs = self.wrote_jobs or writes_jobs
+        self.wrote_states = self.wrote_states or writes_states
         cursor = psycopg.ClientCursor(self._raw)
         bound = _params(params)
         before = 0  # results ahead of the statement's own, in its message
@@ -127,7 +136,7 @@ class PostgresConnection:
                 bound += [v for pair in self._notifies for v in pair]
                 marks = ["%s"] * (2 * len(self._notifies))
             translated += "".join(f"; SELECT pg_notify({a}, {b})" for a, b in zip(marks[::2], marks[1::2]))
-            translated += "; COMMIT"
+            translated += f"; {_STATUS_NOTIFY}; COMMIT" if self.wrote_states else "; COMMIT"
             self._notifies, self.committed = [], True
         cursor.execute(translated, bound)
         for _ in range(before):
@@ -152,13 +161,15 @@ class PostgresConnection:
         cluster-wide lock from its transaction's commit until that commit returns (async.c), so a notifying
         transaction that flushes the WAL serializes every other notifier behind its flush: committed apart, with
         synchronous_commit = off (a lost wake-up delays claimers to their next poll), commits share their flushes
-        again. The NOTIFYs go only if the COMMIT succeeded: the rest of a message is skipped after an error."""
+        again. The NOTIFYs go only if the COMMIT succeeded: the rest of a message is skipped after an error.
+        The status feed's NOTIFY goes the same way, when the status triggers flagged the session (STATUS_FLAG)."""
         if self.committed:
             return
         parts = ["COMMIT"] if self.began else []
-        if self._notifies:
-            notifies = ", ".join(["pg_notify(%s, %s)"] * len(self._notifies))
-            parts += ["BEGIN", f"SELECT set_config('synchronous_commit', 'off', true), {notifies}", "COMMIT"]
+        if self._notifies or self.wrote_states:
+            notifies = "".join([", pg_notify(%s, %s)"] * len(self._notifies))
+            parts += ["BEGIN", f"SELECT set_config('synchronous_commit', 'off', true){notifies}",
+                      *([_STATUS_NOTIFY] if self.wrote_states else []), "COMMIT"]
         self._pending, self.committed = "", True
         if not parts:
             return
@@ -178,24 +189,25 @@ class PostgresConnection:
 
 _NO_OVERRIDES: Mapping[str, str] = {}
 _NOW = "forgeci_now"  # the clock's name among a named statement's parameters
-_STATEMENTS: dict[tuple[str, str | None], tuple[str, bool, bool]] = {}  # translated once per statement text
+_STATEMENTS: dict[tuple[str, str | None], tuple[str, bool, bool, bool]] = {}  # translated once per statement text
 
 
-def _statement(statement: str, overrides: Mapping[str, str]) -> tuple[str, bool, bool]:
-    """(what PostgreSQL runs, whether it returns the new row's id, whether it writes jobs) of a statement: its
-    override (one statement), or its translation; an INSERT into an identity table without RETURNING returns its id."""
+def _statement(statement: str, overrides: Mapping[str, str]) -> tuple[str, bool, bool, bool]:
+    """(what PostgreSQL runs, whether it returns the new row's id, whether it writes jobs, whether it writes jobs or
+    pipelines) of a statement: its override (one statement), or its translation; an INSERT into an identity table
+    without RETURNING returns its id."""
     override = overrides.get(statement)
     if (found := _STATEMENTS.get((statement, override))) is None:
-        writes_jobs = bool(_WRITES_JOBS.match(statement))
+        writes_jobs, writes_states = bool(_WRITES_JOBS.match(statement)), bool(_WRITES_STATES.match(statement))
         if override is not None:
-            found = (override, False, writes_jobs)
+            found = (override, False, writes_jobs, writes_states)
         else:
             translated, match = postgres(statement), _INSERT.match(statement)
             returns_id = bool(match and match.group(1) in IDENTITY_TABLES
                               and not re.search(r"\bRETURNING\b", statement, re.I))
             if returns_id:
                 translated = translated.rstrip().rstrip(";") + " RETURNING id"
-            found = (translated, returns_id, writes_jobs)
+            found = (translated, returns_id, writes_jobs, writes_states)
         if len(_STATEMENTS) < 4096:  # the queue's statements are a few hundred; built ones (IN lists) vary
             _STATEMENTS[statement, override] = found
     return found
@@ -221,8 +233,11 @@ class PostgresDatabase:
         self._ready_lock = threading.Lock()
         self.name = _display(url)
         # check: a connection that broke while idle in the pool (a restarted server) is replaced, not handed out.
+        # prepare_threshold None: psycopg never prepares a statement of its own, so it never DEALLOCATEs ALL (as it
+        # does after a ROLLBACK when it holds some), which would take forgeci's PREPAREs (`prepared`) along.
         self._pool = ConnectionPool(self._conninfo, min_size=min_size, max_size=max_size, timeout=timeout,
-                                    open=False, configure=_configure, check=_check, kwargs={"autocommit": True})
+                                    open=False, configure=_configure, check=_check,
+                                    kwargs={"autocommit": True, "prepare_threshold": None})
         try:
             self._pool.open(wait=True, timeout=timeout)
         except PoolTimeout as exc:
@@ -265,6 +280,25 @@ class PostgresDatabase:
                     conn.rollback()
                     raise
                 conn.commit()
+        except psycopg.Error as exc:
+            raise QueueError(f"PostgreSQL queue {self.name}: {_first_line(exc)}") from exc
+        except PoolTimeout as exc:
+            raise QueueError(f"PostgreSQL queue {self.name}: no connection ({exc})") from exc
+
+    def call(self, statement: str, params: Sequence[Any], *, setup: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+        """One statement as its own transaction (autocommit: the call of a routine that makes its own transaction,
+        runner.queue.postgres_queue), in one round trip of the extended protocol: the call is parsed, bound and
+        planned (a function scan; the routine's own statements keep their plans on the server) with its parameters
+        sent apart. Not as one of psycopg's prepared statements: psycopg DEALLOCATEs ALL of a session's after a
+        ROLLBACK, forgeci's own PREPAREs with them. `setup`: the names of the `prepared` definitions it needs.
+        Failures surface as QueueError, as transaction()'s do."""
+        try:
+            with self._pool.connection() as raw:
+                if setup:
+                    self._prepare(raw, setup)
+                cursor = raw.execute(statement, params)
+                return cursor.fetchall() if cursor.pgresult and cursor.pgresult.status == pq.ExecStatus.TUPLES_OK \
+                    else []
         except psycopg.Error as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: {_first_line(exc)}") from exc
         except PoolTimeout as exc:
@@ -344,7 +378,14 @@ class _NumberLoader(psycopg.adapt.Loader):
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("numeric", _NumberLoader)
+    conn.add_notice_handler(_log_warning)
     conn.execute("SET synchronous_commit = on")  # see the module's doc: a 202 means committed
+
+
+def _log_warning(notice: psycopg.errors.Diagnostic) -> None:
+    """A WARNING the server sent (forgeci_complete's failed wake-up); its NOTICEs (a routine created) are not news."""
+    if notice.severity_nonlocalized == "WARNING":
+        log.warning("%s", notice.message_primary)
 
 
 def _check(conn: psycopg.Connection[Any]) -> None:

@@ -23,7 +23,8 @@ from runner.queue import pipelines as _pipelines
 from runner.queue.dialect import postgres
 from runner.queue.labels import label_json
 from runner.queue.pipelines import Settlement
-from runner.queue.postgres import WAKE_CHANNEL, Listener, PostgresConnection, PostgresDatabase
+from runner.queue.cluster import STATUS_CHANNEL
+from runner.queue.postgres import STATUS_FLAG, WAKE_CHANNEL, Listener, PostgresConnection, PostgresDatabase
 
 # Claims: SQLite's BEGIN IMMEDIATE serializes them, so max_concurrent, the concurrency groups and the quotas
 # (counts over other rows, which no row lock guards) hold. On PostgreSQL a transaction-level advisory lock does the
@@ -51,7 +52,8 @@ from runner.queue.postgres import WAKE_CHANNEL, Listener, PostgresConnection, Po
 #   gives (test_queue_postgres.py crashes a cluster to show it). Everything else — an enqueue (a webhook's 202), a
 #   job's end, a cancel — commits synchronously.
 CLAIM_LOCK = 0x666F7263
-CLAIM_PRELUDE = ("set_config('synchronous_commit', 'off', true)", f"pg_advisory_xact_lock({CLAIM_LOCK})")
+CLAIM_PRELUDE = ("set_config('synchronous_commit', 'off', true)", f"pg_advisory_xact_lock({CLAIM_LOCK})",
+                 "set_config('enable_bitmapscan', 'off', true)")
 _GENERIC = "set_config('plan_cache_mode', 'force_generic_plan', true)"
 _PG_CLAIM = postgres(_jobs._CLAIM).replace("LIMIT 1)", "LIMIT 1 FOR UPDATE OF q SKIP LOCKED)", 1)
 OVERRIDES: dict[str, str] = {_jobs._CLAIM: _PG_CLAIM}
@@ -82,10 +84,68 @@ def _prepared(name: str, statement: str, types: dict[str, str]) -> str:
     return execute
 
 
-_EXECUTE_CLAIM = _prepared("forgeci_claim", _CLAIM_AND_START, {
-    "runner": "text", "now": "float8", "lease": "float8", "max": "bigint", "quota": "text", "labels": "text"})
 _EXECUTE_COMPLETE = _prepared("forgeci_complete", _COMPLETE_RETURNING, {
     "state": "text", "error": "text", "now": "float8", "outputs": "text", "id": "bigint", "runner": "text"})
+
+
+def _positional(statement: str, names: Sequence[str]) -> str:
+    """A statement's %(name)s placeholders as a routine's positional parameters ($1 for names[0], ...)."""
+    return re.sub(r"%\((\w+)\)s", lambda m: f"${list(names).index(m.group(1)) + 1}", statement).replace("%%", "%")
+
+
+# The two operations of every job, as server-side routines: a message of one Bind and Execute each (one round trip,
+# a plan cached on the server, no statement parsed), where a transaction of statements costs several statements'
+# parsing and results on both sides. They are created on each pooled connection (in pg_temp, as PREPARE is per
+# session): their SQL is this module's, built from the same statements as the transactions, never a stale copy
+# left in the schema by an older forgeci.
+# - forgeci_claim: the claim without quotas (_CLAIM_AND_START) in a transaction of its own: the same settings and
+#   lock as CLAIM_PRELUDE, each statement's snapshot taken after the lock (a VOLATILE function in READ COMMITTED),
+#   the NOTIFYs of the claim's message, and the asynchronous commit when the call returns.
+# - forgeci_complete: the end of a job of no pipeline (nothing to settle: the one statement is the whole
+#   JobQueries.complete), committed synchronously inside the procedure, then its NOTIFYs in a second transaction
+#   with synchronous_commit = off, as PostgresConnection.commit sends them (a NOTIFY holds its lock through its
+#   commit). It changes nothing (`done` false) for a job of a pipeline, or one the guard refuses: PostgresQueue.
+#   complete then runs its transaction, which settles the pipeline or says why.
+_CLAIM_ARGS = ("runner", "now", "lease", "max", "labels")
+_CLAIM_OUT = ", ".join(f"j_{name} jobs.{name}%TYPE" for name in _jobs._COL)
+_STATUS_NOTIFY_PLPGSQL = f"""
+        IF current_setting('{STATUS_FLAG}', true) = 'y' THEN
+            PERFORM pg_notify('{STATUS_CHANNEL}', ''), set_config('{STATUS_FLAG}', '', false);
+        END IF;"""
+_CLAIM_FUNCTION = f"""
+CREATE FUNCTION pg_temp.forgeci_claim(text, float8, float8, bigint, text) RETURNS TABLE ({_CLAIM_OUT}, started bigint)
+LANGUAGE plpgsql AS $forgeci$
+BEGIN
+    PERFORM {", ".join(CLAIM_PRELUDE)}, {_GENERIC}, set_config('forgeci.now', $2::text, true);
+    RETURN QUERY {_positional(_CLAIM_AND_START.replace("%(quota)s", "NULL::text"), _CLAIM_ARGS)};
+    PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY_PLPGSQL}
+END $forgeci$"""
+_COMPLETE_ARGS = ("state", "error", "now", "outputs", "id", "runner")
+_COMPLETE_ALONE = postgres(_jobs._COMPLETE).replace("WHERE id = %(id)s", "WHERE id = %(id)s AND pipeline_id IS NULL", 1)
+assert "pipeline_id IS NULL" in _COMPLETE_ALONE, "jobs._COMPLETE no longer finds the job by :id"
+_COMPLETE_PROCEDURE = f"""
+CREATE PROCEDURE pg_temp.forgeci_complete(text, text, float8, text, bigint, text, INOUT done boolean DEFAULT NULL)
+LANGUAGE plpgsql AS $forgeci$
+BEGIN
+    PERFORM {_GENERIC}, set_config('forgeci.now', $3::text, true);
+    {_positional(_COMPLETE_ALONE, _COMPLETE_ARGS)};
+    done := FOUND;
+    IF done THEN
+        COMMIT;
+        PERFORM set_config('synchronous_commit', 'off', true);
+        BEGIN  -- the job's end is committed: a failed wake-up (a full NOTIFY queue) only delays the claimers' poll
+            PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY_PLPGSQL}
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'PostgreSQL queue: a wake-up NOTIFY failed after its transaction committed: %', SQLERRM;
+        END;
+    END IF;
+END $forgeci$"""
+PREPARED["forgeci_claim_function"] = _CLAIM_FUNCTION
+PREPARED["forgeci_complete_procedure"] = _COMPLETE_PROCEDURE
+_CALL_CLAIM = "SELECT * FROM pg_temp.forgeci_claim(%s::text, %s::float8, %s::float8, %s::bigint, %s::text)"
+_CALL_COMPLETE = "CALL pg_temp.forgeci_complete(%s::text, %s::text, %s::float8, %s::text, %s::bigint, %s::text)"
+_ROUTINES = ("forgeci_claim_function", "forgeci_complete_procedure")
+_STANDALONE_KEPT = 10_000  # job ids remembered as of no pipeline (a fact about the job: it never changes)
 
 
 class PostgresQueue(Queue):
@@ -103,6 +163,7 @@ class PostgresQueue(Queue):
         self._settlements: list[Any] = []
         self._lock = threading.Lock()  # guards nothing of the database (the pool does); kept for QueueBase's users
         self._claiming = threading.local()  # this thread's transaction is a claim's: it takes CLAIM_PRELUDE
+        self._standalone: set[int] = set()  # ids of jobs claimed here that belong to no pipeline
         self._db = PostgresDatabase(url, password, max_size=pool_size, prepared=PREPARED)  # migrates
         self.path = self._db.name
 
@@ -117,16 +178,15 @@ class PostgresQueue(Queue):
                 return super().claim(runner_id, lease_seconds, labels)
             finally:
                 self._claiming.on = False
-        now = self._clock()
-        params = {"runner": runner_id, "lease": lease_seconds, "now": now, "max": self.max_concurrent,
-                  "quota": None, "labels": label_json(labels)}
-        with self._db.transaction(now=now, overrides=OVERRIDES, prelude=(*CLAIM_PRELUDE, _GENERIC),
-                                  prepare=tuple(PREPARED)) as conn:
-            conn.notify(WAKE_CHANNEL)  # a claim changes jobs (a slot is taken): other claimers learn it as usual
-            rows = conn.execute(_EXECUTE_CLAIM, params, commit=True).fetchall()
+        rows = self._db.call(_CALL_CLAIM, (runner_id, self._clock(), lease_seconds, self.max_concurrent,
+                                           label_json(labels)), setup=_ROUTINES)
         if not rows:
             return None
         row, started = rows[0][:-1], rows[0][-1]
+        if row[_jobs._COL["pipeline_id"]] is None:
+            if len(self._standalone) >= _STANDALONE_KEPT:
+                self._standalone.clear()  # a hint only: a job not found here ends by the transaction
+            self._standalone.add(row[0])
         # A retried job still holds the steps of its previous attempt until the runner resets them; only its
         # runner (this caller) writes them now, so reading them after the commit reads what the claim would have.
         steps: tuple[StepRecord, ...] = ()
@@ -141,17 +201,25 @@ class PostgresQueue(Queue):
         self, job_id: int, state: JobState | str, error: str | None = None, runner_id: str | None = None,
         outputs: Mapping[str, str] | None = None,
     ) -> None:
-        """JobQueries.complete, its read of the job's pipeline in the UPDATE's RETURNING (one round trip less)."""
+        """JobQueries.complete: one call of forgeci_complete for a job claimed here of no pipeline; otherwise (or
+        when the call changed nothing) the transaction, its read of the job's pipeline in the UPDATE's RETURNING."""
         state = JobState(state)
         if not state.is_terminal:
             raise ValueError(f"complete() needs a terminal state, not {state}")
+        encoded = None if outputs is None else json.dumps(dict(outputs))
+        if job_id in self._standalone:
+            done = self._db.call(_CALL_COMPLETE, (state.value, error, self._clock(), encoded, job_id, runner_id),
+                                 setup=_ROUTINES)
+            if done and done[0][0]:
+                self._standalone.discard(job_id)
+                return
         with self._transaction(generic=True) as conn:
             params = {"id": job_id, "state": state, "error": error, "runner": runner_id, "now": self._clock(),
-                      "outputs": None if outputs is None else json.dumps(dict(outputs))}
+                      "outputs": encoded}
             rows = conn.execute(_EXECUTE_COMPLETE, params).fetchall()
             if not rows:
                 raise self._refuse(conn, job_id, f"complete as {state}", runner_id)
-            conn.wrote_jobs = True
+            conn.wrote_jobs = conn.wrote_states = True
             settled = None if rows[0][0] is None else self._settle(conn, rows[0][0])
         self._settled(settled)
 
