@@ -224,20 +224,17 @@ class PostgresDatabase:
     """The pool of one queue database. `transaction()` is the PostgreSQL counterpart of QueueBase._transaction."""
 
     def __init__(self, url: str, password: str | None = None, *, min_size: int = 1, max_size: int = 8,
-                 timeout: float = 30.0, prepared: Mapping[str, str] | None = None) -> None:
+                 timeout: float = 30.0, routines: Mapping[str, str] | None = None) -> None:
         self._conninfo = conninfo(url, password)
-        # name -> PREPARE statement: server-side plans a transaction can EXECUTE (planned once per connection),
-        # prepared on a connection before the first transaction that asks for them.
-        self._prepared = dict(prepared or {})
+        # name -> the CREATE of a routine in pg_temp (a session's own), run on a connection before the first
+        # transaction or call that asks for it.
+        self._routines = dict(routines or {})
         self._ready: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = weakref.WeakKeyDictionary()
         self._ready_lock = threading.Lock()
         self.name = _display(url)
         # check: a connection that broke while idle in the pool (a restarted server) is replaced, not handed out.
-        # prepare_threshold None: psycopg never prepares a statement of its own, so it never DEALLOCATEs ALL (as it
-        # does after a ROLLBACK when it holds some), which would take forgeci's PREPAREs (`prepared`) along.
         self._pool = ConnectionPool(self._conninfo, min_size=min_size, max_size=max_size, timeout=timeout,
-                                    open=False, configure=_configure, check=_check,
-                                    kwargs={"autocommit": True, "prepare_threshold": None})
+                                    open=False, configure=_configure, check=_check, kwargs={"autocommit": True})
         try:
             self._pool.open(wait=True, timeout=timeout)
         except PoolTimeout as exc:
@@ -261,18 +258,18 @@ class PostgresDatabase:
     @contextmanager
     def transaction(self, now: float | None = None, overrides: Mapping[str, str] | None = None,
                     snapshot: bool = False, prelude: Sequence[str] = (),
-                    prepare: Sequence[str] = ()) -> Iterator[PostgresConnection]:
+                    routines: Sequence[str] = ()) -> Iterator[PostgresConnection]:
         """One READ COMMITTED transaction (writers; the claim serializes itself), or with `snapshot` a REPEATABLE
         READ one (the readers of SQLite's plain BEGIN); a failure rolls back and surfaces as QueueError.
         `prelude`: SQL expressions (no placeholders, no `%`, no braces) evaluated in the message of BEGIN, in one
         SELECT with the clock (the claim's lock; set_config(..., true) for a setting of this transaction alone);
-        `prepare`: the names of the prepared statements it EXECUTEs."""
+        `routines`: the names of the routines it calls."""
         # SQLite's plain BEGIN: every read of the transaction sees one state of the database.
         begin = "BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN"
         try:
             with self._pool.connection() as raw:
-                if prepare:
-                    self._prepare(raw, prepare)
+                if routines:
+                    self._create(raw, routines)
                 conn = PostgresConnection(raw, overrides, begin, now, prelude)
                 try:
                     yield conn
@@ -285,18 +282,16 @@ class PostgresDatabase:
         except PoolTimeout as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: no connection ({exc})") from exc
 
-    def call(self, statement: str, params: Sequence[Any], *, setup: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+    def call(self, statement: str, params: Sequence[Any], *, routines: Sequence[str] = ()) -> list[tuple[Any, ...]]:
         """One statement as its own transaction (autocommit: the call of a routine that makes its own transaction,
-        runner.queue.postgres_queue), in one round trip of the extended protocol: the call is parsed, bound and
-        planned (a function scan; the routine's own statements keep their plans on the server) with its parameters
-        sent apart. Not as one of psycopg's prepared statements: psycopg DEALLOCATEs ALL of a session's after a
-        ROLLBACK, forgeci's own PREPAREs with them. `setup`: the names of the `prepared` definitions it needs.
-        Failures surface as QueueError, as transaction()'s do."""
+        runner.queue.postgres_queue), as a prepared statement: after its first call on a connection, one message
+        of Bind and Execute. `routines`: the names of the routines it calls. Failures surface as QueueError, as
+        transaction()'s do."""
         try:
             with self._pool.connection() as raw:
-                if setup:
-                    self._prepare(raw, setup)
-                cursor = raw.execute(statement, params)
+                if routines:
+                    self._create(raw, routines)
+                cursor = raw.execute(statement, params, prepare=True)
                 return cursor.fetchall() if cursor.pgresult and cursor.pgresult.status == pq.ExecStatus.TUPLES_OK \
                     else []
         except psycopg.Error as exc:
@@ -304,12 +299,12 @@ class PostgresDatabase:
         except PoolTimeout as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: no connection ({exc})") from exc
 
-    def _prepare(self, raw: psycopg.Connection[Any], names: Sequence[str]) -> None:
+    def _create(self, raw: psycopg.Connection[Any], names: Sequence[str]) -> None:
         with self._ready_lock:
             ready = self._ready.setdefault(raw, set())
         for name in names:
-            if name not in ready:  # outside any transaction: a PREPARE outlives a rollback, so it runs once
-                raw.execute(self._prepared[name])
+            if name not in ready:  # outside any transaction: it outlives a rollback, so it runs once
+                raw.execute(self._routines[name])
                 ready.add(name)
 
     def version(self) -> int:
