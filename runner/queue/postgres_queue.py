@@ -20,10 +20,10 @@ from runner.models import Job, JobState, PipelineState, StepRecord
 from runner.queue import Queue
 from runner.queue import jobs as _jobs
 from runner.queue import pipelines as _pipelines
+from runner.queue.cluster import STATUS_CHANNEL
 from runner.queue.dialect import postgres
 from runner.queue.labels import label_json
 from runner.queue.pipelines import Settlement
-from runner.queue.cluster import STATUS_CHANNEL
 from runner.queue.postgres import STATUS_FLAG, WAKE_CHANNEL, Listener, PostgresConnection, PostgresDatabase
 
 # Claims: SQLite's BEGIN IMMEDIATE serializes them, so max_concurrent, the concurrency groups and the quotas
