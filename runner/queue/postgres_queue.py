@@ -65,8 +65,11 @@ OVERRIDES[_pipelines.PLAN_STATE] = postgres(_pipelines.PLAN_STATE) + " FOR UPDAT
 # (_PIPELINE_STARTED) as one statement of data-modifying CTEs; the last column says whether it started the pipeline.
 _TAKE_PICKED = postgres(_jobs._TAKE).replace("%(id)s", "(SELECT id FROM picked)", 1).rstrip()
 assert "(SELECT id FROM picked)" in _TAKE_PICKED, "jobs._TAKE no longer takes the job by :id"
+# The pick needs the id alone: the take returns the row.
+_PICK = _PG_CLAIM.replace(f"SELECT {_jobs._JOB_COLUMNS} FROM jobs", "SELECT id FROM jobs", 1)
+assert _PICK != _PG_CLAIM, "jobs._CLAIM no longer selects the job's columns"
 _CLAIM_AND_START = f"""
-WITH picked AS ({_PG_CLAIM}),
+WITH picked AS ({_PICK}),
      taken AS ({_TAKE_PICKED}
                RETURNING {_jobs._JOB_COLUMNS}),
      started AS (UPDATE pipelines SET state = 'running', started_at = %(now)s

@@ -141,7 +141,8 @@ def seed_cluster(conn: sqlite3.Connection) -> None:
 
 
 def seed_nothing(conn: sqlite3.Connection) -> None:
-    """A version that changes PostgreSQL alone (the claim order's index): SQLite has nothing new to fill."""
+    """A version that changes PostgreSQL alone (the claim order's index, the status triggers): SQLite has nothing
+    new to fill."""
 
 
 def version_of_postgres(text: str) -> int:
@@ -160,7 +161,8 @@ SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: see
                           version_of("job_caches"): seed_job_caches, version_of("usage"): seed_usage,
                           version_of("agent_tokens"): seed_agent_tokens, version_of("agents"): seed_agents,
                           version_of_postgres("jobs_active ON jobs (state DESC, priority DESC, seq, id)"): seed_nothing,
-                          version_of("status_changes"): seed_cluster}
+                          version_of("status_changes"): seed_cluster,
+                          version_of_postgres("PERFORM set_config('forgeci.status_changed'"): seed_nothing}
 
 
 def build(path: Path, version: int) -> None:
