@@ -100,7 +100,7 @@ def _positional(statement: str, names: Sequence[str]) -> str:
 #   synchronous_commit = off, as PostgresConnection.commit sends them (a NOTIFY holds its lock through its commit's
 #   WAL flush). It changes nothing (`done` false) for a job of a pipeline or one the guard refuses: PostgresQueue.
 #   complete runs the transaction then, which settles the pipeline or says why.
-_STATUS_NOTIFY = f"""
+_STATUS_NOTIFY_PLPGSQL = f"""
         IF current_setting('{STATUS_FLAG}', true) = 'y' THEN
             PERFORM pg_notify('{STATUS_CHANNEL}', ''), set_config('{STATUS_FLAG}', '', false);
         END IF;"""
@@ -115,7 +115,7 @@ LANGUAGE plpgsql AS $forgeci$
 BEGIN
     PERFORM {", ".join(CLAIM_PRELUDE)}, {_GENERIC}, set_config('forgeci.now', $2::text, true);
     RETURN QUERY {_positional(_CLAIM_AND_START.replace("%(quota)s", "NULL::text"), _CLAIM_ARGS)};
-    PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY}
+    PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY_PLPGSQL}
 END $forgeci$""",
     "forgeci_end": f"""
 CREATE FUNCTION pg_temp.forgeci_end({_COMPLETE_TYPES}) RETURNS TABLE (pipeline_id bigint)
@@ -137,7 +137,7 @@ BEGIN
         COMMIT;
         PERFORM set_config('synchronous_commit', 'off', true);
         BEGIN  -- the job's end is committed: a failed wake-up (a full NOTIFY queue) only delays the claimers' poll
-            PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY}
+            PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY_PLPGSQL}
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'PostgreSQL queue: a wake-up NOTIFY failed after its transaction committed: %', SQLERRM;
         END;
