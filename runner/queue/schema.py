@@ -447,11 +447,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER forgeci_status_pipeline AFTER UPDATE OF state ON pipelines FOR EACH ROW
         WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION forgeci_status_pipeline();
     """),
-    # PostgreSQL only: the status triggers flag their session instead of NOTIFYing. A NOTIFY holds a cluster-wide
-    # lock from its transaction's commit until that commit returns, WAL flush included, so a NOTIFY inside every
-    # state change serialized all of them (and every claim) behind one flush at a time. The connection that
-    # committed sends the NOTIFY itself, after the COMMIT, when the flag says a change was made (set_config with
-    # is_local = false: a session setting, undone with a rolled-back transaction; runner/queue/postgres.py).
+    # PostgreSQL only: the status triggers flag their session (undone by a rollback) instead of NOTIFYing, which
+    # held a cluster-wide lock through the commit's WAL flush and serialized every state change behind one flush;
+    # the committing connection sends the NOTIFY after its COMMIT (runner/queue/postgres.py, STATUS_FLAG).
     Migration("", postgres="""
     CREATE OR REPLACE FUNCTION forgeci_status_job() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
