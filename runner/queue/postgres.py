@@ -288,18 +288,24 @@ class PostgresDatabase:
         of Bind and Execute. `routines`: the names of the routines it calls. Failures surface as QueueError, as
         transaction()'s do."""
         try:
-            with self._pool.connection() as raw:
+            raw = self._pool.getconn()  # not connection(): an autocommit call has no transaction to end
+            try:
                 if routines:
                     self._create(raw, routines)
                 cursor = raw.execute(statement, params, prepare=True)
                 return cursor.fetchall() if cursor.pgresult and cursor.pgresult.status == pq.ExecStatus.TUPLES_OK \
                     else []
+            finally:
+                self._pool.putconn(raw)
         except psycopg.Error as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: {_first_line(exc)}") from exc
         except PoolTimeout as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: no connection ({exc})") from exc
 
     def _create(self, raw: psycopg.Connection[Any], names: Sequence[str]) -> None:
+        ready = self._ready.get(raw)
+        if ready is not None and ready.issuperset(names):
+            return
         with self._ready_lock:
             ready = self._ready.setdefault(raw, set())
         for name in names:
