@@ -93,7 +93,9 @@ def _positional(statement: str, names: Sequence[str]) -> str:
 # statements as the transactions, never a stale copy an older forgeci left in the schema.
 # - forgeci_claim: the claim without quotas (_CLAIM_AND_START) as a transaction of its own: CLAIM_PRELUDE's
 #   settings and lock first, so each later statement's snapshot is taken after the lock (a VOLATILE function in
-#   READ COMMITTED), the NOTIFYs of a claim, and the asynchronous commit when the call returns.
+#   READ COMMITTED), the NOTIFYs of a claim that took a job, and the asynchronous commit when the call returns.
+#   (A claim that found nothing used to NOTIFY too: every listener, this process's own, then claimed again, found
+#   nothing and NOTIFYed, so idle coordinators kept claiming at the rate of a round trip.)
 # - forgeci_end: the completion's UPDATE, returning the pipeline JobQueries.complete settles (in its transaction).
 # - forgeci_complete: all of JobQueries.complete for a job of no pipeline (nothing to settle: the UPDATE is the
 #   whole of it), committed synchronously inside the procedure; then its NOTIFYs in a second transaction with
@@ -115,7 +117,9 @@ LANGUAGE plpgsql AS $forgeci$
 BEGIN
     PERFORM {", ".join(CLAIM_PRELUDE)}, {_GENERIC}, set_config('forgeci.now', $2::text, true);
     RETURN QUERY {_positional(_CLAIM_AND_START.replace("%(quota)s", "NULL::text"), _CLAIM_ARGS)};
-    PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY_PLPGSQL}
+    IF FOUND THEN  -- a slot taken (claimers elsewhere learn it); a claim that took nothing wrote nothing
+        PERFORM pg_notify('{WAKE_CHANNEL}', '');
+    END IF;{_STATUS_NOTIFY_PLPGSQL}
 END $forgeci$""",
     "forgeci_end": f"""
 CREATE FUNCTION pg_temp.forgeci_end({_COMPLETE_TYPES}) RETURNS TABLE (pipeline_id bigint)

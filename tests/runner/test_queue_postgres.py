@@ -175,6 +175,9 @@ def test_a_transaction_that_writes_jobs_wakes_the_listeners_of_every_queue_objec
             assert listener.wait(10)
             assert consumer.claim("r1", 60).id == job_id
             assert listener.wait(10)  # the claim changed jobs too (a slot is taken; others learn it the same way)
+            # One that finds nothing changes nothing: a wake-up would make every listener (this process's own
+            # too) claim again and wake the others in turn, for as long as the queue stays empty.
+            assert consumer.claim("r2", 60) is None and not listener.wait(0.3)
         finally:
             listener.close()
 
