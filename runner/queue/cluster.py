@@ -14,7 +14,7 @@ from runner.logs import LogLine
 from runner.queue.base import QueueBase
 
 LOG_CHANNEL = "forgeci_logs"  # NOTIFY payload: the job id whose log has new chunks
-STATUS_CHANNEL = "forgeci_status"  # NOTIFY (by the triggers): status_changes has new rows
+STATUS_CHANNEL = "forgeci_status"  # NOTIFY after a commit that wrote status_changes rows (runner/queue/postgres.py)
 EVENT_CHANNEL = "forgeci_events"  # NOTIFY payload: one job or pipeline event as JSON (runner/cluster_events.py)
 
 

@@ -50,7 +50,7 @@ def postgres(sql: str) -> str:
 
 def postgres_ddl(script: str) -> str:
     """A migration script's statements as PostgreSQL DDL (no placeholders: psycopg leaves `%` alone then)."""
-    from runner.queue.schema import _statements as statements
+    from runner.queue.migration import statements
 
     return "\n".join(_translate(statement, placeholders=False, ddl=True) for statement in statements(script))
 

@@ -29,8 +29,10 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runner.errors import QueueError
+from runner.queue.cluster import STATUS_CHANNEL
 from runner.queue.dialect import postgres
-from runner.queue.schema import MIGRATIONS, postgres_script
+from runner.queue.migration import postgres_script
+from runner.queue.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 WAKE_CHANNEL = "forgeci_queue"  # NOTIFY on it when a job becomes claimable; LISTENers (runners) wake at commit
@@ -38,6 +40,12 @@ WAKE_CHANNEL = "forgeci_queue"  # NOTIFY on it when a job becomes claimable; LIS
 IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications"})
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.I)
 _WRITES_JOBS = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+jobs\b", re.I)
+_WRITES_STATES = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+(jobs|pipelines)\b", re.I)
+# The status triggers (runner/queue/schema.py) set this session setting on a state change; the connection that
+# committed the change NOTIFYs STATUS_CHANNEL after its COMMIT and clears it (see PostgresConnection.commit).
+STATUS_FLAG = "forgeci.status_changed"
+_STATUS_NOTIFY = (f"SELECT pg_notify('{STATUS_CHANNEL}', ''), set_config('{STATUS_FLAG}', '', false) "
+                  f"WHERE current_setting('{STATUS_FLAG}', true) = 'y'")
 _SCHEMA_LOCK = 0x666F7267  # pg_advisory_xact_lock key: one migrator at a time across coordinators
 
 
@@ -86,6 +94,7 @@ class PostgresConnection:
         self._notifies: list[tuple[str, str]] = []
         self.committed = False  # by a statement's message (execute(commit=True))
         self.wrote_jobs = False  # an INSERT or UPDATE of jobs ran: claimers elsewhere may have work (or a slot)
+        self.wrote_states = False  # one of jobs or pipelines: a status trigger may have flagged the session
 
     @property
     def began(self) -> bool:
@@ -103,8 +112,9 @@ class PostgresConnection:
                 commit: bool = False) -> PostgresCursor:
         """Run one statement; with `commit`, the transaction's NOTIFYs and COMMIT go in its message too (nothing
         may run after it in this transaction): the claim's lock is then held for no round trip of ours."""
-        translated, returns_id, writes_jobs = _statement(statement, self._overrides)
+        translated, returns_id, writes_jobs, writes_states = _statement(statement, self._overrides)
         self.wrote_jobs = self.wrote_jobs or writes_jobs
+        self.wrote_states = self.wrote_states or writes_states
         cursor = psycopg.ClientCursor(self._raw)
         bound = _params(params)
         before = 0  # results ahead of the statement's own, in its message
@@ -127,7 +137,7 @@ class PostgresConnection:
                 bound += [v for pair in self._notifies for v in pair]
                 marks = ["%s"] * (2 * len(self._notifies))
             translated += "".join(f"; SELECT pg_notify({a}, {b})" for a, b in zip(marks[::2], marks[1::2]))
-            translated += "; COMMIT"
+            translated += f"; {_STATUS_NOTIFY}; COMMIT" if self.wrote_states else "; COMMIT"
             self._notifies, self.committed = [], True
         cursor.execute(translated, bound)
         for _ in range(before):
@@ -152,13 +162,15 @@ class PostgresConnection:
         cluster-wide lock from its transaction's commit until that commit returns (async.c), so a notifying
         transaction that flushes the WAL serializes every other notifier behind its flush: committed apart, with
         synchronous_commit = off (a lost wake-up delays claimers to their next poll), commits share their flushes
-        again. The NOTIFYs go only if the COMMIT succeeded: the rest of a message is skipped after an error."""
+        again. The NOTIFYs go only if the COMMIT succeeded: the rest of a message is skipped after an error.
+        The status feed's NOTIFY goes the same way, when the status triggers flagged the session (STATUS_FLAG)."""
         if self.committed:
             return
         parts = ["COMMIT"] if self.began else []
-        if self._notifies:
-            notifies = ", ".join(["pg_notify(%s, %s)"] * len(self._notifies))
-            parts += ["BEGIN", f"SELECT set_config('synchronous_commit', 'off', true), {notifies}", "COMMIT"]
+        if self._notifies or self.wrote_states:
+            notifies = "".join([", pg_notify(%s, %s)"] * len(self._notifies))
+            parts += ["BEGIN", f"SELECT set_config('synchronous_commit', 'off', true){notifies}",
+                      *([_STATUS_NOTIFY] if self.wrote_states else []), "COMMIT"]
         self._pending, self.committed = "", True
         if not parts:
             return
@@ -178,24 +190,25 @@ class PostgresConnection:
 
 _NO_OVERRIDES: Mapping[str, str] = {}
 _NOW = "forgeci_now"  # the clock's name among a named statement's parameters
-_STATEMENTS: dict[tuple[str, str | None], tuple[str, bool, bool]] = {}  # translated once per statement text
+_STATEMENTS: dict[tuple[str, str | None], tuple[str, bool, bool, bool]] = {}  # translated once per statement text
 
 
-def _statement(statement: str, overrides: Mapping[str, str]) -> tuple[str, bool, bool]:
-    """(what PostgreSQL runs, whether it returns the new row's id, whether it writes jobs) of a statement: its
-    override (one statement), or its translation; an INSERT into an identity table without RETURNING returns its id."""
+def _statement(statement: str, overrides: Mapping[str, str]) -> tuple[str, bool, bool, bool]:
+    """(what PostgreSQL runs, whether it returns the new row's id, whether it writes jobs, whether it writes jobs or
+    pipelines) of a statement: its override (one statement), or its translation; an INSERT into an identity table
+    without RETURNING returns its id."""
     override = overrides.get(statement)
     if (found := _STATEMENTS.get((statement, override))) is None:
-        writes_jobs = bool(_WRITES_JOBS.match(statement))
+        writes_jobs, writes_states = bool(_WRITES_JOBS.match(statement)), bool(_WRITES_STATES.match(statement))
         if override is not None:
-            found = (override, False, writes_jobs)
+            found = (override, False, writes_jobs, writes_states)
         else:
             translated, match = postgres(statement), _INSERT.match(statement)
             returns_id = bool(match and match.group(1) in IDENTITY_TABLES
                               and not re.search(r"\bRETURNING\b", statement, re.I))
             if returns_id:
                 translated = translated.rstrip().rstrip(";") + " RETURNING id"
-            found = (translated, returns_id, writes_jobs)
+            found = (translated, returns_id, writes_jobs, writes_states)
         if len(_STATEMENTS) < 4096:  # the queue's statements are a few hundred; built ones (IN lists) vary
             _STATEMENTS[statement, override] = found
     return found
@@ -212,11 +225,11 @@ class PostgresDatabase:
     """The pool of one queue database. `transaction()` is the PostgreSQL counterpart of QueueBase._transaction."""
 
     def __init__(self, url: str, password: str | None = None, *, min_size: int = 1, max_size: int = 8,
-                 timeout: float = 30.0, prepared: Mapping[str, str] | None = None) -> None:
+                 timeout: float = 30.0, routines: Mapping[str, str] | None = None) -> None:
         self._conninfo = conninfo(url, password)
-        # name -> PREPARE statement: server-side plans a transaction can EXECUTE (planned once per connection),
-        # prepared on a connection before the first transaction that asks for them.
-        self._prepared = dict(prepared or {})
+        # name -> the CREATE of a routine in pg_temp (a session's own), run on a connection before the first
+        # transaction or call that asks for it.
+        self._routines = dict(routines or {})
         self._ready: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = weakref.WeakKeyDictionary()
         self._ready_lock = threading.Lock()
         self.name = _display(url)
@@ -250,18 +263,18 @@ class PostgresDatabase:
     @contextmanager
     def transaction(self, now: float | None = None, overrides: Mapping[str, str] | None = None,
                     snapshot: bool = False, prelude: Sequence[str] = (),
-                    prepare: Sequence[str] = ()) -> Iterator[PostgresConnection]:
+                    routines: Sequence[str] = ()) -> Iterator[PostgresConnection]:
         """One READ COMMITTED transaction (writers; the claim serializes itself), or with `snapshot` a REPEATABLE
         READ one (the readers of SQLite's plain BEGIN); a failure rolls back and surfaces as QueueError.
         `prelude`: SQL expressions (no placeholders, no `%`, no braces) evaluated in the message of BEGIN, in one
         SELECT with the clock (the claim's lock; set_config(..., true) for a setting of this transaction alone);
-        `prepare`: the names of the prepared statements it EXECUTEs."""
+        `routines`: the names of the routines it calls."""
         # SQLite's plain BEGIN: every read of the transaction sees one state of the database.
         begin = "BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN"
         try:
             with self._pool.connection() as raw:
-                if prepare:
-                    self._prepare(raw, prepare)
+                if routines:
+                    self._create(raw, routines)
                 conn = PostgresConnection(raw, overrides, begin, now, prelude)
                 try:
                     yield conn
@@ -274,12 +287,35 @@ class PostgresDatabase:
         except PoolTimeout as exc:
             raise QueueError(f"PostgreSQL queue {self.name}: no connection ({exc})") from exc
 
-    def _prepare(self, raw: psycopg.Connection[Any], names: Sequence[str]) -> None:
+    def call(self, statement: str, params: Sequence[Any], *, routines: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+        """One statement as its own transaction (autocommit: the call of a routine that makes its own transaction,
+        runner.queue.postgres_queue), as a prepared statement: after its first call on a connection, one message
+        of Bind and Execute. `routines`: the names of the routines it calls. Failures surface as QueueError, as
+        transaction()'s do."""
+        try:
+            raw = self._pool.getconn()  # not connection(): an autocommit call has no transaction to end
+            try:
+                if routines:
+                    self._create(raw, routines)
+                cursor = raw.execute(statement, params, prepare=True)
+                return cursor.fetchall() if cursor.pgresult and cursor.pgresult.status == pq.ExecStatus.TUPLES_OK \
+                    else []
+            finally:
+                self._pool.putconn(raw)
+        except psycopg.Error as exc:
+            raise QueueError(f"PostgreSQL queue {self.name}: {_first_line(exc)}") from exc
+        except PoolTimeout as exc:
+            raise QueueError(f"PostgreSQL queue {self.name}: no connection ({exc})") from exc
+
+    def _create(self, raw: psycopg.Connection[Any], names: Sequence[str]) -> None:
+        ready = self._ready.get(raw)
+        if ready is not None and ready.issuperset(names):
+            return
         with self._ready_lock:
             ready = self._ready.setdefault(raw, set())
         for name in names:
-            if name not in ready:  # outside any transaction: a PREPARE outlives a rollback, so it runs once
-                raw.execute(self._prepared[name])
+            if name not in ready:  # outside any transaction: it outlives a rollback, so it runs once
+                raw.execute(self._routines[name])
                 ready.add(name)
 
     def version(self) -> int:
@@ -348,7 +384,14 @@ class _NumberLoader(psycopg.adapt.Loader):
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("numeric", _NumberLoader)
+    conn.add_notice_handler(_log_warning)
     conn.execute("SET synchronous_commit = on")  # see the module's doc: a 202 means committed
+
+
+def _log_warning(notice: psycopg.errors.Diagnostic) -> None:
+    """A WARNING the server sent (forgeci_complete's failed wake-up); its NOTICEs (a routine created) are not news."""
+    if notice.severity_nonlocalized == "WARNING":
+        log.warning("%s", notice.message_primary)
 
 
 def _check(conn: psycopg.Connection[Any]) -> None:

@@ -1,36 +1,12 @@
-"""The queue database's schema: the migration chain (DDL of every table) and the code that applies it."""
+"""The queue database's schema: the migration chain (DDL of every table) and the code that applies it on SQLite
+(runner.queue.postgres applies it on PostgreSQL)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 
 from runner.errors import QueueError
-
-
-
-class Migration(str):
-    """A migration whose PostgreSQL DDL is not the mechanical translation of its SQLite text (runner.queue.dialect):
-    the string is the SQLite script, unchanged; `postgres` is the same version written for PostgreSQL."""
-
-    postgres: str | None
-    postgres_after: str
-
-    def __new__(cls, sqlite: str, *, postgres: str | None = None, postgres_after: str = "") -> Migration:
-        migration = super().__new__(cls, sqlite)
-        migration.postgres, migration.postgres_after = postgres, postgres_after
-        return migration
-
-
-def postgres_script(migration: str) -> str:
-    """A migration as PostgreSQL runs it: its own text, else its SQLite text translated (and `postgres_after`:
-    what only PostgreSQL needs, such as the triggers SQLite installs per connection)."""
-    from runner.queue.dialect import postgres_ddl
-
-    if isinstance(migration, Migration):
-        return migration.postgres or postgres_ddl(migration) + "\n" + migration.postgres_after
-    return postgres_ddl(migration)
-
+from runner.queue.migration import Migration, statements
 
 # Schema migrations, applied in order; PRAGMA user_version counts the applied ones (on PostgreSQL the row of
 # forgeci_schema). Never edit a released entry: append a new script (ALTER TABLE ... ADD COLUMN, CREATE TABLE ...)
@@ -463,6 +439,25 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE usage;
     ALTER TABLE usage_by_end RENAME TO usage;
     """, postgres="ALTER TABLE usage ADD COLUMN seq BIGINT NOT NULL DEFAULT 0; ALTER TABLE usage DROP COLUMN id;"),
+    # PostgreSQL only: the status triggers flag their session (undone by a rollback) instead of NOTIFYing, which
+    # held a cluster-wide lock through the commit's WAL flush and serialized every state change behind one flush;
+    # the committing connection sends the NOTIFY after its COMMIT (runner/queue/postgres.py, STATUS_FLAG).
+    Migration("", postgres="""
+    CREATE OR REPLACE FUNCTION forgeci_status_job() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO status_changes (job_id, pipeline_id, state, at)
+        VALUES (NEW.id, NEW.pipeline_id, NEW.state, extract(epoch FROM clock_timestamp()));
+        PERFORM set_config('forgeci.status_changed', 'y', false);
+        RETURN NULL;
+    END $$;
+    CREATE OR REPLACE FUNCTION forgeci_status_pipeline() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO status_changes (pipeline_id, state, at)
+        VALUES (NEW.id, NEW.state, extract(epoch FROM clock_timestamp()));
+        PERFORM set_config('forgeci.status_changed', 'y', false);
+        RETURN NULL;
+    END $$;
+    """),
 )
 
 
@@ -478,19 +473,6 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         # Statement by statement rather than executescript, which would commit our transaction
         # and let two processes opening a new file both run the same migration.
-        for statement in _statements(script):
+        for statement in statements(script):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {number}")
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a migration script into statements (a ';' inside a string or trigger body does not end one)."""
-    statement = ""
-    for part in script.split(";"):
-        statement += part + ";"
-        if sqlite3.complete_statement(statement):
-            if statement.strip(" \t\n;"):
-                yield statement
-            statement = ""
-    if statement.strip(" \t\n;"):
-        raise ValueError(f"incomplete SQL statement in a migration: {statement!r}")

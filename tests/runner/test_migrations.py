@@ -14,6 +14,7 @@ import pytest
 from runner.errors import QueueError
 from runner.models import JobSpec, JobState
 from runner.queue import Queue, schema
+from runner.queue.migration import statements
 
 REPO = "https://git.example.test/acme/app.git"
 SHA = "a" * 40
@@ -141,7 +142,8 @@ def seed_cluster(conn: sqlite3.Connection) -> None:
 
 
 def seed_nothing(conn: sqlite3.Connection) -> None:
-    """A version that changes PostgreSQL alone (the claim order's index): SQLite has nothing new to fill."""
+    """A version that changes PostgreSQL alone (the claim order's index, the status triggers): SQLite has nothing
+    new to fill."""
 
 
 def version_of_postgres(text: str) -> int:
@@ -161,7 +163,8 @@ SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: see
                           version_of("agent_tokens"): seed_agent_tokens, version_of("agents"): seed_agents,
                           version_of_postgres("jobs_active ON jobs (state DESC, priority DESC, seq, id)"): seed_nothing,
                           version_of("status_changes"): seed_cluster,
-                          version_of("usage_by_end"): seed_nothing}  # usage in end order: its rows are seed_usage's
+                          version_of("usage_by_end"): seed_nothing,  # usage in end order: its rows are seed_usage's
+                          version_of_postgres("PERFORM set_config('forgeci.status_changed'"): seed_nothing}
 # Columns a later migration drops on purpose (their rows are kept without them): usage's surrogate id, once usage
 # became a b-tree keyed by end time, job and attempt.
 DROPPED = {"usage": {"id"}}
@@ -172,7 +175,7 @@ def build(path: Path, version: int) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")  # as the queue runs it
     for number, script in enumerate(schema.MIGRATIONS[:version], start=1):
-        for statement in schema._statements(script):
+        for statement in statements(script):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {number}")
     for number in range(1, version + 1):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import runner.queue.schema as schema
+from runner.queue.migration import statements
 from config.errors import ConfigError
 from runner.errors import InvalidTransition, JobNotFound, QueueError
 from runner.models import TERMINAL, Job, JobSpec, JobState, StepState
@@ -580,7 +581,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(db: Path, clock: Fa
     # A database as forgeci's first schema left it, written with that schema's own statements (today's code
     # needs the later columns, so it cannot write one).
     v1 = sqlite3.connect(db, isolation_level=None)
-    for statement in schema._statements(released[0]):
+    for statement in statements(released[0]):
         v1.execute(statement)
     v1.execute("PRAGMA user_version = 1")
     job_id = v1.execute(

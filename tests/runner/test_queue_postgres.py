@@ -20,10 +20,11 @@ from config.settings import Settings, parse_settings
 from runner.errors import InvalidTransition, QueueError
 from runner.models import Job, JobSpec, JobState, StepState
 from runner.queue import MIGRATIONS, Queue
+from runner.queue.cluster import STATUS_CHANNEL
 from runner.queue.dialect import postgres, postgres_ddl
 from runner.queue.postgres import PostgresDatabase
 from runner.queue.postgres_queue import PostgresQueue
-from tests.postgres import Cluster, throwaway_cluster
+from tests.postgres import Cluster, raw_sql, throwaway_cluster
 
 T = TypeVar("T")
 SPEC = JobSpec(repo="https://git.example.test/acme/app.git", ref="refs/heads/main")
@@ -189,6 +190,36 @@ def test_a_transaction_that_writes_jobs_wakes_the_listeners_of_every_queue_objec
             assert listener.wait(10)
             assert consumer.claim("r1", 60).id == job_id
             assert listener.wait(10)  # the claim changed jobs too (a slot is taken; others learn it the same way)
+            # One that finds nothing changes nothing: a wake-up would make every listener (this process's own
+            # too) claim again and wake the others in turn, for as long as the queue stays empty.
+            assert consumer.claim("r2", 60) is None and not listener.wait(0.3)
+        finally:
+            listener.close()
+
+
+def test_a_state_change_notifies_the_status_feed_after_its_commit_and_a_rolled_back_one_never(pg_url: str) -> None:
+    # One pooled connection: the triggers' flag is per session, and a refused completion (a ROLLBACK, after
+    # which psycopg deallocates its prepared statements) must leave the routines of the next calls in place.
+    with PostgresQueue(pg_url, pool_size=1) as q:
+        listener = q._db.listener(STATUS_CHANNEL)
+        try:
+            job_id = q.enqueue(SPEC)
+            assert listener.wait(10)
+            job = q.claim("r1", 60)
+            assert job is not None and job.id == job_id and listener.wait(10)
+            assert q.heartbeat(job_id, "r1", 60) and not listener.wait(0.3)  # no state changed
+            with pytest.raises(InvalidTransition):
+                q.complete(job_id, JobState.success, runner_id="r2")
+            assert not listener.wait(0.3)
+            with pytest.raises(RuntimeError), q._transaction() as conn:
+                conn.execute("UPDATE jobs SET state = 'cancelled' WHERE id = ?", (job_id,))
+                raise RuntimeError("rolled back")
+            assert not listener.wait(0.3)
+            q.complete(job_id, JobState.success, runner_id="r1")
+            assert listener.wait(10)
+            assert q.get(job_id).state is JobState.success
+            assert [row[0] for row in raw_sql(q, "SELECT state FROM status_changes WHERE job_id = ? ORDER BY id",
+                                              (job_id,))] == ["queued", "running", "success"]
         finally:
             listener.close()
 
