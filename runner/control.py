@@ -83,6 +83,10 @@ class JobControl:
         # A networked queue (PostgreSQL) writes step rows off the loop (runner.persist); SQLite's are local writes.
         self._steps = StepWrites() if getattr(queue, "remote", False) else None
         self._outage = False  # the database failed a lease write: every lease gets renewed before the next expiry
+        # Jobs whose requeue committed but whose `queued` event is not out yet. On PostgreSQL the commit's NOTIFY
+        # can wake a worker whose claim of the job returns before record() resumes: its `running` event waits for
+        # the `queued` one, or a live list would end on `queued` for a running job.
+        self._requeueing: dict[int, asyncio.Event] = {}
         self.events = events
         self.planner = planner  # None: pipelines wait `planning` for a coordinator that has one
         if planner is not None:
@@ -224,6 +228,8 @@ class JobControl:
         or None."""
         job = await asyncio.to_thread(self.queue.claim, runner_id, lease_seconds, labels)
         if job is not None:
+            if (requeued := self._requeueing.get(job.id)) is not None:
+                await requeued.wait()  # its requeue's `queued` event first (see __init__)
             self.publish(job.id, JobState.running, attempts=job.attempts, runner=runner_id)
             self._apply(self.queue.take_settlements())  # its pipeline started
         return job
@@ -278,8 +284,10 @@ class JobControl:
         until it answers (runner.persist): the end of a job is never dropped while its runner holds it."""
         if self._steps is not None:
             await self._steps.flush(job.id)
+        requeues = outcome.infra or requeue is not None
+        published = self._requeueing.setdefault(job.id, asyncio.Event()) if requeues else None
         try:
-            if outcome.infra or requeue is not None:
+            if requeues:
                 reason = requeue or outcome.error or "infrastructure error"
                 state = await persist(lambda: self.queue.fail_infra(job.id, reason, runner_id), f"job {job.id}'s end")
             else:
@@ -289,7 +297,12 @@ class JobControl:
         except QueueError as exc:
             log.warning("job %d: outcome %s not recorded: %s", job.id, outcome.state, exc)
             return None
-        self.publish(job.id, state, error=outcome.error if requeue is None else requeue)
+        else:
+            self.publish(job.id, state, error=outcome.error if requeue is None else requeue)
+        finally:
+            if published is not None:
+                self._requeueing.pop(job.id, None)
+                published.set()
         self._apply(self.queue.take_settlements())
         if state is JobState.queued:
             self._wake()
