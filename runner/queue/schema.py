@@ -458,6 +458,13 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN NULL;
     END $$;
     """),
+    # pipelines_unfinished's WHERE as comparisons (runner.queue.pipelines.UNFINISHED): SQLite tested the IN list
+    # through a temporary b-tree on every pipeline insert and state change (about 9 us per webhook's pipeline).
+    """
+    DROP INDEX pipelines_unfinished;
+    CREATE INDEX pipelines_unfinished ON pipelines (concurrency_group, id)
+        WHERE (state = 'planning' OR state = 'queued' OR state = 'running');
+    """,
 )
 
 
