@@ -122,18 +122,21 @@ class Notifier:
         return POLL if self._inflight else 0.0  # due and not under way: a row that came in meanwhile
 
     async def _round(self) -> bool:
-        """Fan out and start what is due; True when the batch was full (more may be due)."""
+        """Fan out and start what is due; True when the batch was full and the round got somewhere (more may be
+        due; a round that could start nothing, every slot taken, waits for one to free)."""
         batch = BATCH if self.targets else SWEEP_BATCH
         due = await asyncio.to_thread(self.queue.due_notifications, batch)
         rows = [row for row in due if row.id not in self._inflight]
         ends = [row for row in rows if row.target is None]
         made = await self._fan_out(ends) if ends else []
+        started = 0
         for item in [*(row for row in rows if row.target is not None), *made]:
             if item.id not in self._inflight and len(self._inflight) < PARALLEL * 4:
                 task = asyncio.create_task(self._deliver(item), name=f"notify-{item.id}")
                 self._inflight[item.id] = task
                 task.add_done_callback(lambda _, key=item.id: self._delivery_ended(key))
-        return len(due) == batch and bool(rows)
+                started += 1
+        return len(due) == batch and bool(ends or started)
 
     def _delivery_ended(self, notification_id: int) -> None:
         self._inflight.pop(notification_id, None)

@@ -459,7 +459,7 @@ MIGRATIONS: tuple[str, ...] = (
     END $$;
     """),
     # pipelines_unfinished's WHERE as comparisons (runner.queue.pipelines.UNFINISHED): SQLite tested the IN list
-    # through a temporary b-tree on every pipeline insert and state change (about 9 us per webhook's pipeline).
+    # through a temporary b-tree in every statement inserting or changing pipelines (two per webhook batch).
     """
     DROP INDEX pipelines_unfinished;
     CREATE INDEX pipelines_unfinished ON pipelines (concurrency_group, id)
