@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 POLL = 2.0  # seconds between looks at the outbox when nothing wakes the loop (rows due after a backoff)
 PARALLEL = 16  # deliveries under way at once
 BATCH = 64
+SWEEP_BATCH = 1000  # pipeline ends per round without targets (rows only swept: one transaction for a burst)
 LEASE_SLACK = 30.0  # an attempt's row is not due again before its timeout and this much more
 MAX_BACKOFF = 3600.0
 SWEEP_AGAIN = 60.0  # seconds before an outbox row that could not be fanned out is tried again
@@ -91,29 +92,55 @@ class Notifier:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()  # before the reads: a wake-up during the round is not lost
             try:
-                await self._round()
-                next_at = await asyncio.to_thread(self.queue.next_notification_at)
+                wait = await self._next_wait(await self._round())
             except Exception:  # the database is busy or gone for a moment: look again later
                 log.exception("notifications: cannot read the outbox")
-                next_at = None
-            wait = POLL if next_at is None else min(POLL, max(0.05, next_at - time.time()))
-            self._wake.clear()
+                wait = POLL
+            if wait <= 0:
+                continue
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)
             except TimeoutError:
                 pass
 
-    async def _round(self) -> None:
-        rows = [row for row in await asyncio.to_thread(self.queue.due_notifications, BATCH)
-                if row.id not in self._inflight]
+    async def _next_wait(self, full: bool) -> float:
+        """Seconds until the next round. Without targets, a pipeline's end only needs its row swept: one sweep per
+        POLL (a burst of cancelled pipelines is thousands of rows; polling for them at once cost the webhook
+        path). With targets: at once after a full batch; else until the next row's time, or, when what is due is
+        already under way (deliveries waiting for a slot), until a delivery ends or a pipeline does (_follow)."""
+        if not self.targets:
+            return 0.0 if full else POLL
+        if full:
+            return 0.0
+        next_at = await asyncio.to_thread(self.queue.next_notification_at)
+        if next_at is None:
+            return POLL
+        if next_at > time.time():
+            return min(POLL, next_at - time.time())
+        return POLL if self._inflight else 0.0  # due and not under way: a row that came in meanwhile
+
+    async def _round(self) -> bool:
+        """Fan out and start what is due; True when the batch was full and the round got somewhere (more may be
+        due; a round that could start nothing, every slot taken, waits for one to free)."""
+        batch = BATCH if self.targets else SWEEP_BATCH
+        due = await asyncio.to_thread(self.queue.due_notifications, batch)
+        rows = [row for row in due if row.id not in self._inflight]
         ends = [row for row in rows if row.target is None]
         made = await self._fan_out(ends) if ends else []
+        started = 0
         for item in [*(row for row in rows if row.target is not None), *made]:
             if item.id not in self._inflight and len(self._inflight) < PARALLEL * 4:
                 task = asyncio.create_task(self._deliver(item), name=f"notify-{item.id}")
                 self._inflight[item.id] = task
-                task.add_done_callback(lambda _, key=item.id: self._inflight.pop(key, None))
+                task.add_done_callback(lambda _, key=item.id: self._delivery_ended(key))
+                started += 1
+        return len(due) == batch and bool(ends or started)
+
+    def _delivery_ended(self, notification_id: int) -> None:
+        self._inflight.pop(notification_id, None)
+        self._wake.set()  # a slot is free: the rows waiting for one are due
 
     async def _fan_out(self, ends: list[Notification]) -> list[Notification]:
         """The round's pipeline ends fanned out in one thread hop and one transaction (a burst of superseded

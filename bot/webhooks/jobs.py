@@ -32,10 +32,11 @@ class Payload:
         if parts is None:
             parts = _PATHS[path] = tuple(path.split("."))
         value: Any = self.data
-        for part in parts:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
+        try:
+            for part in parts:
+                value = value.get(part)
+        except AttributeError:  # a part that is not an object (null, a string, an array): an absent value
+            return None
         return value
 
     def _fail(self, path: str, expected: str) -> PayloadError:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from runner.models import JobSpec, JobState, PipelineState
 from runner.queue.jobs import CANCEL
 from runner.queue.outbox import record_cancelled
-from runner.queue.pipelines import _CREATE, PipelineQueries, Settlement
+from runner.queue.pipelines import _CREATE, UNFINISHED, PipelineQueries, Settlement
 from runner.queue.usage import job_scope
 
 _SUPERSEDED = "concurrency_group = :group AND id < :before AND NOT cancel_requested"
@@ -34,9 +34,9 @@ assert _CREATE.rstrip().endswith(_CREATE_ROW), "_create_pipelines builds its INS
 CREATE_MANY = 200  # pipelines per INSERT of _create_pipelines (10 parameters each; SQLite allows 32,766)
 # The unfinished pipelines of some groups older than an id, that newer ones supersede (webhooks with
 # queue.cancel_superseded); the groups as a JSON array.
-_SUPERSEDED_PIPELINES = """
+_SUPERSEDED_PIPELINES = f"""
 SELECT id, concurrency_group FROM pipelines INDEXED BY pipelines_unfinished
-WHERE state IN ('planning', 'queued', 'running') AND concurrency_group IN (SELECT value FROM json_each(?))
+WHERE {UNFINISHED} AND concurrency_group IN (SELECT value FROM json_each(?))
       AND id < ? AND NOT cancel_requested
 """
 # Superseded pipelines still planning (a push superseding its branch's last one, nearly always): a burst's in one

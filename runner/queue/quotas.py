@@ -18,6 +18,7 @@ from typing import Any
 
 from config.quotas import QuotaRule, rule_for
 from runner.queue.base import QueueBase
+from runner.queue.pipelines import UNFINISHED
 
 _ACTIVE = "state IN ('queued', 'running')"
 _RUNNING_BY = (f"SELECT coalesce(slug, ''), coalesce(user, ''), count(*) FROM jobs INDEXED BY jobs_active "
@@ -25,7 +26,7 @@ _RUNNING_BY = (f"SELECT coalesce(slug, ''), coalesce(user, ''), count(*) FROM jo
 _QUEUED_BY = (f"SELECT DISTINCT coalesce(slug, ''), coalesce(user, '') FROM jobs INDEXED BY jobs_active "
               f"WHERE {_ACTIVE} AND state = 'queued'")
 _WAITING_PIPELINES = ("SELECT coalesce(slug, ''), count(*) FROM pipelines INDEXED BY pipelines_unfinished "
-                      "WHERE state IN ('planning', 'queued', 'running') AND state IN ('planning', 'queued') "
+                      f"WHERE {UNFINISHED} AND state IN ('planning', 'queued') "
                       "AND id IS NOT ? GROUP BY 1")
 USER_SEP = "\x1f"  # between slug and user in the claim filter's keys (char(31) in SQL)
 
