@@ -41,8 +41,9 @@ IDENTITY_TABLES = frozenset({"jobs", "pipelines", "artifacts", "notifications"})
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.I)
 _WRITES_JOBS = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+jobs\b", re.I)
 _WRITES_STATES = re.compile(r"^\s*(INSERT\s+INTO|UPDATE)\s+(jobs|pipelines)\b", re.I)
-# The status triggers (runner/queue/schema.py) set this session setting on a state change; the connection that
-# committed the change NOTIFYs STATUS_CHANNEL after its COMMIT and clears it (see PostgresConnection.commit).
+# The status triggers (runner/queue/schema.py, postgres_triggers.py) set this session setting on a state change;
+# the connection that committed the change NOTIFYs STATUS_CHANNEL after its COMMIT and clears it (see
+# PostgresConnection.commit).
 STATUS_FLAG = "forgeci.status_changed"
 _STATUS_NOTIFY = (f"SELECT pg_notify('{STATUS_CHANNEL}', ''), set_config('{STATUS_FLAG}', '', false) "
                   f"WHERE current_setting('{STATUS_FLAG}', true) = 'y'")
@@ -85,9 +86,10 @@ class PostgresConnection:
                  begin: str = "BEGIN", now: float | None = None, prelude: Sequence[str] = ()) -> None:
         self._raw = conn
         self._overrides = overrides or _NO_OVERRIDES
-        # BEGIN, and the queue's clock for triggers (forgeci_usage; SQLite calls it in Python), sent with the first
-        # statement; "" once sent. The clock is a parameter: the message's text stays the same, psycopg's cache of
-        # converted queries serves it. The prelude's expressions share one SELECT with it: one more result at most.
+        # BEGIN, and the queue's clock for triggers (forgeci_job_changed; SQLite calls it in Python), sent with the
+        # first statement; "" once sent. The clock is a parameter: the message's text stays the same, psycopg's
+        # cache of converted queries serves it. The prelude's expressions share one SELECT with it: one more result
+        # at most.
         exprs = [*prelude, *(["set_config('forgeci.now', {now}, true)"] if now is not None else [])]
         self._pending = f"{begin}; SELECT {', '.join(exprs)}" if exprs else begin
         self._now = repr(float(now)) if now is not None else None

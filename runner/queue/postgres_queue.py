@@ -100,7 +100,11 @@ def _positional(statement: str, names: Sequence[str]) -> str:
 # - forgeci_complete: all of JobQueries.complete for a job of no pipeline (nothing to settle: the UPDATE is the
 #   whole of it), committed synchronously inside the procedure; then its NOTIFYs in a second transaction with
 #   synchronous_commit = off, as PostgresConnection.commit sends them (a NOTIFY holds its lock through its commit's
-#   WAL flush). It changes nothing (`done` false) for a job of a pipeline or one the guard refuses: PostgresQueue.
+#   WAL flush). No EXCEPTION block around them: entering one starts a subtransaction at every completion, and it
+#   could catch nothing here, as pg_notify only queues its message in memory; a full NOTIFY queue fails the commit
+#   of that second transaction, when the CALL ends: the CALL then reports the error though the job's end is
+#   committed (PostgreSQL's NOTIFY queue holds 8 GB by default: only a listener that stopped reading fills it). It
+#   changes nothing (`done` false) for a job of a pipeline or one the guard refuses: PostgresQueue.
 #   complete runs the transaction then, which settles the pipeline or says why.
 _STATUS_NOTIFY_PLPGSQL = f"""
         IF current_setting('{STATUS_FLAG}', true) = 'y' THEN
@@ -140,11 +144,7 @@ BEGIN
     IF done THEN
         COMMIT;
         PERFORM set_config('synchronous_commit', 'off', true);
-        BEGIN  -- the job's end is committed: a failed wake-up (a full NOTIFY queue) only delays the claimers' poll
-            PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY_PLPGSQL}
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'PostgreSQL queue: a wake-up NOTIFY failed after its transaction committed: %', SQLERRM;
-        END;
+        PERFORM pg_notify('{WAKE_CHANNEL}', '');{_STATUS_NOTIFY_PLPGSQL}
     END IF;
 END $forgeci$""",
 }

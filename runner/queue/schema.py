@@ -7,6 +7,7 @@ import sqlite3
 
 from runner.errors import QueueError
 from runner.queue.migration import Migration, statements
+from runner.queue.postgres_triggers import JOB_CHANGED
 
 # Schema migrations, applied in order; PRAGMA user_version counts the applied ones (on PostgreSQL the row of
 # forgeci_schema). Never edit a released entry: append a new script (ALTER TABLE ... ADD COLUMN, CREATE TABLE ...)
@@ -465,6 +466,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX pipelines_unfinished ON pipelines (concurrency_group, id)
         WHERE (state = 'planning' OR state = 'queued' OR state = 'running');
     """,
+    # PostgreSQL only: jobs' three AFTER UPDATE triggers (usage, job_metrics, status) as one (postgres_triggers.py)
+    Migration("", postgres=JOB_CHANGED),
 )
 
 

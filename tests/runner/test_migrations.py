@@ -152,6 +152,11 @@ def version_of_postgres(text: str) -> int:
                 if not script.strip() and text in (getattr(script, "postgres", None) or ""))
 
 
+def version_with(text: str) -> int:
+    """The schema version whose SQLite script holds `text`."""
+    return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if text in script)
+
+
 def version_of(table: str) -> int:
     """The schema version that creates `table` (migrations may be reordered when branches merge)."""
     return next(n for n, script in enumerate(schema.MIGRATIONS, start=1) if f"CREATE TABLE {table} " in script)
@@ -164,7 +169,9 @@ SEEDS: dict[int, Seed] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: see
                           version_of_postgres("jobs_active ON jobs (state DESC, priority DESC, seq, id)"): seed_nothing,
                           version_of("status_changes"): seed_cluster,
                           version_of("usage_by_end"): seed_nothing,  # usage in end order: its rows are seed_usage's
-                          version_of_postgres("PERFORM set_config('forgeci.status_changed'"): seed_nothing}
+                          version_of_postgres("PERFORM set_config('forgeci.status_changed'"): seed_nothing,
+                          version_with("WHERE (state = 'planning' OR state = 'queued'"): seed_nothing,  # an index
+                          version_of_postgres("forgeci_job_changed"): seed_nothing}
 # Columns a later migration drops on purpose (their rows are kept without them): usage's surrogate id, once usage
 # became a b-tree keyed by end time, job and attempt.
 DROPPED = {"usage": {"id"}}
